@@ -1,0 +1,35 @@
+// Command pj is a TCP (layer 4) reverse proxy. See README.md.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/pj-proxy/pj/internal/cli"
+)
+
+func main() {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+
+	// The first SIGTERM or SIGINT starts a graceful shutdown (ctx is
+	// cancelled); a second one means "now": exit 1 without waiting.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		sig := <-sigs
+		cancel(fmt.Errorf("%s received (send it again to exit at once)", sig))
+		sig = <-sigs
+		fmt.Fprintf(os.Stderr, "pj: second %s received: exiting at once\n", sig)
+		os.Exit(1)
+	}()
+
+	err := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pj: %v\n", err)
+	}
+	os.Exit(cli.ExitCode(err))
+}

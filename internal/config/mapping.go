@@ -1,0 +1,83 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// MappingSyntax is the grammar of a --proxy mapping, for error messages and help.
+const MappingSyntax = "LISTEN_HOST:PORT:BACKEND_HOST:PORT[,BACKEND_HOST:PORT...]"
+
+// MappingExample is shown next to MappingSyntax.
+const MappingExample = "0.0.0.0:8787:127.0.0.1:22"
+
+// ErrMapping is wrapped by every mapping syntax error.
+var ErrMapping = errors.New("invalid mapping")
+
+// ParseMapping parses the command-line form of a proxy:
+//
+//	MAPPING  = LISTEN ":" BACKENDS
+//	LISTEN   = HOST ":" PORT            (empty HOST: every interface; PORT 0: ephemeral)
+//	BACKENDS = HOST ":" PORT { "," HOST ":" PORT }
+//	HOST     = IPv4 | "[" IPv6 "]" | DNS name
+//
+// The result has Listen, Backends (weight 1) and Source set; the rest is left
+// for Validate to fill from the defaults.
+func ParseMapping(s string) (Proxy, error) {
+	fail := func(format string, args ...any) (Proxy, error) {
+		why := fmt.Sprintf(format, args...)
+		if strings.Contains(s, "::") && !strings.Contains(s, "[") {
+			why += " (IPv6 addresses go in brackets, e.g. [::1]:80)"
+		}
+		return Proxy{}, fmt.Errorf("%w %q: %s; expected %s, e.g. %s",
+			ErrMapping, s, why, MappingSyntax, MappingExample)
+	}
+	if strings.TrimSpace(s) == "" {
+		return fail("empty")
+	}
+	if strings.ContainsAny(s, " \t\r\n") {
+		return fail("contains white space")
+	}
+
+	host, rest, err := cutHost(s)
+	if err != nil {
+		return fail("listen host: %s", unwrapAddress(err))
+	}
+	if !strings.HasPrefix(rest, ":") {
+		return fail("missing listen port")
+	}
+	portText, backends, found := strings.Cut(rest[1:], ":")
+	port, err := parsePort(portText)
+	if err != nil {
+		return fail("listen port: %s", err)
+	}
+	if !found || backends == "" {
+		return fail("missing backend after the listen address")
+	}
+
+	p := Proxy{Listen: JoinHostPort(host, port), Source: "-p " + s}
+	for b := range strings.SplitSeq(backends, ",") {
+		if b == "" {
+			return fail("empty backend in the list")
+		}
+		bhost, bport, err := SplitHostPort(b)
+		if err != nil {
+			return fail("backend %s", unwrapAddress(err))
+		}
+		if bhost == "" {
+			return fail("backend %q has no host", b)
+		}
+		if bport == 0 {
+			return fail("backend %q: port 0 is not a port one can connect to", b)
+		}
+		p.Backends = append(p.Backends, Backend{Address: JoinHostPort(bhost, bport), Weight: 1})
+	}
+	return p, nil
+}
+
+// unwrapAddress drops the "invalid address" prefix inside a mapping error,
+// where "invalid mapping" already says it.
+func unwrapAddress(err error) string {
+	return strings.TrimPrefix(err.Error(), ErrAddress.Error()+" ")
+}

@@ -1,0 +1,262 @@
+package observe
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+)
+
+// NewLogger returns the logger pj writes everything through: format "text"
+// (the seed's layout) or "json", records below level dropped.
+func NewLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: expected debug, info, warn or error", level)
+	}
+	switch format {
+	case "text":
+		return slog.New(NewTextHandler(w, lv)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lv, ReplaceAttr: jsonAttr})), nil
+	default:
+		return nil, fmt.Errorf("log format %q: expected text or json", format)
+	}
+}
+
+// jsonAttr writes times as RFC 3339 UTC with milliseconds and the connection
+// duration as fractional milliseconds, the units of CONTRACT.md section 4.
+func jsonAttr(groups []string, a slog.Attr) slog.Attr {
+	if len(groups) > 0 {
+		return a
+	}
+	switch {
+	case a.Key == slog.TimeKey && a.Value.Kind() == slog.KindTime:
+		return slog.String(slog.TimeKey, string(appendTime(nil, a.Value.Time())))
+	case a.Key == KeyDuration && a.Value.Kind() == slog.KindDuration:
+		return slog.Float64(KeyDuration, durationMillis(a.Value.Duration()))
+	}
+	return a
+}
+
+func durationMillis(d time.Duration) float64 {
+	return float64(d.Microseconds()) / 1000
+}
+
+// TextHandler renders records for people. A connection record becomes the
+// seed's access-log line
+//
+//	[2026-11-26T00:42:20.123Z] 203.0.113.7:51234 -> 0.0.0.0:8787 -> 127.0.0.1:22 [ok] duration=12.3s up=1234 down=56789
+//
+// and any other record "[time] LEVEL message key=value ...".
+type TextHandler struct {
+	level slog.Leveler
+	out   *lockedWriter
+	attrs []byte // pre-rendered attributes from WithAttrs
+	group string // key prefix from WithGroup, ending in "."
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// NewTextHandler returns a TextHandler writing one line per record to w.
+func NewTextHandler(w io.Writer, level slog.Leveler) *TextHandler {
+	return &TextHandler{level: level, out: &lockedWriter{w: w}}
+}
+
+// Enabled reports whether records at l are written.
+func (h *TextHandler) Enabled(_ context.Context, l slog.Level) bool {
+	return l >= h.level.Level()
+}
+
+// WithAttrs returns a handler that adds attrs to every record.
+func (h *TextHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	h2 := *h
+	h2.attrs = append([]byte(nil), h.attrs...)
+	for _, a := range attrs {
+		h2.attrs = appendAttr(h2.attrs, h.group, a)
+	}
+	return &h2
+}
+
+// WithGroup returns a handler that qualifies later keys with name.
+func (h *TextHandler) WithGroup(name string) slog.Handler {
+	if name == "" {
+		return h
+	}
+	h2 := *h
+	h2.group = h.group + name + "."
+	return &h2
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+
+// Handle writes r as one line.
+func (h *TextHandler) Handle(_ context.Context, r slog.Record) error {
+	bp := bufPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	b = append(b, '[')
+	b = appendTime(b, r.Time)
+	b = append(b, "] "...)
+	if r.Message == ConnMessage && h.group == "" {
+		b = appendConn(b, r)
+	} else {
+		b = append(b, r.Level.String()...)
+		b = append(b, ' ')
+		b = append(b, r.Message...)
+		b = append(b, h.attrs...)
+		r.Attrs(func(a slog.Attr) bool {
+			b = appendAttr(b, h.group, a)
+			return true
+		})
+	}
+	b = append(b, '\n')
+
+	h.out.mu.Lock()
+	_, err := h.out.w.Write(b)
+	h.out.mu.Unlock()
+	*bp = b
+	bufPool.Put(bp)
+	return err
+}
+
+// appendConn renders the access-log layout; attributes it does not place
+// follow as key=value.
+func appendConn(b []byte, r slog.Record) []byte {
+	var client, listener, backend, status string
+	var dur time.Duration
+	var up, down int64
+	var extra []slog.Attr
+	r.Attrs(func(a slog.Attr) bool {
+		switch a.Key {
+		case KeyClient:
+			client = a.Value.String()
+		case KeyListener:
+			listener = a.Value.String()
+		case KeyBackend:
+			backend = a.Value.String()
+		case KeyStatus:
+			status = a.Value.String()
+		case KeyDuration:
+			dur = a.Value.Duration()
+		case KeyBytesUp:
+			up = a.Value.Int64()
+		case KeyBytesDown:
+			down = a.Value.Int64()
+		case "proxy":
+			if a.Value.String() != listener {
+				extra = append(extra, a)
+			}
+		default:
+			extra = append(extra, a)
+		}
+		return true
+	})
+	b = append(b, client...)
+	b = append(b, " -> "...)
+	b = append(b, listener...)
+	b = append(b, " -> "...)
+	b = append(b, backend...)
+	b = append(b, " ["...)
+	b = append(b, status...)
+	b = append(b, "] duration="...)
+	b = AppendDuration(b, dur)
+	b = append(b, " up="...)
+	b = strconv.AppendInt(b, up, 10)
+	b = append(b, " down="...)
+	b = strconv.AppendInt(b, down, 10)
+	for _, a := range extra {
+		b = appendAttr(b, "", a)
+	}
+	return b
+}
+
+// appendTime writes t as RFC 3339 in UTC with milliseconds.
+func appendTime(b []byte, t time.Time) []byte {
+	return t.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
+}
+
+// AppendDuration writes d with a precision that suits its size: 523µs,
+// 12.35ms, 12.346s, 1m30s.
+func AppendDuration(b []byte, d time.Duration) []byte {
+	switch {
+	case d < time.Millisecond:
+		d = d.Round(time.Microsecond)
+	case d < time.Second:
+		d = d.Round(10 * time.Microsecond)
+	case d < time.Minute:
+		d = d.Round(time.Millisecond)
+	default:
+		d = d.Round(time.Second)
+	}
+	return append(b, d.String()...)
+}
+
+func appendAttr(b []byte, prefix string, a slog.Attr) []byte {
+	a.Value = a.Value.Resolve()
+	if a.Equal(slog.Attr{}) {
+		return b
+	}
+	if a.Value.Kind() == slog.KindGroup {
+		if a.Key != "" {
+			prefix += a.Key + "."
+		}
+		for _, ga := range a.Value.Group() {
+			b = appendAttr(b, prefix, ga)
+		}
+		return b
+	}
+	b = append(b, ' ')
+	b = append(b, prefix...)
+	b = append(b, a.Key...)
+	b = append(b, '=')
+	switch a.Value.Kind() {
+	case slog.KindString:
+		b = appendString(b, a.Value.String())
+	case slog.KindDuration:
+		b = AppendDuration(b, a.Value.Duration())
+	case slog.KindTime:
+		b = appendTime(b, a.Value.Time())
+	case slog.KindInt64:
+		b = strconv.AppendInt(b, a.Value.Int64(), 10)
+	default:
+		b = appendString(b, a.Value.String())
+	}
+	return b
+}
+
+// appendString quotes s when it would not read back as one value.
+func appendString(b []byte, s string) []byte {
+	if needsQuote(s) {
+		return strconv.AppendQuote(b, s)
+	}
+	return append(b, s...)
+}
+
+func needsQuote(s string) bool {
+	if s == "" {
+		return true
+	}
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c <= ' ' || c == '"' || c == '=' || c == 0x7f {
+				return true
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError {
+			return true
+		}
+		i += size
+	}
+	return false
+}

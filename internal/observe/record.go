@@ -1,0 +1,89 @@
+// Package observe turns what happens to connections into log lines (and,
+// later, metrics): the access-log record, the slog handlers and the
+// process-wide counters.
+package observe
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// Status says how a connection ended; it is the [status] of the log line.
+type Status string
+
+// Connection statuses of CONTRACT.md section 4.
+const (
+	StatusOK            Status = "ok"             // both directions ended
+	StatusConnectFailed Status = "connect_failed" // no backend could be reached
+	StatusNoBackend     Status = "no_backend"     // none was eligible
+	StatusTimeout       Status = "timeout"        // closed by the idle timeout
+	StatusReset         Status = "reset"          // a side reset the connection
+	StatusDenied        Status = "denied"         // refused by an ACL
+	StatusRateLimited   Status = "rate_limited"   // over the per-client rate
+	StatusLimit         Status = "limit"          // over a connection cap
+	StatusKilled        Status = "killed"         // closed through the admin API
+	StatusShutdown      Status = "shutdown"       // cut when the grace period ran out
+	StatusError         Status = "error"          // pj itself failed (a recovered panic)
+)
+
+// ConnMessage is the slog message of every connection record; handlers use it
+// to recognise records to render in the access-log layout.
+const ConnMessage = "connection"
+
+// Conn is what is known about one finished connection.
+type Conn struct {
+	ID       uint64
+	Proxy    string
+	Client   string
+	Listener string
+	Backend  string // "" when none was chosen
+	Accepted time.Time
+	Duration time.Duration
+	Up       int64 // bytes client → backend
+	Down     int64 // bytes backend → client
+	Status   Status
+	// Relay names the data path used ("splice", "copy"); empty if none ran.
+	Relay string
+	// Err is what ended the connection early, if anything; logged as a field.
+	Err error
+}
+
+// Log writes c as one record at info level, timestamped with the moment the
+// connection was accepted (CONTRACT.md section 4).
+func Log(ctx context.Context, l *slog.Logger, c *Conn) {
+	h := l.Handler()
+	if !h.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
+	backend := c.Backend
+	if backend == "" {
+		backend = "-"
+	}
+	r := slog.NewRecord(c.Accepted, slog.LevelInfo, ConnMessage, 0)
+	r.AddAttrs(
+		slog.String(KeyClient, c.Client),
+		slog.String(KeyListener, c.Listener),
+		slog.String(KeyBackend, backend),
+		slog.String(KeyStatus, string(c.Status)),
+		slog.Duration(KeyDuration, c.Duration),
+		slog.Int64(KeyBytesUp, c.Up),
+		slog.Int64(KeyBytesDown, c.Down),
+		slog.String("proxy", c.Proxy),
+	)
+	if c.Err != nil {
+		r.AddAttrs(slog.String("error", c.Err.Error()))
+	}
+	_ = h.Handle(ctx, r) // a log write that fails has nowhere better to be reported
+}
+
+// Keys of the connection record, as JSON shows them (CONTRACT.md section 4).
+const (
+	KeyClient    = "client"
+	KeyListener  = "listener"
+	KeyBackend   = "backend"
+	KeyStatus    = "status"
+	KeyDuration  = "duration_ms"
+	KeyBytesUp   = "bytes_up"
+	KeyBytesDown = "bytes_down"
+)
