@@ -82,8 +82,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, opts ...O
 type flags struct {
 	proxies    []string // from -p/--proxy
 	envProxies []string // from PJ_PROXY, used only when no -p is given
-	version bool
-	cfg     config.Config
+	version    bool
+	cfg        config.Config
 }
 
 func newRootCmd(ctx context.Context, env *runEnv, stdout, stderr io.Writer) *cobra.Command {

@@ -54,7 +54,7 @@ func cutHost(s string) (host, rest string, err error) {
 		}
 		host = s[1:end]
 		addr, perr := netip.ParseAddr(host)
-		if perr != nil || !addr.Is6() {
+		if perr != nil || !addr.Is6() || !validZone(addr.Zone()) {
 			return "", "", fmt.Errorf("%w %q: %q is not an IPv6 address", ErrAddress, s, host)
 		}
 		return host, s[end+1:], nil
@@ -70,6 +70,19 @@ func cutHost(s string) (host, rest string, err error) {
 		return "", "", fmt.Errorf("%w %q: %w", ErrAddress, s, err)
 	}
 	return host, rest, nil
+}
+
+// validZone accepts the zones of link-local addresses: interface names
+// (letters, digits, '.', '-', '_') or numeric interface indexes.
+func validZone(zone string) bool {
+	for i := 0; i < len(zone); i++ {
+		switch c := zone[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '-', c == '_':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // checkHost accepts an IPv4 address or a DNS name (RFC 1123 labels, plus

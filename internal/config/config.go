@@ -123,7 +123,11 @@ func (c *Config) Validate() error {
 	}
 	checkDefaults(&c.Defaults, add)
 
-	seen := make(map[string]*Proxy, len(c.Proxies))
+	type firstUse struct {
+		p     *Proxy
+		where string
+	}
+	seen := make(map[string]firstUse, len(c.Proxies))
 	for i := range c.Proxies {
 		p := &c.Proxies[i]
 		p.inherit(c.Defaults)
@@ -137,17 +141,26 @@ func (c *Config) Validate() error {
 		if len(p.Backends) == 0 {
 			add("%s: no backends", where)
 		}
-		if p.ConnectTimeout <= 0 {
+		// A bad inherited value is reported once, for the defaults.
+		if p.ConnectTimeout <= 0 && p.ConnectTimeout != c.Defaults.ConnectTimeout {
 			add("%s: connect timeout %s: must be positive", where, p.ConnectTimeout)
 		}
-		if p.IdleTimeout < 0 {
+		if p.IdleTimeout < 0 && p.IdleTimeout != c.Defaults.IdleTimeout {
 			add("%s: idle timeout %s: must not be negative (0 turns it off)", where, p.IdleTimeout)
 		}
-		if p.Balance != RoundRobin {
+		if p.Balance != RoundRobin && p.Balance != c.Defaults.Balance {
 			add("%s: balance %q: expected %s", where, p.Balance, RoundRobin)
+		}
+		if _, _, err := SplitHostPort(p.Listen); err != nil {
+			add("%s: listen: %v", where, err)
 		}
 		backends := make(map[string]bool, len(p.Backends))
 		for _, b := range p.Backends {
+			if host, port, err := SplitHostPort(b.Address); err != nil {
+				add("%s: backend: %v", where, err)
+			} else if host == "" || port == 0 {
+				add("%s: backend %q: needs a host and a port from 1 to 65535", where, b.Address)
+			}
 			if backends[b.Address] {
 				add("%s: backend %s is listed twice", where, b.Address)
 			}
@@ -162,10 +175,10 @@ func (c *Config) Validate() error {
 		}
 		if first, dup := seen[key]; dup {
 			add("%s: listen address %s is already used by %s; to balance one listener over several backends, list them in one mapping: %s",
-				where, p.Listen, first.Source, balanceHint(first, p))
+				where, p.Listen, first.where, balanceHint(first.p, p))
 			continue
 		}
-		seen[key] = p
+		seen[key] = firstUse{p, where}
 	}
 	if len(problems) > 0 {
 		return &ValidationError{Problems: problems}
@@ -174,6 +187,9 @@ func (c *Config) Validate() error {
 }
 
 func checkDefaults(d *Defaults, add func(string, ...any)) {
+	if d.Balance != RoundRobin {
+		add("balance %q: expected %s", d.Balance, RoundRobin)
+	}
 	if d.ConnectTimeout <= 0 {
 		add("connect timeout %s: must be positive", d.ConnectTimeout)
 	}

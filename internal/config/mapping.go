@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 )
 
 // MappingSyntax is the grammar of a --proxy mapping, for error messages and help.
@@ -27,7 +28,9 @@ var ErrMapping = errors.New("invalid mapping")
 func ParseMapping(s string) (Proxy, error) {
 	fail := func(format string, args ...any) (Proxy, error) {
 		why := fmt.Sprintf(format, args...)
-		if strings.Contains(s, "::") && !strings.Contains(s, "[") {
+		// More ':' than a mapping of IPv4 addresses and names has, and no
+		// brackets: most likely a bare IPv6 address.
+		if !strings.Contains(s, "[") && strings.Count(s, ":") > 3+strings.Count(s, ",") && !strings.Contains(why, "brackets") {
 			why += " (IPv6 addresses go in brackets, e.g. [::1]:80)"
 		}
 		return Proxy{}, fmt.Errorf("%w %q: %s; expected %s, e.g. %s",
@@ -36,7 +39,7 @@ func ParseMapping(s string) (Proxy, error) {
 	if strings.TrimSpace(s) == "" {
 		return fail("empty")
 	}
-	if strings.ContainsAny(s, " \t\r\n") {
+	if strings.ContainsFunc(s, unicode.IsSpace) {
 		return fail("contains white space")
 	}
 

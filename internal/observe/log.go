@@ -101,11 +101,14 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }
 func (h *TextHandler) Handle(_ context.Context, r slog.Record) error {
 	bp := bufPool.Get().(*[]byte)
 	b := (*bp)[:0]
-	b = append(b, '[')
-	b = appendTime(b, r.Time)
-	b = append(b, "] "...)
+	if !r.Time.IsZero() {
+		b = append(b, '[')
+		b = appendTime(b, r.Time)
+		b = append(b, "] "...)
+	}
 	if r.Message == ConnMessage && h.group == "" {
 		b = appendConn(b, r)
+		b = append(b, h.attrs...)
 	} else {
 		b = append(b, r.Level.String()...)
 		b = append(b, ' ')
@@ -121,8 +124,10 @@ func (h *TextHandler) Handle(_ context.Context, r slog.Record) error {
 	h.out.mu.Lock()
 	_, err := h.out.w.Write(b)
 	h.out.mu.Unlock()
-	*bp = b
-	bufPool.Put(bp)
+	if cap(b) <= 64<<10 { // a huge record (a stack trace) is not worth keeping
+		*bp = b
+		bufPool.Put(bp)
+	}
 	return err
 }
 

@@ -74,6 +74,10 @@ func Log(ctx context.Context, l *slog.Logger, c *Conn) {
 	if c.Err != nil {
 		r.AddAttrs(slog.String("error", c.Err.Error()))
 	}
+	if c.Relay != "" && h.Enabled(ctx, slog.LevelDebug) {
+		// With --log-level debug an operator can see that splice is used.
+		r.AddAttrs(slog.String("relay", c.Relay))
+	}
 	_ = h.Handle(ctx, r) // a log write that fails has nowhere better to be reported
 }
 

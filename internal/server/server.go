@@ -97,6 +97,11 @@ func Listen(proxies []config.Proxy, opt Options) (*Server, error) {
 			return nil, fmt.Errorf("proxy %s: %w%s", pc.Name, err, listenHint(err))
 		}
 		l := &listener{ln: ln.(*net.TCPListener), addr: ln.Addr().String(), done: make(chan struct{})}
+		if pc.Name == pc.Listen {
+			// An unnamed proxy is known by its address, the bound one:
+			// port 0 has become a real port, an empty host "[::]".
+			pc.Name = l.addr
+		}
 		l.proxy.Store(newProxy(pc))
 		s.listeners = append(s.listeners, l)
 	}

@@ -1,0 +1,43 @@
+# The README's commands. `make test` is what CI (.ci/run) runs.
+
+GO          ?= go
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS     := -s -w -X github.com/pj-proxy/pj/internal/version.Version=$(VERSION)
+BIN         := bin/pj
+# The mapping `make run` serves: SSH on port 8787 of this machine.
+MAPPING     ?= 127.0.0.1:8787:127.0.0.1:22
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME    ?= 60s
+
+.PHONY: build run test vet lint fmt-check race fuzz clean
+
+## build: a static binary in bin/pj, version stamped from git
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/pj
+
+## run: build, then proxy $(MAPPING) until Ctrl-C
+run: build
+	./$(BIN) --proxy $(MAPPING)
+
+## test: formatting, vet, staticcheck and every test with the race detector
+test: fmt-check vet lint race
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+lint:
+	$(GO) run $(STATICCHECK) ./...
+
+race:
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+## fuzz: fuzz the --proxy mapping parser for $(FUZZTIME)
+fuzz:
+	$(GO) test ./internal/config -run '^$$' -fuzz FuzzParseMapping -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,155 @@
+package server
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+
+	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func serve(t *testing.T, opt Options, proxies ...config.Proxy) (*Server, *testutil.Buffer) {
+	t.Helper()
+	logs := new(testutil.Buffer)
+	opt.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg := config.Default()
+	cfg.Proxies = proxies
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Listen(cfg.Proxies, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return s, logs
+}
+
+func proxyTo(backend string) config.Proxy {
+	return config.Proxy{Listen: "127.0.0.1:0", Backends: []config.Backend{{Address: backend}}}
+}
+
+func TestPanicCostsOneConnectionOnly(t *testing.T) {
+	var calls atomic.Int64
+	opt := Options{onConnect: func() {
+		if calls.Add(1) == 1 {
+			panic("injected fault")
+		}
+	}}
+	s, logs := serve(t, opt, proxyTo(testutil.StartEcho(t)))
+	addr := s.Addrs()[0].String()
+
+	first := testutil.Dial(t, addr)
+	_ = first.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b, _ := io.ReadAll(first); len(b) != 0 {
+		t.Fatalf("the panicked connection delivered %q", b)
+	}
+	second := testutil.Dial(t, addr)
+	if got := testutil.RoundTrip(t, second, "alive"); got != "alive" {
+		t.Fatalf("the next connection got %q", got)
+	}
+	testutil.WaitFor(t, 5*time.Second, "the panic to be counted", func() bool { return s.Panics() == 1 })
+	line := logs.WaitLines(t, "panic while handling a connection", 1)[0]
+	for _, want := range []string{"injected fault", "goroutine", "server.(*Server).handle"} {
+		if !strings.Contains(line, want) {
+			t.Fatalf("panic log %q lacks %q (it must carry the stack)", line, want)
+		}
+	}
+}
+
+func TestAcceptedAndDialledSocketsKeepAlive(t *testing.T) {
+	// The accepted socket inherits keepalive from the listener
+	// (controlListener); the dialled one gets it from the dialer.
+	backendSide := make(chan net.Conn, 1)
+	ln := testutil.Listen(t, "tcp4")
+	testutil.Serve(t, ln, func(c net.Conn) {
+		backendSide <- c
+		_, _ = io.Copy(io.Discard, c)
+	})
+	s, _ := serve(t, Options{}, proxyTo(ln.Addr().String()))
+	c := testutil.Dial(t, s.Addrs()[0].String())
+	<-backendSide
+	found := 0
+	testutil.WaitFor(t, 5*time.Second, "two relayed sockets", func() bool {
+		found = 0
+		for _, info := range tcpSockets(t) {
+			if info.keepalive && info.idle == int(keepAlive.Idle.Seconds()) &&
+				(info.local == s.Addrs()[0].String() || info.remote == ln.Addr().String()) {
+				found++
+			}
+		}
+		return found == 2
+	})
+	_ = c.Close()
+}
+
+type sockInfo struct {
+	local, remote string
+	keepalive     bool
+	idle          int
+}
+
+// tcpSockets lists this process's connected TCP sockets with their
+// keepalive settings, read straight from the descriptors.
+func tcpSockets(t *testing.T) []sockInfo {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []sockInfo
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err != nil || !strings.HasPrefix(target, "socket:") {
+			continue
+		}
+		peer, err := unix.Getpeername(fd)
+		if err != nil {
+			continue // a listener, or not connected
+		}
+		local, err := unix.Getsockname(fd)
+		if err != nil {
+			continue
+		}
+		ka, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+		idle, _ := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+		out = append(out, sockInfo{local: sockaddr(local), remote: sockaddr(peer), keepalive: ka == 1, idle: idle})
+	}
+	return out
+}
+
+func sockaddr(sa unix.Sockaddr) string {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+	case *unix.SockaddrInet6:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+	}
+	return ""
+}

@@ -1,0 +1,238 @@
+// Package testutil has the loopback servers and waiting helpers pj's tests
+// share. Everything listens on 127.0.0.1 (or ::1) only, and everything it
+// starts is stopped by t.Cleanup.
+package testutil
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Listen binds a TCP listener on an ephemeral loopback port of network
+// ("tcp4" or "tcp6") and closes it at the end of the test.
+func Listen(t testing.TB, network string) net.Listener {
+	t.Helper()
+	addr := "127.0.0.1:0"
+	if network == "tcp6" {
+		addr = "[::1]:0"
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatalf("listen %s: %v", addr, err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	return ln
+}
+
+// Serve runs handle for every connection ln accepts, until the test ends;
+// Cleanup closes ln and every accepted connection and waits for the handlers.
+func Serve(t testing.TB, ln net.Listener, handle func(net.Conn)) {
+	t.Helper()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]bool{}
+	)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+					_ = c.Close()
+				}()
+				handle(c)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+}
+
+// Echo writes back everything it reads; at the client's end of stream it
+// half-closes its side, so the client sees EOF after the echo.
+func Echo(c net.Conn) {
+	_, _ = io.Copy(c, c)
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	}
+}
+
+// StartEcho starts an echo server on tcp4 loopback and returns its address.
+func StartEcho(t testing.TB) string {
+	t.Helper()
+	ln := Listen(t, "tcp4")
+	Serve(t, ln, Echo)
+	return ln.Addr().String()
+}
+
+// ClosedAddr returns a loopback address nothing listens on: connecting to it
+// is refused at once.
+func ClosedAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// Dial connects to addr with a timeout and closes the connection at the end
+// of the test.
+func Dial(t testing.TB, addr string) *net.TCPConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c.(*net.TCPConn)
+}
+
+// RoundTrip writes msg to c and reads back as many bytes, within 10 s.
+func RoundTrip(t testing.TB, c net.Conn, msg string) string {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	defer func() { _ = c.SetDeadline(time.Time{}) }()
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("read back %d bytes: %v", len(msg), err)
+	}
+	return string(buf)
+}
+
+// WaitFor polls cond until it is true, failing the test with what after
+// timeout. Tests wait for conditions, never for a fixed time.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		<-tick.C
+	}
+}
+
+// Buffer is a bytes.Buffer safe for concurrent writers, for capturing logs.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Lines returns the complete lines written so far that contain substr.
+func (b *Buffer) Lines(substr string) []string {
+	var out []string
+	for line := range strings.Lines(b.String()) {
+		if strings.HasSuffix(line, "\n") && strings.Contains(line, substr) {
+			out = append(out, strings.TrimSuffix(line, "\n"))
+		}
+	}
+	return out
+}
+
+// WaitLines waits until at least n complete lines contain substr and
+// returns them.
+func (b *Buffer) WaitLines(t testing.TB, substr string, n int) []string {
+	t.Helper()
+	var lines []string
+	WaitFor(t, 10*time.Second, "log lines containing "+substr, func() bool {
+		lines = b.Lines(substr)
+		return len(lines) >= n
+	})
+	return lines
+}
+
+// OpenFDs counts the open descriptors of process pid ("self" for this one).
+func OpenFDs(t testing.TB, pid string) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/" + pid + "/fd")
+	if err != nil {
+		t.Fatalf("count descriptors: %v", err)
+	}
+	return len(ents)
+}
+
+// Pattern is a deterministic, incompressible-enough byte stream for bulk
+// transfer tests: byte i is a function of i and seed.
+type Pattern struct {
+	seed byte
+	off  int64
+	n    int64
+}
+
+// NewPattern returns a reader of n pattern bytes.
+func NewPattern(seed byte, n int64) *Pattern { return &Pattern{seed: seed, n: n} }
+
+func (p *Pattern) Read(b []byte) (int, error) {
+	if p.off >= p.n {
+		return 0, io.EOF
+	}
+	if rem := p.n - p.off; int64(len(b)) > rem {
+		b = b[:rem]
+	}
+	for i := range b {
+		x := uint64(p.off+int64(i)) * 0x9E3779B97F4A7C15
+		b[i] = byte(x>>56) ^ p.seed
+	}
+	p.off += int64(len(b))
+	return len(b), nil
+}
+
+// PatternSum is the SHA-256 of n pattern bytes of seed.
+func PatternSum(seed byte, n int64) [32]byte {
+	h := sha256.New()
+	_, _ = io.Copy(h, NewPattern(seed, n))
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return sum
+}
+
+// IsTimeout reports whether err is a deadline expiry.
+func IsTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
