@@ -3,17 +3,33 @@
 package balance
 
 import (
+	"context"
+	"fmt"
 	"net/netip"
 	"sync/atomic"
 
 	"github.com/pj-proxy/pj/internal/config"
 )
 
+// Resolver looks up host names; *net.Resolver is one.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
 // Backend is one address a proxy relays to, with its live counters.
 type Backend struct {
+	// Address is the backend as logs and the API show it: IP:port once
+	// resolved, else the configured HOST:PORT.
 	Address string
-	Weight  int
-	Backup  bool
+	// Name is the configured HOST:PORT this backend came from.
+	Name string
+	// Addr is the resolved address; invalid when resolution failed.
+	Addr netip.AddrPort
+	// Err says why Addr is invalid.
+	Err error
+
+	Weight int
+	Backup bool
 
 	// Active counts the connections relayed to this backend right now.
 	Active atomic.Int64
@@ -29,18 +45,60 @@ type Pool struct {
 	next      atomic.Uint64 // round-robin cursor
 }
 
-// NewPool builds a pool from the configured backends.
-func NewPool(backends []config.Backend) *Pool {
+// NewPool builds a pool from the configured backends. A backend given by
+// name becomes one backend per address the name resolves to (a name with
+// two A records balances over both); a name that does not resolve stays as
+// one backend whose every connection attempt fails with the lookup error.
+// Lookups are bounded by ctx.
+func NewPool(ctx context.Context, backends []config.Backend, r Resolver) *Pool {
 	p := &Pool{}
-	for _, b := range backends {
-		be := &Backend{Address: b.Address, Weight: b.Weight, Backup: b.Backup}
+	seen := map[string]bool{}
+	add := func(b *Backend) {
+		if seen[b.Address] {
+			return
+		}
+		seen[b.Address] = true
 		if b.Backup {
-			p.backups = append(p.backups, be)
+			p.backups = append(p.backups, b)
 		} else {
-			p.primaries = append(p.primaries, be)
+			p.primaries = append(p.primaries, b)
+		}
+	}
+	for _, cb := range backends {
+		for _, b := range resolve(ctx, cb, r) {
+			add(b)
 		}
 	}
 	return p
+}
+
+func resolve(ctx context.Context, cb config.Backend, r Resolver) []*Backend {
+	mk := func(addr netip.AddrPort, err error) *Backend {
+		b := &Backend{Address: cb.Address, Name: cb.Address, Addr: addr, Err: err, Weight: cb.Weight, Backup: cb.Backup}
+		if addr.IsValid() {
+			b.Address = addr.String()
+		}
+		return b
+	}
+	host, port, err := config.SplitHostPort(cb.Address)
+	if err != nil {
+		return []*Backend{mk(netip.AddrPort{}, err)}
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return []*Backend{mk(netip.AddrPortFrom(ip.Unmap(), port), nil)}
+	}
+	ips, err := r.LookupNetIP(ctx, "ip", host)
+	if err == nil && len(ips) == 0 {
+		err = fmt.Errorf("lookup %s: no addresses", host)
+	}
+	if err != nil {
+		return []*Backend{mk(netip.AddrPort{}, fmt.Errorf("resolve backend %s: %w", cb.Address, err))}
+	}
+	out := make([]*Backend, 0, len(ips))
+	for _, ip := range ips {
+		out = append(out, mk(netip.AddrPortFrom(ip.Unmap(), port), nil))
+	}
+	return out
 }
 
 // Backends returns every backend, primaries first.
@@ -49,15 +107,44 @@ func (p *Pool) Backends() []*Backend {
 	return append(append(all, p.primaries...), p.backups...)
 }
 
-// Candidates appends to dst the backends to try for one connection, best
-// first: the round-robin pick, then the other primaries in order (for
-// failover within the client's connection), then the backups.
-func (p *Pool) Candidates(dst []*Backend, _ netip.Addr) []*Backend {
+// Len is the number of backends.
+func (p *Pool) Len() int { return len(p.primaries) + len(p.backups) }
+
+// Order is the sequence of backends one connection tries, best first, as
+// produced by Pool.Start: the round-robin pick, then the other primaries
+// (failover within the client's connection), then the backups. It is a
+// small value that needs no allocation.
+type Order struct {
+	pool  *Pool
+	start uint32
+	i     uint32
+}
+
+// Start begins the order of one connection from client.
+func (p *Pool) Start(_ netip.Addr) Order {
+	o := Order{pool: p}
 	if n := uint64(len(p.primaries)); n > 0 {
-		start := (p.next.Add(1) - 1) % n
-		for i := range n {
-			dst = append(dst, p.primaries[(start+i)%n])
-		}
+		o.start = uint32((p.next.Add(1) - 1) % n)
 	}
-	return append(dst, p.backups...)
+	return o
+}
+
+// Next returns the next backend to try, or nil when all have been tried.
+func (o *Order) Next() *Backend {
+	p := o.pool
+	n := uint32(len(p.primaries))
+	i := o.i
+	if i >= n+uint32(len(p.backups)) {
+		return nil
+	}
+	o.i++
+	if i < n {
+		return p.primaries[(o.start+i)%n]
+	}
+	return p.backups[i-n]
+}
+
+// Remaining is how many backends Next has not returned yet.
+func (o *Order) Remaining() int {
+	return o.pool.Len() - int(o.i)
 }

@@ -1,6 +1,6 @@
-// Package server runs pj's listeners: it binds them all or none, accepts
-// connections, picks and dials a backend, hands both sockets to the relay,
-// logs every finished connection and drains on shutdown.
+// Package server runs pj's proxies: it resolves their backends, binds every
+// listener or none, hands the sockets to the event engine and drains on
+// shutdown.
 package server
 
 import (
@@ -9,23 +9,26 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/engine"
+	"github.com/pj-proxy/pj/internal/proxy"
 )
 
-// TCP keepalive on both sides of every connection: the first probe after a
-// minute of silence, then every 15 s, four unanswered probes and the peer is
-// declared dead (about two minutes). Go's default (15 s before the first
-// probe) would send tens of thousands of probes a second through a proxy
-// holding a million idle connections; the kernel's (two hours) would let dead
-// peers hold descriptors far too long.
-var keepAlive = net.KeepAliveConfig{Enable: true, Idle: time.Minute, Interval: 15 * time.Second, Count: 4}
+// KeepAlive is the TCP keepalive of both sides of every connection: the
+// first probe after a minute of silence, then every 15 s; four unanswered
+// probes and the peer is declared dead (about two minutes). Go's default
+// (15 s before the first probe) would send tens of thousands of probes a
+// second through a proxy holding a million idle connections; the kernel's
+// (two hours) would let dead peers hold descriptors far too long.
+var KeepAlive = engine.KeepAlive{Idle: time.Minute, Interval: 15 * time.Second, Count: 4}
+
+// resolveTimeout bounds the start-up lookups of backend host names.
+const resolveTimeout = 5 * time.Second
 
 // Options are the process-wide settings of a Server.
 type Options struct {
@@ -33,93 +36,117 @@ type Options struct {
 	// GracePeriod is how long established connections may run on after
 	// the context given to Serve is cancelled.
 	GracePeriod time.Duration
-
-	// onConnect, if set, is called for each connection before the
-	// backend is dialled; tests use it to inject a panic.
-	onConnect func()
+	// Loops is the number of event loops; 0 means one per CPU.
+	Loops int
 }
 
-// Server is a set of bound listeners and the connections they accepted.
+// Server is a set of bound listeners and the engine serving them.
 type Server struct {
-	log         *slog.Logger
-	grace       time.Duration
-	onConnect   func()
-	listeners   []*listener
-	connections sync.WaitGroup
-	active      atomic.Int64
-	nextID      atomic.Uint64
-	panics      atomic.Uint64
-
-	// cut is cancelled, with errShutdown as its cause, when the grace
-	// period has run out; every connection's relay and dial watch it.
-	cut       context.Context
-	cancelCut context.CancelCauseFunc
+	log       *slog.Logger
+	grace     time.Duration
+	eng       *engine.Engine
+	listeners []*engine.Listener
+	addrs     []net.Addr
 }
 
-// errShutdown is the cause of connections cut when the grace period ends.
-var errShutdown = errors.New("grace period over")
-
-// Proxy is the immutable runtime form of one configured proxy.
-type Proxy struct {
-	Name           string
-	Pool           *balance.Pool
-	ConnectTimeout time.Duration
-	IdleTimeout    time.Duration
-	dialer         net.Dialer
-}
-
-func newProxy(c config.Proxy) *Proxy {
-	return &Proxy{
-		Name:           c.Name,
-		Pool:           balance.NewPool(c.Backends),
-		ConnectTimeout: c.ConnectTimeout,
-		IdleTimeout:    c.IdleTimeout,
-		dialer:         net.Dialer{KeepAliveConfig: keepAlive},
-	}
-}
-
-// Listen binds a listener for every proxy. It is all or nothing: if any
-// address cannot be bound, the ones already bound are closed and the error
-// names the address and the reason.
+// Listen resolves the proxies' backends and binds a listener for every
+// proxy. It is all or nothing: if any address cannot be bound, the ones
+// already bound are closed and the error names the address and the reason.
 func Listen(proxies []config.Proxy, opt Options) (*Server, error) {
 	log := opt.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{log: log, grace: opt.GracePeriod, onConnect: opt.onConnect}
-	s.cut, s.cancelCut = context.WithCancelCause(context.Background())
+	s := &Server{log: log, grace: opt.GracePeriod}
 
 	lc := net.ListenConfig{KeepAlive: -1, Control: controlListener}
+	var bound []*net.TCPListener
+	closeBound := func() {
+		for _, ln := range bound {
+			_ = ln.Close() // giving up: the close error would hide the real one
+		}
+	}
 	for _, pc := range proxies {
 		ln, err := lc.Listen(context.Background(), "tcp", pc.Listen)
 		if err != nil {
-			s.closeListeners()
+			closeBound()
 			return nil, fmt.Errorf("proxy %s: %w%s", pc.Name, err, listenHint(err))
 		}
-		l := &listener{ln: ln.(*net.TCPListener), addr: ln.Addr().String(), done: make(chan struct{})}
+		bound = append(bound, ln.(*net.TCPListener))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	defer cancel()
+	runtimes := make([]*proxy.Proxy, len(proxies))
+	for i, pc := range proxies {
 		if pc.Name == pc.Listen {
 			// An unnamed proxy is known by its address, the bound one:
 			// port 0 has become a real port, an empty host "[::]".
-			pc.Name = l.addr
+			pc.Name = bound[i].Addr().String()
 		}
-		l.proxy.Store(newProxy(pc))
-		s.listeners = append(s.listeners, l)
+		runtimes[i] = proxy.Build(ctx, pc, net.DefaultResolver)
+		for _, b := range runtimes[i].Pool.Backends() {
+			if b.Err != nil {
+				log.Warn("backend does not resolve; connections to it will fail", "proxy", pc.Name, "backend", b.Name, "error", b.Err.Error())
+			}
+		}
+	}
+
+	eng, err := engine.New(engine.Options{Logger: log, Loops: opt.Loops, KeepAlive: KeepAlive})
+	if err != nil {
+		closeBound()
+		return nil, fmt.Errorf("start the event engine: %w", err)
+	}
+	s.eng = eng
+	for i, ln := range bound {
+		s.addrs = append(s.addrs, ln.Addr())
+		fd, err := detach(ln)
+		if err == nil {
+			var el *engine.Listener
+			if el, err = eng.Listen(fd, ln.Addr().String(), runtimes[i]); err == nil {
+				s.listeners = append(s.listeners, el)
+				continue
+			}
+		}
+		closeBound()
+		s.Close()
+		return nil, fmt.Errorf("proxy %s: %w", runtimes[i].Name, err)
 	}
 	return s, nil
 }
 
-// controlListener turns TCP keepalive on for the listening socket. Linux
-// copies these options to every socket accept(2) returns, which saves the
-// four setsockopt calls per connection that setting them after accept costs.
+// controlListener sets keepalive and TCP_NODELAY on the listening socket;
+// Linux copies them to every socket accept(2) returns.
 func controlListener(_, _ string, c syscall.RawConn) error {
 	var serr error
-	err := c.Control(func(fd uintptr) {
-		serr = setKeepAlive(int(fd), keepAlive)
-	})
-	if err != nil {
+	if err := c.Control(func(fd uintptr) { serr = engine.SetListenerOptions(int(fd), KeepAlive) }); err != nil {
 		return err
 	}
 	return serr
+}
+
+// detach takes the socket of a bound listener away from Go's poller: the
+// engine gets a duplicate of its descriptor and the original is closed
+// (which unregisters it from Go's epoll, not the socket from the kernel).
+func detach(ln *net.TCPListener) (int, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	var (
+		fd   = -1
+		derr error
+	)
+	if err := rc.Control(func(s uintptr) { fd, derr = dupCloexec(int(s)) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
+	}
+	if err := ln.Close(); err != nil {
+		return -1, err
+	}
+	return fd, nil
 }
 
 func listenHint(err error) string {
@@ -140,48 +167,36 @@ func listenHint(err error) string {
 
 // Addrs returns the bound address of every listener, in configuration
 // order; port 0 has become the port the kernel chose.
-func (s *Server) Addrs() []net.Addr {
-	addrs := make([]net.Addr, len(s.listeners))
-	for i, l := range s.listeners {
-		addrs[i] = l.ln.Addr()
-	}
-	return addrs
-}
+func (s *Server) Addrs() []net.Addr { return s.addrs }
 
-// Active returns the number of connections being handled.
-func (s *Server) Active() int64 { return s.active.Load() }
+// Active returns the number of open connections.
+func (s *Server) Active() int64 { return s.eng.Active() }
 
-// Panics returns how many connection handlers have panicked and been
-// recovered since start.
-func (s *Server) Panics() uint64 { return s.panics.Load() }
+// Panics returns how many connections were closed because handling them
+// panicked.
+func (s *Server) Panics() uint64 { return s.eng.Panics() }
 
-// Serve accepts connections until ctx is cancelled. Then it stops accepting
-// at once, lets established connections finish for the grace period, cuts
-// those still open (status shutdown) and returns nil once every connection
-// has been logged.
+// Serve serves until ctx is cancelled. Then it stops accepting at once,
+// lets established connections finish for the grace period, cuts those
+// still open (status shutdown) and returns nil once every connection has
+// been logged.
 func (s *Server) Serve(ctx context.Context) error {
-	var loops sync.WaitGroup
-	for _, l := range s.listeners {
-		p := l.proxy.Load()
-		s.log.Info("listening", "proxy", p.Name, "address", l.addr,
-			"backends", strings.Join(backendAddrs(p.Pool), ","), "balance", config.RoundRobin)
-		loops.Go(func() { s.acceptLoop(l) })
+	for _, ln := range s.listeners {
+		p := ln.Proxy()
+		s.log.Info("listening", "proxy", p.Name, "address", ln.Addr(),
+			"backends", strings.Join(backendAddrs(p), ","), "balance", p.Balance)
 	}
 
 	<-ctx.Done()
-	s.closeListeners()
-	loops.Wait()
-
-	drained := make(chan struct{})
-	go func() {
-		s.connections.Wait()
-		close(drained)
-	}()
+	for _, ln := range s.listeners {
+		s.eng.CloseListener(ln)
+	}
+	s.listeners = nil
 	reason := "stopped"
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		reason = cause.Error()
 	}
-	if n := s.active.Load(); n > 0 {
+	if n := s.eng.Active(); n > 0 {
 		s.log.Info("shutting down: stopped accepting, draining connections",
 			"reason", reason, "active", n, "grace_period", s.grace.String())
 	} else {
@@ -190,33 +205,34 @@ func (s *Server) Serve(ctx context.Context) error {
 	grace := time.NewTimer(s.grace)
 	defer grace.Stop()
 	select {
-	case <-drained:
+	case <-s.eng.Idle():
 	case <-grace.C:
-		s.log.Warn("grace period over: closing the remaining connections", "active", s.active.Load())
-		s.cancelCut(errShutdown)
-		<-drained
+		s.log.Warn("grace period over: closing the remaining connections", "active", s.eng.Active())
+		s.eng.Cut(engine.ErrShutdown)
+		<-s.eng.Idle()
 	}
-	s.cancelCut(nil)
+	s.eng.Close()
 	s.log.Info("stopped")
 	return nil
 }
 
-func backendAddrs(p *balance.Pool) []string {
+func backendAddrs(p *proxy.Proxy) []string {
 	var addrs []string
-	for _, b := range p.Backends() {
+	for _, b := range p.Pool.Backends() {
 		addrs = append(addrs, b.Address)
 	}
 	return addrs
 }
 
-func (s *Server) closeListeners() {
-	for _, l := range s.listeners {
-		l.close()
-	}
-}
-
-// Close releases every listener of a server that will not Serve.
+// Close releases the listeners and the engine of a server that will not
+// Serve.
 func (s *Server) Close() {
-	s.closeListeners()
-	s.cancelCut(nil)
+	if s.eng == nil {
+		return
+	}
+	for _, ln := range s.listeners {
+		s.eng.CloseListener(ln)
+	}
+	s.listeners = nil
+	s.eng.Close()
 }

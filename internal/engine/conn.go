@@ -1,0 +1,633 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pj-proxy/pj/internal/balance"
+	"github.com/pj-proxy/pj/internal/observe"
+	"github.com/pj-proxy/pj/internal/proxy"
+)
+
+type connState uint8
+
+const (
+	stateConnecting connState = iota // dialling a backend
+	stateRelay                       // both sockets open, bytes flowing
+	stateClosed
+)
+
+// Readiness bits, remembered between edge-triggered events.
+const (
+	cReadable uint8 = 1 << iota // the client socket has data or EOF to read
+	cWritable                   // the client socket can take more bytes
+	cHup                        // the client has sent its FIN (EPOLLRDHUP)
+	bReadable
+	bWritable
+	bHup
+)
+
+// side names who ended a connection, for closed_by.
+type side uint8
+
+const (
+	sideNone side = iota
+	sideClient
+	sideBackend
+	sidePJ
+)
+
+func (s side) String() string {
+	switch s {
+	case sideClient:
+		return "client"
+	case sideBackend:
+		return "backend"
+	case sidePJ:
+		return "pj"
+	}
+	return ""
+}
+
+// conn is one client connection. It is small on purpose: an idle
+// connection costs this struct and its two sockets, nothing else.
+type conn struct {
+	id       uint64
+	gen      uint32
+	cfd, bfd int32
+	state    connState
+	ready    uint8
+	queued   bool // in the loop's pending list
+	spliced  bool // some bytes moved with splice(2)
+	closedBy side
+
+	ln       *Listener
+	proxy    *proxy.Proxy
+	client   netip.AddrPort
+	accepted time.Time
+
+	// connecting
+	order    balance.Order
+	deadline int64 // end of the whole connect attempt (loop clock)
+	backend  *balance.Backend
+	err      error // last connect error
+
+	counted    bool  // backend.Active includes this connection
+	connectDur int64 // nanoseconds from accept to connected
+	lastActive int64 // loop clock of the last byte moved
+	timerAt    int64 // deadline of the armed timer; 0 if none
+
+	up, down dir
+}
+
+// dir is one direction of a relay.
+type dir struct {
+	bytes   atomic.Int64 // delivered to the destination
+	spill   []byte       // read but not yet written (destination was full)
+	pipe    pipe
+	inPipe  int32 // bytes in pipe
+	hasPipe bool
+	bulk    bool // the last read filled the buffer: splice
+	eof     bool // the source has ended
+	done    bool // the FIN has been passed on
+}
+
+// ErrConnectTimeout ends a connect attempt that got no answer in time.
+var ErrConnectTimeout = errors.New("connect timeout")
+
+// openConn starts the life of an accepted connection.
+func (l *loop) openConn(fd int, ln *Listener, client netip.AddrPort) {
+	p := ln.Proxy()
+	c := &conn{
+		id: l.e.nextID.Add(1), gen: l.nextGen(), cfd: int32(fd), bfd: -1,
+		ln: ln, proxy: p, client: client, accepted: l.wall,
+	}
+	l.e.active.Add(1)
+	if err := l.register(fd, c.gen); err != nil {
+		_ = unix.Close(fd)
+		c.state = stateClosed
+		c.err = err
+		l.logConn(c, observe.StatusError, err)
+		l.e.connDone()
+		return
+	}
+	l.setConn(fd, c)
+	defer l.recoverConn(c)
+	if l.e.onOpen != nil {
+		l.e.onOpen()
+	}
+	c.order = p.Pool.Start(client.Addr())
+	c.deadline = l.now + int64(p.ConnectTimeout)
+	l.connectNext(c)
+}
+
+// connectNext dials the next backend of the connection's order.
+func (l *loop) connectNext(c *conn) {
+	for {
+		b := c.order.Next()
+		if b == nil {
+			l.connectFailed(c)
+			return
+		}
+		c.backend = b
+		if b.Err != nil {
+			c.err = b.Err
+			continue
+		}
+		if l.dial(c) {
+			return
+		}
+	}
+}
+
+// dial starts connecting c to c.backend. It reports false when that
+// backend failed at once and the next should be tried. Each try gets an
+// equal share of the connect time left, so a backend that swallows SYNs
+// cannot starve the others, and one that refuses costs nothing.
+func (l *loop) dial(c *conn) bool {
+	b := c.backend
+	left := c.deadline - l.now
+	if left <= 0 {
+		if c.err == nil {
+			c.err = fmt.Errorf("connect to %s: %w", b.Address, ErrConnectTimeout)
+		}
+		l.connectFailed(c)
+		return true
+	}
+	fd, err := newBackendSocket(b.Addr, l.e.ka)
+	if err != nil {
+		c.err = fmt.Errorf("connect to %s: %w", b.Address, err)
+		if isShortage(err) {
+			// Out of descriptors (or socket memory): this client waits,
+			// and no new client is accepted, until some are free again
+			// or the connect time is spent.
+			l.pauseListeners(err)
+			c.state = stateConnecting
+			l.arm(c, min(l.now+int64(shortageRetry), c.deadline))
+			return true
+		}
+		return false
+	}
+	err = connectTo(fd, b.Addr, &l.rsa)
+	if err != nil && err != unix.EINPROGRESS {
+		_ = unix.Close(fd)
+		c.err = fmt.Errorf("connect to %s: %w", b.Address, err)
+		return false
+	}
+	if rerr := l.register(fd, c.gen); rerr != nil {
+		_ = unix.Close(fd)
+		c.err = fmt.Errorf("connect to %s: %w", b.Address, rerr)
+		return false
+	}
+	c.bfd = int32(fd)
+	l.setConn(fd, c)
+	if err == nil {
+		l.connected(c)
+		return true
+	}
+	c.state = stateConnecting
+	l.arm(c, l.now+left/int64(c.order.Remaining()+1))
+	return true
+}
+
+// shortageRetry is how soon a connection that found no free descriptor
+// tries again.
+const shortageRetry = 20 * time.Millisecond
+
+// isShortage reports whether err means the process or the kernel ran out
+// of a resource that frees up by itself as connections close.
+func isShortage(err error) bool {
+	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) ||
+		errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM)
+}
+
+// connectEvent handles readiness of a backend socket being connected.
+func (l *loop) connectEvent(c *conn, events uint32) {
+	if events&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+		return
+	}
+	err := socketError(int(c.bfd))
+	if err == nil && events&unix.EPOLLOUT != 0 {
+		l.connected(c)
+		return
+	}
+	if err == nil {
+		err = unix.ECONNRESET
+	}
+	c.err = fmt.Errorf("connect to %s: %w", c.backend.Address, err)
+	l.dropBackend(c)
+	l.connectNext(c)
+}
+
+func (l *loop) dropBackend(c *conn) {
+	l.clearConn(int(c.bfd))
+	_ = unix.Close(int(c.bfd)) // a failed attempt: nothing was sent on it
+	c.bfd = -1
+	c.ready &^= bReadable | bWritable | bHup
+}
+
+func (l *loop) connected(c *conn) {
+	c.state = stateRelay
+	c.err = nil
+	c.order = balance.Order{}
+	c.ready |= bWritable
+	c.backend.Active.Add(1)
+	c.backend.Total.Add(1)
+	c.counted = true
+	c.connectDur = int64(l.wall.Sub(c.accepted))
+	c.lastActive = l.now
+	c.timerAt = 0
+	if idle := c.proxy.IdleTimeout; idle > 0 {
+		l.arm(c, l.now+int64(idle))
+	}
+	l.relay(c)
+}
+
+func (l *loop) connectFailed(c *conn) {
+	status := observe.StatusConnectFailed
+	if c.backend == nil {
+		status = observe.StatusNoBackend
+		c.err = errors.New("no backend is eligible")
+	}
+	l.close(c, status, c.err)
+}
+
+// handle applies one readiness event to a connection.
+func (l *loop) handle(c *conn, fd int, events uint32) {
+	defer l.recoverConn(c)
+	isClient := int32(fd) == c.cfd
+	var r, w, h uint8 = bReadable, bWritable, bHup
+	if isClient {
+		r, w, h = cReadable, cWritable, cHup
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.ready |= r
+	}
+	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.ready |= w
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+		c.ready |= h
+	}
+	if c.state == stateConnecting {
+		switch {
+		case !isClient:
+			l.connectEvent(c, events)
+		case events&unix.EPOLLERR != 0:
+			// The client gave up (reset) before a backend answered.
+			l.abort(c, sideError(sideClient, socketError(fd)))
+		}
+		return
+	}
+	if events&unix.EPOLLERR != 0 {
+		s := sideBackend
+		if isClient {
+			s = sideClient
+		}
+		l.abort(c, sideError(s, socketError(fd)))
+		return
+	}
+	l.relay(c)
+}
+
+// maxPerTurn bounds the bytes one direction moves before the loop turns
+// to other connections; the rest waits in the pending list.
+const maxPerTurn = 4 << 20
+
+// relay moves whatever both directions can move now.
+func (l *loop) relay(c *conn) {
+	if !c.up.done {
+		if err := l.pump(c, &c.up, int(c.cfd), int(c.bfd), cReadable, cHup, bWritable, sideClient, sideBackend); err != nil {
+			l.abort(c, err)
+			return
+		}
+	}
+	if !c.down.done {
+		if err := l.pump(c, &c.down, int(c.bfd), int(c.cfd), bReadable, bHup, cWritable, sideBackend, sideClient); err != nil {
+			l.abort(c, err)
+			return
+		}
+	}
+	if c.up.done && c.down.done {
+		l.close(c, observe.StatusOK, nil)
+	}
+}
+
+// pump moves one direction from src to dst until one of them would block,
+// the source ends (its FIN is passed on) or the turn's budget is spent.
+//
+// Small messages go through the loop's buffer: one read, one write. A read
+// that fills the buffer marks the direction bulk, and bulk moves with
+// splice(2) through a pipe, which is given back as soon as it is empty.
+func (l *loop) pump(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWritable uint8, srcSide, dstSide side) error {
+	moved, err := l.turn(c, d, src, dst, srcReadable, srcHup, dstWritable, srcSide, dstSide)
+	if moved > 0 {
+		// A direction that moved a buffer's worth in one turn starts the
+		// next with splice; one that moved less starts with a read.
+		d.bulk = moved >= bufSize
+	}
+	return err
+}
+
+func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWritable uint8, srcSide, dstSide side) (moved int, err error) {
+	for {
+		// Deliver what is pending first: bytes must leave in order.
+		if len(d.spill) > 0 {
+			if c.ready&dstWritable == 0 {
+				return moved, nil
+			}
+			n, err := sysWrite(dst, d.spill)
+			if err == unix.EAGAIN {
+				c.ready &^= dstWritable
+				return moved, nil
+			}
+			if err != nil {
+				return moved, sideError(dstSide, os.NewSyscallError("write", err))
+			}
+			l.delivered(c, d, n)
+			if d.spill = d.spill[n:]; len(d.spill) > 0 {
+				c.ready &^= dstWritable // a short write: the socket is full
+				return moved, nil
+			}
+			d.spill = nil
+			continue
+		}
+		if d.inPipe > 0 {
+			if c.ready&dstWritable == 0 {
+				return moved, nil
+			}
+			n, err := sysSplice(int(d.pipe.r), dst, int(d.inPipe))
+			if err == unix.EAGAIN {
+				c.ready &^= dstWritable
+				return moved, nil
+			}
+			if err != nil {
+				return moved, sideError(dstSide, os.NewSyscallError("splice", err))
+			}
+			l.delivered(c, d, n)
+			d.inPipe -= int32(n)
+			continue
+		}
+		if d.hasPipe {
+			l.putPipe(d)
+		}
+		if d.eof {
+			if err := unix.Shutdown(dst, unix.SHUT_WR); err != nil {
+				return moved, sideError(dstSide, os.NewSyscallError("shutdown", err))
+			}
+			d.done = true
+			if c.closedBy == sideNone {
+				c.closedBy = srcSide
+			}
+			return moved, nil
+		}
+		if c.ready&srcReadable == 0 {
+			return moved, nil
+		}
+		if moved >= maxPerTurn {
+			l.queue(c)
+			return moved, nil
+		}
+
+		if d.bulk && l.getPipe(d) {
+			n, err := sysSplice(src, int(d.pipe.w), pipeSize)
+			switch {
+			case err == unix.EAGAIN:
+				c.ready &^= srcReadable
+			case err != nil:
+				return moved, sideError(srcSide, os.NewSyscallError("splice", err))
+			case n == 0:
+				d.eof = true
+			default:
+				d.inPipe = int32(n)
+				moved += n
+				c.spliced = true
+			}
+			continue
+		}
+
+		var n int
+		n, err = sysRead(src, l.buf)
+		switch {
+		case err == unix.EAGAIN:
+			c.ready &^= srcReadable
+			continue
+		case err != nil:
+			return moved, sideError(srcSide, os.NewSyscallError("read", err))
+		case n == 0:
+			d.eof = true
+			continue
+		}
+		moved += n
+		if n == len(l.buf) {
+			d.bulk = true
+		} else {
+			// A short read drained the socket: ET will report new data.
+			// If the peer's FIN had arrived too, this was the last of it.
+			c.ready &^= srcReadable
+			if c.ready&srcHup != 0 {
+				d.eof = true
+			}
+		}
+		w := 0
+		if c.ready&dstWritable != 0 {
+			w, err = sysWrite(dst, l.buf[:n])
+			if err == unix.EAGAIN {
+				w, err = 0, nil
+			}
+			if err != nil {
+				return moved, sideError(dstSide, os.NewSyscallError("write", err))
+			}
+			l.delivered(c, d, w)
+		}
+		if w < n {
+			d.spill = append([]byte(nil), l.buf[w:n]...)
+			c.ready &^= dstWritable
+		}
+	}
+}
+
+func (l *loop) delivered(c *conn, d *dir, n int) {
+	d.bytes.Add(int64(n))
+	c.lastActive = l.now
+}
+
+// getPipe gives d a pipe, from the loop's spares or new. Without one (out
+// of descriptors) the direction carries on through the buffer.
+func (l *loop) getPipe(d *dir) bool {
+	if d.hasPipe {
+		return true
+	}
+	if n := len(l.pipes); n > 0 {
+		d.pipe = l.pipes[n-1]
+		l.pipes = l.pipes[:n-1]
+	} else {
+		p, err := newPipe()
+		if err != nil {
+			d.bulk = false
+			return false
+		}
+		d.pipe = p
+	}
+	d.hasPipe = true
+	return true
+}
+
+// putPipe takes d's pipe back: kept as a spare if empty and spares are
+// few, closed otherwise (a pipe holding bytes must never serve another
+// connection).
+func (l *loop) putPipe(d *dir) {
+	if d.inPipe == 0 && len(l.pipes) < maxIdlePipes {
+		l.pipes = append(l.pipes, d.pipe)
+	} else {
+		d.pipe.close()
+	}
+	d.hasPipe = false
+	d.inPipe = 0
+}
+
+func (l *loop) timerFired(c *conn) {
+	switch c.state {
+	case stateConnecting:
+		if c.bfd < 0 {
+			// Waiting out a descriptor shortage: try the same backend.
+			if !l.dial(c) {
+				l.connectNext(c)
+			}
+			return
+		}
+		c.err = fmt.Errorf("connect to %s: %w", c.backend.Address, ErrConnectTimeout)
+		l.dropBackend(c)
+		l.connectNext(c)
+	case stateRelay:
+		idle := int64(c.proxy.IdleTimeout)
+		if quiet := l.now - c.lastActive; quiet >= idle {
+			l.abort(c, ErrIdleTimeout)
+			return
+		}
+		l.arm(c, c.lastActive+idle)
+	}
+}
+
+// abort ends a connection before both directions finished.
+func (l *loop) abort(c *conn, err error) {
+	if c.state == stateClosed {
+		return
+	}
+	status := observe.StatusReset
+	switch {
+	case errors.Is(err, ErrIdleTimeout):
+		status = observe.StatusTimeout
+	case errors.Is(err, ErrShutdown):
+		status = observe.StatusShutdown
+	case errors.As(err, new(*PanicError)):
+		status = observe.StatusError
+	}
+	if c.state == stateConnecting && status == observe.StatusShutdown {
+		c.backend = nil // no backend was reached
+	}
+	var se *sideErr
+	if errors.As(err, &se) && c.closedBy == sideNone {
+		c.closedBy = se.side
+	}
+	if c.closedBy == sideNone {
+		c.closedBy = sidePJ
+	}
+	if status == observe.StatusReset && IsReset(err) {
+		// Pass a reset on as a reset.
+		lingerZero(int(c.cfd))
+		if c.bfd >= 0 {
+			lingerZero(int(c.bfd))
+		}
+	}
+	l.close(c, status, err)
+}
+
+// close releases everything a connection holds and logs it.
+func (l *loop) close(c *conn, status observe.Status, err error) {
+	if c.state == stateClosed {
+		return
+	}
+	c.state = stateClosed
+	l.clearConn(int(c.cfd))
+	_ = unix.Close(int(c.cfd)) // closing a socket we own; its error says nothing new
+	if c.bfd >= 0 {
+		l.clearConn(int(c.bfd))
+		_ = unix.Close(int(c.bfd))
+	}
+	for _, d := range []*dir{&c.up, &c.down} {
+		if d.hasPipe {
+			l.putPipe(d)
+		}
+		d.spill = nil
+	}
+	if c.counted {
+		c.backend.Active.Add(-1)
+	}
+	l.logConn(c, status, err)
+	l.e.connDone()
+}
+
+func (l *loop) logConn(c *conn, status observe.Status, err error) {
+	rec := observe.Conn{
+		ID:       c.id,
+		Proxy:    c.proxy.Name,
+		Client:   c.client.String(),
+		Listener: c.ln.addr,
+		Accepted: c.accepted,
+		Duration: l.wall.Sub(c.accepted),
+		Up:       c.up.bytes.Load(),
+		Down:     c.down.bytes.Load(),
+		Status:   status,
+		Err:      err,
+		Relay:    modeCopy,
+	}
+	if c.spliced {
+		rec.Relay = modeSplice
+	}
+	if c.backend != nil {
+		rec.Backend = c.backend.Address
+	}
+	if status == observe.StatusOK || status == observe.StatusTimeout || status == observe.StatusShutdown {
+		rec.Err = nil
+	}
+	l.e.logConn(&rec)
+}
+
+// recoverConn turns a panic while handling c into the end of c alone.
+func (l *loop) recoverConn(c *conn) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	l.e.panics.Add(1)
+	pe := &PanicError{Value: v, Stack: debug.Stack()}
+	l.e.log.Error("panic while handling a connection; the connection was closed and pj goes on",
+		"conn", c.id, "client", c.client.String(), "error", pe.Error(), "stack", string(pe.Stack))
+	if c.state != stateClosed {
+		l.abort(c, pe)
+	}
+}
+
+// sideErr is an error on one socket of a connection.
+type sideErr struct {
+	side side
+	err  error
+}
+
+func sideError(s side, err error) error {
+	if err == nil {
+		err = unix.ECONNRESET
+	}
+	return &sideErr{side: s, err: err}
+}
+
+func (e *sideErr) Error() string { return e.side.String() + ": " + e.err.Error() }
+func (e *sideErr) Unwrap() error { return e.err }

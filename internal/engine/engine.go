@@ -1,0 +1,230 @@
+// Package engine is pj's event-driven data path for plain TCP on Linux.
+//
+// A few event loops (one per CPU) each own an epoll instance. Every
+// listening socket is registered in all of them with EPOLLEXCLUSIVE, so the
+// kernel wakes one loop per new connection. The loop that accepts a
+// connection owns it for its whole life: it chooses a backend, connects
+// without blocking (failing over to the next backend within the client's
+// connection), then relays both directions, each ending on its own.
+//
+// A quiet connection costs its two sockets and a small struct: no
+// goroutine, no buffer, no pipe. Small messages are moved with read/write
+// through a loop-owned buffer (two system calls, no pipe); a direction that
+// fills that buffer switches to splice(2) through a pipe taken from a
+// loop-owned pool for as long as bytes are in flight.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pj-proxy/pj/internal/observe"
+	"github.com/pj-proxy/pj/internal/proxy"
+)
+
+// Options configure an Engine.
+type Options struct {
+	Logger *slog.Logger
+	// Loops is the number of event loops; 0 means one per CPU available
+	// to Go (GOMAXPROCS).
+	Loops     int
+	KeepAlive KeepAlive
+
+	onOpen func() // see Engine.onOpen
+}
+
+// Engine runs the event loops and the listeners registered with it.
+type Engine struct {
+	log    *slog.Logger
+	ka     KeepAlive
+	loops  []*loop
+	nextID atomic.Uint64
+	active atomic.Int64
+	panics atomic.Uint64
+	start  time.Time // origin of the loops' monotonic clock
+
+	idleMu  sync.Mutex
+	idleChs []chan struct{} // closed when active reaches zero
+
+	// onOpen, if set, runs for every accepted connection before its
+	// backend is dialled; tests use it to inject a fault.
+	onOpen func()
+}
+
+// ErrShutdown is the cause of connections cut when the grace period ends;
+// they are logged with status "shutdown".
+var ErrShutdown = errors.New("grace period over")
+
+// New starts the event loops.
+func New(opt Options) (*Engine, error) {
+	log := opt.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{log: log, ka: opt.KeepAlive, start: time.Now(), onOpen: opt.onOpen}
+	n := opt.Loops
+	if n <= 0 {
+		n = numLoops()
+	}
+	for i := range n {
+		l, err := newLoop(e, i)
+		if err != nil {
+			e.Close()
+			return nil, err
+		}
+		e.loops = append(e.loops, l)
+	}
+	for _, l := range e.loops {
+		go l.run()
+	}
+	return e, nil
+}
+
+// Listener is a listening socket served by the engine.
+type Listener struct {
+	fd    int
+	addr  string
+	proxy atomic.Pointer[proxy.Proxy]
+
+	// accept error logging is rate limited per listener, across loops
+	errMu      sync.Mutex
+	lastErrLog time.Time
+	suppressed int
+}
+
+// Addr is the bound address, as logged.
+func (ln *Listener) Addr() string { return ln.addr }
+
+// Proxy returns what new connections of this listener are relayed by.
+func (ln *Listener) Proxy() *proxy.Proxy { return ln.proxy.Load() }
+
+// SetProxy changes what new connections are relayed by; established ones
+// keep the proxy they started with.
+func (ln *Listener) SetProxy(p *proxy.Proxy) { ln.proxy.Store(p) }
+
+// Listen starts accepting on fd, a bound and listening non-blocking TCP
+// socket that the engine now owns.
+func (e *Engine) Listen(fd int, addr string, p *proxy.Proxy) (*Listener, error) {
+	ln := &Listener{fd: fd, addr: addr}
+	ln.proxy.Store(p)
+	var errs []error
+	for _, l := range e.loops {
+		if err := l.call(func(l *loop) error { return l.addListener(ln) }); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		e.CloseListener(ln)
+		return nil, fmt.Errorf("serve %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// CloseListener stops accepting on ln and closes its socket. Connections
+// it accepted go on.
+func (e *Engine) CloseListener(ln *Listener) {
+	for _, l := range e.loops {
+		_ = l.call(func(l *loop) error { l.removeListener(ln); return nil })
+	}
+	_ = unix.Close(ln.fd) // no loop refers to it any more
+}
+
+// Active returns the number of connections open now.
+func (e *Engine) Active() int64 { return e.active.Load() }
+
+// Panics returns how many connections were closed because handling them
+// panicked.
+func (e *Engine) Panics() uint64 { return e.panics.Load() }
+
+// Idle returns a channel closed once no connection is open.
+func (e *Engine) Idle() <-chan struct{} {
+	ch := make(chan struct{})
+	e.idleMu.Lock()
+	defer e.idleMu.Unlock()
+	if e.active.Load() == 0 {
+		close(ch)
+		return ch
+	}
+	e.idleChs = append(e.idleChs, ch)
+	return ch
+}
+
+func (e *Engine) connDone() {
+	if e.active.Add(-1) != 0 {
+		return
+	}
+	e.idleMu.Lock()
+	defer e.idleMu.Unlock()
+	if e.active.Load() != 0 {
+		return
+	}
+	for _, ch := range e.idleChs {
+		close(ch)
+	}
+	e.idleChs = nil
+}
+
+// Cut closes every open connection; cause is logged as its end.
+func (e *Engine) Cut(cause error) {
+	for _, l := range e.loops {
+		_ = l.call(func(l *loop) error { l.cutAll(cause); return nil })
+	}
+}
+
+// Close stops the event loops. Connections still open are cut first.
+func (e *Engine) Close() {
+	e.Cut(ErrShutdown)
+	for _, l := range e.loops {
+		l.stop()
+	}
+}
+
+// now returns the loops' monotonic clock.
+func (e *Engine) now() int64 { return int64(time.Since(e.start)) }
+
+// logConn writes the access-log line of a finished connection.
+func (e *Engine) logConn(rec *observe.Conn) {
+	observe.Log(context.Background(), e.log, rec)
+}
+
+// logAcceptError logs an accept failure at most once per interval per
+// listener, with the count of failures not logged since.
+func (e *Engine) logAcceptError(ln *Listener, err error, retry time.Duration) {
+	ln.errMu.Lock()
+	now := time.Now()
+	if now.Sub(ln.lastErrLog) < acceptLogEvery {
+		ln.suppressed++
+		ln.errMu.Unlock()
+		return
+	}
+	suppressed := ln.suppressed
+	ln.lastErrLog, ln.suppressed = now, 0
+	ln.errMu.Unlock()
+	e.log.Error("cannot take new connections for now; retrying", "address", ln.addr, "error", err.Error(),
+		"retry_in", retry.String(), "failures_not_logged", suppressed, "hint", acceptHint(err))
+}
+
+const acceptLogEvery = 5 * time.Second
+
+// acceptHint tells an operator what to do about an accept error.
+func acceptHint(err error) string {
+	switch {
+	case errors.Is(err, unix.EMFILE):
+		return "out of file descriptors for this process: raise the limit (ulimit -n, LimitNOFILE=) or lower the connection load"
+	case errors.Is(err, unix.ENFILE):
+		return "the system is out of file descriptors: raise fs.file-max or lower the load"
+	case errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
+		return "the kernel is out of memory for sockets"
+	}
+	return "none"
+}
+
+func numLoops() int { return runtime.GOMAXPROCS(0) }

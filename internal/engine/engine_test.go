@@ -1,0 +1,360 @@
+package engine
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+
+	"github.com/pj-proxy/pj/internal/balance"
+	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/observe"
+	"github.com/pj-proxy/pj/internal/proxy"
+	"github.com/pj-proxy/pj/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var testKeepAlive = KeepAlive{Idle: time.Minute, Interval: 15 * time.Second, Count: 4}
+
+// harness is an engine with one listener relaying to backends, logging to a
+// buffer in the text format.
+type harness struct {
+	e    *Engine
+	ln   *Listener
+	addr string
+	log  *testutil.Buffer
+}
+
+type harnessOpt struct {
+	idle    time.Duration
+	connect time.Duration
+	onOpen  func()
+}
+
+func newHarness(t *testing.T, o harnessOpt, backends ...string) *harness {
+	t.Helper()
+	logs := new(testutil.Buffer)
+	log, err := observe.NewLogger(logs, "text", "debug")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Options{Logger: log, Loops: 2, KeepAlive: testKeepAlive, onOpen: o.onOpen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+
+	var cbs []config.Backend
+	for _, b := range backends {
+		cbs = append(cbs, config.Backend{Address: b, Weight: 1})
+	}
+	if o.connect == 0 {
+		o.connect = 5 * time.Second
+	}
+	p := &proxy.Proxy{Name: "test", Balance: config.RoundRobin, ConnectTimeout: o.connect, IdleTimeout: o.idle,
+		Pool: balance.NewPool(context.Background(), cbs, net.DefaultResolver)}
+
+	gln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := gln.Addr().String()
+	rc, _ := gln.(*net.TCPListener).SyscallConn()
+	fd := -1
+	_ = rc.Control(func(s uintptr) { fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = gln.Close()
+	ln, err := e.Listen(fd, addr, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.CloseListener(ln) })
+	return &harness{e: e, ln: ln, addr: addr, log: logs}
+}
+
+// backendConns serves a listener whose accepted connections are handed to
+// the test one by one.
+func backendConns(t *testing.T) (string, <-chan *net.TCPConn) {
+	t.Helper()
+	ln := testutil.Listen(t, "tcp4")
+	ch := make(chan *net.TCPConn, 16)
+	testutil.Serve(t, ln, func(c net.Conn) {
+		ch <- c.(*net.TCPConn)
+		// Keep the handler (and so the connection) alive until the test
+		// closes the connection or the test ends.
+		_, _ = c.Read(make([]byte, 0))
+		<-t.Context().Done()
+	})
+	return ln.Addr().String(), ch
+}
+
+func accepted(t *testing.T, ch <-chan *net.TCPConn) *net.TCPConn {
+	t.Helper()
+	select {
+	case c := <-ch:
+		return c
+	case <-time.After(10 * time.Second):
+		t.Fatal("the backend got no connection within 10s")
+		return nil
+	}
+}
+
+func readAll(t *testing.T, c net.Conn) string {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read to EOF: %v", err)
+	}
+	return string(b)
+}
+
+func TestHalfCloseAnswerAfterEOF(t *testing.T) {
+	// The client sends a request and half-closes; the backend answers
+	// only after it has seen EOF. Both directions must survive the first
+	// FIN, and the log must count both.
+	baddr, conns := backendConns(t)
+	h := newHarness(t, harnessOpt{}, baddr)
+	client := testutil.Dial(t, h.addr)
+	if _, err := io.WriteString(client, "request"); err != nil {
+		t.Fatal(err)
+	}
+	_ = client.CloseWrite()
+	backend := accepted(t, conns)
+	if got := readAll(t, backend); got != "request" {
+		t.Fatalf("backend read %q", got)
+	}
+	if _, err := io.WriteString(backend, "response after EOF"); err != nil {
+		t.Fatalf("backend write after the client's FIN: %v", err)
+	}
+	_ = backend.CloseWrite()
+	if got := readAll(t, client); got != "response after EOF" {
+		t.Fatalf("client read %q", got)
+	}
+	line := h.log.WaitLines(t, "[ok]", 1)[0]
+	if !strings.Contains(line, "up=7 down=18") {
+		t.Fatalf("log line %q", line)
+	}
+}
+
+func TestBackendCloseReachesClient(t *testing.T) {
+	baddr, conns := backendConns(t)
+	h := newHarness(t, harnessOpt{}, baddr)
+	client := testutil.Dial(t, h.addr)
+	backend := accepted(t, conns)
+	if _, err := io.WriteString(backend, "bye"); err != nil {
+		t.Fatal(err)
+	}
+	_ = backend.Close()
+	if got := readAll(t, client); got != "bye" {
+		t.Fatalf("client read %q", got)
+	}
+	// The client may still send (its direction is open) until it closes.
+	_ = client.Close()
+	h.log.WaitLines(t, "down=3", 1)
+}
+
+func TestBulkBothWaysIsSplicedAndIntact(t *testing.T) {
+	const n = 16 << 20
+	baddr, conns := backendConns(t)
+	h := newHarness(t, harnessOpt{}, baddr)
+	client := testutil.Dial(t, h.addr)
+	backend := accepted(t, conns)
+	var wg sync.WaitGroup
+	var upSum [32]byte
+	wg.Go(func() {
+		_, _ = io.Copy(client, testutil.NewPattern(1, n))
+		_ = client.CloseWrite()
+	})
+	wg.Go(func() {
+		_, _ = io.Copy(backend, testutil.NewPattern(2, n))
+		_ = backend.CloseWrite()
+	})
+	wg.Go(func() {
+		hash := sha256.New()
+		_, _ = io.Copy(hash, backend)
+		copy(upSum[:], hash.Sum(nil))
+	})
+	hash := sha256.New()
+	_ = client.SetReadDeadline(time.Now().Add(60 * time.Second))
+	_, _ = io.Copy(hash, client)
+	wg.Wait()
+	if [32]byte(hash.Sum(nil)) != testutil.PatternSum(2, n) || upSum != testutil.PatternSum(1, n) {
+		t.Fatal("bytes were altered in transit")
+	}
+	line := h.log.WaitLines(t, "[ok]", 1)[0]
+	if !strings.Contains(line, "up=16777216 down=16777216") || !strings.HasSuffix(line, "relay=splice") {
+		t.Fatalf("log line %q: want exact counts and relay=splice", line)
+	}
+}
+
+func TestSmallMessagesAreCopied(t *testing.T) {
+	h := newHarness(t, harnessOpt{}, testutil.StartEcho(t))
+	c := testutil.Dial(t, h.addr)
+	for range 100 {
+		if got := testutil.RoundTrip(t, c, "ping"); got != "ping" {
+			t.Fatalf("echo %q", got)
+		}
+	}
+	_ = c.CloseWrite()
+	readAll(t, c)
+	line := h.log.WaitLines(t, "[ok]", 1)[0]
+	if !strings.Contains(line, "up=400 down=400") || !strings.HasSuffix(line, "relay=copy") {
+		t.Fatalf("log line %q", line)
+	}
+}
+
+func TestResetPassesOn(t *testing.T) {
+	baddr, conns := backendConns(t)
+	h := newHarness(t, harnessOpt{}, baddr)
+	client := testutil.Dial(t, h.addr)
+	backend := accepted(t, conns)
+	// A byte through proves pj has seen the connect complete: a reset
+	// before that would be a failed connect, answered with a plain close.
+	if _, err := io.WriteString(client, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(backend, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	// The backend aborts: the client must see a reset, not an orderly EOF.
+	_ = backend.SetLinger(0)
+	_ = backend.Close()
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read: %v, want ECONNRESET; log:\n%s", err, h.log)
+	}
+	if l := h.log.WaitLines(t, "[reset]", 1)[0]; !strings.Contains(l, "connection reset by peer") {
+		t.Fatalf("log line %q", l)
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	h := newHarness(t, harnessOpt{idle: 50 * time.Millisecond}, testutil.StartEcho(t))
+	c := testutil.Dial(t, h.addr)
+	if got := testutil.RoundTrip(t, c, "x"); got != "x" {
+		t.Fatal(got)
+	}
+	if got := readAll(t, c); got != "" {
+		t.Fatalf("read %q", got)
+	}
+	h.log.WaitLines(t, "[timeout]", 1)
+}
+
+func TestIdleTimeoutSparedByTraffic(t *testing.T) {
+	// Bytes every few milliseconds keep a connection with a much longer
+	// idle timeout open for several idle periods.
+	const idle = 300 * time.Millisecond
+	h := newHarness(t, harnessOpt{idle: idle}, testutil.StartEcho(t))
+	c := testutil.Dial(t, h.addr)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for end := time.Now().Add(4 * idle); time.Now().Before(end); <-tick.C {
+		if got := testutil.RoundTrip(t, c, "x"); got != "x" {
+			t.Fatalf("echo %q", got)
+		}
+	}
+	_ = c.CloseWrite()
+	readAll(t, c)
+	if l := h.log.WaitLines(t, "] duration=", 1)[0]; !strings.Contains(l, "[ok]") {
+		t.Fatalf("log line %q: timed out although bytes kept flowing", l)
+	}
+}
+
+func TestCutEndsEveryConnection(t *testing.T) {
+	h := newHarness(t, harnessOpt{}, testutil.StartEcho(t))
+	var clients []*net.TCPConn
+	for range 5 {
+		c := testutil.Dial(t, h.addr)
+		if got := testutil.RoundTrip(t, c, "x"); got != "x" {
+			t.Fatal(got)
+		}
+		clients = append(clients, c)
+	}
+	h.e.Cut(ErrShutdown)
+	for _, c := range clients {
+		if got := readAll(t, c); got != "" {
+			t.Fatalf("read %q", got)
+		}
+	}
+	h.log.WaitLines(t, "[shutdown]", 5)
+	select {
+	case <-h.e.Idle():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the engine is not idle after Cut")
+	}
+}
+
+func TestPanicCostsOneConnectionOnly(t *testing.T) {
+	var calls atomic.Int64
+	h := newHarness(t, harnessOpt{onOpen: func() {
+		if calls.Add(1) == 1 {
+			panic("injected fault")
+		}
+	}}, testutil.StartEcho(t))
+	first := testutil.Dial(t, h.addr)
+	if got := readAll(t, first); got != "" {
+		t.Fatalf("the panicked connection delivered %q", got)
+	}
+	second := testutil.Dial(t, h.addr)
+	if got := testutil.RoundTrip(t, second, "alive"); got != "alive" {
+		t.Fatalf("the next connection got %q", got)
+	}
+	testutil.WaitFor(t, 5*time.Second, "the panic to be counted", func() bool { return h.e.Panics() == 1 })
+	line := h.log.WaitLines(t, "panic while handling a connection", 1)[0]
+	for _, want := range []string{"injected fault", "goroutine", "engine.(*loop).openConn"} {
+		if !strings.Contains(line, want) {
+			t.Fatalf("panic log %q lacks %q (it must carry the stack)", line, want)
+		}
+	}
+	h.log.WaitLines(t, "[error]", 1)
+}
+
+func TestPipesAreBoundedAfterBulk(t *testing.T) {
+	// Many connections move bulk data at once; when they are over, a loop
+	// keeps at most maxIdlePipes spare pipes, and no descriptor of theirs
+	// is left: nothing waits for a garbage collection.
+	const conns = 100
+	h := newHarness(t, harnessOpt{}, testutil.StartEcho(t))
+	base := testutil.OpenFDs(t, "self")
+	msg := strings.Repeat("z", 256<<10)
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Go(func() {
+			c, err := net.Dial("tcp", h.addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			go func() {
+				_, _ = io.WriteString(c, msg)
+				_ = c.(*net.TCPConn).CloseWrite()
+			}()
+			if b, err := io.ReadAll(c); err != nil || len(b) != len(msg) {
+				t.Errorf("echo: %d bytes, %v", len(b), err)
+			}
+		})
+	}
+	wg.Wait()
+	h.log.WaitLines(t, "relay=splice", conns)
+	testutil.WaitFor(t, 10*time.Second, "descriptors back to the idle level", func() bool {
+		return testutil.OpenFDs(t, "self") <= base+2*maxIdlePipes*len(h.e.loops)
+	})
+}

@@ -1,0 +1,454 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// maxEvents is how many readiness events one epoll_wait returns.
+	maxEvents = 256
+	// acceptBatch bounds the connections accepted per wake-up, so a flood
+	// on one listener cannot starve the connections already open.
+	acceptBatch = 16
+	// bufSize is the loop's copy buffer. A read that fills it marks the
+	// direction as bulk: it switches to splice(2).
+	bufSize = 64 << 10
+	// maxIdlePipes bounds the spare pipes a loop keeps for reuse; pipes in
+	// use are bounded by the directions moving bulk data at this instant.
+	maxIdlePipes = 8
+
+	minAcceptDelay = 5 * time.Millisecond
+	maxAcceptDelay = time.Second
+)
+
+// loop is one event loop: an epoll instance, the connections it owns and
+// their timers. Everything in it is touched only by its own goroutine,
+// except the command queue.
+type loop struct {
+	e      *Engine
+	id     int
+	epfd   int
+	evfd   int // eventfd that wakes the loop for commands
+	events []unix.EpollEvent
+
+	// scratch space, reused so the data path allocates nothing
+	ev  unix.EpollEvent
+	rsa unix.RawSockaddrAny
+	buf []byte
+
+	conns     []*conn // by descriptor; both sockets of a connection point to it
+	listeners map[int]*Listener
+	paused    []pausedListener
+	backoff   map[*Listener]time.Duration
+	gen       uint32
+	wall      time.Time // time of the current iteration
+	now       int64     // monotonic nanoseconds of the current iteration
+	timers    timerHeap
+	pipes     []pipe
+	pending   []*conn // connections with work left after their budget
+
+	mu       sync.Mutex
+	cmds     []func(*loop)
+	signaled bool
+	stopping bool
+	done     bool // set by the loop goroutine as it exits
+	exited   chan struct{}
+}
+
+type pausedListener struct {
+	ln    *Listener
+	until int64
+}
+
+func newLoop(e *Engine, id int) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		_ = unix.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	l := &loop{
+		e: e, id: id, epfd: epfd, evfd: evfd,
+		events:    make([]unix.EpollEvent, maxEvents),
+		buf:       make([]byte, bufSize),
+		listeners: map[int]*Listener{},
+		backoff:   map[*Listener]time.Duration{},
+		exited:    make(chan struct{}),
+	}
+	l.ev = unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &l.ev); err != nil {
+		_ = unix.Close(evfd)
+		_ = unix.Close(epfd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	l.tick()
+	return l, nil
+}
+
+// run is the loop's goroutine.
+func (l *loop) run() {
+	defer func() {
+		l.mu.Lock()
+		l.done = true
+		l.mu.Unlock()
+		_ = unix.Close(l.evfd) // the loop is gone: nothing to report to
+		_ = unix.Close(l.epfd)
+		for _, p := range l.pipes {
+			p.close()
+		}
+		close(l.exited)
+	}()
+	for {
+		n, err := unix.EpollWait(l.epfd, l.events, l.waitMillis())
+		l.tick()
+		if err != nil && err != unix.EINTR {
+			l.e.log.Error("event loop failed; its connections are lost", "loop", l.id, "error", err.Error())
+			return
+		}
+		for i := 0; i < n; i++ {
+			l.dispatch(&l.events[i])
+		}
+		l.runPending()
+		l.runTimers()
+		if l.stopping && l.open() == 0 {
+			return
+		}
+	}
+}
+
+func (l *loop) tick() {
+	t := time.Now()
+	l.wall = t
+	l.now = int64(t.Sub(l.e.start))
+}
+
+// waitMillis is how long epoll_wait may sleep: not past the next timer,
+// not at all while connections have work left.
+func (l *loop) waitMillis() int {
+	if len(l.pending) > 0 {
+		return 0
+	}
+	next := int64(-1)
+	if len(l.timers) > 0 {
+		next = l.timers[0].at
+	}
+	for _, p := range l.paused {
+		if next < 0 || p.until < next {
+			next = p.until
+		}
+	}
+	if next < 0 {
+		return -1
+	}
+	d := next - l.e.now()
+	if d <= 0 {
+		return 0
+	}
+	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+}
+
+func (l *loop) dispatch(ev *unix.EpollEvent) {
+	fd, gen := int(ev.Fd), uint32(ev.Pad)
+	if gen == 0 {
+		if fd == l.evfd {
+			l.runCommands()
+		} else if ln := l.listeners[fd]; ln != nil {
+			l.accept(ln)
+		}
+		return
+	}
+	if fd >= len(l.conns) {
+		return
+	}
+	c := l.conns[fd]
+	if c == nil || c.gen != gen {
+		return // an event of a connection closed earlier in this batch
+	}
+	l.handle(c, fd, ev.Events)
+}
+
+// register adds a connection's socket to the loop's epoll, edge-triggered
+// for both directions: readiness is remembered in the connection, so the
+// registration never has to change.
+func (l *loop) register(fd int, gen uint32) error {
+	l.ev = unix.EpollEvent{
+		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
+		Fd:     int32(fd),
+		Pad:    int32(gen),
+	}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &l.ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+func (l *loop) setConn(fd int, c *conn) {
+	if fd >= len(l.conns) {
+		n := max(2*len(l.conns), fd+1, 1024)
+		grown := make([]*conn, n)
+		copy(grown, l.conns)
+		l.conns = grown
+	}
+	l.conns[fd] = c
+}
+
+func (l *loop) clearConn(fd int) {
+	if fd >= 0 && fd < len(l.conns) {
+		l.conns[fd] = nil
+	}
+}
+
+func (l *loop) nextGen() uint32 {
+	l.gen++
+	if l.gen == 0 { // 0 marks listeners and the eventfd
+		l.gen = 1
+	}
+	return l.gen
+}
+
+// open counts the connections the loop owns.
+func (l *loop) open() int {
+	n := 0
+	for fd, c := range l.conns {
+		if c != nil && c.cfd == int32(fd) {
+			n++
+		}
+	}
+	return n
+}
+
+// --- listeners ---
+
+func (l *loop) addListener(ln *Listener) error {
+	l.listeners[ln.fd] = ln
+	if err := l.watchListener(ln); err != nil {
+		delete(l.listeners, ln.fd)
+		return err
+	}
+	return nil
+}
+
+// watchListener registers a listening socket level-triggered with
+// EPOLLEXCLUSIVE: one loop, not all, is woken per pending connection.
+func (l *loop) watchListener(ln *Listener) error {
+	l.ev = unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(ln.fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &l.ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+func (l *loop) removeListener(ln *Listener) {
+	if _, ok := l.listeners[ln.fd]; !ok {
+		return
+	}
+	delete(l.listeners, ln.fd)
+	delete(l.backoff, ln)
+	for i, p := range l.paused {
+		if p.ln == ln {
+			l.paused = append(l.paused[:i], l.paused[i+1:]...)
+			return // a paused listener is not registered
+		}
+	}
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil) // fails only if not registered
+}
+
+// accept takes up to acceptBatch connections from ln.
+func (l *loop) accept(ln *Listener) {
+	for range acceptBatch {
+		if l.isPaused(ln) {
+			return // paused by the connection just accepted (no descriptors)
+		}
+		fd, err := accept4(ln.fd, &l.rsa)
+		switch err {
+		case nil:
+		case unix.EAGAIN:
+			return
+		case unix.EINTR, unix.ECONNABORTED, unix.EPROTO:
+			continue // that one connection is gone; the next may be fine
+		default:
+			// EMFILE, ENFILE, ENOBUFS, ENOMEM and the unexpected: stop
+			// accepting on this loop for a while and retry, so pj recovers
+			// as soon as the condition clears. Clients wait in the
+			// kernel's accept queue meanwhile.
+			l.pauseListener(ln, os.NewSyscallError("accept4", err))
+			return
+		}
+		if d := l.backoff[ln]; d > 0 {
+			delete(l.backoff, ln)
+			l.e.log.Info("accepting again", "address", ln.addr)
+		}
+		l.openConn(fd, ln, addrPort(&l.rsa))
+	}
+}
+
+// pauseListeners stops accepting on every listener of the loop for a while.
+func (l *loop) pauseListeners(err error) {
+	for _, ln := range l.listeners {
+		l.pauseListener(ln, err)
+	}
+}
+
+func (l *loop) isPaused(ln *Listener) bool {
+	for _, p := range l.paused {
+		if p.ln == ln {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *loop) pauseListener(ln *Listener, err error) {
+	if l.isPaused(ln) {
+		return
+	}
+	d := min(max(2*l.backoff[ln], minAcceptDelay), maxAcceptDelay)
+	l.backoff[ln] = d
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil) // level-triggered: unwatch or spin
+	l.paused = append(l.paused, pausedListener{ln: ln, until: l.now + int64(d)})
+	l.e.logAcceptError(ln, err, d)
+}
+
+func (l *loop) resumeListeners() {
+	kept := l.paused[:0]
+	var due []*Listener
+	for _, p := range l.paused {
+		if p.until <= l.now {
+			due = append(due, p.ln)
+		} else {
+			kept = append(kept, p)
+		}
+	}
+	l.paused = kept
+	for _, ln := range due {
+		if err := l.watchListener(ln); err != nil {
+			l.e.log.Error("cannot watch listener again", "address", ln.addr, "error", err.Error())
+			continue
+		}
+		l.accept(ln)
+	}
+}
+
+// --- timers and deferred work ---
+
+func (l *loop) arm(c *conn, at int64) {
+	c.timerAt = at
+	l.timers.push(timerEntry{at: at, c: c, gen: c.gen})
+}
+
+func (l *loop) runTimers() {
+	if len(l.paused) > 0 {
+		l.resumeListeners()
+	}
+	for len(l.timers) > 0 && l.timers[0].at <= l.now {
+		t := l.timers.pop()
+		c := t.c
+		if c.gen != t.gen || c.state == stateClosed || c.timerAt != t.at {
+			continue // superseded or finished
+		}
+		c.timerAt = 0
+		l.timerFired(c)
+	}
+}
+
+func (l *loop) queue(c *conn) {
+	if !c.queued {
+		c.queued = true
+		l.pending = append(l.pending, c)
+	}
+}
+
+func (l *loop) runPending() {
+	if len(l.pending) == 0 {
+		return
+	}
+	work := l.pending
+	l.pending = nil
+	for i, c := range work {
+		work[i] = nil
+		c.queued = false
+		if c.state == stateRelay {
+			l.relay(c)
+		}
+	}
+}
+
+// --- commands from other goroutines ---
+
+// post queues f to run on the loop; it reports false if the loop is gone.
+func (l *loop) post(f func(*loop)) bool {
+	l.mu.Lock()
+	if l.done {
+		l.mu.Unlock()
+		return false
+	}
+	l.cmds = append(l.cmds, f)
+	wake := !l.signaled
+	l.signaled = true
+	l.mu.Unlock()
+	if wake {
+		var one = [8]byte{1}
+		_, _ = unix.Write(l.evfd, one[:]) // cannot fail short of a full counter, which wakes the loop anyway
+	}
+	return true
+}
+
+// call runs f on the loop and waits for its result. On a loop that has
+// exited, f runs on the caller: nothing else touches the loop any more.
+func (l *loop) call(f func(*loop) error) error {
+	res := make(chan error, 1)
+	if !l.post(func(l *loop) { res <- f(l) }) {
+		<-l.exited
+		return f(l)
+	}
+	select {
+	case err := <-res:
+		return err
+	case <-l.exited:
+		select {
+		case err := <-res:
+			return err
+		default:
+			return fmt.Errorf("event loop %d has exited", l.id)
+		}
+	}
+}
+
+func (l *loop) runCommands() {
+	var b [8]byte
+	_, _ = unix.Read(l.evfd, b[:]) // resets the counter; EAGAIN if already read
+	l.mu.Lock()
+	cmds := l.cmds
+	l.cmds = nil
+	l.signaled = false
+	l.mu.Unlock()
+	for _, f := range cmds {
+		f(l)
+	}
+}
+
+// stop makes the loop exit once it owns no connection.
+func (l *loop) stop() {
+	l.post(func(l *loop) { l.stopping = true })
+	<-l.exited
+}
+
+// cutAll ends every connection of the loop with cause.
+func (l *loop) cutAll(cause error) {
+	for fd, c := range l.conns {
+		if c != nil && c.cfd == int32(fd) && c.state != stateClosed {
+			l.abort(c, cause)
+		}
+	}
+}
+
+var errLoopExited = errors.New("event loop exited")

@@ -1,0 +1,197 @@
+package engine
+
+import (
+	"net/netip"
+	"os"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The engine calls the kernel directly, without the net package, so that a
+// connection costs no allocation and no descriptor in Go's own poller: these
+// helpers take loop-owned buffers instead of returning interfaces.
+
+// accept4 accepts one connection as a non-blocking, close-on-exec socket
+// and writes the peer's address into rsa.
+func accept4(lfd int, rsa *unix.RawSockaddrAny) (int, error) {
+	n := uint32(unix.SizeofSockaddrAny)
+	fd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(rsa)),
+		uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(fd), nil
+}
+
+// addrPort converts a raw socket address; an IPv4 client of a dual-stack
+// listener (::ffff:a.b.c.d) is shown and matched as plain IPv4.
+func addrPort(rsa *unix.RawSockaddrAny) netip.AddrPort {
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), ntohs(sa.Port))
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), ntohs(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// ntohs reads a port stored in network byte order.
+func ntohs(p uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(&p))
+	return uint16(b[0])<<8 | uint16(b[1])
+}
+
+// connectTo starts a non-blocking connect of fd to ap; it returns
+// EINPROGRESS when the handshake goes on in the background.
+func connectTo(fd int, ap netip.AddrPort, rsa *unix.RawSockaddrAny) error {
+	*rsa = unix.RawSockaddrAny{}
+	port := ap.Port()
+	var n uintptr
+	if ap.Addr().Is4() {
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		sa.Family = unix.AF_INET
+		sa.Addr = ap.Addr().As4()
+		pb := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		pb[0], pb[1] = byte(port>>8), byte(port)
+		n = unix.SizeofSockaddrInet4
+	} else {
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		sa.Family = unix.AF_INET6
+		sa.Addr = ap.Addr().As16()
+		pb := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		pb[0], pb[1] = byte(port>>8), byte(port)
+		n = unix.SizeofSockaddrInet6
+	}
+	_, _, e := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(rsa)), n)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// keepAlive settings of every socket pj opens or accepts; see server's
+// documentation of the choice.
+type KeepAlive struct {
+	Idle, Interval time.Duration
+	Count          int
+}
+
+// newBackendSocket makes a non-blocking TCP socket for ap with keepalive
+// and TCP_NODELAY on.
+func newBackendSocket(ap netip.AddrPort, ka KeepAlive) (int, error) {
+	family := unix.AF_INET6
+	if ap.Addr().Is4() {
+		family = unix.AF_INET
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	if err := setSocketOptions(fd, ka); err != nil {
+		_ = unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// setSocketOptions turns TCP keepalive and TCP_NODELAY on.
+func setSocketOptions(fd int, ka KeepAlive) error {
+	opts := [...]struct {
+		level, name, value int
+		what               string
+	}{
+		{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1, "TCP_NODELAY"},
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(ka.Idle / time.Second), "TCP_KEEPIDLE"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(ka.Interval / time.Second), "TCP_KEEPINTVL"},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, ka.Count, "TCP_KEEPCNT"},
+	}
+	for _, o := range opts {
+		if err := unix.SetsockoptInt(fd, o.level, o.name, o.value); err != nil {
+			return os.NewSyscallError("setsockopt "+o.what, err)
+		}
+	}
+	return nil
+}
+
+// SetListenerOptions prepares a listening socket: Linux copies keepalive and
+// TCP_NODELAY to every socket accept(2) returns, which saves five
+// setsockopt calls per connection.
+func SetListenerOptions(fd int, ka KeepAlive) error {
+	return setSocketOptions(fd, ka)
+}
+
+// socketError reads and clears the pending error of a socket.
+func socketError(fd int) error {
+	v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil {
+		return os.NewSyscallError("getsockopt SO_ERROR", err)
+	}
+	if v != 0 {
+		return unix.Errno(v)
+	}
+	return nil
+}
+
+// lingerZero makes the next close of fd send a reset.
+func lingerZero(fd int) {
+	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+}
+
+// pipe is a kernel pipe used to splice between two sockets.
+type pipe struct{ r, w int32 }
+
+// pipeSize is the capacity asked of every pipe (F_SETPIPE_SZ); bigger
+// pipes move more per splice(2) call. The kernel may refuse (pipe-max-size,
+// per-user limits); the default 64 KiB still works.
+const pipeSize = 1 << 20
+
+func newPipe() (pipe, error) {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return pipe{}, os.NewSyscallError("pipe2", err)
+	}
+	_, _ = unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, pipeSize)
+	return pipe{r: int32(fds[0]), w: int32(fds[1])}, nil
+}
+
+func (p pipe) close() {
+	_ = unix.Close(int(p.r)) // nothing to do about a failed close of our own pipe
+	_ = unix.Close(int(p.w))
+}
+
+const spliceFlags = unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
+
+// sysRead, sysWrite and sysSplice are the data-path calls, repeated when a
+// signal interrupts them (Go installs its handlers with SA_RESTART, so this
+// is rare, but a non-blocking call must never report EINTR as an error).
+func sysRead(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, b)
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
+}
+
+func sysWrite(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Write(fd, b)
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
+}
+
+func sysSplice(in, out int, n int) (int, error) {
+	for {
+		m, err := unix.Splice(in, nil, out, nil, n, spliceFlags)
+		if err != unix.EINTR {
+			return int(m), err
+		}
+	}
+}

@@ -1,0 +1,33 @@
+// Package proxy holds the runtime form of a configured proxy: immutable once
+// built, shared by every connection its listener accepts, and replaced
+// whole (never mutated) when the configuration changes.
+package proxy
+
+import (
+	"context"
+	"time"
+
+	"github.com/pj-proxy/pj/internal/balance"
+	"github.com/pj-proxy/pj/internal/config"
+)
+
+// Proxy is what a listener's connections need to know about their proxy.
+type Proxy struct {
+	Name           string
+	Balance        string
+	Pool           *balance.Pool
+	ConnectTimeout time.Duration
+	IdleTimeout    time.Duration
+}
+
+// Build makes the runtime proxy of c, resolving backend host names (see
+// balance.NewPool).
+func Build(ctx context.Context, c config.Proxy, r balance.Resolver) *Proxy {
+	return &Proxy{
+		Name:           c.Name,
+		Balance:        c.Balance,
+		Pool:           balance.NewPool(ctx, c.Backends, r),
+		ConnectTimeout: c.ConnectTimeout,
+		IdleTimeout:    c.IdleTimeout,
+	}
+}
