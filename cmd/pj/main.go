@@ -27,7 +27,20 @@ func main() {
 		os.Exit(1)
 	}()
 
-	err := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	// SIGHUP reloads the configuration file.
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hups {
+			select {
+			case reload <- struct{}{}:
+			default: // one reload pending is enough: it reads the newest file
+			}
+		}
+	}()
+
+	err := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr, cli.WithReload(reload))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "pj: %v\n", err)
 	}

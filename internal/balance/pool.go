@@ -31,6 +31,13 @@ type Backend struct {
 	Weight int
 	Backup bool
 
+	// State is what a backend accumulates while pj runs; a reload that
+	// keeps the backend (same address) keeps its State.
+	*State
+}
+
+// State is the live state of a backend.
+type State struct {
 	// Active counts the connections relayed to this backend right now.
 	Active atomic.Int64
 	// Total counts the connections ever relayed to this backend.
@@ -49,15 +56,25 @@ type Pool struct {
 // name becomes one backend per address the name resolves to (a name with
 // two A records balances over both); a name that does not resolve stays as
 // one backend whose every connection attempt fails with the lookup error.
-// Lookups are bounded by ctx.
-func NewPool(ctx context.Context, backends []config.Backend, r Resolver) *Pool {
+// Lookups are bounded by ctx. A backend whose address was in prev (the pool
+// this one replaces, or nil) keeps its State.
+func NewPool(ctx context.Context, backends []config.Backend, r Resolver, prev *Pool) *Pool {
 	p := &Pool{}
 	seen := map[string]bool{}
+	states := map[string]*State{}
+	if prev != nil {
+		for _, b := range prev.Backends() {
+			states[b.Address] = b.State
+		}
+	}
 	add := func(b *Backend) {
 		if seen[b.Address] {
 			return
 		}
 		seen[b.Address] = true
+		if b.State = states[b.Address]; b.State == nil {
+			b.State = new(State)
+		}
 		if b.Backup {
 			p.backups = append(p.backups, b)
 		} else {

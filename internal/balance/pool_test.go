@@ -59,7 +59,7 @@ func TestNewPoolResolves(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := NewPool(context.Background(), tt.in, r)
+			p := NewPool(context.Background(), tt.in, r, nil)
 			got := p.Backends()
 			if !slices.Equal(addresses(got), tt.want) {
 				t.Fatalf("backends %v, want %v", addresses(got), tt.want)
@@ -76,7 +76,7 @@ func TestNewPoolResolves(t *testing.T) {
 func TestOrderRoundRobinThenBackups(t *testing.T) {
 	in := backends("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80")
 	in = append(in, config.Backend{Address: "10.0.0.9:80", Weight: 1, Backup: true})
-	p := NewPool(context.Background(), in, fakeResolver{})
+	p := NewPool(context.Background(), in, fakeResolver{}, nil)
 	wantFirst := []string{"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.1:80"}
 	for i, first := range wantFirst {
 		o := p.Start(netip.Addr{})
@@ -103,7 +103,7 @@ func TestOrderRoundRobinThenBackups(t *testing.T) {
 }
 
 func TestOrderOfAnEmptyPool(t *testing.T) {
-	p := NewPool(context.Background(), nil, fakeResolver{})
+	p := NewPool(context.Background(), nil, fakeResolver{}, nil)
 	o := p.Start(netip.Addr{})
 	if b := o.Next(); b != nil {
 		t.Fatalf("got %v from an empty pool", b.Address)
@@ -111,7 +111,7 @@ func TestOrderOfAnEmptyPool(t *testing.T) {
 }
 
 func TestOrderAllocatesNothing(t *testing.T) {
-	p := NewPool(context.Background(), backends("10.0.0.1:80", "10.0.0.2:80"), fakeResolver{})
+	p := NewPool(context.Background(), backends("10.0.0.1:80", "10.0.0.2:80"), fakeResolver{}, nil)
 	allocs := testing.AllocsPerRun(100, func() {
 		o := p.Start(netip.Addr{})
 		for b := o.Next(); b != nil; b = o.Next() {

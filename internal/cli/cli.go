@@ -16,8 +16,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/pj-proxy/pj/internal/config"
-	"github.com/pj-proxy/pj/internal/observe"
-	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/version"
 )
 
@@ -52,6 +50,7 @@ type Option func(*runEnv)
 type runEnv struct {
 	lookupEnv func(string) (string, bool)
 	listening func([]net.Addr)
+	reload    <-chan struct{}
 }
 
 // WithLookupEnv replaces os.LookupEnv as the source of PJ_* variables.
@@ -63,6 +62,12 @@ func WithLookupEnv(f func(string) (string, bool)) Option {
 // listener is bound, before connections are accepted.
 func WithListening(f func([]net.Addr)) Option {
 	return func(e *runEnv) { e.listening = f }
+}
+
+// WithReload makes every value received on ch reload the configuration
+// file, as SIGHUP does.
+func WithReload(ch <-chan struct{}) Option {
+	return func(e *runEnv) { e.reload = ch }
 }
 
 // Run runs pj with args (without the program name) until ctx is cancelled,
@@ -78,12 +83,19 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, opts ...O
 	return root.ExecuteContext(ctx)
 }
 
-// flags holds the values of the root command's flags.
+// flags holds the values of the flags of the root and check commands.
 type flags struct {
 	proxies    []string // from -p/--proxy
 	envProxies []string // from PJ_PROXY, used only when no -p is given
+	configFile string   // -c/--config or PJ_CONFIG
+	watch      bool     // --watch: reload when the configuration file changes
 	version    bool
-	cfg        config.Config
+	// cfg holds the values of the flags that are settings, bound to them;
+	// it starts as config.Default().
+	cfg config.Config
+	// given lists the flags set on the command line or by their PJ_
+	// variable: only those override a configuration file.
+	given map[string]bool
 }
 
 func newRootCmd(ctx context.Context, env *runEnv, stdout, stderr io.Writer) *cobra.Command {
@@ -99,12 +111,20 @@ A mapping is ` + config.MappingSyntax + `:
   [::]:8443:[2001:db8::1]:443                IPv6 in brackets, on either side
   127.0.0.1:0:db.internal:5432               an ephemeral port (logged at start-up)
 
+A configuration file (-c, YAML or TOML) says the same and more: named proxies,
+defaults every proxy inherits, backends with weights and backups. Flags given
+explicitly override the file's defaults; mappings are added to its proxies.
+'pj check' validates a configuration without running it.
+
 Every flag can also be given as an environment variable: PJ_ and the flag name
-in upper case with _ for - (PJ_CONNECT_TIMEOUT=2s). PJ_PROXY holds one or more
-mappings separated by ';' or new lines. A flag wins over its variable.`,
+in upper case with _ for - (PJ_CONNECT_TIMEOUT=2s, PJ_CONFIG=/etc/pj.yaml).
+PJ_PROXY holds one or more mappings separated by ';' or new lines. A flag wins
+over its variable.`,
 		Example: `  pj --proxy 0.0.0.0:8787:127.0.0.1:22
   pj -p 0.0.0.0:8787:127.0.0.1:22 -p 0.0.0.0:8080:127.0.0.1:80
-  PJ_PROXY="0.0.0.0:8080:b1:80,b2:80,b3:80" pj --log-format json`,
+  PJ_PROXY="0.0.0.0:8080:b1:80,b2:80,b3:80" pj --log-format json
+  pj -c /etc/pj/pj.yaml --watch
+  pj check -c /etc/pj/pj.yaml`,
 		Args:          noArgs,
 		SilenceErrors: true,
 		SilenceUsage:  true,
@@ -113,20 +133,20 @@ mappings separated by ';' or new lines. A flag wins over its variable.`,
 				_, err := io.WriteString(stdout, version.String())
 				return err
 			}
-			if err := applyEnv(cmd.Flags(), env.lookupEnv); err != nil {
+			if err := f.fromEnv(cmd.Flags(), env.lookupEnv); err != nil {
 				return err
 			}
-			if v, ok := env.lookupEnv(EnvName("proxy")); ok && !cmd.Flags().Changed("proxy") {
-				f.envProxies = splitMappings(v)
+			if f.watch && f.configFile == "" {
+				return usagef("--watch reloads a configuration file when it changes: give one with -c FILE (or PJ_CONFIG)")
 			}
-			cfg, err := f.config()
+			cfg, err := loadConfig(f, env.lookupEnv)
 			if err != nil {
 				if errors.Is(err, errNothingToProxy) {
-					_, _ = fmt.Fprintf(stderr, "Usage: pj --proxy %s [--proxy ...] [flags]\nRun 'pj --help' for every flag and more examples.\n", config.MappingSyntax)
+					_, _ = fmt.Fprintf(stderr, "Usage: pj --proxy %s [--proxy ...] [flags]\n   or: pj -c FILE [flags]\nRun 'pj --help' for every flag and more examples.\n", config.MappingSyntax)
 				}
 				return err
 			}
-			return serve(ctx, cfg, env, stderr)
+			return serve(ctx, f, cfg, env, stderr)
 		},
 	}
 	root.SetOut(stdout)
@@ -138,16 +158,11 @@ mappings separated by ';' or new lines. A flag wins over its variable.`,
 
 	fs := root.Flags()
 	fs.SortFlags = false
-	fs.StringArrayVarP(&f.proxies, "proxy", "p", nil, "mapping "+config.MappingSyntax+"; repeatable")
-	fs.StringVar(&f.cfg.Defaults.Balance, "balance", f.cfg.Defaults.Balance, "how connections are spread over a mapping's backends: round-robin")
-	fs.DurationVar(&f.cfg.Defaults.ConnectTimeout, "connect-timeout", f.cfg.Defaults.ConnectTimeout, "time allowed to open a backend connection (all failover tries included)")
-	fs.DurationVar(&f.cfg.Defaults.IdleTimeout, "idle-timeout", f.cfg.Defaults.IdleTimeout, "close a connection idle in both directions this long; 0 = never")
-	fs.DurationVar(&f.cfg.GracePeriod, "grace-period", f.cfg.GracePeriod, "on SIGTERM/SIGINT, how long established connections may finish")
-	fs.StringVar(&f.cfg.Log.Format, "log-format", f.cfg.Log.Format, "log encoding: text or json")
-	fs.StringVar(&f.cfg.Log.Level, "log-level", f.cfg.Log.Level, "least severe records logged: debug, info, warn or error")
+	addConfigFlags(fs, f)
+	fs.BoolVar(&f.watch, "watch", false, "with --config, also reload the file when it changes")
 	fs.BoolVarP(&f.version, "version", "V", false, "print the version and exit")
 
-	root.AddCommand(&cobra.Command{
+	root.AddCommand(newCheckCmd(env, f, stdout), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version (same as -V)",
 		Args:  noArgs,
@@ -159,38 +174,164 @@ mappings separated by ';' or new lines. A flag wins over its variable.`,
 	return root
 }
 
+// addConfigFlags defines the flags that say what pj runs, shared by pj
+// and pj check.
+func addConfigFlags(fs *pflag.FlagSet, f *flags) {
+	fs.StringVarP(&f.configFile, "config", "c", "", "configuration file, YAML (.yaml, .yml) or TOML (.toml); --proxy mappings are added to its proxies")
+	fs.StringArrayVarP(&f.proxies, "proxy", "p", nil, "mapping "+config.MappingSyntax+"; repeatable")
+	fs.StringVar(&f.cfg.Defaults.Balance, "balance", f.cfg.Defaults.Balance, "how connections are spread over a proxy's backends: "+strings.Join(config.Balances, ", "))
+	fs.DurationVar(&f.cfg.Defaults.ConnectTimeout, "connect-timeout", f.cfg.Defaults.ConnectTimeout, "time allowed to open a backend connection (all failover tries included)")
+	fs.DurationVar(&f.cfg.Defaults.IdleTimeout, "idle-timeout", f.cfg.Defaults.IdleTimeout, "close a connection idle in both directions this long; 0 = never")
+	fs.DurationVar(&f.cfg.GracePeriod, "grace-period", f.cfg.GracePeriod, "on SIGTERM/SIGINT, how long established connections may finish")
+	fs.StringVar(&f.cfg.Log.Format, "log-format", f.cfg.Log.Format, "log encoding: text or json")
+	fs.StringVar(&f.cfg.Log.Level, "log-level", f.cfg.Log.Level, "least severe records logged: debug, info, warn or error")
+}
+
+// fromEnv completes the flags with the PJ_ variables and records which
+// flags were given, on the command line or by a variable.
+func (f *flags) fromEnv(fs *pflag.FlagSet, lookupEnv func(string) (string, bool)) error {
+	if err := applyEnv(fs, lookupEnv); err != nil {
+		return err
+	}
+	if v, ok := lookupEnv(EnvName("proxy")); ok && !fs.Changed("proxy") {
+		f.envProxies = splitMappings(v)
+	}
+	f.given = map[string]bool{}
+	fs.VisitAll(func(fl *pflag.Flag) { f.given[fl.Name] = fl.Changed })
+	return nil
+}
+
 func noArgs(cmd *cobra.Command, args []string) error {
 	if len(args) == 0 {
 		return nil
 	}
 	if cmd.HasSubCommands() {
-		return usagef("unknown command or argument %q: expected a sub-command (version) or flags; mappings go after -p/--proxy", args[0])
+		return usagef("unknown command or argument %q: expected a sub-command (check, version) or flags; mappings go after -p/--proxy", args[0])
 	}
 	return usagef("%s takes no arguments, got %q", cmd.CommandPath(), args[0])
 }
 
-var errNothingToProxy = errors.New("nothing to proxy: give at least one mapping with --proxy (or PJ_PROXY)")
+var errNothingToProxy = errors.New("nothing to proxy: give at least one mapping with --proxy (or PJ_PROXY), or a configuration file with -c (or PJ_CONFIG)")
 
-// config turns the parsed flags into a validated configuration.
-func (f *flags) config() (config.Config, error) {
-	cfg := f.cfg
+// loadConfig builds the validated configuration pj runs from the flags
+// (and their PJ_ variables) and, if one is given, the configuration file;
+// lookupEnv expands the file's ${VAR}s. It reads the file anew at every
+// call: serving calls it again to reload, and it gives the same result
+// for the same file.
+//
+// Precedence: a flag given explicitly (or by its variable) overrides the
+// file: --log-format, --log-level and --grace-period the file's values;
+// --balance, --connect-timeout and --idle-timeout the file's defaults, and
+// every file proxy that does not set that key itself. Flags left at their
+// built-in values never override the file. Mappings (--proxy, or PJ_PROXY
+// when no --proxy is given) are added after the file's proxies and inherit
+// its defaults.
+//
+// Errors: a bad flag or mapping, or nothing to run, is a *UsageError; a
+// file that cannot be read, or a configuration with problems, is an error
+// naming them all (exit status 1).
+func loadConfig(f *flags, lookupEnv func(string) (string, bool)) (config.Config, error) {
+	if f.configFile == "" {
+		return f.config()
+	}
+	if err := f.checkFlags(); err != nil {
+		return config.Config{}, err
+	}
+	var overrides []config.Override
+	if f.given["balance"] {
+		b := f.cfg.Defaults.Balance
+		overrides = append(overrides, config.Override{Key: "balance", Apply: func(s *config.Settings) { s.Balance = b }})
+	}
+	if f.given["connect-timeout"] {
+		t := f.cfg.Defaults.ConnectTimeout
+		overrides = append(overrides, config.Override{Key: "connect_timeout", Apply: func(s *config.Settings) { s.ConnectTimeout = t }})
+	}
+	if f.given["idle-timeout"] {
+		t := f.cfg.Defaults.IdleTimeout
+		overrides = append(overrides, config.Override{Key: "idle_timeout", Apply: func(s *config.Settings) { s.IdleTimeout = t }})
+	}
+	data, err := os.ReadFile(f.configFile)
+	if err != nil {
+		return config.Config{}, fmt.Errorf("read configuration file: %w", err)
+	}
+	cfg, err := config.Decode(f.configFile, data, lookupEnv, overrides...)
+	if err != nil {
+		return config.Config{}, err
+	}
+	if f.given["log-format"] {
+		cfg.Log.Format = f.cfg.Log.Format
+	}
+	if f.given["log-level"] {
+		cfg.Log.Level = f.cfg.Log.Level
+	}
+	if f.given["grace-period"] {
+		cfg.GracePeriod = f.cfg.GracePeriod
+	}
+	mappings, err := f.mappings()
+	if err != nil {
+		return config.Config{}, err
+	}
+	for _, p := range mappings {
+		p.Settings = cfg.Defaults
+		cfg.Proxies = append(cfg.Proxies, p)
+	}
+	if len(cfg.Proxies) == 0 {
+		return config.Config{}, &config.ValidationError{Problems: []string{
+			f.configFile + ": no proxies: list at least one under proxies (or add a mapping with --proxy)"}}
+	}
+	if err := cfg.Validate(); err != nil {
+		return config.Config{}, err
+	}
+	return cfg, nil
+}
+
+// checkFlags validates the values of the flags alone, so that a bad one
+// is a usage error even beside a configuration file.
+func (f *flags) checkFlags() error {
+	c := f.cfg
+	c.Proxies, c.File = nil, ""
+	if err := c.Validate(); err != nil {
+		return &UsageError{Err: err}
+	}
+	return nil
+}
+
+// mappings parses the mappings of --proxy, or of PJ_PROXY when no
+// --proxy is given.
+func (f *flags) mappings() ([]config.Proxy, error) {
+	var out []config.Proxy
 	for _, m := range f.proxies {
 		p, err := config.ParseMapping(m)
 		if err != nil {
-			return cfg, &UsageError{Err: err}
+			return nil, &UsageError{Err: err}
 		}
-		cfg.Proxies = append(cfg.Proxies, p)
+		out = append(out, p)
 	}
 	for _, m := range f.envProxies {
 		p, err := config.ParseMapping(m)
 		if err != nil {
-			return cfg, usagef("PJ_PROXY: %w", err)
+			return nil, usagef("PJ_PROXY: %w", err)
 		}
 		p.Source = "PJ_PROXY " + m
-		cfg.Proxies = append(cfg.Proxies, p)
+		out = append(out, p)
 	}
+	return out, nil
+}
+
+// config turns flags without a configuration file into a validated
+// configuration; every problem is a usage error.
+func (f *flags) config() (config.Config, error) {
+	cfg := f.cfg
+	mappings, err := f.mappings()
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Proxies = mappings
 	if len(cfg.Proxies) == 0 {
 		return cfg, &UsageError{Err: errNothingToProxy}
+	}
+	for i := range cfg.Proxies {
+		cfg.Proxies[i].Settings = cfg.Defaults
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, &UsageError{Err: err}
@@ -213,7 +354,9 @@ func applyEnv(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
 		}
 		if serr := fl.Value.Set(strings.TrimSpace(v)); serr != nil {
 			err = usagef("%s=%q: %w", name, v, serr)
+			return
 		}
+		fl.Changed = true // given, as much as on the command line
 	})
 	return err
 }
@@ -228,19 +371,4 @@ func EnvName(flag string) string {
 // included), dropping empty parts: a mapping never contains either.
 func splitMappings(v string) []string {
 	return strings.FieldsFunc(v, func(r rune) bool { return r == ';' || unicode.IsSpace(r) })
-}
-
-func serve(ctx context.Context, cfg config.Config, env *runEnv, stderr io.Writer) error {
-	log, err := observe.NewLogger(stderr, cfg.Log.Format, cfg.Log.Level)
-	if err != nil {
-		return &UsageError{Err: err}
-	}
-	srv, err := server.Listen(cfg.Proxies, server.Options{Logger: log, GracePeriod: cfg.GracePeriod})
-	if err != nil {
-		return fmt.Errorf("start-up failed, nothing is listening: %w", err)
-	}
-	if env.listening != nil {
-		env.listening(srv.Addrs())
-	}
-	return srv.Serve(ctx)
 }

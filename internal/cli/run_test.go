@@ -276,6 +276,7 @@ func TestListenPortZeroIsLogged(t *testing.T) {
 	if port == "0" {
 		t.Fatalf("bound address %s kept port 0", p.addrs[0])
 	}
+	p.log.WaitLines(t, "INFO listening", 1)
 	if len(p.log.Lines("address="+p.addrs[0])) != 1 {
 		t.Fatalf("the start-up line does not show the real port:\n%s", p.log)
 	}

@@ -10,14 +10,22 @@ import (
 	"github.com/pj-proxy/pj/internal/config"
 )
 
-// mapping parses a mapping that is known to be good.
+// mapping parses a mapping that is known to be good and gives it the
+// built-in settings, as whoever builds a Proxy must.
 func mapping(t *testing.T, s string) config.Proxy {
 	t.Helper()
 	p, err := config.ParseMapping(s)
 	if err != nil {
 		t.Fatalf("ParseMapping(%q): %v", s, err)
 	}
+	p.Settings = config.Default().Defaults
 	return p
+}
+
+// literal is a proxy built field by field, as a config file's decoder or
+// a test does, with the built-in settings.
+func literal(name, listen string, backends ...config.Backend) config.Proxy {
+	return config.Proxy{Name: name, Listen: listen, Backends: backends, Settings: config.Default().Defaults}
 }
 
 // withProxies is the built-in configuration with the given mappings.
@@ -67,22 +75,28 @@ func TestValidateInheritsDefaults(t *testing.T) {
 	c := config.Default()
 	c.Defaults.ConnectTimeout = 2 * time.Second
 	c.Defaults.IdleTimeout = time.Minute
+	// Settings are resolved by whoever builds the Proxy: the mapping takes
+	// the defaults whole, db overrides three of them.
+	web := mapping(t, "0.0.0.0:8080:10.0.0.1:80,10.0.0.2:80")
+	web.Settings = c.Defaults
+	dbSettings := c.Defaults
+	dbSettings.Balance = config.RoundRobin
+	dbSettings.ConnectTimeout = 500 * time.Millisecond
+	dbSettings.IdleTimeout = time.Hour
 	c.Proxies = []config.Proxy{
-		mapping(t, "0.0.0.0:8080:10.0.0.1:80,10.0.0.2:80"),
+		web,
 		{
-			Name:           "db",
-			Listen:         "127.0.0.1:5432",
-			Backends:       []config.Backend{{Address: "10.0.0.5:5432"}, {Address: "10.0.0.6:5432", Weight: 3}},
-			Balance:        config.RoundRobin,
-			ConnectTimeout: 500 * time.Millisecond,
-			IdleTimeout:    time.Hour,
+			Name:     "db",
+			Listen:   "127.0.0.1:5432",
+			Backends: []config.Backend{{Address: "10.0.0.5:5432"}, {Address: "10.0.0.6:5432", Weight: 3}},
+			Settings: dbSettings,
 		},
 	}
 	if err := c.Validate(); err != nil {
 		t.Fatalf("Validate() = %v", err)
 	}
 
-	web := c.Proxies[0]
+	web = c.Proxies[0]
 	if web.Name != "0.0.0.0:8080" {
 		t.Errorf("Name = %q, want the listen address", web.Name)
 	}
@@ -197,8 +211,8 @@ func TestValidateThreeOnOneAddress(t *testing.T) {
 func TestValidateDuplicateListenNamesFirstProxy(t *testing.T) {
 	c := config.Default()
 	c.Proxies = []config.Proxy{
-		{Name: "web", Listen: "0.0.0.0:8080", Backends: []config.Backend{{Address: "10.0.0.1:80"}}},
-		{Name: "api", Listen: "0.0.0.0:8080", Backends: []config.Backend{{Address: "10.0.0.2:80"}}},
+		literal("web", "0.0.0.0:8080", config.Backend{Address: "10.0.0.1:80"}),
+		literal("api", "0.0.0.0:8080", config.Backend{Address: "10.0.0.2:80"}),
 	}
 	got := problems(t, &c)
 	if len(got) != 1 {
@@ -321,21 +335,21 @@ func TestValidateProblems(t *testing.T) {
 		{
 			name: "no backends, named by proxy name",
 			mutate: func(_ *testing.T, c *config.Config) {
-				c.Proxies = []config.Proxy{{Name: "web", Listen: "0.0.0.0:80"}}
+				c.Proxies = []config.Proxy{literal("web", "0.0.0.0:80")}
 			},
 			want: []string{`proxy "web": no backends`},
 		},
 		{
 			name: "no backends, named by listen address",
 			mutate: func(_ *testing.T, c *config.Config) {
-				c.Proxies = []config.Proxy{{Listen: "0.0.0.0:80"}}
+				c.Proxies = []config.Proxy{literal("", "0.0.0.0:80")}
 			},
 			want: []string{`proxy "0.0.0.0:80": no backends`},
 		},
 		{
 			name: "negative weight",
 			mutate: func(_ *testing.T, c *config.Config) {
-				c.Proxies = []config.Proxy{{Name: "web", Listen: ":80", Backends: []config.Backend{{Address: "b:80", Weight: -2}}}}
+				c.Proxies = []config.Proxy{literal("web", ":80", config.Backend{Address: "b:80", Weight: -2})}
 			},
 			want: []string{`proxy "web": backend b:80: weight -2 must be at least 1`},
 		},
@@ -398,7 +412,7 @@ func TestValidateChecksAddresses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := config.Default()
-			c.Proxies = []config.Proxy{{Name: "p", Listen: tt.listen, Backends: []config.Backend{{Address: tt.backend}}}}
+			c.Proxies = []config.Proxy{literal("p", tt.listen, config.Backend{Address: tt.backend})}
 			got := problems(t, &c)
 			if len(got) != 1 || !strings.Contains(got[0], tt.want) {
 				t.Errorf("problems = %q, want one naming %s", got, tt.want)

@@ -213,11 +213,13 @@ func (l *loop) connectEvent(c *conn, events uint32) {
 	if events&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
 		return
 	}
-	err := socketError(int(c.bfd))
-	if err == nil && events&unix.EPOLLOUT != 0 {
+	if events&(unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+		// Writable without an error: the handshake completed. (A failed
+		// connect always raises EPOLLERR, so SO_ERROR need not be read.)
 		l.connected(c)
 		return
 	}
+	err := socketError(int(c.bfd))
 	if err == nil {
 		err = unix.ECONNRESET
 	}
@@ -379,8 +381,18 @@ func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWrita
 			l.putPipe(d)
 		}
 		if d.eof {
-			if err := unix.Shutdown(dst, unix.SHUT_WR); err != nil {
-				return moved, sideError(dstSide, os.NewSyscallError("shutdown", err))
+			// Pass the FIN on. When the other direction is over already,
+			// the close that follows sends it: no shutdown needed (and
+			// nothing is left unread that would turn the close into a
+			// reset: the other direction has read its end of stream).
+			other := &c.down
+			if d == &c.down {
+				other = &c.up
+			}
+			if !other.done {
+				if err := unix.Shutdown(dst, unix.SHUT_WR); err != nil {
+					return moved, sideError(dstSide, os.NewSyscallError("shutdown", err))
+				}
 			}
 			d.done = true
 			if c.closedBy == sideNone {

@@ -175,7 +175,16 @@ func (e *Engine) connDone() {
 // Cut closes every open connection; cause is logged as its end.
 func (e *Engine) Cut(cause error) {
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error { l.cutAll(cause); return nil })
+		_ = l.call(func(l *loop) error { l.cut(nil, cause); return nil })
+	}
+}
+
+// CutListener closes the connections accepted by ln that are still open;
+// cause is logged as their end. A reload uses it when the grace period of a
+// removed proxy is over.
+func (e *Engine) CutListener(ln *Listener, cause error) {
+	for _, l := range e.loops {
+		_ = l.call(func(l *loop) error { l.cut(ln, cause); return nil })
 	}
 }
 

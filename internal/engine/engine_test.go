@@ -42,12 +42,20 @@ type harnessOpt struct {
 	idle    time.Duration
 	connect time.Duration
 	onOpen  func()
+	logTo   io.Writer // default: the harness's buffer
+	level   string    // default: debug
 }
 
-func newHarness(t *testing.T, o harnessOpt, backends ...string) *harness {
+func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 	t.Helper()
 	logs := new(testutil.Buffer)
-	log, err := observe.NewLogger(logs, "text", "debug")
+	if o.logTo == nil {
+		o.logTo = logs
+	}
+	if o.level == "" {
+		o.level = "debug"
+	}
+	log, err := observe.NewLogger(o.logTo, "text", o.level)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +73,7 @@ func newHarness(t *testing.T, o harnessOpt, backends ...string) *harness {
 		o.connect = 5 * time.Second
 	}
 	p := &proxy.Proxy{Name: "test", Balance: config.RoundRobin, ConnectTimeout: o.connect, IdleTimeout: o.idle,
-		Pool: balance.NewPool(context.Background(), cbs, net.DefaultResolver)}
+		Pool: balance.NewPool(context.Background(), cbs, net.DefaultResolver, nil)}
 
 	gln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -13,9 +12,11 @@ import (
 const (
 	// maxEvents is how many readiness events one epoll_wait returns.
 	maxEvents = 256
-	// acceptBatch bounds the connections accepted per wake-up, so a flood
-	// on one listener cannot starve the connections already open.
-	acceptBatch = 16
+	// acceptBatch bounds the connections accepted per event. One: the
+	// listener is level-triggered, so a loop with more waiting is told
+	// again at once, and a lone connection costs no accept4 that fails
+	// with EAGAIN. A flood cannot starve the connections already open.
+	acceptBatch = 1
 	// bufSize is the loop's copy buffer. A read that fills it marks the
 	// direction as bulk: it switches to splice(2).
 	bufSize = 64 << 10
@@ -442,13 +443,12 @@ func (l *loop) stop() {
 	<-l.exited
 }
 
-// cutAll ends every connection of the loop with cause.
-func (l *loop) cutAll(cause error) {
+// cut ends the loop's connections accepted by ln (every connection if ln
+// is nil) with cause.
+func (l *loop) cut(ln *Listener, cause error) {
 	for fd, c := range l.conns {
-		if c != nil && c.cfd == int32(fd) && c.state != stateClosed {
+		if c != nil && c.cfd == int32(fd) && c.state != stateClosed && (ln == nil || c.ln == ln) {
 			l.abort(c, cause)
 		}
 	}
 }
-
-var errLoopExited = errors.New("event loop exited")

@@ -21,12 +21,17 @@ type Proxy struct {
 }
 
 // Build makes the runtime proxy of c, resolving backend host names (see
-// balance.NewPool).
-func Build(ctx context.Context, c config.Proxy, r balance.Resolver) *Proxy {
+// balance.NewPool). prev, if not nil, is the proxy this one replaces on the
+// same listener: backends that stay keep their state.
+func Build(ctx context.Context, c config.Proxy, r balance.Resolver, prev *Proxy) *Proxy {
+	var prevPool *balance.Pool
+	if prev != nil {
+		prevPool = prev.Pool
+	}
 	return &Proxy{
 		Name:           c.Name,
 		Balance:        c.Balance,
-		Pool:           balance.NewPool(ctx, c.Backends, r),
+		Pool:           balance.NewPool(ctx, c.Backends, r, prevPool),
 		ConnectTimeout: c.ConnectTimeout,
 		IdleTimeout:    c.IdleTimeout,
 	}

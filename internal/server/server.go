@@ -1,6 +1,6 @@
 // Package server runs pj's proxies: it resolves their backends, binds every
-// listener or none, hands the sockets to the event engine and drains on
-// shutdown.
+// listener or none, hands the sockets to the event engine, swaps proxies on
+// reload without closing a listener that stays, and drains on shutdown.
 package server
 
 import (
@@ -11,6 +11,8 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,38 +29,64 @@ import (
 // (two hours) would let dead peers hold descriptors far too long.
 var KeepAlive = engine.KeepAlive{Idle: time.Minute, Interval: 15 * time.Second, Count: 4}
 
-// resolveTimeout bounds the start-up lookups of backend host names.
+// resolveTimeout bounds the lookups of backend host names at start-up and
+// at every reload.
 const resolveTimeout = 5 * time.Second
 
-// Options are the process-wide settings of a Server.
+// Options are the process-wide settings of a Server that a configuration
+// file does not change.
 type Options struct {
 	Logger *slog.Logger
-	// GracePeriod is how long established connections may run on after
-	// the context given to Serve is cancelled.
-	GracePeriod time.Duration
 	// Loops is the number of event loops; 0 means one per CPU.
 	Loops int
 }
 
 // Server is a set of bound listeners and the engine serving them.
 type Server struct {
-	log       *slog.Logger
-	grace     time.Duration
-	eng       *engine.Engine
-	listeners []*engine.Listener
-	addrs     []net.Addr
+	log *slog.Logger
+	eng *engine.Engine
+
+	mu      sync.Mutex // guards everything below
+	cfg     config.Config
+	entries []*entry // in configuration order
+	closed  bool
+
+	reloadsOK, reloadsFailed atomic.Uint64
 }
 
-// Listen resolves the proxies' backends and binds a listener for every
-// proxy. It is all or nothing: if any address cannot be bound, the ones
-// already bound are closed and the error names the address and the reason.
-func Listen(proxies []config.Proxy, opt Options) (*Server, error) {
+// entry is one proxy and the listener serving it.
+type entry struct {
+	cfg  config.Proxy // as configured, Name filled in
+	key  string       // identifies the listener across reloads
+	ln   *engine.Listener
+	addr net.Addr
+}
+
+// New resolves the proxies' backends and binds a listener for every proxy.
+// It is all or nothing: if any address cannot be bound, the ones already
+// bound are closed and the error names the address and the reason.
+func New(cfg config.Config, opt Options) (*Server, error) {
 	log := opt.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{log: log, grace: opt.GracePeriod}
+	eng, err := engine.New(engine.Options{Logger: log, Loops: opt.Loops, KeepAlive: KeepAlive})
+	if err != nil {
+		return nil, fmt.Errorf("start the event engine: %w", err)
+	}
+	s := &Server{log: log, eng: eng, cfg: cfg}
+	entries, err := s.open(cfg.Proxies, nil)
+	if err != nil {
+		eng.Close()
+		return nil, err
+	}
+	s.entries = entries
+	return s, nil
+}
 
+// open binds and serves the listeners of proxies, building each proxy's
+// runtime from prev (by name) where there is one. All or nothing.
+func (s *Server) open(proxies []config.Proxy, prev map[string]*proxy.Proxy) ([]*entry, error) {
 	lc := net.ListenConfig{KeepAlive: -1, Control: controlListener}
 	var bound []*net.TCPListener
 	closeBound := func() {
@@ -74,45 +102,56 @@ func Listen(proxies []config.Proxy, opt Options) (*Server, error) {
 		}
 		bound = append(bound, ln.(*net.TCPListener))
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
-	defer cancel()
-	runtimes := make([]*proxy.Proxy, len(proxies))
+	entries := make([]*entry, len(proxies))
 	for i, pc := range proxies {
 		if pc.Name == pc.Listen {
 			// An unnamed proxy is known by its address, the bound one:
 			// port 0 has become a real port, an empty host "[::]".
 			pc.Name = bound[i].Addr().String()
 		}
-		runtimes[i] = proxy.Build(ctx, pc, net.DefaultResolver)
-		for _, b := range runtimes[i].Pool.Backends() {
-			if b.Err != nil {
-				log.Warn("backend does not resolve; connections to it will fail", "proxy", pc.Name, "backend", b.Name, "error", b.Err.Error())
-			}
-		}
+		entries[i] = &entry{cfg: pc, key: listenerKey(pc), addr: bound[i].Addr()}
 	}
-
-	eng, err := engine.New(engine.Options{Logger: log, Loops: opt.Loops, KeepAlive: KeepAlive})
-	if err != nil {
-		closeBound()
-		return nil, fmt.Errorf("start the event engine: %w", err)
-	}
-	s.eng = eng
+	runtimes := s.build(entries, prev)
 	for i, ln := range bound {
-		s.addrs = append(s.addrs, ln.Addr())
 		fd, err := detach(ln)
 		if err == nil {
-			var el *engine.Listener
-			if el, err = eng.Listen(fd, ln.Addr().String(), runtimes[i]); err == nil {
-				s.listeners = append(s.listeners, el)
-				continue
+			entries[i].ln, err = s.eng.Listen(fd, ln.Addr().String(), runtimes[i])
+		}
+		if err != nil {
+			closeBound()
+			for _, e := range entries[:i] {
+				s.eng.CloseListener(e.ln)
+			}
+			return nil, fmt.Errorf("proxy %s: %w", entries[i].cfg.Name, err)
+		}
+	}
+	return entries, nil
+}
+
+// build makes the runtime proxies of entries, resolving backend names.
+func (s *Server) build(entries []*entry, prev map[string]*proxy.Proxy) []*proxy.Proxy {
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	defer cancel()
+	out := make([]*proxy.Proxy, len(entries))
+	for i, e := range entries {
+		out[i] = proxy.Build(ctx, e.cfg, net.DefaultResolver, prev[e.cfg.Name])
+		for _, b := range out[i].Pool.Backends() {
+			if b.Err != nil {
+				s.log.Warn("backend does not resolve; connections to it will fail", "proxy", e.cfg.Name, "backend", b.Name, "error", b.Err.Error())
 			}
 		}
-		closeBound()
-		s.Close()
-		return nil, fmt.Errorf("proxy %s: %w", runtimes[i].Name, err)
 	}
-	return s, nil
+	return out
+}
+
+// listenerKey identifies a listener across reloads: its address, or for
+// an ephemeral port (which never matches another), its proxy's name too.
+func listenerKey(p config.Proxy) string {
+	_, port, err := config.SplitHostPort(p.Listen)
+	if err == nil && port == 0 {
+		return p.Listen + " " + p.Name
+	}
+	return strings.ToLower(p.Listen)
 }
 
 // controlListener sets keepalive and TCP_NODELAY on the listening socket;
@@ -167,7 +206,15 @@ func listenHint(err error) string {
 
 // Addrs returns the bound address of every listener, in configuration
 // order; port 0 has become the port the kernel chose.
-func (s *Server) Addrs() []net.Addr { return s.addrs }
+func (s *Server) Addrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	addrs := make([]net.Addr, len(s.entries))
+	for i, e := range s.entries {
+		addrs[i] = e.addr
+	}
+	return addrs
+}
 
 // Active returns the number of open connections.
 func (s *Server) Active() int64 { return s.eng.Active() }
@@ -176,37 +223,47 @@ func (s *Server) Active() int64 { return s.eng.Active() }
 // panicked.
 func (s *Server) Panics() uint64 { return s.eng.Panics() }
 
+// Reloads returns how many reloads succeeded and how many failed.
+func (s *Server) Reloads() (ok, failed uint64) {
+	return s.reloadsOK.Load(), s.reloadsFailed.Load()
+}
+
 // Serve serves until ctx is cancelled. Then it stops accepting at once,
 // lets established connections finish for the grace period, cuts those
 // still open (status shutdown) and returns nil once every connection has
 // been logged.
 func (s *Server) Serve(ctx context.Context) error {
-	for _, ln := range s.listeners {
-		p := ln.Proxy()
-		s.log.Info("listening", "proxy", p.Name, "address", ln.Addr(),
-			"backends", strings.Join(backendAddrs(p), ","), "balance", p.Balance)
+	s.mu.Lock()
+	for _, e := range s.entries {
+		s.logListening(e)
 	}
+	s.mu.Unlock()
 
 	<-ctx.Done()
-	for _, ln := range s.listeners {
-		s.eng.CloseListener(ln)
+	s.mu.Lock()
+	s.closed = true
+	for _, e := range s.entries {
+		s.eng.CloseListener(e.ln)
 	}
-	s.listeners = nil
+	s.entries = nil
+	grace := s.cfg.GracePeriod
+	s.mu.Unlock()
+
 	reason := "stopped"
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		reason = cause.Error()
 	}
 	if n := s.eng.Active(); n > 0 {
 		s.log.Info("shutting down: stopped accepting, draining connections",
-			"reason", reason, "active", n, "grace_period", s.grace.String())
+			"reason", reason, "active", n, "grace_period", grace.String())
 	} else {
 		s.log.Info("shutting down: stopped accepting, no connections open", "reason", reason)
 	}
-	grace := time.NewTimer(s.grace)
-	defer grace.Stop()
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
 	select {
 	case <-s.eng.Idle():
-	case <-grace.C:
+	case <-timer.C:
 		s.log.Warn("grace period over: closing the remaining connections", "active", s.eng.Active())
 		s.eng.Cut(engine.ErrShutdown)
 		<-s.eng.Idle()
@@ -214,6 +271,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.eng.Close()
 	s.log.Info("stopped")
 	return nil
+}
+
+func (s *Server) logListening(e *entry) {
+	p := e.ln.Proxy()
+	s.log.Info("listening", "proxy", p.Name, "address", e.ln.Addr(),
+		"backends", strings.Join(backendAddrs(p), ","), "balance", p.Balance)
 }
 
 func backendAddrs(p *proxy.Proxy) []string {
@@ -227,12 +290,12 @@ func backendAddrs(p *proxy.Proxy) []string {
 // Close releases the listeners and the engine of a server that will not
 // Serve.
 func (s *Server) Close() {
-	if s.eng == nil {
-		return
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for _, e := range s.entries {
+		s.eng.CloseListener(e.ln)
 	}
-	for _, ln := range s.listeners {
-		s.eng.CloseListener(ln)
-	}
-	s.listeners = nil
+	s.entries = nil
 	s.eng.Close()
 }

@@ -31,7 +31,7 @@ func serve(t *testing.T, opt Options, proxies ...config.Proxy) (*Server, *testut
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	s, err := Listen(cfg.Proxies, opt)
+	s, err := New(cfg, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +48,8 @@ func serve(t *testing.T, opt Options, proxies ...config.Proxy) (*Server, *testut
 }
 
 func proxyTo(backend string) config.Proxy {
-	return config.Proxy{Listen: "127.0.0.1:0", Backends: []config.Backend{{Address: backend}}}
+	return config.Proxy{Listen: "127.0.0.1:0", Backends: []config.Backend{{Address: backend, Weight: 1}},
+		Settings: config.Default().Defaults}
 }
 
 func TestAcceptedAndDialledSocketsKeepAlive(t *testing.T) {

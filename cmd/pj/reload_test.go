@@ -1,0 +1,219 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pj-proxy/pj/internal/testutil"
+)
+
+// identify serves its name to every client, then closes.
+func identify(t *testing.T, name string) string {
+	t.Helper()
+	ln := testutil.Listen(t, "tcp4")
+	testutil.Serve(t, ln, func(c net.Conn) { _, _ = io.WriteString(c, name) })
+	return ln.Addr().String()
+}
+
+// ask connects to addr and returns what the backend says.
+func ask(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return "", err
+	}
+	if len(b) == 0 {
+		return "", errors.New("closed without a byte")
+	}
+	return string(b), nil
+}
+
+// yamlConfig writes a configuration of name → listen → backend proxies.
+func yamlConfig(t *testing.T, path string, proxies ...[3]string) {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("grace_period: 1m\nproxies:\n")
+	for _, p := range proxies {
+		fmt.Fprintf(&b, "  - name: %s\n    listen: %q\n    backends: [%q]\n", p[0], p[1], p[2])
+	}
+	writeAtomically(t, path, b.String())
+}
+
+// writeAtomically replaces path by renaming a new file over it, as editors
+// and configuration management tools do.
+func writeAtomically(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSIGHUPReloadRefusesNothingAndCutsNothing(t *testing.T) {
+	a1, a2, echo := identify(t, "a1"), identify(t, "a2"), testutil.StartEcho(t)
+	x, y, z := testutil.ClosedAddr(t), testutil.ClosedAddr(t), testutil.ClosedAddr(t)
+	path := filepath.Join(t.TempDir(), "pj.yaml")
+	yamlConfig(t, path, [3]string{"web", x, a1}, [3]string{"legacy", y, echo})
+	p := startPJ(t, 2, "", "-c", path)
+
+	long := testutil.Dial(t, y)
+	if got := testutil.RoundTrip(t, long, "before"); got != "before" {
+		t.Fatal(got)
+	}
+
+	// A bounded client loop hammers the listener that stays...
+	const clients, perClient = 4, 200
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		failures []error
+		served   int
+	)
+	for range clients {
+		wg.Go(func() {
+			for range perClient {
+				_, err := ask(x)
+				mu.Lock()
+				if err != nil {
+					failures = append(failures, err)
+				} else {
+					served++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	// ...while SIGHUP adds, removes and changes proxies, three times.
+	steps := [][][3]string{
+		{{"web", x, a2}, {"cache", z, echo}},
+		{{"web", x, a1}, {"cache", z, echo}},
+		{{"web", x, a2}, {"cache", z, echo}},
+	}
+	for i, step := range steps {
+		yamlConfig(t, path, step...)
+		p.signal(t, syscall.SIGHUP)
+		p.stderr.WaitLines(t, "INFO reload: ", i+1)
+	}
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d of %d connections failed during reloads; first: %v", len(failures), clients*perClient, failures[0])
+	}
+	if served != clients*perClient {
+		t.Fatalf("served %d", served)
+	}
+	first := p.stderr.Lines("INFO reload: ")[0]
+	for _, want := range []string{"+1 proxy (cache)", "-1 proxy (legacy)", "web: backends changed", "trigger=SIGHUP"} {
+		if !strings.Contains(first, want) {
+			t.Errorf("reload line %q lacks %q", first, want)
+		}
+	}
+	if got, err := ask(x); err != nil || got != "a2" {
+		t.Fatalf("web answered %q, %v after the last reload; want a2", got, err)
+	}
+	c := testutil.Dial(t, z)
+	if got := testutil.RoundTrip(t, c, "new"); got != "new" {
+		t.Fatalf("the added proxy answered %q", got)
+	}
+	if nc, err := net.DialTimeout("tcp", y, time.Second); err == nil {
+		_ = nc.Close()
+		t.Fatal("the removed proxy still accepts")
+	}
+	if got := testutil.RoundTrip(t, long, "after"); got != "after" {
+		t.Fatalf("the established connection of the removed proxy broke: %q", got)
+	}
+}
+
+func TestInvalidReloadChangesNothing(t *testing.T) {
+	a1, a2 := identify(t, "a1"), identify(t, "a2")
+	x := testutil.ClosedAddr(t)
+	path := filepath.Join(t.TempDir(), "pj.yaml")
+	yamlConfig(t, path, [3]string{"web", x, a1})
+	p := startPJ(t, 1, "", "-c", path)
+
+	writeAtomically(t, path, fmt.Sprintf(`proxies:
+  - name: web
+    listen: %q
+    backends: [%q]
+    conect_timeout: 2s
+    idle_timeout: soon
+`, x, a2))
+	p.signal(t, syscall.SIGHUP)
+	p.stderr.WaitLines(t, "reload failed", 1)
+	problems := p.stderr.Lines("reload: invalid configuration")
+	if len(problems) != 2 ||
+		!strings.Contains(problems[0]+problems[1], "pj.yaml:5") || !strings.Contains(problems[0]+problems[1], "did you mean connect_timeout") ||
+		!strings.Contains(problems[0]+problems[1], "pj.yaml:6") {
+		t.Fatalf("want both problems logged with their lines, got:\n%s", strings.Join(problems, "\n"))
+	}
+	if got, err := ask(x); err != nil || got != "a1" {
+		t.Fatalf("web answered %q, %v; the running configuration must go on", got, err)
+	}
+}
+
+func TestWatchFollowsRenameOverAndSymlinkSwap(t *testing.T) {
+	a1, a2, a3 := identify(t, "a1"), identify(t, "a2"), identify(t, "a3")
+	x := testutil.ClosedAddr(t)
+
+	// The Kubernetes ConfigMap layout: pj.yaml -> ..data/pj.yaml,
+	// ..data -> ..v1.
+	dir := t.TempDir()
+	version := func(name, backend string) {
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		yamlConfig(t, filepath.Join(dir, name, "pj.yaml"), [3]string{"web", x, backend})
+	}
+	version("..v1", a1)
+	if err := os.Symlink("..v1", filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "pj.yaml")
+	if err := os.Symlink("..data/pj.yaml", path); err != nil {
+		t.Fatal(err)
+	}
+	p := startPJ(t, 1, "", "-c", path, "--watch")
+	if got, err := ask(x); err != nil || got != "a1" {
+		t.Fatalf("answered %q, %v", got, err)
+	}
+
+	// kubelet's update: a new version directory, then a new ..data link
+	// renamed over the old one.
+	version("..v2", a2)
+	tmp := filepath.Join(dir, "..data_tmp")
+	if err := os.Symlink("..v2", tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "the symlink swap to be applied", func() bool {
+		got, err := ask(x)
+		return err == nil && got == "a2"
+	})
+
+	// An editor's save: a new file renamed over the path (which replaces
+	// the link by a plain file).
+	yamlConfig(t, path, [3]string{"web", x, a3})
+	testutil.WaitFor(t, 10*time.Second, "the renamed-over file to be applied", func() bool {
+		got, err := ask(x)
+		return err == nil && got == "a3"
+	})
+	p.stderr.WaitLines(t, `trigger="file changed"`, 2)
+}

@@ -1,0 +1,379 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/testutil"
+)
+
+// writeConfig writes a configuration file in a fresh directory and returns
+// its path.
+func writeConfig(t *testing.T, name, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// load builds the configuration as pj and pj check do: the flags of args,
+// the variables of env, then loadConfig.
+func load(t *testing.T, env map[string]string, args ...string) (config.Config, error) {
+	t.Helper()
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	f := &flags{cfg: config.Default()}
+	fs := pflag.NewFlagSet("pj", pflag.ContinueOnError)
+	addConfigFlags(fs, f)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("flags %q: %v", args, err)
+	}
+	if err := f.fromEnv(fs, lookup); err != nil {
+		return config.Config{}, err
+	}
+	return loadConfig(f, lookup)
+}
+
+// check runs "pj check" in-process and returns its stdout and error.
+func check(t *testing.T, env map[string]string, args ...string) (string, error) {
+	t.Helper()
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	var stdout strings.Builder
+	err := Run(context.Background(), append([]string{"check"}, args...), &stdout, io.Discard, WithLookupEnv(lookup),
+		WithListening(func([]net.Addr) { t.Error("pj check started listening") }))
+	return stdout.String(), err
+}
+
+const precedenceYAML = `log: { format: json }
+grace_period: 1m
+defaults:
+  connect_timeout: 2s
+  idle_timeout: 1m
+proxies:
+  - name: own
+    listen: 127.0.0.1:0
+    backends: [127.0.0.1:1]
+    connect_timeout: 7s
+    idle_timeout: 0s
+  - name: inherits
+    listen: 127.0.0.1:0
+    backends: [127.0.0.1:2]
+`
+
+func TestFlagsAndFilePrecedence(t *testing.T) {
+	file := writeConfig(t, "pj.yaml", precedenceYAML)
+	other := writeConfig(t, "other.toml", "[[proxies]]\nname = \"other\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"127.0.0.1:3\"]\n")
+
+	type want struct {
+		connect        [3]time.Duration // defaults, own, inherits
+		idle           [3]time.Duration
+		format         string
+		grace          time.Duration
+		names          []string
+		mappingConnect time.Duration // of the proxies after the file's
+	}
+	fileOnly := want{
+		connect: [3]time.Duration{2 * time.Second, 7 * time.Second, 2 * time.Second},
+		idle:    [3]time.Duration{time.Minute, 0, time.Minute},
+		format:  "json", grace: time.Minute, names: []string{"own", "inherits"},
+	}
+	with := func(f func(*want)) want { w := fileOnly; w.names = append([]string(nil), w.names...); f(&w); return w }
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want want
+	}{
+		{"the file alone", nil, []string{"-c", file}, fileOnly},
+		{"PJ_CONFIG when -c is absent", map[string]string{"PJ_CONFIG": file}, nil, fileOnly},
+		{"-c wins over PJ_CONFIG", map[string]string{"PJ_CONFIG": other}, []string{"--config", file}, fileOnly},
+		{"PJ_CONFIG names the other file", map[string]string{"PJ_CONFIG": other}, nil, want{
+			connect: [3]time.Duration{5 * time.Second}, format: "text", grace: 30 * time.Second, names: []string{"other"},
+		}},
+		{"a flag overrides the defaults and the proxies that do not set the key", nil,
+			[]string{"-c", file, "--connect-timeout", "3s", "--idle-timeout", "10s"}, with(func(w *want) {
+				w.connect = [3]time.Duration{3 * time.Second, 7 * time.Second, 3 * time.Second}
+				w.idle = [3]time.Duration{10 * time.Second, 0, 10 * time.Second}
+			})},
+		{"a variable overrides as its flag does", map[string]string{"PJ_CONNECT_TIMEOUT": "3s"},
+			[]string{"-c", file}, with(func(w *want) {
+				w.connect = [3]time.Duration{3 * time.Second, 7 * time.Second, 3 * time.Second}
+			})},
+		{"a flag given at its built-in value still overrides", nil,
+			[]string{"-c", file, "--connect-timeout", "5s"}, with(func(w *want) {
+				w.connect = [3]time.Duration{5 * time.Second, 7 * time.Second, 5 * time.Second}
+			})},
+		{"a flag wins over its variable", map[string]string{"PJ_CONNECT_TIMEOUT": "9s"},
+			[]string{"-c", file, "--connect-timeout", "3s"}, with(func(w *want) {
+				w.connect = [3]time.Duration{3 * time.Second, 7 * time.Second, 3 * time.Second}
+			})},
+		{"top-level flags override the file", map[string]string{"PJ_GRACE_PERIOD": "5s"},
+			[]string{"-c", file, "--log-format", "text"}, with(func(w *want) {
+				w.format, w.grace = "text", 5*time.Second
+			})},
+		{"mappings are added and inherit the file's defaults", map[string]string{"PJ_PROXY": "127.0.0.1:0:127.0.0.1:5"},
+			[]string{"-c", file, "-p", "127.0.0.1:0:127.0.0.1:4"}, with(func(w *want) {
+				w.names = append(w.names, "127.0.0.1:0")
+				w.mappingConnect = 2 * time.Second
+			})},
+		{"PJ_PROXY is added when no -p is given", map[string]string{"PJ_PROXY": "127.0.0.1:0:127.0.0.1:5"},
+			[]string{"-c", file, "--connect-timeout", "4s"}, with(func(w *want) {
+				w.connect = [3]time.Duration{4 * time.Second, 7 * time.Second, 4 * time.Second}
+				w.names = append(w.names, "127.0.0.1:0")
+				w.mappingConnect = 4 * time.Second
+			})},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := load(t, tt.env, tt.args...)
+			if err != nil {
+				t.Fatalf("loadConfig: %v", err)
+			}
+			var names []string
+			for _, p := range c.Proxies {
+				names = append(names, p.Name)
+			}
+			if strings.Join(names, " ") != strings.Join(tt.want.names, " ") {
+				t.Fatalf("proxies %q, want %q", names, tt.want.names)
+			}
+			if c.Log.Format != tt.want.format || c.GracePeriod != tt.want.grace {
+				t.Errorf("log format %q, grace period %s; want %q, %s", c.Log.Format, c.GracePeriod, tt.want.format, tt.want.grace)
+			}
+			if c.Defaults.ConnectTimeout != tt.want.connect[0] {
+				t.Errorf("defaults: connect timeout %s, want %s", c.Defaults.ConnectTimeout, tt.want.connect[0])
+			}
+			if len(tt.want.names) > 1 { // the precedence file
+				if c.Defaults.IdleTimeout != tt.want.idle[0] {
+					t.Errorf("defaults: idle timeout %s, want %s", c.Defaults.IdleTimeout, tt.want.idle[0])
+				}
+				for i, p := range c.Proxies[:2] {
+					if p.ConnectTimeout != tt.want.connect[i+1] || p.IdleTimeout != tt.want.idle[i+1] {
+						t.Errorf("proxy %s: connect %s, idle %s; want %s, %s", p.Name,
+							p.ConnectTimeout, p.IdleTimeout, tt.want.connect[i+1], tt.want.idle[i+1])
+					}
+				}
+			}
+			for _, p := range c.Proxies[min(2, len(c.Proxies)):] {
+				if p.ConnectTimeout != tt.want.mappingConnect || !strings.HasPrefix(p.Source, "-p ") && !strings.HasPrefix(p.Source, "PJ_PROXY ") {
+					t.Errorf("mapping %s (%s): connect %s, want %s", p.Name, p.Source, p.ConnectTimeout, tt.want.mappingConnect)
+				}
+			}
+		})
+	}
+}
+
+func TestConfigFileErrors(t *testing.T) {
+	bad := writeConfig(t, "bad.yaml", `defaults:
+  conect_timeout: 5s
+proxies:
+  - listen: 127.0.0.1:0
+    backends: [127.0.0.1:1]
+    idle_timeout: 5
+`)
+	empty := writeConfig(t, "empty.toml", "[log]\nformat = \"json\"\n")
+	good := writeConfig(t, "good.yaml", "proxies:\n  - listen: 127.0.0.1:8080\n    backends: [127.0.0.1:1]\n")
+	missing := filepath.Join(t.TempDir(), "missing.yaml")
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		code int
+		want []string // each in the error
+	}{
+		{"every problem of the file", nil, []string{"-c", bad}, 1, []string{
+			"2 problems",
+			bad + ":2: defaults.conect_timeout: unknown key (did you mean connect_timeout?)",
+			bad + `:6: proxies[0].idle_timeout: expected a duration string such as "5s", got a number`,
+		}},
+		{"a file that does not exist", nil, []string{"-c", missing}, 1, []string{missing, "no such file"}},
+		{"a file without proxies", nil, []string{"-c", empty}, 1, []string{empty + ": no proxies"}},
+		{"an unset variable", map[string]string{"PJ_CONFIG": writeConfig(t, "v.yaml", "admin: {token: '${PJ_ADMIN_TOKEN}'}\n")},
+			nil, 1, []string{"v.yaml:1: admin.token: environment variable PJ_ADMIN_TOKEN is not set"}},
+		{"a mapping on a file proxy's address", nil, []string{"-c", good, "-p", "127.0.0.1:8080:127.0.0.1:2"}, 1, []string{
+			`-p 127.0.0.1:8080:127.0.0.1:2: listen address 127.0.0.1:8080 is already used by proxy "127.0.0.1:8080" (` + good + ":2)",
+		}},
+		{"a bad flag beside a file is a usage error", nil, []string{"-c", good, "--idle-timeout", "-1s"}, 2, []string{"idle timeout -1s"}},
+		{"a bad mapping beside a file is a usage error", nil, []string{"-c", good, "-p", "nonsense"}, 2, []string{`"nonsense"`}},
+		{"an unknown extension", nil, []string{"-c", writeConfig(t, "pj.json", "{}")}, 1, []string{"pj.json: cannot tell the format", ".yaml, .yml", ".toml"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, cmd := range [][]string{nil, {"check"}} { // pj and pj check say the same
+				lookup := func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok }
+				err := Run(context.Background(), append(cmd, tt.args...), io.Discard, io.Discard, WithLookupEnv(lookup),
+					WithListening(func([]net.Addr) { t.Error("pj started listening") }))
+				if code := ExitCode(err); code != tt.code {
+					t.Fatalf("pj %q: exit %d (%v), want %d", append(cmd, tt.args...), code, err, tt.code)
+				}
+				for _, w := range tt.want {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("pj %q: error %q does not contain %q", cmd, err, w)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestWatchNeedsAConfigFile(t *testing.T) {
+	err := Run(context.Background(), []string{"--watch", "-p", "127.0.0.1:0:127.0.0.1:1"}, io.Discard, io.Discard,
+		WithLookupEnv(func(string) (string, bool) { return "", false }),
+		WithListening(func([]net.Addr) { t.Error("pj started listening") }))
+	if ExitCode(err) != 2 || !strings.Contains(err.Error(), "-c FILE") {
+		t.Fatalf("--watch without a file: %v (exit %d), want a usage error asking for -c", err, ExitCode(err))
+	}
+	// With a file, --watch is accepted, and so is PJ_WATCH.
+	file := writeConfig(t, "pj.yaml", "proxies: [{listen: '127.0.0.1:0', backends: ['"+testutil.StartEcho(t)+"']}]\n")
+	for _, tt := range []struct {
+		env  map[string]string
+		args []string
+	}{{nil, []string{"--watch", "-c", file}}, {map[string]string{"PJ_WATCH": "true", "PJ_CONFIG": file}, nil}} {
+		p := start(t, tt.env, tt.args...)
+		if got := echoOnce(t, p.addrs[0], "watched"); got != "watched" {
+			t.Fatalf("echo = %q", got)
+		}
+	}
+}
+
+func TestServeFromAConfigFile(t *testing.T) {
+	echo := testutil.StartEcho(t)
+	file := writeConfig(t, "pj.toml", `[defaults]
+idle_timeout = "${IDLE}"
+
+[[proxies]]
+name = "echo"
+listen = "127.0.0.1:0"
+backends = ["`+echo+`"]
+`)
+	p := start(t, map[string]string{"IDLE": "100ms"}, "-c", file)
+	c := testutil.Dial(t, p.addrs[0])
+	if got := testutil.RoundTrip(t, c, "from a file"); got != "from a file" {
+		t.Fatalf("echo = %q", got)
+	}
+	// The file's idle timeout, from a variable, closes the connection.
+	if got := readAll(t, c); got != "" {
+		t.Fatalf("read %q", got)
+	}
+	if l := p.log.WaitLines(t, "[timeout]", 1); !strings.Contains(l[0], "proxy=echo") {
+		t.Fatalf("log line %q: want the timeout of the file's proxy named echo", l[0])
+	}
+}
+
+func TestCheck(t *testing.T) {
+	// The listen address is taken: check must not try to bind it.
+	busy := testutil.Listen(t, "tcp4").Addr().String()
+	file := writeConfig(t, "pj.yaml", `log: { format: json }
+grace_period: 1m
+defaults:
+  idle_timeout: 90s
+proxies:
+  - name: web
+    listen: "`+busy+`"
+    backends:
+      - 10.0.0.1:80
+      - { address: 10.0.0.2:80, weight: 3 }
+      - { address: 10.0.0.9:80, backup: true }
+  - listen: 127.0.0.1:2222
+    backends: [10.0.0.5:22]
+    connect_timeout: 1s
+    health_check: { interval: 0s }
+`)
+	out, err := check(t, nil, "-c", file, "-p", "127.0.0.1:0:127.0.0.1:1")
+	if err != nil {
+		t.Fatalf("pj check: %v", err)
+	}
+	want := "configuration from " + file + ` is valid: 3 proxies
+log json at level info; grace period 1m
+
+proxy web on ` + busy + ` -> 10.0.0.1:80, 10.0.0.2:80 (weight 3), 10.0.0.9:80 (backup)
+  round-robin; idle timeout 1m30s; health checks every 2s (timeout 1s, rise 2, fall 3)
+
+proxy 127.0.0.1:2222 -> 10.0.0.5:22
+  round-robin; connect timeout 1s; idle timeout 1m30s; no health checks
+
+proxy 127.0.0.1:0 -> 127.0.0.1:1
+  round-robin; idle timeout 1m30s; no health checks
+`
+	if out != want {
+		t.Errorf("summary:\n%s\nwant:\n%s", out, want)
+	}
+
+	out, err = check(t, nil, "-p", "127.0.0.1:0:127.0.0.1:1,127.0.0.1:2", "--connect-timeout", "2s")
+	if err != nil || !strings.HasPrefix(out, "configuration from the command line is valid: 1 proxy\n") ||
+		!strings.Contains(out, "round-robin; connect timeout 2s; health checks every 2s") {
+		t.Errorf("check of mappings: %v\n%s", err, out)
+	}
+
+	if _, err := check(t, nil); ExitCode(err) != 2 || !strings.Contains(err.Error(), "nothing to check") {
+		t.Errorf("check with nothing to check: %v (exit %d), want a usage error", err, ExitCode(err))
+	}
+}
+
+// TestExamplesCheck runs pj check on every file of examples/. ssh.yaml
+// uses only what this version supports and must be valid. web.yaml and
+// database.toml show weights, health checks and other algorithms, which
+// later versions implement: until then, every problem they have must be
+// one of those "not supported by this version of pj yet". When the
+// features land, they must check clean, and this test must then require
+// exit 0 of every example.
+func TestExamplesCheck(t *testing.T) {
+	examples, err := filepath.Glob(filepath.Join("..", "..", "examples", "*"))
+	if err != nil || len(examples) < 3 {
+		t.Fatalf("examples: %v %v", examples, err)
+	}
+	env := map[string]string{"PJ_WEB_LISTEN": "0.0.0.0:8080"}
+	for _, path := range examples {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			out, err := check(t, env, "-c", path)
+			if filepath.Base(path) == "ssh.yaml" {
+				if err != nil || !strings.Contains(out, "proxy ssh on 0.0.0.0:2222 -> 10.0.0.5:22") {
+					t.Fatalf("pj check -c %s: %v\n%s", path, err, out)
+				}
+				return
+			}
+			if err == nil {
+				return
+			}
+			var ve *config.ValidationError
+			if !errors.As(err, &ve) || ExitCode(err) != 1 {
+				t.Fatalf("pj check -c %s: %v (exit %d), want a validation error", path, err, ExitCode(err))
+			}
+			for _, p := range ve.Problems {
+				if !strings.HasSuffix(p, "is not supported by this version of pj yet") {
+					t.Errorf("pj check -c %s: %s", path, p)
+				}
+			}
+		})
+	}
+}
+
+func TestHelpDocumentsConfigFiles(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--help"}, []string{"-c, --config", "--watch", "PJ_CONFIG", "check", "YAML", "TOML"}},
+		{[]string{"check", "--help"}, []string{"-c, --config", "--proxy", "--connect-timeout", "exits 0", "exits 1"}},
+	} {
+		var out strings.Builder
+		if err := Run(context.Background(), tt.args, &out, io.Discard); err != nil {
+			t.Fatalf("%v: %v", tt.args, err)
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("%v does not mention %q", tt.args, w)
+			}
+		}
+	}
+}

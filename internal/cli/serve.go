@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/observe"
+	"github.com/pj-proxy/pj/internal/server"
+	"github.com/pj-proxy/pj/internal/watch"
+)
+
+const (
+	// logBatch and logFlush bound how long a log line may wait in memory:
+	// at most 64 KiB or 100 ms, whichever comes first.
+	logBatch = 64 << 10
+	logFlush = 100 * time.Millisecond
+	// watchDebounce lets a burst of file events (an editor's write,
+	// rename and chmod; kubelet's symlink swap) settle into one reload.
+	watchDebounce = 250 * time.Millisecond
+)
+
+// serve runs the proxy until ctx is cancelled, reloading the configuration
+// on SIGHUP (env.reload) and, with --watch, when the file changes.
+func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr io.Writer) error {
+	out := observe.NewBufferedWriter(stderr, logBatch, logFlush)
+	defer out.Close()
+	h, err := observe.NewHandler(out, cfg.Log.Format, cfg.Log.Level)
+	if err != nil {
+		return &UsageError{Err: err}
+	}
+	handler := observe.NewSwappable(h)
+	log := slog.New(handler)
+
+	srv, err := server.New(cfg, server.Options{Logger: log})
+	if err != nil {
+		return fmt.Errorf("start-up failed, nothing is listening: %w", err)
+	}
+	if env.listening != nil {
+		env.listening(srv.Addrs())
+	}
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+
+	triggers := make(chan string, 1)
+	trigger := func(why string) {
+		select {
+		case triggers <- why:
+		default: // a reload is pending already; it will read the newest file
+		}
+	}
+	if f.watch {
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		watched := make(chan struct{})
+		defer func() {
+			stopWatch()
+			<-watched
+		}()
+		go func() {
+			defer close(watched)
+			if err := watch.File(watchCtx, f.configFile, watchDebounce, log, func() { trigger("file changed") }); err != nil {
+				log.Error("cannot watch the configuration file; reload with SIGHUP", "error", err.Error())
+			}
+		}()
+	}
+
+	r := reloader{f: f, env: env, srv: srv, log: log, handler: handler, out: out, current: cfg}
+	for {
+		select {
+		case err := <-served:
+			return err
+		case <-env.reload:
+			r.reload("SIGHUP")
+		case why := <-triggers:
+			r.reload(why)
+		}
+	}
+}
+
+// reloader applies a new configuration to a running pj.
+type reloader struct {
+	f       *flags
+	env     *runEnv
+	srv     *server.Server
+	log     *slog.Logger
+	handler *observe.Swappable
+	out     io.Writer
+	current config.Config
+}
+
+// reload reads the configuration again and applies it; a configuration
+// that does not load changes nothing, and every problem of it is logged.
+func (r *reloader) reload(trigger string) {
+	if r.f.configFile == "" {
+		r.log.Warn("reload requested, but pj runs without a configuration file: nothing to reload", "trigger", trigger)
+		return
+	}
+	cfg, err := loadConfig(r.f, r.env.lookupEnv)
+	if err != nil {
+		r.srv.ReloadFailed()
+		var ve *config.ValidationError
+		if errors.As(err, &ve) {
+			for _, p := range ve.Problems {
+				r.log.Error("reload: invalid configuration", "problem", p)
+			}
+		}
+		r.log.Error("reload failed; the running configuration goes on", "trigger", trigger, "error", firstLine(err))
+		return
+	}
+	if cfg.Log != r.current.Log {
+		h, err := observe.NewHandler(r.out, cfg.Log.Format, cfg.Log.Level)
+		if err != nil {
+			r.srv.ReloadFailed()
+			r.log.Error("reload failed; the running configuration goes on", "trigger", trigger, "error", err.Error())
+			return
+		}
+		r.handler.Set(h)
+	}
+	what, err := r.srv.Reload(cfg)
+	if err != nil {
+		if errors.Is(err, server.ErrClosed) {
+			return
+		}
+		r.log.Error("reload failed", "trigger", trigger, "error", err.Error())
+		if cfg.Log != r.current.Log {
+			h, _ := observe.NewHandler(r.out, r.current.Log.Format, r.current.Log.Level)
+			r.handler.Set(h) // the old configuration's logging goes on too
+		}
+		return
+	}
+	r.current = cfg
+	r.log.Info("reload: "+what, "trigger", trigger)
+}
+
+func firstLine(err error) string {
+	s := err.Error()
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}

@@ -1,0 +1,231 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// yamlTree parses a YAML document into a tree. Problems that are not
+// syntax errors (a key given twice) are returned beside the tree; a syntax
+// error is the error, with no tree.
+func yamlTree(data []byte) (root *node, problems []problem, err error) {
+	// The parser reports its errors by panicking and recovering inside;
+	// anything else that escapes it is a bug of the library, which must
+	// not take pj down during a reload.
+	defer func() {
+		if v := recover(); v != nil {
+			root, problems, err = nil, nil, &syntaxError{msg: fmt.Sprintf("the YAML parser failed: %v", v)}
+		}
+	}()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	switch err := dec.Decode(&doc); {
+	case errors.Is(err, io.EOF):
+		return &node{kind: kindMap, line: 1}, nil, nil // an empty file
+	case err != nil:
+		return nil, nil, yamlSyntaxError(err, data)
+	}
+	var second yaml.Node
+	switch err := dec.Decode(&second); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		return nil, nil, yamlSyntaxError(err, data)
+	default:
+		return nil, nil, &syntaxError{line: second.Line, msg: "a second YAML document (after ---): a configuration file holds one"}
+	}
+
+	c := yamlConverter{active: map[*yaml.Node]bool{}}
+	top := &doc
+	if doc.Kind == yaml.DocumentNode {
+		if len(doc.Content) == 0 {
+			return &node{kind: kindMap, line: 1}, nil, nil
+		}
+		top = doc.Content[0]
+	}
+	root = c.convert(top, "", 0)
+	if root.kind == kindNull { // a file of comments, or "~"
+		root = &node{kind: kindMap, line: root.line}
+	}
+	if c.tooBig {
+		return nil, nil, &syntaxError{line: top.Line, msg: tooBigMessage}
+	}
+	return root, c.problems, nil
+}
+
+const tooBigMessage = "the document is too large or too deeply nested (YAML aliases repeat what they refer to)"
+
+// yamlErrorLine matches the position the YAML parser puts in its messages.
+var yamlErrorLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// yamlParserProblems are the messages of the YAML parser (not of its
+// scanner). For those, the library reports the line counting from 0: that
+// of the construct being parsed, or of the problem when that construct
+// starts on the first line (go.yaml.in/yaml/v3 decode.go, parser.fail).
+var yamlParserProblems = []string{
+	"did not find expected ',' or ']'", "did not find expected ',' or '}'", "did not find expected '-' indicator",
+	"did not find expected <document start>", "did not find expected <stream-start>", "did not find expected key",
+	"did not find expected node content", "found duplicate %TAG directive", "found duplicate %YAML directive",
+	"found incompatible YAML document", "found undefined tag handle",
+}
+
+// yamlAnchorProblem matches the errors about anchors, which say no line:
+// the line is found from the name.
+var yamlAnchorProblem = regexp.MustCompile(`^yaml: (unknown anchor '(.*)' referenced|anchor '(.*)' value contains itself)$`)
+
+func yamlSyntaxError(err error, data []byte) error {
+	msg := err.Error()
+	if m := yamlErrorLine.FindStringSubmatch(msg); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		if contains(yamlParserProblems, m[2]) {
+			line++
+		}
+		return &syntaxError{line: line, msg: m[2]}
+	}
+	if m := yamlAnchorProblem.FindStringSubmatch(msg); m != nil {
+		ref := "*" + m[2]
+		if m[2] == "" {
+			ref = "&" + m[3]
+		}
+		line := 0
+		if i := bytes.Index(data, []byte(ref)); i >= 0 {
+			line = bytes.Count(data[:i], []byte("\n")) + 1
+		}
+		return &syntaxError{line: line, msg: m[1]}
+	}
+	msg = strings.TrimPrefix(msg, "yaml: ")
+	if !strings.HasPrefix(msg, "document contains") && !strings.HasPrefix(msg, "exceeded max depth") && !strings.Contains(msg, "!!") {
+		// The parser and the scanner leave the line out when it is the
+		// first (line 0, counting from 0).
+		return &syntaxError{line: 1, msg: msg}
+	}
+	return &syntaxError{msg: msg}
+}
+
+type yamlConverter struct {
+	nodes    int
+	tooBig   bool
+	active   map[*yaml.Node]bool // the collections being converted: an alias to one is a cycle
+	problems []problem
+}
+
+// convert turns a YAML node into a tree node; path names it in messages.
+func (c *yamlConverter) convert(y *yaml.Node, path string, depth int) *node {
+	c.nodes++
+	if c.nodes > maxNodes || depth > maxDepth {
+		c.tooBig = true
+	}
+	if c.tooBig {
+		return &node{kind: kindNull, line: y.Line}
+	}
+	switch y.Kind {
+	case yaml.AliasNode:
+		if y.Alias == nil {
+			return &node{kind: kindNull, line: y.Line}
+		}
+		if c.active[y.Alias] {
+			c.problems = append(c.problems, problem{line: y.Line, path: path, msg: fmt.Sprintf("the alias *%s is inside the value it refers to", y.Value)})
+			return &node{kind: kindNull, line: y.Line}
+		}
+		n := c.convert(y.Alias, path, depth+1)
+		n.line = y.Line // where the value is used, not where it was anchored
+		return n
+	case yaml.SequenceNode:
+		c.active[y] = true
+		defer delete(c.active, y)
+		n := &node{kind: kindList, line: y.Line, items: make([]*node, 0, len(y.Content))}
+		for i, item := range y.Content {
+			n.items = append(n.items, c.convert(item, indexPath(path, i), depth+1))
+		}
+		return n
+	case yaml.MappingNode:
+		c.active[y] = true
+		defer delete(c.active, y)
+		return c.mapping(y, path, depth)
+	case yaml.DocumentNode:
+		if len(y.Content) == 0 {
+			return &node{kind: kindNull, line: y.Line}
+		}
+		return c.convert(y.Content[0], path, depth+1)
+	}
+	n := &node{line: y.Line, text: y.Value}
+	switch y.ShortTag() {
+	case "!!int":
+		n.kind = kindInt
+	case "!!float":
+		n.kind = kindFloat
+	case "!!bool":
+		n.kind = kindBool
+		n.text = strings.ToLower(y.Value) // YAML also knows True and TRUE
+	case "!!null":
+		n.kind = kindNull
+	case "!!timestamp":
+		n.kind = kindTime
+	default: // !!str, !!binary, and tags of the user's own
+		n.kind = kindString
+	}
+	return n
+}
+
+// mapping converts a YAML mapping. Keys given twice are problems; "<<"
+// merges other mappings in (YAML 1.1 merge keys, common with anchors):
+// their keys apply where the mapping does not set its own.
+func (c *yamlConverter) mapping(y *yaml.Node, path string, depth int) *node {
+	n := &node{kind: kindMap, line: y.Line}
+	seen := make(map[string]int, len(y.Content)/2)
+	var merges []*yaml.Node
+	for i := 0; i+1 < len(y.Content); i += 2 {
+		k, v := y.Content[i], y.Content[i+1]
+		if k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge" {
+			merges = append(merges, v)
+			continue
+		}
+		if k.Kind != yaml.ScalarNode {
+			c.problems = append(c.problems, problem{line: k.Line, path: path, msg: "a key must be a plain name, not " + yamlKindName(k)})
+			continue
+		}
+		kpath := joinPath(path, k.Value)
+		if first, dup := seen[k.Value]; dup {
+			c.problems = append(c.problems, problem{line: k.Line, path: kpath, msg: fmt.Sprintf("set twice (first on line %d)", first)})
+			continue
+		}
+		seen[k.Value] = k.Line
+		n.fields = append(n.fields, field{key: k.Value, line: k.Line, value: c.convert(v, kpath, depth+1)})
+	}
+	for _, m := range merges {
+		sources := []*yaml.Node{m}
+		if m.Kind == yaml.SequenceNode {
+			sources = m.Content
+		}
+		for _, src := range sources {
+			merged := c.convert(src, path, depth+1)
+			if merged.kind != kindMap {
+				c.problems = append(c.problems, problem{line: src.Line, path: joinPath(path, "<<"), msg: "expected an object (or a list of them) to merge, got " + merged.kind.String()})
+				continue
+			}
+			for _, f := range merged.fields {
+				if _, set := seen[f.key]; !set {
+					seen[f.key] = f.line
+					n.fields = append(n.fields, f)
+				}
+			}
+		}
+	}
+	return n
+}
+
+func yamlKindName(y *yaml.Node) string {
+	switch y.Kind {
+	case yaml.MappingNode:
+		return "an object"
+	case yaml.SequenceNode:
+		return "a list"
+	}
+	return "a complex value"
+}

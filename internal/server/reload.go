@@ -1,0 +1,207 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/engine"
+	"github.com/pj-proxy/pj/internal/proxy"
+)
+
+// ErrClosed is returned by Reload once the server is shutting down.
+var ErrClosed = errors.New("pj is shutting down")
+
+// ReloadFailed counts a reload whose configuration could not be loaded;
+// the running configuration keeps serving.
+func (s *Server) ReloadFailed() { s.reloadsFailed.Add(1) }
+
+// Reload makes cfg the running configuration, without refusing a single
+// connection attempt and without cutting an established connection:
+//
+//   - a listener whose address stays keeps its socket; its new proxy
+//     applies to the connections accepted from now on;
+//   - new addresses are bound (all of them, or the reload fails and
+//     nothing changes) before anything is retired;
+//   - a removed listener stops accepting at once; its connections run on
+//     until they end or the grace period has passed;
+//   - backends that stay keep their state (counters, health).
+//
+// It returns a one-line description of what changed ("no changes" for an
+// unchanged configuration, which is a no-op).
+func (s *Server) Reload(cfg config.Config) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return "", ErrClosed
+	}
+	if reflect.DeepEqual(cfg, s.cfg) {
+		s.reloadsOK.Add(1)
+		return "no changes", nil
+	}
+
+	old := make(map[string]*entry, len(s.entries))
+	prev := make(map[string]*proxy.Proxy, len(s.entries))
+	for _, e := range s.entries {
+		old[e.key] = e
+		prev[e.cfg.Name] = e.ln.Proxy()
+	}
+	next := make([]*entry, len(cfg.Proxies))
+	var (
+		kept     []*entry
+		toBind   []config.Proxy
+		bindSlot []int
+	)
+	for i, pc := range cfg.Proxies {
+		key := listenerKey(pc)
+		if e, ok := old[key]; ok {
+			delete(old, key)
+			if pc.Name == pc.Listen {
+				pc.Name = e.addr.String()
+			}
+			if _, named := prev[pc.Name]; !named {
+				// Renamed: its backends still are the listener's.
+				prev[pc.Name] = e.ln.Proxy()
+			}
+			next[i] = &entry{cfg: pc, key: key, ln: e.ln, addr: e.addr}
+			kept = append(kept, next[i])
+			continue
+		}
+		toBind = append(toBind, pc)
+		bindSlot = append(bindSlot, i)
+	}
+
+	opened, err := s.open(toBind, prev)
+	if err != nil {
+		s.reloadsFailed.Add(1)
+		return "", fmt.Errorf("reload: %w; nothing changed, the running configuration goes on", err)
+	}
+	for j, e := range opened {
+		next[bindSlot[j]] = e
+	}
+	for i, p := range s.build(kept, prev) {
+		kept[i].ln.SetProxy(p)
+	}
+	for _, e := range old {
+		s.retire(e, cfg.GracePeriod)
+	}
+
+	what := describe(s.cfg, cfg)
+	s.cfg = cfg
+	s.entries = next
+	for _, e := range opened {
+		s.logListening(e)
+	}
+	s.reloadsOK.Add(1)
+	return what, nil
+}
+
+// retire stops a listener that the new configuration no longer has. Its
+// connections may run for the grace period, then they are cut.
+func (s *Server) retire(e *entry, grace time.Duration) {
+	s.eng.CloseListener(e.ln)
+	if n := s.eng.Active(); n > 0 {
+		s.log.Info("stopped listening; its open connections may finish", "proxy", e.cfg.Name,
+			"address", e.ln.Addr(), "grace_period", grace.String())
+	}
+	time.AfterFunc(grace, func() { s.eng.CutListener(e.ln, engine.ErrShutdown) })
+}
+
+// describe says in one line what changed between two configurations:
+// "+1 proxy (cache), -1 proxy (legacy), web: backends changed".
+func describe(from, to config.Config) string {
+	oldByName := map[string]config.Proxy{}
+	for _, p := range from.Proxies {
+		oldByName[p.Name] = p
+	}
+	var added, parts []string
+	seen := map[string]bool{}
+	for _, p := range to.Proxies {
+		seen[p.Name] = true
+		o, ok := oldByName[p.Name]
+		if !ok {
+			added = append(added, p.Name)
+			continue
+		}
+		if c := proxyChanges(o, p); len(c) > 0 {
+			parts = append(parts, p.Name+": "+strings.Join(c, ", ")+" changed")
+		}
+	}
+	var removed []string
+	for _, p := range from.Proxies {
+		if !seen[p.Name] {
+			removed = append(removed, p.Name)
+		}
+	}
+	var out []string
+	if len(added) > 0 {
+		out = append(out, fmt.Sprintf("+%d %s (%s)", len(added), plural(len(added)), strings.Join(added, ", ")))
+	}
+	if len(removed) > 0 {
+		out = append(out, fmt.Sprintf("-%d %s (%s)", len(removed), plural(len(removed)), strings.Join(removed, ", ")))
+	}
+	out = append(out, parts...)
+	out = append(out, globalChanges(from, to)...)
+	if len(out) == 0 {
+		// Only what no proxy inherits, or only a proxy's place in the
+		// list, differs.
+		return "no effective changes"
+	}
+	return strings.Join(out, ", ")
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return "proxy"
+	}
+	return "proxies"
+}
+
+// proxyChanges names the parts of a proxy that differ.
+func proxyChanges(a, b config.Proxy) []string {
+	var c []string
+	if a.Listen != b.Listen {
+		c = append(c, "listen")
+	}
+	if !slices.Equal(a.Backends, b.Backends) {
+		c = append(c, "backends")
+	}
+	sa, sb := a.Settings, b.Settings
+	check := func(name string, x, y any) {
+		if !reflect.DeepEqual(x, y) {
+			c = append(c, name)
+		}
+	}
+	check("balance", sa.Balance, sb.Balance)
+	check("connect_timeout", sa.ConnectTimeout, sb.ConnectTimeout)
+	check("idle_timeout", sa.IdleTimeout, sb.IdleTimeout)
+	check("health_check", sa.HealthCheck, sb.HealthCheck)
+	check("dns", [2]any{sa.DNSRefresh, sa.Resolver}, [2]any{sb.DNSRefresh, sb.Resolver})
+	check("limits", [3]any{sa.MaxConnections, sa.MaxConnectionsPerClient, sa.RateLimit}, [3]any{sb.MaxConnections, sb.MaxConnectionsPerClient, sb.RateLimit})
+	check("access", [2]any{sa.Allow, sa.Deny}, [2]any{sb.Allow, sb.Deny})
+	check("bandwidth", sa.Bandwidth, sb.Bandwidth)
+	check("proxy_protocol", [2]any{sa.ProxyProtocol, sa.AcceptProxyProtocol}, [2]any{sb.ProxyProtocol, sb.AcceptProxyProtocol})
+	return c
+}
+
+// globalChanges names the process-wide settings that differ.
+func globalChanges(a, b config.Config) []string {
+	var c []string
+	if a.Log != b.Log {
+		c = append(c, "log changed")
+	}
+	if a.Admin != b.Admin {
+		c = append(c, "admin changed")
+	}
+	if a.GracePeriod != b.GracePeriod {
+		c = append(c, "grace_period changed")
+	}
+	if a.MaxConnections != b.MaxConnections {
+		c = append(c, "max_connections changed")
+	}
+	return c
+}

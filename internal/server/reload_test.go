@@ -1,0 +1,257 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/testutil"
+)
+
+// running is a Server serving cfg in-process.
+type running struct {
+	s      *Server
+	logs   *testutil.Buffer
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func run(t *testing.T, cfg config.Config) *running {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	logs := new(testutil.Buffer)
+	s, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{s: s, logs: logs, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- s.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-r.done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return r
+}
+
+// named is a proxy with a name, a listen address and backends.
+func named(name, listen string, backends ...string) config.Proxy {
+	p := config.Proxy{Name: name, Listen: listen, Settings: config.Default().Defaults}
+	for _, b := range backends {
+		p.Backends = append(p.Backends, config.Backend{Address: b, Weight: 1})
+	}
+	return p
+}
+
+func cfgOf(grace time.Duration, proxies ...config.Proxy) config.Config {
+	c := config.Default()
+	c.GracePeriod = grace
+	c.Proxies = proxies
+	return c
+}
+
+// identify serves its name to every client, then closes.
+func identify(t *testing.T, name string) string {
+	t.Helper()
+	ln := testutil.Listen(t, "tcp4")
+	testutil.Serve(t, ln, func(c net.Conn) { _, _ = io.WriteString(c, name) })
+	return ln.Addr().String()
+}
+
+// ask connects to addr and returns what the backend says; any failure is
+// returned as an error.
+func ask(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return "", err
+	}
+	if len(b) == 0 {
+		return "", errors.New("closed without a byte")
+	}
+	return string(b), nil
+}
+
+func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
+	a1, a2 := identify(t, "a1"), identify(t, "a2")
+	echo := testutil.StartEcho(t)
+	x, y, z := testutil.ClosedAddr(t), testutil.ClosedAddr(t), testutil.ClosedAddr(t)
+	r := run(t, cfgOf(time.Minute, named("web", x, a1), named("legacy", y, echo)))
+
+	// A long connection through the proxy that will be removed.
+	long := testutil.Dial(t, y)
+	if got := testutil.RoundTrip(t, long, "before"); got != "before" {
+		t.Fatal(got)
+	}
+
+	// A bounded client loop hammers the listener that stays, while the
+	// configuration changes under it several times.
+	const clients, perClient = 4, 150
+	var (
+		wg       sync.WaitGroup
+		failures []error
+		mu       sync.Mutex
+		answers  = map[string]int{}
+	)
+	for range clients {
+		wg.Go(func() {
+			for range perClient {
+				got, err := ask(x)
+				mu.Lock()
+				if err != nil {
+					failures = append(failures, err)
+				} else {
+					answers[got]++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	next := cfgOf(time.Minute, named("web", x, a2), named("cache", z, echo))
+	what, err := r.s.Reload(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"+1 proxy (cache)", "-1 proxy (legacy)", "web: backends changed"} {
+		if !strings.Contains(what, want) {
+			t.Errorf("reload said %q, want %q in it", what, want)
+		}
+	}
+	for i := range 5 { // flip the backend a few more times mid-hammer
+		b := a2 // the last of the five is a2
+		if i%2 == 1 {
+			b = a1
+		}
+		if _, err := r.s.Reload(cfgOf(time.Minute, named("web", x, b), named("cache", z, echo))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d of %d connections failed during reloads; first: %v", len(failures), clients*perClient, failures[0])
+	}
+	if answers["a1"]+answers["a2"] != clients*perClient {
+		t.Fatalf("answers %v", answers)
+	}
+
+	// After the last reload: web goes to a2, cache works, legacy refuses.
+	if got, err := ask(x); err != nil || got != "a2" {
+		t.Fatalf("web answered %q, %v; want a2", got, err)
+	}
+	c := testutil.Dial(t, z)
+	if got := testutil.RoundTrip(t, c, "new"); got != "new" {
+		t.Fatalf("cache answered %q", got)
+	}
+	if nc, err := net.DialTimeout("tcp", y, time.Second); err == nil {
+		_ = nc.Close()
+		t.Fatal("the removed proxy still accepts")
+	}
+	// The long connection of the removed proxy goes on.
+	if got := testutil.RoundTrip(t, long, "after"); got != "after" {
+		t.Fatalf("the established connection broke: %q", got)
+	}
+	if ok, failed := r.s.Reloads(); ok != 6 || failed != 0 {
+		t.Fatalf("reloads ok=%d failed=%d, want 6 and 0", ok, failed)
+	}
+}
+
+func TestReloadUnchangedIsANoop(t *testing.T) {
+	x := testutil.ClosedAddr(t)
+	cfg := cfgOf(time.Minute, named("web", x, identify(t, "a")))
+	r := run(t, cfg)
+	before := r.s.Addrs()
+	again := cfgOf(time.Minute, named("web", x, cfg.Proxies[0].Backends[0].Address))
+	what, err := r.s.Reload(again)
+	if err != nil || what != "no changes" {
+		t.Fatalf("Reload = %q, %v; want no changes", what, err)
+	}
+	if after := r.s.Addrs(); after[0] != before[0] {
+		t.Fatalf("listener replaced: %v → %v", before, after)
+	}
+}
+
+func TestReloadThatCannotBindChangesNothing(t *testing.T) {
+	x, fresh := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
+	busy := testutil.Listen(t, "tcp4").Addr().String()
+	r := run(t, cfgOf(time.Minute, named("web", x, identify(t, "old"))))
+	bad := cfgOf(time.Minute,
+		named("web", x, identify(t, "new")),
+		named("fresh", fresh, identify(t, "fresh")),
+		named("clash", busy, identify(t, "clash")))
+	if _, err := r.s.Reload(bad); err == nil || !strings.Contains(err.Error(), busy) || !strings.Contains(err.Error(), "nothing changed") {
+		t.Fatalf("Reload = %v; want a failure naming %s", err, busy)
+	}
+	if got, err := ask(x); err != nil || got != "old" {
+		t.Fatalf("web answered %q, %v; the old configuration must go on", got, err)
+	}
+	// The address bound before the failure was released again.
+	ln, err := net.Listen("tcp4", fresh)
+	if err != nil {
+		t.Fatalf("%s is still bound after the failed reload: %v", fresh, err)
+	}
+	_ = ln.Close()
+	if ok, failed := r.s.Reloads(); ok != 0 || failed != 1 {
+		t.Fatalf("reloads ok=%d failed=%d", ok, failed)
+	}
+}
+
+func TestRemovedProxyIsCutAfterTheGracePeriod(t *testing.T) {
+	x, y := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
+	echo := testutil.StartEcho(t)
+	r := run(t, cfgOf(50*time.Millisecond, named("stays", x, echo), named("goes", y, echo)))
+	stays, goes := testutil.Dial(t, x), testutil.Dial(t, y)
+	for _, c := range []net.Conn{stays, goes} {
+		if got := testutil.RoundTrip(t, c, "hi"); got != "hi" {
+			t.Fatal(got)
+		}
+	}
+	if _, err := r.s.Reload(cfgOf(50*time.Millisecond, named("stays", x, echo))); err != nil {
+		t.Fatal(err)
+	}
+	_ = goes.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(goes); err != nil || len(b) != 0 {
+		t.Fatalf("read %q, %v: want EOF once the grace period is over", b, err)
+	}
+	if got := testutil.RoundTrip(t, stays, "still"); got != "still" {
+		t.Fatalf("the connection of the proxy that stays broke: %q", got)
+	}
+}
+
+func TestBackendStateSurvivesReload(t *testing.T) {
+	x := testutil.ClosedAddr(t)
+	a, b := identify(t, "a"), identify(t, "b")
+	r := run(t, cfgOf(time.Minute, named("web", x, a)))
+	for range 3 {
+		if _, err := ask(x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.s.Reload(cfgOf(time.Minute, named("web", x, a, b))); err != nil {
+		t.Fatal(err)
+	}
+	totals := map[string]uint64{}
+	r.s.mu.Lock()
+	for _, be := range r.s.entries[0].ln.Proxy().Pool.Backends() {
+		totals[be.Address] = be.Total.Load()
+	}
+	r.s.mu.Unlock()
+	if totals[a] != 3 || totals[b] != 0 {
+		t.Fatalf("totals after reload %v: want %s to keep its 3 connections", totals, a)
+	}
+}
