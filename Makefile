@@ -9,7 +9,7 @@ MAPPING     ?= 127.0.0.1:8787:127.0.0.1:22
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 60s
 
-.PHONY: build run test vet lint fmt-check race fuzz clean
+.PHONY: build run test vet lint fmt-check race fuzz bench clean
 
 ## build: a static binary in bin/pj, version stamped from git
 build:
@@ -35,9 +35,15 @@ lint:
 race:
 	$(GO) test -race -count=1 -timeout 15m ./...
 
-## fuzz: fuzz the --proxy mapping parser for $(FUZZTIME)
+## fuzz: fuzz the mapping parser and the YAML and TOML loaders, $(FUZZTIME) each
 fuzz:
-	$(GO) test ./internal/config -run '^$$' -fuzz FuzzParseMapping -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/config -run '^$$' -fuzz '^FuzzParseMapping$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/config -run '^$$' -fuzz '^FuzzLoadYAML$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/config -run '^$$' -fuzz '^FuzzLoadTOML$$' -fuzztime $(FUZZTIME)
+
+## bench: pj side by side with HAProxy, nginx and socat (about 7 min; see bench/README.md)
+bench:
+	bash bench/run.sh
 
 clean:
 	rm -rf bin

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+)
+
+// Bounds of the connection loop besides the deadline.
+const (
+	maxCycles = 1 << 24 // per worker
+	// errorPause keeps a worker whose target refuses from spinning.
+	errorPause = 10 * time.Millisecond
+	// cycleTimeout bounds one connect-echo-close cycle.
+	cycleTimeout = 5 * time.Second
+)
+
+// runConn measures connection set-up and tear-down: cfg.connWorkers workers
+// each loop connect → send 1 byte → read its echo → close for cfg.duration.
+func runConn(ctx context.Context, cfg *runConfig, r *result) error {
+	before, err := cfg.cpuSeconds()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	deadline := start.Add(cfg.duration)
+	type outcome struct {
+		samples  []time.Duration
+		errors   int
+		firstErr error
+		end      time.Time
+	}
+	outs := make([]outcome, cfg.connWorkers)
+	var wg sync.WaitGroup
+	for w := range outs {
+		wg.Go(func() {
+			o := outcome{samples: make([]time.Duration, 0, 1<<12)}
+			for i := 0; i < maxCycles && time.Now().Before(deadline); i++ {
+				t0 := time.Now()
+				if err := connCycle(ctx, cfg); err != nil {
+					o.errors++
+					if o.firstErr == nil {
+						o.firstErr = err
+					}
+					time.Sleep(errorPause)
+					continue
+				}
+				o.samples = append(o.samples, time.Since(t0))
+			}
+			o.end = time.Now()
+			outs[w] = o
+		})
+	}
+	wg.Wait()
+	after, err := cfg.cpuSeconds()
+	if err != nil {
+		return err
+	}
+
+	var all []time.Duration
+	var nerr int
+	var firstErr error
+	end := start
+	for _, o := range outs {
+		all = append(all, o.samples...)
+		nerr += o.errors
+		if firstErr == nil {
+			firstErr = o.firstErr
+		}
+		if o.end.After(end) {
+			end = o.end
+		}
+	}
+	if len(all) == 0 {
+		return fmt.Errorf("no connection cycle completed (%d failed, the first: %w)", nerr, firstErr)
+	}
+	elapsed := end.Sub(start).Seconds()
+	l := summarise(all)
+	cpu := after - before
+	r.set("cps", float64(len(all))/elapsed)
+	r.set("p50_us", l.p50)
+	r.set("p99_us", l.p99)
+	r.set("errors", nerr)
+	r.setCPU("cpu_s_per_1k_conn", cpu*1000/float64(len(all)), cfg.measured())
+	r.set("conns_ok", len(all))
+	r.set("workers", cfg.connWorkers)
+	r.set("elapsed_s", elapsed)
+	r.setCPU("cpu_s", cpu, cfg.measured())
+	if firstErr != nil {
+		r.set("first_error", firstErr.Error())
+	}
+	return nil
+}
+
+// connCycle is one connect → 1-byte echo → close.
+func connCycle(ctx context.Context, cfg *runConfig) error {
+	c, err := cfg.dial(ctx)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(cycleTimeout)); err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte{'c'}); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return fmt.Errorf("read the echo: %w", err)
+	}
+	if b[0] != 'c' {
+		return errors.New("the echo came back altered")
+	}
+	return c.Close()
+}

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+)
+
+// Bounds on the generator's waits. Every network operation of a run has a
+// deadline, so a stuck target fails the run instead of hanging it.
+const (
+	dialTimeout = 5 * time.Second
+	// replyWait is how long, after the measured period, the generator
+	// waits for the last answers (an upload's count, an echo in flight).
+	replyWait = 30 * time.Second
+)
+
+// runConfig is one measurement: a mode against one target.
+type runConfig struct {
+	mode, target string
+	rep          int
+	addr         string // the target's listen address (the backend's, for direct)
+	// roots are the target's process ids; their process trees are the
+	// target. None for direct: its CPU, memory and descriptors are n/a.
+	roots      []int
+	backendPID int // 0 if unknown; only read for idle's cross-check
+	duration   time.Duration
+
+	streams     int // up, down
+	latConns    int // latC (lat1 uses 1)
+	msgSize     int // lat1, latC
+	connWorkers int // conn
+	idleConns   int // idle
+
+	proc procFS
+	hz   int64 // USER_HZ
+	pat  *pattern
+}
+
+// measured reports whether the target has processes to measure.
+func (cfg *runConfig) measured() bool { return len(cfg.roots) > 0 }
+
+// cpuSeconds reads the target's CPU time so far; 0 for direct.
+func (cfg *runConfig) cpuSeconds() (float64, error) {
+	if !cfg.measured() {
+		return 0, nil
+	}
+	u, err := cfg.proc.measure(cfg.roots, false, false)
+	if err != nil {
+		return 0, fmt.Errorf("target CPU: %w", err)
+	}
+	return float64(u.ticks) / float64(cfg.hz), nil
+}
+
+// dial opens a TCP connection to the target.
+func (cfg *runConfig) dial(ctx context.Context) (*net.TCPConn, error) {
+	d := net.Dialer{Timeout: dialTimeout}
+	c, err := d.DialContext(ctx, "tcp", cfg.addr)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// isTimeout reports whether err is a deadline passing: the normal end of a
+// timed loop.
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// closeAll closes every non-nil connection.
+func closeAll(conns []*net.TCPConn) {
+	for _, c := range conns {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+// runMode runs cfg.mode and fills r with its figures.
+func runMode(ctx context.Context, cfg *runConfig, r *result) error {
+	switch cfg.mode {
+	case "up":
+		return runBulk(ctx, cfg, r, true)
+	case "down":
+		return runBulk(ctx, cfg, r, false)
+	case "lat1":
+		return runLat(ctx, cfg, r, 1)
+	case "latC":
+		return runLat(ctx, cfg, r, cfg.latConns)
+	case "conn":
+		return runConn(ctx, cfg, r)
+	case "idle":
+		return runIdle(ctx, cfg, r)
+	}
+	return fmt.Errorf("unknown mode %q (want up, down, lat1, latC, conn or idle)", cfg.mode)
+}

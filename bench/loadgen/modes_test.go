@@ -1,0 +1,343 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// startBackend runs the backend on a loopback port until the test ends.
+func startBackend(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	b := &backend{pat: newPattern(), connLife: time.Minute}
+	go func() { done <- b.serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("backend: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+// tamper is called with each chunk a test relay forwards: toBackend tells
+// the direction, off the chunk's offset in it. It returns what to forward.
+type tamper func(toBackend bool, off int64, b []byte) []byte
+
+// startRelay runs a tiny TCP relay to backend that passes every chunk
+// through fn: a stand-in for a proxy that damages the stream.
+func startRelay(t *testing.T, backend string, fn tamper) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	track := func(c net.Conn) {
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	}
+	pump := func(dst, src *net.TCPConn, toBackend bool) {
+		buf := make([]byte, 32<<10)
+		var off int64
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				out := fn(toBackend, off, buf[:n])
+				off += int64(n)
+				if _, werr := dst.Write(out); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				dst.CloseWrite()
+				return
+			}
+		}
+	}
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			track(c)
+			b, err := net.Dial("tcp", backend)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			track(b)
+			wg.Go(func() { pump(b.(*net.TCPConn), c.(*net.TCPConn), true) })
+			wg.Go(func() { pump(c.(*net.TCPConn), b.(*net.TCPConn), false) })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// runLine runs loadgen run with args and decodes its JSON line.
+func runLine(t *testing.T, args ...string) (map[string]any, error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := Run(context.Background(), append([]string{"run"}, args...), &out, &errb)
+	if strings.Count(out.String(), "\n") != 1 {
+		t.Fatalf("want exactly one line of output, got %q (stderr %q)", out.String(), errb.String())
+	}
+	var m map[string]any
+	if jerr := json.Unmarshal(out.Bytes(), &m); jerr != nil {
+		t.Fatalf("output is not JSON: %v: %q", jerr, out.String())
+	}
+	if err != nil && m["error"] != err.Error() {
+		t.Errorf("the line's error %q differs from the returned %q", m["error"], err)
+	}
+	return m, err
+}
+
+// positive fails unless m[key] is a number above zero.
+func positive(t *testing.T, m map[string]any, key string) {
+	t.Helper()
+	v, ok := m[key].(float64)
+	if !ok || !(v > 0) {
+		t.Errorf("%s = %v, want a number > 0 (line %v)", key, m[key], m)
+	}
+}
+
+func TestModesDirect(t *testing.T) {
+	addr := startBackend(t)
+	common := []string{"-target", "direct", "-addr", addr, "-duration", "150ms", "-idle-conns", "40", "-lat-conns", "4", "-conn-workers", "2"}
+	tests := []struct {
+		mode    string
+		figures []string
+		na      []string
+	}{
+		{"up", []string{"gbps", "bytes"}, []string{"cpu_s_per_gib"}},
+		{"down", []string{"gbps", "bytes"}, []string{"cpu_s_per_gib"}},
+		{"lat1", []string{"p50_us", "p99_us", "p999_us", "rps"}, []string{"cpu_us_per_req"}},
+		{"latC", []string{"p50_us", "p99_us", "p999_us", "rps"}, []string{"cpu_us_per_req"}},
+		{"conn", []string{"cps", "p50_us", "p99_us"}, []string{"cpu_s_per_1k_conn"}},
+		{"idle", []string{"held"}, []string{"kib_per_conn", "fds_per_conn"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.mode, func(t *testing.T) {
+			m, err := runLine(t, append([]string{"-mode", tt.mode}, common...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range tt.figures {
+				positive(t, m, k)
+			}
+			for _, k := range tt.na {
+				if v, ok := m[k]; !ok || v != nil {
+					t.Errorf("%s = %v, want null for direct", k, v)
+				}
+			}
+			if m["target"] != "direct" || m["mode"] != tt.mode {
+				t.Errorf("line names %v/%v", m["target"], m["mode"])
+			}
+		})
+	}
+}
+
+// TestModesMeasured uses this test process as the "target", to run the
+// CPU, memory and descriptor accounting for real.
+func TestModesMeasured(t *testing.T) {
+	addr := startBackend(t)
+	self := strconv.Itoa(os.Getpid())
+	common := []string{"-target", "self", "-addr", addr, "-pids", self, "-duration", "150ms", "-idle-conns", "40"}
+	for _, mode := range []string{"down", "conn"} {
+		t.Run(mode, func(t *testing.T) {
+			m, err := runLine(t, append([]string{"-mode", mode}, common...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := m["cpu_s"].(float64); !ok {
+				t.Errorf("cpu_s = %v, want a number", m["cpu_s"])
+			}
+		})
+	}
+	t.Run("idle", func(t *testing.T) {
+		m, err := runLine(t, append([]string{"-mode", "idle"}, common...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Both ends of each connection are in this process.
+		if v, _ := m["fds_per_conn"].(float64); v < 1.9 || v > 2.5 {
+			t.Errorf("fds_per_conn = %v, want about 2 (line %v)", m["fds_per_conn"], m)
+		}
+		if m["held"] != 40.0 {
+			t.Errorf("held = %v, want 40", m["held"])
+		}
+		if _, ok := m["warning"]; ok {
+			t.Errorf("unexpected warning: %v", m["warning"])
+		}
+	})
+}
+
+func TestIntegrityFailures(t *testing.T) {
+	backend := startBackend(t)
+	flip := func(wantToBackend bool, at int64) tamper {
+		return func(toBackend bool, off int64, b []byte) []byte {
+			if toBackend == wantToBackend && off <= at && at < off+int64(len(b)) {
+				b = bytes.Clone(b)
+				b[at-off] ^= 0x40
+			}
+			return b
+		}
+	}
+	drop := func(toBackend bool, off int64, b []byte) []byte {
+		if toBackend && off <= 70000 && 70000 < off+int64(len(b)) {
+			return append(bytes.Clone(b[:70000-off]), b[70000-off+1:]...)
+		}
+		return b
+	}
+	tests := []struct {
+		name, mode string
+		fn         tamper
+		want       string
+	}{
+		{"up, a byte altered", "up", flip(true, 100000), "integrity: byte 99998 arrived at the backend"}, // 2 header bytes
+		{"up, a byte lost", "up", drop, "integrity"},
+		{"down, a byte altered", "down", flip(false, 123457), "integrity: byte 123457 arrived different"},
+		{"lat1, an echo altered", "lat1", flip(false, 64*20+3), "came back altered"},
+		{"conn, an echo altered", "conn", flip(false, 0), "came back altered"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			relay := startRelay(t, backend, tt.fn)
+			m, err := runLine(t, "-mode", tt.mode, "-target", "bad", "-addr", relay, "-duration", "150ms", "-conn-workers", "1")
+			if tt.mode == "conn" {
+				// Every cycle fails: the run fails, or counts errors.
+				if err == nil && m["errors"] == 0.0 {
+					t.Fatalf("no error through a relay that alters every echo: %v", m)
+				}
+				if err == nil {
+					err = errors.New(m["first_error"].(string))
+				}
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestNothingMoves runs the bulk modes against a target that accepts and
+// never relays: a run in which no byte moved is a failure, not 0 Gbit/s.
+func TestNothingMoves(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var held []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	_, err = runLine(t, "-mode", "down", "-target", "hole", "-addr", ln.Addr().String(), "-duration", "100ms")
+	if err == nil || !strings.Contains(err.Error(), "no byte arrived") {
+		t.Errorf("down: err = %v, want \"no byte arrived\"", err)
+	}
+}
+
+func TestPortWindow(t *testing.T) {
+	dir := t.TempDir()
+	write := func(text string) string {
+		p := dir + "/range"
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for text, wantHi := range map[string]int{
+		"32768\t60999\n": 32768,
+		"40000 65000\n":  40000,
+		"1024 65535\n":   32768, // too low to leave room below it
+		"junk\n":         32768,
+	} {
+		if lo, hi := portWindow(write(text)); lo != 10000 || hi != wantHi {
+			t.Errorf("portWindow(%q) = %d, %d; want 10000, %d", text, lo, hi, wantHi)
+		}
+	}
+	if lo, hi := portWindow(dir + "/none"); lo != 10000 || hi != 32768 {
+		t.Errorf("portWindow without the file = %d, %d", lo, hi)
+	}
+}
+
+func TestRunRefuses(t *testing.T) {
+	for _, args := range [][]string{
+		{"-mode", "up", "-addr", "10.1.2.3:80"},
+		{"-mode", "up", "-addr", "127.0.0.1:"},
+		{"-mode", "up", "-addr", "127.0.0.1:0"},
+		{"-mode", "up", "-addr", "127.0.0.1:70000"},
+		{"-mode", "up"},
+		{"-mode", "nope", "-addr", "127.0.0.1:1"},
+		{"-mode", "up", "-addr", "127.0.0.1:1", "-streams", "0"},
+		{"-mode", "up", "-addr", "127.0.0.1:1", "-pids", "x"},
+	} {
+		if _, err := runLine(t, args...); err == nil {
+			t.Errorf("run %v succeeded", args)
+		}
+	}
+}
+
+func TestWaitAndPorts(t *testing.T) {
+	addr := startBackend(t)
+	var out bytes.Buffer
+	if err := Run(context.Background(), []string{"wait", "-addr", addr, "-timeout", "2s"}, io.Discard, io.Discard); err != nil {
+		t.Errorf("wait for the backend: %v", err)
+	}
+	if err := Run(context.Background(), []string{"ports", "-n", "3"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	ports := strings.Fields(out.String())
+	if len(ports) != 3 || ports[0] == ports[1] || ports[1] == ports[2] || ports[0] == ports[2] {
+		t.Errorf("ports = %q, want three different ones", ports)
+	}
+	// Nothing listens on a port just handed out and closed again.
+	err := Run(context.Background(), []string{"wait", "-addr", "127.0.0.1:" + ports[0], "-timeout", "200ms"}, io.Discard, io.Discard)
+	if err == nil {
+		t.Error("wait succeeded on a closed port")
+	}
+}

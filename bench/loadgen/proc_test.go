@@ -1,0 +1,265 @@
+package main
+
+import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// statLine builds a /proc/PID/stat line: 52 fields like a 6.x kernel's,
+// with the given comm, ppid and times.
+func statLine(pid int, comm string, ppid int, utime, stime, cutime, cstime int64) string {
+	f := make([]string, 52)
+	for i := range f {
+		f[i] = "0"
+	}
+	f[0] = strconv.Itoa(pid)
+	f[1] = "(" + comm + ")"
+	f[2] = "S"
+	f[3] = strconv.Itoa(ppid)
+	f[13] = strconv.FormatInt(utime, 10)
+	f[14] = strconv.FormatInt(stime, 10)
+	f[15] = strconv.FormatInt(cutime, 10)
+	f[16] = strconv.FormatInt(cstime, 10)
+	return strings.Join(f, " ") + "\n"
+}
+
+func TestParseStat(t *testing.T) {
+	tests := []struct {
+		name, comm string
+	}{
+		{"plain", "haproxy"},
+		{"space", "nginx: worker"},
+		{"parentheses", "(sd-pam)"},
+		{"close paren then fields-like text", "a) S 1 2 3 (b"},
+		{"only a close paren", ")"},
+		{"empty", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := parseStat(statLine(4242, tt.comm, 17, 11, 22, 33, 44))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := procStat{pid: 4242, ppid: 17, comm: tt.comm, state: "S", utime: 11, stime: 22, cutime: 33, cstime: 44}
+			if s != want {
+				t.Errorf("got %+v, want %+v", s, want)
+			}
+			if s.ticks() != 110 {
+				t.Errorf("ticks = %d, want 110", s.ticks())
+			}
+		})
+	}
+}
+
+func TestParseStatRealKernelLine(t *testing.T) {
+	// A line as Linux 6.1 writes it for a Go program.
+	line := "1234 (pj) S 1 1234 1234 0 -1 4194560 1130 0 0 0 57 31 2 3 20 0 6 0 12345 1245184 2000 18446744073709551615 1 1 0 0 0 0 0 0 2143420159 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
+	s, err := parseStat(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.pid != 1234 || s.ppid != 1 || s.utime != 57 || s.stime != 31 || s.cutime != 2 || s.cstime != 3 {
+		t.Errorf("got %+v", s)
+	}
+}
+
+func TestParseStatErrors(t *testing.T) {
+	for _, line := range []string{
+		"",
+		"1234 pj S 1",
+		"1234 (pj) S 1 2 3",
+		"x (pj) S 1 1234 1234 0 -1 4194560 1130 0 0 0 57 31 2 3",
+		"1234 (pj) S 1 1234 1234 0 -1 4194560 1130 0 0 0 5x 31 2 3",
+		"1234 (pj) S y 1234 1234 0 -1 4194560 1130 0 0 0 57 31 2 3",
+	} {
+		if _, err := parseStat(line); err == nil {
+			t.Errorf("parseStat(%q) succeeded, want an error", line)
+		}
+	}
+}
+
+// fakeProc builds a proc file system with the given stat lines, and for
+// each pid in fds that many entries under fd/ and an smaps_rollup with
+// pss[pid] kB.
+func fakeProc(t *testing.T, stats map[int]string, fds map[int]int, pss map[int]int64) procFS {
+	t.Helper()
+	root := t.TempDir()
+	for pid, line := range stats {
+		dir := filepath.Join(root, strconv.Itoa(pid))
+		if err := os.MkdirAll(filepath.Join(dir, "fd"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(line), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for i := range fds[pid] {
+			if err := os.WriteFile(filepath.Join(dir, "fd", strconv.Itoa(i)), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rollup := "00400000-7ffd000 ---p 00000000 00:00 0 [rollup]\nRss:  9999 kB\nPss:  " +
+			strconv.FormatInt(pss[pid], 10) + " kB\nPss_Anon: 1 kB\n"
+		if err := os.WriteFile(filepath.Join(dir, "smaps_rollup"), []byte(rollup), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Entries that are not processes are ignored.
+	if err := os.WriteFile(filepath.Join(root, "uptime"), []byte("1 2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return procFS{root: root}
+}
+
+func TestTreeTicks(t *testing.T) {
+	// 100 is an nginx master with two workers (one named with a space
+	// and parentheses); 200 is socat with a child and a grandchild;
+	// 300 is an unrelated process whose child 301 must not count.
+	p := fakeProc(t, map[int]string{
+		1:   statLine(1, "init", 0, 1000, 1000, 0, 0),
+		100: statLine(100, "nginx", 1, 5, 5, 7, 3),
+		101: statLine(101, "nginx: worker (a)", 100, 40, 60, 0, 0),
+		102: statLine(102, ") S 100 (", 100, 1, 2, 0, 0),
+		200: statLine(200, "socat", 1, 10, 0, 50, 50),
+		201: statLine(201, "socat", 200, 3, 3, 1, 1),
+		202: statLine(202, "socat", 201, 2, 2, 0, 0),
+		300: statLine(300, "other", 1, 500, 500, 0, 0),
+		301: statLine(301, "other", 300, 500, 500, 0, 0),
+	}, nil, nil)
+	all, err := p.readAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		roots []int
+		want  int64
+	}{
+		{"nginx master and workers", []int{100}, 5 + 5 + 7 + 3 + 40 + 60 + 1 + 2},
+		{"socat, reaped and live children", []int{200}, 10 + 50 + 50 + 3 + 3 + 1 + 1 + 2 + 2},
+		{"two roots", []int{100, 200}, 123 + 122},
+		{"a root given twice counts once", []int{200, 200}, 122},
+		{"a child given as a root counts once", []int{200, 201}, 122},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := treeTicks(all, tt.roots)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("treeTicks(%v) = %d, want %d", tt.roots, got, tt.want)
+			}
+		})
+	}
+	if _, err := treeTicks(all, []int{999}); err == nil || !strings.Contains(err.Error(), "999") {
+		t.Errorf("a missing root: err = %v, want one naming 999", err)
+	}
+}
+
+// TestTreeTicksChildReaped checks the accounting across a child's death:
+// what the child used before it was reaped is not lost and not counted
+// twice once its parent has added it to cutime/cstime.
+func TestTreeTicksChildReaped(t *testing.T) {
+	before := map[int]procStat{
+		1:  {pid: 1},
+		10: {pid: 10, ppid: 1, utime: 5, cutime: 100},
+		11: {pid: 11, ppid: 10, utime: 30, stime: 10, cutime: 4},
+	}
+	// Child 11 used 20 more ticks, exited and was reaped: the kernel
+	// added its utime+stime+cutime+cstime (30+20+10+4) to 10's cutime.
+	after := map[int]procStat{
+		1:  {pid: 1},
+		10: {pid: 10, ppid: 1, utime: 6, cutime: 100 + 64},
+	}
+	b, err := treeTicks(before, []int{10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := treeTicks(after, []int{10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := a-b, int64(1+20); got != want {
+		t.Errorf("CPU used between the readings = %d ticks, want %d", got, want)
+	}
+}
+
+func TestMeasure(t *testing.T) {
+	p := fakeProc(t, map[int]string{
+		1:  statLine(1, "init", 0, 0, 0, 0, 0),
+		50: statLine(50, "nginx", 1, 1, 1, 0, 0),
+		51: statLine(51, "nginx", 50, 2, 2, 0, 0),
+		60: statLine(60, "other", 1, 9, 9, 0, 0),
+	}, map[int]int{50: 7, 51: 9, 60: 100}, map[int]int64{50: 1000, 51: 234, 60: 99999})
+	u, err := p.measure([]int{50}, true, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := usage{ticks: 6, procs: 2, fds: 16, pssKiB: 1234}
+	if u != want {
+		t.Errorf("measure = %+v, want %+v", u, want)
+	}
+	u, err = p.measure([]int{50}, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (usage{ticks: 6, procs: 2}); u != want {
+		t.Errorf("measure without memory = %+v, want %+v", u, want)
+	}
+}
+
+func TestMeasureSelf(t *testing.T) {
+	p := procFS{root: "/proc"}
+	if _, err := os.Stat("/proc/self/stat"); err != nil {
+		t.Skip("no /proc here")
+	}
+	u, err := p.measure([]int{os.Getpid()}, true, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.procs < 1 || u.fds < 3 || u.pssKiB <= 0 || u.ticks < 0 {
+		t.Errorf("measure of this test process = %+v, want at least 1 process, 3 descriptors, some memory", u)
+	}
+	if hz := clockTicks("/proc"); hz <= 0 {
+		t.Errorf("clockTicks = %d", hz)
+	}
+}
+
+func TestParsePss(t *testing.T) {
+	got, err := parsePss(strings.NewReader("5560bd3e9000-7ffe ---p 00000000 00:00 0 [rollup]\nRss:   8200 kB\nPss:   4321 kB\n"), 1)
+	if err != nil || got != 4321 {
+		t.Errorf("parsePss = %d, %v; want 4321", got, err)
+	}
+	for _, text := range []string{"Rss: 1 kB\n", "Pss: x kB\n", "Pss: 12 MB\n", ""} {
+		if _, err := parsePss(strings.NewReader(text), 1); err == nil {
+			t.Errorf("parsePss(%q) succeeded, want an error", text)
+		}
+	}
+}
+
+func TestParseAuxv(t *testing.T) {
+	var data []byte
+	for _, pair := range [][2]uint64{{6, 4096}, {atClkTck, 250}, {0, 0}, {atClkTck, 1}} {
+		var b [16]byte
+		putNative(b[:], pair[0], pair[1])
+		data = append(data, b[:]...)
+	}
+	if hz, ok := parseAuxv(data, atClkTck); !ok || hz != 250 {
+		t.Errorf("parseAuxv = %d, %v; want 250", hz, ok)
+	}
+	if _, ok := parseAuxv(data, 99); ok {
+		t.Error("found a key that is not there (or read past the terminator)")
+	}
+	if _, ok := parseAuxv(data[:20], 6); !ok {
+		t.Error("did not find the first key of a truncated vector")
+	}
+}
+
+func putNative(b []byte, typ, val uint64) {
+	binary.NativeEndian.PutUint64(b, typ)
+	binary.NativeEndian.PutUint64(b[8:], val)
+}

@@ -1,0 +1,426 @@
+#!/usr/bin/env bash
+# bench/run.sh — pj side by side with no proxy (direct), HAProxy, nginx and
+# socat, on loopback. See bench/README.md for what each mode measures.
+#
+#   bash bench/run.sh                       # everything, about 7 minutes
+#   REPS=1 DURATION=1s bash bench/run.sh    # a smoke run
+#
+# Knobs (environment):
+#   REPS        runs of every mode against every target          (3)
+#   DURATION    measured time of up, down, lat1, latC and conn    (4s)
+#   TARGETS     subset of: direct pj naive haproxy haproxy-splice nginx socat
+#   MODES       subset of: up down lat1 latC conn idle
+#   PJ_BIN      benchmark this pj binary instead of building one from the tree
+#   IDLE_CONNS  connections the idle mode holds                   (3000)
+#   HAPROXY_SPLICE  haproxy-splice's option: auto (splice-auto) or always
+#               (splice-request + splice-response)                 (auto)
+#
+# Everything listens on 127.0.0.1. Every process started here is stopped by
+# its PID on exit, and each also ends by itself after TARGET_LIFETIME.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+# haproxy and nginx live in /usr/sbin, which a user's PATH may lack.
+PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
+
+REPS=${REPS:-3}
+DURATION=${DURATION:-4s}
+TARGETS=${TARGETS:-direct pj naive haproxy haproxy-splice nginx socat}
+MODES=${MODES:-up down lat1 latC conn idle}
+PJ_BIN=${PJ_BIN:-}
+IDLE_CONNS=${IDLE_CONNS:-3000}
+HAPROXY_SPLICE=${HAPROXY_SPLICE:-auto}
+TARGET_LIFETIME=${TARGET_LIFETIME:-2h}
+GO=${GO:-go}
+
+all_targets="direct pj naive haproxy haproxy-splice nginx socat"
+all_modes="up down lat1 latC conn idle"
+nginx_stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+die() {
+	say "$*"
+	exit 1
+}
+
+in_list() { # WORD LIST
+	local w
+	for w in $2; do [[ $w == "$1" ]] && return 0; done
+	return 1
+}
+
+# --- knobs -------------------------------------------------------------------
+
+[[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS=$REPS: want a whole number >= 1"
+[[ $IDLE_CONNS =~ ^[1-9][0-9]*$ ]] || die "IDLE_CONNS=$IDLE_CONNS: want a whole number >= 1"
+for t in $TARGETS; do in_list "$t" "$all_targets" || die "TARGETS: unknown target '$t' (known: $all_targets)"; done
+for m in $MODES; do in_list "$m" "$all_modes" || die "MODES: unknown mode '$m' (known: $all_modes)"; done
+[[ $HAPROXY_SPLICE == auto || $HAPROXY_SPLICE == always ]] || die "HAPROXY_SPLICE=$HAPROXY_SPLICE: want auto or always"
+[[ -n ${TARGETS// /} ]] || die "TARGETS is empty"
+[[ -n ${MODES// /} ]] || die "MODES is empty"
+
+# --- what is installed ---------------------------------------------------------
+
+declare -A skip=() # target -> why it is not run
+missing=()
+if ! command -v haproxy >/dev/null; then
+	skip[haproxy]="haproxy is not installed"
+	skip[haproxy-splice]="haproxy is not installed"
+	missing+=(haproxy)
+fi
+if ! command -v nginx >/dev/null; then
+	skip[nginx]="nginx is not installed"
+	missing+=(nginx libnginx-mod-stream)
+elif [[ ! -e $nginx_stream_module ]]; then
+	skip[nginx]="nginx's stream module ($nginx_stream_module) is not installed"
+	missing+=(libnginx-mod-stream)
+fi
+if ! command -v socat >/dev/null; then
+	skip[socat]="socat is not installed"
+	missing+=(socat)
+fi
+wanted_missing=()
+for t in "${!skip[@]}"; do in_list "$t" "$TARGETS" && wanted_missing+=("$t"); done
+if ((${#wanted_missing[@]})); then
+	say "skipping ${wanted_missing[*]}: not installed. To include them (Debian):"
+	say "  apt-get install -y ${missing[*]}"
+	for t in "${!skip[@]}"; do skip[$t]="${skip[$t]}; apt-get install -y ${missing[*]}"; done
+fi
+
+# --- set-up --------------------------------------------------------------------
+
+# Descriptors: idle holds IDLE_CONNS connections, so the generator, the
+# backend and each proxy need that many or twice that many.
+hard=$(ulimit -Hn)
+[[ $hard == unlimited ]] && hard=1048576
+ulimit -n "$hard" || say "could not raise the open-files limit to $hard"
+need=$((2 * IDLE_CONNS + 256))
+if (($(ulimit -n) < need)); then
+	say "warning: open-files limit $(ulimit -n) is below the $need that IDLE_CONNS=$IDLE_CONNS needs; idle will fail"
+fi
+
+started=$(date +%s)
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+results="$here/results/$stamp"
+mkdir -p "$results"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/pj-bench.XXXXXX")
+raw="$results/raw.jsonl"
+: >"$raw"
+
+declare -A pid=() port=() # target -> PID of its process (or wrapper), listen port
+declare -A failed_starts=() start_why=() # target -> failed starts so far, the last reason
+max_failed_starts=2
+backend_pid=""
+
+# alive PID: the process exists and is not a zombie (a child of this shell
+# that exited stays a zombie until waited for, and kill -0 still succeeds).
+alive() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	stat=${stat##*) }
+	[[ ${stat%% *} != Z ]]
+}
+
+# stop_pid PID NAME: SIGTERM, up to 10 s to exit, then SIGKILL.
+stop_pid() {
+	local p=$1 name=$2 i
+	if alive "$p"; then
+		kill -TERM "$p" 2>/dev/null || true
+		for ((i = 0; i < 100; i++)); do
+			alive "$p" || break
+			sleep 0.1
+		done
+		if alive "$p"; then
+			say "$name (PID $p) did not stop within 10s of SIGTERM: sending SIGKILL"
+			kill -KILL "$p" 2>/dev/null || true
+		fi
+	fi
+	wait "$p" 2>/dev/null || true
+}
+
+stop_target() {
+	local t=$1
+	[[ -n ${pid[$t]:-} ]] || return 0
+	stop_pid "${pid[$t]}" "$t"
+	unset "pid[$t]"
+}
+
+cleanup() {
+	local rc=$? t
+	trap - EXIT INT TERM
+	for t in "${!pid[@]}"; do stop_target "$t"; done
+	[[ -n $backend_pid ]] && stop_pid "$backend_pid" backend
+	rm -rf "$tmp"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 130' INT
+trap 'say "terminated"; exit 143' TERM
+
+# --- build ---------------------------------------------------------------------
+
+say "results in ${results#"$root"/}"
+say "building the load generator"
+(cd "$root" && "$GO" build -o "$tmp/loadgen" ./bench/loadgen && "$GO" build -o "$tmp/summarize" ./bench/summarize &&
+	"$GO" build -o "$tmp/naive" ./bench/naive) ||
+	die "building bench/loadgen, bench/summarize or bench/naive failed"
+loadgen="$tmp/loadgen"
+
+if in_list pj "$TARGETS"; then
+	if [[ -n $PJ_BIN ]]; then
+		[[ -x $PJ_BIN ]] || die "PJ_BIN=$PJ_BIN is not an executable file"
+		pj=$(cd "$(dirname "$PJ_BIN")" && pwd)/$(basename "$PJ_BIN")
+	else
+		say "building pj from $root"
+		(cd "$root" && CGO_ENABLED=0 "$GO" build -trimpath -o "$tmp/pj" ./cmd/pj) ||
+			die "building pj failed; fix the tree, or set PJ_BIN to a pj binary to benchmark"
+		pj="$tmp/pj"
+	fi
+fi
+
+{
+	echo "date: $stamp"
+	echo "host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+	echo "knobs: REPS=$REPS DURATION=$DURATION IDLE_CONNS=$IDLE_CONNS HAPROXY_SPLICE=$HAPROXY_SPLICE TARGETS='$TARGETS' MODES='$MODES' PJ_BIN=${PJ_BIN:-built from the tree}"
+	echo "open files: $(ulimit -n)"
+	if in_list pj "$TARGETS"; then
+		if [[ -n $PJ_BIN ]]; then
+			echo "pj: $pj: $("$pj" -V 2>&1 | head -n 1)"
+		else
+			# Read-only: which commit the work tree was on, and whether it had changes.
+			echo "pj: built from the work tree at $(git -C "$root" describe --tags --always --dirty 2>/dev/null || echo 'an unknown commit')"
+		fi
+	fi
+	[[ -z ${skip[haproxy]:-} ]] && echo "haproxy: $(haproxy -v 2>&1 | head -n 1)"
+	[[ -z ${skip[nginx]:-} ]] && echo "nginx: $(nginx -v 2>&1 | head -n 1)"
+	[[ -z ${skip[socat]:-} ]] && echo "socat: $(socat -V 2>&1 | grep -m 1 'socat version')"
+	echo "go: $("$GO" version)"
+} >"$results/meta.txt" 2>&1 || true
+
+# --- the backend ---------------------------------------------------------------
+
+"$loadgen" serve -listen 127.0.0.1:0 -port-file "$tmp/backend.port" -parent $$ -lifetime "$TARGET_LIFETIME" \
+	</dev/null >>"$results/backend.log" 2>&1 &
+backend_pid=$!
+for ((i = 0; i < 100; i++)); do
+	[[ -s $tmp/backend.port ]] && break
+	alive "$backend_pid" || die "the backend exited at start-up: $(tail -n 3 "$results/backend.log")"
+	sleep 0.1
+done
+[[ -s $tmp/backend.port ]] || die "the backend did not report its port within 10s"
+backend_port=$(<"$tmp/backend.port")
+say "backend on 127.0.0.1:$backend_port (PID $backend_pid)"
+
+# --- the targets -----------------------------------------------------------------
+
+read -r -a free_ports <<<"$("$loadgen" ports -n 7)"
+i=0
+for t in $all_targets; do
+	port[$t]=${free_ports[$i]}
+	i=$((i + 1))
+done
+port[direct]=$backend_port
+
+write_haproxy_cfg() { # TARGET FILE
+	local splice=""
+	if [[ $1 == haproxy-splice ]]; then
+		splice="    option splice-auto"
+		[[ $HAPROXY_SPLICE == always ]] && splice=$'    option splice-request\n    option splice-response'
+	fi
+	cat >"$2" <<EOF
+# $1 for pj's benchmark: plain TCP relay, no logging.
+global
+    nbthread 2
+    # Room for idle's connections plus conn's churn. haproxy sizes its
+    # descriptor limit from this (2 per connection, plus pipes for splice)
+    # and refuses to start above the hard limit (20000 here).
+    maxconn 6000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    maxconn 6000
+$splice
+frontend fe
+    bind 127.0.0.1:${port[$1]}
+    default_backend be
+backend be
+    server backend 127.0.0.1:$backend_port
+EOF
+}
+
+write_nginx_conf() { # DIR
+	local user=""
+	# As root, nginx's workers switch to "nobody" unless told otherwise;
+	# keep them as the user running the benchmark.
+	((EUID == 0)) && user="user $(id -un) $(id -gn);"
+	mkdir -p "$1/logs"
+	cat >"$1/nginx.conf" <<EOF
+# nginx stream proxy for pj's benchmark; the stream module logs nothing by
+# default, so only errors are written.
+load_module $nginx_stream_module;
+$user
+daemon off;
+master_process on;
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid $1/nginx.pid;
+error_log $results/nginx-error.log warn;
+events {
+    worker_connections 10000;
+}
+stream {
+    server {
+        listen 127.0.0.1:${port[nginx]};
+        proxy_pass 127.0.0.1:$backend_port;
+        proxy_connect_timeout 5s;
+        proxy_timeout 1h;
+        # Pass a client's FIN on and keep the other direction open, as pj,
+        # haproxy and socat do; without it nginx ends the whole session
+        # when the client finishes sending, and up's final count is lost.
+        proxy_half_close on;
+    }
+}
+EOF
+}
+
+# start_target NAME: start it, wait until an echo through it works. On
+# failure: say why, stop it, return 1.
+start_target() {
+	local t=$1 log="$results/$1.log" cmd
+	[[ $t == direct ]] && return 0
+	if ((${failed_starts[$t]:-0} >= max_failed_starts)); then
+		return 1 # gave up on it; start_why says why
+	fi
+	case $t in
+	pj)
+		cmd=("$pj" --proxy "127.0.0.1:${port[pj]}:127.0.0.1:$backend_port")
+		;;
+	haproxy | haproxy-splice)
+		write_haproxy_cfg "$t" "$tmp/$t.cfg"
+		cmd=(haproxy -db -f "$tmp/$t.cfg")
+		;;
+	nginx)
+		write_nginx_conf "$tmp/nginx"
+		cmd=(nginx -p "$tmp/nginx/" -c "$tmp/nginx/nginx.conf" -e "$results/nginx-error.log")
+		;;
+	naive)
+		cmd=("$tmp/naive" "127.0.0.1:${port[naive]}" "127.0.0.1:$backend_port")
+		;;
+	socat)
+		cmd=(socat "TCP-LISTEN:${port[socat]},bind=127.0.0.1,fork,reuseaddr" "TCP:127.0.0.1:$backend_port")
+		;;
+	esac
+	echo "--- $(date -u +%FT%TZ) start: ${cmd[*]}" >>"$log"
+	# timeout(1) makes each target end by itself even if this script is
+	# killed before its trap runs; its TERM is passed on to the target.
+	timeout -k 5 "$TARGET_LIFETIME" "${cmd[@]}" </dev/null >>"$log" 2>&1 &
+	pid[$t]=$!
+	local why
+	if ! why=$("$loadgen" wait -addr "127.0.0.1:${port[$t]}" -pid "${pid[$t]}" -timeout 10s 2>&1); then
+		say "$t failed to start: $why"
+		say "  last lines of ${log#"$root"/}:"
+		tail -n 5 "$log" | sed 's/^/    /' >&2
+		stop_target "$t"
+		local n=$((${failed_starts[$t]:-0} + 1))
+		failed_starts[$t]=$n
+		start_why[$t]=$why
+		if ((n >= max_failed_starts)); then
+			say "$t failed to start $max_failed_starts times: giving up on it for the rest of the runs"
+		fi
+		return 1
+	fi
+	return 0
+}
+
+# record LINE: append a result line and show it.
+record() {
+	printf '%s\n' "$1" >>"$raw"
+	printf '  %s\n' "$1" >&2
+}
+
+json_str() { # escape for a JSON string
+	local s=${1//\\/\\\\}
+	s=${s//\"/\\\"}
+	printf '%s' "${s//$'\n'/ }"
+}
+
+run_one() { # REP MODE TARGET
+	local rep=$1 mode=$2 t=$3 pids="" out rc=0
+	[[ $t != direct ]] && pids=${pid[$t]}
+	out=$(timeout 300 "$loadgen" run -mode "$mode" -target "$t" -rep "$rep" \
+		-addr "127.0.0.1:${port[$t]}" -pids "$pids" -backend-pid "$backend_pid" \
+		-duration "$DURATION" -idle-conns "$IDLE_CONNS" 2>>"$results/loadgen.log") || rc=$?
+	if [[ -z $out ]]; then
+		out="{\"target\":\"$t\",\"mode\":\"$mode\",\"rep\":$rep,\"error\":\"loadgen exited with status $rc and no result; see loadgen.log\"}"
+	fi
+	record "$out"
+}
+
+failed_start() { # REP MODE TARGET
+	record "{\"target\":\"$3\",\"mode\":\"$2\",\"rep\":$1,\"error\":\"$(json_str "$3 could not be started: ${start_why[$3]:-see $3.log in the results}")\"}"
+}
+
+run_targets=""
+for t in $TARGETS; do
+	if [[ -n ${skip[$t]:-} ]]; then
+		for m in $MODES; do
+			record "{\"target\":\"$t\",\"mode\":\"$m\",\"skipped\":\"$(json_str "${skip[$t]}")\"}"
+		done
+		continue
+	fi
+	run_targets+=" $t"
+	start_target "$t" || true
+done
+say "targets:$run_targets; ports: $(for t in $run_targets; do printf '%s=%s ' "$t" "${port[$t]}"; done)"
+
+# --- the runs ------------------------------------------------------------------
+#
+# Every mode against every target in turn, REPS times over, so that noise
+# from the machine falls on all targets alike.
+
+nmodes=$(wc -w <<<"$MODES")
+ntargets=$(wc -w <<<"$run_targets")
+say "$((REPS * nmodes * ntargets)) runs of $DURATION each (idle takes longer)"
+for ((rep = 1; rep <= REPS; rep++)); do
+	for mode in $MODES; do
+		say "rep $rep/$REPS: $mode"
+		for t in $run_targets; do
+			if [[ $t != direct ]]; then
+				# idle measures the cost of connections against a
+				# freshly started target: memory that earlier runs
+				# grew and kept would hide the growth.
+				if [[ $mode == idle ]]; then
+					stop_target "$t"
+				fi
+				if [[ -z ${pid[$t]:-} ]] || ! alive "${pid[$t]}"; then
+					if [[ -n ${pid[$t]:-} ]]; then
+						say "$t (PID ${pid[$t]}) has exited; restarting it"
+						stop_target "$t"
+					fi
+					if ! start_target "$t"; then
+						failed_start "$rep" "$mode" "$t"
+						continue
+					fi
+				fi
+			fi
+			run_one "$rep" "$mode" "$t"
+		done
+	done
+done
+
+# --- the table -----------------------------------------------------------------
+
+elapsed=$(($(date +%s) - started))
+{
+	echo "# pj side by side — $stamp"
+	echo
+	sed 's/^/    /' "$results/meta.txt"
+	echo "    run time: $((elapsed / 60))m$((elapsed % 60))s"
+	echo
+	"$tmp/summarize" "$raw"
+} >"$results/table.md"
+cat "$results/table.md"
+say "raw results and the table are in ${results#"$root"/}/ (run time $((elapsed / 60))m$((elapsed % 60))s)"
