@@ -11,6 +11,7 @@
 #   TARGETS     subset of: direct pj naive haproxy haproxy-splice nginx socat
 #   MODES       subset of: up down lat1 latC conn idle
 #   PJ_BIN      benchmark this pj binary instead of building one from the tree
+#   PJ_BIN_B    a second pj binary, run as target pj-b beside pj (to compare two builds)
 #   IDLE_CONNS  connections the idle mode holds                   (3000)
 #   HAPROXY_SPLICE  haproxy-splice's option: auto (splice-auto) or always
 #               (splice-request + splice-response)                 (auto)
@@ -26,15 +27,16 @@ PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
 
 REPS=${REPS:-3}
 DURATION=${DURATION:-4s}
-TARGETS=${TARGETS:-direct pj naive haproxy haproxy-splice nginx socat}
+TARGETS=${TARGETS:-direct pj${PJ_BIN_B:+ pj-b} naive haproxy haproxy-splice nginx socat}
 MODES=${MODES:-up down lat1 latC conn idle}
 PJ_BIN=${PJ_BIN:-}
+PJ_BIN_B=${PJ_BIN_B:-}
 IDLE_CONNS=${IDLE_CONNS:-3000}
 HAPROXY_SPLICE=${HAPROXY_SPLICE:-auto}
 TARGET_LIFETIME=${TARGET_LIFETIME:-2h}
 GO=${GO:-go}
 
-all_targets="direct pj naive haproxy haproxy-splice nginx socat"
+all_targets="direct pj pj-b naive haproxy haproxy-splice nginx socat"
 all_modes="up down lat1 latC conn idle"
 nginx_stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
 
@@ -214,7 +216,7 @@ say "backend on 127.0.0.1:$backend_port (PID $backend_pid)"
 
 # --- the targets -----------------------------------------------------------------
 
-read -r -a free_ports <<<"$("$loadgen" ports -n 7)"
+read -r -a free_ports <<<"$("$loadgen" ports -n 8)"
 i=0
 for t in $all_targets; do
 	port[$t]=${free_ports[$i]}
@@ -297,6 +299,10 @@ start_target() {
 	case $t in
 	pj)
 		cmd=("$pj" --proxy "127.0.0.1:${port[pj]}:127.0.0.1:$backend_port")
+		;;
+	pj-b)
+		[[ -x $PJ_BIN_B ]] || { say "pj-b needs PJ_BIN_B, an executable pj"; return 1; }
+		cmd=("$PJ_BIN_B" --proxy "127.0.0.1:${port[pj-b]}:127.0.0.1:$backend_port")
 		;;
 	haproxy | haproxy-splice)
 		write_haproxy_cfg "$t" "$tmp/$t.cfg"

@@ -161,7 +161,7 @@ func (l *loop) dial(c *conn) bool {
 		l.connectFailed(c)
 		return true
 	}
-	fd, err := newBackendSocket(b.Addr, l.e.ka)
+	fd, err := newBackendSocket(b.Addr)
 	if err != nil {
 		c.err = fmt.Errorf("connect to %s: %w", b.Address, err)
 		if isShortage(err) {

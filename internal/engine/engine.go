@@ -236,4 +236,11 @@ func acceptHint(err error) string {
 	return "none"
 }
 
-func numLoops() int { return runtime.GOMAXPROCS(0) }
+// numLoops is one loop per processor Go may use (GOMAXPROCS, which follows
+// the CPU quota of a container); one more processor is added for the rest
+// of pj, so a busy loop never waits for the admin server or a timer.
+func numLoops() int {
+	n := runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(n + 1)
+	return n
+}

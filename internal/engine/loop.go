@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -24,6 +25,7 @@ const (
 	// use are bounded by the directions moving bulk data at this instant.
 	maxIdlePipes = 8
 
+	yieldEvery     = 2 * time.Millisecond
 	minAcceptDelay = 5 * time.Millisecond
 	maxAcceptDelay = time.Second
 )
@@ -53,6 +55,8 @@ type loop struct {
 	timers    timerHeap
 	pipes     []pipe
 	pending   []*conn // connections with work left after their budget
+	busy      bool    // the last wait returned events: see wait
+	yielded   int64   // loop clock of the last runtime.Gosched
 
 	mu       sync.Mutex
 	cmds     []func(*loop)
@@ -109,7 +113,7 @@ func (l *loop) run() {
 		close(l.exited)
 	}()
 	for {
-		n, err := unix.EpollWait(l.epfd, l.events, l.waitMillis())
+		n, err := l.wait()
 		l.tick()
 		if err != nil && err != unix.EINTR {
 			l.e.log.Error("event loop failed; its connections are lost", "loop", l.id, "error", err.Error())
@@ -120,10 +124,51 @@ func (l *loop) run() {
 		}
 		l.runPending()
 		l.runTimers()
+		if l.busy && l.now-l.yielded > int64(yieldEvery) {
+			// A busy loop never blocks where the scheduler sees it; yielding
+			// now and then spares it the forced preemption (a signal) that
+			// the runtime sends a goroutine running for 10ms, and lets the
+			// system monitor sleep.
+			l.yielded = l.now
+			runtime.Gosched()
+		}
 		if l.stopping && l.open() == 0 {
 			return
 		}
 	}
+}
+
+// wait returns the next batch of events.
+//
+// A busy loop waits with a raw system call, bounded to a millisecond: the
+// Go scheduler does not see it, so the loop keeps its processor and its
+// thread, and an event wakes it straight from the kernel, as in a C event
+// loop. The blocking call the scheduler knows about would let the system
+// monitor hand the processor away after 20µs and move the loop between
+// threads, which costs context switches on every request. A loop that has
+// waited a whole millisecond in vain is idle: it then makes the ordinary
+// blocking call, so that an idle pj costs nothing and its processor serves
+// other goroutines. (pj runs one processor more than it has loops for the
+// rest of the program: the admin server, timers, the garbage collector.)
+func (l *loop) wait() (int, error) {
+	ms := l.waitMillis()
+	if l.busy {
+		raw := ms
+		if raw < 0 || raw > 1 {
+			raw = 1
+		}
+		n, err := epollWaitRaw(l.epfd, l.events, raw)
+		if n > 0 || err != nil || raw == ms {
+			return n, err
+		}
+		l.busy = false
+		if ms > 0 {
+			ms--
+		}
+	}
+	n, err := unix.EpollWait(l.epfd, l.events, ms)
+	l.busy = n > 0
+	return n, err
 }
 
 func (l *loop) tick() {
