@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/observe"
 )
 
 // Resolver looks up host names; *net.Resolver is one.
@@ -42,7 +43,61 @@ type State struct {
 	Active atomic.Int64
 	// Total counts the connections ever relayed to this backend.
 	Total atomic.Uint64
+	// Connect is the time connections took to reach this backend.
+	Connect observe.Histogram
+
+	admin atomic.Int32 // an AdminState set through the admin API
 }
+
+func newState() *State {
+	return &State{Connect: observe.NewHistogram(observe.ConnectBuckets)}
+}
+
+// AdminState is what an operator has said about a backend.
+type AdminState int32
+
+// Administrative states (CONTRACT.md section 6).
+const (
+	AdminUp    AdminState = iota // in service
+	AdminDrain                   // no new connections; established ones go on
+	AdminDown                    // no new connections, no health checks
+)
+
+func (a AdminState) String() string {
+	switch a {
+	case AdminDrain:
+		return "drain"
+	case AdminDown:
+		return "down"
+	}
+	return "up"
+}
+
+// ParseAdminState reads "up", "drain" or "down".
+func ParseAdminState(s string) (AdminState, error) {
+	switch s {
+	case "up":
+		return AdminUp, nil
+	case "drain":
+		return AdminDrain, nil
+	case "down":
+		return AdminDown, nil
+	}
+	return AdminUp, fmt.Errorf("state %q: expected up, drain or down", s)
+}
+
+// Admin returns the administrative state.
+func (s *State) Admin() AdminState { return AdminState(s.admin.Load()) }
+
+// SetAdmin sets the administrative state.
+func (s *State) SetAdmin(a AdminState) { s.admin.Store(int32(a)) }
+
+// Eligible reports whether the backend may take new connections.
+func (s *State) Eligible() bool { return s.Admin() == AdminUp }
+
+// StateName is the state the API and the status page show: "up", "down"
+// or "drain".
+func (s *State) StateName() string { return s.Admin().String() }
 
 // Pool is the set of backends of one proxy and its selection policy.
 // It is safe for concurrent use.
@@ -73,7 +128,7 @@ func NewPool(ctx context.Context, backends []config.Backend, r Resolver, prev *P
 		}
 		seen[b.Address] = true
 		if b.State = states[b.Address]; b.State == nil {
-			b.State = new(State)
+			b.State = newState()
 		}
 		if b.Backup {
 			p.backups = append(p.backups, b)
@@ -146,19 +201,25 @@ func (p *Pool) Start(_ netip.Addr) Order {
 	return o
 }
 
-// Next returns the next backend to try, or nil when all have been tried.
+// Next returns the next eligible backend to try, or nil when all have been
+// tried.
 func (o *Order) Next() *Backend {
 	p := o.pool
 	n := uint32(len(p.primaries))
-	i := o.i
-	if i >= n+uint32(len(p.backups)) {
-		return nil
+	for o.i < n+uint32(len(p.backups)) {
+		i := o.i
+		o.i++
+		var b *Backend
+		if i < n {
+			b = p.primaries[(o.start+i)%n]
+		} else {
+			b = p.backups[i-n]
+		}
+		if b.Eligible() {
+			return b
+		}
 	}
-	o.i++
-	if i < n {
-		return p.primaries[(o.start+i)%n]
-	}
-	return p.backups[i-n]
+	return nil
 }
 
 // Remaining is how many backends Next has not returned yet.

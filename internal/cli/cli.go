@@ -96,6 +96,8 @@ type flags struct {
 	// given lists the flags set on the command line or by their PJ_
 	// variable: only those override a configuration file.
 	given map[string]bool
+	// lookupEnv reads PJ_ variables; set by fromEnv.
+	lookupEnv func(string) (string, bool)
 }
 
 func newRootCmd(ctx context.Context, env *runEnv, stdout, stderr io.Writer) *cobra.Command {
@@ -183,6 +185,7 @@ func addConfigFlags(fs *pflag.FlagSet, f *flags) {
 	fs.DurationVar(&f.cfg.Defaults.ConnectTimeout, "connect-timeout", f.cfg.Defaults.ConnectTimeout, "time allowed to open a backend connection (all failover tries included)")
 	fs.DurationVar(&f.cfg.Defaults.IdleTimeout, "idle-timeout", f.cfg.Defaults.IdleTimeout, "close a connection idle in both directions this long; 0 = never")
 	fs.DurationVar(&f.cfg.GracePeriod, "grace-period", f.cfg.GracePeriod, "on SIGTERM/SIGINT, how long established connections may finish")
+	fs.StringVar(&f.cfg.Admin.Listen, "admin", "", "serve metrics, the admin API and the status page on this HOST:PORT")
 	fs.StringVar(&f.cfg.Log.Format, "log-format", f.cfg.Log.Format, "log encoding: text or json")
 	fs.StringVar(&f.cfg.Log.Level, "log-level", f.cfg.Log.Level, "least severe records logged: debug, info, warn or error")
 }
@@ -196,6 +199,7 @@ func (f *flags) fromEnv(fs *pflag.FlagSet, lookupEnv func(string) (string, bool)
 	if v, ok := lookupEnv(EnvName("proxy")); ok && !fs.Changed("proxy") {
 		f.envProxies = splitMappings(v)
 	}
+	f.lookupEnv = lookupEnv
 	f.given = map[string]bool{}
 	fs.VisitAll(func(fl *pflag.Flag) { f.given[fl.Name] = fl.Changed })
 	return nil
@@ -267,6 +271,10 @@ func loadConfig(f *flags, lookupEnv func(string) (string, bool)) (config.Config,
 	if f.given["grace-period"] {
 		cfg.GracePeriod = f.cfg.GracePeriod
 	}
+	if f.given["admin"] {
+		cfg.Admin.Listen = f.cfg.Admin.Listen
+	}
+	applyAdminToken(&cfg, lookupEnv)
 	mappings, err := f.mappings()
 	if err != nil {
 		return config.Config{}, err
@@ -322,6 +330,9 @@ func (f *flags) mappings() ([]config.Proxy, error) {
 // configuration; every problem is a usage error.
 func (f *flags) config() (config.Config, error) {
 	cfg := f.cfg
+	if f.lookupEnv == nil {
+		f.lookupEnv = func(string) (string, bool) { return "", false }
+	}
 	mappings, err := f.mappings()
 	if err != nil {
 		return cfg, err
@@ -333,10 +344,20 @@ func (f *flags) config() (config.Config, error) {
 	for i := range cfg.Proxies {
 		cfg.Proxies[i].Settings = cfg.Defaults
 	}
+	applyAdminToken(&cfg, f.lookupEnv)
 	if err := cfg.Validate(); err != nil {
 		return cfg, &UsageError{Err: err}
 	}
 	return cfg, nil
+}
+
+// applyAdminToken takes the admin token from PJ_ADMIN_TOKEN when it is
+// set: a token is a secret, so it has a variable but no flag (a flag would
+// show in ps). The variable wins over admin.token in the file.
+func applyAdminToken(cfg *config.Config, lookupEnv func(string) (string, bool)) {
+	if v, ok := lookupEnv("PJ_ADMIN_TOKEN"); ok {
+		cfg.Admin.Token = v
+	}
 }
 
 // applyEnv gives every flag not set on the command line the value of its

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
@@ -140,8 +141,13 @@ func TestEchoAndTextLogLine(t *testing.T) {
 	if m[1] != c.LocalAddr().String() || m[2] != p.addrs[0] || m[3] != echo {
 		t.Fatalf("addresses in %q: want %s -> %s -> %s", line, c.LocalAddr(), p.addrs[0], echo)
 	}
-	if m[6] != "11" || m[7] != "11" || m[8] != "" {
-		t.Fatalf("line %q: want up=11 down=11 and nothing after", line)
+	if m[6] != "11" || m[7] != "11" {
+		t.Fatalf("line %q: want up=11 down=11", line)
+	}
+	// The client half-closed first: the access log says who ended it and
+	// how long the backend took to answer.
+	if !regexp.MustCompile(`^ connect=[0-9.]+(µs|ms|s) closed_by=client$`).MatchString(m[8]) {
+		t.Fatalf("line %q: want connect=DURATION closed_by=client after the counts", line)
 	}
 	if _, err := time.ParseDuration(strings.ReplaceAll(m[5], "µ", "u")); err != nil {
 		t.Fatalf("duration %q: %v", m[5], err)
@@ -494,7 +500,7 @@ func TestLogLevels(t *testing.T) {
 			t.Fatalf("log line %q: want relay=splice", l[0])
 		}
 		echoOnce(t, p.addrs[0], "x")
-		if l := p.log.WaitLines(t, "[ok]", 2); !strings.HasSuffix(l[1], "up=1 down=1 relay=copy") {
+		if l := p.log.WaitLines(t, "[ok]", 2); !strings.HasSuffix(l[1], "closed_by=client relay=copy") || !strings.Contains(l[1], "up=1 down=1 ") {
 			t.Fatalf("log line %q: want relay=copy", l[1])
 		}
 	})
@@ -647,4 +653,26 @@ func blackHole(t *testing.T) string {
 	}
 	t.Fatal("could not fill the accept queue of a backlog-0 listener")
 	return ""
+}
+
+func TestAdminFlagAndTokenVariable(t *testing.T) {
+	echo := testutil.StartEcho(t)
+	p := start(t, map[string]string{"PJ_ADMIN_TOKEN": "t0ken"}, "-p", "127.0.0.1:0:"+echo, "--admin", "127.0.0.1:0")
+	line := p.log.WaitLines(t, "INFO admin listening", 1)[0]
+	_, after, _ := strings.Cut(line, "address=")
+	addr, _, _ := strings.Cut(after, " ")
+	if !strings.Contains(line, "token=true") {
+		t.Fatalf("admin line %q: PJ_ADMIN_TOKEN was not used", line)
+	}
+	resp, err := http.Get("http://" + addr + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /healthz: %v %v", resp, err)
+	}
+	_ = resp.Body.Close()
+	req, _ := http.NewRequest("DELETE", "http://"+addr+"/api/v1/connections/c1", nil)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 401 {
+		t.Fatalf("DELETE without the token: %v %v, want 401", resp, err)
+	}
+	_ = resp.Body.Close()
 }

@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/pj-proxy/pj/internal/admin"
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/server"
+	"github.com/pj-proxy/pj/internal/version"
 	"github.com/pj-proxy/pj/internal/watch"
 )
 
@@ -40,6 +42,12 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 	if err != nil {
 		return fmt.Errorf("start-up failed, nothing is listening: %w", err)
 	}
+	adm := &adminListener{srv: srv, log: log}
+	if err := adm.apply(cfg.Admin); err != nil {
+		srv.Close()
+		return fmt.Errorf("start-up failed, nothing is listening: %w", err)
+	}
+	defer adm.close()
 	if env.listening != nil {
 		env.listening(srv.Addrs())
 	}
@@ -69,7 +77,7 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 		}()
 	}
 
-	r := reloader{f: f, env: env, srv: srv, log: log, handler: handler, out: out, current: cfg}
+	r := reloader{f: f, env: env, srv: srv, log: log, handler: handler, out: out, current: cfg, admin: adm}
 	for {
 		select {
 		case err := <-served:
@@ -91,6 +99,7 @@ type reloader struct {
 	handler *observe.Swappable
 	out     io.Writer
 	current config.Config
+	admin   *adminListener
 }
 
 // reload reads the configuration again and applies it; a configuration
@@ -133,6 +142,11 @@ func (r *reloader) reload(trigger string) {
 		}
 		return
 	}
+	if err := r.admin.apply(cfg.Admin); err != nil {
+		// The proxies changed; only the admin listener stays as it was.
+		r.log.Error("reload: the admin listener keeps its old settings", "error", err.Error())
+		cfg.Admin = r.current.Admin
+	}
 	r.current = cfg
 	r.log.Info("reload: "+what, "trigger", trigger)
 }
@@ -145,4 +159,47 @@ func firstLine(err error) string {
 		}
 	}
 	return s
+}
+
+// adminListener runs the admin HTTP listener of the current configuration.
+type adminListener struct {
+	srv     *server.Server
+	log     *slog.Logger
+	cfg     config.Admin
+	running *admin.Server
+}
+
+// apply makes the admin listener match c: started, moved, restarted with
+// a new token, or stopped. A new address is bound before the old one is
+// released; if it cannot be, the old listener goes on.
+func (a *adminListener) apply(c config.Admin) error {
+	if c == a.cfg && (a.running != nil) == (c.Listen != "") {
+		return nil
+	}
+	var next *admin.Server
+	if c.Listen != "" {
+		old := a.running
+		if old != nil && c.Listen == a.cfg.Listen {
+			old.Close() // same address: it must be free before binding again
+			a.running = nil
+		}
+		s, err := admin.Listen(c.Listen, a.srv, admin.Options{Token: c.Token, Pprof: c.Pprof, Version: version.Get(), Logger: a.log})
+		if err != nil {
+			return err
+		}
+		next = s
+		a.log.Info("admin listening", "address", s.Addr().String(), "token", c.Token != "", "pprof", c.Pprof,
+			"changes_allowed", c.Token != "" || admin.LoopbackOnly(s.Addr()))
+	}
+	if a.running != nil {
+		a.running.Close()
+	}
+	a.running, a.cfg = next, c
+	return nil
+}
+
+func (a *adminListener) close() {
+	if a.running != nil {
+		a.running.Close()
+	}
 }

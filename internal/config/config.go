@@ -453,11 +453,6 @@ func notYetSupported(s *Settings) []string {
 // process, outside defaults and proxies.
 func notYetSupportedGlobal(c *Config) []string {
 	var out []string
-	// The admin listener comes with the observability issue; until then
-	// admin.listen (and so token and pprof) would be silently ignored.
-	if c.Admin.Listen != "" {
-		out = append(out, "the admin listener (admin.listen)")
-	}
 	if c.MaxConnections != 0 {
 		out = append(out, "max_connections for the whole process")
 	}

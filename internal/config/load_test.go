@@ -819,7 +819,6 @@ proxies:
     health_check: { interval: 0s }
 `,
 			want: []string{
-				`the admin listener (admin.listen) is not supported by this version of pj yet`,
 				`pj.yaml: defaults: rate_limit: burst must be at least 1 when per_client is set`,
 				`pj.yaml: defaults: balance least-conn is not supported by this version of pj yet`,
 				`pj.yaml: defaults: rate_limit is not supported by this version of pj yet`,

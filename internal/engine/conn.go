@@ -110,6 +110,7 @@ func (l *loop) openConn(fd int, ln *Listener, client netip.AddrPort) {
 		ln: ln, proxy: p, client: client, accepted: l.wall,
 	}
 	l.e.active.Add(1)
+	p.Stats.Active.Add(1)
 	if err := l.register(fd, c.gen); err != nil {
 		_ = unix.Close(fd)
 		c.state = stateClosed
@@ -244,6 +245,7 @@ func (l *loop) connected(c *conn) {
 	c.backend.Total.Add(1)
 	c.counted = true
 	c.connectDur = int64(l.wall.Sub(c.accepted))
+	c.backend.Connect.Observe(time.Duration(c.connectDur))
 	c.lastActive = l.now
 	c.timerAt = 0
 	if idle := c.proxy.IdleTimeout; idle > 0 {
@@ -468,6 +470,11 @@ func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWrita
 
 func (l *loop) delivered(c *conn, d *dir, n int) {
 	d.bytes.Add(int64(n))
+	if d == &c.up {
+		c.proxy.Stats.BytesUp.Add(uint64(n))
+	} else {
+		c.proxy.Stats.BytesDown.Add(uint64(n))
+	}
 	c.lastActive = l.now
 }
 
@@ -539,6 +546,8 @@ func (l *loop) abort(c *conn, err error) {
 		status = observe.StatusTimeout
 	case errors.Is(err, ErrShutdown):
 		status = observe.StatusShutdown
+	case errors.Is(err, ErrKilled):
+		status = observe.StatusKilled
 	case errors.As(err, new(*PanicError)):
 		status = observe.StatusError
 	}
@@ -583,6 +592,10 @@ func (l *loop) close(c *conn, status observe.Status, err error) {
 	if c.counted {
 		c.backend.Active.Add(-1)
 	}
+	st := c.proxy.Stats
+	st.Active.Add(-1)
+	st.Conns[observe.StatusIndex(status)].Add(1)
+	st.Duration.Observe(l.wall.Sub(c.accepted))
 	l.logConn(c, status, err)
 	l.e.connDone()
 }
@@ -600,6 +613,13 @@ func (l *loop) logConn(c *conn, status observe.Status, err error) {
 		Status:   status,
 		Err:      err,
 		Relay:    modeCopy,
+		ClosedBy: c.closedBy.String(),
+	}
+	if c.counted {
+		rec.Connect = time.Duration(c.connectDur)
+	}
+	if rec.ClosedBy == "" {
+		rec.ClosedBy = sidePJ.String() // it never got as far as a side ending
 	}
 	if c.spliced {
 		rec.Relay = modeSplice

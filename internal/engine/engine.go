@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -243,4 +244,57 @@ func numLoops() int {
 	n := runtime.GOMAXPROCS(0)
 	runtime.GOMAXPROCS(n + 1)
 	return n
+}
+
+// ConnInfo describes one open connection, for the admin API.
+type ConnInfo struct {
+	ID       uint64
+	Proxy    string
+	Client   netip.AddrPort
+	Listener string
+	Backend  string // "" while no backend has answered
+	Started  time.Time
+	Up, Down int64 // bytes delivered so far
+}
+
+// Connections returns the connections open now, in no particular order.
+// Each loop lists its own, between two of its events.
+func (e *Engine) Connections() []ConnInfo {
+	var out []ConnInfo
+	for _, l := range e.loops {
+		_ = l.call(func(l *loop) error {
+			for fd, c := range l.conns {
+				if c == nil || c.cfd != int32(fd) || c.state == stateClosed {
+					continue
+				}
+				ci := ConnInfo{ID: c.id, Proxy: c.proxy.Name, Client: c.client, Listener: c.ln.addr,
+					Started: c.accepted, Up: c.up.bytes.Load(), Down: c.down.bytes.Load()}
+				if c.state == stateRelay {
+					ci.Backend = c.backend.Address
+				}
+				out = append(out, ci)
+			}
+			return nil
+		})
+	}
+	return out
+}
+
+// Kill closes connection id (status "killed"); it reports whether the
+// connection was open.
+func (e *Engine) Kill(id uint64) bool {
+	found := false
+	for _, l := range e.loops {
+		_ = l.call(func(l *loop) error {
+			for fd, c := range l.conns {
+				if c != nil && c.cfd == int32(fd) && c.id == id && c.state != stateClosed {
+					c.closedBy = sidePJ
+					l.abort(c, ErrKilled)
+					found = true
+				}
+			}
+			return nil
+		})
+	}
+	return found
 }

@@ -73,7 +73,7 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 		o.connect = 5 * time.Second
 	}
 	p := &proxy.Proxy{Name: "test", Balance: config.RoundRobin, ConnectTimeout: o.connect, IdleTimeout: o.idle,
-		Pool: balance.NewPool(context.Background(), cbs, net.DefaultResolver, nil)}
+		Pool: balance.NewPool(context.Background(), cbs, net.DefaultResolver, nil), Stats: observe.NewProxyStats()}
 
 	gln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -206,7 +206,7 @@ func TestBulkBothWaysIsSplicedAndIntact(t *testing.T) {
 		t.Fatal("bytes were altered in transit")
 	}
 	line := h.log.WaitLines(t, "[ok]", 1)[0]
-	if !strings.Contains(line, "up=16777216 down=16777216") || !strings.HasSuffix(line, "relay=splice") {
+	if !strings.Contains(line, "up=16777216 down=16777216 ") || !strings.HasSuffix(line, "relay=splice") {
 		t.Fatalf("log line %q: want exact counts and relay=splice", line)
 	}
 }

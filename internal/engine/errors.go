@@ -10,6 +10,10 @@ import (
 // direction for the idle timeout; it is logged with status "timeout".
 var ErrIdleTimeout = errors.New("idle timeout")
 
+// ErrKilled ends a connection closed through the admin API; it is logged
+// with status "killed".
+var ErrKilled = errors.New("closed by an operator")
+
 // PanicError is the end of a connection whose handling panicked: the
 // connection is closed, the stack logged, and pj goes on.
 type PanicError struct {

@@ -37,8 +37,8 @@ func jsonAttr(groups []string, a slog.Attr) slog.Attr {
 	switch {
 	case a.Key == slog.TimeKey && a.Value.Kind() == slog.KindTime:
 		return slog.String(slog.TimeKey, string(appendTime(nil, a.Value.Time())))
-	case a.Key == KeyDuration && a.Value.Kind() == slog.KindDuration:
-		return slog.Float64(KeyDuration, durationMillis(a.Value.Duration()))
+	case (a.Key == KeyDuration || a.Key == KeyConnect) && a.Value.Kind() == slog.KindDuration:
+		return slog.Float64(a.Key, durationMillis(a.Value.Duration()))
 	}
 	return a
 }
@@ -158,6 +158,8 @@ func appendConn(b []byte, r slog.Record) []byte {
 			if a.Value.String() != listener {
 				extra = append(extra, a)
 			}
+		case KeyConnect:
+			extra = append(extra, slog.Duration("connect", a.Value.Duration()))
 		default:
 			extra = append(extra, a)
 		}

@@ -43,6 +43,12 @@ type Conn struct {
 	Up       int64 // bytes client → backend
 	Down     int64 // bytes backend → client
 	Status   Status
+	// Connect is the time from accept until a backend answered; zero
+	// when none did.
+	Connect time.Duration
+	// ClosedBy says which side ended the connection first: "client",
+	// "backend" or "pj" (timeouts, shutdown, admin, failures).
+	ClosedBy string
 	// Relay names the data path used ("splice", "copy"); empty if none ran.
 	Relay string
 	// Err is what ended the connection early, if anything; logged as a field.
@@ -71,6 +77,12 @@ func Log(ctx context.Context, l *slog.Logger, c *Conn) {
 		slog.Int64(KeyBytesDown, c.Down),
 		slog.String("proxy", c.Proxy),
 	)
+	if c.Connect > 0 {
+		r.AddAttrs(slog.Duration(KeyConnect, c.Connect))
+	}
+	if c.ClosedBy != "" {
+		r.AddAttrs(slog.String(KeyClosedBy, c.ClosedBy))
+	}
 	if c.Err != nil {
 		r.AddAttrs(slog.String("error", c.Err.Error()))
 	}
@@ -90,4 +102,6 @@ const (
 	KeyDuration  = "duration_ms"
 	KeyBytesUp   = "bytes_up"
 	KeyBytesDown = "bytes_down"
+	KeyConnect   = "connect_ms" // "connect=" in text
+	KeyClosedBy  = "closed_by"
 )

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/observe"
 )
 
 // Proxy is what a listener's connections need to know about their proxy.
@@ -18,6 +19,9 @@ type Proxy struct {
 	Pool           *balance.Pool
 	ConnectTimeout time.Duration
 	IdleTimeout    time.Duration
+	// Stats are the proxy's live counters; they carry over a reload that
+	// keeps the proxy's name.
+	Stats *observe.ProxyStats
 }
 
 // Build makes the runtime proxy of c, resolving backend host names (see
@@ -25,8 +29,12 @@ type Proxy struct {
 // same listener: backends that stay keep their state.
 func Build(ctx context.Context, c config.Proxy, r balance.Resolver, prev *Proxy) *Proxy {
 	var prevPool *balance.Pool
+	stats := observe.NewProxyStats()
 	if prev != nil {
 		prevPool = prev.Pool
+		if prev.Name == c.Name {
+			stats = prev.Stats
+		}
 	}
 	return &Proxy{
 		Name:           c.Name,
@@ -34,5 +42,6 @@ func Build(ctx context.Context, c config.Proxy, r balance.Resolver, prev *Proxy)
 		Pool:           balance.NewPool(ctx, c.Backends, r, prevPool),
 		ConnectTimeout: c.ConnectTimeout,
 		IdleTimeout:    c.IdleTimeout,
+		Stats:          stats,
 	}
 }

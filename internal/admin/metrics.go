@@ -1,0 +1,114 @@
+package admin
+
+import (
+	"fmt"
+	"log"
+	"log/slog"
+	"runtime"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/pj-proxy/pj/internal/observe"
+)
+
+// Metric descriptions (CONTRACT.md section 6). The data path keeps plain
+// atomic counters; this collector turns them into metrics at scrape time,
+// so counting costs the proxy nothing more than an atomic add. A removed
+// proxy's series go away with it; a kept one's counters carry over.
+var (
+	descConns = prometheus.NewDesc("pj_connections_total",
+		"Connections that ended, by proxy and how they ended (the status of the log line).",
+		[]string{"proxy", "status"}, nil)
+	descActive = prometheus.NewDesc("pj_active_connections",
+		"Connections open now.", []string{"proxy"}, nil)
+	descBytes = prometheus.NewDesc("pj_bytes_total",
+		"Bytes relayed: up is client to backend, down is backend to client. Counted as delivered, while connections are open.",
+		[]string{"proxy", "direction"}, nil)
+	descDuration = prometheus.NewDesc("pj_connection_duration_seconds",
+		"How long connections lasted, from accept to close.", []string{"proxy"}, nil)
+	descBackendUp = prometheus.NewDesc("pj_backend_up",
+		"1 when the backend may take new connections, 0 when it is down or drained.", []string{"proxy", "backend"}, nil)
+	descBackendActive = prometheus.NewDesc("pj_backend_active_connections",
+		"Connections open to the backend now.", []string{"proxy", "backend"}, nil)
+	descBackendTotal = prometheus.NewDesc("pj_backend_connections_total",
+		"Connections ever relayed to the backend.", []string{"proxy", "backend"}, nil)
+	descConnect = prometheus.NewDesc("pj_backend_connect_seconds",
+		"Time from accepting a client until the backend answered.", []string{"proxy", "backend"}, nil)
+	descReloads = prometheus.NewDesc("pj_config_reloads_total",
+		"Configuration reloads, by result.", []string{"result"}, nil)
+	descBuild = prometheus.NewDesc("pj_build_info",
+		"Always 1; the labels say which build of pj runs.", []string{"version", "goversion"}, nil)
+	descPanics = prometheus.NewDesc("pj_panics_total",
+		"Connections closed because handling them panicked (a bug in pj; the stack is in the log).", nil, nil)
+)
+
+type collector struct {
+	src     Source
+	version string
+}
+
+func newCollector(src Source, version string) *collector {
+	return &collector{src: src, version: version}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descConns, descActive, descBytes, descDuration, descBackendUp,
+		descBackendActive, descBackendTotal, descConnect, descReloads, descBuild, descPanics} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	for _, v := range c.src.Proxies() {
+		p := v.Proxy
+		st := p.Stats
+		for i, s := range observe.Statuses {
+			ch <- prometheus.MustNewConstMetric(descConns, prometheus.CounterValue, float64(st.Conns[i].Load()), p.Name, string(s))
+		}
+		ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(st.Active.Load()), p.Name)
+		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(st.BytesUp.Load()), p.Name, "up")
+		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(st.BytesDown.Load()), p.Name, "down")
+		buckets, count, sum := st.Duration.Snapshot()
+		ch <- prometheus.MustNewConstHistogram(descDuration, count, sum, buckets, p.Name)
+		for _, b := range p.Pool.Backends() {
+			up := 0.0
+			if b.Err == nil && b.Eligible() {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descBackendUp, prometheus.GaugeValue, up, p.Name, b.Address)
+			ch <- prometheus.MustNewConstMetric(descBackendActive, prometheus.GaugeValue, float64(b.Active.Load()), p.Name, b.Address)
+			ch <- prometheus.MustNewConstMetric(descBackendTotal, prometheus.CounterValue, float64(b.Total.Load()), p.Name, b.Address)
+			buckets, count, sum := b.Connect.Snapshot()
+			ch <- prometheus.MustNewConstHistogram(descConnect, count, sum, buckets, p.Name, b.Address)
+		}
+	}
+	ok, failed := c.src.Reloads()
+	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(ok), "success")
+	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(failed), "failure")
+	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, c.version, runtime.Version())
+	ch <- prometheus.MustNewConstMetric(descPanics, prometheus.CounterValue, float64(c.src.Panics()))
+}
+
+// registerRuntime adds the Go runtime and process collectors.
+func registerRuntime(reg *prometheus.Registry) {
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+}
+
+// slogErrorLog routes the errors of net/http and promhttp into pj's log.
+type slogErrorLog struct{ l *slog.Logger }
+
+func (s slogErrorLog) Println(v ...any) {
+	if s.l != nil {
+		s.l.Warn("admin listener", "error", sprint(v...))
+	}
+}
+
+func (s slogErrorLog) logger() *log.Logger {
+	if s.l == nil {
+		return nil
+	}
+	return slog.NewLogLogger(s.l.Handler(), slog.LevelWarn)
+}
+
+func sprint(v ...any) string { return fmt.Sprint(v...) }

@@ -1,0 +1,88 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/pj-proxy/pj/internal/balance"
+	"github.com/pj-proxy/pj/internal/engine"
+	"github.com/pj-proxy/pj/internal/proxy"
+)
+
+// ProxyView is a running proxy as the admin API and the metrics see it.
+type ProxyView struct {
+	Proxy  *proxy.Proxy
+	Listen string // the bound address
+}
+
+// Proxies returns the running proxies, in configuration order.
+func (s *Server) Proxies() []ProxyView {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ProxyView, 0, len(s.entries))
+	for _, e := range s.entries {
+		out = append(out, ProxyView{Proxy: e.ln.Proxy(), Listen: e.ln.Addr()})
+	}
+	return out
+}
+
+// Connections returns the connections open now.
+func (s *Server) Connections() []engine.ConnInfo { return s.eng.Connections() }
+
+// Kill closes one connection; it reports whether it was open.
+func (s *Server) Kill(id uint64) bool { return s.eng.Kill(id) }
+
+// ErrNotFound is returned for a proxy or backend that does not exist.
+var ErrNotFound = errors.New("not found")
+
+// SetBackendState sets the administrative state of a backend of a proxy.
+func (s *Server) SetBackendState(proxyName, backend string, state balance.AdminState) error {
+	for _, v := range s.Proxies() {
+		if v.Proxy.Name != proxyName {
+			continue
+		}
+		for _, b := range v.Proxy.Pool.Backends() {
+			if sameBackend(b, backend) {
+				b.SetAdmin(state)
+				return nil
+			}
+		}
+		return fmt.Errorf("proxy %s has no backend %s: %w", proxyName, backend, ErrNotFound)
+	}
+	return fmt.Errorf("no proxy named %s: %w", proxyName, ErrNotFound)
+}
+
+// sameBackend matches a backend by its address as the API shows it, or by
+// the name it was configured with.
+func sameBackend(b *balance.Backend, addr string) bool {
+	if b.Address == addr || b.Name == addr {
+		return true
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	return err == nil && b.Addr.IsValid() && ap == b.Addr
+}
+
+// Ready says why pj is not ready to serve, or nil when every listener is
+// bound and every proxy has a backend that may take connections.
+func (s *Server) Ready() error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return errors.New("shutting down")
+	}
+	for _, v := range s.Proxies() {
+		ok := false
+		for _, b := range v.Proxy.Pool.Backends() {
+			if b.Err == nil && b.Eligible() {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return fmt.Errorf("proxy %s has no backend that can take connections", v.Proxy.Name)
+		}
+	}
+	return nil
+}
