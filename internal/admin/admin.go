@@ -141,7 +141,7 @@ func (h *handler) proxies(w http.ResponseWriter, _ *http.Request) {
 			BytesUp: p.Stats.BytesUp.Load(), BytesDown: p.Stats.BytesDown.Load(),
 			Backends: []backendJSON{},
 		}
-		for _, b := range p.Pool.Backends() {
+		for _, b := range p.Pool().Backends() {
 			bj := backendJSON{
 				Address: b.Address, State: b.StateName(), Weight: b.Weight, Backup: b.Backup,
 				ActiveConnections: b.Active.Load(), ConnectionsTotal: b.Total.Load(),

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"go.uber.org/goleak"
@@ -214,9 +214,12 @@ func TestProxiesAndMetricsCountExactly(t *testing.T) {
 	}
 	tu.RoundTrip(t, held2, "")
 	var v proxiesJSON
+	// The counts are read while the loops update them: wait until they
+	// have caught up with what the clients saw.
 	tu.WaitFor(t, 10*time.Second, "three finished and two open connections", func() bool {
 		v = p.proxies(t)
-		return v.Proxies[0].ConnectionsTotal == 3 && v.Proxies[0].ActiveConnections == 2
+		pr := v.Proxies[0]
+		return pr.ConnectionsTotal == 3 && pr.ActiveConnections == 2 && pr.BytesUp == 115 && pr.BytesDown == 115
 	})
 	pr := v.Proxies[0]
 	if pr.Name != "web" || pr.Balance != "round-robin" || pr.BytesUp != 115 || pr.BytesDown != 115 {
@@ -468,4 +471,3 @@ func TestCountersSurviveReloadAndRemovedSeriesGo(t *testing.T) {
 		t.Fatalf("reloads: %v", got)
 	}
 }
-

@@ -71,7 +71,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(st.BytesDown.Load()), p.Name, "down")
 		buckets, count, sum := st.Duration.Snapshot()
 		ch <- prometheus.MustNewConstHistogram(descDuration, count, sum, buckets, p.Name)
-		for _, b := range p.Pool.Backends() {
+		for _, b := range p.Pool().Backends() {
 			up := 0.0
 			if b.Err == nil && b.Eligible() {
 				up = 1

@@ -149,3 +149,11 @@ func parsePort(s string) (uint16, error) {
 	}
 	return uint16(n), nil
 }
+
+// IsSRV reports whether a backend address is a DNS SRV name
+// (_service._proto.name), whose records give addresses, ports, weights and
+// priorities; such a backend is written without a port.
+func IsSRV(addr string) bool {
+	return strings.HasPrefix(addr, "_") && !strings.Contains(addr, ":") &&
+		(strings.Contains(addr, "._tcp.") || strings.Contains(addr, "._udp.")) && checkHost(addr) == nil
+}

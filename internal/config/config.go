@@ -141,6 +141,10 @@ type Proxy struct {
 	Source string
 }
 
+// MaxWeight bounds a backend's weight. Weights are relative: 1000 levels
+// are plenty, and the bound keeps the weighted schedules small.
+const MaxWeight = 1000
+
 // Backend is one configured backend.
 type Backend struct {
 	Address string // HOST:PORT; HOST may be a DNS name or an SRV name
@@ -249,7 +253,9 @@ func (c *Config) Validate() error {
 		backends := make(map[string]bool, len(p.Backends))
 		for j := range p.Backends {
 			b := &p.Backends[j]
-			if host, port, err := SplitHostPort(b.Address); err != nil {
+			if IsSRV(b.Address) {
+				// an SRV name: ports come from its records
+			} else if host, port, err := SplitHostPort(b.Address); err != nil {
 				add("%s: backend: %v", where, err)
 			} else if host == "" || port == 0 {
 				add("%s: backend %q: needs a host and a port from 1 to 65535", where, b.Address)
@@ -263,6 +269,9 @@ func (c *Config) Validate() error {
 			}
 			if b.Weight < 0 {
 				add("%s: backend %s: weight %d must be at least 1", where, b.Address, b.Weight)
+			}
+			if b.Weight > MaxWeight {
+				add("%s: backend %s: weight %d is more than %d; weights are relative, so scale them down", where, b.Address, b.Weight, MaxWeight)
 			}
 		}
 		key := listenKey(p.Listen)
@@ -417,20 +426,6 @@ func checkSettings(where string, isDefaults bool, s *Settings, d Settings, add f
 // notYetSupportedGlobal).
 func notYetSupported(s *Settings) []string {
 	var out []string
-	if s.Balance != RoundRobin && validBalance(s.Balance) {
-		out = append(out, "balance "+s.Balance)
-	}
-	if s.HealthCheck.Explicit && s.HealthCheck.Interval > 0 { // interval 0s turns checks off: nothing to support
-		out = append(out, "health_check")
-	}
-	// Names are resolved once, at start-up; the built-in refresh
-	// interval cannot be told from one written in a file.
-	if s.DNSRefresh != 0 && s.DNSRefresh != Default().Defaults.DNSRefresh {
-		out = append(out, "dns_refresh")
-	}
-	if s.Resolver != "" {
-		out = append(out, "resolver")
-	}
 	if s.MaxConnections != 0 || s.MaxConnectionsPerClient != 0 {
 		out = append(out, "max_connections")
 	}

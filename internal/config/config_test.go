@@ -439,3 +439,34 @@ func TestValidationErrorText(t *testing.T) {
 		t.Errorf("a wrapped ValidationError is not found by errors.As / errors.Is")
 	}
 }
+
+func TestValidateWeightBounds(t *testing.T) {
+	for _, tc := range []struct {
+		weight int
+		ok     bool
+	}{{1, true}, {config.MaxWeight, true}, {config.MaxWeight + 1, false}} {
+		c := withProxies(t, "0.0.0.0:8080:10.0.0.1:80")
+		c.Proxies[0].Settings = c.Defaults
+		c.Proxies[0].Backends[0].Weight = tc.weight
+		if err := c.Validate(); (err == nil) != tc.ok {
+			t.Errorf("weight %d: Validate = %v, want ok=%v", tc.weight, err, tc.ok)
+		}
+	}
+}
+
+func TestSRVBackendsHaveNoPort(t *testing.T) {
+	cfg, err := config.Decode("pj.yaml", []byte("proxies:\n  - listen: \"127.0.0.1:9000\"\n    backends: [\"_api._tcp.web.example\"]\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("an SRV backend without a port: %v", err)
+	}
+	if got := cfg.Proxies[0].Backends[0].Address; got != "_api._tcp.web.example" {
+		t.Fatalf("backend %q", got)
+	}
+	_, err = config.Decode("pj.yaml", []byte("proxies:\n  - listen: \"127.0.0.1:9000\"\n    backends: [\"web.example\"]\n"), nil)
+	if err == nil || !strings.Contains(err.Error(), "or an SRV name") {
+		t.Fatalf("a plain name without a port: %v; want an error that mentions SRV names", err)
+	}
+}

@@ -375,7 +375,8 @@ func (d *decoder) prefixes(n *node, path string) ([]netip.Prefix, bool) {
 
 // address reads HOST:PORT. A listen address may have an empty host (every
 // interface) and port 0 (ephemeral); a backend needs both.
-func (d *decoder) address(n *node, path string, listen bool) (string, bool) {
+// srvOK admits an SRV name (backends only).
+func (d *decoder) address(n *node, path string, listen, srvOK bool) (string, bool) {
 	s, ok := d.str(n, path)
 	if !ok {
 		return "", false
@@ -383,6 +384,12 @@ func (d *decoder) address(n *node, path string, listen bool) (string, bool) {
 	example := "10.0.0.1:80"
 	if listen {
 		example = "0.0.0.0:8080"
+	}
+	if srvOK && IsSRV(s) {
+		return s, true // an SRV name: its records give the ports
+	}
+	if srvOK {
+		example += ", or an SRV name such as _http._tcp.web.example"
 	}
 	host, port, err := SplitHostPort(s)
 	switch {
@@ -427,7 +434,7 @@ func (d *decoder) file(root *node) decoded {
 		"admin": func(v *node, path string) {
 			d.object(v, path, handlers{
 				"listen": func(v *node, path string) {
-					if s, ok := d.address(v, path, true); ok {
+					if s, ok := d.address(v, path, true, false); ok {
 						c.Admin.Listen = s
 					}
 				},
@@ -508,7 +515,7 @@ func (d *decoder) proxy(n *node, path string) (fileProxy, bool) {
 		},
 		"listen": func(v *node, path string) {
 			hasListen = true
-			if s, ok := d.address(v, path, true); ok {
+			if s, ok := d.address(v, path, true, false); ok {
 				p.Listen = s
 			}
 		},
@@ -552,7 +559,7 @@ func (d *decoder) backend(n *node, path string) (Backend, bool) {
 	b := Backend{Weight: 1}
 	switch n.kind {
 	case kindString:
-		addr, ok := d.address(n, path, false)
+		addr, ok := d.address(n, path, false, true)
 		b.Address = addr
 		return b, ok
 	case kindMap:
@@ -564,7 +571,7 @@ func (d *decoder) backend(n *node, path string) (Backend, bool) {
 	d.object(n, path, handlers{
 		"address": func(v *node, path string) {
 			hasAddress = true
-			addr, aok := d.address(v, path, false)
+			addr, aok := d.address(v, path, false, true)
 			b.Address, ok = addr, ok && aok
 		},
 		"weight": func(v *node, path string) {
@@ -625,7 +632,7 @@ func (d *decoder) settings(p *patch, hs handlers) handlers {
 	hs["idle_timeout"] = dur("idle_timeout", nonNegative, func(s *Settings, t time.Duration) { s.IdleTimeout = t })
 	hs["dns_refresh"] = dur("dns_refresh", nonNegative, func(s *Settings, t time.Duration) { s.DNSRefresh = t })
 	hs["resolver"] = func(v *node, path string) {
-		if r, ok := d.address(v, path, false); ok {
+		if r, ok := d.address(v, path, false, false); ok {
 			p.set("resolver", func(s *Settings) { s.Resolver = r })
 		}
 	}

@@ -516,7 +516,7 @@ resolver = "10.0.0.53"
 			yamlWant: []string{
 				`pj.yaml:3: proxies[0].listen: "0.0.0.0": missing :PORT after the host (expected HOST:PORT, e.g. 0.0.0.0:8080)`,
 				`pj.yaml:4: proxies[0].backends[0]: "10.0.0.1:0": port 0 is not a port one can connect to`,
-				`pj.yaml:4: proxies[0].backends[1]: ":80" has no host (expected HOST:PORT, e.g. 10.0.0.1:80)`,
+				`pj.yaml:4: proxies[0].backends[1]: ":80" has no host (expected HOST:PORT, e.g. 10.0.0.1:80, or an SRV name such as _http._tcp.web.example)`,
 				`pj.yaml:4: proxies[0].backends[2].weight: 0 must be at least 1`,
 				`pj.yaml:5: proxies[1].name: must not be empty (leave it out to name the proxy after its listen address)`,
 				`pj.yaml:5: proxies[1]: listen is missing (the address to accept connections on, e.g. listen: 0.0.0.0:8080)`,
@@ -535,7 +535,7 @@ backends = []
 			tomlWant: []string{
 				`pj.toml:3: proxies[0].listen: "0.0.0.0": missing :PORT after the host (expected HOST:PORT, e.g. 0.0.0.0:8080)`,
 				`pj.toml:4: proxies[0].backends[0]: "10.0.0.1:0": port 0 is not a port one can connect to`,
-				`pj.toml:4: proxies[0].backends[1]: ":80" has no host (expected HOST:PORT, e.g. 10.0.0.1:80)`,
+				`pj.toml:4: proxies[0].backends[1]: ":80" has no host (expected HOST:PORT, e.g. 10.0.0.1:80, or an SRV name such as _http._tcp.web.example)`,
 				`pj.toml:4: proxies[0].backends[2].weight: 0 must be at least 1`,
 				`pj.toml:5: proxies[1]: listen is missing (the address to accept connections on, e.g. listen: 0.0.0.0:8080)`,
 				`pj.toml:5: proxies[1]: backends is missing (the list of HOST:PORT to relay to)`,
@@ -820,10 +820,8 @@ proxies:
 `,
 			want: []string{
 				`pj.yaml: defaults: rate_limit: burst must be at least 1 when per_client is set`,
-				`pj.yaml: defaults: balance least-conn is not supported by this version of pj yet`,
 				`pj.yaml: defaults: rate_limit is not supported by this version of pj yet`,
 				`pj.yaml:6: proxy "0.0.0.0:80": accept_proxy_protocol: trusted lists no address ranges; list those of the load balancers whose PROXY headers pj may believe`,
-				`pj.yaml:6: proxy "0.0.0.0:80": health_check is not supported by this version of pj yet`,
 				`pj.yaml:6: proxy "0.0.0.0:80": proxy_protocol is not supported by this version of pj yet`,
 			},
 		},

@@ -80,6 +80,7 @@ type conn struct {
 	err      error // last connect error
 
 	counted    bool  // backend.Active includes this connection
+	reached    bool  // the backend answered
 	connectDur int64 // nanoseconds from accept to connected
 	lastActive int64 // loop clock of the last byte moved
 	timerAt    int64 // deadline of the armed timer; 0 if none
@@ -124,7 +125,7 @@ func (l *loop) openConn(fd int, ln *Listener, client netip.AddrPort) {
 	if l.e.onOpen != nil {
 		l.e.onOpen()
 	}
-	c.order = p.Pool.Start(client.Addr())
+	c.order = p.Pool().Start(client.Addr())
 	c.deadline = l.now + int64(p.ConnectTimeout)
 	l.connectNext(c)
 }
@@ -180,6 +181,7 @@ func (l *loop) dial(c *conn) bool {
 	if err != nil && err != unix.EINPROGRESS {
 		_ = unix.Close(fd)
 		c.err = fmt.Errorf("connect to %s: %w", b.Address, err)
+		l.observe(c, balance.Result{Err: c.err, Passive: true})
 		return false
 	}
 	if rerr := l.register(fd, c.gen); rerr != nil {
@@ -189,6 +191,10 @@ func (l *loop) dial(c *conn) bool {
 	}
 	c.bfd = int32(fd)
 	l.setConn(fd, c)
+	// A connection counts as active on its backend from the start of the
+	// attempt, so that least-conn sees connections still being opened.
+	b.Active.Add(1)
+	c.counted = true
 	if err == nil {
 		l.connected(c)
 		return true
@@ -229,11 +235,26 @@ func (l *loop) connectEvent(c *conn, events uint32) {
 	l.connectNext(c)
 }
 
+// dropBackend abandons a failed connect attempt: its socket is closed and
+// the failure counts towards the backend's fall (passive health check).
 func (l *loop) dropBackend(c *conn) {
 	l.clearConn(int(c.bfd))
 	_ = unix.Close(int(c.bfd)) // a failed attempt: nothing was sent on it
 	c.bfd = -1
 	c.ready &^= bReadable | bWritable | bHup
+	if c.counted {
+		c.backend.Active.Add(-1)
+		c.counted = false
+	}
+	l.observe(c, balance.Result{Err: c.err, Passive: true})
+}
+
+// observe records a passive health observation of c's backend.
+func (l *loop) observe(c *conn, r balance.Result) {
+	h := c.proxy.Health
+	if tr, changed := c.backend.Observe(r, h.Rise, h.Fall); changed {
+		balance.LogTransition(l.e.log, c.proxy.Name, c.backend, tr)
+	}
 }
 
 func (l *loop) connected(c *conn) {
@@ -241,10 +262,10 @@ func (l *loop) connected(c *conn) {
 	c.err = nil
 	c.order = balance.Order{}
 	c.ready |= bWritable
-	c.backend.Active.Add(1)
 	c.backend.Total.Add(1)
-	c.counted = true
+	c.reached = true
 	c.connectDur = int64(l.wall.Sub(c.accepted))
+	l.observe(c, balance.Result{OK: true, Passive: true})
 	c.backend.Connect.Observe(time.Duration(c.connectDur))
 	c.lastActive = l.now
 	c.timerAt = 0
@@ -551,9 +572,6 @@ func (l *loop) abort(c *conn, err error) {
 	case errors.As(err, new(*PanicError)):
 		status = observe.StatusError
 	}
-	if c.state == stateConnecting && status == observe.StatusShutdown {
-		c.backend = nil // no backend was reached
-	}
 	var se *sideErr
 	if errors.As(err, &se) && c.closedBy == sideNone {
 		c.closedBy = se.side
@@ -615,7 +633,7 @@ func (l *loop) logConn(c *conn, status observe.Status, err error) {
 		Relay:    modeCopy,
 		ClosedBy: c.closedBy.String(),
 	}
-	if c.counted {
+	if c.reached {
 		rec.Connect = time.Duration(c.connectDur)
 	}
 	if rec.ClosedBy == "" {
@@ -624,7 +642,9 @@ func (l *loop) logConn(c *conn, status observe.Status, err error) {
 	if c.spliced {
 		rec.Relay = modeSplice
 	}
-	if c.backend != nil {
+	// The backend field names the backend reached, or for a failed
+	// connect the last one tried.
+	if c.backend != nil && (c.reached || status == observe.StatusConnectFailed) {
 		rec.Backend = c.backend.Address
 	}
 	if status == observe.StatusOK || status == observe.StatusTimeout || status == observe.StatusShutdown {

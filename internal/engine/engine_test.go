@@ -16,7 +16,6 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
-	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
@@ -72,8 +71,9 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 	if o.connect == 0 {
 		o.connect = 5 * time.Second
 	}
-	p := &proxy.Proxy{Name: "test", Balance: config.RoundRobin, ConnectTimeout: o.connect, IdleTimeout: o.idle,
-		Pool: balance.NewPool(context.Background(), cbs, net.DefaultResolver, nil), Stats: observe.NewProxyStats()}
+	pc := config.Proxy{Name: "test", Backends: cbs, Settings: config.Default().Defaults}
+	pc.ConnectTimeout, pc.IdleTimeout = o.connect, o.idle
+	p := proxy.Build(context.Background(), pc, log, nil)
 
 	gln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {

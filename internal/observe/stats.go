@@ -34,9 +34,9 @@ func StatusIndex(s Status) int {
 type ProxyStats struct {
 	Active    atomic.Int64
 	Conns     [numStatuses]atomic.Uint64 // by StatusIndex
-	BytesUp   atomic.Uint64     // client → backend, as delivered
-	BytesDown atomic.Uint64     // backend → client
-	Duration  Histogram         // of finished connections, seconds
+	BytesUp   atomic.Uint64              // client → backend, as delivered
+	BytesDown atomic.Uint64              // backend → client
+	Duration  Histogram                  // of finished connections, seconds
 }
 
 // NewProxyStats returns zeroed counters with the duration buckets.

@@ -84,7 +84,10 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 		next[bindSlot[j]] = e
 	}
 	for i, p := range s.build(kept, prev) {
+		old := kept[i].ln.Proxy()
 		kept[i].ln.SetProxy(p)
+		old.Backends.Stop()
+		p.Backends.Start()
 	}
 	for _, e := range old {
 		s.retire(e, cfg.GracePeriod)
@@ -104,6 +107,7 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 // connections may run for the grace period, then they are cut.
 func (s *Server) retire(e *entry, grace time.Duration) {
 	s.eng.CloseListener(e.ln)
+	e.ln.Proxy().Backends.Stop()
 	if n := s.eng.Active(); n > 0 {
 		s.log.Info("stopped listening; its open connections may finish", "proxy", e.cfg.Name,
 			"address", e.ln.Addr(), "grace_period", grace.String())

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/testutil"
 )
 
@@ -29,7 +29,11 @@ func run(t *testing.T, cfg config.Config) *running {
 		t.Fatal(err)
 	}
 	logs := new(testutil.Buffer)
-	s, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	log, err := observe.NewLogger(logs, "text", "info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, Options{Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +251,7 @@ func TestBackendStateSurvivesReload(t *testing.T) {
 	}
 	totals := map[string]uint64{}
 	r.s.mu.Lock()
-	for _, be := range r.s.entries[0].ln.Proxy().Pool.Backends() {
+	for _, be := range r.s.entries[0].ln.Proxy().Pool().Backends() {
 		totals[be.Address] = be.Total.Load()
 	}
 	r.s.mu.Unlock()

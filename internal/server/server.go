@@ -125,6 +125,9 @@ func (s *Server) open(proxies []config.Proxy, prev map[string]*proxy.Proxy) ([]*
 			return nil, fmt.Errorf("proxy %s: %w", entries[i].cfg.Name, err)
 		}
 	}
+	for _, p := range runtimes {
+		p.Backends.Start()
+	}
 	return entries, nil
 }
 
@@ -134,12 +137,7 @@ func (s *Server) build(entries []*entry, prev map[string]*proxy.Proxy) []*proxy.
 	defer cancel()
 	out := make([]*proxy.Proxy, len(entries))
 	for i, e := range entries {
-		out[i] = proxy.Build(ctx, e.cfg, net.DefaultResolver, prev[e.cfg.Name])
-		for _, b := range out[i].Pool.Backends() {
-			if b.Err != nil {
-				s.log.Warn("backend does not resolve; connections to it will fail", "proxy", e.cfg.Name, "backend", b.Name, "error", b.Err.Error())
-			}
-		}
+		out[i] = proxy.Build(ctx, e.cfg, s.log, prev[e.cfg.Name])
 	}
 	return out
 }
@@ -244,6 +242,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.closed = true
 	for _, e := range s.entries {
 		s.eng.CloseListener(e.ln)
+		e.ln.Proxy().Backends.Stop()
 	}
 	s.entries = nil
 	grace := s.cfg.GracePeriod
@@ -276,12 +275,12 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) logListening(e *entry) {
 	p := e.ln.Proxy()
 	s.log.Info("listening", "proxy", p.Name, "address", e.ln.Addr(),
-		"backends", strings.Join(backendAddrs(p), ","), "balance", p.Balance)
+		"backends", strings.Join(backendAddrs(p), ","), "balance", p.Balance, "health_checks", p.Backends.ChecksEnabled())
 }
 
 func backendAddrs(p *proxy.Proxy) []string {
 	var addrs []string
-	for _, b := range p.Pool.Backends() {
+	for _, b := range p.Pool().Backends() {
 		addrs = append(addrs, b.Address)
 	}
 	return addrs
@@ -295,6 +294,7 @@ func (s *Server) Close() {
 	s.closed = true
 	for _, e := range s.entries {
 		s.eng.CloseListener(e.ln)
+		e.ln.Proxy().Backends.Stop()
 	}
 	s.entries = nil
 	s.eng.Close()

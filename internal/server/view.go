@@ -42,7 +42,7 @@ func (s *Server) SetBackendState(proxyName, backend string, state balance.AdminS
 		if v.Proxy.Name != proxyName {
 			continue
 		}
-		for _, b := range v.Proxy.Pool.Backends() {
+		for _, b := range v.Proxy.Pool().Backends() {
 			if sameBackend(b, backend) {
 				b.SetAdmin(state)
 				return nil
@@ -74,7 +74,7 @@ func (s *Server) Ready() error {
 	}
 	for _, v := range s.Proxies() {
 		ok := false
-		for _, b := range v.Proxy.Pool.Backends() {
+		for _, b := range v.Proxy.Pool().Backends() {
 			if b.Err == nil && b.Eligible() {
 				ok = true
 				break

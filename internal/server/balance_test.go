@@ -1,0 +1,270 @@
+package server
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/testutil"
+)
+
+// checked is a proxy with fast active health checks.
+func checked(p config.Proxy, send, expect string) config.Proxy {
+	p.HealthCheck = config.HealthCheck{Interval: 40 * time.Millisecond, Timeout: 200 * time.Millisecond,
+		Rise: 2, Fall: 3, Send: send, Expect: expect, Explicit: true}
+	return p
+}
+
+// askMany asks addr n times and counts the answers; any failure fails
+// the test.
+func askMany(t *testing.T, addr string, n int) map[string]int {
+	t.Helper()
+	counts := map[string]int{}
+	for i := range n {
+		got, err := ask(addr)
+		if err != nil {
+			t.Fatalf("connection %d of %d failed: %v", i+1, n, err)
+		}
+		counts[got]++
+	}
+	return counts
+}
+
+func stateOf(r *running, proxy, backend string) string {
+	for _, v := range r.s.Proxies() {
+		if v.Proxy.Name != proxy {
+			continue
+		}
+		for _, b := range v.Proxy.Pool().Backends() {
+			if b.Address == backend {
+				return b.StateName()
+			}
+		}
+	}
+	return "missing"
+}
+
+func TestHealthChecksTakeABackendOutAndBringItBack(t *testing.T) {
+	lnA := testutil.Listen(t, "tcp4")
+	a := lnA.Addr().String()
+	testutil.Serve(t, lnA, func(c net.Conn) { _, _ = io.WriteString(c, "a") })
+	b := identify(t, "b")
+	x := testutil.ClosedAddr(t)
+	r := run(t, cfgOf(time.Minute, checked(named("web", x, a, b), "", "")))
+
+	if got := askMany(t, x, 4); got["a"] != 2 || got["b"] != 2 {
+		t.Fatalf("answers %v, want a and b in turn", got)
+	}
+	_ = lnA.Close() // a dies
+	line := r.logs.WaitLines(t, "backend "+a+" of web is down", 1)[0]
+	if !strings.Contains(line, "connect: connection refused (3 of 3 checks failed)") {
+		t.Fatalf("down line %q does not say why", line)
+	}
+	if got := stateOf(r, "web", a); got != "down" {
+		t.Fatalf("API state %q", got)
+	}
+	if got := askMany(t, x, 6); got["b"] != 6 {
+		t.Fatalf("answers %v while a is down, want only b", got)
+	}
+
+	// a comes back on the same address: up again after rise (2) checks.
+	again, err := net.Listen("tcp4", a)
+	if err != nil {
+		t.Fatalf("listen again on %s: %v", a, err)
+	}
+	t.Cleanup(func() { _ = again.Close() })
+	testutil.Serve(t, again, func(c net.Conn) { _, _ = io.WriteString(c, "a") })
+	line = r.logs.WaitLines(t, "backend "+a+" of web is up", 1)[0]
+	if !strings.Contains(line, "2 of 2 checks passed") {
+		t.Fatalf("up line %q", line)
+	}
+	if got := askMany(t, x, 4); got["a"] != 2 {
+		t.Fatalf("answers %v after a came back, want a in turn again", got)
+	}
+	if n := len(r.logs.Lines("of web is down")); n != 1 {
+		t.Fatalf("%d down lines: a state change is logged once", n)
+	}
+}
+
+func TestNoClientFailsWhileOneOfThreeBackendsIsDead(t *testing.T) {
+	dead := testutil.ClosedAddr(t)
+	b, c := identify(t, "b"), identify(t, "c")
+	x := testutil.ClosedAddr(t)
+	p := named("web", x, b, dead, c)
+	p.HealthCheck.Interval = 0 // passive checks only
+	r := run(t, cfgOf(time.Minute, p))
+	const clients, each = 4, 50
+	var wg sync.WaitGroup
+	errs := make(chan error, clients*each)
+	for range clients {
+		wg.Go(func() {
+			for range each {
+				if _, err := ask(x); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("a client saw a failure: %v", err)
+	}
+	// Failed connects counted towards fall: the dead backend is out.
+	line := r.logs.WaitLines(t, "backend "+dead+" of web is down", 1)[0]
+	if !strings.Contains(line, "3 connection attempts in a row failed") {
+		t.Fatalf("line %q", line)
+	}
+}
+
+func TestBackupsOnlyWhenNoPrimaryIsHealthy(t *testing.T) {
+	lnA := testutil.Listen(t, "tcp4")
+	a := lnA.Addr().String()
+	testutil.Serve(t, lnA, func(c net.Conn) { _, _ = io.WriteString(c, "a") })
+	spare := identify(t, "spare")
+	x := testutil.ClosedAddr(t)
+	p := checked(named("web", x, a, spare), "", "")
+	p.Backends[1].Backup = true
+	r := run(t, cfgOf(time.Minute, p))
+	if got := askMany(t, x, 5); got["a"] != 5 {
+		t.Fatalf("answers %v: a backup must not be used while a primary is healthy", got)
+	}
+	_ = lnA.Close()
+	r.logs.WaitLines(t, "of web is down", 1)
+	if got := askMany(t, x, 5); got["spare"] != 5 {
+		t.Fatalf("answers %v with the primary down, want the backup", got)
+	}
+}
+
+// redis answers PING with +PONG, like the server the send/expect check
+// is modelled on; bad answers -ERR.
+func redis(t *testing.T, reply string) string {
+	t.Helper()
+	ln := testutil.Listen(t, "tcp4")
+	testutil.Serve(t, ln, func(c net.Conn) {
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err == nil && line == "PING\r\n" {
+			_, _ = io.WriteString(c, reply)
+		}
+	})
+	return ln.Addr().String()
+}
+
+func TestSendExpectAndTheLastResort(t *testing.T) {
+	good, bad := redis(t, "+PONG\r\n"), redis(t, "-ERR not ready\r\n")
+	x, y := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
+	r := run(t, cfgOf(time.Minute,
+		checked(named("cache", x, good, bad), "PING\r\n", "+PONG"),
+		checked(named("broken", y, bad), "PING\r\n", "+PONG")))
+	line := r.logs.WaitLines(t, "backend "+bad+" of cache is down", 1)[0]
+	if !strings.Contains(line, `expect: the reply "-ERR`) || !strings.Contains(line, `does not start with "+PONG"`) {
+		t.Fatalf("down line %q does not say what was wrong", line)
+	}
+	if got := stateOf(r, "cache", good); got != "up" {
+		t.Fatalf("the good backend is %s", got)
+	}
+	// Every backend of "broken" fails its checks, yet it accepts
+	// connections: as a last resort (checks can be wrong) pj still tries
+	// it, and the client gets through.
+	r.logs.WaitLines(t, "of broken is down", 1)
+	c := testutil.Dial(t, y)
+	if _, err := io.WriteString(c, "PING\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := bufio.NewReader(c).ReadString('\n'); err != nil || got != "-ERR not ready\r\n" {
+		t.Fatalf("last resort: read %q, %v", got, err)
+	}
+}
+
+func TestDNSChangesMoveConnections(t *testing.T) {
+	dns := testutil.StartDNS(t)
+	// Two backends on the same port of two loopback addresses.
+	one := testutil.Listen(t, "tcp4")
+	port := one.Addr().(*net.TCPAddr).Port
+	two, err := net.Listen("tcp4", net.JoinHostPort("127.0.0.2", itoa(port)))
+	if err != nil {
+		t.Skipf("127.0.0.2 is not usable here: %v", err)
+	}
+	t.Cleanup(func() { _ = two.Close() })
+	testutil.Serve(t, one, func(c net.Conn) { _, _ = io.WriteString(c, "one") })
+	testutil.Serve(t, two, func(c net.Conn) { _, _ = io.WriteString(c, "two") })
+
+	dns.SetIPs("web.pj.test", "127.0.0.1")
+	x := testutil.ClosedAddr(t)
+	p := named("web", x, "web.pj.test:"+itoa(port))
+	p.Resolver = dns.Addr
+	p.DNSRefresh = 30 * time.Millisecond
+	r := run(t, cfgOf(time.Minute, p))
+	if got := askMany(t, x, 3); got["one"] != 3 {
+		t.Fatalf("answers %v, want one", got)
+	}
+
+	dns.SetIPs("web.pj.test", "127.0.0.2") // the record changes
+	testutil.WaitFor(t, 10*time.Second, "connections to move to the new address", func() bool {
+		got, err := ask(x)
+		return err == nil && got == "two"
+	})
+	r.logs.WaitLines(t, "backends changed after a DNS lookup", 1)
+
+	dns.SetIPs("web.pj.test", "127.0.0.1", "127.0.0.2") // scaled to two
+	testutil.WaitFor(t, 10*time.Second, "both addresses to be backends", func() bool {
+		got := askMany(t, x, 4)
+		return got["one"] == 2 && got["two"] == 2
+	})
+
+	// The DNS server loses the name: the last answer is kept.
+	dns.SetIPs("other.pj.test", "127.0.0.9")
+	dns.Remove("web.pj.test")
+	r.logs.WaitLines(t, "backend lookup failed; keeping its last known addresses", 1)
+	if got := askMany(t, x, 4); got["one"] != 2 || got["two"] != 2 {
+		t.Fatalf("answers %v after a failed lookup; the pool must stay", got)
+	}
+}
+
+func TestSRVRecordsGiveBackendsAndBackups(t *testing.T) {
+	dns := testutil.StartDNS(t)
+	lnMain := testutil.Listen(t, "tcp4")
+	testutil.Serve(t, lnMain, func(c net.Conn) { _, _ = io.WriteString(c, "main") })
+	spare := identify(t, "spare")
+	mainPort := lnMain.Addr().(*net.TCPAddr).Port
+	_, sparePort, _ := net.SplitHostPort(spare)
+	dns.SetIPs("main.pj.test", "127.0.0.1")
+	dns.SetIPs("spare.pj.test", "127.0.0.1")
+	dns.SetSRV("_app._tcp.pj.test",
+		net.SRV{Target: "main.pj.test", Port: uint16(mainPort), Priority: 10, Weight: 5},
+		net.SRV{Target: "spare.pj.test", Port: uint16(atoi(t, sparePort)), Priority: 20, Weight: 1})
+	x := testutil.ClosedAddr(t)
+	p := checked(named("app", x, "_app._tcp.pj.test"), "", "")
+	p.Resolver = dns.Addr
+	r := run(t, cfgOf(time.Minute, p))
+	bs := r.s.Proxies()[0].Proxy.Pool().Backends()
+	if len(bs) != 2 || bs[0].Weight != 5 || bs[0].Backup || !bs[1].Backup {
+		t.Fatalf("backends from SRV: %+v", bs)
+	}
+	if got := askMany(t, x, 3); got["main"] != 3 {
+		t.Fatalf("answers %v, want the priority-10 target", got)
+	}
+	_ = lnMain.Close()
+	r.logs.WaitLines(t, "of app is down", 1)
+	if got := askMany(t, x, 3); got["spare"] != 3 {
+		t.Fatalf("answers %v with the main target down, want the higher priority number as a backup", got)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

@@ -1,0 +1,139 @@
+package testutil
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+// DNS is a tiny authoritative DNS server on UDP loopback for tests of
+// backend discovery: it answers A, AAAA and SRV questions from tables the
+// test changes while it runs, and NXDOMAIN for names it does not know.
+type DNS struct {
+	Addr string // HOST:PORT to use as a resolver
+
+	mu   sync.Mutex
+	ips  map[string][]netip.Addr
+	srvs map[string][]net.SRV
+}
+
+// StartDNS starts a DNS server; it stops at the end of the test.
+func StartDNS(t testing.TB) *DNS {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen udp: %v", err)
+	}
+	d := &DNS{Addr: pc.LocalAddr().String(), ips: map[string][]netip.Addr{}, srvs: map[string][]net.SRV{}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return // closed
+			}
+			if resp := d.answer(buf[:n]); resp != nil {
+				_, _ = pc.WriteTo(resp, from)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		_ = pc.Close()
+		<-done
+	})
+	return d
+}
+
+// SetIPs makes name resolve to addrs (A and AAAA records).
+func (d *DNS) SetIPs(name string, addrs ...string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var ips []netip.Addr
+	for _, a := range addrs {
+		ips = append(ips, netip.MustParseAddr(a))
+	}
+	d.ips[fqdn(name)] = ips
+}
+
+// Remove forgets name: questions about it get NXDOMAIN.
+func (d *DNS) Remove(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.ips, fqdn(name))
+	delete(d.srvs, fqdn(name))
+}
+
+// SetSRV makes name have the SRV records recs.
+func (d *DNS) SetSRV(name string, recs ...net.SRV) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.srvs[fqdn(name)] = recs
+}
+
+func fqdn(name string) string {
+	if strings.HasSuffix(name, ".") {
+		return strings.ToLower(name)
+	}
+	return strings.ToLower(name) + "."
+}
+
+func (d *DNS) answer(req []byte) []byte {
+	var p dnsmessage.Parser
+	h, err := p.Start(req)
+	if err != nil {
+		return nil
+	}
+	q, err := p.Question()
+	if err != nil {
+		return nil
+	}
+	name := strings.ToLower(q.Name.String())
+	d.mu.Lock()
+	ips, knownIP := d.ips[name]
+	srvs, knownSRV := d.srvs[name]
+	d.mu.Unlock()
+
+	rh := dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired}
+	if !knownIP && !knownSRV {
+		rh.RCode = dnsmessage.RCodeNameError
+	}
+	b := dnsmessage.NewBuilder(nil, rh)
+	b.EnableCompression()
+	_ = b.StartQuestions()
+	_ = b.Question(q)
+	_ = b.StartAnswers()
+	res := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 1}
+	switch q.Type {
+	case dnsmessage.TypeA:
+		for _, ip := range ips {
+			if ip.Is4() {
+				_ = b.AResource(res, dnsmessage.AResource{A: ip.As4()})
+			}
+		}
+	case dnsmessage.TypeAAAA:
+		for _, ip := range ips {
+			if ip.Is6() {
+				_ = b.AAAAResource(res, dnsmessage.AAAAResource{AAAA: ip.As16()})
+			}
+		}
+	case dnsmessage.TypeSRV:
+		for _, s := range srvs {
+			target, err := dnsmessage.NewName(fqdn(s.Target))
+			if err != nil {
+				continue
+			}
+			_ = b.SRVResource(res, dnsmessage.SRVResource{Priority: s.Priority, Weight: s.Weight, Port: s.Port, Target: target})
+		}
+	}
+	out, err := b.Finish()
+	if err != nil {
+		return nil
+	}
+	return out
+}
