@@ -12,6 +12,8 @@
 #   MODES       subset of: up down lat1 latC conn idle
 #   PJ_BIN      benchmark this pj binary instead of building one from the tree
 #   PJ_BIN_B    a second pj binary, run as target pj-b beside pj (to compare two builds)
+#   (target pj-acl: pj with an allow list of 1000 CIDRs and a per-client rate limit that
+#   the load never reaches: what admission control costs; not in the default TARGETS)
 #   IDLE_CONNS  connections the idle mode holds                   (3000)
 #   HAPROXY_SPLICE  haproxy-splice's option: auto (splice-auto) or always
 #               (splice-request + splice-response)                 (auto)
@@ -36,7 +38,7 @@ HAPROXY_SPLICE=${HAPROXY_SPLICE:-auto}
 TARGET_LIFETIME=${TARGET_LIFETIME:-2h}
 GO=${GO:-go}
 
-all_targets="direct pj pj-b naive haproxy haproxy-splice nginx socat"
+all_targets="direct pj pj-b pj-acl naive haproxy haproxy-splice nginx socat"
 all_modes="up down lat1 latC conn idle"
 nginx_stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
 
@@ -216,13 +218,28 @@ say "backend on 127.0.0.1:$backend_port (PID $backend_pid)"
 
 # --- the targets -----------------------------------------------------------------
 
-read -r -a free_ports <<<"$("$loadgen" ports -n 8)"
+read -r -a free_ports <<<"$("$loadgen" ports -n 9)"
 i=0
 for t in $all_targets; do
 	port[$t]=${free_ports[$i]}
 	i=$((i + 1))
 done
 port[direct]=$backend_port
+
+# write_acl_cfg FILE: pj on port[pj-acl] with 1000 allowed CIDRs (10.x.y.0/24,
+# then 127.0.0.0/8 for the load generator, last in the list) and a per-client
+# rate limit far above what the load reaches.
+write_acl_cfg() {
+	{
+		echo "proxies:"
+		echo "  - listen: \"127.0.0.1:${port[pj-acl]}\""
+		echo "    backends: [\"127.0.0.1:$backend_port\"]"
+		echo "    rate_limit: { per_client: 1000000, burst: 1000000 }"
+		echo "    allow:"
+		for ((i = 0; i < 999; i++)); do echo "      - \"10.$((i / 250)).$((i % 250)).0/24\""; done
+		echo "      - \"127.0.0.0/8\""
+	} >"$1"
+}
 
 write_haproxy_cfg() { # TARGET FILE
 	local splice=""
@@ -303,6 +320,10 @@ start_target() {
 	pj-b)
 		[[ -x $PJ_BIN_B ]] || { say "pj-b needs PJ_BIN_B, an executable pj"; return 1; }
 		cmd=("$PJ_BIN_B" --proxy "127.0.0.1:${port[pj-b]}:127.0.0.1:$backend_port")
+		;;
+	pj-acl)
+		write_acl_cfg "$tmp/pj-acl.yaml"
+		cmd=("$pj" -c "$tmp/pj-acl.yaml")
 		;;
 	haproxy | haproxy-splice)
 		write_haproxy_cfg "$t" "$tmp/$t.cfg"

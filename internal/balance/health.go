@@ -10,6 +10,8 @@ import (
 	"os"
 	"time"
 
+	proxyproto "github.com/pires/go-proxyproto"
+
 	"github.com/pj-proxy/pj/internal/config"
 )
 
@@ -17,7 +19,7 @@ import (
 // check says so, send a payload and expect the reply to start with a given
 // prefix (Redis: send "PING\r\n", expect "+PONG"). The whole probe is
 // bounded by the check's timeout.
-func probe(ctx context.Context, b *Backend, hc config.HealthCheck) error {
+func probe(ctx context.Context, b *Backend, hc config.HealthCheck, version byte) error {
 	if b.Err != nil {
 		return b.Err
 	}
@@ -31,6 +33,13 @@ func probe(ctx context.Context, b *Backend, hc config.HealthCheck) error {
 	defer c.Close()
 	deadline, _ := ctx.Deadline()
 	_ = c.SetDeadline(deadline) // on a fresh connection this cannot fail
+	if hc.SendProxy && version != 0 {
+		// A check has no client: the header says so (v2 LOCAL, v1
+		// UNKNOWN), as HAProxy's check-send-proxy does.
+		if _, err := c.Write(localHeader(version)); err != nil {
+			return probeError("send the PROXY header", err, hc.Timeout)
+		}
+	}
 	if hc.Send != "" {
 		if _, err := io.WriteString(c, hc.Send); err != nil {
 			return probeError("send", err, hc.Timeout)
@@ -92,7 +101,7 @@ func (s *Set) checkLoop(ctx context.Context, b *Backend) {
 		case <-t.C:
 		}
 		if b.Admin() != AdminDown && b.probing.CompareAndSwap(false, true) {
-			err := probe(ctx, b, hc)
+			err := probe(ctx, b, hc, proxyVersion(s.settings.ProxyProtocol))
 			b.probing.Store(false)
 			if ctx.Err() != nil {
 				return // stopped mid-probe: the result says nothing
@@ -108,4 +117,24 @@ func (s *Set) checkLoop(ctx context.Context, b *Backend) {
 // logTransition logs a change of health, once.
 func (s *Set) logTransition(b *Backend, tr Transition) {
 	LogTransition(s.log, s.name, b, tr)
+}
+
+func proxyVersion(s string) byte {
+	switch s {
+	case "v1":
+		return 1
+	case "v2":
+		return 2
+	}
+	return 0
+}
+
+// localHeader is the PROXY protocol header of a connection that relays no
+// client: "PROXY UNKNOWN" in v1, the LOCAL command in v2.
+func localHeader(version byte) []byte {
+	if version == 1 {
+		return []byte("PROXY UNKNOWN\r\n")
+	}
+	h := append([]byte(nil), proxyproto.SIGV2...)
+	return append(h, 0x20, 0x00, 0x00, 0x00) // version 2, LOCAL; unspecified family; no address
 }

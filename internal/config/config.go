@@ -217,9 +217,6 @@ func (c *Config) Validate() error {
 			add("admin listen: %v", err)
 		}
 	}
-	for _, what := range notYetSupportedGlobal(c) {
-		add("%s is not supported by this version of pj yet", what)
-	}
 	defaultsWhere := "" // on the command line, the defaults are the flags
 	if c.File != "" {
 		defaultsWhere = c.File + ": defaults"
@@ -410,48 +407,6 @@ func checkSettings(where string, isDefaults bool, s *Settings, d Settings, add f
 		}
 		checkPrefixes("accept_proxy_protocol trusted", ap.Trusted, dtrusted)
 	}
-	// A feature the defaults already use is reported once, for them.
-	var inDefaults []string
-	if !isDefaults {
-		inDefaults = notYetSupported(&d)
-	}
-	for _, what := range notYetSupported(s) {
-		report(!slices.Contains(inDefaults, what), "%s is not supported by this version of pj yet", what)
-	}
-}
-
-// notYetSupported names the settings that are part of the schema but not
-// yet implemented, so that setting one is an error rather than silently
-// ignored. Whoever implements a feature removes its line here (and from
-// notYetSupportedGlobal).
-func notYetSupported(s *Settings) []string {
-	var out []string
-	if s.MaxConnections != 0 || s.MaxConnectionsPerClient != 0 {
-		out = append(out, "max_connections")
-	}
-	if len(s.Allow) > 0 || len(s.Deny) > 0 {
-		out = append(out, "allow/deny")
-	}
-	if s.RateLimit != (RateLimit{}) {
-		out = append(out, "rate_limit")
-	}
-	if s.Bandwidth != (Bandwidth{}) {
-		out = append(out, "bandwidth")
-	}
-	if s.ProxyProtocol != "" || s.AcceptProxyProtocol != nil {
-		out = append(out, "proxy_protocol")
-	}
-	return out
-}
-
-// notYetSupportedGlobal is notYetSupported for the settings of the whole
-// process, outside defaults and proxies.
-func notYetSupportedGlobal(c *Config) []string {
-	var out []string
-	if c.MaxConnections != 0 {
-		out = append(out, "max_connections for the whole process")
-	}
-	return out
 }
 
 func validBalance(b string) bool {

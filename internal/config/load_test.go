@@ -820,9 +820,7 @@ proxies:
 `,
 			want: []string{
 				`pj.yaml: defaults: rate_limit: burst must be at least 1 when per_client is set`,
-				`pj.yaml: defaults: rate_limit is not supported by this version of pj yet`,
 				`pj.yaml:6: proxy "0.0.0.0:80": accept_proxy_protocol: trusted lists no address ranges; list those of the load balancers whose PROXY headers pj may believe`,
-				`pj.yaml:6: proxy "0.0.0.0:80": proxy_protocol is not supported by this version of pj yet`,
 			},
 		},
 	}

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pj-proxy/pj/internal/admission"
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
@@ -22,6 +23,7 @@ const (
 	stateConnecting connState = iota // dialling a backend
 	stateRelay                       // both sockets open, bytes flowing
 	stateClosed
+	stateHeader // reading a trusted peer's PROXY protocol header
 )
 
 // Readiness bits, remembered between edge-triggered events.
@@ -70,8 +72,11 @@ type conn struct {
 
 	ln       *Listener
 	proxy    *proxy.Proxy
-	client   netip.AddrPort
+	client   netip.AddrPort // from the PROXY header, if a trusted peer sent one
+	local    netip.AddrPort // the address the client connected to; found when needed
 	accepted time.Time
+	clients  *admission.Clients // admitted here: Release at close
+	checkSig bool               // refuse a PROXY header in the first bytes (untrusted peer)
 
 	// connecting
 	order    balance.Order
@@ -84,40 +89,39 @@ type conn struct {
 	connectDur int64 // nanoseconds from accept to connected
 	lastActive int64 // loop clock of the last byte moved
 	timerAt    int64 // deadline of the armed timer; 0 if none
+	throttleAt int64 // when a throttled direction may move again; 0 if none
 
 	up, down dir
 }
 
 // dir is one direction of a relay.
 type dir struct {
-	bytes   atomic.Int64 // delivered to the destination
-	spill   []byte       // read but not yet written (destination was full)
-	pipe    pipe
-	inPipe  int32 // bytes in pipe
-	hasPipe bool
-	bulk    bool // the last read filled the buffer: splice
-	eof     bool // the source has ended
-	done    bool // the FIN has been passed on
+	bytes     atomic.Int64 // delivered to the destination
+	spill     []byte       // read but not yet written (destination was full)
+	uncounted int          // leading bytes of spill that pj wrote itself (a PROXY header)
+	budget    *bucket      // the bandwidth cap; nil: none
+	pipe      pipe
+	inPipe    int32 // bytes in pipe
+	hasPipe   bool
+	bulk      bool // the last read filled the buffer: splice
+	eof       bool // the source has ended
+	done      bool // the FIN has been passed on
 }
 
 // ErrConnectTimeout ends a connect attempt that got no answer in time.
 var ErrConnectTimeout = errors.New("connect timeout")
 
-// openConn starts the life of an accepted connection.
-func (l *loop) openConn(fd int, ln *Listener, client netip.AddrPort) {
-	p := ln.Proxy()
+// openConn starts the life of an accepted connection; accept has counted
+// it in the engine's and the proxy's active connections already.
+func (l *loop) openConn(fd int, ln *Listener, p *proxy.Proxy, client netip.AddrPort) {
 	c := &conn{
 		id: l.e.nextID.Add(1), gen: l.nextGen(), cfd: int32(fd), bfd: -1,
 		ln: ln, proxy: p, client: client, accepted: l.wall,
 	}
-	l.e.active.Add(1)
-	p.Stats.Active.Add(1)
 	if err := l.register(fd, c.gen); err != nil {
-		_ = unix.Close(fd)
-		c.state = stateClosed
-		c.err = err
-		l.logConn(c, observe.StatusError, err)
-		l.e.connDone()
+		// Not in the table yet: close's bookkeeping applies all the same.
+		c.closedBy = sidePJ
+		l.close(c, observe.StatusError, err)
 		return
 	}
 	l.setConn(fd, c)
@@ -125,9 +129,16 @@ func (l *loop) openConn(fd int, ln *Listener, client netip.AddrPort) {
 	if l.e.onOpen != nil {
 		l.e.onOpen()
 	}
-	c.order = p.Pool().Start(client.Addr())
-	c.deadline = l.now + int64(p.ConnectTimeout)
-	l.connectNext(c)
+	if t := p.TrustedProxies; t != nil {
+		if t.Contains(client.Addr()) {
+			// The header must come first, and soon.
+			c.state = stateHeader
+			l.arm(c, l.now+int64(p.ConnectTimeout))
+			return // readable: handle reads it
+		}
+		c.checkSig = true
+	}
+	l.admit(c)
 }
 
 // connectNext dials the next backend of the connection's order.
@@ -269,8 +280,17 @@ func (l *loop) connected(c *conn) {
 	c.backend.Connect.Observe(time.Duration(c.connectDur))
 	c.lastActive = l.now
 	c.timerAt = 0
+	if c.proxy.ProxyProtocol != 0 {
+		if err := l.sendHeader(c); err != nil {
+			l.abort(c, err)
+			return
+		}
+	}
 	if idle := c.proxy.IdleTimeout; idle > 0 {
 		l.arm(c, l.now+int64(idle))
+	}
+	if bw := c.proxy.Bandwidth; bw > 0 {
+		c.up.budget, c.down.budget = newBucket(bw, l.now), newBucket(bw, l.now)
 	}
 	l.relay(c)
 }
@@ -300,6 +320,14 @@ func (l *loop) handle(c *conn, fd int, events uint32) {
 	}
 	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
 		c.ready |= h
+	}
+	if c.state == stateHeader {
+		if events&unix.EPOLLERR != 0 {
+			l.abort(c, sideError(sideClient, socketError(fd)))
+			return
+		}
+		l.readHeader(c)
+		return
 	}
 	if c.state == stateConnecting {
 		switch {
@@ -376,7 +404,9 @@ func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWrita
 			if err != nil {
 				return moved, sideError(dstSide, os.NewSyscallError("write", err))
 			}
-			l.delivered(c, d, n)
+			own := min(n, d.uncounted) // pj's own header is not the client's bytes
+			d.uncounted -= own
+			l.delivered(c, d, n-own)
 			if d.spill = d.spill[n:]; len(d.spill) > 0 {
 				c.ready &^= dstWritable // a short write: the socket is full
 				return moved, nil
@@ -430,9 +460,19 @@ func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWrita
 			l.queue(c)
 			return moved, nil
 		}
+		want := pipeSize
+		if d.budget != nil {
+			if want = d.budget.take(l.now, pipeSize); want == 0 {
+				l.throttle(c, d.budget.ready(l.now))
+				return moved, nil
+			}
+		}
 
 		if d.bulk && l.getPipe(d) {
-			n, err := sysSplice(src, int(d.pipe.w), pipeSize)
+			n, err := sysSplice(src, int(d.pipe.w), want)
+			if d.budget != nil {
+				d.budget.giveBack(want - max(n, 0))
+			}
 			switch {
 			case err == unix.EAGAIN:
 				c.ready &^= srcReadable
@@ -448,8 +488,12 @@ func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWrita
 			continue
 		}
 
+		buf := l.buf[:min(len(l.buf), want)]
 		var n int
-		n, err = sysRead(src, l.buf)
+		n, err = sysRead(src, buf)
+		if d.budget != nil {
+			d.budget.giveBack(len(buf) - max(n, 0))
+		}
 		switch {
 		case err == unix.EAGAIN:
 			c.ready &^= srcReadable
@@ -461,8 +505,14 @@ func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWrita
 			continue
 		}
 		moved += n
-		if n == len(l.buf) {
-			d.bulk = true
+		if c.checkSig && d == &c.up {
+			c.checkSig = false
+			if looksLikeHeader(l.buf[:n]) {
+				return moved, sideError(srcSide, errUntrustedHeader)
+			}
+		}
+		if n == len(buf) {
+			d.bulk = n == len(l.buf)
 		} else {
 			// A short read drained the socket: ET will report new data.
 			// If the peer's FIN had arrived too, this was the last of it.
@@ -535,6 +585,8 @@ func (l *loop) putPipe(d *dir) {
 
 func (l *loop) timerFired(c *conn) {
 	switch c.state {
+	case stateHeader:
+		l.refuse(c, fmt.Errorf("%w: none within %s", errNoHeader, c.proxy.ConnectTimeout))
 	case stateConnecting:
 		if c.bfd < 0 {
 			// Waiting out a descriptor shortage: try the same backend.
@@ -562,6 +614,9 @@ func (l *loop) abort(c *conn, err error) {
 		return
 	}
 	status := observe.StatusReset
+	if st, ok := statusOfRefusal(err); ok {
+		status = st
+	}
 	switch {
 	case errors.Is(err, ErrIdleTimeout):
 		status = observe.StatusTimeout
@@ -610,12 +665,14 @@ func (l *loop) close(c *conn, status observe.Status, err error) {
 	if c.counted {
 		c.backend.Active.Add(-1)
 	}
+	if c.clients != nil {
+		c.clients.Release(c.client.Addr())
+	}
+	l.e.release(c.ln, c.proxy)
 	st := c.proxy.Stats
-	st.Active.Add(-1)
 	st.Conns[observe.StatusIndex(status)].Add(1)
 	st.Duration.Observe(l.wall.Sub(c.accepted))
 	l.logConn(c, status, err)
-	l.e.connDone()
 }
 
 func (l *loop) logConn(c *conn, status observe.Status, err error) {
@@ -683,3 +740,22 @@ func sideError(s side, err error) error {
 
 func (e *sideErr) Error() string { return e.side.String() + ": " + e.err.Error() }
 func (e *sideErr) Unwrap() error { return e.err }
+
+// sendHeader writes the PROXY protocol header to the backend that just
+// answered, before any byte of the client's. The socket's buffer is empty,
+// so the write is whole; if it is not, the rest waits in spill.
+func (l *loop) sendHeader(c *conn) error {
+	hdr, err := l.proxyHeader(c)
+	if err != nil {
+		return fmt.Errorf("format the PROXY protocol header: %w", err)
+	}
+	n, err := sysWrite(int(c.bfd), hdr)
+	if err != nil && err != unix.EAGAIN {
+		return sideError(sideBackend, os.NewSyscallError("write", err))
+	}
+	if n < len(hdr) {
+		c.up.spill = append([]byte(nil), hdr[max(n, 0):]...)
+		c.up.uncounted = len(c.up.spill)
+	}
+	return nil
+}

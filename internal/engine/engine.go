@@ -55,6 +55,11 @@ type Engine struct {
 	idleMu  sync.Mutex
 	idleChs []chan struct{} // closed when active reaches zero
 
+	maxConns atomic.Int64 // the cap of the whole process; 0: none
+	capped   atomic.Int32 // listeners unwatched by a loop because of a cap
+	capLogMu sync.Mutex
+	capLog   time.Time
+
 	// onOpen, if set, runs for every accepted connection before its
 	// backend is dialled; tests use it to inject a fault.
 	onOpen func()
@@ -156,6 +161,70 @@ func (e *Engine) Idle() <-chan struct{} {
 	}
 	e.idleChs = append(e.idleChs, ch)
 	return ch
+}
+
+// SetMaxConnections caps the connections of the whole process (0: no cap).
+func (e *Engine) SetMaxConnections(n int) {
+	e.maxConns.Store(int64(n))
+	e.ResumeCapped()
+}
+
+// reserve counts a connection about to be accepted for p against the
+// caps: the process's and the proxy's. It reports false, counting
+// nothing, when a cap is reached.
+func (e *Engine) reserve(p *proxy.Proxy) (ok, global bool) {
+	if n := e.active.Add(1); n > e.maxConns.Load() && e.maxConns.Load() > 0 {
+		e.active.Add(-1)
+		return false, true
+	}
+	if n := p.Stats.Active.Add(1); p.MaxConnections > 0 && n > int64(p.MaxConnections) {
+		p.Stats.Active.Add(-1)
+		e.connDone()
+		return false, false
+	}
+	return true, false
+}
+
+// unreserve takes back a reservation that did not become a connection.
+func (e *Engine) unreserve(p *proxy.Proxy) {
+	p.Stats.Active.Add(-1)
+	e.connDone()
+}
+
+// release ends the counting of a connection, and lets capped listeners
+// accept again.
+func (e *Engine) release(_ *Listener, p *proxy.Proxy) {
+	p.Stats.Active.Add(-1)
+	e.connDone()
+	if e.capped.Load() > 0 {
+		e.ResumeCapped()
+	}
+}
+
+// ResumeCapped makes every loop watch again the listeners it stopped
+// watching for a cap; those still at their cap are stopped again at once.
+// A reload that changes caps calls it.
+func (e *Engine) ResumeCapped() {
+	for _, l := range e.loops {
+		if l.resuming.CompareAndSwap(false, true) {
+			l.post((*loop).resumeCapped)
+		}
+	}
+}
+
+// logCapped says, at most once every few seconds, that a cap holds new
+// connections back.
+func (e *Engine) logCapped(ln *Listener, what string, limit int64) {
+	e.capLogMu.Lock()
+	now := time.Now()
+	if now.Sub(e.capLog) < acceptLogEvery {
+		e.capLogMu.Unlock()
+		return
+	}
+	e.capLog = now
+	e.capLogMu.Unlock()
+	e.log.Warn("connection cap reached: new connections wait in the accept queue until some close",
+		"address", ln.addr, "cap", what, "limit", limit, "active", e.active.Load())
 }
 
 func (e *Engine) connDone() {

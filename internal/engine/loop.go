@@ -5,9 +5,12 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pj-proxy/pj/internal/proxy"
 )
 
 const (
@@ -48,6 +51,8 @@ type loop struct {
 	conns     []*conn // by descriptor; both sockets of a connection point to it
 	listeners map[int]*Listener
 	paused    []pausedListener
+	capped    map[*Listener]bool // not watched: a connection cap is reached
+	resuming  atomic.Bool        // a resumeCapped command is queued
 	backoff   map[*Listener]time.Duration
 	gen       uint32
 	wall      time.Time // time of the current iteration
@@ -87,6 +92,7 @@ func newLoop(e *Engine, id int) (*loop, error) {
 		buf:       make([]byte, bufSize),
 		listeners: map[int]*Listener{},
 		backoff:   map[*Listener]time.Duration{},
+		capped:    map[*Listener]bool{},
 		exited:    make(chan struct{}),
 	}
 	l.ev = unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
@@ -299,6 +305,11 @@ func (l *loop) removeListener(ln *Listener) {
 	}
 	delete(l.listeners, ln.fd)
 	delete(l.backoff, ln)
+	if l.capped[ln] {
+		delete(l.capped, ln)
+		l.e.capped.Add(-1)
+		return // a capped listener is not registered
+	}
 	for i, p := range l.paused {
 		if p.ln == ln {
 			l.paused = append(l.paused[:i], l.paused[i+1:]...)
@@ -314,7 +325,15 @@ func (l *loop) accept(ln *Listener) {
 		if l.isPaused(ln) {
 			return // paused by the connection just accepted (no descriptors)
 		}
+		p := ln.Proxy()
+		if ok, global := l.e.reserve(p); !ok {
+			l.capPause(ln, p, global)
+			return
+		}
 		fd, err := accept4(ln.fd, &l.rsa)
+		if err != nil {
+			l.e.unreserve(p)
+		}
 		switch err {
 		case nil:
 		case unix.EAGAIN:
@@ -333,7 +352,7 @@ func (l *loop) accept(ln *Listener) {
 			delete(l.backoff, ln)
 			l.e.log.Info("accepting again", "address", ln.addr)
 		}
-		l.openConn(fd, ln, addrPort(&l.rsa))
+		l.openConn(fd, ln, p, addrPort(&l.rsa))
 	}
 }
 
@@ -341,6 +360,38 @@ func (l *loop) accept(ln *Listener) {
 func (l *loop) pauseListeners(err error) {
 	for _, ln := range l.listeners {
 		l.pauseListener(ln, err)
+	}
+}
+
+// capPause stops watching ln on this loop because a connection cap is
+// reached: new clients wait in the kernel's accept queue, as with
+// HAProxy's maxconn, until a connection ends (resumeCapped).
+func (l *loop) capPause(ln *Listener, p *proxy.Proxy, global bool) {
+	if l.capped[ln] || l.isPaused(ln) {
+		return
+	}
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil) // level-triggered: unwatch or spin
+	l.capped[ln] = true
+	l.e.capped.Add(1)
+	what, limit := "max_connections of the proxy", int64(p.MaxConnections)
+	if global {
+		what, limit = "max_connections of pj", l.e.maxConns.Load()
+	}
+	l.e.logCapped(ln, what, limit)
+}
+
+// resumeCapped watches the capped listeners again; accept caps them anew
+// if the cap is still reached.
+func (l *loop) resumeCapped() {
+	l.resuming.Store(false)
+	for ln := range l.capped {
+		delete(l.capped, ln)
+		l.e.capped.Add(-1)
+		if err := l.watchListener(ln); err != nil {
+			l.e.log.Error("cannot watch listener again", "address", ln.addr, "error", err.Error())
+			continue
+		}
+		l.accept(ln)
 	}
 }
 
@@ -391,6 +442,15 @@ func (l *loop) arm(c *conn, at int64) {
 	l.timers.push(timerEntry{at: at, c: c, gen: c.gen})
 }
 
+// throttle wakes c at when, after its bandwidth budget ran out.
+func (l *loop) throttle(c *conn, when int64) {
+	if c.throttleAt != 0 && c.throttleAt <= when {
+		return // an earlier wake-up is armed
+	}
+	c.throttleAt = when
+	l.timers.push(timerEntry{at: when, c: c, gen: c.gen, throttle: true})
+}
+
 func (l *loop) runTimers() {
 	if len(l.paused) > 0 {
 		l.resumeListeners()
@@ -398,8 +458,18 @@ func (l *loop) runTimers() {
 	for len(l.timers) > 0 && l.timers[0].at <= l.now {
 		t := l.timers.pop()
 		c := t.c
-		if c.gen != t.gen || c.state == stateClosed || c.timerAt != t.at {
-			continue // superseded or finished
+		if c.gen != t.gen || c.state == stateClosed {
+			continue // finished
+		}
+		if t.throttle {
+			if c.throttleAt == t.at {
+				c.throttleAt = 0
+				l.relay(c) // its bandwidth budget has refilled
+			}
+			continue
+		}
+		if c.timerAt != t.at {
+			continue // superseded
 		}
 		c.timerAt = 0
 		l.timerFired(c)

@@ -9,9 +9,10 @@ package engine
 type timerHeap []timerEntry
 
 type timerEntry struct {
-	at  int64 // monotonic nanoseconds (loop clock)
-	c   *conn
-	gen uint32
+	at       int64 // monotonic nanoseconds (loop clock)
+	c        *conn
+	gen      uint32
+	throttle bool // the bandwidth wake-up, not the connection's deadline
 }
 
 func (h *timerHeap) push(e timerEntry) {

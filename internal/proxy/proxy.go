@@ -7,8 +7,10 @@ package proxy
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"time"
 
+	"github.com/pj-proxy/pj/internal/admission"
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/observe"
@@ -27,6 +29,24 @@ type Proxy struct {
 	// Stats are the proxy's live counters; they carry over a reload that
 	// keeps the proxy's name.
 	Stats *observe.ProxyStats
+
+	// Admission, decided at accept, before any backend is contacted.
+	ACL            *admission.ACL     // nil: everyone is allowed
+	Clients        *admission.Clients // per-client rate and cap; nil: none
+	MaxConnections int                // of this listener; 0: no cap
+	// Bandwidth caps each direction of each connection, in bytes per
+	// second; 0: no cap.
+	Bandwidth int64
+
+	// ProxyProtocol is the PROXY protocol version sent to backends: 0
+	// (none), 1 or 2.
+	ProxyProtocol byte
+	// TrustedProxies are the peers whose PROXY protocol header is read;
+	// nil: no header is expected from anyone.
+	TrustedProxies *admission.CIDRSet
+
+	rateLimit config.RateLimit // what Clients was built with
+	perClient int
 }
 
 // Build makes the runtime proxy of c, resolving backend host names within
@@ -36,11 +56,28 @@ type Proxy struct {
 func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) *Proxy {
 	var prevSet *balance.Set
 	stats := observe.NewProxyStats()
+	clients := admission.NewClients(c.RateLimit.PerClient, c.RateLimit.Burst, c.MaxConnectionsPerClient, admission.DefaultCapacity)
 	if prev != nil {
 		prevSet = prev.Backends
 		if prev.Name == c.Name {
 			stats = prev.Stats
+			// Per-client buckets and counts carry over when the limits
+			// stay, so a reload neither forgives nor forgets a client.
+			if prev.rateLimit == c.RateLimit && prev.perClient == c.MaxConnectionsPerClient {
+				clients = prev.Clients
+			}
 		}
+	}
+	var trusted *admission.CIDRSet
+	if c.AcceptProxyProtocol != nil {
+		trusted = admission.NewCIDRSet(c.AcceptProxyProtocol.Trusted)
+	}
+	var version byte
+	switch c.ProxyProtocol {
+	case "v1":
+		version = 1
+	case "v2":
+		version = 2
 	}
 	return &Proxy{
 		Name:           c.Name,
@@ -50,8 +87,24 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) *
 		IdleTimeout:    c.IdleTimeout,
 		Health:         c.HealthCheck,
 		Stats:          stats,
+		ACL:            acl(c.Allow, c.Deny),
+		Clients:        clients,
+		MaxConnections: c.MaxConnections,
+		Bandwidth:      c.Bandwidth.PerConnection,
+		ProxyProtocol:  version,
+		TrustedProxies: trusted,
+		rateLimit:      c.RateLimit,
+		perClient:      c.MaxConnectionsPerClient,
 	}
 }
 
 // Pool is the proxy's current pool of backends.
 func (p *Proxy) Pool() *balance.Pool { return p.Backends.Pool() }
+
+// acl is nil for a proxy without lists: its connections pay one nil check.
+func acl(allow, deny []netip.Prefix) *admission.ACL {
+	if len(allow) == 0 && len(deny) == 0 {
+		return nil
+	}
+	return admission.NewACL(allow, deny)
+}

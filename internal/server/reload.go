@@ -93,6 +93,9 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 		s.retire(e, cfg.GracePeriod)
 	}
 
+	// New caps apply at once: listeners held back by a cap try again.
+	s.eng.SetMaxConnections(cfg.MaxConnections)
+
 	what := describe(s.cfg, cfg)
 	s.cfg = cfg
 	s.entries = next

@@ -75,6 +75,7 @@ func New(cfg config.Config, opt Options) (*Server, error) {
 		return nil, fmt.Errorf("start the event engine: %w", err)
 	}
 	s := &Server{log: log, eng: eng, cfg: cfg}
+	eng.SetMaxConnections(cfg.MaxConnections)
 	entries, err := s.open(cfg.Proxies, nil)
 	if err != nil {
 		eng.Close()

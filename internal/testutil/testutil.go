@@ -90,17 +90,33 @@ func StartEcho(t testing.TB) string {
 }
 
 // ClosedAddr returns a loopback address nothing listens on: connecting to it
-// is refused at once.
+// is refused at once, and a test may bind it. No address is handed out twice
+// in one test binary (the kernel may offer a port again once it is free).
 func ClosedAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
+	for range 100 {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("listen: %v", err)
+		}
+		addr := ln.Addr().String()
+		_ = ln.Close()
+		handedMu.Lock()
+		dup := handed[addr]
+		handed[addr] = true
+		handedMu.Unlock()
+		if !dup {
+			return addr
+		}
 	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
+	t.Fatal("no fresh loopback port in 100 tries")
+	return ""
 }
+
+var (
+	handedMu sync.Mutex
+	handed   = map[string]bool{}
+)
 
 // Dial connects to addr with a timeout and closes the connection at the end
 // of the test.
