@@ -106,14 +106,6 @@ func TestResolve(t *testing.T) {
 	}
 }
 
-func newSet(t *testing.T, backends []config.Backend, prev *Set) *Set {
-	t.Helper()
-	st := config.Default().Defaults
-	s := NewSet(context.Background(), "web", backends, st, nil, prev)
-	s.r = resolver // the fake, for Refresh
-	return s
-}
-
 func TestNewSetKeepsStatesAndNamesUnresolved(t *testing.T) {
 	old := NewSet(context.Background(), "web", cfgBackends("10.0.0.1:80", "10.0.0.2:80"), config.Default().Defaults, nil, nil)
 	first := old.Pool().Backends()[0]
