@@ -274,8 +274,9 @@ func (h *handler) backendState(w http.ResponseWriter, r *http.Request) {
 // one it sends is right.
 func (h *handler) auth(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]bool{
-		"token_required": h.opt.Token != "" || !h.loopbackOnly,
-		"allowed":        h.allowed(r) == nil,
+		"token_required":   h.opt.Token != "" || !h.loopbackOnly,
+		"token_configured": h.opt.Token != "",
+		"allowed":          h.allowed(r) == nil,
 	})
 }
 

@@ -409,8 +409,8 @@ func TestTokenRule(t *testing.T) {
 		}
 		rec = httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("GET", "/api/v1/auth", nil))
-		if !strings.Contains(rec.Body.String(), `"token_required":true`) {
-			t.Fatalf("/api/v1/auth: %s", rec.Body)
+		if !strings.Contains(rec.Body.String(), `"token_required":true`) || !strings.Contains(rec.Body.String(), `"token_configured":false`) {
+			t.Fatalf("/api/v1/auth: %s; want a token required and none configured", rec.Body)
 		}
 	})
 }

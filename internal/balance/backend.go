@@ -29,6 +29,19 @@ type Backend struct {
 	*State
 }
 
+// Eligible reports whether the backend may take new connections: it
+// resolved, and its state allows it.
+func (b *Backend) Eligible() bool { return b.Err == nil && b.State.Eligible() }
+
+// StateName is the state the API shows; a backend whose name does not
+// resolve is "down".
+func (b *Backend) StateName() string {
+	if b.Err != nil {
+		return "down"
+	}
+	return b.State.StateName()
+}
+
 // State is the live state of a backend.
 type State struct {
 	// Active counts the connections relayed to this backend right now.

@@ -67,7 +67,7 @@ func resolveOne(ctx context.Context, cb config.Backend, r Resolver, states map[s
 		err = errors.New("no addresses")
 	}
 	if err != nil {
-		return nil, fmt.Errorf("resolve %s: %w", host, err)
+		return nil, fmt.Errorf("resolve %s: %w", host, dnsError(err))
 	}
 	out := make([]*Backend, 0, len(ips))
 	for _, ip := range ips {
@@ -83,7 +83,7 @@ func resolveSRV(ctx context.Context, cb config.Backend, name string, r Resolver,
 		err = errors.New("no SRV records")
 	}
 	if err != nil {
-		return nil, fmt.Errorf("resolve SRV %s: %w", name, err)
+		return nil, fmt.Errorf("resolve SRV %s: %w", name, dnsError(err))
 	}
 	best := srvs[0].Priority
 	for _, s := range srvs {
@@ -94,7 +94,7 @@ func resolveSRV(ctx context.Context, cb config.Backend, name string, r Resolver,
 	for _, s := range srvs {
 		ips, err := r.LookupNetIP(ctx, "ip", strings.TrimSuffix(s.Target, "."))
 		if err != nil {
-			errs = append(errs, fmt.Errorf("resolve %s (SRV target of %s): %w", s.Target, name, err))
+			errs = append(errs, fmt.Errorf("resolve %s (SRV target of %s): %w", s.Target, name, dnsError(err)))
 			continue
 		}
 		weight := int(s.Weight)
@@ -109,4 +109,15 @@ func resolveSRV(ctx context.Context, cb config.Backend, name string, r Resolver,
 		return nil, errors.Join(errs...)
 	}
 	return out, nil
+}
+
+// dnsError keeps what a lookup error says about the name ("no such host",
+// "i/o timeout") and drops the server Go names, which is the system's
+// even when a resolver setting sent the question elsewhere.
+func dnsError(err error) error {
+	var de *net.DNSError
+	if errors.As(err, &de) {
+		return errors.New(de.Err)
+	}
+	return err
 }
