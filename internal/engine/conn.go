@@ -650,6 +650,7 @@ func (l *loop) close(c *conn, status observe.Status, err error) {
 		return
 	}
 	c.state = stateClosed
+	l.load.Add(-1)
 	l.clearConn(int(c.cfd))
 	_ = unix.Close(int(c.cfd)) // closing a socket we own; its error says nothing new
 	if c.bfd >= 0 {

@@ -366,3 +366,21 @@ func TestPipesAreBoundedAfterBulk(t *testing.T) {
 		return testutil.OpenFDs(t, "self") <= base+2*maxIdlePipes*len(h.e.loops)
 	})
 }
+
+func TestConnectionsSpreadOverLoops(t *testing.T) {
+	// The kernel wakes the first loop for almost every connection; pj
+	// must still spread them, or one core does all the work.
+	h := newHarness(t, harnessOpt{}, testutil.StartEcho(t))
+	const n = 32
+	for range n {
+		c := testutil.Dial(t, h.addr)
+		testutil.RoundTrip(t, c, "x") // connected and relayed before the next
+	}
+	for _, l := range h.e.loops {
+		owned := 0
+		_ = l.call(func(l *loop) error { owned = l.open(); return nil })
+		if owned < n/len(h.e.loops)-2 {
+			t.Errorf("loop %d owns %d of %d connections; want about %d", l.id, owned, n, n/len(h.e.loops))
+		}
+	}
+}
