@@ -1,9 +1,7 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,32 +13,6 @@ import (
 
 	"github.com/pj-proxy/pj/internal/testutil"
 )
-
-// identify serves its name to every client, then closes.
-func identify(t *testing.T, name string) string {
-	t.Helper()
-	ln := testutil.Listen(t, "tcp4")
-	testutil.Serve(t, ln, func(c net.Conn) { _, _ = io.WriteString(c, name) })
-	return ln.Addr().String()
-}
-
-// ask connects to addr and returns what the backend says.
-func ask(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	b, err := io.ReadAll(c)
-	if err != nil {
-		return "", err
-	}
-	if len(b) == 0 {
-		return "", errors.New("closed without a byte")
-	}
-	return string(b), nil
-}
 
 // yamlConfig writes a configuration of name → listen → backend proxies.
 func yamlConfig(t *testing.T, path string, proxies ...[3]string) {
@@ -67,7 +39,7 @@ func writeAtomically(t *testing.T, path, content string) {
 }
 
 func TestSIGHUPReloadRefusesNothingAndCutsNothing(t *testing.T) {
-	a1, a2, echo := identify(t, "a1"), identify(t, "a2"), testutil.StartEcho(t)
+	a1, a2, echo := testutil.Identify(t, "a1"), testutil.Identify(t, "a2"), testutil.StartEcho(t)
 	x, y, z := testutil.ClosedAddr(t), testutil.ClosedAddr(t), testutil.ClosedAddr(t)
 	path := filepath.Join(t.TempDir(), "pj.yaml")
 	yamlConfig(t, path, [3]string{"web", x, a1}, [3]string{"legacy", y, echo})
@@ -89,7 +61,7 @@ func TestSIGHUPReloadRefusesNothingAndCutsNothing(t *testing.T) {
 	for range clients {
 		wg.Go(func() {
 			for range perClient {
-				_, err := ask(x)
+				_, err := testutil.Ask(x)
 				mu.Lock()
 				if err != nil {
 					failures = append(failures, err)
@@ -124,7 +96,7 @@ func TestSIGHUPReloadRefusesNothingAndCutsNothing(t *testing.T) {
 			t.Errorf("reload line %q lacks %q", first, want)
 		}
 	}
-	if got, err := ask(x); err != nil || got != "a2" {
+	if got, err := testutil.Ask(x); err != nil || got != "a2" {
 		t.Fatalf("web answered %q, %v after the last reload; want a2", got, err)
 	}
 	c := testutil.Dial(t, z)
@@ -141,7 +113,7 @@ func TestSIGHUPReloadRefusesNothingAndCutsNothing(t *testing.T) {
 }
 
 func TestInvalidReloadChangesNothing(t *testing.T) {
-	a1, a2 := identify(t, "a1"), identify(t, "a2")
+	a1, a2 := testutil.Identify(t, "a1"), testutil.Identify(t, "a2")
 	x := testutil.ClosedAddr(t)
 	path := filepath.Join(t.TempDir(), "pj.yaml")
 	yamlConfig(t, path, [3]string{"web", x, a1})
@@ -162,13 +134,13 @@ func TestInvalidReloadChangesNothing(t *testing.T) {
 		!strings.Contains(problems[0]+problems[1], "pj.yaml:6") {
 		t.Fatalf("want both problems logged with their lines, got:\n%s", strings.Join(problems, "\n"))
 	}
-	if got, err := ask(x); err != nil || got != "a1" {
+	if got, err := testutil.Ask(x); err != nil || got != "a1" {
 		t.Fatalf("web answered %q, %v; the running configuration must go on", got, err)
 	}
 }
 
 func TestWatchFollowsRenameOverAndSymlinkSwap(t *testing.T) {
-	a1, a2, a3 := identify(t, "a1"), identify(t, "a2"), identify(t, "a3")
+	a1, a2, a3 := testutil.Identify(t, "a1"), testutil.Identify(t, "a2"), testutil.Identify(t, "a3")
 	x := testutil.ClosedAddr(t)
 
 	// The Kubernetes ConfigMap layout: pj.yaml -> ..data/pj.yaml,
@@ -189,7 +161,7 @@ func TestWatchFollowsRenameOverAndSymlinkSwap(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startPJ(t, 1, "", "-c", path, "--watch")
-	if got, err := ask(x); err != nil || got != "a1" {
+	if got, err := testutil.Ask(x); err != nil || got != "a1" {
 		t.Fatalf("answered %q, %v", got, err)
 	}
 
@@ -204,7 +176,7 @@ func TestWatchFollowsRenameOverAndSymlinkSwap(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, 10*time.Second, "the symlink swap to be applied", func() bool {
-		got, err := ask(x)
+		got, err := testutil.Ask(x)
 		return err == nil && got == "a2"
 	})
 
@@ -212,7 +184,7 @@ func TestWatchFollowsRenameOverAndSymlinkSwap(t *testing.T) {
 	// the link by a plain file).
 	yamlConfig(t, path, [3]string{"web", x, a3})
 	testutil.WaitFor(t, 10*time.Second, "the renamed-over file to be applied", func() bool {
-		got, err := ask(x)
+		got, err := testutil.Ask(x)
 		return err == nil && got == "a3"
 	})
 	p.stderr.WaitLines(t, `trigger="file changed"`, 2)

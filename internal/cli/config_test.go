@@ -261,7 +261,7 @@ backends = ["`+echo+`"]
 		t.Fatalf("echo = %q", got)
 	}
 	// The file's idle timeout, from a variable, closes the connection.
-	if got := readAll(t, c); got != "" {
+	if got := testutil.ReadAll(t, c); got != "" {
 		t.Fatalf("read %q", got)
 	}
 	if l := p.log.WaitLines(t, "[timeout]", 1); !strings.Contains(l[0], "proxy=echo") {

@@ -88,24 +88,6 @@ func (p *instance) stop(t *testing.T) error {
 	}
 }
 
-// identify serves its name to every client, then closes.
-func identify(t *testing.T, name string) string {
-	t.Helper()
-	ln := testutil.Listen(t, "tcp4")
-	testutil.Serve(t, ln, func(c net.Conn) { _, _ = io.WriteString(c, name) })
-	return ln.Addr().String()
-}
-
-func readAll(t *testing.T, c net.Conn) string {
-	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	b, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("read to EOF: %v", err)
-	}
-	return string(b)
-}
-
 // echoOnce sends msg through addr, half-closes, and returns the reply.
 func echoOnce(t *testing.T, addr, msg string) string {
 	t.Helper()
@@ -114,7 +96,7 @@ func echoOnce(t *testing.T, addr, msg string) string {
 		t.Fatal(err)
 	}
 	_ = c.CloseWrite()
-	return readAll(t, c)
+	return testutil.ReadAll(t, c)
 }
 
 var textLine = regexp.MustCompile(`^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] (\S+) -> (\S+) -> (\S+) \[(\w+)\] duration=(\S+) up=(\d+) down=(\d+)(.*)$`)
@@ -130,7 +112,7 @@ func TestEchoAndTextLogLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = c.CloseWrite()
-	if got := readAll(t, c); got != "world!" {
+	if got := testutil.ReadAll(t, c); got != "world!" {
 		t.Fatalf("after half-close: %q", got)
 	}
 	line := p.log.WaitLines(t, "[ok]", 1)[0]
@@ -231,7 +213,7 @@ func TestBulkBothWaysExactCounts(t *testing.T) {
 }
 
 func TestSeveralMappingsInOneProcess(t *testing.T) {
-	a, b := identify(t, "alpha"), identify(t, "beta")
+	a, b := testutil.Identify(t, "alpha"), testutil.Identify(t, "beta")
 	p := start(t, nil, "-p", "127.0.0.1:0:"+a, "--proxy", "127.0.0.1:0:"+b)
 	if len(p.addrs) != 2 {
 		t.Fatalf("listeners = %v", p.addrs)
@@ -315,7 +297,7 @@ func TestUnreachableBackendClosesClientAndServingGoesOn(t *testing.T) {
 	p := start(t, nil, "-p", "127.0.0.1:0:"+dead, "-p", "127.0.0.1:0:"+testutil.StartEcho(t))
 	for range 3 {
 		c := testutil.Dial(t, p.addrs[0])
-		if got := readAll(t, c); got != "" {
+		if got := testutil.ReadAll(t, c); got != "" {
 			t.Fatalf("read %q from a proxy whose backend is down", got)
 		}
 	}
@@ -346,7 +328,7 @@ func TestConnectTimeoutBoundsABlackHoledBackend(t *testing.T) {
 
 func TestFailoverWithinTheClientConnection(t *testing.T) {
 	dead := testutil.ClosedAddr(t)
-	alive := identify(t, "alive")
+	alive := testutil.Identify(t, "alive")
 	p := start(t, nil, "-p", "127.0.0.1:0:"+dead+","+alive)
 	for i := range 6 {
 		if got := echoOnce(t, p.addrs[0], ""); got != "alive" {
@@ -362,7 +344,7 @@ func TestRoundRobin(t *testing.T) {
 	names := []string{"a", "b", "c"}
 	var backends []string
 	for _, n := range names {
-		backends = append(backends, identify(t, n))
+		backends = append(backends, testutil.Identify(t, n))
 	}
 	p := start(t, nil, "-p", "127.0.0.1:0:"+strings.Join(backends, ","))
 	counts := map[string]int{}
@@ -418,7 +400,7 @@ func TestIdleTimeoutThroughTheProxy(t *testing.T) {
 	if got := testutil.RoundTrip(t, c, "x"); got != "x" {
 		t.Fatal(got)
 	}
-	if got := readAll(t, c); got != "" {
+	if got := testutil.ReadAll(t, c); got != "" {
 		t.Fatalf("read %q", got)
 	}
 	if l := p.log.WaitLines(t, "[timeout]", 1); !strings.Contains(l[0], "up=1 down=1") {
@@ -444,7 +426,7 @@ func TestGracefulDrain(t *testing.T) {
 		t.Fatalf("established connection broke during the drain: %q", got)
 	}
 	_ = c.CloseWrite()
-	readAll(t, c)
+	testutil.ReadAll(t, c)
 	select {
 	case err := <-p.done:
 		p.done <- err
@@ -468,7 +450,7 @@ func TestGracePeriodExpiryCutsConnections(t *testing.T) {
 	if err := p.stop(t); err != nil {
 		t.Fatalf("Run = %v, want nil (exit 0) after the grace period", err)
 	}
-	if got := readAll(t, c); got != "" {
+	if got := testutil.ReadAll(t, c); got != "" {
 		t.Fatalf("read %q", got)
 	}
 	if l := p.log.WaitLines(t, "[shutdown]", 1); !strings.Contains(l[0], "up=4 down=4") {
@@ -507,7 +489,7 @@ func TestLogLevels(t *testing.T) {
 }
 
 func TestEnvironmentVariables(t *testing.T) {
-	a, b := identify(t, "a"), identify(t, "b")
+	a, b := testutil.Identify(t, "a"), testutil.Identify(t, "b")
 	t.Run("PJ_PROXY holds several mappings", func(t *testing.T) {
 		p := start(t, map[string]string{"PJ_PROXY": "127.0.0.1:0:" + a + ";\n 127.0.0.1:0:" + b + "\n"})
 		if len(p.addrs) != 2 || echoOnce(t, p.addrs[0], "") != "a" || echoOnce(t, p.addrs[1], "") != "b" {

@@ -231,9 +231,11 @@ func (l *loop) connectEvent(c *conn, events uint32) {
 	if events&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
 		return
 	}
-	if events&(unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+	if events&unix.EPOLLERR == 0 && events&unix.EPOLLOUT != 0 {
 		// Writable without an error: the handshake completed. (A failed
-		// connect always raises EPOLLERR, so SO_ERROR need not be read.)
+		// connect always raises EPOLLERR, so SO_ERROR need not be read.
+		// A backend that answered and closed at once is connected too:
+		// what it sent is relayed.)
 		l.connected(c)
 		return
 	}
@@ -669,11 +671,12 @@ func (l *loop) close(c *conn, status observe.Status, err error) {
 	if c.clients != nil {
 		c.clients.Release(c.client.Addr())
 	}
-	l.e.release(c.ln, c.proxy)
 	st := c.proxy.Stats
 	st.Conns[observe.StatusIndex(status)].Add(1)
 	st.Duration.Observe(l.wall.Sub(c.accepted))
 	l.logConn(c, status, err)
+	// Last: it may tell a draining server that the last connection ended.
+	l.e.release(c.ln, c.proxy)
 }
 
 func (l *loop) logConn(c *conn, status observe.Status, err error) {

@@ -122,16 +122,6 @@ func accepted(t *testing.T, ch <-chan *net.TCPConn) *net.TCPConn {
 	}
 }
 
-func readAll(t *testing.T, c net.Conn) string {
-	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	b, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("read to EOF: %v", err)
-	}
-	return string(b)
-}
-
 func TestHalfCloseAnswerAfterEOF(t *testing.T) {
 	// The client sends a request and half-closes; the backend answers
 	// only after it has seen EOF. Both directions must survive the first
@@ -144,14 +134,14 @@ func TestHalfCloseAnswerAfterEOF(t *testing.T) {
 	}
 	_ = client.CloseWrite()
 	backend := accepted(t, conns)
-	if got := readAll(t, backend); got != "request" {
+	if got := testutil.ReadAll(t, backend); got != "request" {
 		t.Fatalf("backend read %q", got)
 	}
 	if _, err := io.WriteString(backend, "response after EOF"); err != nil {
 		t.Fatalf("backend write after the client's FIN: %v", err)
 	}
 	_ = backend.CloseWrite()
-	if got := readAll(t, client); got != "response after EOF" {
+	if got := testutil.ReadAll(t, client); got != "response after EOF" {
 		t.Fatalf("client read %q", got)
 	}
 	line := h.log.WaitLines(t, "[ok]", 1)[0]
@@ -169,7 +159,7 @@ func TestBackendCloseReachesClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = backend.Close()
-	if got := readAll(t, client); got != "bye" {
+	if got := testutil.ReadAll(t, client); got != "bye" {
 		t.Fatalf("client read %q", got)
 	}
 	// The client may still send (its direction is open) until it closes.
@@ -220,7 +210,7 @@ func TestSmallMessagesAreCopied(t *testing.T) {
 		}
 	}
 	_ = c.CloseWrite()
-	readAll(t, c)
+	testutil.ReadAll(t, c)
 	line := h.log.WaitLines(t, "[ok]", 1)[0]
 	if !strings.Contains(line, "up=400 down=400") || !strings.HasSuffix(line, "relay=copy") {
 		t.Fatalf("log line %q", line)
@@ -258,7 +248,7 @@ func TestIdleTimeout(t *testing.T) {
 	if got := testutil.RoundTrip(t, c, "x"); got != "x" {
 		t.Fatal(got)
 	}
-	if got := readAll(t, c); got != "" {
+	if got := testutil.ReadAll(t, c); got != "" {
 		t.Fatalf("read %q", got)
 	}
 	h.log.WaitLines(t, "[timeout]", 1)
@@ -278,7 +268,7 @@ func TestIdleTimeoutSparedByTraffic(t *testing.T) {
 		}
 	}
 	_ = c.CloseWrite()
-	readAll(t, c)
+	testutil.ReadAll(t, c)
 	if l := h.log.WaitLines(t, "] duration=", 1)[0]; !strings.Contains(l, "[ok]") {
 		t.Fatalf("log line %q: timed out although bytes kept flowing", l)
 	}
@@ -296,7 +286,7 @@ func TestCutEndsEveryConnection(t *testing.T) {
 	}
 	h.e.Cut(ErrShutdown)
 	for _, c := range clients {
-		if got := readAll(t, c); got != "" {
+		if got := testutil.ReadAll(t, c); got != "" {
 			t.Fatalf("read %q", got)
 		}
 	}
@@ -316,7 +306,7 @@ func TestPanicCostsOneConnectionOnly(t *testing.T) {
 		}
 	}}, testutil.StartEcho(t))
 	first := testutil.Dial(t, h.addr)
-	if got := readAll(t, first); got != "" {
+	if got := testutil.ReadAll(t, first); got != "" {
 		t.Fatalf("the panicked connection delivered %q", got)
 	}
 	second := testutil.Dial(t, h.addr)

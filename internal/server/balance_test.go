@@ -27,7 +27,7 @@ func askMany(t *testing.T, addr string, n int) map[string]int {
 	t.Helper()
 	counts := map[string]int{}
 	for i := range n {
-		got, err := ask(addr)
+		got, err := testutil.Ask(addr)
 		if err != nil {
 			t.Fatalf("connection %d of %d failed: %v", i+1, n, err)
 		}
@@ -54,7 +54,7 @@ func TestHealthChecksTakeABackendOutAndBringItBack(t *testing.T) {
 	lnA := testutil.Listen(t, "tcp4")
 	a := lnA.Addr().String()
 	testutil.Serve(t, lnA, func(c net.Conn) { _, _ = io.WriteString(c, "a") })
-	b := identify(t, "b")
+	b := testutil.Identify(t, "b")
 	x := testutil.ClosedAddr(t)
 	r := run(t, cfgOf(time.Minute, checked(named("web", x, a, b), "", "")))
 
@@ -94,7 +94,7 @@ func TestHealthChecksTakeABackendOutAndBringItBack(t *testing.T) {
 
 func TestNoClientFailsWhileOneOfThreeBackendsIsDead(t *testing.T) {
 	dead := testutil.ClosedAddr(t)
-	b, c := identify(t, "b"), identify(t, "c")
+	b, c := testutil.Identify(t, "b"), testutil.Identify(t, "c")
 	x := testutil.ClosedAddr(t)
 	p := named("web", x, b, dead, c)
 	p.HealthCheck.Interval = 0 // passive checks only
@@ -105,7 +105,7 @@ func TestNoClientFailsWhileOneOfThreeBackendsIsDead(t *testing.T) {
 	for range clients {
 		wg.Go(func() {
 			for range each {
-				if _, err := ask(x); err != nil {
+				if _, err := testutil.Ask(x); err != nil {
 					errs <- err
 				}
 			}
@@ -127,7 +127,7 @@ func TestBackupsOnlyWhenNoPrimaryIsHealthy(t *testing.T) {
 	lnA := testutil.Listen(t, "tcp4")
 	a := lnA.Addr().String()
 	testutil.Serve(t, lnA, func(c net.Conn) { _, _ = io.WriteString(c, "a") })
-	spare := identify(t, "spare")
+	spare := testutil.Identify(t, "spare")
 	x := testutil.ClosedAddr(t)
 	p := checked(named("web", x, a, spare), "", "")
 	p.Backends[1].Backup = true
@@ -208,7 +208,7 @@ func TestDNSChangesMoveConnections(t *testing.T) {
 
 	dns.SetIPs("web.pj.test", "127.0.0.2") // the record changes
 	testutil.WaitFor(t, 10*time.Second, "connections to move to the new address", func() bool {
-		got, err := ask(x)
+		got, err := testutil.Ask(x)
 		return err == nil && got == "two"
 	})
 	r.logs.WaitLines(t, "backends changed after a DNS lookup", 1)
@@ -232,7 +232,7 @@ func TestSRVRecordsGiveBackendsAndBackups(t *testing.T) {
 	dns := testutil.StartDNS(t)
 	lnMain := testutil.Listen(t, "tcp4")
 	testutil.Serve(t, lnMain, func(c net.Conn) { _, _ = io.WriteString(c, "main") })
-	spare := identify(t, "spare")
+	spare := testutil.Identify(t, "spare")
 	mainPort := lnMain.Addr().(*net.TCPAddr).Port
 	_, sparePort, _ := net.SplitHostPort(spare)
 	dns.SetIPs("main.pj.test", "127.0.0.1")

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"strings"
@@ -65,35 +64,8 @@ func cfgOf(grace time.Duration, proxies ...config.Proxy) config.Config {
 	return c
 }
 
-// identify serves its name to every client, then closes.
-func identify(t *testing.T, name string) string {
-	t.Helper()
-	ln := testutil.Listen(t, "tcp4")
-	testutil.Serve(t, ln, func(c net.Conn) { _, _ = io.WriteString(c, name) })
-	return ln.Addr().String()
-}
-
-// ask connects to addr and returns what the backend says; any failure is
-// returned as an error.
-func ask(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	b, err := io.ReadAll(c)
-	if err != nil {
-		return "", err
-	}
-	if len(b) == 0 {
-		return "", errors.New("closed without a byte")
-	}
-	return string(b), nil
-}
-
 func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
-	a1, a2 := identify(t, "a1"), identify(t, "a2")
+	a1, a2 := testutil.Identify(t, "a1"), testutil.Identify(t, "a2")
 	echo := testutil.StartEcho(t)
 	x, y, z := testutil.ClosedAddr(t), testutil.ClosedAddr(t), testutil.ClosedAddr(t)
 	r := run(t, cfgOf(time.Minute, named("web", x, a1), named("legacy", y, echo)))
@@ -116,7 +88,7 @@ func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
 	for range clients {
 		wg.Go(func() {
 			for range perClient {
-				got, err := ask(x)
+				got, err := testutil.Ask(x)
 				mu.Lock()
 				if err != nil {
 					failures = append(failures, err)
@@ -155,7 +127,7 @@ func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
 	}
 
 	// After the last reload: web goes to a2, cache works, legacy refuses.
-	if got, err := ask(x); err != nil || got != "a2" {
+	if got, err := testutil.Ask(x); err != nil || got != "a2" {
 		t.Fatalf("web answered %q, %v; want a2", got, err)
 	}
 	c := testutil.Dial(t, z)
@@ -177,7 +149,7 @@ func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
 
 func TestReloadUnchangedIsANoop(t *testing.T) {
 	x := testutil.ClosedAddr(t)
-	cfg := cfgOf(time.Minute, named("web", x, identify(t, "a")))
+	cfg := cfgOf(time.Minute, named("web", x, testutil.Identify(t, "a")))
 	r := run(t, cfg)
 	before := r.s.Addrs()
 	again := cfgOf(time.Minute, named("web", x, cfg.Proxies[0].Backends[0].Address))
@@ -193,15 +165,15 @@ func TestReloadUnchangedIsANoop(t *testing.T) {
 func TestReloadThatCannotBindChangesNothing(t *testing.T) {
 	x, fresh := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
 	busy := testutil.Listen(t, "tcp4").Addr().String()
-	r := run(t, cfgOf(time.Minute, named("web", x, identify(t, "old"))))
+	r := run(t, cfgOf(time.Minute, named("web", x, testutil.Identify(t, "old"))))
 	bad := cfgOf(time.Minute,
-		named("web", x, identify(t, "new")),
-		named("fresh", fresh, identify(t, "fresh")),
-		named("clash", busy, identify(t, "clash")))
+		named("web", x, testutil.Identify(t, "new")),
+		named("fresh", fresh, testutil.Identify(t, "fresh")),
+		named("clash", busy, testutil.Identify(t, "clash")))
 	if _, err := r.s.Reload(bad); err == nil || !strings.Contains(err.Error(), busy) || !strings.Contains(err.Error(), "nothing changed") {
 		t.Fatalf("Reload = %v; want a failure naming %s", err, busy)
 	}
-	if got, err := ask(x); err != nil || got != "old" {
+	if got, err := testutil.Ask(x); err != nil || got != "old" {
 		t.Fatalf("web answered %q, %v; the old configuration must go on", got, err)
 	}
 	// The address bound before the failure was released again.
@@ -239,10 +211,10 @@ func TestRemovedProxyIsCutAfterTheGracePeriod(t *testing.T) {
 
 func TestBackendStateSurvivesReload(t *testing.T) {
 	x := testutil.ClosedAddr(t)
-	a, b := identify(t, "a"), identify(t, "b")
+	a, b := testutil.Identify(t, "a"), testutil.Identify(t, "b")
 	r := run(t, cfgOf(time.Minute, named("web", x, a)))
 	for range 3 {
-		if _, err := ask(x); err != nil {
+		if _, err := testutil.Ask(x); err != nil {
 			t.Fatal(err)
 		}
 	}

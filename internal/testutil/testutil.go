@@ -252,3 +252,42 @@ func IsTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// Identify starts a backend that tells every client its name, then
+// closes; it returns the backend's address.
+func Identify(t testing.TB, name string) string {
+	t.Helper()
+	ln := Listen(t, "tcp4")
+	Serve(t, ln, func(c net.Conn) { _, _ = io.WriteString(c, name) })
+	return ln.Addr().String()
+}
+
+// Ask connects to addr and returns what the backend says before it
+// closes; any failure, or an answer of nothing, is an error.
+func Ask(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return "", err
+	}
+	if len(b) == 0 {
+		return "", errors.New("closed without a byte")
+	}
+	return string(b), nil
+}
+
+// ReadAll reads c to its end of stream within 10 s.
+func ReadAll(t testing.TB, c net.Conn) string {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read to EOF: %v", err)
+	}
+	return string(b)
+}
