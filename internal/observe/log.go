@@ -137,7 +137,8 @@ func appendConn(b []byte, r slog.Record) []byte {
 	var client, listener, backend, status string
 	var dur time.Duration
 	var up, down int64
-	var extra []slog.Attr
+	var extraBuf [8]slog.Attr // on the stack: no allocation per line
+	extra := extraBuf[:0]
 	r.Attrs(func(a slog.Attr) bool {
 		switch a.Key {
 		case KeyClient:

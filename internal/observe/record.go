@@ -66,8 +66,10 @@ func Log(ctx context.Context, l *slog.Logger, c *Conn) {
 	if backend == "" {
 		backend = "-"
 	}
-	r := slog.NewRecord(c.Accepted, slog.LevelInfo, ConnMessage, 0)
-	r.AddAttrs(
+	// All attributes go in with one AddAttrs: the record keeps five
+	// inline and allocates once for the rest.
+	var attrs [12]slog.Attr
+	a := append(attrs[:0],
 		slog.String(KeyClient, c.Client),
 		slog.String(KeyListener, c.Listener),
 		slog.String(KeyBackend, backend),
@@ -78,18 +80,20 @@ func Log(ctx context.Context, l *slog.Logger, c *Conn) {
 		slog.String("proxy", c.Proxy),
 	)
 	if c.Connect > 0 {
-		r.AddAttrs(slog.Duration(KeyConnect, c.Connect))
+		a = append(a, slog.Duration(KeyConnect, c.Connect))
 	}
 	if c.ClosedBy != "" {
-		r.AddAttrs(slog.String(KeyClosedBy, c.ClosedBy))
+		a = append(a, slog.String(KeyClosedBy, c.ClosedBy))
 	}
 	if c.Err != nil {
-		r.AddAttrs(slog.String("error", c.Err.Error()))
+		a = append(a, slog.String("error", c.Err.Error()))
 	}
 	if c.Relay != "" && h.Enabled(ctx, slog.LevelDebug) {
 		// With --log-level debug an operator can see that splice is used.
-		r.AddAttrs(slog.String("relay", c.Relay))
+		a = append(a, slog.String("relay", c.Relay))
 	}
+	r := slog.NewRecord(c.Accepted, slog.LevelInfo, ConnMessage, 0)
+	r.AddAttrs(a...)
 	_ = h.Handle(ctx, r) // a log write that fails has nowhere better to be reported
 }
 
