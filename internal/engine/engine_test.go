@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
+	"github.com/pj-proxy/pj/internal/admission"
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
@@ -43,6 +44,7 @@ type harnessOpt struct {
 	onOpen  func()
 	logTo   io.Writer // default: the harness's buffer
 	level   string    // default: debug
+	clients *admission.Clients
 }
 
 func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
@@ -74,6 +76,9 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 	pc := config.Proxy{Name: "test", Backends: cbs, Settings: config.Default().Defaults}
 	pc.ConnectTimeout, pc.IdleTimeout = o.connect, o.idle
 	p := proxy.Build(context.Background(), pc, log, nil)
+	if o.clients != nil {
+		p.Clients = o.clients
+	}
 
 	gln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -372,5 +377,34 @@ func TestConnectionsSpreadOverLoops(t *testing.T) {
 		if owned < n/len(h.e.loops)-2 {
 			t.Errorf("loop %d owns %d of %d connections; want about %d", l.id, owned, n, n/len(h.e.loops))
 		}
+	}
+}
+
+func TestClientTableStaysBoundedUnderAFloodOfSources(t *testing.T) {
+	// 1500 clients, each from a source address of its own (127.0.x.y), one
+	// connection each, against a table of 100: every one is served and
+	// the table never holds more than its bound.
+	const sources, capacity = 1500, 100
+	clients := admission.NewClients(1000, 10, 5, capacity)
+	h := newHarness(t, harnessOpt{clients: clients, logTo: io.Discard}, testutil.StartEcho(t))
+	most := 0
+	for i := range sources {
+		src := net.IPv4(127, 0, byte(1+i/250), byte(1+i%250))
+		d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: src}}
+		c, err := d.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatalf("client %s: %v", src, err)
+		}
+		if got := testutil.RoundTrip(t, c, "x"); got != "x" {
+			t.Fatalf("client %s was not served", src)
+		}
+		_ = c.Close()
+		most = max(most, clients.Stats().Entries)
+	}
+	if most > capacity {
+		t.Fatalf("the table held %d clients, over its bound of %d", most, capacity)
+	}
+	if st := clients.Stats(); st.Evictions == 0 {
+		t.Fatalf("stats %+v: a flood of %d sources must have evicted idle clients", st, sources)
 	}
 }
