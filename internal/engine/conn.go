@@ -190,13 +190,13 @@ func (l *loop) dial(c *conn) bool {
 	}
 	err = connectTo(fd, b.Addr, &l.rsa)
 	if err != nil && err != unix.EINPROGRESS {
-		_ = unix.Close(fd)
+		closeFD(fd)
 		c.err = fmt.Errorf("connect to %s: %w", b.Address, err)
 		l.observe(c, balance.Result{Err: c.err, Passive: true})
 		return false
 	}
 	if rerr := l.register(fd, c.gen); rerr != nil {
-		_ = unix.Close(fd)
+		closeFD(fd)
 		c.err = fmt.Errorf("connect to %s: %w", b.Address, rerr)
 		return false
 	}
@@ -252,7 +252,7 @@ func (l *loop) connectEvent(c *conn, events uint32) {
 // the failure counts towards the backend's fall (passive health check).
 func (l *loop) dropBackend(c *conn) {
 	l.clearConn(int(c.bfd))
-	_ = unix.Close(int(c.bfd)) // a failed attempt: nothing was sent on it
+	closeFD(int(c.bfd)) // a failed attempt: nothing was sent on it
 	c.bfd = -1
 	c.ready &^= bReadable | bWritable | bHup
 	if c.counted {
@@ -445,7 +445,7 @@ func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWrita
 				other = &c.up
 			}
 			if !other.done {
-				if err := unix.Shutdown(dst, unix.SHUT_WR); err != nil {
+				if err := shutdownWrite(dst); err != nil {
 					return moved, sideError(dstSide, os.NewSyscallError("shutdown", err))
 				}
 			}
@@ -654,10 +654,10 @@ func (l *loop) close(c *conn, status observe.Status, err error) {
 	c.state = stateClosed
 	l.load.Add(-1)
 	l.clearConn(int(c.cfd))
-	_ = unix.Close(int(c.cfd)) // closing a socket we own; its error says nothing new
+	closeFD(int(c.cfd))
 	if c.bfd >= 0 {
 		l.clearConn(int(c.bfd))
-		_ = unix.Close(int(c.bfd))
+		closeFD(int(c.bfd))
 	}
 	for _, d := range []*dir{&c.up, &c.down} {
 		if d.hasPipe {
@@ -681,18 +681,18 @@ func (l *loop) close(c *conn, status observe.Status, err error) {
 
 func (l *loop) logConn(c *conn, status observe.Status, err error) {
 	rec := observe.Conn{
-		ID:       c.id,
-		Proxy:    c.proxy.Name,
-		Client:   c.client.String(),
-		Listener: c.ln.addr,
-		Accepted: c.accepted,
-		Duration: l.wall.Sub(c.accepted),
-		Up:       c.up.bytes.Load(),
-		Down:     c.down.bytes.Load(),
-		Status:   status,
-		Err:      err,
-		Relay:    modeCopy,
-		ClosedBy: c.closedBy.String(),
+		ID:         c.id,
+		Proxy:      c.proxy.Name,
+		ClientAddr: c.client,
+		Listener:   c.ln.addr,
+		Accepted:   c.accepted,
+		Duration:   l.wall.Sub(c.accepted),
+		Up:         c.up.bytes.Load(),
+		Down:       c.down.bytes.Load(),
+		Status:     status,
+		Err:        err,
+		Relay:      modeCopy,
+		ClosedBy:   c.closedBy.String(),
 	}
 	if c.reached {
 		rec.Connect = time.Duration(c.connectDur)

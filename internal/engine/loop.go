@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -239,8 +240,10 @@ func (l *loop) register(fd int, gen uint32) error {
 		Fd:     int32(fd),
 		Pad:    int32(gen),
 	}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &l.ev); err != nil {
-		return os.NewSyscallError("epoll_ctl", err)
+	// A raw call, like the data path's: epoll_ctl cannot block.
+	if _, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(l.epfd), unix.EPOLL_CTL_ADD, uintptr(fd),
+		uintptr(unsafe.Pointer(&l.ev)), 0, 0); e != 0 {
+		return os.NewSyscallError("epoll_ctl", e)
 	}
 	return nil
 }

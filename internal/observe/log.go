@@ -131,6 +131,67 @@ func (h *TextHandler) Handle(_ context.Context, r slog.Record) error {
 	return err
 }
 
+// writeConn writes the access-log line of c, the same bytes Handle writes
+// for the record Log would build, without building it.
+func (h *TextHandler) writeConn(c *Conn, debug bool) error {
+	bp := bufPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	b = append(b, '[')
+	b = appendTime(b, c.Accepted)
+	b = append(b, "] "...)
+	if c.Client != "" {
+		b = append(b, c.Client...)
+	} else {
+		b = c.ClientAddr.AppendTo(b)
+	}
+	b = append(b, " -> "...)
+	b = append(b, c.Listener...)
+	b = append(b, " -> "...)
+	if c.Backend == "" {
+		b = append(b, '-')
+	} else {
+		b = append(b, c.Backend...)
+	}
+	b = append(b, " ["...)
+	b = append(b, c.Status...)
+	b = append(b, "] duration="...)
+	b = AppendDuration(b, c.Duration)
+	b = append(b, " up="...)
+	b = strconv.AppendInt(b, c.Up, 10)
+	b = append(b, " down="...)
+	b = strconv.AppendInt(b, c.Down, 10)
+	if c.Proxy != c.Listener {
+		b = append(b, " proxy="...)
+		b = appendString(b, c.Proxy)
+	}
+	if c.Connect > 0 {
+		b = append(b, " connect="...)
+		b = AppendDuration(b, c.Connect)
+	}
+	if c.ClosedBy != "" {
+		b = append(b, " closed_by="...)
+		b = appendString(b, c.ClosedBy)
+	}
+	if c.Err != nil {
+		b = append(b, " error="...)
+		b = appendString(b, c.Err.Error())
+	}
+	if debug && c.Relay != "" {
+		b = append(b, " relay="...)
+		b = appendString(b, c.Relay)
+	}
+	b = append(b, h.attrs...)
+	b = append(b, '\n')
+	h.out.mu.Lock()
+	_, err := h.out.w.Write(b)
+	h.out.mu.Unlock()
+	if cap(b) <= 64<<10 {
+		*bp = b
+		bufPool.Put(bp)
+	}
+	return err
+}
+
 // appendConn renders the access-log layout; attributes it does not place
 // follow as key=value.
 func appendConn(b []byte, r slog.Record) []byte {

@@ -6,6 +6,7 @@ package observe
 import (
 	"context"
 	"log/slog"
+	"net/netip"
 	"time"
 )
 
@@ -33,16 +34,19 @@ const ConnMessage = "connection"
 
 // Conn is what is known about one finished connection.
 type Conn struct {
-	ID       uint64
-	Proxy    string
-	Client   string
-	Listener string
-	Backend  string // "" when none was chosen
-	Accepted time.Time
-	Duration time.Duration
-	Up       int64 // bytes client → backend
-	Down     int64 // bytes backend → client
-	Status   Status
+	ID     uint64
+	Proxy  string
+	Client string // as text; if empty, ClientAddr is formatted
+	// ClientAddr is the client's address, formatted only when a line is
+	// written (no string is made for a line the level hides).
+	ClientAddr netip.AddrPort
+	Listener   string
+	Backend    string // "" when none was chosen
+	Accepted   time.Time
+	Duration   time.Duration
+	Up         int64 // bytes client → backend
+	Down       int64 // bytes backend → client
+	Status     Status
 	// Connect is the time from accept until a backend answered; zero
 	// when none did.
 	Connect time.Duration
@@ -62,6 +66,27 @@ func Log(ctx context.Context, l *slog.Logger, c *Conn) {
 	if !h.Enabled(ctx, slog.LevelInfo) {
 		return
 	}
+	debug := h.Enabled(ctx, slog.LevelDebug)
+	inner := h
+	if sw, ok := h.(*Swappable); ok {
+		inner = sw.load()
+	}
+	if th, ok := inner.(*TextHandler); ok && th.group == "" {
+		// The text access log is pj's most written line: it is formatted
+		// straight from c, with the same bytes Handle would write for
+		// connRecord (a test holds them equal).
+		_ = th.writeConn(c, debug) // a log write that fails has nowhere better to be reported
+		return
+	}
+	_ = h.Handle(ctx, connRecord(c, debug)) // likewise
+}
+
+// connRecord is the slog record of a connection.
+func connRecord(c *Conn, debug bool) slog.Record {
+	client := c.Client
+	if client == "" {
+		client = c.ClientAddr.String()
+	}
 	backend := c.Backend
 	if backend == "" {
 		backend = "-"
@@ -70,7 +95,7 @@ func Log(ctx context.Context, l *slog.Logger, c *Conn) {
 	// inline and allocates once for the rest.
 	var attrs [12]slog.Attr
 	a := append(attrs[:0],
-		slog.String(KeyClient, c.Client),
+		slog.String(KeyClient, client),
 		slog.String(KeyListener, c.Listener),
 		slog.String(KeyBackend, backend),
 		slog.String(KeyStatus, string(c.Status)),
@@ -88,13 +113,13 @@ func Log(ctx context.Context, l *slog.Logger, c *Conn) {
 	if c.Err != nil {
 		a = append(a, slog.String("error", c.Err.Error()))
 	}
-	if c.Relay != "" && h.Enabled(ctx, slog.LevelDebug) {
+	if c.Relay != "" && debug {
 		// With --log-level debug an operator can see that splice is used.
 		a = append(a, slog.String("relay", c.Relay))
 	}
 	r := slog.NewRecord(c.Accepted, slog.LevelInfo, ConnMessage, 0)
 	r.AddAttrs(a...)
-	_ = h.Handle(ctx, r) // a log write that fails has nowhere better to be reported
+	return r
 }
 
 // Keys of the connection record, as JSON shows them (CONTRACT.md section 4).

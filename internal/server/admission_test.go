@@ -96,7 +96,14 @@ func TestDualStackListenerMatchesIPv4Rules(t *testing.T) {
 	// An IPv4 client of a [::] listener arrives as ::ffff:127.0.0.4; the
 	// IPv4 rule must apply to it.
 	echo := testutil.StartEcho(t)
-	_, port, _ := net.SplitHostPort(testutil.ClosedAddr(t))
+	// A port free on every interface, IPv6 included (ClosedAddr's is only
+	// known to be free on 127.0.0.1).
+	ln, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	_ = ln.Close()
 	p := named("web", ":"+port, echo)
 	p.Deny = prefixes("127.0.0.4/32")
 	r := run(t, cfgOf(time.Minute, p))
