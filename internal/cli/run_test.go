@@ -5,9 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -657,4 +660,32 @@ func TestAdminFlagAndTokenVariable(t *testing.T) {
 		t.Fatalf("DELETE without the token: %v %v, want 401", resp, err)
 	}
 	_ = resp.Body.Close()
+}
+
+func TestWatchKeyInTheFile(t *testing.T) {
+	// "watch: true" in the file does what --watch does.
+	a, b := testutil.Identify(t, "a"), testutil.Identify(t, "b")
+	x := testutil.ClosedAddr(t)
+	path := filepath.Join(t.TempDir(), "pj.yaml")
+	write := func(backend string) {
+		tmp := path + ".new"
+		body := fmt.Sprintf("watch: true\nproxies:\n  - name: web\n    listen: %q\n    backends: [%q]\n", x, backend)
+		if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(a)
+	p := start(t, nil, "-c", path)
+	if got, err := testutil.Ask(x); err != nil || got != "a" {
+		t.Fatalf("answered %q, %v", got, err)
+	}
+	write(b)
+	testutil.WaitFor(t, 10*time.Second, "the changed file to be applied", func() bool {
+		got, err := testutil.Ask(x)
+		return err == nil && got == "b"
+	})
+	p.log.WaitLines(t, `trigger="file changed"`, 1)
 }

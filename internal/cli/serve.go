@@ -62,20 +62,9 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 		default: // a reload is pending already; it will read the newest file
 		}
 	}
-	if f.watch {
-		watchCtx, stopWatch := context.WithCancel(ctx)
-		watched := make(chan struct{})
-		defer func() {
-			stopWatch()
-			<-watched
-		}()
-		go func() {
-			defer close(watched)
-			if err := watch.File(watchCtx, f.configFile, watchDebounce, log, func() { trigger("file changed") }); err != nil {
-				log.Error("cannot watch the configuration file; reload with SIGHUP", "error", err.Error())
-			}
-		}()
-	}
+	w := &watcher{path: f.configFile, log: log, trigger: trigger}
+	defer w.stop()
+	w.set(ctx, f.watch || cfg.Watch)
 
 	r := reloader{f: f, env: env, srv: srv, log: log, handler: handler, out: out, current: cfg, admin: adm}
 	for {
@@ -87,6 +76,44 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 		case why := <-triggers:
 			r.reload(why)
 		}
+		// The file's own "watch: true" may have been added or removed.
+		w.set(ctx, f.watch || r.current.Watch)
+	}
+}
+
+// watcher runs watch.File while watching is wanted.
+type watcher struct {
+	path    string
+	log     *slog.Logger
+	trigger func(string)
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+// set starts or stops watching.
+func (w *watcher) set(ctx context.Context, on bool) {
+	if on == (w.cancel != nil) || w.path == "" {
+		return
+	}
+	if !on {
+		w.stop()
+		return
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	w.cancel, w.done = cancel, make(chan struct{})
+	go func() {
+		defer close(w.done)
+		if err := watch.File(wctx, w.path, watchDebounce, w.log, func() { w.trigger("file changed") }); err != nil {
+			w.log.Error("cannot watch the configuration file; reload with SIGHUP", "error", err.Error())
+		}
+	}()
+}
+
+func (w *watcher) stop() {
+	if w.cancel != nil {
+		w.cancel()
+		<-w.done
+		w.cancel = nil
 	}
 }
 

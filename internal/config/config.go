@@ -44,6 +44,8 @@ type Config struct {
 	// MaxConnections caps the connections of the whole process; 0 means
 	// no cap. Past it, listeners stop accepting until connections close.
 	MaxConnections int
+	// Watch reloads the file when it changes (as --watch).
+	Watch bool
 	// Defaults are the settings every proxy starts from.
 	Defaults Settings
 	Proxies  []Proxy

@@ -408,7 +408,7 @@ func (d *decoder) address(n *node, path string, listen, srvOK bool) (string, boo
 
 // Keys of each object, for the hints about keys written in the wrong place.
 var (
-	topKeys   = []string{"log", "admin", "grace_period", "max_connections", "defaults", "proxies"}
+	topKeys   = []string{"log", "admin", "grace_period", "max_connections", "watch", "defaults", "proxies"}
 	proxyKeys = []string{"name", "listen", "backends"}
 )
 
@@ -458,6 +458,11 @@ func (d *decoder) file(root *node) decoded {
 		"max_connections": func(v *node, path string) {
 			if n, ok := d.integer(v, path, 0, "must not be negative (0 means no cap)"); ok {
 				c.MaxConnections = n
+			}
+		},
+		"watch": func(v *node, path string) {
+			if b, ok := d.boolean(v, path); ok {
+				c.Watch = b
 			}
 		},
 		"defaults": func(v *node, path string) {

@@ -292,9 +292,9 @@ func TestDecodeProblems(t *testing.T) {
 		{
 			name:     "unknown key far from any",
 			yaml:     "colour: blue\n",
-			yamlWant: []string{"pj.yaml:1: colour: unknown key (valid here: admin, defaults, grace_period, log, max_connections, proxies)"},
+			yamlWant: []string{"pj.yaml:1: colour: unknown key (valid here: admin, defaults, grace_period, log, max_connections, proxies, watch)"},
 			toml:     "colour = \"blue\"\n",
-			tomlWant: []string{"pj.toml:1: colour: unknown key (valid here: admin, defaults, grace_period, log, max_connections, proxies)"},
+			tomlWant: []string{"pj.toml:1: colour: unknown key (valid here: admin, defaults, grace_period, log, max_connections, proxies, watch)"},
 		},
 		{
 			name:     "proxy for proxies",
@@ -594,7 +594,7 @@ max_connections = "${MAX}"
 		{
 			name:     "not an object at the top",
 			yaml:     "- listen: 0.0.0.0:80\n",
-			yamlWant: []string{"pj.yaml:1: expected an object of keys (log, admin, grace_period, max_connections, defaults, proxies) at the top of the file, got a list"},
+			yamlWant: []string{"pj.yaml:1: expected an object of keys (log, admin, grace_period, max_connections, watch, defaults, proxies) at the top of the file, got a list"},
 			// A TOML document is always a table.
 			toml:     "[defaults]\n[defaults]\n",
 			tomlWant: []string{"pj.toml:2: defaults: [defaults] is defined twice (first on line 1)"},
