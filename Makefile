@@ -2,7 +2,12 @@
 
 GO          ?= go
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
-LDFLAGS     := -s -w -X github.com/pj-proxy/pj/internal/version.Version=$(VERSION)
+COMMIT      ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# The build date is the commit's, so that building the same commit twice
+# gives the same binary.
+DATE        ?= $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null || echo unknown)
+VERSION_PKG := github.com/pj-proxy/pj/internal/version
+LDFLAGS     := -s -w -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Commit=$(COMMIT) -X $(VERSION_PKG).Date=$(DATE)
 BIN         := bin/pj
 # The mapping `make run` serves: SSH on port 8787 of this machine.
 MAPPING     ?= 127.0.0.1:8787:127.0.0.1:22

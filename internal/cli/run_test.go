@@ -569,6 +569,11 @@ func TestVersionAndHelp(t *testing.T) {
 		if !strings.HasPrefix(out.String(), "pj ") {
 			t.Fatalf("%v printed %q, want a first line 'pj VERSION'", args, out.String())
 		}
+		for _, key := range []string{"\ncommit: ", "\nbuilt: ", "\ngo: go1.", "\nplatform: linux/"} {
+			if !strings.Contains(out.String(), key) {
+				t.Errorf("%v printed %q, want a line %q", args, out.String(), strings.TrimPrefix(key, "\n"))
+			}
+		}
 	}
 	for _, args := range [][]string{{"-h"}, {"--help"}} {
 		var out strings.Builder
