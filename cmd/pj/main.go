@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/pj-proxy/pj/internal/cli"
+	"github.com/pj-proxy/pj/internal/systemd"
 )
 
 func main() {
@@ -40,7 +41,10 @@ func main() {
 		}
 	}()
 
-	err := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr, cli.WithReload(reload))
+	// Sockets a service manager passed in (systemd socket activation).
+	inherited := systemd.Listeners()
+
+	err := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr, cli.WithReload(reload), cli.WithInherited(inherited))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "pj: %v\n", err)
 	}

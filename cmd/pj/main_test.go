@@ -61,9 +61,16 @@ func startPJ(t *testing.T, listeners int, shell string, args ...string) *proc {
 	} else {
 		cmd = exec.Command(pjBin, args...)
 	}
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // no stray PJ_* variables
+	return startCmd(t, cmd, listeners)
+}
+
+// startCmd starts cmd, a pj process with its environment set, and waits
+// until it has logged listeners listening lines.
+func startCmd(t *testing.T, cmd *exec.Cmd, listeners int) *proc {
+	t.Helper()
 	p := &proc{cmd: cmd, stderr: new(testutil.Buffer), exited: make(chan struct{})}
 	cmd.Stderr = p.stderr
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // no stray PJ_* variables
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

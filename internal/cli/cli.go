@@ -51,6 +51,7 @@ type runEnv struct {
 	lookupEnv func(string) (string, bool)
 	listening func([]net.Addr)
 	reload    <-chan struct{}
+	inherited []*os.File
 }
 
 // WithLookupEnv replaces os.LookupEnv as the source of PJ_* variables.
@@ -68,6 +69,13 @@ func WithListening(f func([]net.Addr)) Option {
 // file, as SIGHUP does.
 func WithReload(ch <-chan struct{}) Option {
 	return func(e *runEnv) { e.reload = ch }
+}
+
+// WithInherited gives pj listening sockets passed in by a service manager
+// (socket activation): each serves the proxy whose listen address it has.
+// Run owns the files.
+func WithInherited(files []*os.File) Option {
+	return func(e *runEnv) { e.inherited = files }
 }
 
 // Run runs pj with args (without the program name) until ctx is cancelled,

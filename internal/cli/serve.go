@@ -12,6 +12,7 @@ import (
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/server"
+	"github.com/pj-proxy/pj/internal/systemd"
 	"github.com/pj-proxy/pj/internal/version"
 	"github.com/pj-proxy/pj/internal/watch"
 )
@@ -38,7 +39,8 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 	handler := observe.NewSwappable(h)
 	log := slog.New(handler)
 
-	srv, err := server.New(cfg, server.Options{Logger: log})
+	srv, err := server.New(cfg, server.Options{Logger: log, Inherited: env.inherited})
+	env.inherited = nil // the server owns them now
 	if err != nil {
 		return fmt.Errorf("start-up failed, nothing is listening: %w", err)
 	}
@@ -51,6 +53,20 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 	if env.listening != nil {
 		env.listening(srv.Addrs())
 	}
+
+	// Under systemd (Type=notify): ready once every listener is bound,
+	// stopping from the first SIGTERM, the watchdog while pj runs.
+	notify := systemd.NewNotifier(log)
+	notify.Ready(serving(cfg))
+	stopNotify := context.AfterFunc(ctx, func() { notify.Stopping("draining connections") })
+	defer stopNotify()
+	wdCtx, stopWatchdog := context.WithCancel(context.Background())
+	wdDone := make(chan struct{})
+	go func() {
+		defer close(wdDone)
+		notify.Watchdog(wdCtx, func() { srv.Addrs() })
+	}()
+	defer func() { stopWatchdog(); <-wdDone }()
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx) }()
@@ -66,7 +82,7 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 	defer w.stop()
 	w.set(ctx, f.watch || cfg.Watch)
 
-	r := reloader{f: f, env: env, srv: srv, log: log, handler: handler, out: out, current: cfg, admin: adm}
+	r := reloader{f: f, env: env, srv: srv, log: log, handler: handler, out: out, current: cfg, admin: adm, notify: notify}
 	for {
 		select {
 		case err := <-served:
@@ -127,6 +143,7 @@ type reloader struct {
 	out     io.Writer
 	current config.Config
 	admin   *adminListener
+	notify  *systemd.Notifier
 }
 
 // reload reads the configuration again and applies it; a configuration
@@ -136,6 +153,15 @@ func (r *reloader) reload(trigger string) {
 		r.log.Warn("reload requested, but pj runs without a configuration file: nothing to reload", "trigger", trigger)
 		return
 	}
+	// The service manager hears of every reload, applied or not: ready
+	// again means the configuration in force (new or old) serves.
+	r.notify.Reloading()
+	shuttingDown := false
+	defer func() {
+		if !shuttingDown {
+			r.notify.Ready(serving(r.current))
+		}
+	}()
 	cfg, err := loadConfig(r.f, r.env.lookupEnv)
 	if err != nil {
 		r.srv.ReloadFailed()
@@ -160,6 +186,7 @@ func (r *reloader) reload(trigger string) {
 	what, err := r.srv.Reload(cfg)
 	if err != nil {
 		if errors.Is(err, server.ErrClosed) {
+			shuttingDown = true
 			return
 		}
 		r.log.Error("reload failed", "trigger", trigger, "error", err.Error())
@@ -176,6 +203,14 @@ func (r *reloader) reload(trigger string) {
 	}
 	r.current = cfg
 	r.log.Info("reload: "+what, "trigger", trigger)
+}
+
+// serving is the status line pj gives its service manager.
+func serving(cfg config.Config) string {
+	if len(cfg.Proxies) == 1 {
+		return "serving 1 proxy"
+	}
+	return fmt.Sprintf("serving %d proxies", len(cfg.Proxies))
 }
 
 func firstLine(err error) string {

@@ -67,7 +67,7 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 				// Renamed: its backends still are the listener's.
 				prev[pc.Name] = e.ln.Proxy()
 			}
-			next[i] = &entry{cfg: pc, key: key, ln: e.ln, addr: e.addr}
+			next[i] = &entry{cfg: pc, key: key, ln: e.ln, addr: e.addr, from: e.from}
 			kept = append(kept, next[i])
 			continue
 		}
@@ -110,6 +110,7 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 // connections may run for the grace period, then they are cut.
 func (s *Server) retire(e *entry, grace time.Duration) {
 	s.eng.CloseListener(e.ln)
+	s.releaseInherited(e.from)
 	e.ln.Proxy().Backends.Stop()
 	if n := s.eng.Active(); n > 0 {
 		s.log.Info("stopped listening; its open connections may finish", "proxy", e.cfg.Name,

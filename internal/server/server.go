@@ -39,6 +39,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Loops is the number of event loops; 0 means one per CPU.
 	Loops int
+	// Inherited are listening sockets passed in by a service manager
+	// (socket activation). A proxy whose listen address one of them has
+	// is served from it instead of binding; the others bind as usual.
+	// The Server owns the files.
+	Inherited []*os.File
 }
 
 // Server is a set of bound listeners and the engine serving them.
@@ -46,10 +51,11 @@ type Server struct {
 	log *slog.Logger
 	eng *engine.Engine
 
-	mu      sync.Mutex // guards everything below
-	cfg     config.Config
-	entries []*entry // in configuration order
-	closed  bool
+	mu        sync.Mutex // guards everything below
+	cfg       config.Config
+	entries   []*entry // in configuration order
+	inherited []*inherited
+	closed    bool
 
 	reloadsOK, reloadsFailed atomic.Uint64
 }
@@ -60,6 +66,8 @@ type entry struct {
 	key  string       // identifies the listener across reloads
 	ln   *engine.Listener
 	addr net.Addr
+	// from is the inherited socket the listener serves, nil if pj bound it.
+	from *inherited
 }
 
 // New resolves the proxies' backends and binds a listener for every proxy.
@@ -70,18 +78,23 @@ func New(cfg config.Config, opt Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	s := &Server{log: log, cfg: cfg}
+	s.adoptInherited(opt.Inherited)
 	eng, err := engine.New(engine.Options{Logger: log, Loops: opt.Loops, KeepAlive: KeepAlive})
 	if err != nil {
+		s.closeInherited()
 		return nil, fmt.Errorf("start the event engine: %w", err)
 	}
-	s := &Server{log: log, eng: eng, cfg: cfg}
+	s.eng = eng
 	eng.SetMaxConnections(cfg.MaxConnections)
 	entries, err := s.open(cfg.Proxies, nil)
 	if err != nil {
 		eng.Close()
+		s.closeInherited()
 		return nil, err
 	}
 	s.entries = entries
+	s.logUnusedInherited()
 	return s, nil
 }
 
@@ -89,19 +102,24 @@ func New(cfg config.Config, opt Options) (*Server, error) {
 // runtime from prev (by name) where there is one. All or nothing.
 func (s *Server) open(proxies []config.Proxy, prev map[string]*proxy.Proxy) ([]*entry, error) {
 	lc := net.ListenConfig{KeepAlive: -1, Control: controlListener}
-	var bound []*net.TCPListener
+	var (
+		bound []*net.TCPListener
+		from  []*inherited
+	)
 	closeBound := func() {
-		for _, ln := range bound {
+		for i, ln := range bound {
 			_ = ln.Close() // giving up: the close error would hide the real one
+			s.releaseInherited(from[i])
 		}
 	}
 	for _, pc := range proxies {
-		ln, err := lc.Listen(context.Background(), "tcp", pc.Listen)
+		ln, in, err := s.listen(&lc, pc)
 		if err != nil {
 			closeBound()
 			return nil, fmt.Errorf("proxy %s: %w%s", pc.Name, err, listenHint(err))
 		}
-		bound = append(bound, ln.(*net.TCPListener))
+		bound = append(bound, ln)
+		from = append(from, in)
 	}
 	entries := make([]*entry, len(proxies))
 	for i, pc := range proxies {
@@ -110,7 +128,7 @@ func (s *Server) open(proxies []config.Proxy, prev map[string]*proxy.Proxy) ([]*
 			// port 0 has become a real port, an empty host "[::]".
 			pc.Name = bound[i].Addr().String()
 		}
-		entries[i] = &entry{cfg: pc, key: listenerKey(pc), addr: bound[i].Addr()}
+		entries[i] = &entry{cfg: pc, key: listenerKey(pc), addr: bound[i].Addr(), from: from[i]}
 	}
 	runtimes := s.build(entries, prev)
 	for i, ln := range bound {
@@ -246,6 +264,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		e.ln.Proxy().Backends.Stop()
 	}
 	s.entries = nil
+	s.closeInherited()
 	grace := s.cfg.GracePeriod
 	s.mu.Unlock()
 
@@ -275,8 +294,12 @@ func (s *Server) Serve(ctx context.Context) error {
 
 func (s *Server) logListening(e *entry) {
 	p := e.ln.Proxy()
-	s.log.Info("listening", "proxy", p.Name, "address", e.ln.Addr(),
-		"backends", strings.Join(backendAddrs(p), ","), "balance", p.Balance, "health_checks", p.Backends.ChecksEnabled())
+	attrs := []any{"proxy", p.Name, "address", e.ln.Addr(),
+		"backends", strings.Join(backendAddrs(p), ","), "balance", p.Balance, "health_checks", p.Backends.ChecksEnabled()}
+	if e.from != nil {
+		attrs = append(attrs, "socket", "inherited")
+	}
+	s.log.Info("listening", attrs...)
 }
 
 func backendAddrs(p *proxy.Proxy) []string {
@@ -298,5 +321,6 @@ func (s *Server) Close() {
 		e.ln.Proxy().Backends.Stop()
 	}
 	s.entries = nil
+	s.closeInherited()
 	s.eng.Close()
 }
