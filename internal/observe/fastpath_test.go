@@ -20,6 +20,9 @@ func TestWriteConnIsHandlesLine(t *testing.T) {
 		{Accepted: at, ClientAddr: netip.MustParseAddrPort("[2001:db8::7]:443"), Listener: "[::]:8443", Proxy: "web tls",
 			Status: StatusConnectFailed, Duration: 5 * time.Second, ClosedBy: "pj", Err: errors.New(`connect to "x": refused`)},
 		{Accepted: at, Client: "10.0.0.1:1", Listener: "l", Backend: "b", Proxy: "p", Status: StatusReset, Relay: "copy"},
+		{Accepted: at, Client: "192.0.2.9:5353", Listener: "0.0.0.0:53/udp", Backend: "10.0.0.53:53", Proxy: "dns",
+			Status: StatusOK, Duration: 800 * time.Microsecond, Up: 40, Down: 120, ClosedBy: "backend",
+			Datagrams: true, DatagramsUp: 1, DatagramsDown: 1},
 	}
 	for _, debug := range []bool{false, true} {
 		for i, c := range conns {

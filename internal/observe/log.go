@@ -164,6 +164,12 @@ func (h *TextHandler) writeConn(c *Conn, debug bool) error {
 		b = append(b, " proxy="...)
 		b = appendString(b, c.Proxy)
 	}
+	if c.Datagrams {
+		b = append(b, " datagrams_up="...)
+		b = strconv.AppendInt(b, c.DatagramsUp, 10)
+		b = append(b, " datagrams_down="...)
+		b = strconv.AppendInt(b, c.DatagramsDown, 10)
+	}
 	if c.Connect > 0 {
 		b = append(b, " connect="...)
 		b = AppendDuration(b, c.Connect)

@@ -222,6 +222,15 @@ func TestLogConnJSON(t *testing.T) {
 			},
 			want: map[string]any{"proxy": "ssh", "status": "connect_failed", "error": "connect: connection refused"},
 		},
+		{
+			name: "UDP session",
+			change: func(c *observe.Conn) {
+				c.Listener, c.Proxy = "0.0.0.0:53/udp", "0.0.0.0:53/udp"
+				c.Datagrams, c.DatagramsUp, c.DatagramsDown = true, 3, 4
+			},
+			want: map[string]any{"listener": "0.0.0.0:53/udp", "proxy": "0.0.0.0:53/udp",
+				"datagrams_up": json.Number("3"), "datagrams_down": json.Number("4")},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

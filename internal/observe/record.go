@@ -57,6 +57,10 @@ type Conn struct {
 	Relay string
 	// Err is what ended the connection early, if anything; logged as a field.
 	Err error
+	// Datagrams marks a UDP session: its line gains datagrams_up= and
+	// datagrams_down=, the datagrams relayed each way.
+	Datagrams                  bool
+	DatagramsUp, DatagramsDown int64
 }
 
 // Log writes c as one record at info level, timestamped with the moment the
@@ -93,7 +97,7 @@ func connRecord(c *Conn, debug bool) slog.Record {
 	}
 	// All attributes go in with one AddAttrs: the record keeps five
 	// inline and allocates once for the rest.
-	var attrs [12]slog.Attr
+	var attrs [14]slog.Attr
 	a := append(attrs[:0],
 		slog.String(KeyClient, client),
 		slog.String(KeyListener, c.Listener),
@@ -104,6 +108,9 @@ func connRecord(c *Conn, debug bool) slog.Record {
 		slog.Int64(KeyBytesDown, c.Down),
 		slog.String("proxy", c.Proxy),
 	)
+	if c.Datagrams {
+		a = append(a, slog.Int64(KeyDatagramsUp, c.DatagramsUp), slog.Int64(KeyDatagramsDown, c.DatagramsDown))
+	}
 	if c.Connect > 0 {
 		a = append(a, slog.Duration(KeyConnect, c.Connect))
 	}
@@ -133,4 +140,7 @@ const (
 	KeyBytesDown = "bytes_down"
 	KeyConnect   = "connect_ms" // "connect=" in text
 	KeyClosedBy  = "closed_by"
+	// Datagram counts of a UDP session ("datagrams_up=" in text too).
+	KeyDatagramsUp   = "datagrams_up"
+	KeyDatagramsDown = "datagrams_down"
 )

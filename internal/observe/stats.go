@@ -37,6 +37,9 @@ type ProxyStats struct {
 	BytesUp   atomic.Uint64              // client → backend, as delivered
 	BytesDown atomic.Uint64              // backend → client
 	Duration  Histogram                  // of finished connections, seconds
+	// DatagramsUp and DatagramsDown count the datagrams of a UDP proxy,
+	// client → backend and back, as relayed.
+	DatagramsUp, DatagramsDown atomic.Uint64
 }
 
 // NewProxyStats returns zeroed counters with the duration buckets.

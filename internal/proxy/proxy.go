@@ -45,6 +45,12 @@ type Proxy struct {
 	// nil: no header is expected from anyone.
 	TrustedProxies *admission.CIDRSet
 
+	// UDP marks a proxy of datagrams (a listen address ending in /udp);
+	// Responses, if not 0, ends each of its sessions after that many
+	// replies.
+	UDP       bool
+	Responses int
+
 	rateLimit config.RateLimit // what Clients was built with
 	perClient int
 }

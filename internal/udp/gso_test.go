@@ -1,0 +1,152 @@
+package udp
+
+import (
+	"bytes"
+	"net"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pj-proxy/pj/internal/testutil"
+)
+
+// TestSendRunKeepsBoundaries drives the send path to a backend directly:
+// a run of datagrams of one size (one GSO send), a run of mixed sizes
+// (sendmmsg), and a slot coalesced by GRO (passed on as coalesced). The
+// backend must get each datagram whole and alone.
+func TestSendRunKeepsBoundaries(t *testing.T) {
+	l, err := newLoop(&Engine{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Close(l.evfd); _ = unix.Close(l.epfd) })
+	recv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = recv.Close() })
+	_ = recv.SetReadBuffer(4 << 20)
+	fd, err := newBackendSocket(recv.LocalAddr().(*net.UDPAddr).AddrPort(), &l.rsa, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeFD(fd) })
+	s := &session{fd: fd, ls: &lsock{ln: &Listener{}}}
+
+	for _, tc := range []struct {
+		name  string
+		slots [][]byte // what each rx slot holds
+		seg   []int32  // GRO segment size of each slot (0: one datagram)
+		gso   bool     // whether the run qualifies for one GSO send
+		want  [][]byte // the datagrams the backend must get
+	}{
+		{
+			name:  "one size, last shorter",
+			slots: [][]byte{fill('a', 1000), fill('b', 1000), fill('c', 1000), fill('d', 10)},
+			gso:   true,
+		},
+		{
+			name:  "mixed sizes",
+			slots: [][]byte{fill('a', 100), fill('b', 1000), fill('c', 10)},
+		},
+		{
+			name:  "coalesced by GRO",
+			slots: [][]byte{append(append(fill('x', 500), fill('y', 500)...), fill('z', 200)...)},
+			seg:   []int32{500},
+			want:  [][]byte{fill('x', 500), fill('y', 500), fill('z', 200)},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for i, b := range tc.slots {
+				copy(l.rx.buf[i*slotSize:], b)
+				l.rx.hdrs[i].Len = uint32(len(b))
+				l.rxSeg[i] = 0
+				if i < len(tc.seg) {
+					l.rxSeg[i] = tc.seg[i]
+				}
+			}
+			n := len(tc.slots)
+			if got := l.gsoRun(0, n) > 0; got != tc.gso {
+				t.Fatalf("gsoRun: %v, want %v", got, tc.gso)
+			}
+			if err := l.sendRun(s, 0, n); err != nil {
+				t.Fatal(err)
+			}
+			if l.noGSO {
+				t.Fatal("the kernel refused a GSO send on loopback")
+			}
+			want := tc.want
+			if want == nil {
+				want = tc.slots
+			}
+			buf := make([]byte, 1<<16)
+			for i, w := range want {
+				_ = recv.SetReadDeadline(time.Now().Add(5 * time.Second))
+				m, err := recv.Read(buf)
+				if err != nil {
+					t.Fatalf("datagram %d: %v", i, err)
+				}
+				if !bytes.Equal(buf[:m], w) {
+					t.Fatalf("datagram %d: %d bytes of %q, want %d of %q", i, m, buf[0], len(w), w[0])
+				}
+			}
+		})
+	}
+}
+
+// TestCoalescedReplies: a backend that sends its replies with GSO (as a
+// QUIC server does) reaches pj's GRO socket as one coalesced read; the
+// client must still get each reply whole and alone, and the session counts
+// each.
+func TestCoalescedReplies(t *testing.T) {
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := srv.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			payload := append(append(fill('1', 300), fill('2', 300)...), fill('3', 120)...)
+			oob := make([]byte, unix.CmsgSpace(2))
+			putSegment(oob, 300)
+			_, _, _ = srv.WriteMsgUDP(payload, oob, from)
+		}
+	}()
+	t.Cleanup(func() { _ = srv.Close(); <-done })
+	h := newHarness(t, opts{}, srv.LocalAddr().String())
+	c := client(t, "127.0.0.1:0")
+	if _, err := c.WriteToUDPAddrPort([]byte("go"), h.addr); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<16)
+	for i, w := range [][]byte{fill('1', 300), fill('2', 300), fill('3', 120)} {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		m, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+		if !bytes.Equal(buf[:m], w) {
+			t.Fatalf("reply %d: %d bytes of %q, want %d of %q", i, m, buf[0], len(w), w[0])
+		}
+	}
+	testutil.WaitFor(t, 5*time.Second, "three datagrams counted", func() bool {
+		ss := h.e.Sessions()
+		return len(ss) == 1 && ss[0].DgramsDn == 3 && ss[0].Down == 720
+	})
+	coalesced := 0
+	for _, l := range h.e.loops {
+		_ = l.call(func(l *loop) error { coalesced += l.coalesced; return nil })
+	}
+	if coalesced == 0 {
+		t.Fatal("the replies were not read coalesced: GRO is off on the backend socket")
+	}
+}
+
+func fill(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }

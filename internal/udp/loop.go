@@ -1,0 +1,726 @@
+package udp
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pj-proxy/pj/internal/observe"
+)
+
+const (
+	maxEvents = 256
+	// rxBatch is how many datagrams one recvmmsg takes from a listening
+	// socket.
+	rxBatch = 32
+	// txBatch is how many replies wait for one sendmmsg to their clients.
+	txBatch = 64
+	// perSession bounds the replies read from one backend socket per
+	// event, so that a chatty backend cannot starve the others (the
+	// socket is level-triggered: what is left is reported again).
+	perSession = 16
+
+	yieldEvery = 2 * time.Millisecond
+)
+
+// lsock is one socket of a listener, owned by one loop, with the sessions
+// it carries.
+type lsock struct {
+	ln       *Listener
+	fd       int
+	family   int
+	wildcard bool
+	closed   bool
+	// lru lists the socket's sessions, the least recently active first.
+	lru lruList
+}
+
+// loop is one event loop: an epoll instance, the listener sockets and the
+// sessions it owns, their timers and its batches. Everything in it is
+// touched only by its own goroutine, except the command queue.
+type loop struct {
+	e      *Engine
+	id     int
+	epfd   int
+	evfd   int
+	events []unix.EpollEvent
+
+	socks  map[int]*lsock
+	table  map[key]*session
+	byFD   []*session // sessions by backend descriptor
+	timers timerHeap
+	spare  []*session // closed sessions kept for reuse
+	gen    uint32
+
+	rx    *msgs          // datagrams from clients
+	rxSeg [rxBatch]int32 // UDP GRO: the datagram size of a coalesced slot; else 0
+	up    *msgs          // headers for the sends to backends (over rx's slots)
+	tx    *msgs          // replies from backends, waiting to be sent to clients
+	txN   int
+	txs   []txEntry
+	rsa   unix.RawSockaddrAny
+	ev    unix.EpollEvent
+
+	cur     *session // the session being handled, for recover
+	wall    time.Time
+	now     int64
+	busy    bool
+	yielded int64
+	noGSO   bool // a GSO send failed: send datagram by datagram
+	// coalesced counts reads that UDP GRO coalesced (for tests).
+	coalesced int
+
+	mu       sync.Mutex
+	cmds     []func(*loop)
+	signaled bool
+	stopping bool
+	done     bool
+	exited   chan struct{}
+}
+
+// txEntry is the session a queued reply belongs to, to count it once sent.
+type txEntry struct {
+	s     *session
+	gen   uint32
+	ls    *lsock
+	stats *observe.ProxyStats
+	n     int // datagrams in the message (more than one with GSO)
+	seg   int // their size when more than one; else 0
+}
+
+func newLoop(e *Engine, id int) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		_ = unix.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	l := &loop{
+		e: e, id: id, epfd: epfd, evfd: evfd,
+		events: make([]unix.EpollEvent, maxEvents),
+		socks:  map[int]*lsock{},
+		table:  map[key]*session{},
+		rx:     newMsgs(rxBatch),
+		tx:     newMsgs(txBatch),
+		txs:    make([]txEntry, txBatch),
+		exited: make(chan struct{}),
+	}
+	l.up = &msgs{hdrs: make([]unix.Mmsghdr, rxBatch), iovs: make([]unix.Iovec, rxBatch*2), ctrl: make([]byte, rxBatch*ctrlSize)}
+	l.ev = unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &l.ev); err != nil {
+		_ = unix.Close(evfd)
+		_ = unix.Close(epfd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	l.tick()
+	return l, nil
+}
+
+func (l *loop) run() {
+	defer func() {
+		l.mu.Lock()
+		l.done = true
+		l.mu.Unlock()
+		_ = unix.Close(l.evfd)
+		_ = unix.Close(l.epfd)
+		close(l.exited)
+	}()
+	for {
+		n, err := l.wait()
+		l.tick()
+		if err != nil && err != unix.EINTR {
+			l.e.log.Error("udp event loop failed; its sessions are lost", "loop", l.id, "error", err.Error())
+			return
+		}
+		for i := 0; i < n; i++ {
+			l.dispatch(&l.events[i])
+		}
+		l.flush()
+		l.runTimers()
+		if l.busy && l.now-l.yielded > int64(yieldEvery) {
+			// See the TCP engine's loop: a busy loop yields now and
+			// then rather than be preempted by a signal.
+			l.yielded = l.now
+			runtime.Gosched()
+		}
+		if l.stopping && len(l.table) == 0 {
+			return
+		}
+	}
+}
+
+// wait returns the next batch of events: a busy loop waits in a raw system
+// call of at most a millisecond, an idle one in the scheduler's blocking
+// call (the TCP engine's loop explains why).
+func (l *loop) wait() (int, error) {
+	ms := l.waitMillis()
+	if l.busy {
+		raw := ms
+		if raw < 0 || raw > 1 {
+			raw = 1
+		}
+		n, err := epollWaitRaw(l.epfd, l.events, raw)
+		if n > 0 || err != nil || raw == ms {
+			return n, err
+		}
+		l.busy = false
+		if ms > 0 {
+			ms--
+		}
+	}
+	n, err := unix.EpollWait(l.epfd, l.events, ms)
+	l.busy = n > 0
+	return n, err
+}
+
+func (l *loop) tick() {
+	t := time.Now()
+	l.wall = t
+	l.now = int64(t.Sub(l.e.start))
+}
+
+func (l *loop) waitMillis() int {
+	if len(l.timers) == 0 {
+		return -1
+	}
+	d := l.timers[0].timerAt - l.e.now()
+	if d <= 0 {
+		return 0
+	}
+	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+}
+
+func (l *loop) dispatch(ev *unix.EpollEvent) {
+	defer l.recover()
+	fd, gen := int(ev.Fd), uint32(ev.Pad)
+	if gen == 0 {
+		if fd == l.evfd {
+			l.runCommands()
+		} else if ls := l.socks[fd]; ls != nil {
+			l.readClients(ls)
+		}
+		return
+	}
+	if fd >= len(l.byFD) {
+		return
+	}
+	s := l.byFD[fd]
+	if s == nil || s.gen != gen {
+		return // a session closed earlier in this batch
+	}
+	l.readBackend(s, ev.Events)
+}
+
+// recover turns a panic into the end of the session being handled, if
+// any: pj goes on.
+func (l *loop) recover() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	l.e.panics.Add(1)
+	s := l.cur
+	l.cur = nil
+	id := uint64(0)
+	if s != nil {
+		id = s.id
+	}
+	l.e.log.Error("panic while relaying datagrams; pj goes on", "session", id, "error", fmt.Sprint(v), "stack", string(debug.Stack()))
+	if s != nil && s.state != stateClosed {
+		l.close(s, StatusOf(errPanic), fmt.Errorf("%w: %v", errPanic, v))
+	}
+	l.txN = 0 // the queued replies may be half built
+}
+
+// --- listener sockets ---
+
+func (l *loop) addSocket(ls *lsock) error {
+	l.ev = unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(ls.fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ls.fd, &l.ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	l.socks[ls.fd] = ls
+	return nil
+}
+
+// drained closes the loop's socket of a draining listener once it carries
+// no session.
+func (l *loop) drained(ln *Listener) {
+	for _, ls := range l.socks {
+		if ls.ln == ln && ls.lru.head == nil {
+			l.closeSocket(ls)
+		}
+	}
+}
+
+func (l *loop) closeSocket(ls *lsock) {
+	if ls.closed {
+		return
+	}
+	ls.closed = true
+	l.flush() // replies queued for it go first
+	delete(l.socks, ls.fd)
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ls.fd, nil) // closing removes it anyway
+	closeFD(ls.fd)
+}
+
+// --- the data path ---
+
+// readClients takes one batch of datagrams from a listening socket and
+// sends each on to its session's backend.
+func (l *loop) readClients(ls *lsock) {
+	rx := l.rx
+	rx.armRecv(0, rxBatch, true, true)
+	n, err := recvmmsg(ls.fd, rx.hdrs)
+	if err != nil {
+		if err != unix.EAGAIN {
+			l.e.log.Warn("udp: cannot read datagrams", "address", ls.ln.addr, "error", err.Error())
+		}
+		return
+	}
+	for i := range n {
+		l.rxSeg[i] = 0
+		if rx.hdrs[i].Hdr.Controllen > 0 {
+			l.rxSeg[i] = int32(parseRx(rx.control(i)).segment)
+		}
+	}
+	var run *session
+	from := 0
+	for i := range n {
+		k, ok := keyOf(ls.ln.id, &rx.names[i])
+		if !ok {
+			continue
+		}
+		s := l.table[k]
+		if s == nil {
+			if s = l.open(ls, k, i); s == nil {
+				continue
+			}
+		}
+		// Active from now: the session cannot be evicted for a new one
+		// while its datagrams wait in this batch.
+		l.touch(s)
+		if s != run {
+			if run != nil {
+				l.sendUp(run, from, i)
+			}
+			run, from = s, i
+		}
+	}
+	if run != nil {
+		l.sendUp(run, from, n)
+	}
+	if ls.ln.drops.dirty.Load() {
+		ls.ln.drops.report(l.e.log, ls.ln, l.wall)
+	}
+}
+
+// dgramsIn is the number of datagrams in rx slot i: one, or with UDP GRO
+// as many as were coalesced.
+func (l *loop) dgramsIn(i int) int64 {
+	size, seg := int(l.rx.hdrs[i].Len), int(l.rxSeg[i])
+	if seg > 0 && size > seg {
+		return int64((size + seg - 1) / seg)
+	}
+	return 1
+}
+
+// sendUp sends the datagrams of rx slots [from, to), all from s's client,
+// to s's backend. Datagrams of other clients in between make separate
+// runs, so order is kept per client.
+func (l *loop) sendUp(s *session, from, to int) {
+	l.cur = s
+	defer func() { l.cur = nil }()
+	if s.fd < 0 && !l.attach(s) {
+		return
+	}
+	var bytes, dgrams int64
+	for i := from; i < to; i++ {
+		bytes += int64(l.rx.hdrs[i].Len)
+		dgrams += l.dgramsIn(i)
+	}
+	for try := 0; ; try++ {
+		err := l.sendRun(s, from, to)
+		if err == nil {
+			break
+		}
+		if isRefused(err) && try == 0 {
+			// The backend answered an earlier datagram with ICMP port
+			// unreachable, and the kernel reports it on this send: fail
+			// over, and send these to the next backend.
+			l.failover(s, err)
+			if !l.attach(s) {
+				return
+			}
+			continue
+		}
+		s.ls.ln.drops.counts[dropSendFailed].Add(uint64(dgrams))
+		s.ls.ln.drops.dirty.Store(true)
+		return
+	}
+	s.up.bytes += bytes
+	s.up.dgrams += dgrams
+	st := s.proxy.Stats
+	st.BytesUp.Add(uint64(bytes))
+	st.DatagramsUp.Add(uint64(dgrams))
+}
+
+// sendRun hands rx slots [from, to) to s's backend socket: one send for a
+// lone datagram, one GSO send for datagrams of one size, else sendmmsg.
+func (l *loop) sendRun(s *session, from, to int) error {
+	rx, up := l.rx, l.up
+	if to-from == 1 && l.rxSeg[from] == 0 {
+		return send(s.fd, rx.data(from))
+	}
+	if !l.noGSO {
+		if seg := l.gsoRun(from, to); seg > 0 {
+			return l.sendGSO(s, from, to, seg)
+		}
+	}
+	m := 0
+	for i := from; i < to; i++ {
+		h := &up.hdrs[m].Hdr
+		*h = unix.Msghdr{}
+		up.iovs[m] = unix.Iovec{Base: &rx.buf[i*slotSize]}
+		up.iovs[m].SetLen(int(rx.hdrs[i].Len))
+		h.Iov = &up.iovs[m]
+		h.SetIovlen(1)
+		if seg := int(l.rxSeg[i]); seg > 0 && int(rx.hdrs[i].Len) > seg {
+			// Coalesced by GRO: passed on as coalesced, the kernel
+			// splits it again at the same boundaries.
+			c := up.ctrl[m*ctrlSize : (m+1)*ctrlSize]
+			h.Control = &c[0]
+			h.SetControllen(putSegment(c, seg))
+		}
+		m++
+	}
+	for sent := 0; sent < m; {
+		k, err := sendmmsg(s.fd, up.hdrs[sent:m])
+		if err != nil {
+			if sent == 0 {
+				return err
+			}
+			s.ls.ln.drops.counts[dropSendFailed].Add(uint64(m - sent))
+			s.ls.ln.drops.dirty.Store(true)
+			return nil
+		}
+		sent += k
+	}
+	return nil
+}
+
+// gsoRun returns the datagram size if rx slots [from, to) can go as one
+// GSO send: each slot one datagram, all of one size but the last, which
+// may be shorter; else 0. One send then carries them all through the
+// stack, and the kernel splits them at their boundaries: the backend gets
+// them one by one, as sent.
+func (l *loop) gsoRun(from, to int) int {
+	rx := l.rx
+	if n := to - from; n < 2 || n > maxSegments {
+		return 0
+	}
+	size := int(rx.hdrs[from].Len)
+	total := 0
+	for i := from; i < to; i++ {
+		n := int(rx.hdrs[i].Len)
+		if l.rxSeg[i] > 0 || n == 0 || n > size || (n < size && i != to-1) {
+			return 0
+		}
+		total += n
+	}
+	if total > maxGSOBytes {
+		return 0
+	}
+	return size
+}
+
+// sendGSO sends rx slots [from, to) as one message of datagrams of seg
+// bytes.
+func (l *loop) sendGSO(s *session, from, to, seg int) error {
+	rx, up := l.rx, l.up
+	h := &up.hdrs[0].Hdr
+	*h = unix.Msghdr{}
+	for i := from; i < to; i++ {
+		j := i - from
+		up.iovs[j] = unix.Iovec{Base: &rx.buf[i*slotSize]}
+		up.iovs[j].SetLen(int(rx.hdrs[i].Len))
+	}
+	h.Iov = &up.iovs[0]
+	h.SetIovlen(to - from)
+	c := up.ctrl[:ctrlSize]
+	h.Control = &c[0]
+	h.SetControllen(putSegment(c, seg))
+	_, err := sendmmsg(s.fd, up.hdrs[:1])
+	if err == unix.EIO || err == unix.EINVAL {
+		// The route's device cannot take GSO: datagram by datagram
+		// from now on.
+		l.noGSO = true
+		return l.sendRun(s, from, to)
+	}
+	return err
+}
+
+// readBackend reads the replies a backend sent to session s and queues
+// them for its client.
+func (l *loop) readBackend(s *session, events uint32) {
+	l.cur = s
+	defer func() { l.cur = nil }()
+	if l.txN+perSession > txBatch {
+		l.flush()
+		if s.state == stateClosed {
+			return
+		}
+	}
+	tx := l.tx
+	k := perSession
+	if s.responses > 0 {
+		k = min(k, s.responses-s.queued-int(s.down.dgrams))
+	}
+	if k <= 0 {
+		return // its N-th reply is on its way: the session ends once it is sent
+	}
+	from := l.txN
+	tx.armRecv(from, k, false, true)
+	n, err := recvmmsg(s.fd, tx.hdrs[from:from+k])
+	if err != nil {
+		switch {
+		case err == unix.EAGAIN:
+			if events&unix.EPOLLERR != 0 {
+				if serr := socketError(s.fd); serr != nil {
+					l.failover(s, serr)
+				}
+			}
+		case isRefused(err):
+			l.failover(s, err)
+		default:
+			l.failover(s, os.NewSyscallError("recvmmsg", err))
+		}
+		return
+	}
+	if !s.replied {
+		s.replied = true
+		l.observe(s, true, nil)
+	}
+	for i := from; i < from+n; i++ {
+		h := &tx.hdrs[i].Hdr
+		size := int(tx.hdrs[i].Len)
+		seg := 0
+		if h.Controllen > 0 {
+			seg = parseRx(tx.control(i)).segment
+		}
+		dgrams := 1
+		if seg > 0 && size > seg {
+			dgrams = (size + seg - 1) / seg
+			l.coalesced++
+		} else {
+			seg = 0
+		}
+		if s.responses > 0 {
+			// Replies past the N-th are not relayed: the session is over.
+			if left := s.responses - s.queued - int(s.down.dgrams); dgrams > left {
+				size, dgrams = left*seg, left
+				if dgrams == 1 {
+					seg = 0
+				}
+			}
+		}
+		tx.iovs[i].SetLen(size)
+		h.Iov = &tx.iovs[i]
+		tx.names[i] = s.name
+		h.Name = (*byte)(unsafe.Pointer(&tx.names[i]))
+		h.Namelen = s.namelen
+		c := tx.ctrl[i*ctrlSize : (i+1)*ctrlSize]
+		cn := copy(c, s.pkt.b[:s.pkt.n])
+		if seg > 0 {
+			cn += putSegment(c[cn:], seg)
+		}
+		h.Control = nil
+		if cn > 0 {
+			h.Control = &c[0]
+		}
+		h.SetControllen(cn)
+		h.Flags = 0
+		l.txs[i] = txEntry{s: s, gen: s.gen, ls: s.ls, stats: s.proxy.Stats, n: dgrams, seg: seg}
+		s.queued += dgrams
+	}
+	l.txN = from + n
+	l.touch(s)
+}
+
+// flush sends the queued replies to their clients: one sendmmsg per run
+// of replies through the same listening socket. A session whose N-th
+// reply went ends here.
+func (l *loop) flush() {
+	if l.txN == 0 {
+		return
+	}
+	n := l.txN
+	l.txN = 0
+	for from := 0; from < n; {
+		ls := l.txs[from].ls
+		to := from + 1
+		for to < n && l.txs[to].ls == ls {
+			to++
+		}
+		l.sendDown(ls, from, to)
+		from = to
+	}
+	for i := range n {
+		e := &l.txs[i]
+		if s := e.s; s.gen == e.gen && s.state != stateClosed {
+			s.queued -= e.n
+			if s.responses > 0 && s.queued == 0 && int(s.down.dgrams) >= s.responses {
+				l.close(s, observe.StatusOK, nil)
+			}
+		}
+		*e = txEntry{}
+	}
+}
+
+// sendDown sends tx slots [from, to), all through ls, and counts what went.
+func (l *loop) sendDown(ls *lsock, from, to int) {
+	tx := l.tx
+	for i := from; i < to; {
+		k, err := sendmmsg(ls.fd, tx.hdrs[i:to])
+		if err == nil {
+			for j := i; j < i+k; j++ {
+				l.sentDown(j)
+			}
+			i += k
+			continue
+		}
+		if (err == unix.EIO || err == unix.EINVAL) && l.txs[i].seg > 0 {
+			l.splitGSO(ls, i)
+			i++
+			continue
+		}
+		// This reply cannot go (EAGAIN: the socket's buffer is full;
+		// EPERM: a firewall; ...): it is dropped, as a router drops, and
+		// the next is tried; a full buffer drops the rest of the run.
+		drop := 1
+		if err == unix.EAGAIN || err == unix.ENOBUFS {
+			drop = to - i
+		}
+		for j := i; j < i+drop; j++ {
+			ls.ln.drops.counts[dropSendFailed].Add(uint64(l.txs[j].n))
+		}
+		ls.ln.drops.dirty.Store(true)
+		i += drop
+	}
+}
+
+// sentDown counts tx slot i as delivered to its session's client.
+func (l *loop) sentDown(i int) {
+	e := &l.txs[i]
+	size := int64(l.tx.iovs[i].Len)
+	if s := e.s; s.gen == e.gen && s.state != stateClosed {
+		s.down.bytes += size
+		s.down.dgrams += int64(e.n)
+	}
+	e.stats.BytesDown.Add(uint64(size))
+	e.stats.DatagramsDown.Add(uint64(e.n))
+}
+
+// splitGSO sends the coalesced reply of tx slot i datagram by datagram,
+// after its GSO send failed (the route's device cannot take GSO).
+func (l *loop) splitGSO(ls *lsock, i int) {
+	tx, e := l.tx, &l.txs[i]
+	h := &tx.hdrs[i].Hdr
+	data := tx.buf[i*slotSize : i*slotSize+int(tx.iovs[i].Len)]
+	// The packet-info message stays; the segment message, last, goes.
+	ctrl := int(h.Controllen) - unix.CmsgSpace(2)
+	var one [1]unix.Mmsghdr
+	var iov unix.Iovec
+	for off := 0; off < len(data); off += e.seg {
+		end := min(off+e.seg, len(data))
+		iov = unix.Iovec{Base: &data[off]}
+		iov.SetLen(end - off)
+		one[0] = unix.Mmsghdr{Hdr: unix.Msghdr{Name: h.Name, Namelen: h.Namelen, Iov: &iov}}
+		one[0].Hdr.SetIovlen(1)
+		if ctrl > 0 {
+			one[0].Hdr.Control = h.Control
+			one[0].Hdr.SetControllen(ctrl)
+		}
+		if _, err := sendmmsg(ls.fd, one[:]); err != nil {
+			ls.ln.drops.counts[dropSendFailed].Add(1)
+			ls.ln.drops.dirty.Store(true)
+		}
+	}
+	l.sentDown(i)
+}
+
+// --- commands from other goroutines ---
+
+func (l *loop) post(f func(*loop)) bool {
+	l.mu.Lock()
+	if l.done {
+		l.mu.Unlock()
+		return false
+	}
+	l.cmds = append(l.cmds, f)
+	wake := !l.signaled
+	l.signaled = true
+	l.mu.Unlock()
+	if wake {
+		one := [8]byte{1}
+		_, _ = unix.Write(l.evfd, one[:]) // cannot fail short of a full counter, which wakes the loop anyway
+	}
+	return true
+}
+
+// call runs f on the loop and waits for its result; on a loop that has
+// exited, f runs on the caller.
+func (l *loop) call(f func(*loop) error) error {
+	res := make(chan error, 1)
+	if !l.post(func(l *loop) { res <- f(l) }) {
+		<-l.exited
+		return f(l)
+	}
+	select {
+	case err := <-res:
+		return err
+	case <-l.exited:
+		select {
+		case err := <-res:
+			return err
+		default:
+			return fmt.Errorf("udp event loop %d has exited", l.id)
+		}
+	}
+}
+
+func (l *loop) runCommands() {
+	var b [8]byte
+	_, _ = unix.Read(l.evfd, b[:]) // resets the counter; EAGAIN if already read
+	l.mu.Lock()
+	cmds := l.cmds
+	l.cmds = nil
+	l.signaled = false
+	l.mu.Unlock()
+	for _, f := range cmds {
+		f(l)
+	}
+}
+
+func (l *loop) stop() {
+	l.post(func(l *loop) { l.stopping = true })
+	<-l.exited
+}
+
+// cut ends the loop's sessions of ln (every session if ln is nil).
+func (l *loop) cut(ln *Listener, cause error) {
+	for _, s := range l.table {
+		if ln == nil || s.ls.ln == ln {
+			l.close(s, StatusOf(cause), cause)
+		}
+	}
+}
