@@ -54,6 +54,9 @@ type Options struct {
 	Pprof   bool
 	Version string
 	Logger  *slog.Logger
+	// LogDropped, if set, counts the log lines dropped because the log
+	// destination was too slow (pj_log_lines_dropped_total).
+	LogDropped func() uint64
 }
 
 // Handler returns the admin HTTP handler. loopbackOnly says whether the
@@ -65,7 +68,7 @@ func Handler(src Source, opt Options, loopbackOnly bool) http.Handler {
 		h.opt.Logger = slog.New(slog.DiscardHandler)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(newCollector(src, opt.Version))
+	reg.MustRegister(newCollector(src, opt.Version, opt.LogDropped))
 	registerRuntime(reg)
 
 	mux := http.NewServeMux()

@@ -272,7 +272,7 @@ func TestProxiesAndMetricsCountExactly(t *testing.T) {
 func TestMetricNamesPassLint(t *testing.T) {
 	echo := tu.StartEcho(t)
 	p := start(t, Options{}, named("web", "127.0.0.1:0", echo))
-	problems, err := testutil.CollectAndLint(newCollector(p.srv, "test"))
+	problems, err := testutil.CollectAndLint(newCollector(p.srv, "test", func() uint64 { return 3 }))
 	if err != nil {
 		t.Fatal(err)
 	}

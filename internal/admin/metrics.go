@@ -41,20 +41,26 @@ var (
 		"Always 1; the labels say which build of pj runs.", []string{"version", "goversion"}, nil)
 	descPanics = prometheus.NewDesc("pj_panics_total",
 		"Connections closed because handling them panicked (a bug in pj; the stack is in the log).", nil, nil)
+	descLogDropped = prometheus.NewDesc("pj_log_lines_dropped_total",
+		"Log lines dropped because the log destination (stderr) took them more slowly than pj wrote them.", nil, nil)
 )
 
 type collector struct {
-	src     Source
-	version string
+	src        Source
+	version    string
+	logDropped func() uint64
 }
 
-func newCollector(src Source, version string) *collector {
-	return &collector{src: src, version: version}
+func newCollector(src Source, version string, logDropped func() uint64) *collector {
+	if logDropped == nil {
+		logDropped = func() uint64 { return 0 }
+	}
+	return &collector{src: src, version: version, logDropped: logDropped}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descActive, descBytes, descDuration, descBackendUp,
-		descBackendActive, descBackendTotal, descConnect, descReloads, descBuild, descPanics} {
+		descBackendActive, descBackendTotal, descConnect, descReloads, descBuild, descPanics, descLogDropped} {
 		ch <- d
 	}
 }
@@ -88,6 +94,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(failed), "failure")
 	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, c.version, runtime.Version())
 	ch <- prometheus.MustNewConstMetric(descPanics, prometheus.CounterValue, float64(c.src.Panics()))
+	ch <- prometheus.MustNewConstMetric(descLogDropped, prometheus.CounterValue, float64(c.logDropped()))
 }
 
 // registerRuntime adds the Go runtime and process collectors.

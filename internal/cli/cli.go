@@ -52,6 +52,9 @@ type runEnv struct {
 	listening func([]net.Addr)
 	reload    <-chan struct{}
 	inherited []*os.File
+	// logBatch and logBatches size the log queue: batches of logBatch
+	// bytes, at most logBatches of them waiting for the writer.
+	logBatch, logBatches int
 }
 
 // WithLookupEnv replaces os.LookupEnv as the source of PJ_* variables.
@@ -82,7 +85,7 @@ func WithInherited(files []*os.File) Option {
 // then shuts down gracefully. Usage errors are *UsageError; ExitCode maps any
 // returned error to an exit status.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer, opts ...Option) error {
-	env := runEnv{lookupEnv: os.LookupEnv}
+	env := runEnv{lookupEnv: os.LookupEnv, logBatch: logBatch, logBatches: logBatches}
 	for _, o := range opts {
 		o(&env)
 	}

@@ -50,13 +50,24 @@ func start(t *testing.T, env map[string]string, args ...string) *instance {
 
 func tryStart(t *testing.T, env map[string]string, args ...string) (*instance, error) {
 	t.Helper()
+	return tryStartWith(t, nil, nil, env, args...)
+}
+
+// tryStartWith is tryStart with stderr (the log) going to w as well as to
+// the instance's log buffer, and more options.
+func tryStartWith(t *testing.T, w io.Writer, opts []Option, env map[string]string, args ...string) (*instance, error) {
+	t.Helper()
 	ctx, cancel := context.WithCancelCause(context.Background())
 	inst := &instance{log: new(testutil.Buffer), cancel: cancel, done: make(chan error, 1)}
 	ready := make(chan []net.Addr, 1)
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	var stderr io.Writer = inst.log
+	if w != nil {
+		stderr = io.MultiWriter(w, inst.log)
+	}
+	opts = append([]Option{WithLookupEnv(lookup), WithListening(func(a []net.Addr) { ready <- a })}, opts...)
 	go func() {
-		inst.done <- Run(ctx, args, io.Discard, inst.log, WithLookupEnv(lookup),
-			WithListening(func(a []net.Addr) { ready <- a }))
+		inst.done <- Run(ctx, args, io.Discard, stderr, opts...)
 	}()
 	select {
 	case addrs := <-ready:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/pj-proxy/pj/internal/admin"
@@ -19,9 +20,12 @@ import (
 
 const (
 	// logBatch and logFlush bound how long a log line may wait in memory:
-	// at most 64 KiB or 100 ms, whichever comes first.
-	logBatch = 64 << 10
-	logFlush = 100 * time.Millisecond
+	// at most 64 KiB or 100 ms, whichever comes first. logBatches bounds
+	// the batches waiting for a slow log destination (1 MiB); past them,
+	// lines are dropped rather than making the event loops wait.
+	logBatch   = 64 << 10
+	logBatches = 16
+	logFlush   = 100 * time.Millisecond
 	// watchDebounce lets a burst of file events (an editor's write,
 	// rename and chmod; kubelet's symlink swap) settle into one reload.
 	watchDebounce = 250 * time.Millisecond
@@ -30,7 +34,16 @@ const (
 // serve runs the proxy until ctx is cancelled, reloading the configuration
 // on SIGHUP (env.reload) and, with --watch, when the file changes.
 func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr io.Writer) error {
-	out := observe.NewBufferedWriter(stderr, logBatch, logFlush)
+	// The drop notice goes through the logger the writer feeds.
+	var notice atomic.Pointer[slog.Logger]
+	out := observe.NewBufferedWriter(stderr, observe.BufferOptions{
+		Batch: env.logBatch, Batches: env.logBatches, Flush: logFlush,
+		OnDrop: func(n uint64, over time.Duration) {
+			if l := notice.Load(); l != nil {
+				l.Warn(dropNotice(n, over), "dropped", n)
+			}
+		},
+	})
 	defer out.Close()
 	h, err := observe.NewHandler(out, cfg.Log.Format, cfg.Log.Level)
 	if err != nil {
@@ -38,13 +51,14 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 	}
 	handler := observe.NewSwappable(h)
 	log := slog.New(handler)
+	notice.Store(log)
 
 	srv, err := server.New(cfg, server.Options{Logger: log, Inherited: env.inherited})
 	env.inherited = nil // the server owns them now
 	if err != nil {
 		return fmt.Errorf("start-up failed, nothing is listening: %w", err)
 	}
-	adm := &adminListener{srv: srv, log: log}
+	adm := &adminListener{srv: srv, log: log, logDropped: out.Dropped}
 	if err := adm.apply(cfg.Admin); err != nil {
 		srv.Close()
 		return fmt.Errorf("start-up failed, nothing is listening: %w", err)
@@ -95,6 +109,12 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 		// The file's own "watch: true" may have been added or removed.
 		w.set(ctx, f.watch || r.current.Watch)
 	}
+}
+
+// dropNotice says that n log lines were lost over the last while.
+func dropNotice(n uint64, over time.Duration) string {
+	return fmt.Sprintf("dropped %d log lines in the last %s: the log destination is slower than pj",
+		n, max(over.Round(time.Second), time.Second))
 }
 
 // watcher runs watch.File while watching is wanted.
@@ -225,10 +245,11 @@ func firstLine(err error) string {
 
 // adminListener runs the admin HTTP listener of the current configuration.
 type adminListener struct {
-	srv     *server.Server
-	log     *slog.Logger
-	cfg     config.Admin
-	running *admin.Server
+	srv        *server.Server
+	log        *slog.Logger
+	logDropped func() uint64
+	cfg        config.Admin
+	running    *admin.Server
 }
 
 // apply makes the admin listener match c: started, moved, restarted with
@@ -245,7 +266,8 @@ func (a *adminListener) apply(c config.Admin) error {
 			old.Close() // same address: it must be free before binding again
 			a.running = nil
 		}
-		s, err := admin.Listen(c.Listen, a.srv, admin.Options{Token: c.Token, Pprof: c.Pprof, Version: version.Get(), Logger: a.log})
+		s, err := admin.Listen(c.Listen, a.srv, admin.Options{Token: c.Token, Pprof: c.Pprof, Version: version.Get(), Logger: a.log,
+			LogDropped: a.logDropped})
 		if err != nil {
 			return err
 		}
