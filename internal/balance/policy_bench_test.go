@@ -30,7 +30,7 @@ func BenchmarkPick(b *testing.B) {
 		b.Run(algorithm, func(b *testing.B) {
 			for _, n := range []int{3, 100} {
 				bs := benchPool(n)
-				p := newPolicy(algorithm, bs)
+				p := mustPolicy(b, algorithm, bs)
 				b.Run(fmt.Sprint(n), func(b *testing.B) {
 					b.ReportAllocs()
 					i := 0
@@ -41,7 +41,7 @@ func BenchmarkPick(b *testing.B) {
 				})
 			}
 			bs := benchPool(100)
-			p := newPolicy(algorithm, bs)
+			p := mustPolicy(b, algorithm, bs)
 			b.Run("100-parallel", func(b *testing.B) {
 				b.ReportAllocs()
 				b.RunParallel(func(pb *testing.PB) {
@@ -53,5 +53,30 @@ func BenchmarkPick(b *testing.B) {
 				})
 			})
 		})
+	}
+}
+
+// BenchmarkPickWithBackendsOut measures the skipping paths: 100 backends
+// with half of them out, every other one or the first 50 in a row.
+func BenchmarkPickWithBackendsOut(b *testing.B) {
+	clients := randomClients(1024)
+	for _, algorithm := range config.Balances {
+		for _, layout := range []string{"alternate", "adjacent"} {
+			bs := benchPool(100)
+			for i := range bs {
+				if (layout == "alternate" && i%2 == 1) || (layout == "adjacent" && i < 50) {
+					bs[i].SetAdmin(AdminDown)
+				}
+			}
+			p := mustPolicy(b, algorithm, bs)
+			b.Run(algorithm+"/"+layout, func(b *testing.B) {
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					p.Pick(bs, clients[i%len(clients)])
+					i++
+				}
+			})
+		}
 	}
 }

@@ -3,7 +3,6 @@ package balance
 import (
 	"math/rand/v2"
 	"net/netip"
-	"sync/atomic"
 )
 
 // The load-aware policies compare backends by (active + 1) / weight: the
@@ -29,9 +28,12 @@ func load(b *Backend) (active, weight int64) {
 }
 
 // leastConn sends a connection to the eligible backend with the lowest
-// load (see lighter). Ties go round-robin: the scan starts one backend
-// further on every Pick and keeps the first minimum it finds, so equally
-// loaded backends take turns rather than the first one taking all.
+// load (see lighter). Ties go round-robin: the scan starts at the next
+// eligible backend in turn (as round-robin picks it, see cycle) and keeps
+// the first minimum it finds, so equally loaded backends take turns
+// rather than the first one taking all, and a backend that is out hands
+// its turn to nobody (short connections, which leave every backend idle,
+// are spread exactly as round-robin spreads them).
 //
 // Pick is an O(n) scan, and that is deliberate. Active changes on every
 // connection's start and end, in code that does not tell the policy, so
@@ -46,7 +48,7 @@ func load(b *Backend) (active, weight int64) {
 // costs about what round-robin does. A pool of thousands wants
 // random-two, which samples instead of scanning.
 type leastConn struct {
-	next      atomic.Uint64
+	c         cycle
 	maxWeight int64 // the largest weight in the pool
 }
 
@@ -59,11 +61,11 @@ func newLeastConn(backends []*Backend) *leastConn {
 }
 
 func (l *leastConn) Pick(backends []*Backend, _ netip.Addr) int {
-	n := len(backends)
-	if n == 0 {
+	start := l.c.pick(backends, len(backends), nil)
+	if start < 0 {
 		return -1
 	}
-	return leastLoaded(backends, int((l.next.Add(1)-1)%uint64(n)), l.maxWeight)
+	return leastLoaded(backends, start, l.maxWeight)
 }
 
 // leastLoaded returns the first least loaded eligible backend from start
@@ -148,5 +150,32 @@ func (randomTwo) Pick(backends []*Backend, _ netip.Addr) int {
 		}
 		return first
 	}
-	return leastLoaded(backends, rand.IntN(n), 0)
+	return anyLeastLoaded(backends)
+}
+
+// anyLeastLoaded returns one of the least loaded eligible backends, each
+// of them equally likely (reservoir sampling over the ties: the k-th tie
+// met replaces the choice with probability 1/k), or -1. A scan from a
+// random start would instead favour the backend after a run of
+// ineligible ones.
+func anyLeastLoaded(backends []*Backend) int {
+	best, bestActive, bestWeight, ties := -1, int64(0), int64(0), 0
+	for j, b := range backends {
+		active, weight := load(b)
+		switch {
+		case best >= 0 && lighter(bestActive, bestWeight, active, weight):
+			continue // heavier
+		case best >= 0 && !lighter(active, weight, bestActive, bestWeight):
+			// A tie.
+			if !b.Eligible() {
+				continue
+			}
+			if ties++; rand.IntN(ties) == 0 {
+				best = j
+			}
+		case b.Eligible():
+			best, bestActive, bestWeight, ties = j, active, weight, 1
+		}
+	}
+	return best
 }

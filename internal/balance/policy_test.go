@@ -1,10 +1,13 @@
 package balance
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -60,12 +63,12 @@ func counts(t *testing.T, p Policy, bs []*Backend, n int) []int {
 func TestPolicyWithoutEligibleBackends(t *testing.T) {
 	for _, algorithm := range config.Balances {
 		t.Run(algorithm, func(t *testing.T) {
-			if got := newPolicy(algorithm, nil).Pick(nil, anyClient); got != -1 {
+			if got := mustPolicy(t, algorithm, nil).Pick(nil, anyClient); got != -1 {
 				t.Errorf("no backends: Pick = %d, want -1", got)
 			}
 
 			one := equal(1)
-			p := newPolicy(algorithm, one)
+			p := mustPolicy(t, algorithm, one)
 			for range 10 {
 				if got := p.Pick(one, anyClient); got != 0 {
 					t.Fatalf("one backend: Pick = %d, want 0", got)
@@ -79,7 +82,7 @@ func TestPolicyWithoutEligibleBackends(t *testing.T) {
 			// Large enough that every bounded walk (schedule, ring,
 			// random draws) gives up before it has seen every backend.
 			bs := weighted(7, 1, 300, 2, 5, 1, 1, 9, 1, 1)
-			p = newPolicy(algorithm, bs)
+			p = mustPolicy(t, algorithm, bs)
 			for i, b := range bs {
 				b.SetAdmin([]AdminState{AdminDrain, AdminDown}[i%2])
 			}
@@ -98,7 +101,7 @@ func TestPolicySkipsIneligible(t *testing.T) {
 			bs := weighted(1, 3, 1, 2, 1, 1)
 			bs[1].SetAdmin(AdminDrain)
 			bs[3].SetAdmin(AdminDown)
-			p := newPolicy(algorithm, bs)
+			p := mustPolicy(t, algorithm, bs)
 			got := make([]int, len(bs))
 			for _, c := range randomClients(3000) {
 				got[p.Pick(bs, c)]++
@@ -126,7 +129,7 @@ func TestPolicySkipsIneligible(t *testing.T) {
 
 func TestRoundRobinIsEven(t *testing.T) {
 	bs := equal(3)
-	p := newPolicy(config.RoundRobin, bs)
+	p := mustPolicy(t, config.RoundRobin, bs)
 	for i := range 9 {
 		if got := p.Pick(bs, anyClient); got != i%3 {
 			t.Fatalf("pick %d = %d, want %d", i, got, i%3)
@@ -135,14 +138,11 @@ func TestRoundRobinIsEven(t *testing.T) {
 	if got := counts(t, p, bs, 9999); !slices.Equal(got, []int{3333, 3333, 3333}) {
 		t.Errorf("9999 picks: %v, want 3333 each", got)
 	}
-	if p := newPolicy("", bs); p.Pick(bs, anyClient) < 0 {
-		t.Errorf("the default policy picked nothing")
-	}
 }
 
 func TestWeightedRoundRobinIsSmooth(t *testing.T) {
 	bs := weighted(5, 1, 1)
-	p := newPolicy(config.WeightedRoundRobin, bs)
+	p := mustPolicy(t, config.WeightedRoundRobin, bs)
 	var seq []byte
 	for range 14 {
 		seq = append(seq, "abc"[p.Pick(bs, anyClient)])
@@ -167,7 +167,7 @@ func TestWeightedRoundRobinDistribution(t *testing.T) {
 	for _, weights := range tests {
 		t.Run(fmt.Sprint(weights), func(t *testing.T) {
 			bs := weighted(weights...)
-			p := newPolicy(config.WeightedRoundRobin, bs)
+			p := mustPolicy(t, config.WeightedRoundRobin, bs)
 			total, heavy := 0, 0
 			for _, b := range bs {
 				total += int(weightOf(b))
@@ -247,7 +247,7 @@ func TestWeightedRoundRobinShareOfADownBackend(t *testing.T) {
 	// A down backend's turns are skipped, so the others keep their
 	// proportions and their order.
 	bs := weighted(5, 1, 1)
-	p := newPolicy(config.WeightedRoundRobin, bs)
+	p := mustPolicy(t, config.WeightedRoundRobin, bs)
 	bs[0].SetAdmin(AdminDown)
 	var seq []byte
 	for range 6 {
@@ -285,7 +285,7 @@ func TestLeastConnPicksTheLeastLoaded(t *testing.T) {
 	for i, active := range []int64{5, 2, 7, 2} {
 		bs[i].Active.Store(active)
 	}
-	p := newPolicy(config.LeastConn, bs)
+	p := mustPolicy(t, config.LeastConn, bs)
 	// Backends 1 and 3 tie: they take turns.
 	if got := counts(t, p, bs, 1000); !slices.Equal(got, []int{0, 500, 0, 500}) {
 		t.Errorf("loads 5,2,7,2: %v, want backends 1 and 3 only, in turn", got)
@@ -299,14 +299,14 @@ func TestLeastConnPicksTheLeastLoaded(t *testing.T) {
 	ws := weighted(3, 1)
 	ws[0].Active.Store(4)
 	ws[1].Active.Store(1)
-	if got := counts(t, newPolicy(config.LeastConn, ws), ws, 10); got[0] != 10 {
+	if got := counts(t, mustPolicy(t, config.LeastConn, ws), ws, 10); got[0] != 10 {
 		t.Errorf("loads 4/3 and 1/1: %v, want backend 0 always", got)
 	}
 }
 
 func TestLeastConnRotatesTies(t *testing.T) {
 	bs := equal(3)
-	p := newPolicy(config.LeastConn, bs)
+	p := mustPolicy(t, config.LeastConn, bs)
 	for _, active := range []int64{0, 9} {
 		for _, b := range bs {
 			b.Active.Store(active)
@@ -332,7 +332,7 @@ func hold(p Policy, bs []*Backend, n int) []int64 {
 
 func TestLeastConnWithHeldConnections(t *testing.T) {
 	bs := weighted(1, 2, 3)
-	got := hold(newPolicy(config.LeastConn, bs), bs, 600)
+	got := hold(mustPolicy(t, config.LeastConn, bs), bs, 600)
 	// Each ends within one connection of its weighted share.
 	for i, want := range []int64{100, 200, 300} {
 		if got[i] < want-1 || got[i] > want+1 {
@@ -344,7 +344,7 @@ func TestLeastConnWithHeldConnections(t *testing.T) {
 func TestRandomTwoPrefersTheLessLoaded(t *testing.T) {
 	bs := equal(10)
 	bs[3].Active.Store(1000)
-	p := newPolicy(config.RandomTwo, bs)
+	p := mustPolicy(t, config.RandomTwo, bs)
 	// The most loaded backend loses every pair it is drawn in.
 	if got := counts(t, p, bs, 10000); got[3] != 0 {
 		t.Errorf("backend 3 loaded, the others idle: %v, want backend 3 never", got)
@@ -353,14 +353,14 @@ func TestRandomTwoPrefersTheLessLoaded(t *testing.T) {
 	// Held connections: the two choices keep loads within a few of each
 	// other; one random choice would spread them by ±3σ ≈ ±90.
 	bs = equal(10)
-	got := hold(newPolicy(config.RandomTwo, bs), bs, 10000)
+	got := hold(mustPolicy(t, config.RandomTwo, bs), bs, 10000)
 	if lo, hi := slices.Min(got), slices.Max(got); hi-lo > 12 {
 		t.Errorf("10000 held connections on 10 backends: %v, spread %d, want at most 12", got, hi-lo)
 	}
 
 	// Weighted: weight 3 ends with about 3 times the connections.
 	bs = weighted(3, 1, 1, 1)
-	got = hold(newPolicy(config.RandomTwo, bs), bs, 6000)
+	got = hold(mustPolicy(t, config.RandomTwo, bs), bs, 6000)
 	if got[0] < 2800 || got[0] > 3200 {
 		t.Errorf("6000 held connections on weights 3,1,1,1: %v, want about 3000 on the first", got)
 	}
@@ -381,7 +381,7 @@ func TestRandomTwoPrefersTheLessLoaded(t *testing.T) {
 
 func TestSourceHashIsSticky(t *testing.T) {
 	bs := equal(5)
-	p := newPolicy(config.SourceHash, bs)
+	p := mustPolicy(t, config.SourceHash, bs)
 	for _, c := range randomClients(1000) {
 		first := p.Pick(bs, c)
 		for range 3 {
@@ -399,7 +399,7 @@ func TestSourceHashIsSticky(t *testing.T) {
 	// another process, or a file listing them differently, agrees.
 	reversed := slices.Clone(bs)
 	slices.Reverse(reversed)
-	q := newPolicy(config.SourceHash, reversed)
+	q := mustPolicy(t, config.SourceHash, reversed)
 	for _, c := range randomClients(1000) {
 		if a, b := bs[p.Pick(bs, c)].Address, reversed[q.Pick(reversed, c)].Address; a != b {
 			t.Fatalf("client %v: %s, or %s with the backends reversed", c, a, b)
@@ -426,7 +426,7 @@ func TestSourceHashIsFair(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.weights), func(t *testing.T) {
 			bs := weighted(tt.weights...)
-			p := newPolicy(config.SourceHash, bs)
+			p := mustPolicy(t, config.SourceHash, bs)
 			got := make([]int, len(bs))
 			for _, c := range clients {
 				got[p.Pick(bs, c)]++
@@ -449,10 +449,10 @@ func TestSourceHashIsFair(t *testing.T) {
 func TestSourceHashMovesFewClientsWhenABackendGoes(t *testing.T) {
 	const n = 10
 	bs := equal(n)
-	before := newPolicy(config.SourceHash, bs)
+	before := mustPolicy(t, config.SourceHash, bs)
 	removed := 4
 	rest := slices.Delete(slices.Clone(bs), removed, removed+1)
-	after := newPolicy(config.SourceHash, rest)
+	after := mustPolicy(t, config.SourceHash, rest)
 
 	clients := randomClients(10000)
 	moved := 0
@@ -477,7 +477,7 @@ func TestSourceHashMovesFewClientsWhenABackendGoes(t *testing.T) {
 
 func TestSourceHashDrainMovesOnlyItsClients(t *testing.T) {
 	bs := equal(10)
-	p := newPolicy(config.SourceHash, bs)
+	p := mustPolicy(t, config.SourceHash, bs)
 	clients := randomClients(10000)
 	home := make([]int, len(clients))
 	for i, c := range clients {
@@ -531,7 +531,7 @@ func TestPickAllocatesNothing(t *testing.T) {
 			bs := weighted(5, 1, 1, 2)
 			bs[0].Active.Store(3)
 			bs[2].SetAdmin(AdminDrain) // the skipping paths too
-			p := newPolicy(algorithm, bs)
+			p := mustPolicy(t, algorithm, bs)
 			client := netip.MustParseAddr("2001:db8::7")
 			if allocs := testing.AllocsPerRun(1000, func() { p.Pick(bs, client) }); allocs != 0 {
 				t.Errorf("%v allocations per Pick, want 0", allocs)
@@ -544,7 +544,7 @@ func TestPickConcurrently(t *testing.T) {
 	for _, algorithm := range config.Balances {
 		t.Run(algorithm, func(t *testing.T) {
 			bs := weighted(3, 1, 2, 1, 1)
-			p := newPolicy(algorithm, bs)
+			p := mustPolicy(t, algorithm, bs)
 			clients := randomClients(64)
 			var wg sync.WaitGroup
 			done := make(chan struct{})
@@ -577,5 +577,32 @@ func TestPickConcurrently(t *testing.T) {
 			close(done)
 			wg.Wait()
 		})
+	}
+}
+
+// mustPolicy is newPolicy for a known algorithm.
+func mustPolicy(t testing.TB, algorithm string, backends []*Backend) Policy {
+	t.Helper()
+	p, err := newPolicy(algorithm, backends)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestUnknownBalanceIsRefused(t *testing.T) {
+	bs := equal(3)
+	for _, name := range []string{"", "roundrobin", "Round-Robin", "least_conn"} {
+		if p, err := newPolicy(name, bs); !errors.Is(err, ErrUnknownBalance) || p != nil {
+			t.Errorf("newPolicy(%q) = %v, %v; want ErrUnknownBalance", name, p, err)
+		}
+		if _, err := NewPool(bs, name); !errors.Is(err, ErrUnknownBalance) || !strings.Contains(err.Error(), "expected one of round-robin") {
+			t.Errorf("NewPool(%q): %v; want ErrUnknownBalance naming the algorithms", name, err)
+		}
+		settings := config.Default().Defaults
+		settings.Balance = name
+		if s, err := NewSet(context.Background(), "web", []config.Backend{{Address: "127.0.0.1:1", Weight: 1}}, settings, nil, nil); !errors.Is(err, ErrUnknownBalance) || s != nil {
+			t.Errorf("NewSet with balance %q = %v, %v; want ErrUnknownBalance", name, s, err)
+		}
 	}
 }

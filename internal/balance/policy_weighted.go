@@ -3,21 +3,12 @@ package balance
 import (
 	"math"
 	"net/netip"
-	"sync/atomic"
 )
 
 // maxSchedule bounds the length of a weighted round-robin schedule (one
 // int32 per entry: 64 KiB). Beyond it, weights are scaled down
 // proportionally; see scheduleWeights.
 const maxSchedule = 1 << 14
-
-// scheduleSkips bounds how many schedule entries of ineligible backends
-// one Pick skips before it falls back to a plain scan of the backends.
-// Each skip is an atomic add on a shared counter: the bound keeps a pool
-// whose eligible backends hold a small part of the schedule from paying
-// for long runs of the others (at 10% of the entries eligible, 32 skips
-// find one 97% of the time).
-const scheduleSkips = 32
 
 // weightedRoundRobin spreads connections in proportion to the weights and
 // smoothly, as nginx does: weights 5, 1, 1 give a a b a c a a, never
@@ -28,16 +19,14 @@ const scheduleSkips = 32
 // build time, into schedule; Pick then only advances an atomic counter
 // through it, O(1).
 //
-// An entry whose backend is ineligible is consumed and skipped, like a
-// turn nobody takes: the connections then follow the schedule with that
-// backend's entries struck out, which is still smooth and still in
-// proportion to the remaining weights (5, 1, 1 with a down gives b c b c,
-// with b down a a a c a a). When scheduleSkips entries in a row are
-// ineligible, Pick scans the backends from a rotating start instead, so
-// its worst case is O(scheduleSkips + n); a pool with nothing eligible
-// costs one O(n) check.
+// An entry whose backend is ineligible is a turn nobody takes (see
+// cycle): the connections then follow the schedule with that backend's
+// entries struck out, which is still smooth and exactly in proportion to
+// the remaining weights (5, 1, 1 with a down gives b c b c, with b down
+// a a a c a a). Skipping a run of struck-out entries costs a scan of the
+// run: about sum of weights / eligible weight entries.
 type weightedRoundRobin struct {
-	next     atomic.Uint64
+	c        cycle
 	schedule []int32 // indexes into the backends
 }
 
@@ -46,25 +35,7 @@ func newWeightedRoundRobin(backends []*Backend) *weightedRoundRobin {
 }
 
 func (w *weightedRoundRobin) Pick(backends []*Backend, _ netip.Addr) int {
-	s := w.schedule
-	if len(s) == 0 {
-		return -1
-	}
-	i := w.next.Add(1) - 1
-	if j := int(s[i%uint64(len(s))]); backends[j].Eligible() {
-		return j
-	}
-	start := int(i % uint64(len(backends)))
-	if firstEligible(backends, start) < 0 {
-		return -1
-	}
-	for range scheduleSkips {
-		i = w.next.Add(1) - 1
-		if j := int(s[i%uint64(len(s))]); backends[j].Eligible() {
-			return j
-		}
-	}
-	return firstEligible(backends, start)
+	return w.c.pick(backends, len(w.schedule), w.schedule)
 }
 
 // scheduleWeights returns the weights a schedule is built from: the

@@ -17,8 +17,9 @@ type Pool struct {
 	rr        atomic.Uint64 // where the last resort starts
 }
 
-// NewPool makes a pool of resolved backends balanced by algorithm.
-func NewPool(backends []*Backend, algorithm string) *Pool {
+// NewPool makes a pool of resolved backends balanced by algorithm; an
+// unknown algorithm is an error (ErrUnknownBalance).
+func NewPool(backends []*Backend, algorithm string) (*Pool, error) {
 	p := &Pool{}
 	for _, b := range backends {
 		if b.Backup {
@@ -27,8 +28,12 @@ func NewPool(backends []*Backend, algorithm string) *Pool {
 			p.primaries = append(p.primaries, b)
 		}
 	}
-	p.policy = newPolicy(algorithm, p.primaries)
-	return p
+	policy, err := newPolicy(algorithm, p.primaries)
+	if err != nil {
+		return nil, err
+	}
+	p.policy = policy
+	return p, nil
 }
 
 // Backends returns every backend, primaries first.

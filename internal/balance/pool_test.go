@@ -107,10 +107,10 @@ func TestResolve(t *testing.T) {
 }
 
 func TestNewSetKeepsStatesAndNamesUnresolved(t *testing.T) {
-	old := NewSet(context.Background(), "web", cfgBackends("10.0.0.1:80", "10.0.0.2:80"), config.Default().Defaults, nil, nil)
+	old := mustSet(t, cfgBackends("10.0.0.1:80", "10.0.0.2:80"), nil)
 	first := old.Pool().Backends()[0]
 	first.Total.Add(7)
-	s := NewSet(context.Background(), "web", cfgBackends("10.0.0.1:80", "10.0.0.3:80", "nowhere.invalid:80"), config.Default().Defaults, nil, old)
+	s := mustSet(t, cfgBackends("10.0.0.1:80", "10.0.0.3:80", "nowhere.invalid:80"), old)
 	bs := s.Pool().Backends()
 	if got := addresses(bs); !slices.Equal(got, []string{"10.0.0.1:80", "10.0.0.3:80", "nowhere.invalid:80"}) {
 		t.Fatalf("backends %v", got)
@@ -125,7 +125,7 @@ func TestNewSetKeepsStatesAndNamesUnresolved(t *testing.T) {
 
 func TestRefreshFollowsDNSAndKeepsTheLastAnswerOnFailure(t *testing.T) {
 	r := fakeResolver{hosts: map[string][]string{"web": {"10.0.0.1", "10.0.0.2"}}}
-	s := NewSet(context.Background(), "web", cfgBackends("web:80"), config.Default().Defaults, nil, nil)
+	s := mustSet(t, cfgBackends("web:80"), nil)
 	s.r = r
 	s.Refresh(context.Background())
 	if got := addresses(s.Pool().Backends()); !slices.Equal(got, []string{"10.0.0.1:80", "10.0.0.2:80"}) {
@@ -149,7 +149,8 @@ func TestRefreshFollowsDNSAndKeepsTheLastAnswerOnFailure(t *testing.T) {
 }
 
 // pool builds a round-robin pool of primaries and backups.
-func pool(primaries, backups []string) *Pool {
+func pool(t *testing.T, primaries, backups []string) *Pool {
+	t.Helper()
 	var bs []*Backend
 	for _, a := range primaries {
 		bs = append(bs, &Backend{Address: a, Weight: 1, State: newState()})
@@ -157,7 +158,21 @@ func pool(primaries, backups []string) *Pool {
 	for _, a := range backups {
 		bs = append(bs, &Backend{Address: a, Weight: 1, Backup: true, State: newState()})
 	}
-	return NewPool(bs, config.RoundRobin)
+	p, err := NewPool(bs, config.RoundRobin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// mustSet is NewSet for a configuration that is valid.
+func mustSet(t *testing.T, backends []config.Backend, prev *Set) *Set {
+	t.Helper()
+	s, err := NewSet(context.Background(), "web", backends, config.Default().Defaults, nil, prev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func order(p *Pool) []string {
@@ -180,7 +195,7 @@ func markDown(t *testing.T, b *Backend) {
 }
 
 func TestOrder(t *testing.T) {
-	p := pool([]string{"a", "b", "c"}, []string{"x", "y"})
+	p := pool(t, []string{"a", "b", "c"}, []string{"x", "y"})
 	bs := p.Backends()
 	// Round-robin start, every primary once, then the backups.
 	for _, first := range []string{"a", "b", "c", "a"} {
@@ -213,7 +228,7 @@ func TestOrder(t *testing.T) {
 }
 
 func TestOrderAllocatesNothing(t *testing.T) {
-	p := pool([]string{"a", "b"}, []string{"x"})
+	p := pool(t, []string{"a", "b"}, []string{"x"})
 	allocs := testing.AllocsPerRun(100, func() {
 		o := p.Start(netip.Addr{})
 		for b := o.Next(); b != nil; b = o.Next() {
@@ -225,7 +240,7 @@ func TestOrderAllocatesNothing(t *testing.T) {
 }
 
 func TestOrderOfAnEmptyPool(t *testing.T) {
-	if got := order(pool(nil, nil)); len(got) != 0 {
+	if got := order(pool(t, nil, nil)); len(got) != 0 {
 		t.Fatalf("got %v from an empty pool", got)
 	}
 }

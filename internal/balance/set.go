@@ -41,7 +41,11 @@ type Set struct {
 // name. States of prev (the set this one replaces, or nil) are kept for
 // the addresses that stay. A name that does not resolve yet becomes a
 // backend whose connections fail with the lookup error until it does.
-func NewSet(ctx context.Context, name string, backends []config.Backend, settings config.Settings, log *slog.Logger, prev *Set) *Set {
+// An unknown balance algorithm is an error.
+func NewSet(ctx context.Context, name string, backends []config.Backend, settings config.Settings, log *slog.Logger, prev *Set) (*Set, error) {
+	if err := CheckBalance(settings.Balance); err != nil {
+		return nil, err
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -66,8 +70,12 @@ func NewSet(ctx context.Context, name string, backends []config.Backend, setting
 		}
 		s.last[i] = bs
 	}
-	s.pool.Store(NewPool(s.flatten(), settings.Balance))
-	return s
+	pool, err := NewPool(s.flatten(), settings.Balance)
+	if err != nil {
+		return nil, err
+	}
+	s.pool.Store(pool)
+	return s, nil
 }
 
 // Pool returns the current pool.
@@ -220,7 +228,12 @@ func (s *Set) Refresh(ctx context.Context) {
 	if sameBackends(old, next) {
 		return
 	}
-	s.pool.Store(NewPool(next, s.settings.Balance))
+	pool, err := NewPool(next, s.settings.Balance)
+	if err != nil { // NewSet checked the algorithm: not reached
+		s.log.Error("backends changed after a DNS lookup but cannot be balanced; keeping the old ones", "proxy", s.name, "error", err.Error())
+		return
+	}
+	s.pool.Store(pool)
 	s.log.Info("backends changed after a DNS lookup", "proxy", s.name, "added", strings.Join(diff(next, old), ","), "removed", strings.Join(diff(old, next), ","))
 	if s.cancel != nil && s.ctx.Err() == nil {
 		s.syncCheckers()

@@ -75,7 +75,10 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 	}
 	pc := config.Proxy{Name: "test", Backends: cbs, Settings: config.Default().Defaults}
 	pc.ConnectTimeout, pc.IdleTimeout = o.connect, o.idle
-	p := proxy.Build(context.Background(), pc, log, nil)
+	p, err := proxy.Build(context.Background(), pc, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if o.clients != nil {
 		p.Clients = o.clients
 	}

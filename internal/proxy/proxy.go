@@ -6,6 +6,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"time"
@@ -58,8 +59,9 @@ type Proxy struct {
 // Build makes the runtime proxy of c, resolving backend host names within
 // ctx. prev, if not nil, is the proxy this one replaces: backends that stay
 // keep their state, and the counters carry over if the name is the same.
-// The set's health checks and DNS refresh start with Start.
-func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) *Proxy {
+// The set's health checks and DNS refresh start with Start. A proxy that
+// cannot run as configured (an unknown balance algorithm) is an error.
+func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (*Proxy, error) {
 	var prevSet *balance.Set
 	stats := observe.NewProxyStats()
 	clients := admission.NewClients(c.RateLimit.PerClient, c.RateLimit.Burst, c.MaxConnectionsPerClient, admission.DefaultCapacity)
@@ -85,10 +87,14 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) *
 	case "v2":
 		version = 2
 	}
+	set, err := balance.NewSet(ctx, c.Name, c.Backends, c.Settings, log, prevSet)
+	if err != nil {
+		return nil, fmt.Errorf("proxy %s: %w", c.Name, err)
+	}
 	return &Proxy{
 		Name:           c.Name,
 		Balance:        c.Balance,
-		Backends:       balance.NewSet(ctx, c.Name, c.Backends, c.Settings, log, prevSet),
+		Backends:       set,
 		ConnectTimeout: c.ConnectTimeout,
 		IdleTimeout:    c.IdleTimeout,
 		Health:         c.HealthCheck,
@@ -101,7 +107,7 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) *
 		TrustedProxies: trusted,
 		rateLimit:      c.RateLimit,
 		perClient:      c.MaxConnectionsPerClient,
-	}
+	}, nil
 }
 
 // Pool is the proxy's current pool of backends.

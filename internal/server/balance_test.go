@@ -2,6 +2,8 @@ package server
 
 import (
 	"bufio"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/testutil"
 )
@@ -267,4 +270,88 @@ func atoi(t *testing.T, s string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// An unknown balance name never reaches a running proxy as some other
+// algorithm: configuration validation reports it, and a configuration
+// that skipped validation is refused whole.
+func TestUnknownBalanceIsRefusedAtStartAndReload(t *testing.T) {
+	a := testutil.Identify(t, "a")
+	x, y := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
+	bad := named("web", x, a)
+	bad.Balance = "fastest"
+	cfg := cfgOf(time.Second, bad)
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), `balance "fastest"`) {
+		t.Fatalf("Validate = %v, want the unknown balance named", err)
+	}
+	if s, err := New(cfg, Options{}); !errors.Is(err, balance.ErrUnknownBalance) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("New = %v, want ErrUnknownBalance", err)
+	}
+	if ln, err := net.Listen("tcp", x); err != nil {
+		t.Fatalf("%s still bound after New failed: %v", x, err)
+	} else {
+		_ = ln.Close()
+	}
+
+	// At reload: a kept listener and a new one, both with the bad name.
+	r := run(t, cfgOf(time.Second, named("web", x, a)))
+	bad2 := named("api", y, a)
+	bad2.Balance = "fastest"
+	if _, err := r.s.Reload(cfgOf(time.Second, bad, bad2)); !errors.Is(err, balance.ErrUnknownBalance) {
+		t.Fatalf("Reload = %v, want ErrUnknownBalance", err)
+	}
+	if got, err := testutil.Ask(x); err != nil || got != "a" {
+		t.Fatalf("after the refused reload %s answers %q, %v", x, got, err)
+	}
+	if c, err := net.DialTimeout("tcp", y, time.Second); err == nil {
+		_ = c.Close()
+		t.Fatalf("%s listens after a refused reload", y)
+	}
+}
+
+// Over loopback, the case that showed the defect: with backends dead,
+// the survivors share the connections evenly, not the one after the dead
+// taking their turns too.
+func TestSurvivorsShareEvenlyThroughTheProxy(t *testing.T) {
+	for _, algorithm := range []string{config.RoundRobin, config.WeightedRoundRobin, config.LeastConn} {
+		for _, down := range [][]int{{1}, {1, 2}, {3, 0}} {
+			t.Run(fmt.Sprintf("%s/dead%v", algorithm, down), func(t *testing.T) {
+				names := []string{"a", "b", "c", "d"}
+				addrs := make([]string, len(names))
+				dead := map[string]bool{}
+				for i, n := range names {
+					addrs[i] = testutil.Identify(t, n)
+				}
+				for _, i := range down {
+					addrs[i] = testutil.ClosedAddr(t)
+					dead[names[i]] = true
+				}
+				x := testutil.ClosedAddr(t)
+				p := checked(named("web", x, addrs...), "", "")
+				p.Balance = algorithm
+				r := run(t, cfgOf(time.Minute, p))
+				for _, i := range down {
+					r.logs.WaitLines(t, "backend "+addrs[i]+" of web is down", 1)
+				}
+				survivors := len(names) - len(down)
+				const rounds = 40
+				got := askMany(t, x, survivors*rounds)
+				// Least-conn sees a connection the proxy has not finished
+				// closing as load: its split may be off by a few.
+				slack := map[string]int{config.LeastConn: rounds / 4}[algorithm]
+				for _, n := range names {
+					want, slack := rounds, slack
+					if dead[n] {
+						want, slack = 0, 0
+					}
+					if got[n] < want-slack || got[n] > want+slack {
+						t.Fatalf("answers %v with %v dead, want %d ± %d each from the survivors", got, down, rounds, slack)
+					}
+				}
+			})
+		}
+	}
 }

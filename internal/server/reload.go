@@ -75,15 +75,22 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 		bindSlot = append(bindSlot, i)
 	}
 
-	opened, err := s.open(toBind, prev)
+	// The kept listeners' proxies are built first: nothing of them runs
+	// yet, so a failure of theirs or of a new listener changes nothing.
+	var opened []*entry
+	built, err := s.build(kept, prev)
+	if err == nil {
+		if opened, err = s.open(toBind, prev); err == nil {
+			for j, e := range opened {
+				next[bindSlot[j]] = e
+			}
+		}
+	}
 	if err != nil {
 		s.reloadsFailed.Add(1)
 		return "", fmt.Errorf("reload: %w; nothing changed, the running configuration goes on", err)
 	}
-	for j, e := range opened {
-		next[bindSlot[j]] = e
-	}
-	for i, p := range s.build(kept, prev) {
+	for i, p := range built {
 		old := kept[i].ln.Proxy()
 		kept[i].ln.SetProxy(p)
 		old.Backends.Stop()

@@ -130,7 +130,11 @@ func (s *Server) open(proxies []config.Proxy, prev map[string]*proxy.Proxy) ([]*
 		}
 		entries[i] = &entry{cfg: pc, key: listenerKey(pc), addr: bound[i].Addr(), from: from[i]}
 	}
-	runtimes := s.build(entries, prev)
+	runtimes, err := s.build(entries, prev)
+	if err != nil {
+		closeBound()
+		return nil, err
+	}
 	for i, ln := range bound {
 		fd, err := detach(ln)
 		if err == nil {
@@ -151,14 +155,20 @@ func (s *Server) open(proxies []config.Proxy, prev map[string]*proxy.Proxy) ([]*
 }
 
 // build makes the runtime proxies of entries, resolving backend names.
-func (s *Server) build(entries []*entry, prev map[string]*proxy.Proxy) []*proxy.Proxy {
+// Nothing it builds runs until Backends.Start, so a failure leaves
+// nothing to stop.
+func (s *Server) build(entries []*entry, prev map[string]*proxy.Proxy) ([]*proxy.Proxy, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
 	defer cancel()
 	out := make([]*proxy.Proxy, len(entries))
 	for i, e := range entries {
-		out[i] = proxy.Build(ctx, e.cfg, s.log, prev[e.cfg.Name])
+		p, err := proxy.Build(ctx, e.cfg, s.log, prev[e.cfg.Name])
+		if err != nil {
+			return nil, err
+		}
+		out[i] = p
 	}
-	return out
+	return out, nil
 }
 
 // listenerKey identifies a listener across reloads: its address, or for
