@@ -155,7 +155,10 @@ func buildProxy(t *testing.T, o opts, backends ...string) *proxy.Proxy {
 		pc.Balance = o.balance
 	}
 	pc.HealthCheck.Interval = 0
-	p := proxy.Build(context.Background(), pc, nil, nil)
+	p, err := proxy.Build(context.Background(), pc, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	p.UDP, p.Responses = true, o.responses
 	if o.clients != nil {
 		p.Clients = o.clients
