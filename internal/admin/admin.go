@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -51,7 +52,10 @@ type Options struct {
 	// requests that change something.
 	Token string
 	// Pprof serves net/http/pprof under /debug/pprof/.
-	Pprof   bool
+	Pprof bool
+	// Hosts are names, beside localhost, that requests may give as their
+	// Host.
+	Hosts   []string
 	Version string
 	Logger  *slog.Logger
 	// LogDropped, if set, counts the log lines dropped because the log
@@ -61,8 +65,13 @@ type Options struct {
 
 // Handler returns the admin HTTP handler. loopbackOnly says whether the
 // listener it serves accepts connections from this machine only: then
-// changes are allowed without a token.
+// changes are allowed without a token. Every request passes the guards of
+// guard.go first.
 func Handler(src Source, opt Options, loopbackOnly bool) http.Handler {
+	return guard(handlerMux(src, opt, loopbackOnly), newHostGuard(opt.Hosts, opt.Logger))
+}
+
+func handlerMux(src Source, opt Options, loopbackOnly bool) http.Handler {
 	h := &handler{src: src, opt: opt, loopbackOnly: loopbackOnly, started: time.Now()}
 	if h.opt.Logger == nil {
 		h.opt.Logger = slog.New(slog.DiscardHandler)
@@ -72,7 +81,10 @@ func Handler(src Source, opt Options, loopbackOnly bool) http.Handler {
 	registerRuntime(reg)
 
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{h.opt.Logger}}))
+	// A collector that fails (the process collector, out of descriptors)
+	// leaves its metrics out; the others are served all the same.
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog: slogErrorLog{h.opt.Logger}, ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", h.readyz)
 	mux.HandleFunc("GET /api/v1/proxies", h.proxies)
@@ -339,25 +351,35 @@ func LoopbackOnly(addr net.Addr) bool {
 // Server is a running admin listener.
 type Server struct {
 	srv  *http.Server
-	ln   net.Listener
+	ln   *capListener
 	done chan struct{}
 }
 
 // Listen binds addr and serves the admin handler on it.
 func Listen(addr string, src Source, opt Options) (*Server, error) {
-	ln, err := net.Listen("tcp", addr)
+	raw, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
+	if host, _, err := net.SplitHostPort(addr); err == nil && host != "" {
+		// A name the operator bound by is one of the listener's own.
+		opt.Hosts = append(slices.Clip(opt.Hosts), host)
+	}
+	ln, err := newCapListener(raw.(*net.TCPListener), func() int64 { return activeConnections(src) }, opt.Logger)
+	if err != nil {
+		_ = raw.Close()
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	ln.handler = Handler(src, opt, LoopbackOnly(ln.Addr()))
 	s := &Server{
 		ln:   ln,
 		done: make(chan struct{}),
 		srv: &http.Server{
-			Handler:           Handler(src, opt, LoopbackOnly(ln.Addr())),
+			Handler:           ln.handler,
 			ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout:       10 * time.Second,
 			WriteTimeout:      60 * time.Second, // a pprof profile takes 30 s
-			IdleTimeout:       2 * time.Minute,
+			IdleTimeout:       IdleTimeout,
 			MaxHeaderBytes:    16 << 10,
 			ErrorLog:          slogErrorLog{opt.Logger}.logger(),
 		},
@@ -369,6 +391,15 @@ func Listen(addr string, src Source, opt Options) (*Server, error) {
 		}
 	}()
 	return s, nil
+}
+
+// activeConnections counts the proxies' open connections.
+func activeConnections(src Source) int64 {
+	var n int64
+	for _, v := range src.Proxies() {
+		n += v.Proxy.Stats.Active.Load()
+	}
+	return n
 }
 
 // Addr is the bound address.

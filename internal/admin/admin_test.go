@@ -403,12 +403,16 @@ func TestTokenRule(t *testing.T) {
 		p := start(t, Options{}, named("web", "127.0.0.1:0", echo))
 		h := Handler(p.srv, Options{}, false)
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("PUT", "/api/v1/proxies/web/backends/"+echo+"/state", strings.NewReader("drain")))
+		req := httptest.NewRequest("PUT", "/api/v1/proxies/web/backends/"+echo+"/state", strings.NewReader("drain"))
+		req.Host = "192.0.2.1:9090" // the listener's address, as a client elsewhere would give it
+		h.ServeHTTP(rec, req)
 		if rec.Code != 403 || !strings.Contains(rec.Body.String(), "admin.token") {
 			t.Fatalf("%d %s: want 403 saying to set admin.token", rec.Code, rec.Body)
 		}
 		rec = httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("GET", "/api/v1/auth", nil))
+		req = httptest.NewRequest("GET", "/api/v1/auth", nil)
+		req.Host = "192.0.2.1:9090"
+		h.ServeHTTP(rec, req)
 		if !strings.Contains(rec.Body.String(), `"token_required":true`) || !strings.Contains(rec.Body.String(), `"token_configured":false`) {
 			t.Fatalf("/api/v1/auth: %s; want a token required and none configured", rec.Body)
 		}
