@@ -40,11 +40,12 @@ lint:
 race:
 	$(GO) test -race -count=1 -timeout 15m ./...
 
-## fuzz: fuzz the mapping parser and the YAML and TOML loaders, $(FUZZTIME) each
+## fuzz: fuzz the mapping parser, the YAML and TOML loaders and the route decider, $(FUZZTIME) each
 fuzz:
 	$(GO) test ./internal/config -run '^$$' -fuzz '^FuzzParseMapping$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/config -run '^$$' -fuzz '^FuzzLoadYAML$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/config -run '^$$' -fuzz '^FuzzLoadTOML$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/route -run '^$$' -fuzz '^FuzzDecide$$' -fuzztime $(FUZZTIME)
 
 ## bench: pj side by side with HAProxy, nginx and socat (about 7 min; see bench/README.md)
 bench:
