@@ -62,9 +62,17 @@ func NewSet(ctx context.Context, name string, backends []config.Backend, setting
 		}
 		prev.mu.Unlock()
 	}
+	known := prev.lastResolved()
 	for i, cb := range backends {
 		bs, err := resolveOne(ctx, cb, s.r, s.states)
-		if err != nil {
+		switch {
+		case err == nil:
+		case len(known[cb.Address]) > 0:
+			// A reload during a DNS outage: as a failed refresh does,
+			// keep the addresses the name last had.
+			log.Warn("backend lookup failed; keeping its last known addresses", "proxy", name, "backend", cb.Address, "error", err.Error())
+			bs = reweigh(known[cb.Address], cb)
+		default:
 			log.Warn("backend does not resolve; connections to it fail until it does", "proxy", name, "backend", cb.Address, "error", err.Error())
 			bs = []*Backend{{Address: cb.Address, Name: cb.Address, Err: err, Weight: cb.Weight, Backup: cb.Backup, State: newState()}}
 		}
@@ -76,6 +84,40 @@ func NewSet(ctx context.Context, name string, backends []config.Backend, setting
 	}
 	s.pool.Store(pool)
 	return s, nil
+}
+
+// lastResolved maps each configured backend of s (nil: none) to the
+// addresses it last resolved to, if it ever did.
+func (s *Set) lastResolved() map[string][]*Backend {
+	out := map[string][]*Backend{}
+	if s == nil {
+		return out
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, cb := range s.cfg {
+		if bs := s.last[i]; len(bs) > 0 && bs[0].Err == nil {
+			out[cb.Address] = bs
+		}
+	}
+	return out
+}
+
+// reweigh returns the backends bs, resolved from a name, with the weight
+// and backup setting of cb, the name's new configuration. Backends from
+// SRV records keep theirs, which the records set; the next successful
+// lookup applies cb.
+func reweigh(bs []*Backend, cb config.Backend) []*Backend {
+	if config.IsSRV(cb.Address) {
+		return bs
+	}
+	out := make([]*Backend, len(bs))
+	for i, b := range bs {
+		c := *b
+		c.Weight, c.Backup = cb.Weight, cb.Backup
+		out[i] = &c
+	}
+	return out
 }
 
 // Pool returns the current pool.

@@ -29,7 +29,8 @@ func (s *Server) ReloadFailed() { s.reloadsFailed.Add(1) }
 //     nothing changes) before anything is retired;
 //   - a removed listener stops accepting at once; its connections run on
 //     until they end or the grace period has passed;
-//   - backends that stay keep their state (counters, health).
+//   - backends that stay keep their state (counters, health);
+//   - a proxy whose settings did not change is not touched at all.
 //
 // It returns a one-line description of what changed ("no changes" for an
 // unchanged configuration, which is a no-op).
@@ -68,6 +69,12 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 				prev[pc.Name] = e.ln.Proxy()
 			}
 			next[i] = &entry{cfg: pc, key: key, ln: e.ln, addr: e.addr, from: e.from}
+			if reflect.DeepEqual(pc, e.cfg) {
+				// Unchanged: its runtime goes on as it is (no lookup, no
+				// new pool, health checks not restarted), whatever else
+				// the reload changes.
+				continue
+			}
 			kept = append(kept, next[i])
 			continue
 		}

@@ -4,13 +4,16 @@ import (
 	"context"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/observe"
+	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/testutil"
 )
 
@@ -229,5 +232,97 @@ func TestBackendStateSurvivesReload(t *testing.T) {
 	r.s.mu.Unlock()
 	if totals[a] != 3 || totals[b] != 0 {
 		t.Fatalf("totals after reload %v: want %s to keep its 3 connections", totals, a)
+	}
+}
+
+// A reload while the DNS service is out keeps a kept proxy's backends at
+// their last resolved addresses, as a failed refresh does, instead of
+// turning them into backends that fail every connection.
+func TestReloadDuringADNSOutageKeepsTheLastAddresses(t *testing.T) {
+	dns := testutil.StartDNS(t)
+	ln := testutil.Listen(t, "tcp4")
+	testutil.Serve(t, ln, func(c net.Conn) { _, _ = io.WriteString(c, "web") })
+	port := ln.Addr().(*net.TCPAddr).Port
+	dns.SetIPs("web.pj.test", "127.0.0.1")
+	dns.SetIPs("srv-target.pj.test", "127.0.0.1")
+	dns.SetSRV("_web._tcp.pj.test", net.SRV{Target: "srv-target.pj.test", Port: uint16(port), Priority: 1, Weight: 1})
+
+	for _, name := range []string{"web.pj.test:" + itoa(port), "_web._tcp.pj.test"} {
+		t.Run(name, func(t *testing.T) {
+			x := testutil.ClosedAddr(t)
+			p := named("web", x, name)
+			p.Resolver = dns.Addr
+			p.HealthCheck.Interval = 0
+			r := run(t, cfgOf(time.Minute, p))
+			if got, err := testutil.Ask(x); err != nil || got != "web" {
+				t.Fatalf("before the outage: %q, %v", got, err)
+			}
+
+			dns.SetFailing(true)
+			t.Cleanup(func() { dns.SetFailing(false) })
+			p.ConnectTimeout = 3 * time.Second // a change to the proxy: it is rebuilt
+			if _, err := r.s.Reload(cfgOf(time.Minute, p)); err != nil {
+				t.Fatal(err)
+			}
+			bs := r.s.Proxies()[0].Proxy.Pool().Backends()
+			if len(bs) != 1 || bs[0].Err != nil || bs[0].Address != "127.0.0.1:"+itoa(port) {
+				t.Fatalf("backends after a reload during the outage: %+v, want 127.0.0.1:%d as before", bs, port)
+			}
+			if got, err := testutil.Ask(x); err != nil || got != "web" {
+				t.Fatalf("after a reload during the outage: %q, %v", got, err)
+			}
+			r.logs.WaitLines(t, "keeping its last known addresses", 1)
+		})
+	}
+}
+
+// A reload that changes only what no proxy uses (the log level) leaves
+// every proxy's runtime alone: same pool, same backend set, no lookup,
+// no health check restarted.
+func TestReloadOfTheLogLevelTouchesNoPool(t *testing.T) {
+	dns := testutil.StartDNS(t)
+	ln := testutil.Listen(t, "tcp4")
+	testutil.Serve(t, ln, func(c net.Conn) { _, _ = io.WriteString(c, "web") })
+	dns.SetIPs("web.pj.test", "127.0.0.1")
+	x, y := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
+	p := named("web", x, "web.pj.test:"+itoa(ln.Addr().(*net.TCPAddr).Port))
+	p.Resolver = dns.Addr
+	other := named("other", y, ln.Addr().String())
+	cfg := cfgOf(time.Minute, p, other)
+	r := run(t, cfg)
+	before := map[string]*proxy.Proxy{}
+	pools := map[string]*balance.Pool{}
+	for _, v := range r.s.Proxies() {
+		before[v.Proxy.Name], pools[v.Proxy.Name] = v.Proxy, v.Proxy.Pool()
+	}
+	queries := dns.Queries()
+
+	cfg.Log.Level = "debug"
+	what, err := r.s.Reload(cfg)
+	if err != nil || !strings.Contains(what, "log changed") {
+		t.Fatalf("Reload = %q, %v", what, err)
+	}
+	// And a change to one proxy leaves the other alone too.
+	cfg.Proxies = slices.Clone(cfg.Proxies) // the running configuration shares the array
+	cfg.Proxies[1].ConnectTimeout = 3 * time.Second
+	if _, err := r.s.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range r.s.Proxies() {
+		if v.Proxy.Name == "other" {
+			if v.Proxy == before["other"] {
+				t.Errorf("the changed proxy was not rebuilt")
+			}
+			continue
+		}
+		if v.Proxy != before[v.Proxy.Name] || v.Proxy.Pool() != pools[v.Proxy.Name] {
+			t.Errorf("proxy %s was rebuilt by a reload that did not change it", v.Proxy.Name)
+		}
+	}
+	if n := dns.Queries(); n != queries {
+		t.Errorf("%d DNS queries during reloads that changed no name", n-queries)
+	}
+	if got, err := testutil.Ask(x); err != nil || got != "web" {
+		t.Fatalf("after the reloads: %q, %v", got, err)
 	}
 }

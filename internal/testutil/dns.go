@@ -16,9 +16,11 @@ import (
 type DNS struct {
 	Addr string // HOST:PORT to use as a resolver
 
-	mu   sync.Mutex
-	ips  map[string][]netip.Addr
-	srvs map[string][]net.SRV
+	mu      sync.Mutex
+	ips     map[string][]netip.Addr
+	srvs    map[string][]net.SRV
+	failing bool
+	queries int
 }
 
 // StartDNS starts a DNS server; it stops at the end of the test.
@@ -76,6 +78,21 @@ func (d *DNS) SetSRV(name string, recs ...net.SRV) {
 	d.srvs[fqdn(name)] = recs
 }
 
+// SetFailing makes every answer SERVFAIL while on: an outage of the DNS
+// service, as opposed to a name that does not exist.
+func (d *DNS) SetFailing(on bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.failing = on
+}
+
+// Queries is the number of questions asked so far.
+func (d *DNS) Queries() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.queries
+}
+
 func fqdn(name string) string {
 	if strings.HasSuffix(name, ".") {
 		return strings.ToLower(name)
@@ -95,12 +112,18 @@ func (d *DNS) answer(req []byte) []byte {
 	}
 	name := strings.ToLower(q.Name.String())
 	d.mu.Lock()
+	d.queries++
 	ips, knownIP := d.ips[name]
 	srvs, knownSRV := d.srvs[name]
+	failing := d.failing
 	d.mu.Unlock()
 
 	rh := dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired}
-	if !knownIP && !knownSRV {
+	switch {
+	case failing:
+		rh.RCode = dnsmessage.RCodeServerFailure
+		ips, srvs = nil, nil
+	case !knownIP && !knownSRV:
 		rh.RCode = dnsmessage.RCodeNameError
 	}
 	b := dnsmessage.NewBuilder(nil, rh)
