@@ -6,11 +6,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"net"
 	"net/netip"
 	"unsafe"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"github.com/pires/go-proxyproto/tlvparse"
 	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/admission"
@@ -102,18 +104,13 @@ func (l *loop) readHeader(c *conn) {
 		l.refuse(c, fmt.Errorf("%w: the peer closed before sending one", errNoHeader))
 		return
 	}
-	size, err := headerSize(buf[:n])
-	if err != nil {
+	size, h, err := parseHeader(buf[:n])
+	switch {
+	case err != nil:
 		l.refuse(c, fmt.Errorf("%w: %v", errNoHeader, err))
 		return
-	}
-	if size == 0 {
+	case size == 0:
 		return // incomplete: wait for the rest
-	}
-	h, err := proxyproto.Read(bufio.NewReaderSize(bytes.NewReader(buf[:size]), size))
-	if err != nil {
-		l.refuse(c, fmt.Errorf("%w: %v", errNoHeader, err))
-		return
 	}
 	if got, err := sysRead(int(c.cfd), buf[:size]); err != nil || got != size {
 		l.abort(c, sideError(sideClient, fmt.Errorf("consume the PROXY header: %d bytes, %v", got, err)))
@@ -164,11 +161,135 @@ func headerSize(b []byte) (int, error) {
 	return 0, errors.New("the connection does not start with one")
 }
 
-// looksLikeHeader reports whether a client's first bytes start with a
-// PROXY protocol signature. (A shorter first read is not judged: "PRO"
-// may as well begin a protocol of the client's own.)
-func looksLikeHeader(b []byte) bool {
-	return bytes.HasPrefix(b, []byte("PROXY ")) || bytes.HasPrefix(b, proxyproto.SIGV2)
+// parseHeader reads the PROXY protocol header that b starts with. It
+// returns its size and the header, size 0 if b holds only the start of
+// one, or an error if b does not start with a valid one. A v2 header's
+// TLVs are checked too (see checkTLVs).
+func parseHeader(b []byte) (int, *proxyproto.Header, error) {
+	size, err := headerSize(b)
+	if err != nil || size == 0 {
+		return 0, nil, err
+	}
+	h, err := proxyproto.Read(bufio.NewReaderSize(bytes.NewReader(b[:size]), size))
+	if err != nil {
+		return 0, nil, err
+	}
+	if h.Version == 2 && h.Command.IsProxy() {
+		if err := checkTLVs(h, b[:size]); err != nil {
+			return 0, nil, err
+		}
+	}
+	return size, h, nil
+}
+
+// checkTLVs validates the TLVs of the v2 header h, raw as received: each
+// one's length (go-proxyproto splits them), an SSL TLV's own sub-TLVs
+// (go-proxyproto's tlvparse), and the CRC32c of the whole header when a
+// CRC32C TLV is present (computed with its value as zeros: the PROXY
+// protocol's section 2.2.1).
+func checkTLVs(h *proxyproto.Header, raw []byte) error {
+	tlvs, err := h.TLVs()
+	if err != nil {
+		return fmt.Errorf("TLVs: %w", err)
+	}
+	for _, t := range tlvs {
+		switch t.Type {
+		case proxyproto.PP2_TYPE_CRC32C:
+			if len(t.Value) != 4 {
+				return fmt.Errorf("a CRC32c TLV of %d bytes (4 expected)", len(t.Value))
+			}
+			if !crcMatches(raw, t.Value) {
+				return errors.New("the CRC32c does not match the header")
+			}
+		case proxyproto.PP2_TYPE_SSL:
+			if _, err := tlvparse.SSL(t); err != nil {
+				return fmt.Errorf("SSL TLV: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// crcMatches reports whether want is the CRC32c of the v2 header raw with
+// its CRC32C TLV's value taken as zeros. checkTLVs has split the TLVs, so
+// they are well formed; their start is found from the address family.
+func crcMatches(raw, want []byte) bool {
+	start := 16
+	switch raw[13] >> 4 { // the address family
+	case 1:
+		start += 12
+	case 2:
+		start += 36
+	case 3:
+		start += 216
+	}
+	for i := start; i+3 <= len(raw); {
+		n := int(binary.BigEndian.Uint16(raw[i+1 : i+3]))
+		if proxyproto.PP2Type(raw[i]) == proxyproto.PP2_TYPE_CRC32C && n == 4 && i+7 <= len(raw) {
+			c := crc32.Update(0, castagnoli, raw[:i+3])
+			c = crc32.Update(c, castagnoli, []byte{0, 0, 0, 0})
+			c = crc32.Update(c, castagnoli, raw[i+7:])
+			return c == binary.BigEndian.Uint32(want)
+		}
+		i += 3 + n
+	}
+	return false
+}
+
+// signature is what a client's first bytes say about a PROXY protocol
+// header.
+type signature uint8
+
+const (
+	notSignature    signature = iota // not a header
+	partOfSignature                  // the start of a signature: more bytes decide
+	isSignature                      // a header's signature
+)
+
+// signatureOf judges a client's first bytes (up to 12 suffice).
+func signatureOf(b []byte) signature {
+	for _, sig := range [][]byte{[]byte("PROXY "), proxyproto.SIGV2} {
+		switch {
+		case bytes.HasPrefix(b, sig):
+			return isSignature
+		case len(b) < len(sig) && bytes.HasPrefix(sig, b):
+			return partOfSignature
+		}
+	}
+	return notSignature
+}
+
+// judgeSignature refuses a PROXY protocol header from a peer that is not
+// trusted to send one, however its first bytes are split across reads: it
+// peeks at them and holds the relay (wait) while they are only the start
+// of a signature. What it peeks at stays in the socket for the relay.
+func (l *loop) judgeSignature(c *conn) (wait bool, err error) {
+	var b [12]byte
+	n, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(c.cfd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_PEEK, 0, 0)
+	switch {
+	case e == unix.EAGAIN || e == unix.EINTR:
+		c.ready &^= cReadable
+		return true, nil
+	case e != 0 || n == 0:
+		c.checkSig = false // the read reports the error or the end
+		return false, nil
+	}
+	switch signatureOf(b[:n]) {
+	case isSignature:
+		c.checkSig = false
+		return false, errUntrustedHeader // closed by pj: closedBy stays none
+	case partOfSignature:
+		if c.ready&cHup == 0 {
+			// Edge-triggered epoll reports the next bytes, or the FIN.
+			c.ready &^= cReadable
+			return true, nil
+		}
+		// The peer has finished: these bytes are all it sends.
+	}
+	c.checkSig = false
+	return false, nil
 }
 
 func addrPortOf(a net.Addr) (netip.AddrPort, bool) {

@@ -458,6 +458,11 @@ func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWrita
 		if c.ready&srcReadable == 0 {
 			return moved, nil
 		}
+		if c.checkSig && d == &c.up {
+			if wait, err := l.judgeSignature(c); wait || err != nil {
+				return moved, err
+			}
+		}
 		if moved >= maxPerTurn {
 			l.queue(c)
 			return moved, nil
@@ -507,12 +512,6 @@ func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWrita
 			continue
 		}
 		moved += n
-		if c.checkSig && d == &c.up {
-			c.checkSig = false
-			if looksLikeHeader(l.buf[:n]) {
-				return moved, sideError(srcSide, errUntrustedHeader)
-			}
-		}
 		if n == len(buf) {
 			d.bulk = n == len(l.buf)
 		} else {

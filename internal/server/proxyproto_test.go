@@ -1,0 +1,186 @@
+package server
+
+import (
+	"encoding/binary"
+	"hash/crc32"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/testutil"
+)
+
+// recordingEcho is an echo server that counts the bytes it received.
+func recordingEcho(t *testing.T) (string, *atomic.Int64) {
+	t.Helper()
+	var n atomic.Int64
+	ln := testutil.Listen(t, "tcp4")
+	testutil.Serve(t, ln, func(c net.Conn) {
+		buf := make([]byte, 4096)
+		for {
+			k, err := c.Read(buf)
+			n.Add(int64(k))
+			if k > 0 {
+				_, _ = c.Write(buf[:k])
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+	return ln.Addr().String(), &n
+}
+
+// closedByPJ reports whether c was closed without anything relayed: it
+// reads EOF or a reset, and no byte.
+func closedByPJ(t *testing.T, c net.Conn) bool {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(c)
+	return len(b) == 0 && (err == nil || !testutil.IsTimeout(err))
+}
+
+func TestUntrustedHeaderIsRefusedHoweverItIsSplit(t *testing.T) {
+	echo, received := recordingEcho(t)
+	x := testutil.ClosedAddr(t)
+	p := named("untrusting", x, echo)
+	p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("10.0.0.0/8")}
+	r := run(t, cfgOf(time.Minute, p))
+
+	header := "PROXY TCP4 6.6.6.6 127.0.0.1 51234 8080\r\n"
+	v2 := string(proxyproto.SIGV2)
+	for i, parts := range [][]string{
+		{header + "GET /"},
+		{"PRO", "XY TCP4 6.6.6.6 127.0.0.1 51234 8080\r\nGET /"},
+		{"P", "R", "O", "X", "Y", " TCP4 6.6.6.6 127.0.0.1 51234 8080\r\n"},
+		{v2[:1], v2[1:7], v2[7:] + "\x21\x11\x00\x0c"},
+	} {
+		c := testutil.Dial(t, x)
+		for j, part := range parts {
+			if _, err := io.WriteString(c, part); err != nil {
+				t.Fatalf("case %d: write: %v", i, err)
+			}
+			if j < len(parts)-1 {
+				// Before the fix, a first read that was only the start of
+				// a signature went through: its echo came back.
+				_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+				if n, _ := c.Read(make([]byte, 64)); n > 0 {
+					t.Fatalf("case %d: %q was relayed before the rest of the signature came", i, part)
+				}
+			}
+		}
+		if !closedByPJ(t, c) {
+			t.Fatalf("case %d: a header split as %q was not refused", i, parts)
+		}
+		_ = c.Close()
+	}
+	lines := r.logs.WaitLines(t, "not in accept_proxy_protocol.trusted", 4)
+	for _, l := range lines {
+		if !strings.Contains(l, "[denied]") || !strings.Contains(l, "closed_by=pj") {
+			t.Errorf("line %q: want [denied] and closed_by=pj", l)
+		}
+	}
+	if n := received.Load(); n != 0 {
+		t.Fatalf("the backend received %d bytes of refused connections", n)
+	}
+
+	// Bytes that only start like a signature are the client's own.
+	for _, send := range []string{"PRO", "PROTOCOL 1\r\n", "PROXY\r\n", "\r\n\r\nhello", "\r\n"} {
+		c := testutil.Dial(t, x)
+		_, _ = io.WriteString(c, send)
+		_ = c.CloseWrite()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if got, err := io.ReadAll(c); string(got) != send {
+			t.Errorf("%q: echoed %q, %v", send, got, err)
+		}
+	}
+}
+
+// v2Header builds a PROXY protocol v2 header from 203.0.113.7:51234 to
+// 127.0.0.1:8080 with the given TLVs (raw bytes), and fills in a CRC32c
+// TLV (type 0x03) when crc is true.
+func v2Header(t *testing.T, tlvs []byte, crc bool) []byte {
+	t.Helper()
+	h := proxyproto.HeaderProxyFromAddrs(2,
+		&net.TCPAddr{IP: net.ParseIP("203.0.113.7").To4(), Port: 51234},
+		&net.TCPAddr{IP: net.ParseIP("127.0.0.1").To4(), Port: 8080})
+	b, err := h.Format()
+	if err != nil {
+		t.Fatal(err)
+	}
+	crcAt := -1
+	if crc {
+		crcAt = len(b) + len(tlvs) + 3
+		tlvs = append(tlvs, 0x03, 0x00, 0x04, 0, 0, 0, 0)
+	}
+	b = append(b, tlvs...)
+	binary.BigEndian.PutUint16(b[14:16], uint16(len(b)-16))
+	if crcAt >= 0 {
+		binary.BigEndian.PutUint32(b[crcAt:], crc32.Checksum(b, crc32.MakeTable(crc32.Castagnoli)))
+	}
+	return b
+}
+
+func TestProxyV2TLVsAreValidated(t *testing.T) {
+	echo, received := recordingEcho(t)
+	x := testutil.ClosedAddr(t)
+	p := named("trusting", x, echo)
+	p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("127.0.0.0/8")}
+	r := run(t, cfgOf(time.Minute, p))
+
+	authority := append([]byte{0x02, 0x00, 0x0b}, "example.net"...)
+	badCRC := v2Header(t, nil, true)
+	badCRC[len(badCRC)-1] ^= 0xff
+	shortCRC := v2Header(t, []byte{0x03, 0x00, 0x02, 0xab, 0xcd}, false)
+	truncated := v2Header(t, []byte{0x02, 0x00, 0x20, 'a', 'b'}, false) // says 32 bytes, has 2
+	// An SSL TLV whose sub-TLV says 200 bytes and has 3.
+	badSSL := v2Header(t, []byte{0x20, 0x00, 0x0b, 0x01, 0, 0, 0, 0, 0x21, 0x00, 0xc8, '1', '.', '3'}, false)
+
+	for _, tc := range []struct {
+		name   string
+		header []byte
+		ok     bool
+	}{
+		{"no TLVs", v2Header(t, nil, false), true},
+		{"an authority", v2Header(t, authority, false), true},
+		{"a right CRC32c", v2Header(t, authority, true), true},
+		{"a wrong CRC32c", badCRC, false},
+		{"a CRC32c of 2 bytes", shortCRC, false},
+		{"a truncated TLV", truncated, false},
+		{"a malformed SSL TLV", badSSL, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := received.Load()
+			c := testutil.Dial(t, x)
+			if _, err := c.Write(append(tc.header, "hi"...)); err != nil {
+				t.Fatal(err)
+			}
+			if tc.ok {
+				if got := make([]byte, 2); !readFull(c, got) || string(got) != "hi" {
+					t.Fatalf("a valid header: echo %q", got)
+				}
+				return
+			}
+			if !closedByPJ(t, c) {
+				t.Fatal("served")
+			}
+			if got := received.Load(); got != before {
+				t.Fatalf("the backend received %d bytes", got-before)
+			}
+		})
+	}
+	if n := len(r.logs.WaitLines(t, "no valid PROXY protocol header", 4)); n != 4 {
+		t.Fatalf("%d lines for 4 bad headers", n)
+	}
+	for _, want := range []string{"CRC32c", "truncated"} {
+		if len(r.logs.Lines(want)) == 0 {
+			t.Errorf("no line says %q:\n%s", want, r.logs)
+		}
+	}
+}
