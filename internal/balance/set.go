@@ -138,13 +138,9 @@ func (s *Set) flatten() []*Backend {
 	return out
 }
 
-// ChecksEnabled reports whether active health checks run: with an
-// interval, for pools of more than one backend, or for any pool whose
-// configuration asks for checks explicitly.
-func (s *Set) ChecksEnabled() bool {
-	hc := s.settings.HealthCheck
-	return hc.Interval > 0 && (s.Pool().Len() > 1 || hc.Explicit)
-}
+// ChecksEnabled reports whether active health checks run for the current
+// pool (see config.HealthCheck.Runs).
+func (s *Set) ChecksEnabled() bool { return s.settings.HealthCheck.Runs(s.Pool().Len()) }
 
 // Start runs the set's health checks and DNS refresh until Stop.
 func (s *Set) Start() {

@@ -3,10 +3,8 @@ package cli
 import (
 	"fmt"
 	"io"
-	"net/netip"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -60,21 +58,7 @@ func summary(c config.Config) string {
 		from = c.File
 	}
 	fmt.Fprintf(&b, "configuration from %s is valid: %s\n", from, plural(len(c.Proxies), "proxy", "proxies"))
-	def := config.Default()
-	var global []string
-	if c.Log != def.Log {
-		global = append(global, fmt.Sprintf("log %s at level %s", c.Log.Format, c.Log.Level))
-	}
-	if c.GracePeriod != def.GracePeriod {
-		global = append(global, "grace period "+durationText(c.GracePeriod))
-	}
-	if c.MaxConnections != 0 {
-		global = append(global, fmt.Sprintf("at most %d connections in all", c.MaxConnections))
-	}
-	if c.Admin.Listen != "" {
-		global = append(global, "admin on "+c.Admin.Listen)
-	}
-	if len(global) > 0 {
+	if global := c.Summary(); len(global) > 0 {
 		fmt.Fprintf(&b, "%s\n", strings.Join(global, "; "))
 	}
 	for _, p := range c.Proxies {
@@ -98,110 +82,9 @@ func summary(c config.Config) string {
 			}
 		}
 		fmt.Fprintf(&b, "proxy %s -> %s\n", name, strings.Join(backends, ", "))
-		fmt.Fprintf(&b, "  %s\n", strings.Join(policies(p, def.Defaults), "; "))
+		fmt.Fprintf(&b, "  %s\n", strings.Join(p.Summary(), "; "))
 	}
 	return b.String()
-}
-
-// policies lists a proxy's balance, health checks, and the settings that
-// differ from the built-in ones.
-func policies(p config.Proxy, def config.Settings) []string {
-	s := p.Settings
-	out := []string{s.Balance}
-	if s.ConnectTimeout != def.ConnectTimeout {
-		out = append(out, "connect timeout "+durationText(s.ConnectTimeout))
-	}
-	if s.IdleTimeout != def.IdleTimeout {
-		out = append(out, "idle timeout "+durationText(s.IdleTimeout))
-	}
-	// CONTRACT.md section 5: checks run for a proxy of several backends,
-	// or of one when health_check is set, unless the interval is 0.
-	hc := s.HealthCheck
-	if hc.Interval > 0 && (len(p.Backends) > 1 || hc.Explicit) {
-		check := fmt.Sprintf("health checks every %s (timeout %s, rise %d, fall %d",
-			durationText(hc.Interval), durationText(hc.Timeout), hc.Rise, hc.Fall)
-		if hc.Send != "" {
-			check += fmt.Sprintf(", send %q", hc.Send)
-		}
-		if hc.Expect != "" {
-			check += fmt.Sprintf(", expect %q", hc.Expect)
-		}
-		if hc.SendProxy {
-			check += ", with a PROXY header"
-		}
-		out = append(out, check+")")
-	} else {
-		out = append(out, "no health checks")
-	}
-	if s.DNSRefresh != def.DNSRefresh {
-		if s.DNSRefresh == 0 {
-			out = append(out, "host names resolved once")
-		} else {
-			out = append(out, "host names resolved every "+durationText(s.DNSRefresh))
-		}
-	}
-	if s.Resolver != "" {
-		out = append(out, "DNS server "+s.Resolver)
-	}
-	if s.MaxConnections > 0 {
-		out = append(out, fmt.Sprintf("at most %d connections", s.MaxConnections))
-	}
-	if s.MaxConnectionsPerClient > 0 {
-		out = append(out, fmt.Sprintf("at most %d connections per client", s.MaxConnectionsPerClient))
-	}
-	if len(s.Allow) > 0 {
-		out = append(out, "allow "+prefixes(s.Allow))
-	}
-	if len(s.Deny) > 0 {
-		out = append(out, "deny "+prefixes(s.Deny))
-	}
-	if s.RateLimit.PerClient > 0 {
-		out = append(out, fmt.Sprintf("at most %s new connections per second per client (burst %d)",
-			strconv.FormatFloat(s.RateLimit.PerClient, 'f', -1, 64), s.RateLimit.Burst))
-	}
-	if s.Bandwidth.PerConnection > 0 {
-		out = append(out, fmt.Sprintf("at most %s/s each way per connection", bytesText(s.Bandwidth.PerConnection)))
-	}
-	if s.ProxyProtocol != "" {
-		out = append(out, "PROXY protocol "+s.ProxyProtocol+" to backends")
-	}
-	if s.AcceptProxyProtocol != nil {
-		out = append(out, "PROXY protocol accepted from "+prefixes(s.AcceptProxyProtocol.Trusted))
-	}
-	return out
-}
-
-func prefixes(list []netip.Prefix) string {
-	out := make([]string, len(list))
-	for i, p := range list {
-		out[i] = p.String()
-	}
-	return strings.Join(out, ", ")
-}
-
-// bytesText writes a byte count in the largest binary unit that divides it.
-func bytesText(n int64) string {
-	for _, u := range []struct {
-		name string
-		size int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.size && n%u.size == 0 {
-			return strconv.FormatInt(n/u.size, 10) + " " + u.name
-		}
-	}
-	return strconv.FormatInt(n, 10) + " bytes"
-}
-
-// durationText writes a duration as a person would: 1m rather than 1m0s.
-func durationText(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
 }
 
 func plural(n int, one, many string) string {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/spf13/cobra"
@@ -30,8 +31,8 @@ func usagef(format string, args ...any) error {
 	return &UsageError{Err: fmt.Errorf(format, args...)}
 }
 
-// ExitCode maps the error Run returned to the process exit status of
-// CONTRACT.md section 1: 0 success, 2 usage error, 1 anything else.
+// ExitCode maps the error Run returned to the process exit status: 0
+// success, 2 usage error, 1 anything else.
 func ExitCode(err error) int {
 	var ue *UsageError
 	switch {
@@ -99,16 +100,13 @@ type flags struct {
 	proxies    []string // from -p/--proxy
 	envProxies []string // from PJ_PROXY, used only when no -p is given
 	configFile string   // -c/--config or PJ_CONFIG
-	watch      bool     // --watch: reload when the configuration file changes
 	version    bool
 	// cfg holds the values of the flags that are settings, bound to them;
 	// it starts as config.Default().
 	cfg config.Config
-	// given lists the flags set on the command line or by their PJ_
-	// variable: only those override a configuration file.
-	given map[string]bool
-	// lookupEnv reads PJ_ variables; set by fromEnv.
-	lookupEnv func(string) (string, bool)
+	// given lists the keys (as a file names them) that a flag or a PJ_
+	// variable set: only those override a configuration file.
+	given []string
 }
 
 func newRootCmd(ctx context.Context, env *runEnv, stdout, stderr io.Writer) *cobra.Command {
@@ -149,9 +147,6 @@ over its variable.`,
 			if err := f.fromEnv(cmd.Flags(), env.lookupEnv); err != nil {
 				return err
 			}
-			if f.watch && f.configFile == "" {
-				return usagef("--watch reloads a configuration file when it changes: give one with -c FILE (or PJ_CONFIG)")
-			}
 			cfg, err := loadConfig(f, env.lookupEnv)
 			if err != nil {
 				if errors.Is(err, errNothingToProxy) {
@@ -172,7 +167,6 @@ over its variable.`,
 	fs := root.Flags()
 	fs.SortFlags = false
 	addConfigFlags(fs, f)
-	fs.BoolVar(&f.watch, "watch", false, "with --config, also reload the file when it changes")
 	fs.BoolVarP(&f.version, "version", "V", false, "print the version and exit")
 
 	root.AddCommand(newCheckCmd(env, f, stdout), &cobra.Command{
@@ -192,13 +186,19 @@ over its variable.`,
 func addConfigFlags(fs *pflag.FlagSet, f *flags) {
 	fs.StringVarP(&f.configFile, "config", "c", "", "configuration file, YAML (.yaml, .yml) or TOML (.toml); --proxy mappings are added to its proxies")
 	fs.StringArrayVarP(&f.proxies, "proxy", "p", nil, "mapping "+config.MappingSyntax+"; repeatable")
-	fs.StringVar(&f.cfg.Defaults.Balance, "balance", f.cfg.Defaults.Balance, "how connections are spread over a proxy's backends: "+strings.Join(config.Balances, ", "))
-	fs.DurationVar(&f.cfg.Defaults.ConnectTimeout, "connect-timeout", f.cfg.Defaults.ConnectTimeout, "time allowed to open a backend connection (all failover tries included)")
-	fs.DurationVar(&f.cfg.Defaults.IdleTimeout, "idle-timeout", f.cfg.Defaults.IdleTimeout, "close a connection idle in both directions this long; 0 = never")
-	fs.DurationVar(&f.cfg.GracePeriod, "grace-period", f.cfg.GracePeriod, "on SIGTERM/SIGINT, how long established connections may finish")
-	fs.StringVar(&f.cfg.Admin.Listen, "admin", "", "serve metrics, the admin API and the status page on this HOST:PORT")
-	fs.StringVar(&f.cfg.Log.Format, "log-format", f.cfg.Log.Format, "log encoding: text or json")
-	fs.StringVar(&f.cfg.Log.Level, "log-level", f.cfg.Log.Level, "least severe records logged: debug, info, warn or error")
+	for _, fl := range config.Flags() {
+		if fl.Name == "" {
+			continue // a variable alone
+		}
+		switch p := fl.Var(&f.cfg).(type) {
+		case *string:
+			fs.StringVar(p, fl.Name, *p, fl.Usage)
+		case *time.Duration:
+			fs.DurationVar(p, fl.Name, *p, fl.Usage)
+		case *bool:
+			fs.BoolVar(p, fl.Name, *p, fl.Usage)
+		}
+	}
 }
 
 // fromEnv completes the flags with the PJ_ variables and records which
@@ -210,9 +210,22 @@ func (f *flags) fromEnv(fs *pflag.FlagSet, lookupEnv func(string) (string, bool)
 	if v, ok := lookupEnv(EnvName("proxy")); ok && !fs.Changed("proxy") {
 		f.envProxies = splitMappings(v)
 	}
-	f.lookupEnv = lookupEnv
-	f.given = map[string]bool{}
-	fs.VisitAll(func(fl *pflag.Flag) { f.given[fl.Name] = fl.Changed })
+	f.given = nil
+	for _, fl := range config.Flags() {
+		if fl.Name == "" {
+			// A secret has a variable but no flag (a flag would show in
+			// ps); the variable wins over the file too.
+			v, ok := lookupEnv(fl.Env)
+			if p, isText := fl.Var(&f.cfg).(*string); ok && isText {
+				*p = v
+				f.given = append(f.given, fl.Key)
+			}
+			continue
+		}
+		if fs.Changed(fl.Name) {
+			f.given = append(f.given, fl.Key)
+		}
+	}
 	return nil
 }
 
@@ -235,8 +248,8 @@ var errNothingToProxy = errors.New("nothing to proxy: give at least one mapping 
 // for the same file.
 //
 // Precedence: a flag given explicitly (or by its variable) overrides the
-// file: --log-format, --log-level and --grace-period the file's values;
-// --balance, --connect-timeout and --idle-timeout the file's defaults, and
+// file: a top-level key (--log-format, --grace-period) the file's value; a
+// setting of the proxies (--connect-timeout) the file's defaults, and
 // every file proxy that does not set that key itself. Flags left at their
 // built-in values never override the file. Mappings (--proxy, or PJ_PROXY
 // when no --proxy is given) are added after the file's proxies and inherit
@@ -246,46 +259,23 @@ var errNothingToProxy = errors.New("nothing to proxy: give at least one mapping 
 // file that cannot be read, or a configuration with problems, is an error
 // naming them all (exit status 1).
 func loadConfig(f *flags, lookupEnv func(string) (string, bool)) (config.Config, error) {
+	if f.cfg.Watch && f.configFile == "" {
+		return config.Config{}, usagef("--watch reloads a configuration file when it changes: give one with -c FILE (or PJ_CONFIG)")
+	}
 	if f.configFile == "" {
 		return f.config()
 	}
 	if err := f.checkFlags(); err != nil {
 		return config.Config{}, err
 	}
-	var overrides []config.Override
-	if f.given["balance"] {
-		b := f.cfg.Defaults.Balance
-		overrides = append(overrides, config.Override{Key: "balance", Apply: func(s *config.Settings) { s.Balance = b }})
-	}
-	if f.given["connect-timeout"] {
-		t := f.cfg.Defaults.ConnectTimeout
-		overrides = append(overrides, config.Override{Key: "connect_timeout", Apply: func(s *config.Settings) { s.ConnectTimeout = t }})
-	}
-	if f.given["idle-timeout"] {
-		t := f.cfg.Defaults.IdleTimeout
-		overrides = append(overrides, config.Override{Key: "idle_timeout", Apply: func(s *config.Settings) { s.IdleTimeout = t }})
-	}
 	data, err := os.ReadFile(f.configFile)
 	if err != nil {
 		return config.Config{}, fmt.Errorf("read configuration file: %w", err)
 	}
-	cfg, err := config.Decode(f.configFile, data, lookupEnv, overrides...)
+	cfg, err := config.Decode(f.configFile, data, lookupEnv, config.Overrides(f.cfg, f.given...)...)
 	if err != nil {
 		return config.Config{}, err
 	}
-	if f.given["log-format"] {
-		cfg.Log.Format = f.cfg.Log.Format
-	}
-	if f.given["log-level"] {
-		cfg.Log.Level = f.cfg.Log.Level
-	}
-	if f.given["grace-period"] {
-		cfg.GracePeriod = f.cfg.GracePeriod
-	}
-	if f.given["admin"] {
-		cfg.Admin.Listen = f.cfg.Admin.Listen
-	}
-	applyAdminToken(&cfg, lookupEnv)
 	mappings, err := f.mappings()
 	if err != nil {
 		return config.Config{}, err
@@ -341,9 +331,6 @@ func (f *flags) mappings() ([]config.Proxy, error) {
 // configuration; every problem is a usage error.
 func (f *flags) config() (config.Config, error) {
 	cfg := f.cfg
-	if f.lookupEnv == nil {
-		f.lookupEnv = func(string) (string, bool) { return "", false }
-	}
 	mappings, err := f.mappings()
 	if err != nil {
 		return cfg, err
@@ -355,20 +342,10 @@ func (f *flags) config() (config.Config, error) {
 	for i := range cfg.Proxies {
 		cfg.Proxies[i].Settings = cfg.Defaults
 	}
-	applyAdminToken(&cfg, f.lookupEnv)
 	if err := cfg.Validate(); err != nil {
 		return cfg, &UsageError{Err: err}
 	}
 	return cfg, nil
-}
-
-// applyAdminToken takes the admin token from PJ_ADMIN_TOKEN when it is
-// set: a token is a secret, so it has a variable but no flag (a flag would
-// show in ps). The variable wins over admin.token in the file.
-func applyAdminToken(cfg *config.Config, lookupEnv func(string) (string, bool)) {
-	if v, ok := lookupEnv("PJ_ADMIN_TOKEN"); ok {
-		cfg.Admin.Token = v
-	}
 }
 
 // applyEnv gives every flag not set on the command line the value of its

@@ -366,3 +366,24 @@ func TestHelpDocumentsConfigFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestEveryDeclaredFlagIsOnBothCommands: a key declared with a flag is a
+// flag of pj and of pj check, and overrides the file.
+func TestEveryDeclaredFlagIsOnBothCommands(t *testing.T) {
+	f := &flags{cfg: config.Default()}
+	fs := pflag.NewFlagSet("pj", pflag.ContinueOnError)
+	addConfigFlags(fs, f)
+	for _, fl := range config.Flags() {
+		if fl.Name != "" && fs.Lookup(fl.Name) == nil {
+			t.Errorf("key %s declares the flag --%s, which the command line lacks", fl.Key, fl.Name)
+		}
+	}
+	file := writeConfig(t, "pj.yaml", "admin: { listen: '127.0.0.1:0', token: from-file }\nwatch: false\nproxies: [{listen: '127.0.0.1:0', backends: ['127.0.0.1:1']}]\n")
+	c, err := load(t, map[string]string{"PJ_ADMIN_TOKEN": "from-env"}, "-c", file, "--watch", "--admin", "127.0.0.1:9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Watch || c.Admin.Listen != "127.0.0.1:9" || c.Admin.Token != "from-env" {
+		t.Errorf("watch %v, admin %q, token %q: want the flags' and the variable's values over the file's", c.Watch, c.Admin.Listen, c.Admin.Token)
+	}
+}

@@ -94,7 +94,7 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 	}
 	w := &watcher{path: f.configFile, log: log, trigger: trigger}
 	defer w.stop()
-	w.set(ctx, f.watch || cfg.Watch)
+	w.set(ctx, cfg.Watch)
 
 	r := reloader{f: f, env: env, srv: srv, log: log, handler: handler, out: out, current: cfg, admin: adm, notify: notify}
 	for {
@@ -107,7 +107,7 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 			r.reload(why)
 		}
 		// The file's own "watch: true" may have been added or removed.
-		w.set(ctx, f.watch || r.current.Watch)
+		w.set(ctx, r.current.Watch)
 	}
 }
 

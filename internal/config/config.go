@@ -59,7 +59,7 @@ type Log struct {
 	Level  string // "debug", "info", "warn" or "error"
 }
 
-// Admin is the HTTP admin listener (CONTRACT.md section 6).
+// Admin is the HTTP admin listener.
 type Admin struct {
 	Listen string // HOST:PORT; empty means no admin listener
 	Token  string // required by mutating endpoints when set
@@ -154,7 +154,7 @@ type Backend struct {
 	Backup  bool   // used only when no primary is healthy
 }
 
-// Default returns the built-in configuration of CONTRACT.md sections 1 and 5.
+// Default returns the built-in configuration.
 func Default() Config {
 	return Config{
 		Log:         Log{Format: FormatText, Level: "info"},
@@ -195,38 +195,27 @@ func (e *ValidationError) Unwrap() error { return ErrInvalid }
 // Problems name the proxy by its Source: "-p MAPPING" for the command
 // line, "pj.yaml:12: proxy "web"" for a file.
 func (c *Config) Validate() error {
-	var problems []string
-	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
-
-	switch c.Log.Format {
-	case FormatText, FormatJSON:
-	default:
-		add("log format %q: expected text or json", c.Log.Format)
-	}
-	switch strings.ToLower(c.Log.Level) {
-	case "debug", "info", "warn", "error":
-	default:
-		add("log level %q: expected debug, info, warn or error", c.Log.Level)
-	}
-	if c.GracePeriod < 0 {
-		add("grace period %s: must not be negative", c.GracePeriod)
-	}
-	if c.MaxConnections < 0 {
-		add("max_connections %d: must not be negative (0 means no cap)", c.MaxConnections)
-	}
-	if c.Admin.Listen != "" {
-		if _, _, err := SplitHostPort(c.Admin.Listen); err != nil {
-			add("admin listen: %v", err)
-		}
-	}
+	problems := keyProblems(topKeys, c, nil)
 	defaultsWhere := "" // on the command line, the defaults are the flags
 	if c.File != "" {
 		defaultsWhere = c.File + ": defaults"
 	}
-	checkSettings(defaultsWhere, true, &c.Defaults, c.Defaults, add)
+	problems = append(problems, located(defaultsWhere, keyProblems(settingKeys, &c.Defaults, nil))...)
+	problems = append(problems, c.proxyProblems()...)
+	if len(problems) > 0 {
+		return &ValidationError{Problems: problems}
+	}
+	return nil
+}
 
-	seen := make(map[string]*Proxy, len(c.Proxies)) // by listen address
-	names := make(map[string]*Proxy, len(c.Proxies))
+// proxyProblems checks every proxy, and that no two share a name or a
+// listen address. A setting a proxy inherited from the defaults is not
+// reported again for the proxy.
+func (c *Config) proxyProblems() []string {
+	var problems []string
+	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	byListen := make(map[string]*Proxy, len(c.Proxies))
+	byName := make(map[string]*Proxy, len(c.Proxies))
 	for i := range c.Proxies {
 		p := &c.Proxies[i]
 		if p.Name == "" {
@@ -237,47 +226,24 @@ func (c *Config) Validate() error {
 		// the addresses do, which is reported below (or is port 0 twice,
 		// which is allowed); any other shared name is ambiguous in logs,
 		// metrics and the API.
-		if first, dup := names[p.Name]; dup && (p.Name != p.Listen || first.Name != first.Listen) {
+		if first, dup := byName[p.Name]; dup && (p.Name != p.Listen || first.Name != first.Listen) {
 			add("%s: name %q is already used by %s; give each proxy a name of its own", where, p.Name, first.ref())
 		} else if !dup {
-			names[p.Name] = p
+			byName[p.Name] = p
 		}
 		if len(p.Backends) == 0 {
 			add("%s: no backends", where)
 		}
-		checkSettings(where, false, &p.Settings, c.Defaults, add)
+		problems = append(problems, located(where, keyProblems(settingKeys, &p.Settings, &c.Defaults))...)
 		if _, _, err := SplitHostPort(p.Listen); err != nil {
 			add("%s: listen: %v", where, err)
 		}
-		backends := make(map[string]bool, len(p.Backends))
-		for j := range p.Backends {
-			b := &p.Backends[j]
-			if IsSRV(b.Address) {
-				// an SRV name: ports come from its records
-			} else if host, port, err := SplitHostPort(b.Address); err != nil {
-				add("%s: backend: %v", where, err)
-			} else if host == "" || port == 0 {
-				add("%s: backend %q: needs a host and a port from 1 to 65535", where, b.Address)
-			}
-			if backends[b.Address] {
-				add("%s: backend %s is listed twice", where, b.Address)
-			}
-			backends[b.Address] = true
-			if b.Weight == 0 {
-				b.Weight = 1
-			}
-			if b.Weight < 0 {
-				add("%s: backend %s: weight %d must be at least 1", where, b.Address, b.Weight)
-			}
-			if b.Weight > MaxWeight {
-				add("%s: backend %s: weight %d is more than %d; weights are relative, so scale them down", where, b.Address, b.Weight, MaxWeight)
-			}
-		}
+		problems = append(problems, located(where, p.backendProblems())...)
 		key := listenKey(p.Listen)
 		if key == "" {
 			continue // port 0: every such listener gets a port of its own
 		}
-		if first, dup := seen[key]; dup {
+		if first, dup := byListen[key]; dup {
 			hint := "to balance one listener over several backends, list them all in one proxy's backends"
 			if p.fromCommandLine() && first.fromCommandLine() {
 				hint = "to balance one listener over several backends, list them in one mapping: " + balanceHint(first, p)
@@ -285,12 +251,51 @@ func (c *Config) Validate() error {
 			add("%s: listen address %s is already used by %s; %s", where, p.Listen, first.ref(), hint)
 			continue
 		}
-		seen[key] = p
+		byListen[key] = p
 	}
-	if len(problems) > 0 {
-		return &ValidationError{Problems: problems}
+	return problems
+}
+
+// backendProblems checks the proxy's backends; a Weight of 0 becomes 1.
+func (p *Proxy) backendProblems() []string {
+	var problems []string
+	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	seen := make(map[string]bool, len(p.Backends))
+	for j := range p.Backends {
+		b := &p.Backends[j]
+		if IsSRV(b.Address) {
+			// an SRV name: ports come from its records
+		} else if host, port, err := SplitHostPort(b.Address); err != nil {
+			add("backend: %v", err)
+		} else if host == "" || port == 0 {
+			add("backend %q: needs a host and a port from 1 to 65535", b.Address)
+		}
+		if seen[b.Address] {
+			add("backend %s is listed twice", b.Address)
+		}
+		seen[b.Address] = true
+		if b.Weight == 0 {
+			b.Weight = 1
+		}
+		if b.Weight < 0 {
+			add("backend %s: weight %d must be at least 1", b.Address, b.Weight)
+		}
+		if b.Weight > MaxWeight {
+			add("backend %s: weight %d is more than %d; weights are relative, so scale them down", b.Address, b.Weight, MaxWeight)
+		}
 	}
-	return nil
+	return problems
+}
+
+// located starts each problem with where, if it is not "".
+func located(where string, problems []string) []string {
+	if where == "" {
+		return problems
+	}
+	for i, p := range problems {
+		problems[i] = where + ": " + p
+	}
+	return problems
 }
 
 // fromCommandLine reports whether the proxy is a mapping (of -p or
@@ -323,103 +328,6 @@ func (p *Proxy) ref() string {
 	return fmt.Sprintf("proxy %q (%s)", p.Name, p.Source)
 }
 
-// checkSettings validates one set of settings. A proxy's value equal to the
-// default's is reported once, for the defaults, not again for every proxy
-// that inherited it.
-func checkSettings(where string, isDefaults bool, s *Settings, d Settings, add func(string, ...any)) {
-	report := func(differs bool, format string, args ...any) {
-		if !isDefaults && !differs {
-			return
-		}
-		if where == "" {
-			add(format, args...)
-			return
-		}
-		add("%s: "+format, append([]any{where}, args...)...)
-	}
-	if !validBalance(s.Balance) {
-		report(s.Balance != d.Balance, "balance %q: expected %s", s.Balance, orList(Balances))
-	}
-	if s.ConnectTimeout <= 0 {
-		report(s.ConnectTimeout != d.ConnectTimeout, "connect timeout %s: must be positive", s.ConnectTimeout)
-	}
-	if s.IdleTimeout < 0 {
-		report(s.IdleTimeout != d.IdleTimeout, "idle timeout %s: must not be negative (0 turns it off)", s.IdleTimeout)
-	}
-	hc, dhc := s.HealthCheck, d.HealthCheck
-	if hc.Interval < 0 {
-		report(hc.Interval != dhc.Interval, "health_check interval %s: must not be negative (0 turns checks off)", hc.Interval)
-	}
-	if hc.Interval > 0 {
-		if hc.Timeout <= 0 {
-			report(hc.Timeout != dhc.Timeout, "health_check timeout %s: must be positive", hc.Timeout)
-		}
-		if hc.Rise < 1 {
-			report(hc.Rise != dhc.Rise, "health_check rise %d: must be at least 1", hc.Rise)
-		}
-		if hc.Fall < 1 {
-			report(hc.Fall != dhc.Fall, "health_check fall %d: must be at least 1", hc.Fall)
-		}
-	}
-	if s.DNSRefresh < 0 {
-		report(s.DNSRefresh != d.DNSRefresh, "dns_refresh %s: must not be negative (0 resolves names once)", s.DNSRefresh)
-	}
-	if s.Resolver != "" {
-		if host, port, err := SplitHostPort(s.Resolver); err != nil || host == "" || port == 0 {
-			report(s.Resolver != d.Resolver, "resolver %q: expected HOST:PORT of a DNS server, e.g. 10.0.0.53:53", s.Resolver)
-		}
-	}
-	if s.MaxConnections < 0 {
-		report(s.MaxConnections != d.MaxConnections, "max_connections %d: must not be negative (0 means no cap)", s.MaxConnections)
-	}
-	if s.MaxConnectionsPerClient < 0 {
-		report(s.MaxConnectionsPerClient != d.MaxConnectionsPerClient, "max_connections_per_client %d: must not be negative (0 means no cap)", s.MaxConnectionsPerClient)
-	}
-	if s.RateLimit.PerClient < 0 || s.RateLimit.Burst < 0 {
-		report(s.RateLimit != d.RateLimit, "rate_limit: per_client and burst must not be negative")
-	}
-	if s.RateLimit.PerClient > 0 && s.RateLimit.Burst < 1 {
-		report(s.RateLimit != d.RateLimit, "rate_limit: burst must be at least 1 when per_client is set")
-	}
-	if s.Bandwidth.PerConnection < 0 {
-		report(s.Bandwidth != d.Bandwidth, "bandwidth per_connection: must not be negative (0 means no cap)")
-	}
-	switch s.ProxyProtocol {
-	case "", "v1", "v2":
-	default:
-		report(s.ProxyProtocol != d.ProxyProtocol, "proxy_protocol %q: expected v1 or v2", s.ProxyProtocol)
-	}
-	checkPrefixes := func(what string, list, dlist []netip.Prefix) {
-		for _, p := range list {
-			if !p.IsValid() || p != p.Masked() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
-				report(!slices.Equal(list, dlist), "%s: %s is not a canonical address range (write e.g. 10.0.0.0/8)", what, p)
-			}
-		}
-	}
-	checkPrefixes("allow", s.Allow, d.Allow)
-	checkPrefixes("deny", s.Deny, d.Deny)
-	if ap := s.AcceptProxyProtocol; ap != nil {
-		var dtrusted []netip.Prefix
-		if d.AcceptProxyProtocol != nil {
-			dtrusted = d.AcceptProxyProtocol.Trusted
-		}
-		differs := d.AcceptProxyProtocol == nil || !slices.Equal(ap.Trusted, dtrusted)
-		if len(ap.Trusted) == 0 {
-			report(differs, "accept_proxy_protocol: trusted lists no address ranges; list those of the load balancers whose PROXY headers pj may believe")
-		}
-		checkPrefixes("accept_proxy_protocol trusted", ap.Trusted, dtrusted)
-	}
-}
-
-func validBalance(b string) bool {
-	for _, v := range Balances {
-		if b == v {
-			return true
-		}
-	}
-	return false
-}
-
 // listenKey normalises a listen address for duplicate detection; it returns
 // "" for port 0, which never collides.
 func listenKey(listen string) string {
@@ -440,4 +348,45 @@ func balanceHint(a, b *Proxy) string {
 		addrs = append(addrs, be.Address)
 	}
 	return a.Listen + ":" + strings.Join(addrs, ",")
+}
+
+// Runs reports whether active checks run for a proxy of so many backends:
+// with an interval, for several backends, or for one when the
+// configuration asks for checks explicitly.
+func (hc HealthCheck) Runs(backends int) bool {
+	return hc.Interval > 0 && (backends > 1 || hc.Explicit)
+}
+
+// Summary describes, for pj check, the top-level settings that are not
+// the built-in ones.
+func (c Config) Summary() []string {
+	def := Default()
+	return summary(topKeys, &c, &def)
+}
+
+// Summary describes, for pj check, the proxy's balance algorithm, its
+// health checks and the settings that are not the built-in ones.
+func (p Proxy) Summary() []string {
+	def := Default().Defaults
+	s := p.Settings
+	if !s.HealthCheck.Runs(len(p.Backends)) {
+		s.HealthCheck.Interval = 0
+	}
+	return summary(settingKeys, &s, &def)
+}
+
+// Changed names the top-level keys whose values differ in next.
+func (c Config) Changed(next Config) []string { return changed(topKeys, &c, &next) }
+
+// Changed names what differs in next: "listen", "backends", and the keys
+// of the settings.
+func (p Proxy) Changed(next Proxy) []string {
+	var out []string
+	if p.Listen != next.Listen {
+		out = append(out, "listen")
+	}
+	if !slices.Equal(p.Backends, next.Backends) {
+		out = append(out, "backends")
+	}
+	return append(out, changed(settingKeys, &p.Settings, &next.Settings)...)
 }

@@ -2,15 +2,17 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// The schema of a configuration file (CONTRACT.md section 5), decoded from
-// the tree of tree.go. Every key is known here: an unknown key, a value of
+// A configuration file is decoded from the tree of tree.go with the keys
+// declared in settings.go. Every key is known: an unknown key, a value of
 // the wrong type or a bad value becomes a problem naming the line and the
 // key path, and decoding goes on, so that every problem of a file is
 // reported at once.
@@ -56,41 +58,18 @@ func joinPath(parent, key string) string {
 // indexPath names item i (from 0) of the list parent: proxies[0].
 func indexPath(parent string, i int) string { return parent + "[" + strconv.Itoa(i) + "]" }
 
-// patch is the settings one object of the file (defaults, or a proxy)
-// sets, as functions that apply them, and the keys it set. Keeping the
-// keys, rather than looking for zero values, is what lets a proxy set
-// idle_timeout: 0s against defaults of 1m.
-type patch struct {
-	keys  map[string]bool // "balance", "health_check", "health_check.interval"
-	apply []func(*Settings)
-}
-
-func (p *patch) set(key string, f func(*Settings)) {
-	if p.keys == nil {
-		p.keys = map[string]bool{}
-	}
-	p.keys[key] = true
-	p.apply = append(p.apply, f)
-}
-
-func (p *patch) applyTo(s *Settings) {
-	for _, f := range p.apply {
-		f(s)
-	}
-}
-
 // fileProxy is a proxy as the file wrote it, before inheritance.
 type fileProxy struct {
 	line     int
-	proxy    Proxy // Name, Listen, Backends
-	settings patch
+	own      patch[Proxy]    // name, listen, backends
+	settings patch[Settings] // the settings it sets itself
 }
 
 // decoded is what decoding a file yields, ready to be resolved into a
 // Config.
 type decoded struct {
-	cfg      Config // the top-level values; Defaults are Default()'s
-	defaults patch
+	top      patch[Config]
+	defaults patch[Settings]
 	proxies  []fileProxy
 }
 
@@ -195,9 +174,8 @@ func (d *decoder) scalar(n *node, path string, k kind, want string) (string, boo
 	return "", false
 }
 
-// integer reads a whole number of at least lowest; tooLow completes the
-// message when it is not.
-func (d *decoder) integer(n *node, path string, lowest int64, tooLow string) (int, bool) {
+// integer reads a whole number that fits an int32.
+func (d *decoder) integer(n *node, path string) (int, bool) {
 	if n.kind == kindFloat {
 		d.problemf(n.line, path, "expected a whole number, got %s", n.text)
 		return 0, false
@@ -211,17 +189,14 @@ func (d *decoder) integer(n *node, path string, lowest int64, tooLow string) (in
 	case err != nil:
 		d.problemf(n.line, path, "%v", err)
 		return 0, false
-	case v < lowest:
-		d.problemf(n.line, path, "%d %s", v, tooLow)
-		return 0, false
-	case v > 1<<31-1:
+	case v < -1<<31 || v > 1<<31-1:
 		d.problemf(n.line, path, "%d is too large", v)
 		return 0, false
 	}
 	return int(v), true
 }
 
-// number reads a non-negative number that may have a fraction.
+// number reads a number that may have a fraction.
 func (d *decoder) number(n *node, path string) (float64, bool) {
 	k := n.kind
 	if k != kindInt && k != kindFloat {
@@ -232,12 +207,8 @@ func (d *decoder) number(n *node, path string) (float64, bool) {
 		return 0, false
 	}
 	f, err := parseFloat(s)
-	switch {
-	case err != nil:
+	if err != nil {
 		d.problemf(n.line, path, "%v", err)
-		return 0, false
-	case f < 0:
-		d.problemf(n.line, path, "%s must not be negative", s)
 		return 0, false
 	}
 	return f, true
@@ -258,15 +229,7 @@ func (d *decoder) boolean(n *node, path string) (bool, bool) {
 	return false, false
 }
 
-// durationRule says which durations a key accepts.
-type durationRule int
-
-const (
-	positive    durationRule = iota // > 0
-	nonNegative                     // >= 0, where 0 turns something off
-)
-
-func (d *decoder) duration(n *node, path string, rule durationRule) (time.Duration, bool) {
+func (d *decoder) duration(n *node, path string) (time.Duration, bool) {
 	const want = `a duration string such as "5s"`
 	if n.kind != kindString {
 		d.typeError(n, path, want)
@@ -279,14 +242,6 @@ func (d *decoder) duration(n *node, path string, rule durationRule) (time.Durati
 	v, err := time.ParseDuration(strings.TrimSpace(s))
 	if err != nil {
 		d.problemf(n.line, path, "%q is not a duration (write e.g. 500ms, 5s, 1m30s)", s)
-		return 0, false
-	}
-	switch {
-	case rule == positive && v <= 0:
-		d.problemf(n.line, path, "%s must be positive", v)
-		return 0, false
-	case rule == nonNegative && v < 0:
-		d.problemf(n.line, path, "%s must not be negative (0s turns it off)", v)
 		return 0, false
 	}
 	return v, true
@@ -328,9 +283,6 @@ func (d *decoder) size(n *node, path string) (int64, bool) {
 	switch n.kind {
 	case kindInt:
 		v, err = parseInt(n.text)
-		if err == nil && v < 0 {
-			err = fmt.Errorf("%d must not be negative", v)
-		}
 	case kindString:
 		s, _, ok := d.text(n, path, want)
 		if !ok {
@@ -406,96 +358,41 @@ func (d *decoder) address(n *node, path string, listen, srvOK bool) (string, boo
 	return JoinHostPort(host, port), true
 }
 
-// Keys of each object, for the hints about keys written in the wrong place.
-var (
-	topKeys   = []string{"log", "admin", "grace_period", "max_connections", "watch", "defaults", "proxies"}
-	proxyKeys = []string{"name", "listen", "backends"}
-)
-
 // file decodes the whole file.
 func (d *decoder) file(root *node) decoded {
-	out := decoded{cfg: Default()}
-	c := &out.cfg
-	top := handlers{
-		"log": func(v *node, path string) {
-			d.object(v, path, handlers{
-				"format": func(v *node, path string) {
-					if s, ok := d.enum(v, path, "log format", []string{FormatText, FormatJSON}, false); ok {
-						c.Log.Format = s
-					}
-				},
-				"level": func(v *node, path string) {
-					if s, ok := d.enum(v, path, "log level", []string{"debug", "info", "warn", "error"}, true); ok {
-						c.Log.Level = s
-					}
-				},
-			}, nil)
-		},
-		"admin": func(v *node, path string) {
-			d.object(v, path, handlers{
-				"listen": func(v *node, path string) {
-					if s, ok := d.address(v, path, true, false); ok {
-						c.Admin.Listen = s
-					}
-				},
-				"token": func(v *node, path string) {
-					if s, ok := d.str(v, path); ok {
-						c.Admin.Token = s
-					}
-				},
-				"pprof": func(v *node, path string) {
-					if b, ok := d.boolean(v, path); ok {
-						c.Admin.Pprof = b
-					}
-				},
-			}, nil)
-		},
-		"grace_period": func(v *node, path string) {
-			if t, ok := d.duration(v, path, nonNegative); ok {
-				c.GracePeriod = t
-			}
-		},
-		"max_connections": func(v *node, path string) {
-			if n, ok := d.integer(v, path, 0, "must not be negative (0 means no cap)"); ok {
-				c.MaxConnections = n
-			}
-		},
-		"watch": func(v *node, path string) {
-			if b, ok := d.boolean(v, path); ok {
-				c.Watch = b
-			}
-		},
-		"defaults": func(v *node, path string) {
-			d.object(v, path, d.settings(&out.defaults, handlers{}), func(key string) string {
-				if contains(proxyKeys, key) {
-					return key + " is set in each proxy, not in defaults"
-				}
-				return ""
-			})
-		},
-		"proxies": func(v *node, path string) {
-			if v.kind != kindList {
-				d.typeError(v, path, "a list of proxies")
-				return
-			}
-			for i, item := range v.items {
-				if p, ok := d.proxy(item, indexPath(path, i)); ok {
-					out.proxies = append(out.proxies, p)
-				}
-			}
-		},
-	}
+	var out decoded
 	if root.kind != kindMap {
-		d.problemf(root.line, "", "expected an object of keys (%s) at the top of the file, got %s", strings.Join(topKeys, ", "), root.kind)
+		top := append(keyNames(topKeys), "defaults", "proxies")
+		d.problemf(root.line, "", "expected an object of keys (%s) at the top of the file, got %s", strings.Join(top, ", "), root.kind)
 		return out
 	}
-	d.object(root, "", top, func(key string) string {
+	hs := keyHandlers(d, topKeys, "", &out.top)
+	hs["defaults"] = func(v *node, path string) {
+		d.object(v, path, keyHandlers(d, settingKeys, "", &out.defaults), func(key string) string {
+			if slices.Contains(keyNames(proxyKeys), key) {
+				return key + " is set in each proxy, not in defaults"
+			}
+			return ""
+		})
+	}
+	hs["proxies"] = func(v *node, path string) {
+		if v.kind != kindList {
+			d.typeError(v, path, "a list of proxies")
+			return
+		}
+		for i, item := range v.items {
+			if p, ok := d.proxy(item, indexPath(path, i)); ok {
+				out.proxies = append(out.proxies, p)
+			}
+		}
+	}
+	d.object(root, "", hs, func(key string) string {
 		switch {
 		case key == "proxy":
 			return "did you mean proxies?"
-		case contains(proxyKeys, key):
+		case slices.Contains(keyNames(proxyKeys), key):
 			return key + " belongs to a proxy, in the list under proxies"
-		case key != "max_connections" && contains(settingsKeys, key):
+		case slices.Contains(keyNames(settingKeys), key):
 			return key + " goes under defaults (for every proxy) or in a proxy"
 		}
 		return ""
@@ -506,40 +403,10 @@ func (d *decoder) file(root *node) decoded {
 // proxy decodes one item of the proxies list.
 func (d *decoder) proxy(n *node, path string) (fileProxy, bool) {
 	fp := fileProxy{line: n.line}
-	p := &fp.proxy
-	var hasListen, hasBackends bool
-	hs := handlers{
-		"name": func(v *node, path string) {
-			if s, ok := d.str(v, path); ok {
-				if s == "" {
-					d.problemf(v.line, path, "must not be empty (leave it out to name the proxy after its listen address)")
-					return
-				}
-				p.Name = s
-			}
-		},
-		"listen": func(v *node, path string) {
-			hasListen = true
-			if s, ok := d.address(v, path, true, false); ok {
-				p.Listen = s
-			}
-		},
-		"backends": func(v *node, path string) {
-			hasBackends = true
-			if v.kind != kindList {
-				d.typeError(v, path, "a list of backends")
-				return
-			}
-			p.Backends = make([]Backend, 0, len(v.items))
-			for i, item := range v.items {
-				if b, ok := d.backend(item, indexPath(path, i)); ok {
-					p.Backends = append(p.Backends, b)
-				}
-			}
-		},
-	}
-	ok := d.object(n, path, d.settings(&fp.settings, hs), func(key string) string {
-		if contains(topKeys, key) && key != "max_connections" {
+	hs := keyHandlers(d, settingKeys, "", &fp.settings)
+	maps.Copy(hs, keyHandlers(d, proxyKeys, "", &fp.own))
+	ok := d.object(n, path, hs, func(key string) string {
+		if slices.Contains(keyNames(topKeys), key) {
 			return key + " is a top-level key, not a proxy's"
 		}
 		if key == "address" {
@@ -550,13 +417,28 @@ func (d *decoder) proxy(n *node, path string) (fileProxy, bool) {
 	if !ok {
 		return fp, false
 	}
-	if !hasListen {
+	if n.get("listen") == nil {
 		d.problemf(n.line, path, "listen is missing (the address to accept connections on, e.g. listen: 0.0.0.0:8080)")
 	}
-	if !hasBackends {
+	if n.get("backends") == nil {
 		d.problemf(n.line, path, "backends is missing (the list of HOST:PORT to relay to)")
 	}
 	return fp, true
+}
+
+// backends decodes a proxy's list of backends.
+func (d *decoder) backends(n *node, path string) ([]Backend, bool) {
+	if n.kind != kindList {
+		d.typeError(n, path, "a list of backends")
+		return nil, false
+	}
+	out := make([]Backend, 0, len(n.items))
+	for i, item := range n.items {
+		if b, ok := d.backend(item, indexPath(path, i)); ok {
+			out = append(out, b)
+		}
+	}
+	return out, true
 }
 
 // backend decodes one backend: "HOST:PORT" or {address, weight, backup}.
@@ -572,152 +454,12 @@ func (d *decoder) backend(n *node, path string) (Backend, bool) {
 		d.typeError(n, path, `"HOST:PORT" or an object {address, weight, backup}`)
 		return b, false
 	}
-	ok, hasAddress := true, false
-	d.object(n, path, handlers{
-		"address": func(v *node, path string) {
-			hasAddress = true
-			addr, aok := d.address(v, path, false, true)
-			b.Address, ok = addr, ok && aok
-		},
-		"weight": func(v *node, path string) {
-			w, wok := d.integer(v, path, 1, "must be at least 1")
-			b.Weight, ok = w, ok && wok
-		},
-		"backup": func(v *node, path string) {
-			bk, bok := d.boolean(v, path)
-			b.Backup, ok = bk, ok && bok
-		},
-	}, nil)
-	if !hasAddress {
+	before := len(d.problems)
+	var p patch[Backend]
+	d.object(n, path, keyHandlers(d, backendKeys, "", &p), nil)
+	if n.get("address") == nil {
 		d.problemf(n.line, path, "address is missing (the backend's HOST:PORT)")
-		return b, false
 	}
-	return b, ok
-}
-
-// settingsKeys are the keys of Settings, in defaults and in every proxy.
-var settingsKeys = []string{
-	"balance", "connect_timeout", "idle_timeout", "health_check", "dns_refresh", "resolver",
-	"max_connections", "max_connections_per_client", "allow", "deny", "rate_limit", "bandwidth",
-	"proxy_protocol", "accept_proxy_protocol",
-}
-
-// settings adds the handlers of every settings key to hs, recording what
-// is set in p, and returns hs.
-func (d *decoder) settings(p *patch, hs handlers) handlers {
-	dur := func(key string, rule durationRule, set func(*Settings, time.Duration)) func(*node, string) {
-		return func(v *node, path string) {
-			if t, ok := d.duration(v, path, rule); ok {
-				p.set(key, func(s *Settings) { set(s, t) })
-			}
-		}
-	}
-	count := func(key string, lowest int64, tooLow string, set func(*Settings, int)) func(*node, string) {
-		return func(v *node, path string) {
-			if n, ok := d.integer(v, path, lowest, tooLow); ok {
-				p.set(key, func(s *Settings) { set(s, n) })
-			}
-		}
-	}
-	cidrs := func(key string, set func(*Settings, []netip.Prefix)) func(*node, string) {
-		return func(v *node, path string) {
-			if l, ok := d.prefixes(v, path); ok {
-				p.set(key, func(s *Settings) { set(s, l) })
-			}
-		}
-	}
-	const noCap = "must not be negative (0 means no cap)"
-
-	hs["balance"] = func(v *node, path string) {
-		if b, ok := d.enum(v, path, "balance algorithm", Balances, false); ok {
-			p.set("balance", func(s *Settings) { s.Balance = b })
-		}
-	}
-	hs["connect_timeout"] = dur("connect_timeout", positive, func(s *Settings, t time.Duration) { s.ConnectTimeout = t })
-	hs["idle_timeout"] = dur("idle_timeout", nonNegative, func(s *Settings, t time.Duration) { s.IdleTimeout = t })
-	hs["dns_refresh"] = dur("dns_refresh", nonNegative, func(s *Settings, t time.Duration) { s.DNSRefresh = t })
-	hs["resolver"] = func(v *node, path string) {
-		if r, ok := d.address(v, path, false, false); ok {
-			p.set("resolver", func(s *Settings) { s.Resolver = r })
-		}
-	}
-	hs["max_connections"] = count("max_connections", 0, noCap, func(s *Settings, n int) { s.MaxConnections = n })
-	hs["max_connections_per_client"] = count("max_connections_per_client", 0, noCap, func(s *Settings, n int) { s.MaxConnectionsPerClient = n })
-	hs["allow"] = cidrs("allow", func(s *Settings, l []netip.Prefix) { s.Allow = l })
-	hs["deny"] = cidrs("deny", func(s *Settings, l []netip.Prefix) { s.Deny = l })
-	hs["proxy_protocol"] = func(v *node, path string) {
-		if pp, ok := d.enum(v, path, "PROXY protocol version", []string{"v1", "v2"}, false); ok {
-			p.set("proxy_protocol", func(s *Settings) { s.ProxyProtocol = pp })
-		}
-	}
-
-	hs["health_check"] = func(v *node, path string) {
-		p.set("health_check", func(s *Settings) { s.HealthCheck.Explicit = true })
-		hcDur := func(key string, rule durationRule, set func(*HealthCheck, time.Duration)) func(*node, string) {
-			return dur("health_check."+key, rule, func(s *Settings, t time.Duration) { set(&s.HealthCheck, t) })
-		}
-		hcCount := func(key string, set func(*HealthCheck, int)) func(*node, string) {
-			return count("health_check."+key, 1, "must be at least 1", func(s *Settings, n int) { set(&s.HealthCheck, n) })
-		}
-		hcText := func(key string, set func(*HealthCheck, string)) func(*node, string) {
-			return func(v *node, path string) {
-				if t, ok := d.str(v, path); ok {
-					p.set("health_check."+key, func(s *Settings) { set(&s.HealthCheck, t) })
-				}
-			}
-		}
-		d.object(v, path, handlers{
-			"interval": hcDur("interval", nonNegative, func(h *HealthCheck, t time.Duration) { h.Interval = t }),
-			"timeout":  hcDur("timeout", positive, func(h *HealthCheck, t time.Duration) { h.Timeout = t }),
-			"rise":     hcCount("rise", func(h *HealthCheck, n int) { h.Rise = n }),
-			"fall":     hcCount("fall", func(h *HealthCheck, n int) { h.Fall = n }),
-			"send":     hcText("send", func(h *HealthCheck, t string) { h.Send = t }),
-			"expect":   hcText("expect", func(h *HealthCheck, t string) { h.Expect = t }),
-			"send_proxy": func(v *node, path string) {
-				if b, ok := d.boolean(v, path); ok {
-					p.set("health_check.send_proxy", func(s *Settings) { s.HealthCheck.SendProxy = b })
-				}
-			},
-		}, nil)
-	}
-	hs["rate_limit"] = func(v *node, path string) {
-		d.object(v, path, handlers{
-			"per_client": func(v *node, path string) {
-				if f, ok := d.number(v, path); ok {
-					p.set("rate_limit.per_client", func(s *Settings) { s.RateLimit.PerClient = f })
-				}
-			},
-			"burst": count("rate_limit.burst", 0, "must not be negative", func(s *Settings, n int) { s.RateLimit.Burst = n }),
-		}, nil)
-	}
-	hs["bandwidth"] = func(v *node, path string) {
-		d.object(v, path, handlers{
-			"per_connection": func(v *node, path string) {
-				if n, ok := d.size(v, path); ok {
-					p.set("bandwidth.per_connection", func(s *Settings) { s.Bandwidth.PerConnection = n })
-				}
-			},
-		}, nil)
-	}
-	hs["accept_proxy_protocol"] = func(v *node, path string) {
-		// The object's presence turns the feature on; its keys fill it.
-		p.set("accept_proxy_protocol", func(s *Settings) {
-			if s.AcceptProxyProtocol == nil {
-				s.AcceptProxyProtocol = &AcceptProxyProtocol{}
-			}
-		})
-		d.object(v, path, handlers{
-			"trusted": cidrs("accept_proxy_protocol.trusted", func(s *Settings, l []netip.Prefix) { s.AcceptProxyProtocol.Trusted = l }),
-		}, nil)
-	}
-	return hs
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
+	p.applyTo(&b)
+	return b, len(d.problems) == before
 }

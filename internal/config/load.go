@@ -12,16 +12,65 @@ import (
 )
 
 // Override is a setting given outside the configuration file — a
-// command-line flag or its PJ_ variable — that wins over the file. It is
-// applied to the defaults after the file's own, so proxies inherit it, and
-// to every proxy that does not set Key itself: a proxy's own value is more
-// specific than a flag meant for all.
+// command-line flag or its PJ_ variable — that wins over the file. A
+// setting of the proxies is applied to the defaults after the file's own,
+// so proxies inherit it, and to every proxy that does not set Key itself:
+// a proxy's own value is more specific than a flag meant for all.
+// Overrides makes them from the flags' values.
 type Override struct {
-	// Key is the settings key of the file that the override replaces,
-	// e.g. "connect_timeout".
+	// Key is the key of the file that the override replaces, e.g.
+	// "connect_timeout".
 	Key string
-	// Apply sets the value.
+	// Apply sets the value of a key of the settings.
 	Apply func(*Settings)
+	// top sets the value of a top-level key ("grace_period").
+	top func(*Config)
+}
+
+// Flag is a key that the command line sets too: by a flag and its PJ_
+// variable, or, for a secret, by a variable alone.
+type Flag struct {
+	Name  string // the flag's name, without dashes; "" for a variable alone
+	Env   string // the variable of a key without a flag
+	Usage string
+	Key   string // the key in a file: "connect_timeout", "log.format"
+	// Var returns the flag's variable in c (for a setting of the proxies,
+	// in c.Defaults): a *string, *bool or *time.Duration.
+	Var func(c *Config) any
+}
+
+// Flags lists the keys that the command line sets, in the order of help
+// texts.
+func Flags() []Flag {
+	out := appendFlags(nil, settingKeys, func(c *Config) *Settings { return &c.Defaults })
+	return appendFlags(out, topKeys, func(c *Config) *Config { return c })
+}
+
+func appendFlags[O any](out []Flag, all []setting[O], owner func(*Config) *O) []Flag {
+	for _, k := range all {
+		if i := k.info(); i.flag != "" || i.env != "" {
+			out = append(out, Flag{Name: i.flag, Env: i.env, Usage: i.usage, Key: i.name,
+				Var: func(c *Config) any { return k.pointer(owner(c)) }})
+		}
+	}
+	return out
+}
+
+// Overrides returns the overrides of the given keys (as Flag.Key names
+// them), with the values they have in from.
+func Overrides(from Config, keys ...string) []Override {
+	var out []Override
+	for _, k := range topKeys {
+		if slices.Contains(keys, k.info().name) {
+			out = append(out, Override{Key: k.info().name, top: func(c *Config) { k.copy(c, &from) }})
+		}
+	}
+	for _, k := range settingKeys {
+		if slices.Contains(keys, k.info().name) {
+			out = append(out, Override{Key: k.info().name, Apply: func(s *Settings) { k.copy(s, &from.Defaults) }})
+		}
+	}
+	return out
 }
 
 // Load reads, decodes and validates the configuration file at path (see
@@ -89,40 +138,42 @@ func Decode(name string, data []byte, lookupEnv func(string) (string, bool), ove
 	return dec.resolve(name, overrides), nil
 }
 
-// resolve applies inheritance: defaults, then overrides, then each proxy's
-// own keys.
+// resolve applies inheritance: the built-in values, then the file's, then
+// the overrides; for a proxy, its own keys between the file's defaults and
+// the overrides.
 func (dec *decoded) resolve(file string, overrides []Override) Config {
-	c := dec.cfg
+	c := Default()
+	dec.top.applyTo(&c)
 	c.File = file
-	dec.defaults.applyTo(&c.Defaults)
 	for _, o := range overrides {
-		o.Apply(&c.Defaults)
+		if o.top != nil {
+			o.top(&c)
+		}
 	}
+	c.Defaults = dec.settings(nil, overrides)
 	c.Proxies = make([]Proxy, 0, len(dec.proxies))
 	for _, fp := range dec.proxies {
-		p := fp.proxy
+		var p Proxy
+		fp.own.applyTo(&p)
 		p.Source = fmt.Sprintf("%s:%d", file, fp.line)
-		p.Settings = cloneSettings(c.Defaults)
-		fp.settings.applyTo(&p.Settings)
-		for _, o := range overrides {
-			if !fp.settings.keys[o.Key] {
-				o.Apply(&p.Settings)
-			}
-		}
+		p.Settings = dec.settings(&fp.settings, overrides)
 		c.Proxies = append(c.Proxies, p)
 	}
 	return c
 }
 
-// cloneSettings copies s so that no slice or pointer is shared with it:
-// runtime objects built from one proxy must not change another's.
-func cloneSettings(s Settings) Settings {
-	s.Allow = slices.Clone(s.Allow)
-	s.Deny = slices.Clone(s.Deny)
-	if s.AcceptProxyProtocol != nil {
-		a := *s.AcceptProxyProtocol
-		a.Trusted = slices.Clone(a.Trusted)
-		s.AcceptProxyProtocol = &a
+// settings resolves the settings of a proxy that sets own (nil: of the
+// defaults). Each is built afresh, so that no two share a list.
+func (dec *decoded) settings(own *patch[Settings], overrides []Override) Settings {
+	s := Default().Defaults
+	dec.defaults.applyTo(&s)
+	if own != nil {
+		own.applyTo(&s)
+	}
+	for _, o := range overrides {
+		if o.Apply != nil && (own == nil || !own.keys[o.Key]) {
+			o.Apply(&s)
+		}
 	}
 	return s
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -83,7 +84,7 @@ func yamlSyntaxError(err error, data []byte) error {
 	msg := err.Error()
 	if m := yamlErrorLine.FindStringSubmatch(msg); m != nil {
 		line, _ := strconv.Atoi(m[1])
-		if contains(yamlParserProblems, m[2]) {
+		if slices.Contains(yamlParserProblems, m[2]) {
 			line++
 		}
 		return &syntaxError{line: line, msg: m[2]}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"slices"
 	"strings"
 	"time"
 
@@ -149,7 +148,7 @@ func describe(from, to config.Config) string {
 			added = append(added, p.Name)
 			continue
 		}
-		if c := proxyChanges(o, p); len(c) > 0 {
+		if c := o.Changed(p); len(c) > 0 {
 			parts = append(parts, p.Name+": "+strings.Join(c, ", ")+" changed")
 		}
 	}
@@ -167,7 +166,9 @@ func describe(from, to config.Config) string {
 		out = append(out, fmt.Sprintf("-%d %s (%s)", len(removed), plural(len(removed)), strings.Join(removed, ", ")))
 	}
 	out = append(out, parts...)
-	out = append(out, globalChanges(from, to)...)
+	for _, key := range from.Changed(to) {
+		out = append(out, key+" changed")
+	}
 	if len(out) == 0 {
 		// Only what no proxy inherits, or only a proxy's place in the
 		// list, differs.
@@ -181,49 +182,4 @@ func plural(n int) string {
 		return "proxy"
 	}
 	return "proxies"
-}
-
-// proxyChanges names the parts of a proxy that differ.
-func proxyChanges(a, b config.Proxy) []string {
-	var c []string
-	if a.Listen != b.Listen {
-		c = append(c, "listen")
-	}
-	if !slices.Equal(a.Backends, b.Backends) {
-		c = append(c, "backends")
-	}
-	sa, sb := a.Settings, b.Settings
-	check := func(name string, x, y any) {
-		if !reflect.DeepEqual(x, y) {
-			c = append(c, name)
-		}
-	}
-	check("balance", sa.Balance, sb.Balance)
-	check("connect_timeout", sa.ConnectTimeout, sb.ConnectTimeout)
-	check("idle_timeout", sa.IdleTimeout, sb.IdleTimeout)
-	check("health_check", sa.HealthCheck, sb.HealthCheck)
-	check("dns", [2]any{sa.DNSRefresh, sa.Resolver}, [2]any{sb.DNSRefresh, sb.Resolver})
-	check("limits", [3]any{sa.MaxConnections, sa.MaxConnectionsPerClient, sa.RateLimit}, [3]any{sb.MaxConnections, sb.MaxConnectionsPerClient, sb.RateLimit})
-	check("access", [2]any{sa.Allow, sa.Deny}, [2]any{sb.Allow, sb.Deny})
-	check("bandwidth", sa.Bandwidth, sb.Bandwidth)
-	check("proxy_protocol", [2]any{sa.ProxyProtocol, sa.AcceptProxyProtocol}, [2]any{sb.ProxyProtocol, sb.AcceptProxyProtocol})
-	return c
-}
-
-// globalChanges names the process-wide settings that differ.
-func globalChanges(a, b config.Config) []string {
-	var c []string
-	if a.Log != b.Log {
-		c = append(c, "log changed")
-	}
-	if a.Admin != b.Admin {
-		c = append(c, "admin changed")
-	}
-	if a.GracePeriod != b.GracePeriod {
-		c = append(c, "grace_period changed")
-	}
-	if a.MaxConnections != b.MaxConnections {
-		c = append(c, "max_connections changed")
-	}
-	return c
 }
