@@ -64,6 +64,17 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 		return fmt.Errorf("start-up failed, nothing is listening: %w", err)
 	}
 	defer adm.close()
+
+	triggers := make(chan string, 1)
+	trigger := func(why string) {
+		select {
+		case triggers <- why:
+		default: // a reload is pending already; it will read the newest file
+		}
+	}
+	w := &watcher{path: f.configFile, log: log, trigger: trigger}
+	defer w.stop()
+	w.set(ctx, cfg.Watch)
 	if env.listening != nil {
 		env.listening(srv.Addrs())
 	}
@@ -84,17 +95,6 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx) }()
-
-	triggers := make(chan string, 1)
-	trigger := func(why string) {
-		select {
-		case triggers <- why:
-		default: // a reload is pending already; it will read the newest file
-		}
-	}
-	w := &watcher{path: f.configFile, log: log, trigger: trigger}
-	defer w.stop()
-	w.set(ctx, cfg.Watch)
 
 	r := reloader{f: f, env: env, srv: srv, log: log, handler: handler, out: out, current: cfg, admin: adm, notify: notify}
 	for {
@@ -135,13 +135,18 @@ func (w *watcher) set(ctx context.Context, on bool) {
 		w.stop()
 		return
 	}
+	// Watching starts here, not in the goroutine: a change made once set
+	// has returned is seen.
+	fw, err := watch.New(w.path, w.log)
+	if err != nil {
+		w.log.Error("cannot watch the configuration file; reload with SIGHUP", "error", err.Error())
+		return
+	}
 	wctx, cancel := context.WithCancel(ctx)
 	w.cancel, w.done = cancel, make(chan struct{})
 	go func() {
 		defer close(w.done)
-		if err := watch.File(wctx, w.path, watchDebounce, w.log, func() { w.trigger("file changed") }); err != nil {
-			w.log.Error("cannot watch the configuration file; reload with SIGHUP", "error", err.Error())
-		}
+		_ = fw.Run(wctx, watchDebounce, func() { w.trigger("file changed") }) // it ends only with wctx
 	}()
 }
 

@@ -18,43 +18,75 @@ import (
 
 // File calls changed, at most once per debounce interval of quiet, after
 // any event that may have changed the file at path. It returns when ctx is
-// done, or at once if the file's directory cannot be watched.
+// done, or at once if the file's directory cannot be watched. It is New
+// and Run.
+func File(ctx context.Context, path string, debounce time.Duration, log *slog.Logger, changed func()) error {
+	w, err := New(path, log)
+	if err != nil {
+		return err
+	}
+	return w.Run(ctx, debounce, changed)
+}
+
+// Watcher watches one configuration file.
 //
 // It watches the directory, not the file: a file that is renamed over or
 // whose symlink is swapped is a new inode, which a watch on the old one
 // would never report. Events are filtered to those naming the file, a
 // "..data" entry, or any link on the way to the file's current target.
-func File(ctx context.Context, path string, debounce time.Duration, log *slog.Logger, changed func()) error {
+type Watcher struct {
+	path     string
+	abs      string
+	log      *slog.Logger
+	w        *fsnotify.Watcher
+	dirs     map[string]bool // watched
+	relevant map[string]bool // paths whose events count
+}
+
+// New starts watching path: a change made once New has returned is
+// reported by Run. Run (or Close) must follow.
+func New(path string, log *slog.Logger) (*Watcher, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return fmt.Errorf("watch %s: %w", path, err)
+		return nil, fmt.Errorf("watch %s: %w", path, err)
 	}
-	w, err := fsnotify.NewWatcher()
+	fw, err := fsnotify.NewWatcher()
 	if err != nil {
-		return fmt.Errorf("watch %s: %w", path, err)
+		return nil, fmt.Errorf("watch %s: %w", path, err)
 	}
-	defer w.Close()
+	w := &Watcher{path: path, abs: abs, log: log, w: fw, dirs: map[string]bool{}, relevant: map[string]bool{}}
+	w.rewatch()
+	if !w.dirs[filepath.Dir(abs)] {
+		_ = fw.Close() // giving up: its error would hide the real one
+		return nil, fmt.Errorf("watch %s: cannot watch its directory", path)
+	}
+	return w, nil
+}
 
-	dirs := map[string]bool{}
-	relevant := map[string]bool{}
-	rewatch := func() {
-		for _, p := range chain(abs) {
-			relevant[p] = true
-			d := filepath.Dir(p)
-			if !dirs[d] {
-				if err := w.Add(d); err != nil {
-					log.Warn("cannot watch a directory of the configuration file", "dir", d, "error", err.Error())
-					continue
-				}
-				dirs[d] = true
+// rewatch watches the directories of the file and of every link on the
+// way to it.
+func (w *Watcher) rewatch() {
+	for _, p := range chain(w.abs) {
+		w.relevant[p] = true
+		d := filepath.Dir(p)
+		if !w.dirs[d] {
+			if err := w.w.Add(d); err != nil {
+				w.log.Warn("cannot watch a directory of the configuration file", "dir", d, "error", err.Error())
+				continue
 			}
+			w.dirs[d] = true
 		}
 	}
-	rewatch()
-	if !dirs[filepath.Dir(abs)] {
-		return fmt.Errorf("watch %s: cannot watch its directory", path)
-	}
+}
 
+// Close stops watching; Run does it when it returns.
+func (w *Watcher) Close() error { return w.w.Close() }
+
+// Run calls changed, at most once per debounce interval of quiet, after
+// any event that may have changed the file, until ctx is done; then it
+// closes the watcher.
+func (w *Watcher) Run(ctx context.Context, debounce time.Duration, changed func()) error {
+	defer w.Close()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -62,20 +94,20 @@ func File(ctx context.Context, path string, debounce time.Duration, log *slog.Lo
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev, ok := <-w.Events:
+		case ev, ok := <-w.w.Events:
 			if !ok {
 				return nil
 			}
-			if relevant[ev.Name] || filepath.Base(ev.Name) == "..data" {
+			if w.relevant[ev.Name] || filepath.Base(ev.Name) == "..data" {
 				timer.Reset(debounce)
 			}
-		case err, ok := <-w.Errors:
+		case err, ok := <-w.w.Errors:
 			if !ok {
 				return nil
 			}
-			log.Warn("watching the configuration file", "path", path, "error", err.Error())
+			w.log.Warn("watching the configuration file", "path", w.path, "error", err.Error())
 		case <-timer.C:
-			rewatch() // the links may point elsewhere now
+			w.rewatch() // the links may point elsewhere now
 			changed()
 		}
 	}
