@@ -38,6 +38,10 @@ type Options struct {
 	// to Go (GOMAXPROCS).
 	Loops     int
 	KeepAlive KeepAlive
+	// IDs numbers connections; the UDP engine shares it, so that an id
+	// names one connection or session in the admin API. Nil: the
+	// engine's own.
+	IDs *atomic.Uint64
 
 	onOpen func() // see Engine.onOpen
 }
@@ -47,7 +51,7 @@ type Engine struct {
 	log    *slog.Logger
 	ka     KeepAlive
 	loops  []*loop
-	nextID atomic.Uint64
+	nextID *atomic.Uint64
 	active atomic.Int64
 	panics atomic.Uint64
 	start  time.Time // origin of the loops' monotonic clock
@@ -75,7 +79,10 @@ func New(opt Options) (*Engine, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{log: log, ka: opt.KeepAlive, start: time.Now(), onOpen: opt.onOpen}
+	e := &Engine{log: log, ka: opt.KeepAlive, start: time.Now(), onOpen: opt.onOpen, nextID: opt.IDs}
+	if e.nextID == nil {
+		e.nextID = new(atomic.Uint64)
+	}
 	n := opt.Loops
 	if n <= 0 {
 		n = numLoops()
@@ -93,6 +100,9 @@ func New(opt Options) (*Engine, error) {
 	}
 	return e, nil
 }
+
+// Loops is the number of event loops.
+func (e *Engine) Loops() int { return len(e.loops) }
 
 // Listener is a listening socket served by the engine.
 type Listener struct {

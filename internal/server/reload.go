@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/pj-proxy/pj/internal/config"
-	"github.com/pj-proxy/pj/internal/engine"
 	"github.com/pj-proxy/pj/internal/proxy"
 )
 
@@ -107,7 +106,7 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 	}
 
 	// New caps apply at once: listeners held back by a cap try again.
-	s.eng.SetMaxConnections(cfg.MaxConnections)
+	s.setMaxConnections(cfg.MaxConnections)
 
 	what := describe(s.cfg, cfg)
 	s.cfg = cfg
@@ -122,14 +121,14 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 // retire stops a listener that the new configuration no longer has. Its
 // connections may run for the grace period, then they are cut.
 func (s *Server) retire(e *entry, grace time.Duration) {
-	s.eng.CloseListener(e.ln)
+	s.stopListening(e.ln)
 	s.releaseInherited(e.from)
 	e.ln.Proxy().Backends.Stop()
-	if n := s.eng.Active(); n > 0 {
+	if n := s.active(); n > 0 {
 		s.log.Info("stopped listening; its open connections may finish", "proxy", e.cfg.Name,
 			"address", e.ln.Addr(), "grace_period", grace.String())
 	}
-	time.AfterFunc(grace, func() { s.eng.CutListener(e.ln, engine.ErrShutdown) })
+	time.AfterFunc(grace, func() { s.cutListener(e.ln) })
 }
 
 // describe says in one line what changed between two configurations:

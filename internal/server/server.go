@@ -19,6 +19,7 @@ import (
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/engine"
 	"github.com/pj-proxy/pj/internal/proxy"
+	"github.com/pj-proxy/pj/internal/udp"
 )
 
 // KeepAlive is the TCP keepalive of both sides of every connection: the
@@ -50,6 +51,9 @@ type Options struct {
 type Server struct {
 	log *slog.Logger
 	eng *engine.Engine
+	// udpEng is started with the first UDP proxy; nil before.
+	udpEng atomic.Pointer[udp.Engine]
+	ids    atomic.Uint64 // numbers connections and sessions alike
 
 	mu        sync.Mutex // guards everything below
 	cfg       config.Config
@@ -64,7 +68,7 @@ type Server struct {
 type entry struct {
 	cfg  config.Proxy // as configured, Name filled in
 	key  string       // identifies the listener across reloads
-	ln   *engine.Listener
+	ln   listener
 	addr net.Addr
 	// from is the inherited socket the listener serves, nil if pj bound it.
 	from *inherited
@@ -80,7 +84,7 @@ func New(cfg config.Config, opt Options) (*Server, error) {
 	}
 	s := &Server{log: log, cfg: cfg}
 	s.adoptInherited(opt.Inherited)
-	eng, err := engine.New(engine.Options{Logger: log, Loops: opt.Loops, KeepAlive: KeepAlive})
+	eng, err := engine.New(engine.Options{Logger: log, Loops: opt.Loops, KeepAlive: KeepAlive, IDs: &s.ids})
 	if err != nil {
 		s.closeInherited()
 		return nil, fmt.Errorf("start the event engine: %w", err)
@@ -89,7 +93,7 @@ func New(cfg config.Config, opt Options) (*Server, error) {
 	eng.SetMaxConnections(cfg.MaxConnections)
 	entries, err := s.open(cfg.Proxies, nil)
 	if err != nil {
-		eng.Close()
+		s.closeEngines()
 		s.closeInherited()
 		return nil, err
 	}
@@ -102,48 +106,41 @@ func New(cfg config.Config, opt Options) (*Server, error) {
 // runtime from prev (by name) where there is one. All or nothing.
 func (s *Server) open(proxies []config.Proxy, prev map[string]*proxy.Proxy) ([]*entry, error) {
 	lc := net.ListenConfig{KeepAlive: -1, Control: controlListener}
-	var (
-		bound []*net.TCPListener
-		from  []*inherited
-	)
+	var binds []bound
 	closeBound := func() {
-		for i, ln := range bound {
-			_ = ln.Close() // giving up: the close error would hide the real one
-			s.releaseInherited(from[i])
+		for _, b := range binds {
+			s.closeBound(b)
 		}
 	}
 	for _, pc := range proxies {
-		ln, in, err := s.listen(&lc, pc)
+		b, err := s.bind(&lc, pc)
 		if err != nil {
 			closeBound()
 			return nil, fmt.Errorf("proxy %s: %w%s", pc.Name, err, listenHint(err))
 		}
-		bound = append(bound, ln)
-		from = append(from, in)
+		binds = append(binds, b)
 	}
 	entries := make([]*entry, len(proxies))
 	for i, pc := range proxies {
 		if pc.Name == pc.Listen {
 			// An unnamed proxy is known by its address, the bound one:
 			// port 0 has become a real port, an empty host "[::]".
-			pc.Name = bound[i].Addr().String()
+			pc.Name = binds[i].name()
 		}
-		entries[i] = &entry{cfg: pc, key: listenerKey(pc), addr: bound[i].Addr(), from: from[i]}
+		entries[i] = &entry{cfg: pc, key: listenerKey(pc), addr: binds[i].addr(), from: binds[i].from}
 	}
 	runtimes, err := s.build(entries, prev)
 	if err != nil {
 		closeBound()
 		return nil, err
 	}
-	for i, ln := range bound {
-		fd, err := detach(ln)
-		if err == nil {
-			entries[i].ln, err = s.eng.Listen(fd, ln.Addr().String(), runtimes[i])
-		}
+	for i, b := range binds {
+		var err error
+		entries[i].ln, err = s.serve(b, runtimes[i])
 		if err != nil {
 			closeBound()
 			for _, e := range entries[:i] {
-				s.eng.CloseListener(e.ln)
+				s.closeListener(e.ln)
 			}
 			return nil, fmt.Errorf("proxy %s: %w", entries[i].cfg.Name, err)
 		}
@@ -174,11 +171,12 @@ func (s *Server) build(entries []*entry, prev map[string]*proxy.Proxy) ([]*proxy
 // listenerKey identifies a listener across reloads: its address, or for
 // an ephemeral port (which never matches another), its proxy's name too.
 func listenerKey(p config.Proxy) string {
-	_, port, err := config.SplitHostPort(p.Listen)
+	addr, network := config.SplitNetwork(p.Listen)
+	_, port, err := config.SplitHostPort(addr)
 	if err == nil && port == 0 {
 		return p.Listen + " " + p.Name
 	}
-	return strings.ToLower(p.Listen)
+	return strings.ToLower(addr) + "/" + network
 }
 
 // controlListener sets keepalive and TCP_NODELAY on the listening socket;
@@ -244,11 +242,17 @@ func (s *Server) Addrs() []net.Addr {
 }
 
 // Active returns the number of open connections.
-func (s *Server) Active() int64 { return s.eng.Active() }
+func (s *Server) Active() int64 { return s.active() }
 
 // Panics returns how many connections were closed because handling them
 // panicked.
-func (s *Server) Panics() uint64 { return s.eng.Panics() }
+func (s *Server) Panics() uint64 {
+	n := s.eng.Panics()
+	if u := s.udpEng.Load(); u != nil {
+		n += u.Panics()
+	}
+	return n
+}
 
 // Reloads returns how many reloads succeeded and how many failed.
 func (s *Server) Reloads() (ok, failed uint64) {
@@ -270,7 +274,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
 	for _, e := range s.entries {
-		s.eng.CloseListener(e.ln)
+		s.stopListening(e.ln)
 		e.ln.Proxy().Backends.Stop()
 	}
 	s.entries = nil
@@ -282,7 +286,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		reason = cause.Error()
 	}
-	if n := s.eng.Active(); n > 0 {
+	if n := s.active(); n > 0 {
 		s.log.Info("shutting down: stopped accepting, draining connections",
 			"reason", reason, "active", n, "grace_period", grace.String())
 	} else {
@@ -290,14 +294,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
-	select {
-	case <-s.eng.Idle():
-	case <-timer.C:
-		s.log.Warn("grace period over: closing the remaining connections", "active", s.eng.Active())
-		s.eng.Cut(engine.ErrShutdown)
-		<-s.eng.Idle()
+	if !s.waitIdle(timer.C) {
+		s.log.Warn("grace period over: closing the remaining connections", "active", s.active())
+		s.cutAll()
+		s.waitIdle(nil)
 	}
-	s.eng.Close()
+	s.closeEngines()
 	s.log.Info("stopped")
 	return nil
 }
@@ -327,10 +329,10 @@ func (s *Server) Close() {
 	defer s.mu.Unlock()
 	s.closed = true
 	for _, e := range s.entries {
-		s.eng.CloseListener(e.ln)
+		s.closeListener(e.ln)
 		e.ln.Proxy().Backends.Stop()
 	}
 	s.entries = nil
 	s.closeInherited()
-	s.eng.Close()
+	s.closeEngines()
 }

@@ -28,10 +28,12 @@ func (s *Server) Proxies() []ProxyView {
 }
 
 // Connections returns the connections open now.
-func (s *Server) Connections() []engine.ConnInfo { return s.eng.Connections() }
+func (s *Server) Connections() []engine.ConnInfo {
+	return append(s.eng.Connections(), s.udpSessions()...)
+}
 
 // Kill closes one connection; it reports whether it was open.
-func (s *Server) Kill(id uint64) bool { return s.eng.Kill(id) }
+func (s *Server) Kill(id uint64) bool { return s.eng.Kill(id) || s.killUDP(id) }
 
 // ErrNotFound is returned for a proxy or backend that does not exist.
 var ErrNotFound = errors.New("not found")

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -146,20 +147,32 @@ func (l *loop) reserve(ls *lsock, p *proxy.Proxy) bool {
 		limit = DefaultMaxSessions
 	}
 	for try := 0; try < 2; try++ {
-		global := l.e.maxSessions.Load()
-		if n := l.e.active.Add(1); global > 0 && n > global {
+		// Compare-and-swap, so that the counts never pass a cap, not
+		// even for an instant.
+		if below(&l.e.active, l.e.maxSessions.Load()) {
+			if below(&p.Stats.Active, limit) {
+				return true
+			}
 			l.e.sessionDone()
-		} else if n := p.Stats.Active.Add(1); n > limit {
-			p.Stats.Active.Add(-1)
-			l.e.sessionDone()
-		} else {
-			return true
 		}
 		if try > 0 || !l.evict(ls) {
 			return false
 		}
 	}
 	return false
+}
+
+// below adds one to n unless that would pass limit (0: no limit).
+func below(n *atomic.Int64, limit int64) bool {
+	for {
+		v := n.Load()
+		if limit > 0 && v >= limit {
+			return false
+		}
+		if n.CompareAndSwap(v, v+1) {
+			return true
+		}
+	}
 }
 
 func (l *loop) unreserve(p *proxy.Proxy) {

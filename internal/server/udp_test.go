@@ -1,0 +1,247 @@
+package server
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/observe"
+	"github.com/pj-proxy/pj/internal/testutil"
+)
+
+// udpEcho starts a UDP backend on loopback that answers every datagram
+// with prefix and the datagram.
+func udpEcho(t *testing.T, prefix string) string {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 1<<16)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = c.WriteToUDPAddrPort(append([]byte(prefix), buf[:n]...), from)
+		}
+	})
+	t.Cleanup(func() { _ = c.Close(); wg.Wait() })
+	return c.LocalAddr().String()
+}
+
+// runUDP serves cfg like run.
+func runUDP(t *testing.T, cfg config.Config) *running {
+	t.Helper()
+	logs := new(testutil.Buffer)
+	log, err := observe.NewLogger(logs, "text", "info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, Options{Logger: log, Loops: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{s: s, logs: logs, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- s.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-r.done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return r
+}
+
+func udpProxy(name, listen string, idle time.Duration, backends ...string) config.Proxy {
+	p := named(name, listen, backends...)
+	p.IdleTimeout = idle
+	p.HealthCheck.Interval = 0
+	return p
+}
+
+type udpClient struct {
+	t *testing.T
+	c *net.UDPConn
+}
+
+func newUDPClient(t *testing.T) *udpClient {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return &udpClient{t: t, c: c}
+}
+
+// ask sends msg to addr and returns the reply, or "" if none came in wait.
+func (u *udpClient) ask(addr net.Addr, msg string, wait time.Duration) string {
+	u.t.Helper()
+	if _, err := u.c.WriteTo([]byte(msg), addr); err != nil {
+		u.t.Fatal(err)
+	}
+	_ = u.c.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, 1<<16)
+	n, err := u.c.Read(buf)
+	if err != nil {
+		return ""
+	}
+	return string(buf[:n])
+}
+
+func TestUDPProxyServesAndLists(t *testing.T) {
+	echo := udpEcho(t, "")
+	tcpEcho := testutil.StartEcho(t)
+	r := runUDP(t, cfgOf(100*time.Millisecond, udpProxy("dns", "127.0.0.1:0/udp", time.Minute, echo), named("web", "127.0.0.1:0", tcpEcho)))
+	addr := r.s.Addrs()[0]
+	c := newUDPClient(t)
+	if got := c.ask(addr, "hello", 5*time.Second); got != "hello" {
+		t.Fatalf("reply %q", got)
+	}
+	tc := testutil.Dial(t, r.s.Addrs()[1].String())
+	testutil.RoundTrip(t, tc, "tcp")
+	conns := r.s.Connections()
+	if len(conns) != 2 {
+		t.Fatalf("%d connections listed, want a TCP connection and a UDP session", len(conns))
+	}
+	var session uint64
+	for _, ci := range conns {
+		if ci.Proxy == "dns" {
+			session = ci.ID
+			if ci.Listener != addr.String()+"/udp" || ci.Backend != echo || ci.Up != 5 {
+				t.Fatalf("session listed as %+v", ci)
+			}
+		}
+	}
+	if conns[0].ID == conns[1].ID {
+		t.Fatal("a connection and a session share an id")
+	}
+	if !r.s.Kill(session) {
+		t.Fatal("Kill of the session: not found")
+	}
+	line := r.logs.WaitLines(t, "[killed]", 1)[0]
+	if !strings.Contains(line, "/udp -> "+echo+" [killed]") || !strings.Contains(line, "datagrams_up=1 datagrams_down=1") {
+		t.Fatalf("log line %q", line)
+	}
+}
+
+// TestUDPReloadKeepsSocketAndSessions: a kept UDP listener keeps its
+// socket and its sessions (which keep their backend); new sessions go by
+// the new settings.
+func TestUDPReloadKeepsSocketAndSessions(t *testing.T) {
+	a, b := udpEcho(t, "a:"), udpEcho(t, "b:")
+	// A short grace period: the session still open at the end of the
+	// test is cut then.
+	cfg := cfgOf(100*time.Millisecond, udpProxy("dns", "127.0.0.1:0/udp", time.Minute, a))
+	r := runUDP(t, cfg)
+	addr := r.s.Addrs()[0]
+	old := newUDPClient(t)
+	if got := old.ask(addr, "1", 5*time.Second); got != "a:1" {
+		t.Fatal(got)
+	}
+	if _, err := r.s.Reload(cfgOf(100*time.Millisecond, udpProxy("dns", "127.0.0.1:0/udp", time.Minute, b))); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.s.Addrs()[0].String(); got != addr.String() {
+		t.Fatalf("the listener moved from %s to %s", addr, got)
+	}
+	if got := old.ask(addr, "2", 5*time.Second); got != "a:2" {
+		t.Fatalf("the established session got %q, want a:2 (its own backend)", got)
+	}
+	if got := newUDPClient(t).ask(addr, "3", 5*time.Second); got != "b:3" {
+		t.Fatalf("a new session got %q, want b:3", got)
+	}
+	if n := len(r.logs.Lines("datagrams_up=")); n != 0 {
+		t.Fatalf("%d sessions ended by the reload", n)
+	}
+}
+
+// TestUDPRemovedProxyDrains: a UDP proxy removed by a reload answers its
+// sessions until they end, and no new source.
+func TestUDPRemovedProxyDrains(t *testing.T) {
+	a := udpEcho(t, "")
+	web := testutil.StartEcho(t)
+	r := runUDP(t, cfgOf(time.Minute, udpProxy("dns", "127.0.0.1:0/udp", 400*time.Millisecond, a), named("web", "127.0.0.1:0", web)))
+	addr := r.s.Addrs()[0]
+	old := newUDPClient(t)
+	if got := old.ask(addr, "1", 5*time.Second); got != "1" {
+		t.Fatal(got)
+	}
+	if _, err := r.s.Reload(cfgOf(time.Minute, named("web", "127.0.0.1:0", web))); err != nil {
+		t.Fatal(err)
+	}
+	if got := old.ask(addr, "2", 5*time.Second); got != "2" {
+		t.Fatalf("the session of a removed proxy got %q while it may finish", got)
+	}
+	if got := newUDPClient(t).ask(addr, "new", 200*time.Millisecond); got != "" {
+		t.Fatalf("a removed proxy took a new session: %q", got)
+	}
+	r.logs.WaitLines(t, "[timeout]", 1)
+}
+
+// TestUDPShutdownGrace: on shutdown, sessions run on for the grace period
+// (a session that ends by itself ends as usual), then are cut.
+func TestUDPShutdownGrace(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		idle   time.Duration
+		grace  time.Duration
+		status string
+	}{
+		{"sessions end within the grace period", 300 * time.Millisecond, time.Minute, "[timeout]"},
+		{"the grace period ends first", time.Minute, 300 * time.Millisecond, "[shutdown]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			echo := udpEcho(t, "")
+			r := runUDP(t, cfgOf(tc.grace, udpProxy("dns", "127.0.0.1:0/udp", tc.idle, echo)))
+			addr := r.s.Addrs()[0]
+			c := newUDPClient(t)
+			if got := c.ask(addr, "1", 5*time.Second); got != "1" {
+				t.Fatal(got)
+			}
+			r.cancel()
+			if got := c.ask(addr, "2", 5*time.Second); got != "2" && tc.grace > time.Second {
+				t.Fatalf("a session was not served during the grace period: %q", got)
+			}
+			select {
+			case err := <-r.done:
+				r.done <- err
+			case <-time.After(10 * time.Second):
+				t.Fatal("Serve did not return")
+			}
+			if line := r.logs.WaitLines(t, "datagrams_up=", 1)[0]; !strings.Contains(line, tc.status) {
+				t.Fatalf("log line %q, want %s", line, tc.status)
+			}
+		})
+	}
+}
+
+// TestTCPAndUDPOnOnePort: DNS listens on a port in both transports.
+func TestTCPAndUDPOnOnePort(t *testing.T) {
+	tcpEcho, udpBackend := testutil.StartEcho(t), udpEcho(t, "udp:")
+	port := netip.MustParseAddrPort(testutil.ClosedAddr(t)).Port()
+	at := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String()
+	r := runUDP(t, cfgOf(100*time.Millisecond, named(at, at, tcpEcho), udpProxy(at+"/udp", at+"/udp", time.Minute, udpBackend)))
+	if got := newUDPClient(t).ask(net.UDPAddrFromAddrPort(netip.MustParseAddrPort(at)), "q", 5*time.Second); got != "udp:q" {
+		t.Fatalf("UDP: %q", got)
+	}
+	if got := testutil.RoundTrip(t, testutil.Dial(t, at), "tcp"); got != "tcp" {
+		t.Fatalf("TCP: %q", got)
+	}
+	names := []string{}
+	for _, v := range r.s.Proxies() {
+		names = append(names, v.Proxy.Name+"="+v.Listen)
+	}
+	if want := at + "=" + at + " " + at + "/udp=" + at + "/udp"; strings.Join(names, " ") != want {
+		t.Fatalf("proxies %v, want %s", names, want)
+	}
+}
