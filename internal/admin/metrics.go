@@ -41,6 +41,12 @@ var (
 		"Always 1; the labels say which build of pj runs.", []string{"version", "goversion"}, nil)
 	descPanics = prometheus.NewDesc("pj_panics_total",
 		"Connections closed because handling them panicked (a bug in pj; the stack is in the log).", nil, nil)
+	descUDPDatagrams = prometheus.NewDesc("pj_udp_datagrams_total",
+		"Datagrams a UDP proxy relayed: up is client to backend, down is backend to client.",
+		[]string{"proxy", "direction"}, nil)
+	descUDPDropped = prometheus.NewDesc("pj_udp_dropped_datagrams_total",
+		"Datagrams a UDP proxy did not relay, by reason: denied, rate_limited, limit (a session cap), no_backend, draining (a removed listener), send_failed (the kernel refused to send).",
+		[]string{"proxy", "reason"}, nil)
 	descLogDropped = prometheus.NewDesc("pj_log_lines_dropped_total",
 		"Log lines dropped because the log destination (stderr) took them more slowly than pj wrote them.", nil, nil)
 )
@@ -60,7 +66,8 @@ func newCollector(src Source, version string, logDropped func() uint64) *collect
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descActive, descBytes, descDuration, descBackendUp,
-		descBackendActive, descBackendTotal, descConnect, descReloads, descBuild, descPanics, descLogDropped} {
+		descBackendActive, descBackendTotal, descConnect, descReloads, descBuild, descPanics, descLogDropped,
+		descUDPDatagrams, descUDPDropped} {
 		ch <- d
 	}
 }
@@ -77,6 +84,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(st.BytesDown.Load()), p.Name, "down")
 		buckets, count, sum := st.Duration.Snapshot()
 		ch <- prometheus.MustNewConstHistogram(descDuration, count, sum, buckets, p.Name)
+		if p.UDP {
+			ch <- prometheus.MustNewConstMetric(descUDPDatagrams, prometheus.CounterValue, float64(st.DatagramsUp.Load()), p.Name, "up")
+			ch <- prometheus.MustNewConstMetric(descUDPDatagrams, prometheus.CounterValue, float64(st.DatagramsDown.Load()), p.Name, "down")
+			for reason, n := range v.Dropped {
+				ch <- prometheus.MustNewConstMetric(descUDPDropped, prometheus.CounterValue, float64(n), p.Name, reason)
+			}
+		}
 		for _, b := range p.Pool().Backends() {
 			up := 0.0
 			if b.Err == nil && b.Eligible() {

@@ -105,6 +105,7 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (
 		Bandwidth:      c.Bandwidth.PerConnection,
 		ProxyProtocol:  version,
 		TrustedProxies: trusted,
+		UDP:            c.IsUDP(),
 		rateLimit:      c.RateLimit,
 		perClient:      c.MaxConnectionsPerClient,
 	}, nil

@@ -8,12 +8,16 @@ import (
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/engine"
 	"github.com/pj-proxy/pj/internal/proxy"
+	"github.com/pj-proxy/pj/internal/udp"
 )
 
 // ProxyView is a running proxy as the admin API and the metrics see it.
 type ProxyView struct {
 	Proxy  *proxy.Proxy
 	Listen string // the bound address
+	// Dropped counts, for a UDP proxy, the datagrams its listener did not
+	// relay, by reason (udp.DropReasons); nil for TCP.
+	Dropped map[string]uint64
 }
 
 // Proxies returns the running proxies, in configuration order.
@@ -22,7 +26,11 @@ func (s *Server) Proxies() []ProxyView {
 	defer s.mu.Unlock()
 	out := make([]ProxyView, 0, len(s.entries))
 	for _, e := range s.entries {
-		out = append(out, ProxyView{Proxy: e.ln.Proxy(), Listen: e.ln.Addr()})
+		v := ProxyView{Proxy: e.ln.Proxy(), Listen: e.ln.Addr()}
+		if u, ok := e.ln.(*udp.Listener); ok {
+			v.Dropped = u.Dropped()
+		}
+		out = append(out, v)
 	}
 	return out
 }
