@@ -81,7 +81,17 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		go watchParent(ctx, cancel, *parent)
 	}
 	b := &backend{pat: newPattern(), connLife: *connLife}
-	return b.serve(ctx, ln)
+	// The UDP echo listens on the same port number, for the UDP modes.
+	ufd, _, err := openUDPEcho(port)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	udpDone := make(chan error, 1)
+	go func() { udpDone <- serveUDPEcho(ctx, ufd) }()
+	err = b.serve(ctx, ln)
+	cancel()
+	return errors.Join(err, <-udpDone)
 }
 
 // watchParent cancels when our parent process changes (we were orphaned).
@@ -106,7 +116,7 @@ func watchParent(ctx context.Context, cancel context.CancelFunc, parent int) {
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("run", stderr)
 	cfg := &runConfig{}
-	fs.StringVar(&cfg.mode, "mode", "", "up, down, lat1, latC, conn or idle")
+	fs.StringVar(&cfg.mode, "mode", "", "up, down, lat1, latC, conn, idle, udp-lat or udp-SIZE-SESSIONS (udp-64-1000)")
 	fs.StringVar(&cfg.target, "target", "", "the target's name, for the result line")
 	fs.IntVar(&cfg.rep, "rep", 1, "repetition number, for the result line")
 	fs.StringVar(&cfg.addr, "addr", "", "the target's listen address (the backend's for direct); loopback only")
@@ -115,7 +125,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.DurationVar(&cfg.duration, "duration", 4*time.Second, "measured time of up, down, lat1, latC and conn")
 	fs.IntVar(&cfg.streams, "streams", 4, "parallel streams of up and down")
 	fs.IntVar(&cfg.latConns, "lat-conns", 32, "persistent connections of latC")
-	fs.IntVar(&cfg.msgSize, "msg-size", 64, "message size of lat1 and latC, bytes")
+	fs.IntVar(&cfg.msgSize, "msg-size", 64, "message size of lat1, latC and udp-lat, bytes")
 	fs.IntVar(&cfg.connWorkers, "conn-workers", 8, "workers of conn")
 	fs.IntVar(&cfg.idleConns, "idle-conns", 3000, "connections held by idle")
 	procRoot := fs.String("proc", "/proc", "where proc(5) is mounted")
@@ -218,6 +228,7 @@ func cmdWait(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlags("wait", stderr)
 	addr := fs.String("addr", "", "address to try")
 	pid := fs.Int("pid", 0, "fail as soon as this process has exited")
+	udp := fs.Bool("udp", false, "try a UDP echo instead of a TCP one")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -232,8 +243,14 @@ func cmdWait(ctx context.Context, args []string, stderr io.Writer) error {
 		if *pid > 0 && !alive(*pid) {
 			return fmt.Errorf("process %d exited before %s answered (last try: %v)", *pid, *addr, last)
 		}
-		c, err := cfg.dial(ctx)
-		if err == nil {
+		var err error
+		if *udp {
+			if err = udpEchoOnce(*addr, 100*time.Millisecond); err == nil {
+				return nil
+			}
+		} else if c, derr := cfg.dial(ctx); derr != nil {
+			err = derr
+		} else {
 			err = tinyEcho(c, 'w')
 			c.Close()
 			if err == nil {

@@ -93,6 +93,11 @@ func runMode(ctx context.Context, cfg *runConfig, r *result) error {
 		return runConn(ctx, cfg, r)
 	case "idle":
 		return runIdle(ctx, cfg, r)
+	case "udp-lat":
+		return runUDPLat(ctx, cfg, r)
 	}
-	return fmt.Errorf("unknown mode %q (want up, down, lat1, latC, conn or idle)", cfg.mode)
+	if size, sessions, ok := udpMode(cfg.mode); ok {
+		return runUDP(ctx, cfg, r, size, sessions)
+	}
+	return fmt.Errorf("unknown mode %q (want up, down, lat1, latC, conn, idle, udp-lat or udp-SIZE-SESSIONS)", cfg.mode)
 }

@@ -202,6 +202,62 @@ func TestModesMeasured(t *testing.T) {
 	})
 }
 
+// startUDPEcho runs the backend's UDP echo until the test ends.
+func startUDPEcho(t *testing.T) string {
+	t.Helper()
+	fd, port, err := openUDPEcho(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveUDPEcho(ctx, fd) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("udp backend: %v", err)
+		}
+	})
+	return "127.0.0.1:" + strconv.Itoa(port)
+}
+
+func TestUDPModes(t *testing.T) {
+	addr := startUDPEcho(t)
+	self := strconv.Itoa(os.Getpid())
+	for _, tt := range []struct {
+		mode    string
+		figures []string
+	}{
+		{"udp-64-1", []string{"dgrams_per_s", "echoes"}},
+		{"udp-1400-50", []string{"dgrams_per_s", "echoes"}},
+		{"udp-lat", []string{"p50_us", "p99_us", "rps"}},
+	} {
+		t.Run(tt.mode, func(t *testing.T) {
+			m, err := runLine(t, "-mode", tt.mode, "-target", "self", "-addr", addr, "-pids", self, "-duration", "150ms")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range tt.figures {
+				positive(t, m, k)
+			}
+			if _, ok := m["cpu_s"].(float64); !ok {
+				t.Errorf("cpu_s = %v, want a number", m["cpu_s"])
+			}
+		})
+	}
+	t.Run("bad mode", func(t *testing.T) {
+		if _, err := runLine(t, "-mode", "udp-8-1", "-target", "x", "-addr", addr); err == nil {
+			t.Fatal("udp-8-1 (datagrams under 16 bytes) accepted")
+		}
+	})
+	t.Run("wait", func(t *testing.T) {
+		var errb bytes.Buffer
+		if err := Run(context.Background(), []string{"wait", "-udp", "-addr", addr, "-timeout", "5s"}, io.Discard, &errb); err != nil {
+			t.Fatalf("wait -udp: %v", err)
+		}
+	})
+}
+
 func TestIntegrityFailures(t *testing.T) {
 	backend := startBackend(t)
 	flip := func(wantToBackend bool, at int64) tamper {

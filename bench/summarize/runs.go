@@ -110,13 +110,23 @@ func figuresOf(mode string) []figure {
 			{"fds_per_conn", "fds/conn", lower},
 			{"held", "conns held", higher},
 		}
+	case "udp-lat":
+		return lat
+	}
+	if isUDP(mode) {
+		return []figure{
+			{"dgrams_per_s", "datagrams/s", higher},
+			{"cpu_s_per_mdgram", "target CPU s/M datagrams", lower},
+			{"loss_pct", "loss %", lower},
+		}
 	}
 	return nil
 }
 
 // modeOrder is the order modes appear in the table; others follow in the
 // order first seen.
-var modeOrder = []string{"up", "down", "lat1", "latC", "conn", "idle"}
+var modeOrder = []string{"up", "down", "lat1", "latC", "conn", "idle",
+	"udp-64-1", "udp-64-1000", "udp-1400-1", "udp-1400-1000", "udp-lat"}
 
 // orders returns the modes and targets present, modes in modeOrder and
 // targets in the order first seen (run.sh's TARGETS).

@@ -149,6 +149,42 @@ func TestTable(t *testing.T) {
 	}
 }
 
+// TestUDPTable: UDP modes get a table of their own, whose ratios are to
+// direct and to nginx (HAProxy does not proxy UDP).
+func TestUDPTable(t *testing.T) {
+	lines := raw + `
+{"target":"direct","mode":"udp-64-1","dgrams_per_s":400000,"cpu_s_per_mdgram":null,"loss_pct":0}
+{"target":"pj","mode":"udp-64-1","dgrams_per_s":300000,"cpu_s_per_mdgram":1.5,"loss_pct":0}
+{"target":"pj","mode":"udp-64-1","dgrams_per_s":200000,"cpu_s_per_mdgram":2.5,"loss_pct":0.5}
+{"target":"nginx","mode":"udp-64-1","dgrams_per_s":100000,"cpu_s_per_mdgram":4,"loss_pct":0}
+{"target":"pj","mode":"udp-lat","p50_us":20,"p99_us":40,"p999_us":90,"rps":30000,"cpu_us_per_req":5}
+`
+	var out bytes.Buffer
+	if err := Run(nil, strings.NewReader(lines), &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	table := out.String()
+	if strings.Count(table, "| mode |") != 2 || !strings.Contains(table, "| vs direct | vs nginx |") {
+		t.Fatalf("want a TCP table and a UDP table with ratios to nginx:\n%s", table)
+	}
+	for _, tt := range []struct {
+		mode, label, target string
+		want                []string
+	}{
+		{"udp-64-1", "datagrams/s", "pj", []string{"2/2", "250000", "200000–300000", "0.62×", "2.50×"}},
+		{"udp-64-1", "target CPU s/M", "pj", []string{"2/2", "2.00", "1.50–2.50", "n/a", "0.50×"}},
+		{"udp-lat", "p99 µs", "pj", []string{"1/1", "40.0", "40.0–40.0", "n/a", "n/a"}},
+	} {
+		cells := row(t, table, tt.mode, tt.label, tt.target)
+		if got := cells[3:8]; strings.Join(got, ",") != strings.Join(tt.want, ",") {
+			t.Errorf("%s / %s / %s: got %q, want %q", tt.mode, tt.label, tt.target, got, tt.want)
+		}
+	}
+	if strings.Index(table, "| idle |") > strings.Index(table, "| udp-64-1 |") {
+		t.Error("the UDP table comes after the TCP one")
+	}
+}
+
 func TestRunErrors(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.jsonl")

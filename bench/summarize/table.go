@@ -9,10 +9,12 @@ import (
 	"strings"
 )
 
-// The reference targets of the ratio columns.
+// The reference targets of the ratio columns: direct and HAProxy for
+// TCP; direct and nginx for UDP, which HAProxy does not proxy.
 const (
 	refDirect  = "direct"
 	refHAProxy = "haproxy"
+	refNginx   = "nginx"
 )
 
 // stats are a figure's values over the runs of one mode and target.
@@ -104,8 +106,37 @@ func (g group) notes() string {
 	return strings.Join(out, "; ")
 }
 
-// writeTable writes the one table: a row per mode, figure and target.
+// writeTable writes the TCP table and, if there are UDP runs, the UDP
+// table: a row per mode, figure and target.
 func writeTable(w io.Writer, runs []run) error {
+	var tcp, udp []run
+	for _, r := range runs {
+		if isUDP(r.mode) {
+			udp = append(udp, r)
+		} else {
+			tcp = append(tcp, r)
+		}
+	}
+	if len(tcp) > 0 {
+		if err := writeOne(w, tcp, refHAProxy); err != nil {
+			return err
+		}
+	}
+	if len(udp) > 0 {
+		if len(tcp) > 0 {
+			if _, err := io.WriteString(w, "\n"); err != nil {
+				return err
+			}
+		}
+		return writeOne(w, udp, refNginx)
+	}
+	return nil
+}
+
+func isUDP(mode string) bool { return strings.HasPrefix(mode, "udp-") }
+
+// writeOne writes one table, with ratios to direct and to ref.
+func writeOne(w io.Writer, runs []run, ref string) error {
 	modes, targets := orders(runs)
 	groups := make(map[[2]string]*group)
 	for _, r := range runs {
@@ -117,7 +148,7 @@ func writeTable(w io.Writer, runs []run) error {
 	}
 
 	var b strings.Builder
-	b.WriteString("| mode | figure | target | runs ok | median | min–max | vs direct | vs haproxy | notes |\n")
+	fmt.Fprintf(&b, "| mode | figure | target | runs ok | median | min–max | vs direct | vs %s | notes |\n", ref)
 	b.WriteString("|---|---|---|---:|---:|---:|---:|---:|---|\n")
 	for _, mode := range modes {
 		figs := figuresOf(mode)
@@ -125,15 +156,15 @@ func writeTable(w io.Writer, runs []run) error {
 			return fmt.Errorf("unknown mode %q in the results", mode)
 		}
 		for fi, f := range figs {
-			ref := func(target string) (stats, bool) {
+			refOf := func(target string) (stats, bool) {
 				g := groups[[2]string{mode, target}]
 				if g == nil {
 					return stats{}, false
 				}
 				return describe(g.values(f.key))
 			}
-			dir, dirOK := ref(refDirect)
-			hap, hapOK := ref(refHAProxy)
+			dir, dirOK := refOf(refDirect)
+			hap, hapOK := refOf(ref)
 			for _, target := range targets {
 				g := groups[[2]string{mode, target}]
 				if g == nil {
@@ -165,7 +196,7 @@ func writeTable(w io.Writer, runs []run) error {
 		}
 	}
 	b.WriteString("\n↑ higher is better, ↓ lower is better. median and min–max over the runs that completed; " +
-		"vs direct and vs haproxy are this median divided by theirs. n/a: not applicable " +
+		"vs direct and vs " + ref + " are this median divided by theirs. n/a: not applicable " +
 		"(direct has no process of its own to measure); —: no completed run.\n")
 	_, err := io.WriteString(w, b.String())
 	return err
