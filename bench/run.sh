@@ -9,7 +9,9 @@
 #   REPS        runs of every mode against every target          (3)
 #   DURATION    measured time of up, down, lat1, latC and conn    (4s)
 #   TARGETS     subset of: direct pj naive haproxy haproxy-splice nginx socat
-#   MODES       subset of: up down lat1 latC conn idle
+#   MODES       subset of: up down lat1 latC conn idle (TCP) and
+#               udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat (UDP: run
+#               against direct, pj, nginx and socat only)
 #   PJ_BIN      benchmark this pj binary instead of building one from the tree
 #   PJ_BIN_B    a second pj binary, run as target pj-b beside pj (to compare two builds)
 #   (target pj-acl: pj with an allow list of 1000 CIDRs and a per-client rate limit that
@@ -30,7 +32,7 @@ PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
 REPS=${REPS:-3}
 DURATION=${DURATION:-4s}
 TARGETS=${TARGETS:-direct pj${PJ_BIN_B:+ pj-b} naive haproxy haproxy-splice nginx socat}
-MODES=${MODES:-up down lat1 latC conn idle}
+MODES=${MODES:-up down lat1 latC conn idle udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat}
 PJ_BIN=${PJ_BIN:-}
 PJ_BIN_B=${PJ_BIN_B:-}
 IDLE_CONNS=${IDLE_CONNS:-3000}
@@ -39,7 +41,8 @@ TARGET_LIFETIME=${TARGET_LIFETIME:-2h}
 GO=${GO:-go}
 
 all_targets="direct pj pj-b pj-acl naive haproxy haproxy-splice nginx socat"
-all_modes="up down lat1 latC conn idle"
+all_modes="up down lat1 latC conn idle udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat"
+udp_targets="direct pj pj-b nginx socat" # the targets that proxy UDP
 nginx_stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
 
 say() { printf 'bench: %s\n' "$*" >&2; }
@@ -113,6 +116,7 @@ raw="$results/raw.jsonl"
 : >"$raw"
 
 declare -A pid=() port=() # target -> PID of its process (or wrapper), listen port
+declare -A upid=() uport=() # the same for a target's UDP process
 declare -A failed_starts=() start_why=() # target -> failed starts so far, the last reason
 max_failed_starts=2
 backend_pid=""
@@ -154,6 +158,7 @@ cleanup() {
 	local rc=$? t
 	trap - EXIT INT TERM
 	for t in "${!pid[@]}"; do stop_target "$t"; done
+	for t in "${!upid[@]}"; do stop_udp_target "$t"; done
 	[[ -n $backend_pid ]] && stop_pid "$backend_pid" backend
 	rm -rf "$tmp"
 	exit "$rc"
@@ -218,13 +223,19 @@ say "backend on 127.0.0.1:$backend_port (PID $backend_pid)"
 
 # --- the targets -----------------------------------------------------------------
 
-read -r -a free_ports <<<"$("$loadgen" ports -n 9)"
+read -r -a free_ports <<<"$("$loadgen" ports -n 14)"
 i=0
 for t in $all_targets; do
 	port[$t]=${free_ports[$i]}
 	i=$((i + 1))
 done
 port[direct]=$backend_port
+for t in $udp_targets; do
+	[[ $t == direct ]] && continue
+	uport[$t]=${free_ports[$i]}
+	i=$((i + 1))
+done
+uport[direct]=$backend_port # the backend echoes UDP on its TCP port's number
 
 # write_acl_cfg FILE: pj on port[pj-acl] with 1000 allowed CIDRs (10.x.y.0/24,
 # then 127.0.0.0/8 for the load generator, last in the list) and a per-client
@@ -362,6 +373,70 @@ start_target() {
 	return 0
 }
 
+write_nginx_udp_conf() { # DIR
+	local user=""
+	((EUID == 0)) && user="user $(id -un) $(id -gn);"
+	mkdir -p "$1/logs"
+	cat >"$1/nginx.conf" <<EOF
+# nginx stream proxy of UDP for pj's benchmark: a socket per worker
+# (reuseport), sessions that last until the run ends, nothing logged.
+load_module $nginx_stream_module;
+$user
+daemon off;
+master_process on;
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid $1/nginx.pid;
+error_log $results/nginx-udp-error.log warn;
+events {
+    worker_connections 10000;
+}
+stream {
+    server {
+        listen 127.0.0.1:${uport[nginx]} udp reuseport;
+        proxy_pass 127.0.0.1:$backend_port;
+        proxy_timeout 1h;
+    }
+}
+EOF
+}
+
+stop_udp_target() {
+	local t=$1
+	[[ -n ${upid[$t]:-} ]] || return 0
+	stop_pid "${upid[$t]}" "$t (UDP)"
+	unset "upid[$t]"
+}
+
+# start_udp_target NAME: start its UDP process, wait until an echo through
+# it works. Each UDP run gets a fresh one, so that no session (or, for
+# socat, no forked process) of an earlier run is left.
+start_udp_target() {
+	local t=$1 log="$results/$1-udp.log" cmd
+	[[ $t == direct ]] && return 0
+	case $t in
+	pj) cmd=("$pj" --proxy "127.0.0.1:${uport[pj]}/udp:127.0.0.1:$backend_port") ;;
+	pj-b) cmd=("$PJ_BIN_B" --proxy "127.0.0.1:${uport[pj-b]}/udp:127.0.0.1:$backend_port") ;;
+	nginx)
+		write_nginx_udp_conf "$tmp/nginx-udp"
+		cmd=(nginx -p "$tmp/nginx-udp/" -c "$tmp/nginx-udp/nginx.conf" -e "$results/nginx-udp-error.log")
+		;;
+	socat) cmd=(socat -T 3600 "UDP-LISTEN:${uport[socat]},bind=127.0.0.1,fork,reuseaddr" "UDP:127.0.0.1:$backend_port") ;;
+	esac
+	echo "--- $(date -u +%FT%TZ) start: ${cmd[*]}" >>"$log"
+	timeout -k 5 "$TARGET_LIFETIME" "${cmd[@]}" </dev/null >>"$log" 2>&1 &
+	upid[$t]=$!
+	local why
+	if ! why=$("$loadgen" wait -udp -addr "127.0.0.1:${uport[$t]}" -pid "${upid[$t]}" -timeout 10s 2>&1); then
+		say "$t (UDP) failed to start: $why"
+		tail -n 5 "$log" | sed 's/^/    /' >&2
+		stop_udp_target "$t"
+		start_why[$t]=$why
+		return 1
+	fi
+	return 0
+}
+
 # record LINE: append a result line and show it.
 record() {
 	printf '%s\n' "$1" >>"$raw"
@@ -375,10 +450,14 @@ json_str() { # escape for a JSON string
 }
 
 run_one() { # REP MODE TARGET
-	local rep=$1 mode=$2 t=$3 pids="" out rc=0
-	[[ $t != direct ]] && pids=${pid[$t]}
+	local rep=$1 mode=$2 t=$3 pids="" out rc=0 p=${port[$3]}
+	[[ $t != direct ]] && pids=${pid[$t]:-}
+	if [[ $mode == udp-* ]]; then
+		p=${uport[$t]}
+		[[ $t != direct ]] && pids=${upid[$t]}
+	fi
 	out=$(timeout 300 "$loadgen" run -mode "$mode" -target "$t" -rep "$rep" \
-		-addr "127.0.0.1:${port[$t]}" -pids "$pids" -backend-pid "$backend_pid" \
+		-addr "127.0.0.1:$p" -pids "$pids" -backend-pid "$backend_pid" \
 		-duration "$DURATION" -idle-conns "$IDLE_CONNS" 2>>"$results/loadgen.log") || rc=$?
 	if [[ -z $out ]]; then
 		out="{\"target\":\"$t\",\"mode\":\"$mode\",\"rep\":$rep,\"error\":\"loadgen exited with status $rc and no result; see loadgen.log\"}"
@@ -390,16 +469,20 @@ failed_start() { # REP MODE TARGET
 	record "{\"target\":\"$3\",\"mode\":\"$2\",\"rep\":$1,\"error\":\"$(json_str "$3 could not be started: ${start_why[$3]:-see $3.log in the results}")\"}"
 }
 
+tcp_modes=""
+for m in $MODES; do [[ $m != udp-* ]] && tcp_modes+=" $m"; done
 run_targets=""
 for t in $TARGETS; do
 	if [[ -n ${skip[$t]:-} ]]; then
 		for m in $MODES; do
+			[[ $m == udp-* ]] && ! in_list "$t" "$udp_targets" && continue
 			record "{\"target\":\"$t\",\"mode\":\"$m\",\"skipped\":\"$(json_str "${skip[$t]}")\"}"
 		done
 		continue
 	fi
 	run_targets+=" $t"
-	start_target "$t" || true
+	# The TCP process; a UDP mode starts a UDP process of its own.
+	[[ -n $tcp_modes ]] && { start_target "$t" || true; }
 done
 say "targets:$run_targets; ports: $(for t in $run_targets; do printf '%s=%s ' "$t" "${port[$t]}"; done)"
 
@@ -415,6 +498,16 @@ for ((rep = 1; rep <= REPS; rep++)); do
 	for mode in $MODES; do
 		say "rep $rep/$REPS: $mode"
 		for t in $run_targets; do
+			if [[ $mode == udp-* ]]; then
+				in_list "$t" "$udp_targets" || continue
+				if ! start_udp_target "$t"; then
+					failed_start "$rep" "$mode" "$t"
+					continue
+				fi
+				run_one "$rep" "$mode" "$t"
+				stop_udp_target "$t"
+				continue
+			fi
 			if [[ $t != direct ]]; then
 				# idle measures the cost of connections against a
 				# freshly started target: memory that earlier runs

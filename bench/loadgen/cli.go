@@ -278,7 +278,7 @@ func alive(pid int) bool {
 	return s.state != "Z"
 }
 
-// cmdPorts prints n free loopback ports below the kernel's ephemeral
+// cmdPorts prints n free loopback ports (TCP and UDP) below the kernel's ephemeral
 // range, all held at once while choosing so that they differ. A port in
 // the ephemeral range could be in use, or left in TIME_WAIT, by the
 // thousands of client connections a run makes, and a target restarted on
@@ -306,6 +306,12 @@ func cmdPorts(args []string, stdout, stderr io.Writer) error {
 			continue // taken
 		}
 		defer ln.Close()
+		// Free for UDP too: a port serves a UDP target as well.
+		pc, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		defer pc.Close()
 		ports = append(ports, strconv.Itoa(port))
 	}
 	if len(ports) < *n {
