@@ -43,10 +43,15 @@ func FuzzParseMapping(f *testing.F) {
 		if p.Source != "-p "+s {
 			t.Errorf("ParseMapping(%q).Source = %q", s, p.Source)
 		}
-		host, port, err := config.SplitHostPort(p.Listen)
+		addr, network := config.SplitNetwork(p.Listen)
+		suffix := ""
+		if network == config.UDP {
+			suffix = "/udp"
+		}
+		host, port, err := config.SplitHostPort(addr)
 		if err != nil {
 			t.Errorf("ParseMapping(%q).Listen %q does not re-parse: %v", s, p.Listen, err)
-		} else if back := config.JoinHostPort(host, port); back != p.Listen {
+		} else if back := config.JoinHostPort(host, port) + suffix; back != p.Listen {
 			t.Errorf("ParseMapping(%q).Listen %q is not canonical (re-joins as %q)", s, p.Listen, back)
 		}
 		if len(p.Backends) == 0 {

@@ -8,7 +8,7 @@ import (
 )
 
 // MappingSyntax is the grammar of a --proxy mapping, for error messages and help.
-const MappingSyntax = "LISTEN_HOST:PORT:BACKEND_HOST:PORT[,BACKEND_HOST:PORT...]"
+const MappingSyntax = "LISTEN_HOST:PORT[/udp]:BACKEND_HOST:PORT[,BACKEND_HOST:PORT...]"
 
 // MappingExample is shown next to MappingSyntax.
 const MappingExample = "0.0.0.0:8787:127.0.0.1:22"
@@ -19,7 +19,8 @@ var ErrMapping = errors.New("invalid mapping")
 // ParseMapping parses the command-line form of a proxy:
 //
 //	MAPPING  = LISTEN ":" BACKENDS
-//	LISTEN   = HOST ":" PORT            (empty HOST: every interface; PORT 0: ephemeral)
+//	LISTEN   = HOST ":" PORT [ "/udp" | "/tcp" ]
+//	                                    (empty HOST: every interface; PORT 0: ephemeral; /tcp: the default)
 //	BACKENDS = HOST ":" PORT { "," HOST ":" PORT }
 //	HOST     = IPv4 | "[" IPv6 "]" | DNS name
 //
@@ -51,6 +52,20 @@ func ParseMapping(s string) (Proxy, error) {
 		return fail("missing listen port")
 	}
 	portText, backends, found := strings.Cut(rest[1:], ":")
+	portText, transport, slash := strings.Cut(portText, "/")
+	switch strings.ToLower(transport) {
+	case TCP:
+		transport = ""
+	case UDP:
+		transport = "/" + UDP
+	case "":
+		if !slash {
+			break
+		}
+		fallthrough
+	default:
+		return fail("listen transport %q: expected udp or tcp (0.0.0.0:53/udp)", transport)
+	}
 	port, err := parsePort(portText)
 	if err != nil {
 		return fail("listen port: %s", err)
@@ -59,7 +74,7 @@ func ParseMapping(s string) (Proxy, error) {
 		return fail("missing backend after the listen address")
 	}
 
-	p := Proxy{Listen: JoinHostPort(host, port), Source: "-p " + s}
+	p := Proxy{Listen: JoinHostPort(host, port) + transport, Source: "-p " + s}
 	for b := range strings.SplitSeq(backends, ",") {
 		if b == "" {
 			return fail("empty backend in the list")

@@ -47,6 +47,10 @@ var validMappings = []struct {
 	{"upper case name kept as written", "LocalHost:80:DB.Example:80", "LocalHost:80", []string{"DB.Example:80"}},
 	{"leading zeros are decimal", "0.0.0.0:08080:b:080", "0.0.0.0:8080", []string{"b:80"}},
 	{"same backend twice is for Validate", "0.0.0.0:80:b:1,b:1", "0.0.0.0:80", []string{"b:1", "b:1"}},
+	{"contract udp", "0.0.0.0:5353/udp:10.0.0.1:53", "0.0.0.0:5353/udp", []string{"10.0.0.1:53"}},
+	{"udp in capitals", "0.0.0.0:53/UDP:10.0.0.1:53", "0.0.0.0:53/udp", []string{"10.0.0.1:53"}},
+	{"tcp written out", "0.0.0.0:80/tcp:b:80", "0.0.0.0:80", []string{"b:80"}},
+	{"udp ipv6 ephemeral", "[::1]:0/udp:[::1]:53,b:53", "[::1]:0/udp", []string{"[::1]:53", "b:53"}},
 }
 
 func TestParseMappingValid(t *testing.T) {
@@ -118,6 +122,8 @@ var invalidMappings = []struct {
 	{"backend port 0", "0.0.0.0:80:b:0", "port 0"},
 	{"backend port 00000", "0.0.0.0:80:b:00000", "port 0"},
 	{"listen port name", "0.0.0.0:http:b:80", "not a decimal number"},
+	{"unknown transport", "0.0.0.0:80/sctp:b:80", `listen transport "sctp": expected udp or tcp`},
+	{"empty transport", "0.0.0.0:80/:b:80", `listen transport "": expected udp or tcp`},
 	{"backend port name", "0.0.0.0:80:b:http", "not a decimal number"},
 	{"negative port", "0.0.0.0:80:b:-1", "not a decimal number"},
 	{"signed port", "0.0.0.0:+80:b:80", "not a decimal number"},
