@@ -127,7 +127,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.IntVar(&cfg.latConns, "lat-conns", 32, "persistent connections of latC")
 	fs.IntVar(&cfg.msgSize, "msg-size", 64, "message size of lat1, latC and udp-lat, bytes")
 	fs.IntVar(&cfg.connWorkers, "conn-workers", 8, "workers of conn")
+	fs.IntVar(&cfg.count, "count", 0, "conn: stop after this many cycles (0: run for -duration)")
 	fs.IntVar(&cfg.idleConns, "idle-conns", 3000, "connections held by idle")
+	fs.DurationVar(&cfg.idleHold, "idle-hold", 0, "idle: hold the connections this long before checking they all still echo")
 	procRoot := fs.String("proc", "/proc", "where proc(5) is mounted")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -162,6 +164,12 @@ func prepareRun(cfg *runConfig, pids, procRoot string) error {
 	}
 	if cfg.duration <= 0 || cfg.duration > 10*time.Minute {
 		return fmt.Errorf("-duration %s: want more than 0 and at most 10m", cfg.duration)
+	}
+	if cfg.count < 0 || cfg.count > 1<<30 {
+		return fmt.Errorf("-count %d: want 0 to %d", cfg.count, 1<<30)
+	}
+	if cfg.idleHold < 0 || cfg.idleHold > 10*time.Minute {
+		return fmt.Errorf("-idle-hold %s: want 0 to 10m", cfg.idleHold)
 	}
 	for name, v := range map[string]int{"-streams": cfg.streams, "-lat-conns": cfg.latConns, "-conn-workers": cfg.connWorkers, "-idle-conns": cfg.idleConns} {
 		if v < 1 || v > 100000 {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -16,10 +18,15 @@ const (
 	errorPause = 10 * time.Millisecond
 	// cycleTimeout bounds one connect-echo-close cycle.
 	cycleTimeout = 5 * time.Second
+	// maxErrorTimes bounds how many failure times a run reports.
+	maxErrorTimes = 1000
 )
 
 // runConn measures connection set-up and tear-down: cfg.connWorkers workers
-// each loop connect → send 1 byte → read its echo → close for cfg.duration.
+// each loop connect → send 1 byte → read its echo → close for cfg.duration,
+// or until cfg.count cycles (when positive) have been made. The time of
+// every failed cycle is reported (error_times_unix_ms, the first
+// maxErrorTimes), so that a caller can tell when the failures happened.
 func runConn(ctx context.Context, cfg *runConfig, r *result) error {
 	before, err := cfg.cpuSeconds()
 	if err != nil {
@@ -28,20 +35,28 @@ func runConn(ctx context.Context, cfg *runConfig, r *result) error {
 	start := time.Now()
 	deadline := start.Add(cfg.duration)
 	type outcome struct {
-		samples  []time.Duration
-		errors   int
-		firstErr error
-		end      time.Time
+		samples    []time.Duration
+		errors     int
+		errorTimes []int64 // Unix milliseconds
+		firstErr   error
+		end        time.Time
 	}
 	outs := make([]outcome, cfg.connWorkers)
+	var claimed atomic.Int64 // cycles begun, against cfg.count
 	var wg sync.WaitGroup
 	for w := range outs {
 		wg.Go(func() {
 			o := outcome{samples: make([]time.Duration, 0, 1<<12)}
 			for i := 0; i < maxCycles && time.Now().Before(deadline); i++ {
+				if cfg.count > 0 && claimed.Add(1) > int64(cfg.count) {
+					break
+				}
 				t0 := time.Now()
 				if err := connCycle(ctx, cfg); err != nil {
 					o.errors++
+					if len(o.errorTimes) < maxErrorTimes {
+						o.errorTimes = append(o.errorTimes, time.Now().UnixMilli())
+					}
 					if o.firstErr == nil {
 						o.firstErr = err
 					}
@@ -63,10 +78,12 @@ func runConn(ctx context.Context, cfg *runConfig, r *result) error {
 	var all []time.Duration
 	var nerr int
 	var firstErr error
+	errorTimes := []int64{}
 	end := start
 	for _, o := range outs {
 		all = append(all, o.samples...)
 		nerr += o.errors
+		errorTimes = append(errorTimes, o.errorTimes...)
 		if firstErr == nil {
 			firstErr = o.firstErr
 		}
@@ -92,6 +109,8 @@ func runConn(ctx context.Context, cfg *runConfig, r *result) error {
 	if firstErr != nil {
 		r.set("first_error", firstErr.Error())
 	}
+	slices.Sort(errorTimes)
+	r.set("error_times_unix_ms", errorTimes[:min(len(errorTimes), maxErrorTimes)])
 	return nil
 }
 

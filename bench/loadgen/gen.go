@@ -33,7 +33,13 @@ type runConfig struct {
 	latConns    int // latC (lat1 uses 1)
 	msgSize     int // lat1, latC
 	connWorkers int // conn
-	idleConns   int // idle
+	// count, when positive, ends conn after that many cycles (the
+	// duration still bounds it).
+	count     int
+	idleConns int // idle
+	// idleHold is how long idle holds its connections, after measuring,
+	// before it checks that every one still echoes.
+	idleHold time.Duration
 
 	proc procFS
 	hz   int64 // USER_HZ

@@ -66,6 +66,12 @@ func runIdle(ctx context.Context, cfg *runConfig, r *result) error {
 	settleS := time.Since(settle).Seconds()
 	backendAfter := cfg.backendFDs()
 
+	if cfg.idleHold > 0 {
+		if err := sleepCtx(ctx, cfg.idleHold); err != nil {
+			return err
+		}
+		r.set("hold_s", cfg.idleHold.Seconds())
+	}
 	// Are they all still there? One more echo on each.
 	held, heldErr := forEachParallel(want, func(i int) error {
 		if conns[i] == nil {

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -371,6 +372,8 @@ func TestRunRefuses(t *testing.T) {
 		{"-mode", "nope", "-addr", "127.0.0.1:1"},
 		{"-mode", "up", "-addr", "127.0.0.1:1", "-streams", "0"},
 		{"-mode", "up", "-addr", "127.0.0.1:1", "-pids", "x"},
+		{"-mode", "conn", "-addr", "127.0.0.1:1", "-count", "-1"},
+		{"-mode", "idle", "-addr", "127.0.0.1:1", "-idle-hold", "11m"},
 	} {
 		if _, err := runLine(t, args...); err == nil {
 			t.Errorf("run %v succeeded", args)
@@ -395,5 +398,57 @@ func TestWaitAndPorts(t *testing.T) {
 	err := Run(context.Background(), []string{"wait", "-addr", "127.0.0.1:" + ports[0], "-timeout", "200ms"}, io.Discard, io.Discard)
 	if err == nil {
 		t.Error("wait succeeded on a closed port")
+	}
+}
+
+func TestConnStopsAtCount(t *testing.T) {
+	addr := startBackend(t)
+	m, err := runLine(t, "-mode", "conn", "-target", "direct", "-addr", addr, "-duration", "1m", "-conn-workers", "4", "-count", "37")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m["conns_ok"] != 37.0 || m["errors"] != 0.0 {
+		t.Fatalf("conns_ok = %v, errors = %v, want 37 and 0 (line %v)", m["conns_ok"], m["errors"], m)
+	}
+	if times, ok := m["error_times_unix_ms"].([]any); !ok || len(times) != 0 {
+		t.Fatalf("error_times_unix_ms = %v, want an empty list", m["error_times_unix_ms"])
+	}
+}
+
+func TestConnReportsWhenCyclesFailed(t *testing.T) {
+	var echoes atomic.Int64
+	relay := startRelay(t, startBackend(t), func(toBackend bool, off int64, b []byte) []byte {
+		if !toBackend && off == 0 && echoes.Add(1)%2 == 1 {
+			b = bytes.ToUpper(b) // every other echo comes back altered
+		}
+		return b
+	})
+	before := time.Now().UnixMilli()
+	m, _ := runLine(t, "-mode", "conn", "-target", "bad", "-addr", relay, "-duration", "1m", "-conn-workers", "1", "-count", "10")
+	after := time.Now().UnixMilli()
+	times, _ := m["error_times_unix_ms"].([]any)
+	if m["errors"] != 5.0 || len(times) != 5 {
+		t.Fatalf("errors = %v, times %v, want 5 of each (line %v)", m["errors"], times, m)
+	}
+	for i, v := range times {
+		ms, _ := v.(float64)
+		if int64(ms) < before || int64(ms) > after || (i > 0 && ms < times[i-1].(float64)) {
+			t.Fatalf("error times %v: want them in order, between %d and %d", times, before, after)
+		}
+	}
+}
+
+func TestIdleHoldsThenChecks(t *testing.T) {
+	addr := startBackend(t)
+	start := time.Now()
+	m, err := runLine(t, "-mode", "idle", "-target", "direct", "-addr", addr, "-idle-conns", "20", "-idle-hold", "300ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m["held"] != 20.0 || m["hold_s"] != 0.3 {
+		t.Fatalf("held = %v, hold_s = %v, want 20 and 0.3 (line %v)", m["held"], m["hold_s"], m)
+	}
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Fatalf("the run took %s, less than the hold", took)
 	}
 }
