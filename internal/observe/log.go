@@ -2,6 +2,7 @@ package observe
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -107,7 +108,11 @@ func (h *TextHandler) Handle(_ context.Context, r slog.Record) error {
 		b = append(b, "] "...)
 	}
 	if r.Message == ConnMessage && h.group == "" {
-		b = appendConn(b, r)
+		c, debug, extra := connOf(r)
+		b = appendConn(b, &c, debug)
+		for _, a := range extra {
+			b = appendAttr(b, "", a)
+		}
 		b = append(b, h.attrs...)
 	} else {
 		b = append(b, r.Level.String()...)
@@ -119,16 +124,7 @@ func (h *TextHandler) Handle(_ context.Context, r slog.Record) error {
 			return true
 		})
 	}
-	b = append(b, '\n')
-
-	h.out.mu.Lock()
-	_, err := h.out.w.Write(b)
-	h.out.mu.Unlock()
-	if cap(b) <= 64<<10 { // a huge record (a stack trace) is not worth keeping
-		*bp = b
-		bufPool.Put(bp)
-	}
-	return err
+	return h.write(bp, b)
 }
 
 // writeConn writes the access-log line of c, the same bytes Handle writes
@@ -139,6 +135,27 @@ func (h *TextHandler) writeConn(c *Conn, debug bool) error {
 	b = append(b, '[')
 	b = appendTime(b, c.Accepted)
 	b = append(b, "] "...)
+	b = appendConn(b, c, debug)
+	b = append(b, h.attrs...)
+	return h.write(bp, b)
+}
+
+// write writes the line b, from the pooled buffer bp, and ends it.
+func (h *TextHandler) write(bp *[]byte, b []byte) error {
+	b = append(b, '\n')
+	h.out.mu.Lock()
+	_, err := h.out.w.Write(b)
+	h.out.mu.Unlock()
+	if cap(b) <= 64<<10 { // a huge record (a stack trace) is not worth keeping
+		*bp = b
+		bufPool.Put(bp)
+	}
+	return err
+}
+
+// appendConn writes the access line of c after its timestamp: the fixed
+// layout, then the fields that are set, as key=value.
+func appendConn(b []byte, c *Conn, debug bool) []byte {
 	if c.Client != "" {
 		b = append(b, c.Client...)
 	} else {
@@ -160,7 +177,7 @@ func (h *TextHandler) writeConn(c *Conn, debug bool) error {
 	b = strconv.AppendInt(b, c.Up, 10)
 	b = append(b, " down="...)
 	b = strconv.AppendInt(b, c.Down, 10)
-	if c.Proxy != c.Listener {
+	if c.Proxy != "" && c.Proxy != c.Listener {
 		b = append(b, " proxy="...)
 		b = appendString(b, c.Proxy)
 	}
@@ -186,70 +203,51 @@ func (h *TextHandler) writeConn(c *Conn, debug bool) error {
 		b = append(b, " relay="...)
 		b = appendString(b, c.Relay)
 	}
-	b = append(b, h.attrs...)
-	b = append(b, '\n')
-	h.out.mu.Lock()
-	_, err := h.out.w.Write(b)
-	h.out.mu.Unlock()
-	if cap(b) <= 64<<10 {
-		*bp = b
-		bufPool.Put(bp)
-	}
-	return err
+	return b
 }
 
-// appendConn renders the access-log layout; attributes it does not place
-// follow as key=value.
-func appendConn(b []byte, r slog.Record) []byte {
-	var client, listener, backend, status string
-	var dur time.Duration
-	var up, down int64
-	var extraBuf [8]slog.Attr // on the stack: no allocation per line
-	extra := extraBuf[:0]
+// connOf reads back the connection of a record connRecord made; debug is
+// whether it was made for debug level, and extra are the attributes that
+// are not a connection's.
+func connOf(r slog.Record) (c Conn, debug bool, extra []slog.Attr) {
 	r.Attrs(func(a slog.Attr) bool {
-		switch a.Key {
+		switch v := a.Value; a.Key {
 		case KeyClient:
-			client = a.Value.String()
+			c.Client = v.String()
 		case KeyListener:
-			listener = a.Value.String()
+			c.Listener = v.String()
 		case KeyBackend:
-			backend = a.Value.String()
-		case KeyStatus:
-			status = a.Value.String()
-		case KeyDuration:
-			dur = a.Value.Duration()
-		case KeyBytesUp:
-			up = a.Value.Int64()
-		case KeyBytesDown:
-			down = a.Value.Int64()
-		case "proxy":
-			if a.Value.String() != listener {
-				extra = append(extra, a)
+			if c.Backend = v.String(); c.Backend == "-" {
+				c.Backend = ""
 			}
+		case KeyStatus:
+			c.Status = Status(v.String())
+		case KeyDuration:
+			c.Duration = v.Duration()
+		case KeyBytesUp:
+			c.Up = v.Int64()
+		case KeyBytesDown:
+			c.Down = v.Int64()
+		case KeyProxy:
+			c.Proxy = v.String()
+		case KeyDatagramsUp:
+			c.Datagrams, c.DatagramsUp = true, v.Int64()
+		case KeyDatagramsDown:
+			c.Datagrams, c.DatagramsDown = true, v.Int64()
 		case KeyConnect:
-			extra = append(extra, slog.Duration("connect", a.Value.Duration()))
+			c.Connect = v.Duration()
+		case KeyClosedBy:
+			c.ClosedBy = v.String()
+		case KeyError:
+			c.Err = errors.New(v.String())
+		case KeyRelay:
+			c.Relay, debug = v.String(), true
 		default:
 			extra = append(extra, a)
 		}
 		return true
 	})
-	b = append(b, client...)
-	b = append(b, " -> "...)
-	b = append(b, listener...)
-	b = append(b, " -> "...)
-	b = append(b, backend...)
-	b = append(b, " ["...)
-	b = append(b, status...)
-	b = append(b, "] duration="...)
-	b = AppendDuration(b, dur)
-	b = append(b, " up="...)
-	b = strconv.AppendInt(b, up, 10)
-	b = append(b, " down="...)
-	b = strconv.AppendInt(b, down, 10)
-	for _, a := range extra {
-		b = appendAttr(b, "", a)
-	}
-	return b
+	return c, debug, extra
 }
 
 // appendTime writes t as RFC 3339 in UTC with milliseconds.

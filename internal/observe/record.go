@@ -13,7 +13,7 @@ import (
 // Status says how a connection ended; it is the [status] of the log line.
 type Status string
 
-// Connection statuses of CONTRACT.md section 4.
+// Connection statuses.
 const (
 	StatusOK            Status = "ok"             // both directions ended
 	StatusConnectFailed Status = "connect_failed" // no backend could be reached
@@ -64,7 +64,7 @@ type Conn struct {
 }
 
 // Log writes c as one record at info level, timestamped with the moment the
-// connection was accepted (CONTRACT.md section 4).
+// connection was accepted.
 func Log(ctx context.Context, l *slog.Logger, c *Conn) {
 	h := l.Handler()
 	if !h.Enabled(ctx, slog.LevelInfo) {
@@ -77,8 +77,8 @@ func Log(ctx context.Context, l *slog.Logger, c *Conn) {
 	}
 	if th, ok := inner.(*TextHandler); ok && th.group == "" {
 		// The text access log is pj's most written line: it is formatted
-		// straight from c, with the same bytes Handle would write for
-		// connRecord (a test holds them equal).
+		// straight from c, by the appendConn that Handle uses for
+		// connRecord, without building the record.
 		_ = th.writeConn(c, debug) // a log write that fails has nowhere better to be reported
 		return
 	}
@@ -106,7 +106,7 @@ func connRecord(c *Conn, debug bool) slog.Record {
 		slog.Duration(KeyDuration, c.Duration),
 		slog.Int64(KeyBytesUp, c.Up),
 		slog.Int64(KeyBytesDown, c.Down),
-		slog.String("proxy", c.Proxy),
+		slog.String(KeyProxy, c.Proxy),
 	)
 	if c.Datagrams {
 		a = append(a, slog.Int64(KeyDatagramsUp, c.DatagramsUp), slog.Int64(KeyDatagramsDown, c.DatagramsDown))
@@ -118,18 +118,18 @@ func connRecord(c *Conn, debug bool) slog.Record {
 		a = append(a, slog.String(KeyClosedBy, c.ClosedBy))
 	}
 	if c.Err != nil {
-		a = append(a, slog.String("error", c.Err.Error()))
+		a = append(a, slog.String(KeyError, c.Err.Error()))
 	}
 	if c.Relay != "" && debug {
 		// With --log-level debug an operator can see that splice is used.
-		a = append(a, slog.String("relay", c.Relay))
+		a = append(a, slog.String(KeyRelay, c.Relay))
 	}
 	r := slog.NewRecord(c.Accepted, slog.LevelInfo, ConnMessage, 0)
 	r.AddAttrs(a...)
 	return r
 }
 
-// Keys of the connection record, as JSON shows them (CONTRACT.md section 4).
+// Keys of the connection record, as JSON shows them.
 const (
 	KeyClient    = "client"
 	KeyListener  = "listener"
@@ -140,6 +140,9 @@ const (
 	KeyBytesDown = "bytes_down"
 	KeyConnect   = "connect_ms" // "connect=" in text
 	KeyClosedBy  = "closed_by"
+	KeyProxy     = "proxy"
+	KeyError     = "error"
+	KeyRelay     = "relay" // at debug level only
 	// Datagram counts of a UDP session ("datagrams_up=" in text too).
 	KeyDatagramsUp   = "datagrams_up"
 	KeyDatagramsDown = "datagrams_down"
