@@ -101,7 +101,7 @@ func (s *Set) checkLoop(ctx context.Context, b *Backend) {
 		case <-t.C:
 		}
 		if b.Admin() != AdminDown && b.probing.CompareAndSwap(false, true) {
-			err := probe(ctx, b, hc, proxyVersion(s.settings.ProxyProtocol))
+			err := probe(ctx, b, hc, s.settings.ProxyVersion())
 			b.probing.Store(false)
 			if ctx.Err() != nil {
 				return // stopped mid-probe: the result says nothing
@@ -117,16 +117,6 @@ func (s *Set) checkLoop(ctx context.Context, b *Backend) {
 // logTransition logs a change of health, once.
 func (s *Set) logTransition(b *Backend, tr Transition) {
 	LogTransition(s.log, s.name, b, tr)
-}
-
-func proxyVersion(s string) byte {
-	switch s {
-	case "v1":
-		return 1
-	case "v2":
-		return 2
-	}
-	return 0
 }
 
 // localHeader is the PROXY protocol header of a connection that relays no

@@ -94,6 +94,18 @@ type Settings struct {
 	AcceptProxyProtocol *AcceptProxyProtocol
 }
 
+// ProxyVersion is the PROXY protocol version sent to backends: 0 (none),
+// 1 or 2.
+func (s *Settings) ProxyVersion() byte {
+	switch s.ProxyProtocol {
+	case "v1":
+		return 1
+	case "v2":
+		return 2
+	}
+	return 0
+}
+
 // HealthCheck configures active checks of a proxy's backends.
 type HealthCheck struct {
 	Interval time.Duration // 0 turns active checks off

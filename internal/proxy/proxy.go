@@ -80,13 +80,6 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (
 	if c.AcceptProxyProtocol != nil {
 		trusted = admission.NewCIDRSet(c.AcceptProxyProtocol.Trusted)
 	}
-	var version byte
-	switch c.ProxyProtocol {
-	case "v1":
-		version = 1
-	case "v2":
-		version = 2
-	}
 	set, err := balance.NewSet(ctx, c.Name, c.Backends, c.Settings, log, prevSet)
 	if err != nil {
 		return nil, fmt.Errorf("proxy %s: %w", c.Name, err)
@@ -103,7 +96,7 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (
 		Clients:        clients,
 		MaxConnections: c.MaxConnections,
 		Bandwidth:      c.Bandwidth.PerConnection,
-		ProxyProtocol:  version,
+		ProxyProtocol:  c.ProxyVersion(),
 		TrustedProxies: trusted,
 		UDP:            c.IsUDP(),
 		rateLimit:      c.RateLimit,
