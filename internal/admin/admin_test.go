@@ -269,6 +269,37 @@ func TestProxiesAndMetricsCountExactly(t *testing.T) {
 	})
 }
 
+// TestClientTableMetrics: a proxy with per-client limits shows its table
+// of clients; one without has no such series.
+func TestClientTableMetrics(t *testing.T) {
+	echo := tu.StartEcho(t)
+	limited := named("limited", "127.0.0.1:0", echo)
+	limited.MaxConnectionsPerClient = 1
+	p := start(t, Options{}, limited, named("open", "127.0.0.1:0", echo))
+	held := tu.Dial(t, p.srv.Addrs()[0].String())
+	tu.RoundTrip(t, held, "x")
+	refused := tu.Dial(t, p.srv.Addrs()[0].String())
+	if got := tu.ReadAll(t, refused); got != "" {
+		t.Fatalf("a second connection over the cap of 1 read %q", got)
+	}
+	fams := p.metrics(t)
+	if got := value(t, fams, "pj_clients_tracked", map[string]string{"proxy": "limited"}); got != 1 {
+		t.Errorf("pj_clients_tracked{proxy=limited} = %v, want 1 (127.0.0.1)", got)
+	}
+	for _, name := range []string{"pj_clients_evicted_total", "pj_clients_forgiven_total", "pj_clients_untracked_connections_total"} {
+		if got := value(t, fams, name, map[string]string{"proxy": "limited"}); got != 0 {
+			t.Errorf("%s = %v, want 0", name, got)
+		}
+	}
+	for _, m := range fams["pj_clients_tracked"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "proxy" && l.GetValue() == "open" {
+				t.Errorf("a proxy without per-client limits has a pj_clients_tracked series")
+			}
+		}
+	}
+}
+
 func TestMetricNamesPassLint(t *testing.T) {
 	echo := tu.StartEcho(t)
 	p := start(t, Options{}, named("web", "127.0.0.1:0", echo))

@@ -12,7 +12,7 @@ import (
 	"github.com/pj-proxy/pj/internal/observe"
 )
 
-// Metric descriptions (CONTRACT.md section 6). The data path keeps plain
+// Metric descriptions. The data path keeps plain
 // atomic counters; this collector turns them into metrics at scrape time,
 // so counting costs the proxy nothing more than an atomic add. A removed
 // proxy's series go away with it; a kept one's counters carry over.
@@ -47,6 +47,15 @@ var (
 	descUDPDropped = prometheus.NewDesc("pj_udp_dropped_datagrams_total",
 		"Datagrams a UDP proxy did not relay, by reason: denied, rate_limited, limit (a session cap), no_backend, draining (a removed listener), send_failed (the kernel refused to send).",
 		[]string{"proxy", "reason"}, nil)
+	descClientsTracked = prometheus.NewDesc("pj_clients_tracked",
+		"Clients the per-client table of rate_limit and max_connections_per_client tracks now.", []string{"proxy"}, nil)
+	descClientsEvicted = prometheus.NewDesc("pj_clients_evicted_total",
+		"Idle clients dropped from the per-client table to make room for new ones.", []string{"proxy"}, nil)
+	descClientsForgiven = prometheus.NewDesc("pj_clients_forgiven_total",
+		"Evicted clients whose rate had not recovered yet: their rate limit started afresh.", []string{"proxy"}, nil)
+	descClientsUntracked = prometheus.NewDesc("pj_clients_untracked_connections_total",
+		"Connections admitted without per-client limits because the table was full of clients with open connections.",
+		[]string{"proxy"}, nil)
 	descLogDropped = prometheus.NewDesc("pj_log_lines_dropped_total",
 		"Log lines dropped because the log destination (stderr) took them more slowly than pj wrote them.", nil, nil)
 )
@@ -66,8 +75,8 @@ func newCollector(src Source, version string, logDropped func() uint64) *collect
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descActive, descBytes, descDuration, descBackendUp,
-		descBackendActive, descBackendTotal, descConnect, descReloads, descBuild, descPanics, descLogDropped,
-		descUDPDatagrams, descUDPDropped} {
+		descBackendActive, descBackendTotal, descConnect, descClientsTracked, descClientsEvicted, descClientsForgiven,
+		descClientsUntracked, descReloads, descBuild, descPanics, descLogDropped, descUDPDatagrams, descUDPDropped} {
 		ch <- d
 	}
 }
@@ -93,7 +102,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for _, b := range p.Pool().Backends() {
 			up := 0.0
-			if b.Err == nil && b.Eligible() {
+			if b.Eligible() {
 				up = 1
 			}
 			ch <- prometheus.MustNewConstMetric(descBackendUp, prometheus.GaugeValue, up, p.Name, b.Address)
@@ -101,6 +110,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descBackendTotal, prometheus.CounterValue, float64(b.Total.Load()), p.Name, b.Address)
 			buckets, count, sum := b.Connect.Snapshot()
 			ch <- prometheus.MustNewConstHistogram(descConnect, count, sum, buckets, p.Name, b.Address)
+		}
+		if p.Clients != nil {
+			cs := p.Clients.Stats()
+			ch <- prometheus.MustNewConstMetric(descClientsTracked, prometheus.GaugeValue, float64(cs.Entries), p.Name)
+			ch <- prometheus.MustNewConstMetric(descClientsEvicted, prometheus.CounterValue, float64(cs.Evictions), p.Name)
+			ch <- prometheus.MustNewConstMetric(descClientsForgiven, prometheus.CounterValue, float64(cs.Resets), p.Name)
+			ch <- prometheus.MustNewConstMetric(descClientsUntracked, prometheus.CounterValue, float64(cs.Untracked), p.Name)
 		}
 	}
 	ok, failed := c.src.Reloads()

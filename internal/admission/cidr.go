@@ -56,15 +56,6 @@ func (s *CIDRSet) Contains(addr netip.Addr) bool {
 	return false // the zero Addr
 }
 
-// Len is the number of ranges of addresses after merging, for logs: a
-// list of 1000 CIDRs of which many overlap or touch may make far fewer.
-func (s *CIDRSet) Len() int {
-	if s == nil {
-		return 0
-	}
-	return len(s.v4first) + len(s.v6first)
-}
-
 // contains4 finds the last range that starts at or below x and checks
 // that it reaches x. The loop is written out (rather than sort.Search) so
 // that nothing is called per step.

@@ -21,19 +21,6 @@ const (
 	OverLimit                  // at the client's cap of concurrent connections ("limit")
 )
 
-// String is the verdict's log status ("ok" for OK).
-func (v Verdict) String() string {
-	switch v {
-	case OK:
-		return "ok"
-	case RateLimited:
-		return "rate_limited"
-	case OverLimit:
-		return "limit"
-	}
-	return "unknown"
-}
-
 // DefaultCapacity is the number of clients a Clients table tracks at most,
 // unless told otherwise. An entry (bucket, count, links, map slot) takes
 // about 180 bytes, so a full table costs about 11 MiB per limited proxy,
@@ -318,7 +305,7 @@ func (c *Clients) shard(k *key) *shard {
 	return &c.shards[maphash.Bytes(c.seed, k[:])&c.mask]
 }
 
-// ClientStats are a Clients table's figures, for logs and metrics.
+// ClientStats are a Clients table's figures, for metrics.
 type ClientStats struct {
 	// Entries is the number of clients tracked now.
 	Entries int

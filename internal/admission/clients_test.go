@@ -558,16 +558,6 @@ func TestClientsDoNotAllocate(t *testing.T) {
 	})
 }
 
-func TestVerdictString(t *testing.T) {
-	for v, want := range map[admission.Verdict]string{
-		admission.OK: "ok", admission.RateLimited: "rate_limited", admission.OverLimit: "limit", 99: "unknown",
-	} {
-		if got := v.String(); got != want {
-			t.Errorf("%d: %q, want %q", v, got, want)
-		}
-	}
-}
-
 func BenchmarkClients(b *testing.B) {
 	b.Run("existing", func(b *testing.B) {
 		c := admission.NewClients(1e9, 1e9, 1000, 0)

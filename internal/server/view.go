@@ -85,7 +85,7 @@ func (s *Server) Ready() error {
 	for _, v := range s.Proxies() {
 		ok := false
 		for _, b := range v.Proxy.Pool().Backends() {
-			if b.Err == nil && b.Eligible() {
+			if b.Eligible() {
 				ok = true
 				break
 			}
