@@ -92,7 +92,26 @@ func (s *Set) checkLoop(ctx context.Context, b *Backend) {
 	hc := s.settings.HealthCheck
 	// The first probe comes after a random part of the interval: a reload
 	// or a restart of many instances does not fire every check at once.
-	t := time.NewTimer(time.Duration(rand.Int64N(int64(hc.Interval))))
+	first := time.Duration(rand.Int64N(int64(hc.Interval)))
+	repeat(ctx, first, func() time.Duration { return jittered(hc.Interval) }, func() {
+		if b.Admin() == AdminDown || !b.probing.CompareAndSwap(false, true) {
+			return
+		}
+		err := probe(ctx, b, hc, s.settings.ProxyVersion())
+		b.probing.Store(false)
+		if ctx.Err() != nil {
+			return // stopped mid-probe: the result says nothing
+		}
+		if tr, changed := b.Observe(Result{OK: err == nil, Err: err}, hc.Rise, hc.Fall); changed {
+			s.logTransition(b, tr)
+		}
+	})
+}
+
+// repeat calls do after first, then again after each pause next returns,
+// until ctx is done.
+func repeat(ctx context.Context, first time.Duration, next func() time.Duration, do func()) {
+	t := time.NewTimer(first)
 	defer t.Stop()
 	for {
 		select {
@@ -100,17 +119,8 @@ func (s *Set) checkLoop(ctx context.Context, b *Backend) {
 			return
 		case <-t.C:
 		}
-		if b.Admin() != AdminDown && b.probing.CompareAndSwap(false, true) {
-			err := probe(ctx, b, hc, s.settings.ProxyVersion())
-			b.probing.Store(false)
-			if ctx.Err() != nil {
-				return // stopped mid-probe: the result says nothing
-			}
-			if tr, changed := b.Observe(Result{OK: err == nil, Err: err}, hc.Rise, hc.Fall); changed {
-				s.logTransition(b, tr)
-			}
-		}
-		t.Reset(jittered(hc.Interval))
+		do()
+		t.Reset(next())
 	}
 }
 

@@ -211,17 +211,8 @@ func (s *Set) syncCheckers() {
 // pool.
 func (s *Set) refreshLoop(ctx context.Context) {
 	every := s.settings.DNSRefresh
-	t := time.NewTimer(every/2 + time.Duration(rand.Int64N(int64(every)/2+1)))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		s.Refresh(ctx)
-		t.Reset(every)
-	}
+	first := every/2 + time.Duration(rand.Int64N(int64(every)/2+1))
+	repeat(ctx, first, func() time.Duration { return every }, func() { s.Refresh(ctx) })
 }
 
 // Refresh resolves the set's names now and swaps in a new pool if the

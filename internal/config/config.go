@@ -319,25 +319,26 @@ func (p *Proxy) fromCommandLine() bool {
 // where starts a problem of the proxy: "-p MAPPING", or "pj.yaml:12:
 // proxy "web"", or "proxy "web"".
 func (p *Proxy) where() string {
-	switch {
-	case p.Source == "":
-		return fmt.Sprintf("proxy %q", p.Name)
-	case p.fromCommandLine():
-		return p.Source
-	}
-	return fmt.Sprintf("%s: proxy %q", p.Source, p.Name)
+	return p.label(func(name string) string { return p.Source + ": " + name })
 }
 
 // ref names the proxy inside another's problem: "-p MAPPING", or
 // "proxy "web" (pj.yaml:5)".
 func (p *Proxy) ref() string {
+	return p.label(func(name string) string { return name + " (" + p.Source + ")" })
+}
+
+// label names the proxy by its mapping if it has one; otherwise as
+// "proxy "web"", placed by at where the proxy has a Source.
+func (p *Proxy) label(at func(name string) string) string {
+	name := fmt.Sprintf("proxy %q", p.Name)
 	switch {
 	case p.Source == "":
-		return fmt.Sprintf("proxy %q", p.Name)
+		return name
 	case p.fromCommandLine():
 		return p.Source
 	}
-	return fmt.Sprintf("proxy %q (%s)", p.Name, p.Source)
+	return at(name)
 }
 
 // listenKey normalises a listen address for duplicate detection; it returns
