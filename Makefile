@@ -14,7 +14,13 @@ MAPPING     ?= 127.0.0.1:8787:127.0.0.1:22
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 60s
 
-.PHONY: build run test vet lint fmt-check race fuzz bench clean
+IMAGE       ?= pj:latest
+# docker, podman or buildah; empty: the first that works here.
+ENGINE      ?=
+TEST_ENGINE := $(or $(ENGINE),buildah)
+PLATFORMS   ?= linux/$(shell $(GO) env GOARCH)
+
+.PHONY: build run test vet lint fmt-check race fuzz bench clean image image-multiarch image-test
 
 ## build: a static binary in bin/pj, version stamped from git
 build:
@@ -46,6 +52,19 @@ fuzz:
 	$(GO) test ./internal/config -run '^$$' -fuzz '^FuzzLoadYAML$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/config -run '^$$' -fuzz '^FuzzLoadTOML$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/route -run '^$$' -fuzz '^FuzzDecide$$' -fuzztime $(FUZZTIME)
+
+## image: the container image $(IMAGE) for $(PLATFORMS), with $(ENGINE) or else the first of docker, podman, buildah that works (deploy/image.sh)
+image:
+	ENGINE=$(ENGINE) IMAGE=$(IMAGE) PLATFORMS="$(PLATFORMS)" VERSION=$(VERSION) COMMIT=$(COMMIT) DATE=$(DATE) bash deploy/image.sh
+
+## image-multiarch: $(IMAGE) as a manifest list for linux/amd64 and linux/arm64
+image-multiarch:
+	$(MAKE) image PLATFORMS="linux/amd64 linux/arm64"
+
+## image-test: build the image (with buildah unless ENGINE says otherwise), then run pj -V and a proxied round trip inside it
+image-test:
+	$(MAKE) image ENGINE=$(TEST_ENGINE)
+	ENGINE=$(TEST_ENGINE) PJ_IMAGE=$(IMAGE) PJ_IMAGE_VERSION=$(VERSION) $(GO) test -count=1 -v -run '^TestImage' ./deploy/container
 
 ## bench: pj side by side with HAProxy, nginx and socat (about 7 min; see bench/README.md)
 bench:
