@@ -30,17 +30,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pj-proxy/pj/internal/balance"
-	"github.com/pj-proxy/pj/internal/engine"
-	"github.com/pj-proxy/pj/internal/server"
+	"github.com/pj-proxy/pj/internal/observe"
+	"github.com/pj-proxy/pj/internal/proxy"
 )
 
-// Source is what the admin listener shows and acts on; *server.Server is
-// one.
+// Source is what the admin listener shows and acts on: a pj's running
+// proxies and open connections (a *server.Server).
 type Source interface {
-	Proxies() []server.ProxyView
-	Connections() []engine.ConnInfo
+	Proxies() []proxy.View
+	Connections() []observe.ConnInfo
 	Kill(id uint64) bool
-	SetBackendState(proxy, backend string, state balance.AdminState) error
+	// SetBackendState returns an error wrapping proxy.ErrNotFound for a
+	// proxy or backend that does not exist.
+	SetBackendState(proxyName, backend string, state balance.AdminState) error
 	Ready() error
 	Reloads() (ok, failed uint64)
 	Panics() uint64
@@ -275,7 +277,7 @@ func (h *handler) backendState(w http.ResponseWriter, r *http.Request) {
 	name, addr := r.PathValue("name"), r.PathValue("address")
 	if err := h.src.SetBackendState(name, addr, state); err != nil {
 		code := http.StatusInternalServerError
-		if errors.Is(err, server.ErrNotFound) {
+		if errors.Is(err, proxy.ErrNotFound) {
 			code = http.StatusNotFound
 		}
 		writeError(w, code, err.Error())

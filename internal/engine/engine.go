@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -326,15 +325,7 @@ func numLoops() int {
 }
 
 // ConnInfo describes one open connection, for the admin API.
-type ConnInfo struct {
-	ID       uint64
-	Proxy    string
-	Client   netip.AddrPort
-	Listener string
-	Backend  string // "" while no backend has answered
-	Started  time.Time
-	Up, Down int64 // bytes delivered so far
-}
+type ConnInfo = observe.ConnInfo
 
 // Connections returns the connections open now, in no particular order.
 // Each loop lists its own, between two of its events.

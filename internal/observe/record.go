@@ -28,6 +28,18 @@ const (
 	StatusError         Status = "error"          // pj itself failed (a recovered panic)
 )
 
+// ConnInfo describes one open connection (or UDP session), for the admin
+// API.
+type ConnInfo struct {
+	ID       uint64
+	Proxy    string
+	Client   netip.AddrPort
+	Listener string
+	Backend  string // "" while no backend has answered
+	Started  time.Time
+	Up, Down int64 // bytes delivered so far
+}
+
 // ConnMessage is the slog message of every connection record; handlers use it
 // to recognise records to render in the access-log layout.
 const ConnMessage = "connection"

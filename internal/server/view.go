@@ -6,27 +6,18 @@ import (
 	"net/netip"
 
 	"github.com/pj-proxy/pj/internal/balance"
-	"github.com/pj-proxy/pj/internal/engine"
+	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/udp"
 )
 
-// ProxyView is a running proxy as the admin API and the metrics see it.
-type ProxyView struct {
-	Proxy  *proxy.Proxy
-	Listen string // the bound address
-	// Dropped counts, for a UDP proxy, the datagrams its listener did not
-	// relay, by reason (udp.DropReasons); nil for TCP.
-	Dropped map[string]uint64
-}
-
 // Proxies returns the running proxies, in configuration order.
-func (s *Server) Proxies() []ProxyView {
+func (s *Server) Proxies() []proxy.View {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]ProxyView, 0, len(s.entries))
+	out := make([]proxy.View, 0, len(s.entries))
 	for _, e := range s.entries {
-		v := ProxyView{Proxy: e.ln.Proxy(), Listen: e.ln.Addr()}
+		v := proxy.View{Proxy: e.ln.Proxy(), Listen: e.ln.Addr()}
 		if u, ok := e.ln.(*udp.Listener); ok {
 			v.Dropped = u.Dropped()
 		}
@@ -36,7 +27,7 @@ func (s *Server) Proxies() []ProxyView {
 }
 
 // Connections returns the connections open now.
-func (s *Server) Connections() []engine.ConnInfo {
+func (s *Server) Connections() []observe.ConnInfo {
 	return append(s.eng.Connections(), s.udpSessions()...)
 }
 
@@ -44,7 +35,7 @@ func (s *Server) Connections() []engine.ConnInfo {
 func (s *Server) Kill(id uint64) bool { return s.eng.Kill(id) || s.killUDP(id) }
 
 // ErrNotFound is returned for a proxy or backend that does not exist.
-var ErrNotFound = errors.New("not found")
+var ErrNotFound = proxy.ErrNotFound
 
 // SetBackendState sets the administrative state of a backend of a proxy.
 func (s *Server) SetBackendState(proxyName, backend string, state balance.AdminState) error {
