@@ -1,4 +1,4 @@
-// Package admin is pj's HTTP admin listener (CONTRACT.md section 6):
+// Package admin is pj's HTTP admin listener (README.md, "Admin listener"):
 // Prometheus metrics, health and readiness, a JSON API over the running
 // proxies and the live connection table, and the status page.
 //
@@ -120,8 +120,8 @@ func (h *handler) readyz(w http.ResponseWriter, _ *http.Request) {
 	_, _ = io.WriteString(w, "ready\n")
 }
 
-// The JSON shapes of CONTRACT.md section 6. More fields may be added;
-// these stay.
+// The JSON shapes README.md documents. More fields may be added; these
+// stay.
 type proxiesJSON struct {
 	Proxies []proxyJSON `json:"proxies"`
 }

@@ -67,7 +67,7 @@ func newState() *State {
 // AdminState is what an operator has said about a backend.
 type AdminState int32
 
-// Administrative states (CONTRACT.md section 6).
+// Administrative states, as the admin API sets them.
 const (
 	AdminUp    AdminState = iota // in service
 	AdminDrain                   // no new connections; established ones go on

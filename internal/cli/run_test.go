@@ -132,7 +132,7 @@ func TestEchoAndTextLogLine(t *testing.T) {
 	line := p.log.WaitLines(t, "[ok]", 1)[0]
 	m := textLine.FindStringSubmatch(line)
 	if m == nil {
-		t.Fatalf("log line %q does not match the contract's layout", line)
+		t.Fatalf("log line %q does not match the documented layout", line)
 	}
 	if m[1] != c.LocalAddr().String() || m[2] != p.addrs[0] || m[3] != echo {
 		t.Fatalf("addresses in %q: want %s -> %s -> %s", line, c.LocalAddr(), p.addrs[0], echo)
@@ -599,7 +599,7 @@ func TestVersionAndHelp(t *testing.T) {
 	}
 }
 
-func TestSeedExamplesParse(t *testing.T) {
+func TestOriginalExamplesParse(t *testing.T) {
 	// The three examples of the original README, verbatim.
 	for _, mappings := range [][]string{
 		{"0.0.0.0:8787:127.0.0.1:22"},

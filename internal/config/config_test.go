@@ -67,7 +67,7 @@ func TestDefaultIsValid(t *testing.T) {
 	d := config.Default()
 	if d.Log.Format != config.FormatText || d.Log.Level != "info" || d.GracePeriod != 30*time.Second ||
 		d.Defaults.Balance != config.RoundRobin || d.Defaults.ConnectTimeout != 5*time.Second || d.Defaults.IdleTimeout != 0 {
-		t.Errorf("Default() = %+v, want the defaults of CONTRACT.md section 1", d)
+		t.Errorf("Default() = %+v, want the defaults README.md documents", d)
 	}
 }
 

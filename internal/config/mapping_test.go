@@ -12,24 +12,24 @@ import (
 
 // validMappings are the mappings ParseMapping must accept, with what it must
 // make of them. The first three are the original Rust tool's tests; the rest
-// are the forms of CONTRACT.md section 1. The fuzz target seeds from it too.
+// are the forms README.md documents. The fuzz target seeds from it too.
 var validMappings = []struct {
 	name     string
 	in       string
 	listen   string
 	backends []string
 }{
-	{"seed ipv4", "127.0.0.1:8080:192.168.1.1:9090", "127.0.0.1:8080", []string{"192.168.1.1:9090"}},
-	{"seed host names", "localhost:8080:localhost:9090", "localhost:8080", []string{"localhost:9090"}},
-	{"seed every interface", "0.0.0.0:80:10.0.0.1:8080", "0.0.0.0:80", []string{"10.0.0.1:8080"}},
-	{"contract seed form", "0.0.0.0:8787:127.0.0.1:22", "0.0.0.0:8787", []string{"127.0.0.1:22"}},
+	{"original ipv4", "127.0.0.1:8080:192.168.1.1:9090", "127.0.0.1:8080", []string{"192.168.1.1:9090"}},
+	{"original host names", "localhost:8080:localhost:9090", "localhost:8080", []string{"localhost:9090"}},
+	{"original every interface", "0.0.0.0:80:10.0.0.1:8080", "0.0.0.0:80", []string{"10.0.0.1:8080"}},
+	{"original form", "0.0.0.0:8787:127.0.0.1:22", "0.0.0.0:8787", []string{"127.0.0.1:22"}},
 	{
-		"contract three backends", "0.0.0.0:8080:backend1:80,backend2:80,backend3:80",
+		"documented three backends", "0.0.0.0:8080:backend1:80,backend2:80,backend3:80",
 		"0.0.0.0:8080", []string{"backend1:80", "backend2:80", "backend3:80"},
 	},
-	{"contract ipv6 both sides", "[::]:8080:[::1]:80", "[::]:8080", []string{"[::1]:80"}},
-	{"contract empty listen host", ":8080:127.0.0.1:80", ":8080", []string{"127.0.0.1:80"}},
-	{"contract ephemeral listen port", "127.0.0.1:0:127.0.0.1:80", "127.0.0.1:0", []string{"127.0.0.1:80"}},
+	{"documented ipv6 both sides", "[::]:8080:[::1]:80", "[::]:8080", []string{"[::1]:80"}},
+	{"documented empty listen host", ":8080:127.0.0.1:80", ":8080", []string{"127.0.0.1:80"}},
+	{"documented ephemeral listen port", "127.0.0.1:0:127.0.0.1:80", "127.0.0.1:0", []string{"127.0.0.1:80"}},
 	{"empty host and port 0", ":0:b:1", ":0", []string{"b:1"}},
 	{"ipv6 zone", "[fe80::1%eth0]:8080:[fe80::2%eth0]:80", "[fe80::1%eth0]:8080", []string{"[fe80::2%eth0]:80"}},
 	{"numeric zone", "[fe80::1%2]:80:[fe80::2%25]:80", "[fe80::1%2]:80", []string{"[fe80::2%25]:80"}},
@@ -47,7 +47,7 @@ var validMappings = []struct {
 	{"upper case name kept as written", "LocalHost:80:DB.Example:80", "LocalHost:80", []string{"DB.Example:80"}},
 	{"leading zeros are decimal", "0.0.0.0:08080:b:080", "0.0.0.0:8080", []string{"b:80"}},
 	{"same backend twice is for Validate", "0.0.0.0:80:b:1,b:1", "0.0.0.0:80", []string{"b:1", "b:1"}},
-	{"contract udp", "0.0.0.0:5353/udp:10.0.0.1:53", "0.0.0.0:5353/udp", []string{"10.0.0.1:53"}},
+	{"documented udp", "0.0.0.0:5353/udp:10.0.0.1:53", "0.0.0.0:5353/udp", []string{"10.0.0.1:53"}},
 	{"udp in capitals", "0.0.0.0:53/UDP:10.0.0.1:53", "0.0.0.0:53/udp", []string{"10.0.0.1:53"}},
 	{"tcp written out", "0.0.0.0:80/tcp:b:80", "0.0.0.0:80", []string{"b:80"}},
 	{"udp ipv6 ephemeral", "[::1]:0/udp:[::1]:53,b:53", "[::1]:0/udp", []string{"[::1]:53", "b:53"}},
@@ -79,11 +79,11 @@ var invalidMappings = []struct {
 	in   string
 	why  string // must appear in the error message
 }{
-	{"seed listen only", "127.0.0.1:8080", "missing backend"},
-	{"seed backend without port", "127.0.0.1:8080:192.168.1.1", "missing :PORT"},
-	{"seed host only", "127.0.0.1", "missing listen port"},
-	{"seed empty", "", "empty"},
-	{"seed extra field", "127.0.0.1:8080:192.168.1.1:9090:extra", `"9090:extra" is not a number`},
+	{"original listen only", "127.0.0.1:8080", "missing backend"},
+	{"original backend without port", "127.0.0.1:8080:192.168.1.1", "missing :PORT"},
+	{"original host only", "127.0.0.1", "missing listen port"},
+	{"original empty", "", "empty"},
+	{"original extra field", "127.0.0.1:8080:192.168.1.1:9090:extra", `"9090:extra" is not a number`},
 
 	{"only blanks", "   ", "empty"},
 	{"leading space", " 0.0.0.0:80:b:80", "white space"},
@@ -175,7 +175,7 @@ func TestParseMappingInvalid(t *testing.T) {
 				t.Errorf("error %q does not give the reason %q", msg, tt.why)
 			}
 			if strings.Contains(msg, "\n") {
-				t.Errorf("error %q is more than one line (CONTRACT.md: one line on stderr)", msg)
+				t.Errorf("error %q is more than one line (a usage error is one line on stderr)", msg)
 			}
 			if !reflect.DeepEqual(p, config.Proxy{}) {
 				t.Errorf("ParseMapping(%q) returned %+v with its error, want the zero Proxy", tt.in, p)

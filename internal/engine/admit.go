@@ -185,8 +185,8 @@ func parseHeader(b []byte) (int, *proxyproto.Header, error) {
 // checkTLVs validates the TLVs of the v2 header h, raw as received: each
 // one's length (go-proxyproto splits them), an SSL TLV's own sub-TLVs
 // (go-proxyproto's tlvparse), and the CRC32c of the whole header when a
-// CRC32C TLV is present (computed with its value as zeros: the PROXY
-// protocol's section 2.2.1).
+// CRC32C TLV is present (computed with its value as zeros, as the PROXY
+// protocol specifies for PP2_TYPE_CRC32C).
 func checkTLVs(h *proxyproto.Header, raw []byte) error {
 	tlvs, err := h.TLVs()
 	if err != nil {

@@ -13,7 +13,8 @@ import (
 )
 
 // NewLogger returns the logger pj writes everything through: format "text"
-// (the seed's layout) or "json", records below level dropped.
+// (the access-log layout of README.md) or "json", records below level
+// dropped.
 func NewLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
@@ -30,7 +31,7 @@ func NewLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 }
 
 // jsonAttr writes times as RFC 3339 UTC with milliseconds and the connection
-// duration as fractional milliseconds, the units of CONTRACT.md section 4.
+// duration as fractional milliseconds, the units README.md documents.
 func jsonAttr(groups []string, a slog.Attr) slog.Attr {
 	if len(groups) > 0 {
 		return a
@@ -49,7 +50,7 @@ func durationMillis(d time.Duration) float64 {
 }
 
 // TextHandler renders records for people. A connection record becomes the
-// seed's access-log line
+// access-log line
 //
 //	[2026-11-26T00:42:20.123Z] 203.0.113.7:51234 -> 0.0.0.0:8787 -> 127.0.0.1:22 [ok] duration=12.3s up=1234 down=56789
 //

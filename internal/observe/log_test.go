@@ -18,13 +18,13 @@ import (
 	"github.com/pj-proxy/pj/internal/observe"
 )
 
-// accepted is the moment of CONTRACT.md section 4's example line.
+// accepted is the moment of README.md's example access line.
 var accepted = time.Date(2026, 11, 26, 0, 42, 20, 123e6, time.UTC)
 
 const acceptedText = "2026-11-26T00:42:20.123Z"
 
-// contractConn is the connection of CONTRACT.md section 4's example line.
-func contractConn() observe.Conn {
+// exampleConn is the connection of README.md's example access line.
+func exampleConn() observe.Conn {
 	return observe.Conn{
 		ID:       7,
 		Proxy:    "0.0.0.0:8787",
@@ -59,7 +59,7 @@ func TestLogConnText(t *testing.T) {
 		want   string
 	}{
 		{
-			name: "contract example",
+			name: "README example",
 			want: "[2026-11-26T00:42:20.123Z] 203.0.113.7:51234 -> 0.0.0.0:8787 -> 127.0.0.1:22 [ok] duration=12.3s up=1234 down=56789\n",
 		},
 		{
@@ -149,7 +149,7 @@ func TestLogConnText(t *testing.T) {
 				level = "info"
 			}
 			l, buf := newLogger(t, "text", level)
-			c := contractConn()
+			c := exampleConn()
 			if tt.change != nil {
 				tt.change(&c)
 			}
@@ -203,7 +203,7 @@ func TestLogConnJSON(t *testing.T) {
 		change func(c *observe.Conn)
 		want   map[string]any // overrides of base; nil values must be absent
 	}{
-		{name: "contract example"},
+		{name: "README example"},
 		{
 			name:   "fractional milliseconds",
 			change: func(c *observe.Conn) { c.Duration = 523400 * time.Nanosecond },
@@ -235,7 +235,7 @@ func TestLogConnJSON(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			l, buf := newLogger(t, "json", "info")
-			c := contractConn()
+			c := exampleConn()
 			if tt.change != nil {
 				tt.change(&c)
 			}
@@ -260,7 +260,7 @@ func TestLogConnJSON(t *testing.T) {
 
 func TestLogJSONOneObjectPerLine(t *testing.T) {
 	l, buf := newLogger(t, "json", "info")
-	c := contractConn()
+	c := exampleConn()
 	observe.Log(context.Background(), l, &c)
 	c.Client = "203.0.113.8:1"
 	c.Err = errors.New("two\nlines")
@@ -292,7 +292,7 @@ func TestLogLevelFiltering(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.format+"/"+tt.level, func(t *testing.T) {
 			l, buf := newLogger(t, tt.format, tt.level)
-			c := contractConn()
+			c := exampleConn()
 			observe.Log(context.Background(), l, &c)
 			if got := strings.Count(buf.String(), "\n"); got != tt.wantLines {
 				t.Errorf("at level %s Log wrote %d lines, want %d: %q", tt.level, got, tt.wantLines, buf.String())
@@ -543,7 +543,7 @@ func TestLogConnTextKeepsWithAttrs(t *testing.T) {
 	for _, format := range []string{"text", "json"} {
 		t.Run(format, func(t *testing.T) {
 			l, buf := newLogger(t, format, "info")
-			c := contractConn()
+			c := exampleConn()
 			observe.Log(context.Background(), l.With("node", "edge-1"), &c)
 			line := buf.String()
 			want := " node=edge-1"
@@ -604,7 +604,7 @@ func TestTextHandlerConcurrent(t *testing.T) {
 				if i%2 == 1 {
 					lg = child
 				}
-				c := contractConn()
+				c := exampleConn()
 				c.ID, c.Up = uint64(g), int64(i)
 				observe.Log(context.Background(), lg, &c)
 				lg.Info("tick", "g", g, "i", i)
