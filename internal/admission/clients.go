@@ -33,61 +33,13 @@ const DefaultCapacity = 1 << 16
 // Clients is the per-client state of one proxy: a token bucket of new
 // connections (rate_limit) and a count of open connections
 // (max_connections_per_client) per client IP. A nil *Clients limits no
-// one. Admit and Release are safe for concurrent use.
+// one. Admit and Release are safe for concurrent use, take well under a
+// microsecond and allocate nothing for a known client.
 //
-// # The bound
-//
-// The table holds at most its capacity of clients, whatever the number of
-// source addresses that connect. An entry is needed only while it holds
-// information:
-//
-//   - An entry with open connections is never evicted: its count is what
-//     the cap is about, and its Release must find it.
-//   - An idle entry (no open connection) whose bucket has refilled holds
-//     nothing: a fresh entry would behave the same. It is evicted lazily:
-//     when a new client comes, the entry idle the longest in its shard is
-//     checked and, if its bucket is full, its memory is reused for the
-//     newcomer (so a flood of new sources allocates nothing once the table
-//     has grown). Each newcomer thus takes the place of a client gone quiet
-//     for a refill time (burst/rate) when there is one: a table grows only
-//     while more distinct clients come within about a refill time than it
-//     holds.
-//
-// # At capacity
-//
-// When a new client comes to a full table (strictly, a full shard: the
-// capacity is split evenly over the shards, chosen by a hash keyed with a
-// random seed so that no one can aim at one shard; a shard may thus fill a
-// little before the whole table does):
-//
-//   - If some entry is idle, the one idle the longest is evicted even if
-//     its bucket has not refilled. That forgives that client what it had
-//     spent: it may burst once more if it comes back. This costs nothing
-//     against an attacker — who has so many addresses that it fills the
-//     table could as well use a fresh address as come back — while the
-//     newcomer, which is at least as likely to be the attacker, is tracked
-//     and limited. Such evictions are counted as Resets.
-//   - If every entry has open connections (capacity clients each holding
-//     at least one), the newcomer is admitted without per-client state: it
-//     is neither rate limited nor counted, and Untracked counts it.
-//     Refusing it instead would let an attacker who holds connections from
-//     capacity addresses shut every new client out, turning a per-client
-//     limit into a denial of service for all. The per-proxy and global
-//     max_connections caps still bound what untracked clients can open.
-//
-// An untracked admission has no entry to Release; its Release is ignored
-// if the client still has none, but if the client has been tracked
-// meanwhile it lowers that count (never below zero). The client may then
-// exceed its cap by as many connections as it was admitted untracked —
-// a drift that needs a table full of clients with open connections, and
-// which ends when the client's connections do.
-//
-// # Cost
-//
-// Admit and Release of a known client take one shard's mutex, one map
-// lookup and (for Admit) one token bucket update: well under a microsecond
-// and no allocation. Only a new client allocates its entry, and only when
-// no idle entry can be reused for it.
+// The table holds at most its capacity of clients: idle clients are
+// forgotten first; at capacity with every client holding connections, a
+// newcomer is admitted untracked rather than refused. docs/DESIGN.md
+// ("Admission") explains the choices.
 type Clients struct {
 	limit rate.Limit // new connections per second; 0: no rate limit
 	burst int

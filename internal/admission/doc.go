@@ -14,8 +14,8 @@
 //     (allow minus deny), so Allowed is a single search too.
 //   - Clients keeps a token bucket (golang.org/x/time/rate) and a count of
 //     open connections per client IP, in a table sharded by a keyed hash of
-//     the address. The table is bounded: see Clients for what is evicted
-//     and what happens when it is full.
+//     the address. The table is bounded: docs/DESIGN.md says what is
+//     evicted and what happens when it is full.
 //
 // A client is its IP address: an IPv4-mapped IPv6 address (::ffff:a.b.c.d)
 // is the IPv4 client a.b.c.d, and zones are ignored.

@@ -28,23 +28,12 @@ const (
 // are all down costs O(ringWalk + n) per Pick, not O(ring).
 const ringWalk = 64
 
-// sourceHash sends each client IP to the same backend, by consistent
-// hashing (Karger et al.; ketama): every backend owns points on a ring
-// of 64-bit hashes — hashes of its address and a replica number, so they
-// depend on that backend alone — and a client goes to the owner of the
-// first point at or after the hash of its IP, walking on past points of
+// sourceHash sends each client IP to the same backend by consistent
+// hashing: a pool without one of its N backends moves only that backend's
+// clients (about 1/N), a backend that is down keeps its place for when it
+// comes back, and every process maps a client the same way
+// (docs/DESIGN.md, "Balancing"). Pick is O(log n) plus a walk past
 // ineligible backends.
-//
-// Hence the two promises a reload and an outage need. A pool rebuilt
-// without one of N backends loses that backend's points and nothing
-// else: only its clients (about 1/N) move, each to the next point's
-// owner. A backend that goes down keeps its points, so only its clients
-// walk on, and they come back when it does. The ring depends only on
-// the backends' addresses and weights, so every pj process (and every
-// reload) maps a client the same way.
-//
-// Pick is O(log n) — a binary search over the sorted ring — plus a walk
-// that, while backends are eligible, ends at the first point.
 type sourceHash struct {
 	hashes []uint64 // the ring's points, sorted
 	owners []int32  // owners[i] is the index of the backend owning hashes[i]

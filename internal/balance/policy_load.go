@@ -28,25 +28,9 @@ func load(b *Backend) (active, weight int64) {
 }
 
 // leastConn sends a connection to the eligible backend with the lowest
-// load (see lighter). Ties go round-robin: the scan starts at the next
-// eligible backend in turn (as round-robin picks it, see cycle) and keeps
-// the first minimum it finds, so equally loaded backends take turns
-// rather than the first one taking all, and a backend that is out hands
-// its turn to nobody (short connections, which leave every backend idle,
-// are spread exactly as round-robin spreads them).
-//
-// Pick is an O(n) scan, and that is deliberate. Active changes on every
-// connection's start and end, in code that does not tell the policy, so
-// a heap or tree ordered by load would need every such change to
-// re-sort it under a lock — more work on the hot path than the scan it
-// saves. The scan takes no lock and reads one atomic per backend (three
-// for the few that beat the best so far): BenchmarkPick measures about
-// 11 ns at 3 backends and 165-180 ns at 100 (AMD EPYC, 2 cores), where
-// the connect it precedes costs tens of microseconds, and pools are
-// rarely larger. It also stops early on an idle backend of the pool's
-// largest weight, since nothing can be lighter: a lightly loaded pool
-// costs about what round-robin does. A pool of thousands wants
-// random-two, which samples instead of scanning.
+// load (see lighter); ties go round-robin (see cycle). Pick is a
+// lock-free O(n) scan that stops early on an idle backend of the largest
+// weight; docs/DESIGN.md ("Balancing") says why a scan and what it costs.
 type leastConn struct {
 	c         cycle
 	maxWeight int64 // the largest weight in the pool

@@ -10,21 +10,11 @@ import (
 // proportionally; see scheduleWeights.
 const maxSchedule = 1 << 14
 
-// weightedRoundRobin spreads connections in proportion to the weights and
-// smoothly, as nginx does: weights 5, 1, 1 give a a b a c a a, never
-// a a a a a b c.
-//
-// The smooth sequence is periodic (period = sum of weights / their gcd)
-// and depends on nothing but the weights, so it is computed once, at
-// build time, into schedule; Pick then only advances an atomic counter
-// through it, O(1).
-//
-// An entry whose backend is ineligible is a turn nobody takes (see
-// cycle): the connections then follow the schedule with that backend's
-// entries struck out, which is still smooth and exactly in proportion to
-// the remaining weights (5, 1, 1 with a down gives b c b c, with b down
-// a a a c a a). Skipping a run of struck-out entries costs a scan of the
-// run: about sum of weights / eligible weight entries.
+// weightedRoundRobin spreads connections in proportion to the weights,
+// smoothly, as nginx does (5, 1, 1 gives a a b a c a a), through a
+// schedule computed once; Pick advances an atomic counter through it. A
+// backend that is out has its entries struck out: the rest stays smooth
+// and in proportion (docs/DESIGN.md, "Balancing").
 type weightedRoundRobin struct {
 	c        cycle
 	schedule []int32 // indexes into the backends
