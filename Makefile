@@ -12,6 +12,7 @@ BIN         := bin/pj
 # The mapping `make run` serves: SSH on port 8787 of this machine.
 MAPPING     ?= 127.0.0.1:8787:127.0.0.1:22
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+GORELEASER  := github.com/goreleaser/goreleaser/v2@v2.15.1
 FUZZTIME    ?= 60s
 
 IMAGE       ?= pj:latest
@@ -20,7 +21,7 @@ ENGINE      ?=
 TEST_ENGINE := $(or $(ENGINE),buildah)
 PLATFORMS   ?= linux/$(shell $(GO) env GOARCH)
 
-.PHONY: build run test vet lint fmt-check race fuzz bench clean image image-multiarch image-test
+.PHONY: build run test vet lint fmt-check race fuzz bench clean image image-multiarch image-test release-snapshot release-check
 
 ## build: a static binary in bin/pj, version stamped from git
 build:
@@ -65,6 +66,15 @@ image-multiarch:
 image-test:
 	$(MAKE) image ENGINE=$(TEST_ENGINE)
 	ENGINE=$(TEST_ENGINE) PJ_IMAGE=$(IMAGE) PJ_IMAGE_VERSION=$(VERSION) $(GO) test -count=1 -v -run '^TestImage' ./deploy/container
+
+## release-snapshot: release archives, checksums and .deb/.rpm packages in dist/, from the work tree (GoReleaser)
+release-snapshot:
+	PJ_COMMIT=$(COMMIT) PJ_SHORT_COMMIT=$(shell git rev-parse --short=12 HEAD 2>/dev/null) PJ_DATE=$(DATE) \
+		$(GO) run $(GORELEASER) release --snapshot --clean
+
+## release-check: validate .goreleaser.yaml against GoReleaser's own configuration types
+release-check:
+	cd deploy/release && $(GO) test -count=1 ./...
 
 ## bench: pj side by side with HAProxy, nginx and socat (about 7 min; see bench/README.md)
 bench:
