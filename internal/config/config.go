@@ -186,14 +186,27 @@ var ErrInvalid = errors.New("invalid configuration")
 // ValidationError lists every problem found in a configuration, not only the
 // first, so that a user fixes them in one round.
 type ValidationError struct {
-	Problems []string
+	Problems []string // at most MaxProblems, in the order of the file
+	More     int      // how many more problems were found and are not listed
 }
 
+// MaxProblems bounds the problems a ValidationError lists: a file of a
+// million mistakes gets the first ones and a count, not a message of
+// gigabytes.
+const MaxProblems = 50
+
+// MaxFileSize bounds a configuration file, checked before it is read.
+const MaxFileSize = 16 << 20
+
 func (e *ValidationError) Error() string {
-	if len(e.Problems) == 1 {
+	if len(e.Problems) == 1 && e.More == 0 {
 		return e.Problems[0]
 	}
-	return fmt.Sprintf("%d problems:\n  %s", len(e.Problems), strings.Join(e.Problems, "\n  "))
+	msg := fmt.Sprintf("%d problems:\n  %s", len(e.Problems)+e.More, strings.Join(e.Problems, "\n  "))
+	if e.More > 0 {
+		msg += fmt.Sprintf("\n  and %d more", e.More)
+	}
+	return msg
 }
 
 // Unwrap lets callers test for ErrInvalid.

@@ -19,26 +19,33 @@ import (
 
 // problem is one thing wrong with a file.
 type problem struct {
-	line int    // 0 when unknown
-	path string // the key path, e.g. proxies[1].connect_timeout; "" for the file
+	line int      // 0 when unknown
+	path string   // the key path, e.g. proxies[1].connect_timeout; "" for the file
+	ref  *pathRef // the key path when path is not spelled out yet
 	msg  string
 }
 
-// format writes the problem as FILE:LINE: PATH: MESSAGE.
+// format writes the problem as FILE:LINE: PATH: MESSAGE, at most
+// maxProblemText bytes of it.
 func (p problem) format(file string) string {
 	loc := file
 	if p.line > 0 {
 		loc += ":" + strconv.Itoa(p.line)
 	}
-	if p.path == "" {
-		return loc + ": " + p.msg
+	path := p.path
+	if path == "" && p.ref != nil {
+		path = p.ref.String()
 	}
-	return loc + ": " + p.path + ": " + p.msg
+	if path == "" {
+		return shorten(loc+": "+p.msg, maxProblemText)
+	}
+	return shorten(loc+": "+path+": "+p.msg, maxProblemText)
 }
 
 // joinPath names key inside parent: defaults.health_check. A key that is
 // not a plain name (only a typo can make one) is quoted.
 func joinPath(parent, key string) string {
+	key = shorten(key, maxKeyText)
 	plain := key != ""
 	for _, r := range key {
 		if !(r == '_' || r == '-' || ('a' <= r && r <= 'z') || ('A' <= r && r <= 'Z') || ('0' <= r && r <= '9')) {
@@ -75,11 +82,31 @@ type decoded struct {
 
 type decoder struct {
 	lookupEnv func(string) (string, bool)
-	problems  []problem
+	problems  problems
 }
 
 func (d *decoder) problemf(line int, path, format string, args ...any) {
-	d.problems = append(d.problems, problem{line: line, path: path, msg: fmt.Sprintf(format, args...)})
+	if d.problems.full(line) {
+		d.problems.more++
+		return
+	}
+	d.problems.add(problem{line: line, path: path, msg: fmt.Sprintf(format, shortArgs(args)...)})
+}
+
+// shortArgs shortens the texts a message repeats from the file: values,
+// and errors that quote them.
+func shortArgs(args []any) []any {
+	for i, a := range args {
+		switch v := a.(type) {
+		case string:
+			args[i] = shorten(v, maxArgText)
+		case error:
+			if len(v.Error()) > maxArgText {
+				args[i] = shorten(v.Error(), maxArgText)
+			}
+		}
+	}
+	return args
 }
 
 // handlers decode the keys of one kind of object; each gets the value and
@@ -106,6 +133,10 @@ func (d *decoder) object(n *node, path string, hs handlers, hint func(key string
 }
 
 func (d *decoder) unknownKey(f *field, path string, hs handlers, hint func(string) string) {
+	if d.problems.full(f.line) {
+		d.problems.more++ // past the problems reported: no need to say more
+		return
+	}
 	if hint != nil {
 		if h := hint(f.key); h != "" {
 			d.problemf(f.line, path, "unknown key (%s)", h)
@@ -454,12 +485,12 @@ func (d *decoder) backend(n *node, path string) (Backend, bool) {
 		d.typeError(n, path, `"HOST:PORT" or an object {address, weight, backup}`)
 		return b, false
 	}
-	before := len(d.problems)
+	before := d.problems.count()
 	var p patch[Backend]
 	d.object(n, path, keyHandlers(d, backendKeys, "", &p), nil)
 	if n.get("address") == nil {
 		d.problemf(n.line, path, "address is missing (the backend's HOST:PORT)")
 	}
 	p.applyTo(&b)
-	return b, len(d.problems) == before
+	return b, d.problems.count() == before
 }

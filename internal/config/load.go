@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
+	"syscall"
 )
 
 // Override is a setting given outside the configuration file — a
@@ -80,9 +81,9 @@ func Load(path string, lookupEnv func(string) (string, bool), overrides ...Overr
 	if _, err := fileFormat(path); err != nil {
 		return Config{}, err
 	}
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if err != nil {
-		return Config{}, fmt.Errorf("read configuration file: %w", err)
+		return Config{}, err
 	}
 	c, err := Decode(path, data, lookupEnv, overrides...)
 	if err != nil {
@@ -127,13 +128,8 @@ func Decode(name string, data []byte, lookupEnv func(string) (string, bool), ove
 	}
 	d := decoder{lookupEnv: lookupEnv, problems: treeProblems}
 	dec := d.file(root)
-	if len(d.problems) > 0 {
-		sort.SliceStable(d.problems, func(i, j int) bool { return d.problems[i].line < d.problems[j].line })
-		out := make([]string, len(d.problems))
-		for i, p := range d.problems {
-			out[i] = p.format(name)
-		}
-		return Config{}, &ValidationError{Problems: out}
+	if d.problems.count() > 0 {
+		return Config{}, d.problems.error(name)
 	}
 	return dec.resolve(name, overrides), nil
 }
@@ -179,12 +175,12 @@ func (dec *decoded) settings(own *patch[Settings], overrides []Override) Setting
 }
 
 // fileFormat returns the parser for a file's extension.
-func fileFormat(name string) (func([]byte) (*node, []problem, error), error) {
+func fileFormat(name string) (func([]byte) (*node, problems, error), error) {
 	switch ext := strings.ToLower(filepath.Ext(name)); ext {
 	case ".yaml", ".yml":
 		return yamlTree, nil
 	case ".toml":
-		return func(data []byte) (*node, []problem, error) {
+		return func(data []byte) (*node, problems, error) {
 			return tomlTree(bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))) // a UTF-8 byte order mark
 		}, nil
 	default:
@@ -195,4 +191,52 @@ func fileFormat(name string) (func([]byte) (*node, []problem, error), error) {
 		return nil, &ValidationError{Problems: []string{fmt.Sprintf(
 			"%s: cannot tell the format from %s: pj reads YAML (.yaml, .yml) and TOML (.toml) files", name, what)}}
 	}
+}
+
+// ReadFile reads a configuration file: a regular file (or a link to one)
+// of at most MaxFileSize bytes, checked before anything is read. A device
+// (a link to /dev/zero) would never end, and a FIFO blocks whoever opens
+// it until a writer comes: it is opened without blocking, and refused.
+func ReadFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read configuration file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read configuration file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("read configuration file %s: not a regular file (%s): pj reads its configuration from a file", path, fileKind(fi.Mode()))
+	}
+	if fi.Size() > MaxFileSize {
+		return nil, fmt.Errorf("read configuration file %s: %d bytes, more than the %d MiB a configuration file may have", path, fi.Size(), MaxFileSize>>20)
+	}
+	// The file may grow while it is read: read one byte past the limit to
+	// tell.
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("read configuration file: %w", err)
+	case len(data) > MaxFileSize:
+		return nil, fmt.Errorf("read configuration file %s: more than the %d MiB a configuration file may have", path, MaxFileSize>>20)
+	}
+	return data, nil
+}
+
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return m.Type().String()
 }

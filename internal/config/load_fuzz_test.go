@@ -10,10 +10,12 @@ import (
 	"testing"
 
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/testutil"
 )
 
 // FuzzLoadYAML and FuzzLoadTOML feed arbitrary file contents to Decode.
-// Whatever the input: no panic, and the same answer twice; a failure is a
+// Whatever the input: no panic, within the fuzz budget (testutil), and the
+// same answer twice; a failure is a
 // *ValidationError whose every problem starts with the file's name; a
 // success has every proxy's Source on a line of the file, and Validate
 // does not panic on it.
@@ -26,7 +28,9 @@ func FuzzLoadYAML(f *testing.F) {
 		"a: &a\n  b: *a\n", "defaults: &d {idle_timeout: 1m}\nproxies: [{<<: *d, listen: ':1', backends: ['a:1']}]\n",
 		"admin: {token: '${TOKEN}$$'}\n", "- 1\n", "proxies:\n  - listen: [\n",
 	})
-	f.Fuzz(func(t *testing.T, text string) { checkDecode(t, "pj.yaml", text) })
+	f.Fuzz(func(t *testing.T, text string) {
+		testutil.WithinBudget(t, func() { checkDecode(t, "pj.yaml", text) })
+	})
 }
 
 func FuzzLoadTOML(f *testing.F) {
@@ -35,7 +39,9 @@ func FuzzLoadTOML(f *testing.F) {
 		"a.b.c = 1\n[a.b]\n", "[defaults]\nhealth_check = { interval = \"1s\" }\n[defaults.health_check]\n",
 		"admin.token = '${TOKEN}$$'\n", "x = 1979-05-27T07:32:00Z\n", "proxies = [{listen = \":1\", backends = [\"a:1\"]}]\n",
 	})
-	f.Fuzz(func(t *testing.T, text string) { checkDecode(t, "pj.toml", text) })
+	f.Fuzz(func(t *testing.T, text string) {
+		testutil.WithinBudget(t, func() { checkDecode(t, "pj.toml", text) })
+	})
 }
 
 func seedLoad(f *testing.F, ext, full string, more []string) {

@@ -13,6 +13,10 @@ const MappingSyntax = "LISTEN_HOST:PORT[/udp]:BACKEND_HOST:PORT[,BACKEND_HOST:PO
 // MappingExample is shown next to MappingSyntax.
 const MappingExample = "0.0.0.0:8787:127.0.0.1:22"
 
+// maxMappingText bounds how much of a mapping a message repeats (a
+// mapping may list thousands of backends).
+const maxMappingText = 512
+
 // ErrMapping is wrapped by every mapping syntax error.
 var ErrMapping = errors.New("invalid mapping")
 
@@ -28,14 +32,14 @@ var ErrMapping = errors.New("invalid mapping")
 // for Validate to fill from the defaults.
 func ParseMapping(s string) (Proxy, error) {
 	fail := func(format string, args ...any) (Proxy, error) {
-		why := fmt.Sprintf(format, args...)
+		why := shorten(fmt.Sprintf(format, args...), 2*maxMappingText)
 		// More ':' than a mapping of IPv4 addresses and names has, and no
 		// brackets: most likely a bare IPv6 address.
 		if !strings.Contains(s, "[") && strings.Count(s, ":") > 3+strings.Count(s, ",") && !strings.Contains(why, "brackets") {
 			why += " (IPv6 addresses go in brackets, e.g. [::1]:80)"
 		}
 		return Proxy{}, fmt.Errorf("%w %q: %s; expected %s, e.g. %s",
-			ErrMapping, s, why, MappingSyntax, MappingExample)
+			ErrMapping, shorten(s, maxMappingText), why, MappingSyntax, MappingExample)
 	}
 	if strings.TrimSpace(s) == "" {
 		return fail("empty")
@@ -74,7 +78,7 @@ func ParseMapping(s string) (Proxy, error) {
 		return fail("missing backend after the listen address")
 	}
 
-	p := Proxy{Listen: JoinHostPort(host, port) + transport, Source: "-p " + s}
+	p := Proxy{Listen: JoinHostPort(host, port) + transport, Source: "-p " + shorten(s, maxMappingText)}
 	for b := range strings.SplitSeq(backends, ",") {
 		if b == "" {
 			return fail("empty backend in the list")

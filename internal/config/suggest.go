@@ -1,6 +1,9 @@
 package config
 
-import "strings"
+import (
+	"strings"
+	"unicode/utf8"
+)
 
 // suggest returns the candidate closest to word by edit distance, or ""
 // when none is close enough to be what was meant: at most a third of the
@@ -11,9 +14,13 @@ import "strings"
 func suggest(word string, candidates []string) string {
 	norm := func(s string) string { return strings.ReplaceAll(strings.ToLower(s), "-", "_") }
 	w := norm(word)
-	limit := min(3, max(1, len([]rune(w))/3))
+	n := utf8.RuneCountInString(w)
+	limit := min(3, max(1, n/3))
 	best, bestDist, tie := "", limit+1, false
 	for _, c := range candidates {
+		if m := utf8.RuneCountInString(c); n > m+limit || m > n+limit {
+			continue // the lengths alone differ too much (and a long word costs no distance)
+		}
 		switch d := editDistance(w, norm(c)); {
 		case d < bestDist:
 			best, bestDist, tie = c, d, false

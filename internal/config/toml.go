@@ -13,14 +13,19 @@ import (
 // it keeps the byte range of every key and value, which become lines.
 // The parser checks syntax only; the rules about tables (a table defined
 // twice, a key set twice, an inline table extended) are checked here.
-func tomlTree(data []byte) (root *node, problems []problem, err error) {
+func tomlTree(data []byte) (root *node, ps problems, err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			root, problems, err = nil, nil, &syntaxError{msg: fmt.Sprintf("the TOML parser failed: %v", v)}
+			root, ps, err = nil, problems{}, &syntaxError{msg: fmt.Sprintf("the TOML parser failed: %v", v)}
 		}
 	}()
+	// Values begin after a line end, a comma, a bracket, a brace or an
+	// equals sign; the parts of a dotted key after a dot.
+	if err := checkSeparators(data, "\n,[{=."); err != nil {
+		return nil, problems{}, err
+	}
 	b := tomlBuilder{data: data, lines: lineStarts(data), meta: map[*node]*tomlTable{}}
-	root = b.table(1, "")
+	root = b.table(1, nil)
 	cur := root
 	p := unstable.Parser{}
 	p.Reset(data)
@@ -32,24 +37,25 @@ func tomlTree(data []byte) (root *node, problems []problem, err error) {
 		case unstable.Table, unstable.ArrayTable:
 			cur = b.header(root, e)
 		}
-		if b.nodes > maxNodes {
-			return nil, nil, &syntaxError{line: b.lineOf(e.Raw), msg: tooBigMessage}
+		if b.tooBig != "" {
+			return nil, problems{}, &syntaxError{line: b.lineOf(e.Raw), msg: b.tooBig}
 		}
 	}
 	if err := p.Error(); err != nil {
-		return nil, nil, b.syntaxError(err)
+		return nil, problems{}, b.syntaxError(err)
 	}
 	return root, b.problems, nil
 }
 
 // tomlTable is what TOML's rules need to know about a table.
 type tomlTable struct {
-	path    string
-	header  bool // defined by a [header]
-	dotted  bool // created by a dotted key (a.b = 1)
-	inline  bool // an inline table { ... }: complete as written
-	implied bool // created as the parent of a [header] or [[header]]
-	array   bool // a list made of [[header]] tables, which [[header]] extends
+	path    *pathRef
+	header  bool           // defined by a [header]
+	dotted  bool           // created by a dotted key (a.b = 1)
+	inline  bool           // an inline table { ... }: complete as written
+	implied bool           // created as the parent of a [header] or [[header]]
+	array   bool           // a list made of [[header]] tables, which [[header]] extends
+	fields  map[string]int // the index of each key in the table's fields
 }
 
 type tomlBuilder struct {
@@ -57,24 +63,74 @@ type tomlBuilder struct {
 	lines    []int
 	meta     map[*node]*tomlTable
 	nodes    int
-	problems []problem
+	tooBig   string // why building stopped: the tree is too large or too deep
+	problems problems
 }
 
-func (b *tomlBuilder) table(line int, path string) *node {
+// tooDeep and tooLarge are the messages of a tree past maxDepth or
+// maxNodes.
+const (
+	tooDeep  = "the document is nested more than 64 levels deep (keys, tables, arrays and inline tables together)"
+	tooLarge = "the document is too large: more than 100000 values"
+)
+
+// count counts a new node at path, and reports whether the tree may
+// still grow.
+func (b *tomlBuilder) count(path *pathRef) bool {
 	b.nodes++
+	switch {
+	case b.tooBig != "":
+	case path.level() > maxDepth:
+		b.tooBig = tooDeep
+	case b.nodes > maxNodes:
+		b.tooBig = tooLarge
+	}
+	return b.tooBig == ""
+}
+
+func (b *tomlBuilder) table(line int, path *pathRef) *node {
+	b.count(path)
 	n := &node{kind: kindMap, line: line}
 	b.meta[n] = &tomlTable{path: path}
 	return n
 }
 
-func (b *tomlBuilder) problemf(line int, path, format string, args ...any) {
-	b.problems = append(b.problems, problem{line: line, path: path, msg: fmt.Sprintf(format, args...)})
+// get returns the field of table t with key k, or nil. A table may have
+// tens of thousands of keys: they are looked up in a map, not one by one.
+func (b *tomlBuilder) get(t *node, k string) *field {
+	m := b.meta[t]
+	if m.fields == nil {
+		return t.get(k) // not indexed (yet): it has no keys
+	}
+	if i, ok := m.fields[k]; ok {
+		return &t.fields[i]
+	}
+	return nil
 }
 
-// keys returns the parts of a (possibly dotted) key and the line of each.
+// add adds a field to table t.
+func (b *tomlBuilder) add(t *node, f field) {
+	m := b.meta[t]
+	if m.fields == nil {
+		m.fields = map[string]int{}
+	}
+	m.fields[f.key] = len(t.fields)
+	t.fields = append(t.fields, f)
+}
+
+func (b *tomlBuilder) problemf(line int, path *pathRef, format string, args ...any) {
+	b.problems.addf(line, path, format, args...)
+}
+
+// keys returns the parts of a (possibly dotted) key and the line of each,
+// or nil if the key has more parts than the tree may be deep.
 func (b *tomlBuilder) keys(e *unstable.Node) (parts []string, lines []int) {
 	it := e.Key()
 	for it.Next() {
+		if len(parts) == maxDepth {
+			b.tooBig = tooDeep
+			return nil, nil
+		}
 		k := it.Node()
 		parts = append(parts, string(k.Data))
 		lines = append(lines, b.lineOf(k.Raw))
@@ -87,40 +143,44 @@ func (b *tomlBuilder) keys(e *unstable.Node) (parts []string, lines []int) {
 // keys under a bad header are neither lost silently nor reported twice.
 func (b *tomlBuilder) header(root *node, e *unstable.Node) *node {
 	parts, lines := b.keys(e)
+	if parts == nil {
+		return b.table(0, nil) // too deep: tomlTree stops
+	}
 	line := lines[0]
 	name := strings.Join(parts, ".") // as the header wrote it
 	t := root
 	for i, k := range parts[:len(parts)-1] {
-		path := b.meta[t].path
-		f := t.get(k)
+		path := b.meta[t].path.child(k)
+		f := b.get(t, k)
 		if f == nil {
-			sub := b.table(line, joinPath(path, k))
+			sub := b.table(line, path)
 			b.meta[sub].implied = true
-			t.fields = append(t.fields, field{key: k, line: lines[i], value: sub})
+			b.add(t, field{key: k, line: lines[i], value: sub})
 			t = sub
 			continue
 		}
-		next := b.descend(f, joinPath(path, k), line)
+		next := b.descend(f, path, line)
 		if next == nil {
-			return b.table(line, "")
+			return b.table(line, nil)
 		}
 		t = next
 	}
 	k := parts[len(parts)-1]
-	path := joinPath(b.meta[t].path, k)
-	f := t.get(k)
+	path := b.meta[t].path.child(k)
+	f := b.get(t, k)
 	if e.Kind == unstable.ArrayTable {
 		if f == nil {
+			b.count(path)
 			list := &node{kind: kindList, line: line}
 			b.meta[list] = &tomlTable{path: path, array: true}
-			t.fields = append(t.fields, field{key: k, line: line, value: list})
+			b.add(t, field{key: k, line: line, value: list})
 			f = &t.fields[len(t.fields)-1]
 		}
 		if m := b.meta[f.value]; f.value.kind != kindList || m == nil || !m.array {
 			b.problemf(line, path, "[[%s]] adds a table to a list, but %s is already set on line %d", name, k, f.line)
-			return b.table(line, "")
+			return b.table(line, nil)
 		}
-		item := b.table(line, indexPath(path, len(f.value.items)))
+		item := b.table(line, path.item(len(f.value.items)))
 		b.meta[item].header = true
 		f.value.items = append(f.value.items, item)
 		return item
@@ -128,7 +188,7 @@ func (b *tomlBuilder) header(root *node, e *unstable.Node) *node {
 	if f == nil {
 		sub := b.table(line, path)
 		b.meta[sub].header = true
-		t.fields = append(t.fields, field{key: k, line: line, value: sub})
+		b.add(t, field{key: k, line: line, value: sub})
 		return sub
 	}
 	if m := b.meta[f.value]; f.value.kind == kindMap && m != nil && m.implied && !m.header {
@@ -136,12 +196,12 @@ func (b *tomlBuilder) header(root *node, e *unstable.Node) *node {
 		return f.value
 	}
 	b.problemf(line, path, "[%s] is defined twice (first on line %d)", name, f.line)
-	return b.table(line, "")
+	return b.table(line, nil)
 }
 
 // descend steps into the table a key of a header names: a table, or the
 // last table of a [[list]]. It reports and returns nil for anything else.
-func (b *tomlBuilder) descend(f *field, path string, line int) *node {
+func (b *tomlBuilder) descend(f *field, path *pathRef, line int) *node {
 	m := b.meta[f.value]
 	switch {
 	case m == nil:
@@ -157,13 +217,16 @@ func (b *tomlBuilder) descend(f *field, path string, line int) *node {
 // keyValue adds a key/value expression (or an inline table's member) to t.
 func (b *tomlBuilder) keyValue(t *node, e *unstable.Node) {
 	parts, lines := b.keys(e)
+	if parts == nil {
+		return // too deep: tomlTree stops
+	}
 	for i, k := range parts[:len(parts)-1] {
-		path := joinPath(b.meta[t].path, k)
-		f := t.get(k)
+		path := b.meta[t].path.child(k)
+		f := b.get(t, k)
 		if f == nil {
 			sub := b.table(lines[i], path)
 			b.meta[sub].dotted = true
-			t.fields = append(t.fields, field{key: k, line: lines[i], value: sub})
+			b.add(t, field{key: k, line: lines[i], value: sub})
 			t = sub
 			continue
 		}
@@ -174,20 +237,32 @@ func (b *tomlBuilder) keyValue(t *node, e *unstable.Node) {
 		t = f.value
 	}
 	k, line := parts[len(parts)-1], lines[len(lines)-1]
-	path := joinPath(b.meta[t].path, k)
-	if f := t.get(k); f != nil {
+	path := b.meta[t].path.child(k)
+	if f := b.get(t, k); f != nil {
 		b.problemf(line, path, "set twice (first on line %d)", f.line)
 		return
 	}
-	t.fields = append(t.fields, field{key: k, line: line, value: b.value(e.Value(), path, line)})
+	b.add(t, field{key: k, line: line, value: b.value(e.Value(), path, line)})
 }
 
 // value converts a TOML value; line is the line of its key, for the values
-// (arrays) that have no position of their own.
-func (b *tomlBuilder) value(v *unstable.Node, path string, line int) *node {
-	b.nodes++
+// (arrays) that have no position of their own. Past the tree's bounds it
+// stops converting (tomlTree then gives up).
+func (b *tomlBuilder) value(v *unstable.Node, path *pathRef, line int) *node {
 	if v.Raw.Length > 0 {
 		line = b.lineOf(v.Raw)
+	}
+	if v.Kind == unstable.InlineTable {
+		t := b.table(line, path)
+		it := v.Children()
+		for it.Next() && b.tooBig == "" {
+			b.keyValue(t, it.Node())
+		}
+		b.markInline(t)
+		return t
+	}
+	if !b.count(path) {
+		return &node{kind: kindNull, line: line}
 	}
 	n := &node{line: line, text: string(v.Data)}
 	switch v.Kind {
@@ -202,17 +277,9 @@ func (b *tomlBuilder) value(v *unstable.Node, path string, line int) *node {
 	case unstable.Array:
 		n.kind, n.text = kindList, ""
 		it := v.Children()
-		for it.Next() {
-			n.items = append(n.items, b.value(it.Node(), indexPath(path, len(n.items)), line))
+		for it.Next() && b.tooBig == "" {
+			n.items = append(n.items, b.value(it.Node(), path.item(len(n.items)), line))
 		}
-	case unstable.InlineTable:
-		t := b.table(line, path)
-		it := v.Children()
-		for it.Next() {
-			b.keyValue(t, it.Node())
-		}
-		b.markInline(t)
-		return t
 	default: // dates and times
 		n.kind = kindTime
 	}

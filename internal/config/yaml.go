@@ -16,51 +16,57 @@ import (
 // yamlTree parses a YAML document into a tree. Problems that are not
 // syntax errors (a key given twice) are returned beside the tree; a syntax
 // error is the error, with no tree.
-func yamlTree(data []byte) (root *node, problems []problem, err error) {
+func yamlTree(data []byte) (root *node, ps problems, err error) {
 	// The parser reports its errors by panicking and recovering inside;
 	// anything else that escapes it is a bug of the library, which must
 	// not take pj down during a reload.
 	defer func() {
 		if v := recover(); v != nil {
-			root, problems, err = nil, nil, &syntaxError{msg: fmt.Sprintf("the YAML parser failed: %v", v)}
+			root, ps, err = nil, problems{}, &syntaxError{msg: fmt.Sprintf("the YAML parser failed: %v", v)}
 		}
 	}()
+	// Values begin after a line end, a comma, a bracket, a brace, a colon,
+	// a dash or a question mark.
+	if err := checkSeparators(data, "\n,[{:-?"); err != nil {
+		return nil, problems{}, err
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	switch err := dec.Decode(&doc); {
 	case errors.Is(err, io.EOF):
-		return &node{kind: kindMap, line: 1}, nil, nil // an empty file
+		return &node{kind: kindMap, line: 1}, problems{}, nil // an empty file
 	case err != nil:
-		return nil, nil, yamlSyntaxError(err, data)
+		return nil, problems{}, yamlSyntaxError(err, data)
 	}
 	var second yaml.Node
 	switch err := dec.Decode(&second); {
 	case errors.Is(err, io.EOF):
 	case err != nil:
-		return nil, nil, yamlSyntaxError(err, data)
+		return nil, problems{}, yamlSyntaxError(err, data)
 	default:
-		return nil, nil, &syntaxError{line: second.Line, msg: "a second YAML document (after ---): a configuration file holds one"}
+		return nil, problems{}, &syntaxError{line: second.Line, msg: "a second YAML document (after ---): a configuration file holds one"}
 	}
 
 	c := yamlConverter{active: map[*yaml.Node]bool{}}
 	top := &doc
 	if doc.Kind == yaml.DocumentNode {
 		if len(doc.Content) == 0 {
-			return &node{kind: kindMap, line: 1}, nil, nil
+			return &node{kind: kindMap, line: 1}, problems{}, nil
 		}
 		top = doc.Content[0]
 	}
-	root = c.convert(top, "", 0)
+	root = c.convert(top, nil, 0)
 	if root.kind == kindNull { // a file of comments, or "~"
 		root = &node{kind: kindMap, line: root.line}
 	}
-	if c.tooBig {
-		return nil, nil, &syntaxError{line: top.Line, msg: tooBigMessage}
+	if c.tooBig != "" {
+		return nil, problems{}, &syntaxError{line: top.Line, msg: c.tooBig}
 	}
 	return root, c.problems, nil
 }
 
-const tooBigMessage = "the document is too large or too deeply nested (YAML aliases repeat what they refer to)"
+// tooLargeYAML is tooLarge, with why a small YAML file can be one.
+const tooLargeYAML = tooLarge + " (YAML aliases repeat what they refer to)"
 
 // yamlErrorLine matches the position the YAML parser puts in its messages.
 var yamlErrorLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
@@ -111,18 +117,23 @@ func yamlSyntaxError(err error, data []byte) error {
 
 type yamlConverter struct {
 	nodes    int
-	tooBig   bool
+	tooBig   string              // why converting stopped: the tree is too large or too deep
 	active   map[*yaml.Node]bool // the collections being converted: an alias to one is a cycle
-	problems []problem
+	problems problems
 }
 
-// convert turns a YAML node into a tree node; path names it in messages.
-func (c *yamlConverter) convert(y *yaml.Node, path string, depth int) *node {
+// convert turns a YAML node into a tree node; path names it in messages,
+// and depth counts the nodes above it, aliases and merges included.
+func (c *yamlConverter) convert(y *yaml.Node, path *pathRef, depth int) *node {
 	c.nodes++
-	if c.nodes > maxNodes || depth > maxDepth {
-		c.tooBig = true
+	switch {
+	case c.tooBig != "":
+	case depth > maxDepth:
+		c.tooBig = tooDeep
+	case c.nodes > maxNodes:
+		c.tooBig = tooLargeYAML
 	}
-	if c.tooBig {
+	if c.tooBig != "" {
 		return &node{kind: kindNull, line: y.Line}
 	}
 	switch y.Kind {
@@ -131,7 +142,7 @@ func (c *yamlConverter) convert(y *yaml.Node, path string, depth int) *node {
 			return &node{kind: kindNull, line: y.Line}
 		}
 		if c.active[y.Alias] {
-			c.problems = append(c.problems, problem{line: y.Line, path: path, msg: fmt.Sprintf("the alias *%s is inside the value it refers to", y.Value)})
+			c.problems.addf(y.Line, path, "the alias *%s is inside the value it refers to", y.Value)
 			return &node{kind: kindNull, line: y.Line}
 		}
 		n := c.convert(y.Alias, path, depth+1)
@@ -140,9 +151,12 @@ func (c *yamlConverter) convert(y *yaml.Node, path string, depth int) *node {
 	case yaml.SequenceNode:
 		c.active[y] = true
 		defer delete(c.active, y)
-		n := &node{kind: kindList, line: y.Line, items: make([]*node, 0, len(y.Content))}
+		n := &node{kind: kindList, line: y.Line, items: make([]*node, 0, min(len(y.Content), maxNodes))}
 		for i, item := range y.Content {
-			n.items = append(n.items, c.convert(item, indexPath(path, i), depth+1))
+			if c.tooBig != "" {
+				break
+			}
+			n.items = append(n.items, c.convert(item, path.item(i), depth+1))
 		}
 		return n
 	case yaml.MappingNode:
@@ -177,27 +191,26 @@ func (c *yamlConverter) convert(y *yaml.Node, path string, depth int) *node {
 // mapping converts a YAML mapping. Keys given twice are problems; "<<"
 // merges other mappings in (YAML 1.1 merge keys, common with anchors):
 // their keys apply where the mapping does not set its own.
-func (c *yamlConverter) mapping(y *yaml.Node, path string, depth int) *node {
+func (c *yamlConverter) mapping(y *yaml.Node, path *pathRef, depth int) *node {
 	n := &node{kind: kindMap, line: y.Line}
 	seen := make(map[string]int, len(y.Content)/2)
 	var merges []*yaml.Node
-	for i := 0; i+1 < len(y.Content); i += 2 {
+	for i := 0; i+1 < len(y.Content) && c.tooBig == ""; i += 2 {
 		k, v := y.Content[i], y.Content[i+1]
 		if k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge" {
 			merges = append(merges, v)
 			continue
 		}
 		if k.Kind != yaml.ScalarNode {
-			c.problems = append(c.problems, problem{line: k.Line, path: path, msg: "a key must be a plain name, not " + yamlKindName(k)})
+			c.problems.addf(k.Line, path, "a key must be a plain name, not %s", yamlKindName(k))
 			continue
 		}
-		kpath := joinPath(path, k.Value)
 		if first, dup := seen[k.Value]; dup {
-			c.problems = append(c.problems, problem{line: k.Line, path: kpath, msg: fmt.Sprintf("set twice (first on line %d)", first)})
+			c.problems.addf(k.Line, path.child(k.Value), "set twice (first on line %d)", first)
 			continue
 		}
 		seen[k.Value] = k.Line
-		n.fields = append(n.fields, field{key: k.Value, line: k.Line, value: c.convert(v, kpath, depth+1)})
+		n.fields = append(n.fields, field{key: k.Value, line: k.Line, value: c.convert(v, path.child(k.Value), depth+1)})
 	}
 	for _, m := range merges {
 		sources := []*yaml.Node{m}
@@ -207,7 +220,9 @@ func (c *yamlConverter) mapping(y *yaml.Node, path string, depth int) *node {
 		for _, src := range sources {
 			merged := c.convert(src, path, depth+1)
 			if merged.kind != kindMap {
-				c.problems = append(c.problems, problem{line: src.Line, path: joinPath(path, "<<"), msg: "expected an object (or a list of them) to merge, got " + merged.kind.String()})
+				if c.tooBig == "" {
+					c.problems.addf(src.Line, path.child("<<"), "expected an object (or a list of them) to merge, got %s", merged.kind)
+				}
 				continue
 			}
 			for _, f := range merged.fields {
