@@ -189,3 +189,56 @@ func TestWatchFollowsRenameOverAndSymlinkSwap(t *testing.T) {
 	})
 	p.stderr.WaitLines(t, `trigger="file changed"`, 2)
 }
+
+func TestWatchSurvivesHostileFiles(t *testing.T) {
+	// Under --watch, whatever replaces the file, a bad reload changes
+	// nothing: not a link to /dev/zero (which never ends), not a FIFO
+	// (which blocks whoever opens it), not TOML nested 100 000 deep (which
+	// once took gigabytes and killed pj).
+	a1, a2 := testutil.Identify(t, "a1"), testutil.Identify(t, "a2")
+	x := testutil.ClosedAddr(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pj.toml")
+	good := func(backend string) string {
+		return fmt.Sprintf("[[proxies]]\nname = \"web\"\nlisten = %q\nbackends = [%q]\n", x, backend)
+	}
+	writeAtomically(t, path, good(a1))
+	p := startPJ(t, 1, "", "-c", path, "--watch")
+
+	swap := func(make func(tmp string) error) {
+		t.Helper()
+		tmp := filepath.Join(dir, "next")
+		if err := make(tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, bad := range []struct {
+		name string
+		make func(tmp string) error
+		says string
+	}{
+		{"a link to /dev/zero", func(tmp string) error { return os.Symlink("/dev/zero", tmp) }, "not a regular file"},
+		{"a FIFO", func(tmp string) error { return syscall.Mkfifo(tmp, 0o600) }, "not a regular file"},
+		{"TOML nested 100 000 deep", func(tmp string) error {
+			return os.WriteFile(tmp, []byte("x"+strings.Repeat(".a", 100_000)+" = 1\n"), 0o600)
+		}, "nested"},
+	} {
+		swap(bad.make)
+		line := p.stderr.WaitLines(t, "reload failed", i+1)[i]
+		if !strings.Contains(line, bad.says) {
+			t.Fatalf("%s: %q does not say %q", bad.name, line, bad.says)
+		}
+		if got, err := testutil.Ask(x); err != nil || got != "a1" {
+			t.Fatalf("after %s, web answered %q, %v; the running configuration must go on", bad.name, got, err)
+		}
+	}
+	// Still watching, still reloading.
+	swap(func(tmp string) error { return os.WriteFile(tmp, []byte(good(a2)), 0o600) })
+	testutil.WaitFor(t, 10*time.Second, "a good file to be applied after the bad ones", func() bool {
+		got, err := testutil.Ask(x)
+		return err == nil && got == "a2"
+	})
+}

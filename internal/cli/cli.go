@@ -268,9 +268,9 @@ func loadConfig(f *flags, lookupEnv func(string) (string, bool)) (config.Config,
 	if err := f.checkFlags(); err != nil {
 		return config.Config{}, err
 	}
-	data, err := os.ReadFile(f.configFile)
+	data, err := config.ReadFile(f.configFile)
 	if err != nil {
-		return config.Config{}, fmt.Errorf("read configuration file: %w", err)
+		return config.Config{}, err
 	}
 	cfg, err := config.Decode(f.configFile, data, lookupEnv, config.Overrides(f.cfg, f.given...)...)
 	if err != nil {
