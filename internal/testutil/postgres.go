@@ -1,0 +1,239 @@
+package testutil
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Cert is a self-signed certificate for some DNS names, valid for a day,
+// in every form a test needs.
+type Cert struct {
+	TLS     tls.Certificate
+	Pool    *x509.CertPool // trusts it
+	CertPEM []byte
+	KeyPEM  []byte
+}
+
+// SelfSigned makes a Cert for names (the first is also its common name).
+func SelfSigned(t testing.TB, names ...string) Cert {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: names[0]},
+		DNSNames:              names,
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return Cert{
+		TLS:     tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf},
+		Pool:    pool,
+		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
+	}
+}
+
+// LookTool finds a program a test runs (psql, ssh). Without it the test
+// skips, unless PJ_REQUIRE_CLIENTS is set, as .ci/run sets it once it has
+// installed them: then a missing program is a failure.
+func LookTool(t testing.TB, name string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	missing(t, name+" is not installed")
+	return ""
+}
+
+func missing(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("PJ_REQUIRE_CLIENTS") != "" {
+		t.Fatalf("%s (PJ_REQUIRE_CLIENTS is set, so this is a failure)", why)
+	}
+	t.Skip(why)
+}
+
+// Postgres is a real PostgreSQL server on loopback.
+type Postgres struct {
+	Addr    string // host:port of its TCP listener
+	CAFile  string // the certificate it serves, for sslrootcert
+	DataDir string
+}
+
+// StartPostgres runs a PostgreSQL server (Debian's postgresql package)
+// with ssl=on and cert, on a loopback port, in a new cluster in a
+// temporary directory, until the test ends. Every connection is trusted:
+// user postgres, no password. Run as root, its programs run as the
+// postgres user, which they insist on.
+func StartPostgres(t testing.TB, cert Cert) *Postgres {
+	t.Helper()
+	bin := postgresBin()
+	if bin == "" {
+		missing(t, "PostgreSQL's server programs (initdb, postgres) are not installed")
+	}
+	dir := t.TempDir()
+	var as *syscall.Credential
+	uid, gid := -1, -1
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			missing(t, "running as root and there is no postgres user to run PostgreSQL as")
+		}
+		uid, _ = strconv.Atoi(u.Uid)
+		gid, _ = strconv.Atoi(u.Gid)
+		as = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	}
+	// The server must reach its directory: t.TempDir's parent is private
+	// to the test's user.
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	certFile, keyFile := filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+	for f, b := range map[string][]byte{certFile: cert.CertPEM, keyFile: cert.KeyPEM} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if uid >= 0 {
+		for _, f := range []string{dir, certFile, keyFile} {
+			if err := os.Chown(f, uid, gid); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	data := filepath.Join(dir, "data")
+	command := func(ctx context.Context, name string, args ...string) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, filepath.Join(bin, name), args...)
+		cmd.Dir = dir
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: as}
+		cmd.WaitDelay = 5 * time.Second
+		return cmd
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if out, err := command(ctx, "initdb", "-D", data, "-A", "trust", "-U", "postgres",
+		"-E", "UTF8", "--no-sync", "--no-instructions").CombinedOutput(); err != nil {
+		t.Fatalf("initdb: %v\n%s", err, out)
+	}
+
+	addr := ClosedAddr(t)
+	host, port, _ := net.SplitHostPort(addr)
+	server := command(context.Background(), "postgres", "-D", data,
+		"-c", "listen_addresses="+host, "-c", "port="+port, "-c", "unix_socket_directories="+dir,
+		"-c", "ssl=on", "-c", "ssl_cert_file="+certFile, "-c", "ssl_key_file="+keyFile,
+		"-c", "fsync=off", "-c", "full_page_writes=off")
+	var log lockedBuffer
+	server.Stdout, server.Stderr = &log, &log
+	if err := server.Start(); err != nil {
+		t.Fatalf("postgres: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = server.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		// SIGINT is PostgreSQL's fast shutdown: sessions are cut.
+		_ = server.Process.Signal(syscall.SIGINT)
+		select {
+		case <-exited:
+		case <-time.After(15 * time.Second):
+			_ = server.Process.Kill()
+			<-exited
+		}
+	})
+
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if command(ctx, "pg_isready", "-q", "-h", host, "-p", port).Run() == nil {
+			break
+		}
+		select {
+		case <-exited:
+			t.Fatalf("postgres exited at start:\n%s", log.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("postgres not ready within a minute:\n%s", log.String())
+		}
+	}
+	return &Postgres{Addr: addr, CAFile: certFile, DataDir: data}
+}
+
+// postgresBin is the directory of the newest installed PostgreSQL's
+// server programs, or "".
+func postgresBin() string {
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	slices.SortFunc(dirs, func(a, b string) int {
+		va, _ := strconv.Atoi(filepath.Base(filepath.Dir(a)))
+		vb, _ := strconv.Atoi(filepath.Base(filepath.Dir(b)))
+		return vb - va
+	})
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+			return d
+		}
+	}
+	if p, err := exec.LookPath("initdb"); err == nil {
+		return filepath.Dir(p)
+	}
+	return ""
+}
+
+// lockedBuffer is a bytes.Buffer that a process and a test share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
