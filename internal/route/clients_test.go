@@ -9,20 +9,15 @@ package route
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -130,37 +125,6 @@ func (f *peekFront) next(t *testing.T) Decision {
 	return Decision{}
 }
 
-// testCert is a self-signed certificate for the names the tests route.
-func testCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "pj route test"},
-		DNSNames:              []string{"db.example.com", "app.example.com"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
-}
-
 // tlsEcho is a TLS server that answers each line with "name: line".
 func tlsEcho(t *testing.T, name string, cert tls.Certificate) string {
 	t.Helper()
@@ -225,14 +189,14 @@ func tlsAsk(t *testing.T, c net.Conn, cfg *tls.Config) string {
 // crypto/tls clients, post-quantum or not, are routed by their names and
 // offered protocols, and their handshake goes through untouched.
 func TestRealTLSClients(t *testing.T) {
-	cert, pool := testCert(t)
+	cert := testutil.SelfSigned(t, "app.example.com", "db.example.com")
 	tab := mustTable(t,
 		Match{SNI: []string{"app.example.com"}},
 		Match{ALPN: []string{"h2"}},
 		Match{},
 	)
 	front := startFront(t, tab, 5*time.Second,
-		tlsEcho(t, "app", cert), tlsEcho(t, "h2", cert), tlsEcho(t, "default", cert))
+		tlsEcho(t, "app", cert.TLS), tlsEcho(t, "h2", cert.TLS), tlsEcho(t, "default", cert.TLS))
 	cases := []struct {
 		name   string
 		sni    string
@@ -249,7 +213,7 @@ func TestRealTLSClients(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			c := testutil.Dial(t, front.addr)
-			got := tlsAsk(t, c, &tls.Config{ServerName: tc.sni, NextProtos: tc.alpn, CurvePreferences: tc.curves, RootCAs: pool})
+			got := tlsAsk(t, c, &tls.Config{ServerName: tc.sni, NextProtos: tc.alpn, CurvePreferences: tc.curves, RootCAs: cert.Pool})
 			dec := front.next(t)
 			if dec.Route != tc.route || dec.SNI != tc.sni || !slices.Equal(dec.ALPN, tc.alpn) || got != tc.answer {
 				t.Fatalf("route %d sni %q alpn %q answer %q; want %d %q %q %q",
@@ -281,12 +245,12 @@ func TestHelloTrickledOverLoopback(t *testing.T) {
 // once told 'S', a TLS handshake naming the server. TLS runs end to end:
 // the client verifies the database's certificate, not pj's.
 func TestPostgresBySNI(t *testing.T) {
-	cert, pool := testCert(t)
+	cert := testutil.SelfSigned(t, "db.example.com", "app.example.com")
 	tab := mustTable(t,
 		Match{Protocol: ProtocolPostgres, SNI: []string{"db.example.com"}},
 		Match{Protocol: ProtocolPostgres},
 	)
-	front := startFront(t, tab, 5*time.Second, pgBackend(t, "db", cert), pgBackend(t, "other", cert))
+	front := startFront(t, tab, 5*time.Second, pgBackend(t, "db", cert.TLS), pgBackend(t, "other", cert.TLS))
 	for _, tc := range []struct {
 		name, sni, answer string
 		route             int
@@ -303,7 +267,7 @@ func TestPostgresBySNI(t *testing.T) {
 				pgAsk(t, c, gssencRequest, 'N')
 			}
 			pgAsk(t, c, sslRequest, 'S')
-			got := tlsAsk(t, c, &tls.Config{ServerName: tc.sni, RootCAs: pool})
+			got := tlsAsk(t, c, &tls.Config{ServerName: tc.sni, RootCAs: cert.Pool})
 			dec := front.next(t)
 			if got != tc.answer || dec.Route != tc.route || dec.SNI != tc.sni || dec.Protocol != ProtocolPostgres {
 				t.Fatalf("answer %q, decision %+v", got, dec)
@@ -326,7 +290,7 @@ func pgAsk(t *testing.T, c net.Conn, req []byte, want byte) {
 // psql itself: libpq sends the SSLRequest, takes pj's 'S', and sends a
 // ClientHello naming the host it was given.
 func TestPsqlBySNI(t *testing.T) {
-	psql := lookTool(t, "psql")
+	psql := testutil.LookTool(t, "psql")
 	tab := mustTable(t, Match{Protocol: ProtocolPostgres, SNI: []string{"db.example.com"}}, Match{})
 	front := startFront(t, tab, 5*time.Second)
 	host, port, _ := net.SplitHostPort(front.addr)
@@ -343,9 +307,34 @@ func TestPsqlBySNI(t *testing.T) {
 	}
 }
 
+// psql through the front to a real PostgreSQL server with ssl=on: pj
+// answers the SSLRequest, routes on the ClientHello, replays the request
+// to the server and swallows its 'S'. psql verifies the server's own
+// certificate (sslmode=verify-full): TLS runs from psql to PostgreSQL.
+func TestPsqlToRealPostgres(t *testing.T) {
+	psql := testutil.LookTool(t, "psql")
+	pg := testutil.StartPostgres(t, testutil.SelfSigned(t, "db.example.com"))
+	tab := mustTable(t, Match{Protocol: ProtocolPostgres, SNI: []string{"db.example.com"}}, Match{})
+	front := startFront(t, tab, 5*time.Second, pg.Addr)
+	host, port, _ := net.SplitHostPort(front.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, psql, "-Atc", "select ssl, version from pg_stat_ssl where pid = pg_backend_pid()",
+		"host=db.example.com hostaddr="+host+" port="+port+" user=postgres dbname=postgres "+
+			"sslmode=verify-full sslrootcert="+pg.CAFile+" connect_timeout=10")
+	cmd.Env = append(os.Environ(), "PGGSSENCMODE=disable")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "t|TLSv1.3") {
+		t.Fatalf("psql through the front: %v\n%s", err, out)
+	}
+	if dec := front.next(t); dec.Route != 0 || dec.SNI != "db.example.com" || dec.Prelude != 8 {
+		t.Fatalf("decision %+v", dec)
+	}
+}
+
 // OpenSSH's client sends its identification string first.
 func TestSSHClient(t *testing.T) {
-	ssh := lookTool(t, "ssh")
+	ssh := testutil.LookTool(t, "ssh")
 	tab := mustTable(t, Match{Protocol: ProtocolSSH}, Match{})
 	front := startFront(t, tab, 5*time.Second)
 	host, port, _ := net.SplitHostPort(front.addr)
@@ -392,19 +381,4 @@ func TestSilentClient(t *testing.T) {
 		t.Fatalf("route %d, want the default", dec.Route)
 	}
 	_ = c.Close()
-}
-
-// lookTool finds a client program; without it the test skips, unless
-// PJ_REQUIRE_CLIENTS is set (as .ci/run sets it, having installed them).
-func lookTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("PJ_REQUIRE_CLIENTS") != "" {
-		t.Fatalf("%s is not installed (PJ_REQUIRE_CLIENTS is set, so this is a failure)", name)
-	}
-	t.Skipf("%s is not installed", name)
-	return ""
 }
