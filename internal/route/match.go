@@ -24,6 +24,13 @@ type Match struct {
 	Source []netip.Prefix
 }
 
+// Check tells why the match cannot be used, or nil: a bad server name,
+// an empty ALPN name, sni or alpn with a protocol that has no ClientHello.
+func (m *Match) Check() error {
+	_, err := newRule(m)
+	return err
+}
+
 // needsBytes says whether the match can only be told from what the
 // client sends.
 func (m *Match) needsBytes() bool {
@@ -61,7 +68,7 @@ func newRule(m *Match) (rule, error) {
 	}
 	for _, s := range m.SNI {
 		if err := CheckSNI(s); err != nil {
-			return rule{}, err
+			return rule{}, fmt.Errorf("sni: %w", err)
 		}
 		s = strings.ToLower(s)
 		if suffix, ok := strings.CutPrefix(s, "*"); ok {
@@ -91,22 +98,22 @@ func CheckSNI(s string) error {
 	name := strings.TrimPrefix(s, "*.")
 	switch {
 	case s == "":
-		return fmt.Errorf("sni: an empty name")
+		return fmt.Errorf("an empty name")
 	case s == "*" || name == "":
-		return fmt.Errorf("sni: %q names no server; a route without sni takes every name", s)
+		return fmt.Errorf("%q names no server; a route without sni takes every name", s)
 	case strings.HasSuffix(name, "."):
-		return fmt.Errorf("sni: %q ends in a dot; clients send names without it", s)
+		return fmt.Errorf("%q ends in a dot; clients send names without it", s)
 	case len(name) > 253:
-		return fmt.Errorf("sni: %q is longer than a DNS name may be (253)", s)
+		return fmt.Errorf("%q is longer than a DNS name may be (253)", s)
 	}
 	for label := range strings.SplitSeq(name, ".") {
 		if label == "" || len(label) > 63 {
-			return fmt.Errorf("sni: %q has an empty label or one longer than 63", s)
+			return fmt.Errorf("%q has an empty label or one longer than 63", s)
 		}
 		for i := 0; i < len(label); i++ {
 			c := label[i]
 			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
-				return fmt.Errorf("sni: %q has %q; write a name in letters, digits, '-' and '.' "+
+				return fmt.Errorf("%q has %q; write a name in letters, digits, '-' and '.' "+
 					"(xn-- for an internationalised name, \"*.\" only in front)", s, c)
 			}
 		}

@@ -3,6 +3,7 @@ package route
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 )
 
 // Protocol is what a client speaks, as told by its first bytes.
@@ -29,6 +30,9 @@ func (p Protocol) String() string {
 	}
 	return fmt.Sprintf("Protocol(%d)", uint8(p))
 }
+
+// ProtocolNames lists the names a Match's protocol may be given by.
+func ProtocolNames() []string { return slices.Clone(protocolNames[ProtocolTLS:]) }
 
 // ParseProtocol is the inverse of String for the four protocols.
 func ParseProtocol(s string) (Protocol, error) {

@@ -56,6 +56,9 @@ func TestProtocolFirstBytes(t *testing.T) {
 }
 
 func TestParseProtocol(t *testing.T) {
+	if got := ProtocolNames(); len(got) != int(numProtocols)-1 || got[0] != "tls" || got[3] != "postgres" {
+		t.Errorf("ProtocolNames = %q", got)
+	}
 	for p := ProtocolTLS; p < numProtocols; p++ {
 		got, err := ParseProtocol(p.String())
 		if err != nil || got != p {
