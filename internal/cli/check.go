@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/route"
 )
 
 // newCheckCmd is "pj check": load and validate exactly what pj would run
@@ -67,24 +68,51 @@ func summary(c config.Config) string {
 		if p.Name != p.Listen {
 			name = fmt.Sprintf("%s on %s", p.Name, p.Listen)
 		}
-		backends := make([]string, len(p.Backends))
-		for i, be := range p.Backends {
-			backends[i] = be.Address
-			var notes []string
-			if be.Weight != 1 {
-				notes = append(notes, "weight "+strconv.Itoa(be.Weight))
-			}
-			if be.Backup {
-				notes = append(notes, "backup")
-			}
-			if len(notes) > 0 {
-				backends[i] += " (" + strings.Join(notes, ", ") + ")"
-			}
+		if len(p.Routes) > 0 {
+			routesSummary(&b, name, p)
+			continue
 		}
-		fmt.Fprintf(&b, "proxy %s -> %s\n", name, strings.Join(backends, ", "))
+		fmt.Fprintf(&b, "proxy %s -> %s\n", name, backendList(p.Backends))
 		fmt.Fprintf(&b, "  %s\n", strings.Join(p.Summary(), "; "))
 	}
 	return b.String()
+}
+
+// routesSummary describes a proxy with routes: how routes are chosen,
+// the listener's settings, then each route, its match, its backends and
+// its settings.
+func routesSummary(b *strings.Builder, name string, p config.Proxy) {
+	how := "by client address alone"
+	if t, err := route.NewTable(p.Matches()); err == nil && t.Peeks() {
+		how = "by what clients send first, waiting at most " + p.MatchTimeout.String()
+	}
+	fmt.Fprintf(b, "proxy %s -> %s, chosen %s\n", name, plural(len(p.Routes), "route", "routes"), how)
+	if listener := p.Summary(); len(listener) > 0 {
+		fmt.Fprintf(b, "  %s\n", strings.Join(listener, "; "))
+	}
+	for _, r := range p.Routes {
+		fmt.Fprintf(b, "  route %s: %s -> %s\n", r.Name, r.Match.Describe(), backendList(r.Backends))
+		fmt.Fprintf(b, "    %s\n", strings.Join(r.Summary(), "; "))
+	}
+}
+
+// backendList writes backends with their weights and backup marks.
+func backendList(backends []config.Backend) string {
+	out := make([]string, len(backends))
+	for i, be := range backends {
+		out[i] = be.Address
+		var notes []string
+		if be.Weight != 1 {
+			notes = append(notes, "weight "+strconv.Itoa(be.Weight))
+		}
+		if be.Backup {
+			notes = append(notes, "backup")
+		}
+		if len(notes) > 0 {
+			out[i] += " (" + strings.Join(notes, ", ") + ")"
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 func plural(n int, one, many string) string {

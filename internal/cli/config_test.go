@@ -225,6 +225,22 @@ proxies:
 	}
 }
 
+// Until the listeners choose among routes, pj refuses a proxy with routes
+// at start-up, naming it, rather than serving it without backends; pj
+// check accepts it.
+func TestRoutesAreNotServedYet(t *testing.T) {
+	file := writeConfig(t, "pj.yaml", "proxies:\n  - name: edge\n    listen: 127.0.0.1:0\n    routes: [{backends: [127.0.0.1:1]}]\n")
+	err := Run(context.Background(), []string{"-c", file}, io.Discard, io.Discard,
+		WithLookupEnv(func(string) (string, bool) { return "", false }),
+		WithListening(func([]net.Addr) { t.Error("pj started listening") }))
+	if ExitCode(err) != 1 || !strings.Contains(err.Error(), "proxy edge: routes are not served") {
+		t.Fatalf("pj with routes: %v (exit %d), want a refusal naming the proxy", err, ExitCode(err))
+	}
+	if _, err := check(t, nil, "-c", file); err != nil {
+		t.Fatalf("pj check: %v", err)
+	}
+}
+
 func TestWatchNeedsAConfigFile(t *testing.T) {
 	err := Run(context.Background(), []string{"--watch", "-p", "127.0.0.1:0:127.0.0.1:1"}, io.Discard, io.Discard,
 		WithLookupEnv(func(string) (string, bool) { return "", false }),
@@ -319,6 +335,55 @@ proxy 127.0.0.1:0 -> 127.0.0.1:1
 	}
 }
 
+// pj check shows each route: what it takes, where it goes, and the
+// settings it does not share with pj's built-in ones.
+func TestCheckRoutes(t *testing.T) {
+	file := writeConfig(t, "pj.yaml", `proxies:
+  - name: edge
+    listen: 127.0.0.1:8443
+    match_timeout: 1s
+    allow: [10.0.0.0/8]
+    connect_timeout: 2s
+    routes:
+      - name: db
+        match: { protocol: postgres, sni: [db.example.com] }
+        backends: [10.0.0.5:5432, { address: 10.0.0.6:5432, backup: true }]
+      - match: { source: [10.1.0.0/16], alpn: [h2] }
+        backends: [10.0.0.9:443]
+        balance: least-conn
+      - backends: [10.0.0.8:443]
+  - listen: 127.0.0.1:8444
+    routes:
+      - match: { source: [10.1.0.0/16] }
+        backends: [10.0.0.9:443]
+      - backends: [10.0.0.8:443]
+`)
+	out, err := check(t, nil, "-c", file)
+	if err != nil {
+		t.Fatalf("pj check: %v", err)
+	}
+	want := "configuration from " + file + ` is valid: 2 proxies
+
+proxy edge on 127.0.0.1:8443 -> 3 routes, chosen by what clients send first, waiting at most 1s
+  allow 10.0.0.0/8
+  route db: protocol postgres; sni db.example.com -> 10.0.0.5:5432, 10.0.0.6:5432 (backup)
+    round-robin; connect timeout 2s; health checks every 2s (timeout 1s, rise 2, fall 3)
+  route edge#2: alpn h2; source 10.1.0.0/16 -> 10.0.0.9:443
+    least-conn; connect timeout 2s; no health checks
+  route edge#3: every connection -> 10.0.0.8:443
+    round-robin; connect timeout 2s; no health checks
+
+proxy 127.0.0.1:8444 -> 2 routes, chosen by client address alone
+  route 127.0.0.1:8444#1: source 10.1.0.0/16 -> 10.0.0.9:443
+    round-robin; no health checks
+  route 127.0.0.1:8444#2: every connection -> 10.0.0.8:443
+    round-robin; no health checks
+`
+	if out != want {
+		t.Errorf("summary:\n%s\nwant:\n%s", out, want)
+	}
+}
+
 // TestExamplesCheck runs pj check on every file of examples/: each must be
 // valid and show what the example is about.
 func TestExamplesCheck(t *testing.T) {
@@ -330,6 +395,12 @@ func TestExamplesCheck(t *testing.T) {
 		"ssh.yaml":      {"proxy ssh on 0.0.0.0:2222 -> 10.0.0.5:22"},
 		"web.yaml":      {"10.0.1.11:80 (weight 2)", "10.0.1.99:80 (backup)", "weighted-round-robin", "health checks every 1s"},
 		"database.toml": {"db-standby.internal:5432 (backup)", "health checks every 5s"},
+		"edge-443.yaml": {
+			"proxy edge on 0.0.0.0:443 -> 4 routes, chosen by what clients send first, waiting at most 5s",
+			"route ssh: protocol ssh -> 127.0.0.1:22",
+			"route app: sni app.example.com, *.app.example.com -> 10.0.1.10:443, 10.0.1.11:443\n    least-conn; idle timeout 5m",
+			"route fallback: every connection -> 10.0.2.10:443",
+		},
 	}
 	env := map[string]string{"PJ_WEB_LISTEN": "0.0.0.0:8080"}
 	for _, path := range examples {

@@ -92,6 +92,10 @@ type Settings struct {
 	// AcceptProxyProtocol reads a PROXY protocol header from clients in
 	// these ranges; nil means the listener does not expect one.
 	AcceptProxyProtocol *AcceptProxyProtocol
+
+	// MatchTimeout is how long a proxy with routes waits for the first
+	// bytes its routes need before it chooses on what it has.
+	MatchTimeout time.Duration
 }
 
 // ProxyVersion is the PROXY protocol version sent to backends: 0 (none),
@@ -148,6 +152,9 @@ type Proxy struct {
 	// ephemeral port.
 	Listen   string
 	Backends []Backend
+	// Routes, given instead of Backends, choose the destination of each
+	// connection by what the client sends first.
+	Routes []Route
 	Settings
 
 	// Source tells where the proxy was defined, for error messages:
@@ -176,6 +183,7 @@ func Default() Config {
 			ConnectTimeout: 5 * time.Second,
 			HealthCheck:    HealthCheck{Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
 			DNSRefresh:     10 * time.Second,
+			MatchTimeout:   DefaultMatchTimeout,
 		},
 	}
 }
@@ -256,14 +264,16 @@ func (c *Config) proxyProblems() []string {
 		} else if !dup {
 			byName[p.Name] = p
 		}
-		if len(p.Backends) == 0 {
+		if len(p.Routes) > 0 {
+			problems = append(problems, p.routeProblems()...)
+		} else if len(p.Backends) == 0 {
 			add("%s: no backends", where)
 		}
 		problems = append(problems, located(where, keyProblems(settingKeys, &p.Settings, &c.Defaults))...)
 		if _, _, err := SplitHostPort(p.Listen); err != nil {
 			add("%s: listen: %v", where, err)
 		}
-		problems = append(problems, located(where, p.backendProblems())...)
+		problems = append(problems, located(where, backendProblems(p.Backends))...)
 		key := listenKey(p.Listen)
 		if key == "" {
 			continue // port 0: every such listener gets a port of its own
@@ -281,13 +291,14 @@ func (c *Config) proxyProblems() []string {
 	return problems
 }
 
-// backendProblems checks the proxy's backends; a Weight of 0 becomes 1.
-func (p *Proxy) backendProblems() []string {
+// backendProblems checks a proxy's or a route's backends; a Weight of 0
+// becomes 1.
+func backendProblems(backends []Backend) []string {
 	var problems []string
 	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
-	seen := make(map[string]bool, len(p.Backends))
-	for j := range p.Backends {
-		b := &p.Backends[j]
+	seen := make(map[string]bool, len(backends))
+	for j := range backends {
+		b := &backends[j]
 		if IsSRV(b.Address) {
 			// an SRV name: ports come from its records
 		} else if host, port, err := SplitHostPort(b.Address); err != nil {
@@ -391,10 +402,17 @@ func (c Config) Summary() []string {
 }
 
 // Summary describes, for pj check, the proxy's balance algorithm, its
-// health checks and the settings that are not the built-in ones.
+// health checks and the settings that are not the built-in ones; for a
+// proxy with routes, those of its listener (each route has its Summary).
 func (p Proxy) Summary() []string {
 	def := Default().Defaults
 	s := p.Settings
+	// pj check tells the match timeout with the routes; without routes,
+	// nothing waits for it.
+	s.MatchTimeout = def.MatchTimeout
+	if len(p.Routes) > 0 {
+		return summary(proxyListenerKeys, &s, &def)
+	}
 	if !s.HealthCheck.Runs(len(p.Backends)) {
 		s.HealthCheck.Interval = 0
 	}
@@ -404,8 +422,8 @@ func (p Proxy) Summary() []string {
 // Changed names the top-level keys whose values differ in next.
 func (c Config) Changed(next Config) []string { return changed(topKeys, &c, &next) }
 
-// Changed names what differs in next: "listen", "backends", and the keys
-// of the settings.
+// Changed names what differs in next: "listen", "backends", "routes", and
+// the keys of the settings.
 func (p Proxy) Changed(next Proxy) []string {
 	var out []string
 	if p.Listen != next.Listen {
@@ -413,6 +431,9 @@ func (p Proxy) Changed(next Proxy) []string {
 	}
 	if !slices.Equal(p.Backends, next.Backends) {
 		out = append(out, "backends")
+	}
+	if routesChanged(p.Routes, next.Routes) {
+		out = append(out, "routes")
 	}
 	return append(out, changed(settingKeys, &p.Settings, &next.Settings)...)
 }

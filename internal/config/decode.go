@@ -70,6 +70,7 @@ type fileProxy struct {
 	line     int
 	own      patch[Proxy]    // name, listen, backends
 	settings patch[Settings] // the settings it sets itself
+	routes   []fileRoute
 }
 
 // decoded is what decoding a file yields, ready to be resolved into a
@@ -436,6 +437,7 @@ func (d *decoder) proxy(n *node, path string) (fileProxy, bool) {
 	fp := fileProxy{line: n.line}
 	hs := keyHandlers(d, settingKeys, "", &fp.settings)
 	maps.Copy(hs, keyHandlers(d, proxyKeys, "", &fp.own))
+	hs["routes"] = func(v *node, path string) { fp.routes = d.routes(v, path) }
 	ok := d.object(n, path, hs, func(key string) string {
 		if slices.Contains(keyNames(topKeys), key) {
 			return key + " is a top-level key, not a proxy's"
@@ -451,8 +453,11 @@ func (d *decoder) proxy(n *node, path string) (fileProxy, bool) {
 	if n.get("listen") == nil {
 		d.problemf(n.line, path, "listen is missing (the address to accept connections on, e.g. listen: 0.0.0.0:8080)")
 	}
-	if n.get("backends") == nil {
-		d.problemf(n.line, path, "backends is missing (the list of HOST:PORT to relay to)")
+	switch {
+	case n.get("backends") == nil && n.get("routes") == nil:
+		d.problemf(n.line, path, "backends is missing (the list of HOST:PORT to relay to, or routes to choose among)")
+	case n.get("backends") != nil && n.get("routes") != nil:
+		d.problemf(n.line, path, "lists both backends and routes; a proxy with routes lists backends in each route")
 	}
 	return fp, true
 }

@@ -153,6 +153,7 @@ func (dec *decoded) resolve(file string, overrides []Override) Config {
 		fp.own.applyTo(&p)
 		p.Source = fmt.Sprintf("%s:%d", file, fp.line)
 		p.Settings = dec.settings(&fp.settings, overrides)
+		p.Routes = dec.resolveRoutes(file, &fp, overrides)
 		c.Proxies = append(c.Proxies, p)
 	}
 	return c

@@ -75,6 +75,7 @@ defaults:
   bandwidth: { per_connection: 10MiB }
   proxy_protocol: v2
   accept_proxy_protocol: { trusted: ["10.1.0.0/16"] }
+  match_timeout: 3s
 proxies:
   - name: web
     listen: "0.0.0.0:8080"
@@ -93,6 +94,17 @@ proxies:
     bandwidth: { per_connection: 1GB }
     accept_proxy_protocol: {}
     send: "$$HOME"
+  - name: edge
+    listen: ":443"
+    match_timeout: 1s
+    idle_timeout: 5m
+    routes:
+      - name: app
+        match: { sni: ["app.example.com", "*.app.example.com"], alpn: [h2], protocol: tls, source: ["10.2.0.0/16"] }
+        backends: ["10.0.0.1:8443"]
+        balance: random-two
+        health_check: { rise: 1 }
+      - backends: ["10.0.0.8:443"]
 `
 
 const fullTOML = `# every key of the schema
@@ -121,6 +133,7 @@ allow = ["10.0.0.0/8", "192.0.2.7", "::ffff:172.16.0.0/108"]
 deny = ["10.6.6.0/24"]
 bandwidth.per_connection = "10MiB"
 proxy_protocol = "v2"
+match_timeout = "3s"
 
 [defaults.rate_limit]
 per_client = 2.5
@@ -152,6 +165,22 @@ send = "$$HOME"
 
   [[proxies.backends]]
   address = "db.internal:5432"
+
+[[proxies]]
+name = "edge"
+listen = ":443"
+match_timeout = "1s"
+idle_timeout = "5m"
+
+  [[proxies.routes]]
+  name = "app"
+  match = { sni = ["app.example.com", "*.app.example.com"], alpn = ["h2"], protocol = "tls", source = ["10.2.0.0/16"] }
+  backends = ["10.0.0.1:8443"]
+  balance = "random-two"
+  health_check = { rise = 1 }
+
+  [[proxies.routes]]
+  backends = ["10.0.0.8:443"]
 `
 
 func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
@@ -178,6 +207,7 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 		Bandwidth:               config.Bandwidth{PerConnection: 10 << 20},
 		ProxyProtocol:           "v2",
 		AcceptProxyProtocol:     &config.AcceptProxyProtocol{Trusted: []netip.Prefix{pfx("10.1.0.0/16")}},
+		MatchTimeout:            3 * time.Second,
 	}
 	web := defaults
 	web.IdleTimeout = 0                                        // an explicit 0s beats the defaults' 1m
@@ -189,6 +219,12 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 	db.MaxConnections = 0       // explicit 0 beats 100
 	db.Allow = []netip.Prefix{} // an empty list replaces the defaults'
 	db.Bandwidth = config.Bandwidth{PerConnection: 1_000_000_000}
+	edge := defaults
+	edge.MatchTimeout = time.Second
+	edge.IdleTimeout = 5 * time.Minute
+	app := edge // a route inherits its proxy's settings, key by key
+	app.Balance = config.RandomTwo
+	app.HealthCheck.Rise = 1
 	want := config.Config{
 		Log:            config.Log{Format: "json", Level: "debug"},
 		Admin:          config.Admin{Listen: "127.0.0.1:9090", Token: "s3cret$", Pprof: true},
@@ -202,16 +238,22 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 				{Address: "[2001:db8::9]:80", Weight: 1, Backup: true},
 			}},
 			{Listen: ":5432", Settings: db, Backends: []config.Backend{{Address: "db.internal:5432", Weight: 1}}},
+			{Name: "edge", Listen: ":443", Settings: edge, Routes: []config.Route{
+				{Name: "app", Settings: app, Backends: []config.Backend{{Address: "10.0.0.1:8443", Weight: 1}},
+					Match: config.Match{SNI: []string{"app.example.com", "*.app.example.com"}, ALPN: []string{"h2"},
+						Protocol: "tls", Source: []netip.Prefix{pfx("10.2.0.0/16")}}},
+				{Settings: edge, Backends: []config.Backend{{Address: "10.0.0.8:443", Weight: 1}}},
+			}},
 		},
 	}
 
 	for _, tt := range []struct {
 		name, text string
-		sources    []string
+		sources    []string // of the proxies, then of the routes
 	}{
-		{"pj.yaml", fixYAML, []string{"pj.yaml:22", "pj.yaml:31"}},
-		{"pj.yml", fixYAML, []string{"pj.yml:22", "pj.yml:31"}},
-		{"pj.toml", fixTOML, []string{"pj.toml:35", "pj.toml:47"}},
+		{"pj.yaml", fixYAML, []string{"pj.yaml:23", "pj.yaml:32", "pj.yaml:39", "pj.yaml:44", "pj.yaml:49"}},
+		{"pj.yml", fixYAML, []string{"pj.yml:23", "pj.yml:32", "pj.yml:39", "pj.yml:44", "pj.yml:49"}},
+		{"pj.toml", fixTOML, []string{"pj.toml:36", "pj.toml:48", "pj.toml:59", "pj.toml:65", "pj.toml:72"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := config.Decode(tt.name, []byte(tt.text), env(vars))
@@ -222,11 +264,19 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 				t.Errorf("File = %q, want %q", got.File, tt.name)
 			}
 			got.File = ""
+			var sources []string
 			for i := range got.Proxies {
-				if i < len(tt.sources) && got.Proxies[i].Source != tt.sources[i] {
-					t.Errorf("proxy %d: Source = %q, want %q (the line of its entry)", i, got.Proxies[i].Source, tt.sources[i])
-				}
+				sources = append(sources, got.Proxies[i].Source)
 				got.Proxies[i].Source = ""
+			}
+			for i := range got.Proxies {
+				for j := range got.Proxies[i].Routes {
+					sources = append(sources, got.Proxies[i].Routes[j].Source)
+					got.Proxies[i].Routes[j].Source = ""
+				}
+			}
+			if !reflect.DeepEqual(sources, tt.sources) {
+				t.Errorf("Sources = %q, want %q (the lines of their entries)", sources, tt.sources)
 			}
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("Decode(%s) =\n%+v\nwant\n%+v", tt.name, got, want)
@@ -247,7 +297,7 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 		got := decodeProblems(t, name, text, vars)
 		if len(got) != 1 || !strings.HasSuffix(got[0], ": proxies[1].send: unknown key (valid here: "+
 			"accept_proxy_protocol, allow, backends, balance, bandwidth, connect_timeout, deny, dns_refresh, health_check, idle_timeout, "+
-			"listen, max_connections, max_connections_per_client, name, proxy_protocol, rate_limit, resolver)") {
+			"listen, match_timeout, max_connections, max_connections_per_client, name, proxy_protocol, rate_limit, resolver, routes)") {
 			t.Errorf("%s: problems = %q, want one for proxies[1].send listing the valid keys", name, got)
 		}
 	}
@@ -520,7 +570,7 @@ resolver = "10.0.0.53"
 				`pj.yaml:4: proxies[0].backends[2].weight: 0 must be at least 1`,
 				`pj.yaml:5: proxies[1].name: must not be empty (leave it out to name the proxy after its listen address)`,
 				`pj.yaml:5: proxies[1]: listen is missing (the address to accept connections on, e.g. listen: 0.0.0.0:8080)`,
-				`pj.yaml:5: proxies[1]: backends is missing (the list of HOST:PORT to relay to)`,
+				`pj.yaml:5: proxies[1]: backends is missing (the list of HOST:PORT to relay to, or routes to choose among)`,
 				`pj.yaml:6: proxies[2]: listen is missing (the address to accept connections on, e.g. listen: 0.0.0.0:8080)`,
 			},
 			toml: `[[proxies]]
@@ -538,7 +588,7 @@ backends = []
 				`pj.toml:4: proxies[0].backends[1]: ":80" has no host (expected HOST:PORT, e.g. 10.0.0.1:80, or an SRV name such as _http._tcp.web.example)`,
 				`pj.toml:4: proxies[0].backends[2].weight: 0 must be at least 1`,
 				`pj.toml:5: proxies[1]: listen is missing (the address to accept connections on, e.g. listen: 0.0.0.0:8080)`,
-				`pj.toml:5: proxies[1]: backends is missing (the list of HOST:PORT to relay to)`,
+				`pj.toml:5: proxies[1]: backends is missing (the list of HOST:PORT to relay to, or routes to choose among)`,
 				`pj.toml:6: proxies[1].name: must not be empty (leave it out to name the proxy after its listen address)`,
 				`pj.toml:7: proxies[2]: listen is missing (the address to accept connections on, e.g. listen: 0.0.0.0:8080)`,
 			},

@@ -136,6 +136,9 @@ var settingKeys = []setting[Settings]{
 		}
 		return &s.AcceptProxyProtocol.Trusted
 	}, prefixes()),
+
+	def("match_timeout", func(s *Settings) *time.Duration { return &s.MatchTimeout }, duration(positive)).
+		shown(func(d time.Duration) string { return "match timeout " + durationText(d) }),
 }
 
 // proxyKeys are a proxy's own keys, beside the settings it may override.

@@ -62,6 +62,12 @@ type Proxy struct {
 // The set's health checks and DNS refresh start with Start. A proxy that
 // cannot run as configured (an unknown balance algorithm) is an error.
 func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (*Proxy, error) {
+	if len(c.Routes) > 0 {
+		// pj check validates routes; the listeners do not choose among
+		// them yet, and a proxy without backends would refuse everyone.
+		return nil, fmt.Errorf("proxy %s: routes are not served by this version of pj "+
+			"(pj check validates them); list backends instead", c.Name)
+	}
 	var prevSet *balance.Set
 	stats := observe.NewProxyStats()
 	clients := admission.NewClients(c.RateLimit.PerClient, c.RateLimit.Burst, c.MaxConnectionsPerClient, admission.DefaultCapacity)
