@@ -65,7 +65,8 @@ image-multiarch:
 ## image-test: build the image (with buildah unless ENGINE says otherwise), then run pj -V and a proxied round trip inside it
 image-test:
 	$(MAKE) image ENGINE=$(TEST_ENGINE)
-	ENGINE=$(TEST_ENGINE) PJ_IMAGE=$(IMAGE) PJ_IMAGE_VERSION=$(VERSION) $(GO) test -count=1 -v -run '^TestImage' ./deploy/container
+	ENGINE=$(TEST_ENGINE) PJ_IMAGE=$(IMAGE) PJ_IMAGE_VERSION=$(VERSION) PJ_IMAGE_PLATFORMS="$(PLATFORMS)" \
+		$(GO) test -count=1 -v -run '^TestImage' ./deploy/container
 
 ## release-snapshot: release archives, checksums and .deb/.rpm packages in dist/, from the work tree (GoReleaser)
 release-snapshot:
