@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net"
@@ -19,9 +18,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pj-proxy/pj/internal/config"
-	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/server"
 	tu "github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
 func TestMain(m *testing.M) {
@@ -30,49 +29,21 @@ func TestMain(m *testing.M) {
 
 // pj is a running server with an admin listener, in-process.
 type pj struct {
-	srv   *server.Server
+	srv   *pjtest.Server
 	admin string // base URL
 	logs  *tu.Buffer
 }
 
-func named(name, listen string, backends ...string) config.Proxy {
-	p := config.Proxy{Name: name, Listen: listen, Settings: config.Default().Defaults}
-	for _, b := range backends {
-		p.Backends = append(p.Backends, config.Backend{Address: b, Weight: 1})
-	}
-	return p
-}
-
 func start(t *testing.T, opt Options, proxies ...config.Proxy) *pj {
 	t.Helper()
-	cfg := config.Default()
-	cfg.Proxies = proxies
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	logs := new(tu.Buffer)
-	log, err := observe.NewLogger(logs, "text", "info")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(cfg, server.Options{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	opt.Logger = log
+	srv := pjtest.Start(t, pjtest.Config(proxies...), server.Options{})
+	opt.Logger = srv.Log
 	a, err := Listen("127.0.0.1:0", srv, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		a.Close()
-		cancel()
-		<-done
-	})
-	return &pj{srv: srv, admin: "http://" + a.Addr().String(), logs: logs}
+	t.Cleanup(a.Close)
+	return &pj{srv: srv, admin: "http://" + a.Addr().String(), logs: srv.Logs}
 }
 
 func (p *pj) get(t *testing.T, path string) (int, string) {
@@ -185,7 +156,7 @@ func roundTrips(t *testing.T, addr, msg string, n int) {
 
 func TestHealthAndReadiness(t *testing.T) {
 	echo := tu.StartEcho(t)
-	p := start(t, Options{}, named("web", "127.0.0.1:0", echo))
+	p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
 	if code, body := p.get(t, "/healthz"); code != 200 || body != "ok\n" {
 		t.Fatalf("/healthz: %d %q", code, body)
 	}
@@ -202,7 +173,7 @@ func TestHealthAndReadiness(t *testing.T) {
 
 func TestProxiesAndMetricsCountExactly(t *testing.T) {
 	echo := tu.StartEcho(t)
-	p := start(t, Options{Version: "v9.9.9"}, named("web", "127.0.0.1:0", echo))
+	p := start(t, Options{Version: "v9.9.9"}, pjtest.Proxy("web", "127.0.0.1:0", echo))
 	addr := p.proxies(t).Proxies[0].Listen
 	roundTrips(t, addr, "12345", 3)
 
@@ -273,9 +244,9 @@ func TestProxiesAndMetricsCountExactly(t *testing.T) {
 // of clients; one without has no such series.
 func TestClientTableMetrics(t *testing.T) {
 	echo := tu.StartEcho(t)
-	limited := named("limited", "127.0.0.1:0", echo)
+	limited := pjtest.Proxy("limited", "127.0.0.1:0", echo)
 	limited.MaxConnectionsPerClient = 1
-	p := start(t, Options{}, limited, named("open", "127.0.0.1:0", echo))
+	p := start(t, Options{}, limited, pjtest.Proxy("open", "127.0.0.1:0", echo))
 	held := tu.Dial(t, p.srv.Addrs()[0].String())
 	tu.RoundTrip(t, held, "x")
 	refused := tu.Dial(t, p.srv.Addrs()[0].String())
@@ -302,7 +273,7 @@ func TestClientTableMetrics(t *testing.T) {
 
 func TestMetricNamesPassLint(t *testing.T) {
 	echo := tu.StartEcho(t)
-	p := start(t, Options{}, named("web", "127.0.0.1:0", echo))
+	p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
 	problems, err := testutil.CollectAndLint(newCollector(p.srv, "test", func() uint64 { return 3 }))
 	if err != nil {
 		t.Fatal(err)
@@ -314,7 +285,7 @@ func TestMetricNamesPassLint(t *testing.T) {
 
 func TestConnectionTableAndKill(t *testing.T) {
 	echo := tu.StartEcho(t)
-	p := start(t, Options{}, named("web", "127.0.0.1:0", echo))
+	p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
 	addr := p.proxies(t).Proxies[0].Listen
 	c := tu.Dial(t, addr)
 	if got := tu.RoundTrip(t, c, "0123456789"); got != "0123456789" {
@@ -355,7 +326,7 @@ func TestConnectionTableAndKill(t *testing.T) {
 
 func TestDrainLeavesEstablishedConnectionsAlone(t *testing.T) {
 	a, b := tu.StartEcho(t), tu.StartEcho(t)
-	p := start(t, Options{}, named("web", "127.0.0.1:0", a, b))
+	p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", a, b))
 	addr := p.proxies(t).Proxies[0].Listen
 	// Hold one connection to each backend (round-robin: a, then b).
 	held := []net.Conn{tu.Dial(t, addr), tu.Dial(t, addr)}
@@ -407,13 +378,13 @@ func TestDrainLeavesEstablishedConnectionsAlone(t *testing.T) {
 func TestTokenRule(t *testing.T) {
 	echo := tu.StartEcho(t)
 	t.Run("loopback without a token allows changes", func(t *testing.T) {
-		p := start(t, Options{}, named("web", "127.0.0.1:0", echo))
+		p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
 		if code, _ := p.do(t, "PUT", "/api/v1/proxies/web/backends/"+echo+"/state", "up", ""); code != 200 {
 			t.Fatalf("PUT: %d", code)
 		}
 	})
 	t.Run("a token is required once set", func(t *testing.T) {
-		p := start(t, Options{Token: "s3cret"}, named("web", "127.0.0.1:0", echo))
+		p := start(t, Options{Token: "s3cret"}, pjtest.Proxy("web", "127.0.0.1:0", echo))
 		path := "/api/v1/proxies/web/backends/" + echo + "/state"
 		for token, want := range map[string]int{"": 401, "wrong": 401, "s3cret": 200} {
 			if code, body := p.do(t, "PUT", path, "up", token); code != want {
@@ -431,7 +402,7 @@ func TestTokenRule(t *testing.T) {
 	t.Run("reachable from elsewhere and no token: refused", func(t *testing.T) {
 		// The rule for a non-loopback listener, checked on the handler
 		// itself: tests send no traffic beyond loopback.
-		p := start(t, Options{}, named("web", "127.0.0.1:0", echo))
+		p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
 		h := Handler(p.srv, Options{}, false)
 		rec := httptest.NewRecorder()
 		req := httptest.NewRequest("PUT", "/api/v1/proxies/web/backends/"+echo+"/state", strings.NewReader("drain"))
@@ -467,11 +438,11 @@ func TestLoopbackOnly(t *testing.T) {
 
 func TestPprofOnlyWhenAsked(t *testing.T) {
 	echo := tu.StartEcho(t)
-	off := start(t, Options{}, named("web", "127.0.0.1:0", echo))
+	off := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
 	if code, _ := off.get(t, "/debug/pprof/"); code != 404 {
 		t.Fatalf("pprof without admin.pprof: %d, want 404", code)
 	}
-	on := start(t, Options{Pprof: true}, named("web2", "127.0.0.1:0", echo))
+	on := start(t, Options{Pprof: true}, pjtest.Proxy("web2", "127.0.0.1:0", echo))
 	if code, _ := on.get(t, "/debug/pprof/"); code != 200 {
 		t.Fatalf("pprof with admin.pprof: %d, want 200", code)
 	}
@@ -480,10 +451,10 @@ func TestPprofOnlyWhenAsked(t *testing.T) {
 func TestCountersSurviveReloadAndRemovedSeriesGo(t *testing.T) {
 	echo := tu.StartEcho(t)
 	x, y := tu.ClosedAddr(t), tu.ClosedAddr(t)
-	p := start(t, Options{}, named("web", x, echo), named("old", y, echo))
+	p := start(t, Options{}, pjtest.Proxy("web", x, echo), pjtest.Proxy("old", y, echo))
 	roundTrips(t, x, "hi", 2)
 	next := config.Default()
-	next.Proxies = []config.Proxy{named("web", x, echo)}
+	next.Proxies = []config.Proxy{pjtest.Proxy("web", x, echo)}
 	next.Proxies[0].ConnectTimeout = time.Second // a change, so the proxy is rebuilt
 	if err := next.Validate(); err != nil {
 		t.Fatal(err)

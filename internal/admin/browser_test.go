@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -35,6 +34,7 @@ import (
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
 // waitTimeout bounds every wait on the page. The page polls once a second,
@@ -242,7 +242,7 @@ func TestBrowserStatusPage(t *testing.T) {
 
 // pagePJ is a pj serving three proxies in-process, with its admin listener.
 type pagePJ struct {
-	srv         *server.Server
+	srv         *pjtest.Server
 	url         string // the admin listener's base URL
 	web, db     string // the proxies' bound addresses
 	webBackends []string
@@ -259,10 +259,10 @@ func startPagePJ(t *testing.T) *pagePJ {
 		webBackends: []string{testutil.StartEcho(t), testutil.StartEcho(t)},
 		dbBackends:  []string{testutil.StartEcho(t), testutil.StartEcho(t)},
 	}
-	web := pageProxy("web", pj.webBackends...)
+	web := pjtest.Proxy("web", "127.0.0.1:0", pj.webBackends...)
 	web.Balance = config.WeightedRoundRobin
 	web.Backends[1].Weight = 2
-	db := pageProxy("db", pj.dbBackends...)
+	db := pjtest.Proxy("db", "127.0.0.1:0", pj.dbBackends...)
 	db.Balance = config.LeastConn
 	db.Backends[1].Backup = true
 
@@ -274,55 +274,23 @@ func startPagePJ(t *testing.T) *pagePJ {
 	}
 	dns.SetIPs("cache.test", "127.0.0.1")
 	pj.cacheBackends = []string{net.JoinHostPort("cache.test", port), net.JoinHostPort("gone.test", port)}
-	cache := pageProxy("cache", pj.cacheBackends...)
+	cache := pjtest.Proxy("cache", "127.0.0.1:0", pj.cacheBackends...)
 	cache.Resolver = dns.Addr
 
-	cfg := config.Default()
+	cfg := pjtest.Config(web, db, cache)
 	cfg.GracePeriod = time.Second
-	cfg.Proxies = []config.Proxy{web, db, cache}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-
-	logs := new(testutil.Buffer)
-	log := slog.New(slog.NewTextHandler(logs, nil))
-	srv, err := server.New(cfg, server.Options{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("pj's log:\n%s", logs)
-		}
-	})
+	srv := pjtest.Start(t, cfg, server.Options{})
 	addrs := srv.Addrs()
 	pj.web, pj.db = addrs[0].String(), addrs[1].String()
 	pj.srv = srv
 
-	adm, err := admin.Listen("127.0.0.1:0", srv, admin.Options{Version: "test", Logger: log})
+	adm, err := admin.Listen("127.0.0.1:0", srv, admin.Options{Version: "test", Logger: srv.Log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(adm.Close)
 	pj.url = "http://" + adm.Addr().String() + "/"
 	return pj
-}
-
-// pageProxy is a proxy on an ephemeral loopback port with the built-in
-// settings, as server's tests build them.
-func pageProxy(name string, backends ...string) config.Proxy {
-	p := config.Proxy{Name: name, Listen: "127.0.0.1:0", Settings: config.Default().Defaults}
-	for _, b := range backends {
-		p.Backends = append(p.Backends, config.Backend{Address: b, Weight: 1})
-	}
-	return p
 }
 
 // backendState asks the API for the state of one backend.

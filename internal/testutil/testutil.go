@@ -10,10 +10,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Listen binds a TCP listener on an ephemeral loopback port of network
@@ -89,34 +92,33 @@ func StartEcho(t testing.TB) string {
 	return ln.Addr().String()
 }
 
-// ClosedAddr returns a loopback address nothing listens on: connecting to it
-// is refused at once, and a test may bind it. No address is handed out twice
-// in one test binary (the kernel may offer a port again once it is free).
+// ClosedAddr returns a loopback address nothing listens on, reserved for
+// the test: connecting to it is refused at once, and no other socket of
+// any process is given its port (as an ephemeral port, or as the source
+// port of a connection) until the test ends. The test may listen on it:
+// the reservation is a socket bound with SO_REUSEADDR and never listening,
+// which lets a listener that sets SO_REUSEADDR too (as Go's and pj's do)
+// bind the same address.
 func ClosedAddr(t testing.TB) string {
 	t.Helper()
-	for range 100 {
-		ln, err := net.Listen("tcp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("listen: %v", err)
-		}
-		addr := ln.Addr().String()
-		_ = ln.Close()
-		handedMu.Lock()
-		dup := handed[addr]
-		handed[addr] = true
-		handedMu.Unlock()
-		if !dup {
-			return addr
-		}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("reserve a port: %v", err)
 	}
-	t.Fatal("no fresh loopback port in 100 tries")
-	return ""
+	t.Cleanup(func() { _ = unix.Close(fd) })
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		t.Fatalf("reserve a port: %v", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatalf("reserve a port: %v", err)
+	}
+	sa, err := unix.Getsockname(fd)
+	in, ok := sa.(*unix.SockaddrInet4)
+	if err != nil || !ok {
+		t.Fatalf("reserve a port: %v (%T)", err, sa)
+	}
+	return "127.0.0.1:" + strconv.Itoa(in.Port)
 }
-
-var (
-	handedMu sync.Mutex
-	handed   = map[string]bool{}
-)
 
 // Dial connects to addr with a timeout and closes the connection at the end
 // of the test.
