@@ -176,20 +176,8 @@ func (b *BufferedWriter) run() {
 	var todo [][]byte
 	stopping := false
 	for {
-		var next time.Time
-		b.mu.Lock()
-		if !flushAt.IsZero() {
-			next = flushAt
-		}
-		if b.unsaid > 0 {
-			at := lastReport.Add(b.opt.Report)
-			if next.IsZero() || at.Before(next) {
-				next = at
-			}
-		}
-		b.mu.Unlock()
 		var fire <-chan time.Time
-		if !next.IsZero() {
+		if next := b.nextWake(flushAt, lastReport); !next.IsZero() {
 			// Since Go 1.23, Reset discards a value the timer sent before.
 			timer.Reset(time.Until(next))
 			fire = timer.C
@@ -228,15 +216,7 @@ func (b *BufferedWriter) run() {
 		// Drops are reported once the destination took what waited, with
 		// every line dropped while it was stuck.
 		now = time.Now()
-		var report uint64
-		var over time.Duration
-		b.mu.Lock()
-		if b.unsaid > 0 && (stopping || !now.Before(lastReport.Add(b.opt.Report))) {
-			report, over = b.unsaid, now.Sub(b.firstDrop)
-			b.unsaid = 0
-		}
-		b.mu.Unlock()
-		if report > 0 && b.opt.OnDrop != nil {
+		if report, over := b.takeDrops(now, lastReport, stopping); report > 0 && b.opt.OnDrop != nil {
 			lastReport = now
 			b.opt.OnDrop(report, over)
 		}
@@ -250,6 +230,34 @@ func (b *BufferedWriter) run() {
 			b.mu.Unlock()
 		}
 	}
+}
+
+// nextWake is when the writer must wake up without being told: to flush
+// a partial batch at flushAt, or to report drops; zero for never.
+func (b *BufferedWriter) nextWake(flushAt, lastReport time.Time) time.Time {
+	next := flushAt
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.unsaid > 0 {
+		if at := lastReport.Add(b.opt.Report); next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	return next
+}
+
+// takeDrops returns the lines dropped and not yet reported, and for how
+// long lines have been dropped, when a report is due: once per Report
+// interval, and when stopping.
+func (b *BufferedWriter) takeDrops(now, lastReport time.Time, stopping bool) (uint64, time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.unsaid == 0 || (!stopping && now.Before(lastReport.Add(b.opt.Report))) {
+		return 0, 0
+	}
+	report, over := b.unsaid, now.Sub(b.firstDrop)
+	b.unsaid = 0
+	return report, over
 }
 
 // Close writes what is pending, waiting at most CloseWait for the

@@ -43,51 +43,15 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 		return "no changes", nil
 	}
 
-	old := make(map[string]*entry, len(s.entries))
-	prev := make(map[string]*proxy.Proxy, len(s.entries))
-	for _, e := range s.entries {
-		old[e.key] = e
-		prev[e.cfg.Name] = e.ln.Proxy()
-	}
-	next := make([]*entry, len(cfg.Proxies))
-	var (
-		kept     []*entry
-		toBind   []config.Proxy
-		bindSlot []int
-	)
-	for i, pc := range cfg.Proxies {
-		key := listenerKey(pc)
-		if e, ok := old[key]; ok {
-			delete(old, key)
-			if pc.Name == pc.Listen {
-				pc.Name = e.addr.String()
-			}
-			if _, named := prev[pc.Name]; !named {
-				// Renamed: its backends still are the listener's.
-				prev[pc.Name] = e.ln.Proxy()
-			}
-			next[i] = &entry{cfg: pc, key: key, ln: e.ln, addr: e.addr, from: e.from}
-			if reflect.DeepEqual(pc, e.cfg) {
-				// Unchanged: its runtime goes on as it is (no lookup, no
-				// new pool, health checks not restarted), whatever else
-				// the reload changes.
-				continue
-			}
-			kept = append(kept, next[i])
-			continue
-		}
-		toBind = append(toBind, pc)
-		bindSlot = append(bindSlot, i)
-	}
-
+	p := s.plan(cfg)
 	// The kept listeners' proxies are built first: nothing of them runs
 	// yet, so a failure of theirs or of a new listener changes nothing.
 	var opened []*entry
-	built, err := s.build(kept, prev)
+	built, err := s.build(p.kept, p.prev)
 	if err == nil {
-		if opened, err = s.open(toBind, prev); err == nil {
+		if opened, err = s.open(p.toBind, p.prev); err == nil {
 			for j, e := range opened {
-				next[bindSlot[j]] = e
+				p.next[p.bindSlot[j]] = e
 			}
 		}
 	}
@@ -95,13 +59,13 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 		s.reloadsFailed.Add(1)
 		return "", fmt.Errorf("reload: %w; nothing changed, the running configuration goes on", err)
 	}
-	for i, p := range built {
-		old := kept[i].ln.Proxy()
-		kept[i].ln.SetProxy(p)
+	for i, np := range built {
+		old := p.kept[i].ln.Proxy()
+		p.kept[i].ln.SetProxy(np)
 		old.Backends.Stop()
-		p.Backends.Start()
+		np.Backends.Start()
 	}
-	for _, e := range old {
+	for _, e := range p.retired {
 		s.retire(e, cfg.GracePeriod)
 	}
 
@@ -110,12 +74,62 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 
 	what := describe(s.cfg, cfg)
 	s.cfg = cfg
-	s.entries = next
+	s.entries = p.next
 	for _, e := range opened {
 		s.logListening(e)
 	}
 	s.reloadsOK.Add(1)
 	return what, nil
+}
+
+// reloadPlan is what a reload does with each listener: keep it as it is,
+// keep it with a new proxy, bind a new one, or retire it.
+type reloadPlan struct {
+	next     []*entry                // in configuration order; nil where one is to be bound
+	kept     []*entry                // kept listeners whose proxy changes
+	toBind   []config.Proxy          // proxies on new addresses
+	bindSlot []int                   // where each of toBind goes in next
+	retired  map[string]*entry       // listeners cfg no longer has, by key
+	prev     map[string]*proxy.Proxy // the running proxies, by name, to build from
+}
+
+// plan matches cfg's proxies with the running listeners, by address. Under
+// mu.
+func (s *Server) plan(cfg config.Config) *reloadPlan {
+	p := &reloadPlan{
+		next:    make([]*entry, len(cfg.Proxies)),
+		retired: make(map[string]*entry, len(s.entries)),
+		prev:    make(map[string]*proxy.Proxy, len(s.entries)),
+	}
+	for _, e := range s.entries {
+		p.retired[e.key] = e
+		p.prev[e.cfg.Name] = e.ln.Proxy()
+	}
+	for i, pc := range cfg.Proxies {
+		key := listenerKey(pc)
+		e, ok := p.retired[key]
+		if !ok {
+			p.toBind = append(p.toBind, pc)
+			p.bindSlot = append(p.bindSlot, i)
+			continue
+		}
+		delete(p.retired, key)
+		if pc.Name == pc.Listen {
+			pc.Name = e.addr.String()
+		}
+		if _, named := p.prev[pc.Name]; !named {
+			// Renamed: its backends still are the listener's.
+			p.prev[pc.Name] = e.ln.Proxy()
+		}
+		p.next[i] = &entry{cfg: pc, key: key, ln: e.ln, addr: e.addr, from: e.from}
+		// Unchanged, its runtime goes on as it is (no lookup, no new
+		// pool, health checks not restarted), whatever else the reload
+		// changes.
+		if !reflect.DeepEqual(pc, e.cfg) {
+			p.kept = append(p.kept, p.next[i])
+		}
+	}
+	return p
 }
 
 // retire stops a listener that the new configuration no longer has. Its
