@@ -112,37 +112,8 @@ func StartPostgres(t testing.TB, cert Cert) *Postgres {
 		missing(t, "PostgreSQL's server programs (initdb, postgres) are not installed")
 	}
 	dir := t.TempDir()
-	var as *syscall.Credential
-	uid, gid := -1, -1
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			missing(t, "running as root and there is no postgres user to run PostgreSQL as")
-		}
-		uid, _ = strconv.Atoi(u.Uid)
-		gid, _ = strconv.Atoi(u.Gid)
-		as = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	}
-	// The server must reach its directory: t.TempDir's parent is private
-	// to the test's user.
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	certFile, keyFile := filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
-	for f, b := range map[string][]byte{certFile: cert.CertPEM, keyFile: cert.KeyPEM} {
-		if err := os.WriteFile(f, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if uid >= 0 {
-		for _, f := range []string{dir, certFile, keyFile} {
-			if err := os.Chown(f, uid, gid); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	as := postgresUser(t)
+	certFile, keyFile := postgresFiles(t, dir, cert, as)
 	data := filepath.Join(dir, "data")
 	command := func(ctx context.Context, name string, args ...string) *exec.Cmd {
 		cmd := exec.CommandContext(ctx, filepath.Join(bin, name), args...)
@@ -198,6 +169,52 @@ func StartPostgres(t testing.TB, cert Cert) *Postgres {
 		}
 	}
 	return &Postgres{Addr: addr, CAFile: certFile, DataDir: data}
+}
+
+// postgresUser is the user PostgreSQL's programs run as: the postgres
+// user when the test runs as root (they refuse root), else nil (the
+// test's own).
+func postgresUser(t testing.TB) *syscall.Credential {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		missing(t, "running as root and there is no postgres user to run PostgreSQL as")
+	}
+	uid, uerr := strconv.ParseUint(u.Uid, 10, 32)
+	gid, gerr := strconv.ParseUint(u.Gid, 10, 32)
+	if uerr != nil || gerr != nil {
+		t.Fatalf("the postgres user's ids %q, %q", u.Uid, u.Gid)
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+}
+
+// postgresFiles makes dir reachable by the server and writes its
+// certificate and key there, owned by as (if not nil).
+func postgresFiles(t testing.TB, dir string, cert Cert, as *syscall.Credential) (certFile, keyFile string) {
+	t.Helper()
+	// The server must reach its directory: t.TempDir's parent is private
+	// to the test's user.
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	certFile, keyFile = filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+	for f, b := range map[string][]byte{certFile: cert.CertPEM, keyFile: cert.KeyPEM} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if as != nil {
+		for _, f := range []string{dir, certFile, keyFile} {
+			if err := os.Chown(f, int(as.Uid), int(as.Gid)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return certFile, keyFile
 }
 
 // postgresBin is the directory of the newest installed PostgreSQL's
