@@ -59,17 +59,11 @@ func (p *pj) get(t *testing.T, path string) (int, string) {
 
 func (p *pj) do(t *testing.T, method, path, body, token string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(method, p.admin+path, strings.NewReader(body))
+	var headers map[string]string
 	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+		headers = map[string]string{"Authorization": "Bearer " + token}
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return p.send(t, method, path, "", body, headers)
 }
 
 func (p *pj) proxies(t *testing.T) proxiesJSON {

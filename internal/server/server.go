@@ -272,13 +272,7 @@ func (s *Server) Serve(ctx context.Context) error {
 
 	<-ctx.Done()
 	s.mu.Lock()
-	s.closed = true
-	for _, e := range s.entries {
-		s.stopListening(e.ln)
-		e.ln.Proxy().Backends.Stop()
-	}
-	s.entries = nil
-	s.closeInherited()
+	s.shut(s.stopListening)
 	grace := s.cfg.GracePeriod
 	s.mu.Unlock()
 
@@ -327,12 +321,19 @@ func backendAddrs(p *proxy.Proxy) []string {
 func (s *Server) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.shut(s.closeListener)
+	s.closeEngines()
+}
+
+// shut ends every listener with end (letting its connections drain, or
+// cutting them), stops its backends' checks, and refuses reloads from now
+// on. Under mu.
+func (s *Server) shut(end func(listener)) {
 	s.closed = true
 	for _, e := range s.entries {
-		s.closeListener(e.ln)
+		end(e.ln)
 		e.ln.Proxy().Backends.Stop()
 	}
 	s.entries = nil
 	s.closeInherited()
-	s.closeEngines()
 }
