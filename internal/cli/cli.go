@@ -321,7 +321,7 @@ func (f *flags) mappings() ([]config.Proxy, error) {
 		if err != nil {
 			return nil, usagef("PJ_PROXY: %w", err)
 		}
-		p.Source = "PJ_PROXY " + m
+		p.Source = "PJ_PROXY " + strings.TrimPrefix(p.Source, "-p ") // shortened, as messages show it
 		out = append(out, p)
 	}
 	return out, nil

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -456,5 +457,38 @@ func TestEveryDeclaredFlagIsOnBothCommands(t *testing.T) {
 	}
 	if !c.Watch || c.Admin.Listen != "127.0.0.1:9" || c.Admin.Token != "from-env" {
 		t.Errorf("watch %v, admin %q, token %q: want the flags' and the variable's values over the file's", c.Watch, c.Admin.Listen, c.Admin.Token)
+	}
+}
+
+func TestManyDuplicateMappingsMakeABoundedMessage(t *testing.T) {
+	// Each message about a duplicate mapping repeats two mappings: 7000
+	// of them once made hundreds of megabytes of output.
+	backends := make([]string, 40)
+	for i := range backends {
+		backends[i] = fmt.Sprintf("10.0.0.%d:80", i+1)
+	}
+	mapping := "127.0.0.1:8080:" + strings.Join(backends, ",")
+	args := make([]string, 0, 2*7000)
+	for range 7000 {
+		args = append(args, "-p", mapping)
+	}
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+	}{
+		{"-p", nil, args},
+		{"PJ_PROXY", map[string]string{"PJ_PROXY": strings.Repeat(mapping+";", 7000)}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := check(t, tc.env, tc.args...)
+			if err == nil || ExitCode(err) != 2 {
+				t.Fatalf("check: %.200v; want a usage error", err)
+			}
+			msg := err.Error()
+			if len(msg) > 64<<10 || !strings.Contains(msg, "6999 problems") || !strings.Contains(msg, "more") {
+				t.Fatalf("a message of %d bytes: %.500q", len(msg), msg)
+			}
+		})
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Balance algorithms.
@@ -228,25 +230,54 @@ func (e *ValidationError) Unwrap() error { return ErrInvalid }
 // Problems name the proxy by its Source: "-p MAPPING" for the command
 // line, "pj.yaml:12: proxy "web"" for a file.
 func (c *Config) Validate() error {
-	problems := keyProblems(topKeys, c, nil)
+	var problems problemTexts
+	problems.add(keyProblems(topKeys, c, nil)...)
 	defaultsWhere := "" // on the command line, the defaults are the flags
 	if c.File != "" {
 		defaultsWhere = c.File + ": defaults"
 	}
-	problems = append(problems, located(defaultsWhere, keyProblems(settingKeys, &c.Defaults, nil))...)
-	problems = append(problems, c.proxyProblems()...)
-	if len(problems) > 0 {
-		return &ValidationError{Problems: problems}
+	problems.add(located(defaultsWhere, keyProblems(settingKeys, &c.Defaults, nil))...)
+	c.proxyProblems(&problems)
+	if len(problems.list) > 0 {
+		return &ValidationError{Problems: problems.list, More: problems.more}
 	}
 	return nil
+}
+
+// problemTexts collects the problems Validate reports: the first
+// MaxProblems, each at most maxProblemText bytes, and a count of the
+// others (7000 mappings of one address make 6999 problems).
+type problemTexts struct {
+	list []string
+	more int
+}
+
+func (ps *problemTexts) full() bool { return len(ps.list) >= MaxProblems }
+
+func (ps *problemTexts) add(problems ...string) {
+	for _, p := range problems {
+		if ps.full() {
+			ps.more++
+			continue
+		}
+		ps.list = append(ps.list, shorten(p, maxProblemText))
+	}
+}
+
+// addf adds a problem, formatted only if it is one that is listed.
+func (ps *problemTexts) addf(format string, args ...any) {
+	if ps.full() {
+		ps.more++
+		return
+	}
+	ps.add(fmt.Sprintf(format, args...))
 }
 
 // proxyProblems checks every proxy, and that no two share a name or a
 // listen address. A setting a proxy inherited from the defaults is not
 // reported again for the proxy.
-func (c *Config) proxyProblems() []string {
-	var problems []string
-	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+func (c *Config) proxyProblems(problems *problemTexts) {
+	add := problems.addf
 	byListen := make(map[string]*Proxy, len(c.Proxies))
 	byName := make(map[string]*Proxy, len(c.Proxies))
 	for i := range c.Proxies {
@@ -264,31 +295,48 @@ func (c *Config) proxyProblems() []string {
 		} else if !dup {
 			byName[p.Name] = p
 		}
+		if i := strings.IndexFunc(p.Name, unicode.IsControl); i >= 0 {
+			r, _ := utf8.DecodeRuneInString(p.Name[i:])
+			add("%s: name %q contains a control character (%U): names are written into logs, metric labels and the API", where, shorten(p.Name, maxArgText), r)
+		}
+		for _, rt := range p.Routes {
+			if i := strings.IndexFunc(rt.Name, unicode.IsControl); i >= 0 {
+				r, _ := utf8.DecodeRuneInString(rt.Name[i:])
+				add("%s: route name %q contains a control character (%U): names are written into logs, metric labels and the API", where, shorten(rt.Name, maxArgText), r)
+			}
+		}
 		if len(p.Routes) > 0 {
-			problems = append(problems, p.routeProblems()...)
+			problems.add(p.routeProblems()...)
 		} else if len(p.Backends) == 0 {
 			add("%s: no backends", where)
 		}
-		problems = append(problems, located(where, keyProblems(settingKeys, &p.Settings, &c.Defaults))...)
+		problems.add(located(where, keyProblems(settingKeys, &p.Settings, &c.Defaults))...)
 		if _, _, err := SplitHostPort(p.Listen); err != nil {
 			add("%s: listen: %v", where, err)
 		}
-		problems = append(problems, located(where, backendProblems(p.Backends))...)
+		if problems.full() {
+			problems.more += len(backendProblems(p.Backends)) // counted; their texts would not be listed
+		} else {
+			problems.add(located(where, backendProblems(p.Backends))...)
+		}
 		key := listenKey(p.Listen)
 		if key == "" {
 			continue // port 0: every such listener gets a port of its own
 		}
 		if first, dup := byListen[key]; dup {
+			if problems.full() {
+				problems.more++
+				continue
+			}
 			hint := "to balance one listener over several backends, list them all in one proxy's backends"
 			if p.fromCommandLine() && first.fromCommandLine() {
-				hint = "to balance one listener over several backends, list them in one mapping: " + balanceHint(first, p)
+				hint = "to balance one listener over several backends, list them in one mapping: " + shorten(balanceHint(first, p), maxMappingText)
 			}
 			add("%s: listen address %s is already used by %s; %s", where, p.Listen, first.ref(), hint)
 			continue
 		}
 		byListen[key] = p
 	}
-	return problems
 }
 
 // backendProblems checks a proxy's or a route's backends; a Weight of 0

@@ -204,3 +204,54 @@ func TestTheFileMustBeARegularFileOfAReasonableSize(t *testing.T) {
 		})
 	}
 }
+
+func TestValidateBoundsItsProblems(t *testing.T) {
+	// 7000 mappings of one listen address, each with a list of backends:
+	// every problem repeats two of them.
+	backends := ""
+	for i := range 40 {
+		backends += fmt.Sprintf("10.0.%d.%d:80,", i/250, i%250+1)
+	}
+	backends = strings.TrimSuffix(backends, ",")
+	c := config.Default()
+	for range 7000 {
+		p, err := config.ParseMapping("127.0.0.1:8080:" + backends)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Settings = c.Defaults
+		c.Proxies = append(c.Proxies, p)
+	}
+	var err error
+	testutil.WithinBudget(t, func() { err = c.Validate() })
+	var ve *config.ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("error %T %.300v", err, err)
+	}
+	if len(ve.Problems) > config.MaxProblems || len(ve.Problems)+ve.More != 6999 {
+		t.Fatalf("%d problems and %d more; want at most %d of 6999", len(ve.Problems), ve.More, config.MaxProblems)
+	}
+	if n := len(err.Error()); n > maxMessage {
+		t.Fatalf("a message of %d bytes", n)
+	}
+}
+
+func TestNamesRefuseControlCharacters(t *testing.T) {
+	// A name is written into log lines, metric labels and the API: a
+	// newline in it (from the file, or from a variable) would forge log
+	// lines.
+	for _, tc := range []struct{ file, text string }{
+		{"pj.yaml", "proxies:\n  - name: \"web\\n[2026-01-01T00:00:00.000Z] INFO forged\"\n    listen: 127.0.0.1:0\n    backends: [127.0.0.1:1]\n"},
+		{"pj.yaml", "proxies:\n  - name: ${NAME}\n    listen: 127.0.0.1:0\n    backends: [127.0.0.1:1]\n"},
+		{"pj.toml", "[[proxies]]\nname = \"web\\u001b[31m\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"127.0.0.1:1\"]\n"},
+		{"pj.yaml", "proxies:\n  - name: edge\n    listen: 127.0.0.1:0\n    routes:\n      - name: \"ssh\\n\"\n        match: { protocol: ssh }\n        backends: [127.0.0.1:22]\n"},
+	} {
+		c, err := config.Decode(tc.file, []byte(tc.text), env(map[string]string{"NAME": "web\rINFO forged"}))
+		if err == nil {
+			err = c.Validate()
+		}
+		if err == nil || !strings.Contains(err.Error(), "control character") {
+			t.Errorf("%s %q: %v; want the name refused for its control character", tc.file, tc.text, err)
+		}
+	}
+}
