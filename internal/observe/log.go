@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -118,7 +119,7 @@ func (h *TextHandler) Handle(_ context.Context, r slog.Record) error {
 	} else {
 		b = append(b, r.Level.String()...)
 		b = append(b, ' ')
-		b = append(b, r.Message...)
+		b = appendEscaped(b, r.Message)
 		b = append(b, h.attrs...)
 		r.Attrs(func(a slog.Attr) bool {
 			b = appendAttr(b, h.group, a)
@@ -158,17 +159,17 @@ func (h *TextHandler) write(bp *[]byte, b []byte) error {
 // layout, then the fields that are set, as key=value.
 func appendConn(b []byte, c *Conn, debug bool) []byte {
 	if c.Client != "" {
-		b = append(b, c.Client...)
+		b = appendEscaped(b, c.Client)
 	} else {
 		b = c.ClientAddr.AppendTo(b)
 	}
 	b = append(b, " -> "...)
-	b = append(b, c.Listener...)
+	b = appendEscaped(b, c.Listener)
 	b = append(b, " -> "...)
 	if c.Backend == "" {
 		b = append(b, '-')
 	} else {
-		b = append(b, c.Backend...)
+		b = appendEscaped(b, c.Backend)
 	}
 	b = append(b, " ["...)
 	b = append(b, c.Status...)
@@ -301,6 +302,37 @@ func appendAttr(b []byte, prefix string, a slog.Attr) []byte {
 		b = strconv.AppendInt(b, a.Value.Int64(), 10)
 	default:
 		b = appendString(b, a.Value.String())
+	}
+	return b
+}
+
+// appendEscaped writes s, which is not quoted (a message, an address of
+// the access line), with Go's escapes for what would break the line or
+// drive a terminal: control characters (\n, \r, \x1b, \u0085) and
+// invalid UTF-8 (\xff). Texts that need none, nearly all, are copied as
+// they are.
+func appendEscaped(b []byte, s string) []byte {
+	i := 0
+	for i < len(s) && s[i] >= ' ' && s[i] < utf8.RuneSelf && s[i] != 0x7f {
+		i++
+	}
+	if i == len(s) {
+		return append(b, s...)
+	}
+	b = append(b, s[:i]...)
+	for i < len(s) {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, `\x`...)
+			b = append(b, "0123456789abcdef"[s[i]>>4], "0123456789abcdef"[s[i]&15])
+		case unicode.IsControl(r):
+			q := strconv.QuoteRune(r) // '\n', '\x1b', '\u0085'
+			b = append(b, q[1:len(q)-1]...)
+		default:
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
 	}
 	return b
 }

@@ -368,6 +368,14 @@ func TestTextHandlerRecords(t *testing.T) {
 		{name: "message and key=value", msg: "message", attrs: []slog.Attr{slog.String("key", "value")}, want: "INFO message key=value"},
 		{name: "no attributes", msg: "started", want: "INFO started"},
 		{name: "message is not quoted", msg: "listening on 0.0.0.0:80", want: "INFO listening on 0.0.0.0:80"},
+		// A message may be built from a proxy's name or a backend's
+		// reply: it cannot forge a line, nor drive a terminal.
+		{name: "a new line in a message is escaped", msg: "backend b of web\n[2026-01-01T00:00:00.000Z] INFO forged is down", want: `INFO backend b of web\n[2026-01-01T00:00:00.000Z] INFO forged is down`},
+		{name: "a carriage return in a message is escaped", msg: "a\rb", want: `INFO a\rb`},
+		{name: "an escape sequence in a message is escaped", msg: "a\x1b[31mred", want: `INFO a\x1b[31mred`},
+		{name: "invalid UTF-8 in a message is escaped", msg: "a\xffb", want: `INFO a\xffb`},
+		{name: "a C1 control in a message is escaped", msg: "a\u0085b", want: `INFO a\u0085b`},
+		{name: "quotes and letters in a message stay", msg: `say "héllo"`, want: `INFO say "héllo"`},
 		{name: "debug", level: slog.LevelDebug, msg: "m", want: "DEBUG m"},
 		{name: "warn", level: slog.LevelWarn, msg: "m", want: "WARN m"},
 		{name: "error", level: slog.LevelError, msg: "m", want: "ERROR m"},
@@ -742,5 +750,26 @@ func TestParseTextLine(t *testing.T) {
 	got, err = parseTextLine("WARN m")
 	if want := map[string]any{"level": "WARN", "msg": "m"}; err != nil || !reflect.DeepEqual(got, want) {
 		t.Errorf("parseTextLine without a time = %v, %v; want %v", got, err, want)
+	}
+}
+
+func TestTextLogEscapesTheFieldsItDoesNotQuote(t *testing.T) {
+	// The access line's fixed fields are addresses, written as they are:
+	// one that came with a control character (a name from DNS) is escaped
+	// rather than allowed to break the line.
+	l, buf := newLogger(t, "text", "info")
+	c := exampleConn()
+	c.Listener = "web\n[2026-01-01T00:00:00.000Z] INFO forged:80"
+	c.Backend = "b\x1b[2J:22"
+	c.Client = "c\r:1"
+	observe.Log(context.Background(), l, &c)
+	got := buf.String()
+	if strings.Count(got, "\n") != 1 {
+		t.Fatalf("the access line is not one line: %q", got)
+	}
+	for _, want := range []string{`web\n[2026-01-01T00:00:00.000Z] INFO forged:80`, `b\x1b[2J:22`, `c\r:1`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("%q lacks %q", got, want)
+		}
 	}
 }
