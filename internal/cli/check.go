@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strconv"
@@ -34,12 +35,27 @@ and exits 1.`,
 			if f.configFile == "" && len(f.proxies) == 0 && len(f.envProxies) == 0 {
 				return usagef("nothing to check: give a configuration file with -c FILE (or PJ_CONFIG), or mappings with --proxy")
 			}
-			cfg, err := loadConfig(f, env.lookupEnv)
-			if err != nil {
-				return err
+			// Loading reads a file and the environment, and binds nothing:
+			// a signal (ctx) ends the check at once, whatever it waits for.
+			type loaded struct {
+				cfg config.Config
+				err error
 			}
-			_, err = io.WriteString(stdout, summary(cfg))
-			return err
+			done := make(chan loaded, 1)
+			go func() {
+				cfg, err := loadConfig(f, env.lookupEnv)
+				done <- loaded{cfg, err}
+			}()
+			select {
+			case l := <-done:
+				if l.err != nil {
+					return l.err
+				}
+				_, err := io.WriteString(stdout, summary(l.cfg))
+				return err
+			case <-cmd.Context().Done():
+				return fmt.Errorf("check interrupted: %w", context.Cause(cmd.Context()))
+			}
 		},
 	}
 	fs := cmd.Flags()

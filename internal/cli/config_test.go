@@ -2,12 +2,14 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -491,4 +493,45 @@ func TestManyDuplicateMappingsMakeABoundedMessage(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestCheckTakesTheRunsFlagsAndStopsWhenInterrupted(t *testing.T) {
+	file := writeConfig(t, "pj.yaml", "proxies: [{listen: '127.0.0.1:0', backends: ['127.0.0.1:1']}]\n")
+	if out, err := check(t, nil, "--watch", "-c", file); err != nil || !strings.Contains(out, "is valid") {
+		t.Fatalf("pj check --watch -c FILE: %q, %v", out, err)
+	}
+
+	// A check that cannot finish (here a variable lookup that blocks, as
+	// a configuration on a hung network file system would) still ends at
+	// once when pj is told to stop.
+	release := make(chan struct{})
+	var once sync.Once
+	blocked := make(chan struct{})
+	lookup := func(k string) (string, bool) {
+		if k == "PJ_BLOCK" {
+			once.Do(func() { close(blocked) })
+			<-release
+		}
+		return "", false
+	}
+	blocking := writeConfig(t, "blocking.yaml", "proxies: [{listen: '127.0.0.1:0', backends: ['127.0.0.1:1'], name: '${PJ_BLOCK}x'}]\n")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, []string{"check", "-c", blocking}, io.Discard, io.Discard, WithLookupEnv(lookup))
+	}()
+	<-blocked
+	cancel(errors.New("SIGTERM received"))
+	select {
+	case err := <-done:
+		if err == nil || ExitCode(err) != 1 || !strings.Contains(err.Error(), "SIGTERM") {
+			t.Errorf("an interrupted check returned %v (exit %d); want a failure saying why", err, ExitCode(err))
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("pj check did not stop when told to")
+		close(release)
+		<-done
+		return
+	}
+	close(release) // the abandoned load ends too
 }
