@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,17 +17,6 @@ import (
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/testutil"
 )
-
-// writeConfig writes a configuration file in a fresh directory and returns
-// its path.
-func writeConfig(t *testing.T, name, text string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // load builds the configuration as pj and pj check do: the flags of args,
 // the variables of env, then loadConfig.
@@ -74,8 +62,8 @@ proxies:
 `
 
 func TestFlagsAndFilePrecedence(t *testing.T) {
-	file := writeConfig(t, "pj.yaml", precedenceYAML)
-	other := writeConfig(t, "other.toml", "[[proxies]]\nname = \"other\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"127.0.0.1:3\"]\n")
+	file := testutil.WriteFile(t, "pj.yaml", precedenceYAML)
+	other := testutil.WriteFile(t, "other.toml", "[[proxies]]\nname = \"other\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"127.0.0.1:3\"]\n")
 
 	type want struct {
 		connect        [3]time.Duration // defaults, own, inherits
@@ -176,15 +164,15 @@ func TestFlagsAndFilePrecedence(t *testing.T) {
 }
 
 func TestConfigFileErrors(t *testing.T) {
-	bad := writeConfig(t, "bad.yaml", `defaults:
+	bad := testutil.WriteFile(t, "bad.yaml", `defaults:
   conect_timeout: 5s
 proxies:
   - listen: 127.0.0.1:0
     backends: [127.0.0.1:1]
     idle_timeout: 5
 `)
-	empty := writeConfig(t, "empty.toml", "[log]\nformat = \"json\"\n")
-	good := writeConfig(t, "good.yaml", "proxies:\n  - listen: 127.0.0.1:8080\n    backends: [127.0.0.1:1]\n")
+	empty := testutil.WriteFile(t, "empty.toml", "[log]\nformat = \"json\"\n")
+	good := testutil.WriteFile(t, "good.yaml", "proxies:\n  - listen: 127.0.0.1:8080\n    backends: [127.0.0.1:1]\n")
 	missing := filepath.Join(t.TempDir(), "missing.yaml")
 	tests := []struct {
 		name string
@@ -200,14 +188,14 @@ proxies:
 		}},
 		{"a file that does not exist", nil, []string{"-c", missing}, 1, []string{missing, "no such file"}},
 		{"a file without proxies", nil, []string{"-c", empty}, 1, []string{empty + ": no proxies"}},
-		{"an unset variable", map[string]string{"PJ_CONFIG": writeConfig(t, "v.yaml", "admin: {token: '${PJ_ADMIN_TOKEN}'}\n")},
+		{"an unset variable", map[string]string{"PJ_CONFIG": testutil.WriteFile(t, "v.yaml", "admin: {token: '${PJ_ADMIN_TOKEN}'}\n")},
 			nil, 1, []string{"v.yaml:1: admin.token: environment variable PJ_ADMIN_TOKEN is not set"}},
 		{"a mapping on a file proxy's address", nil, []string{"-c", good, "-p", "127.0.0.1:8080:127.0.0.1:2"}, 1, []string{
 			`-p 127.0.0.1:8080:127.0.0.1:2: listen address 127.0.0.1:8080 is already used by proxy "127.0.0.1:8080" (` + good + ":2)",
 		}},
 		{"a bad flag beside a file is a usage error", nil, []string{"-c", good, "--idle-timeout", "-1s"}, 2, []string{"idle timeout -1s"}},
 		{"a bad mapping beside a file is a usage error", nil, []string{"-c", good, "-p", "nonsense"}, 2, []string{`"nonsense"`}},
-		{"an unknown extension", nil, []string{"-c", writeConfig(t, "pj.json", "{}")}, 1, []string{"pj.json: cannot tell the format", ".yaml, .yml", ".toml"}},
+		{"an unknown extension", nil, []string{"-c", testutil.WriteFile(t, "pj.json", "{}")}, 1, []string{"pj.json: cannot tell the format", ".yaml, .yml", ".toml"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -232,7 +220,7 @@ proxies:
 // at start-up, naming it, rather than serving it without backends; pj
 // check accepts it.
 func TestRoutesAreNotServedYet(t *testing.T) {
-	file := writeConfig(t, "pj.yaml", "proxies:\n  - name: edge\n    listen: 127.0.0.1:0\n    routes: [{backends: [127.0.0.1:1]}]\n")
+	file := testutil.WriteFile(t, "pj.yaml", "proxies:\n  - name: edge\n    listen: 127.0.0.1:0\n    routes: [{backends: [127.0.0.1:1]}]\n")
 	err := Run(context.Background(), []string{"-c", file}, io.Discard, io.Discard,
 		WithLookupEnv(func(string) (string, bool) { return "", false }),
 		WithListening(func([]net.Addr) { t.Error("pj started listening") }))
@@ -252,7 +240,7 @@ func TestWatchNeedsAConfigFile(t *testing.T) {
 		t.Fatalf("--watch without a file: %v (exit %d), want a usage error asking for -c", err, ExitCode(err))
 	}
 	// With a file, --watch is accepted, and so is PJ_WATCH.
-	file := writeConfig(t, "pj.yaml", "proxies: [{listen: '127.0.0.1:0', backends: ['"+testutil.StartEcho(t)+"']}]\n")
+	file := testutil.WriteFile(t, "pj.yaml", "proxies: [{listen: '127.0.0.1:0', backends: ['"+testutil.StartEcho(t)+"']}]\n")
 	for _, tt := range []struct {
 		env  map[string]string
 		args []string
@@ -266,7 +254,7 @@ func TestWatchNeedsAConfigFile(t *testing.T) {
 
 func TestServeFromAConfigFile(t *testing.T) {
 	echo := testutil.StartEcho(t)
-	file := writeConfig(t, "pj.toml", `[defaults]
+	file := testutil.WriteFile(t, "pj.toml", `[defaults]
 idle_timeout = "${IDLE}"
 
 [[proxies]]
@@ -291,7 +279,7 @@ backends = ["`+echo+`"]
 func TestCheck(t *testing.T) {
 	// The listen address is taken: check must not try to bind it.
 	busy := testutil.Listen(t, "tcp4").Addr().String()
-	file := writeConfig(t, "pj.yaml", `log: { format: json }
+	file := testutil.WriteFile(t, "pj.yaml", `log: { format: json }
 grace_period: 1m
 defaults:
   idle_timeout: 90s
@@ -341,7 +329,7 @@ proxy 127.0.0.1:0 -> 127.0.0.1:1
 // pj check shows each route: what it takes, where it goes, and the
 // settings it does not share with pj's built-in ones.
 func TestCheckRoutes(t *testing.T) {
-	file := writeConfig(t, "pj.yaml", `proxies:
+	file := testutil.WriteFile(t, "pj.yaml", `proxies:
   - name: edge
     listen: 127.0.0.1:8443
     match_timeout: 1s
@@ -452,7 +440,7 @@ func TestEveryDeclaredFlagIsOnBothCommands(t *testing.T) {
 			t.Errorf("key %s declares the flag --%s, which the command line lacks", fl.Key, fl.Name)
 		}
 	}
-	file := writeConfig(t, "pj.yaml", "admin: { listen: '127.0.0.1:0', token: from-file }\nwatch: false\nproxies: [{listen: '127.0.0.1:0', backends: ['127.0.0.1:1']}]\n")
+	file := testutil.WriteFile(t, "pj.yaml", "admin: { listen: '127.0.0.1:0', token: from-file }\nwatch: false\nproxies: [{listen: '127.0.0.1:0', backends: ['127.0.0.1:1']}]\n")
 	c, err := load(t, map[string]string{"PJ_ADMIN_TOKEN": "from-env"}, "-c", file, "--watch", "--admin", "127.0.0.1:9")
 	if err != nil {
 		t.Fatal(err)
@@ -496,7 +484,7 @@ func TestManyDuplicateMappingsMakeABoundedMessage(t *testing.T) {
 }
 
 func TestCheckTakesTheRunsFlagsAndStopsWhenInterrupted(t *testing.T) {
-	file := writeConfig(t, "pj.yaml", "proxies: [{listen: '127.0.0.1:0', backends: ['127.0.0.1:1']}]\n")
+	file := testutil.WriteFile(t, "pj.yaml", "proxies: [{listen: '127.0.0.1:0', backends: ['127.0.0.1:1']}]\n")
 	if out, err := check(t, nil, "--watch", "-c", file); err != nil || !strings.Contains(out, "is valid") {
 		t.Fatalf("pj check --watch -c FILE: %q, %v", out, err)
 	}
@@ -514,7 +502,7 @@ func TestCheckTakesTheRunsFlagsAndStopsWhenInterrupted(t *testing.T) {
 		}
 		return "", false
 	}
-	blocking := writeConfig(t, "blocking.yaml", "proxies: [{listen: '127.0.0.1:0', backends: ['127.0.0.1:1'], name: '${PJ_BLOCK}x'}]\n")
+	blocking := testutil.WriteFile(t, "blocking.yaml", "proxies: [{listen: '127.0.0.1:0', backends: ['127.0.0.1:1'], name: '${PJ_BLOCK}x'}]\n")
 	ctx, cancel := context.WithCancelCause(context.Background())
 	done := make(chan error, 1)
 	go func() {

@@ -333,11 +333,18 @@ func (d *decoder) size(n *node, path string) (int64, bool) {
 }
 
 func (d *decoder) prefixes(n *node, path string) ([]netip.Prefix, bool) {
+	return readList(d, n, path, `a list of address ranges such as ["10.0.0.0/8"]`, parsePrefix)
+}
+
+// readList reads a list of strings, each made a T by parse, whose error
+// completes "KEY[i]: ". want says what the list is, for a value that is
+// not one.
+func readList[T any](d *decoder, n *node, path, want string, parse func(string) (T, error)) ([]T, bool) {
 	if n.kind != kindList {
-		d.typeError(n, path, `a list of address ranges such as ["10.0.0.0/8"]`)
+		d.typeError(n, path, want)
 		return nil, false
 	}
-	out := make([]netip.Prefix, 0, len(n.items))
+	out := make([]T, 0, len(n.items))
 	ok := true
 	for i, item := range n.items {
 		ipath := indexPath(path, i)
@@ -346,13 +353,13 @@ func (d *decoder) prefixes(n *node, path string) ([]netip.Prefix, bool) {
 			ok = false
 			continue
 		}
-		p, err := parsePrefix(s)
+		v, err := parse(s)
 		if err != nil {
 			d.problemf(item.line, ipath, "%v", err)
 			ok = false
 			continue
 		}
-		out = append(out, p)
+		out = append(out, v)
 	}
 	return out, ok
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io/fs"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/testutil"
 )
 
 // env is a fixed environment for ${VAR} expansion.
@@ -40,16 +40,6 @@ func problemsOf(t *testing.T, err error) []string {
 		t.Errorf("error %v does not wrap ErrInvalid", err)
 	}
 	return ve.Problems
-}
-
-// writeFile writes a file in a fresh directory and returns its path.
-func writeFile(t *testing.T, name, text string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 // Every key of the schema, in YAML and in TOML, written differently where
@@ -876,7 +866,7 @@ proxies:
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Chdir(filepath.Dir(writeFile(t, "pj.yaml", tt.yaml)))
+			t.Chdir(filepath.Dir(testutil.WriteFile(t, "pj.yaml", tt.yaml)))
 			_, err := config.Load("pj.yaml", env(nil))
 			if got := problemsOf(t, err); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("problems\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(tt.want, "\n  "))
@@ -886,7 +876,7 @@ proxies:
 }
 
 func TestLoad(t *testing.T) {
-	path := writeFile(t, "pj.toml", "[[proxies]]\nlisten = \"127.0.0.1:0\"\nbackends = [\"127.0.0.1:22\"]\n")
+	path := testutil.WriteFile(t, "pj.toml", "[[proxies]]\nlisten = \"127.0.0.1:0\"\nbackends = [\"127.0.0.1:22\"]\n")
 	c, err := config.Load(path, env(nil))
 	if err != nil {
 		t.Fatalf("Load(%s): %v", path, err)
@@ -901,7 +891,7 @@ func TestLoad(t *testing.T) {
 	}
 
 	for _, name := range []string{"pj.json", "pj"} {
-		_, err := config.Load(writeFile(t, name, "{}"), env(nil))
+		_, err := config.Load(testutil.WriteFile(t, name, "{}"), env(nil))
 		got := problemsOf(t, err)
 		if len(got) != 1 || !strings.Contains(got[0], name+": cannot tell the format") || !strings.Contains(got[0], ".yaml, .yml") || !strings.Contains(got[0], ".toml") {
 			t.Errorf("Load(%s) problems %q, want one naming the supported extensions", name, got)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -137,27 +138,12 @@ var routeKeys = []setting[Route]{
 func names(want string, check func(string) string) value[[]string] {
 	return value[[]string]{
 		read: func(d *decoder, n *node, path string) ([]string, bool) {
-			if n.kind != kindList {
-				d.typeError(n, path, want)
-				return nil, false
-			}
-			out := make([]string, 0, len(n.items))
-			ok := true
-			for i, item := range n.items {
-				ipath := indexPath(path, i)
-				s, sok := d.str(item, ipath)
-				if !sok {
-					ok = false
-					continue
-				}
+			return readList(d, n, path, want, func(s string) (string, error) {
 				if why := check(s); why != "" {
-					d.problemf(item.line, ipath, "%s", why)
-					ok = false
-					continue
+					return "", errors.New(why)
 				}
-				out = append(out, s)
-			}
-			return out, ok
+				return s, nil
+			})
 		},
 		clone: slices.Clone[[]string],
 		check: func(list []string) string {

@@ -1,7 +1,6 @@
 package testutil
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -18,7 +17,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -136,7 +134,7 @@ func StartPostgres(t testing.TB, cert Cert) *Postgres {
 		"-c", "listen_addresses="+host, "-c", "port="+port, "-c", "unix_socket_directories="+dir,
 		"-c", "ssl=on", "-c", "ssl_cert_file="+certFile, "-c", "ssl_key_file="+keyFile,
 		"-c", "fsync=off", "-c", "full_page_writes=off")
-	var log lockedBuffer
+	var log Buffer
 	server.Stdout, server.Stderr = &log, &log
 	if err := server.Start(); err != nil {
 		t.Fatalf("postgres: %v", err)
@@ -235,22 +233,4 @@ func postgresBin() string {
 		return filepath.Dir(p)
 	}
 	return ""
-}
-
-// lockedBuffer is a bytes.Buffer that a process and a test share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
