@@ -1,14 +1,19 @@
 package balance
 
 import (
+	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"os"
+	"strconv"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	proxyproto "github.com/pires/go-proxyproto"
 
@@ -22,6 +27,9 @@ import (
 func probe(ctx context.Context, b *Backend, hc config.HealthCheck, version byte) error {
 	if b.Err != nil {
 		return b.Err
+	}
+	if hc.Datagrams {
+		return probeUDP(ctx, b, hc)
 	}
 	ctx, cancel := context.WithTimeout(ctx, hc.Timeout)
 	defer cancel()
@@ -40,22 +48,69 @@ func probe(ctx context.Context, b *Backend, hc config.HealthCheck, version byte)
 			return probeError("send the PROXY header", err, hc.Timeout)
 		}
 	}
-	if hc.Send != "" {
-		if _, err := io.WriteString(c, hc.Send); err != nil {
+	send, expect := hc.Payload()
+	if len(send) > 0 {
+		if _, err := c.Write(send); err != nil {
 			return probeError("send", err, hc.Timeout)
 		}
 	}
-	if hc.Expect != "" {
-		got := make([]byte, len(hc.Expect))
+	if len(expect) > 0 {
+		got := make([]byte, len(expect))
 		n, err := io.ReadFull(c, got)
 		if err != nil && n == 0 {
 			return probeError("expect", err, hc.Timeout)
 		}
-		if string(got[:n]) != hc.Expect {
-			return fmt.Errorf("expect: the reply %q does not start with %q", got[:n], hc.Expect)
+		if !bytes.Equal(got[:n], expect) {
+			return fmt.Errorf("expect: the reply %s does not start with %s", showBytes(got[:n]), showBytes(expect))
 		}
 	}
 	return nil
+}
+
+// probeUDP checks a UDP backend: it sends the check's payload as one
+// datagram, from a socket connected to the backend, and waits for a reply
+// that starts with what the check expects (any reply, if it expects
+// nothing). An ICMP port unreachable fails it at once: "connection
+// refused".
+func probeUDP(ctx context.Context, b *Backend, hc config.HealthCheck) error {
+	ctx, cancel := context.WithTimeout(ctx, hc.Timeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", b.Addr.String())
+	if err != nil {
+		return probeError("connect", err, hc.Timeout)
+	}
+	defer c.Close()
+	deadline, _ := ctx.Deadline()
+	_ = c.SetDeadline(deadline) // on a fresh socket this cannot fail
+	send, expect := hc.Payload()
+	if _, err := c.Write(send); err != nil {
+		return probeError("send", err, hc.Timeout)
+	}
+	// A reply longer than the buffer is cut short, which is enough: only
+	// its start is compared.
+	got := make([]byte, max(len(expect), 1))
+	n, err := c.Read(got)
+	if err != nil {
+		return probeError("expect", err, hc.Timeout)
+	}
+	if !bytes.HasPrefix(got[:n], expect) {
+		return fmt.Errorf("expect: the reply %s does not start with %s", showBytes(got[:n]), showBytes(expect))
+	}
+	return nil
+}
+
+// showBytes writes bytes for a message: quoted if they are text, else in
+// hexadecimal (a binary protocol's reply); at most 32 of them.
+func showBytes(b []byte) string {
+	cut := ""
+	if len(b) > 32 {
+		b, cut = b[:32], "..."
+	}
+	if utf8.Valid(b) && !bytes.ContainsFunc(b, func(r rune) bool { return !unicode.IsPrint(r) && !unicode.IsSpace(r) }) {
+		return strconv.Quote(string(b)) + cut
+	}
+	return "hex " + hex.EncodeToString(b) + cut
 }
 
 // probeError keeps what an operator needs of a dial or I/O error:

@@ -8,6 +8,7 @@
 package config
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -98,6 +99,9 @@ type Settings struct {
 	// MatchTimeout is how long a proxy with routes waits for the first
 	// bytes its routes need before it chooses on what it has.
 	MatchTimeout time.Duration
+
+	// UDP are the settings of UDP proxies alone.
+	UDP UDPSettings
 }
 
 // ProxyVersion is the PROXY protocol version sent to backends: 0 (none),
@@ -112,6 +116,17 @@ func (s *Settings) ProxyVersion() byte {
 	return 0
 }
 
+// UDPSettings are the settings of a UDP proxy's sessions.
+type UDPSettings struct {
+	// Responses ends a session after this many replies (DNS: 1); 0 means
+	// sessions end by the idle timeout alone.
+	Responses int
+}
+
+// UDPIdleTimeout is the idle timeout of a UDP proxy that sets none: a
+// session has no end of its own (no FIN), so "never" is not on offer.
+const UDPIdleTimeout = 30 * time.Second
+
 // HealthCheck configures active checks of a proxy's backends.
 type HealthCheck struct {
 	Interval time.Duration // 0 turns active checks off
@@ -119,14 +134,38 @@ type HealthCheck struct {
 	Rise     int // consecutive successes that bring a backend up
 	Fall     int // consecutive failures that take it down
 	// Send, if set, is written after connecting; Expect, if set, must
-	// prefix the reply (HAProxy's tcp-check send/expect).
-	Send, Expect string
+	// prefix the reply (HAProxy's tcp-check send/expect). SendHex and
+	// ExpectHex say the same in hexadecimal, for binary protocols; a
+	// check has one of each pair at most (see Payload).
+	Send, Expect       string
+	SendHex, ExpectHex string
 	// SendProxy sends the PROXY protocol header in checks too.
 	SendProxy bool
 	// Explicit is true when the configuration set health_check for this
 	// proxy (or in defaults): then a proxy with one backend is checked
 	// too. Without it, only proxies of several backends are.
 	Explicit bool
+	// Datagrams marks the checks of a UDP proxy (set by Validate): a
+	// probe sends the payload as a datagram and waits for a reply, and
+	// without a payload no check runs.
+	Datagrams bool
+}
+
+// Payload returns what a check sends and what the reply must start with:
+// Send or SendHex, Expect or ExpectHex, as bytes (nil when not set).
+// Validate has checked the hexadecimal.
+func (hc HealthCheck) Payload() (send, expect []byte) {
+	pick := func(text, hexText string) []byte {
+		if text != "" {
+			return []byte(text)
+		}
+		if hexText != "" {
+			b, _ := hex.DecodeString(hexText) // checked by Validate
+			return b
+		}
+		return nil
+	}
+	return pick(hc.Send, hc.SendHex), pick(hc.Expect, hc.ExpectHex)
 }
 
 // RateLimit is a token bucket of new connections per client IP.
@@ -311,9 +350,10 @@ func (c *Config) proxyProblems(problems *problemTexts) {
 			add("%s: no backends", where)
 		}
 		problems.add(located(where, keyProblems(settingKeys, &p.Settings, &c.Defaults))...)
-		if _, _, err := SplitHostPort(p.Listen); err != nil {
+		if _, _, err := SplitHostPort(listenHostPort(p.Listen)); err != nil {
 			add("%s: listen: %v", where, err)
 		}
+		problems.add(located(where, p.transportProblems(&c.Defaults))...)
 		if problems.full() {
 			problems.more += len(backendProblems(p.Backends)) // counted; their texts would not be listed
 		} else {
@@ -416,11 +456,12 @@ func (p *Proxy) label(at func(name string) string) string {
 // listenKey normalises a listen address for duplicate detection; it returns
 // "" for port 0, which never collides.
 func listenKey(listen string) string {
-	host, port, err := SplitHostPort(listen)
+	addr, network := SplitNetwork(listen)
+	host, port, err := SplitHostPort(addr)
 	if err != nil || port == 0 {
 		return ""
 	}
-	return JoinHostPort(strings.ToLower(host), port)
+	return JoinHostPort(strings.ToLower(host), port) + "/" + network
 }
 
 // balanceHint shows the comma form that merges two mappings' backends.
@@ -437,8 +478,12 @@ func balanceHint(a, b *Proxy) string {
 
 // Runs reports whether active checks run for a proxy of so many backends:
 // with an interval, for several backends, or for one when the
-// configuration asks for checks explicitly.
+// configuration asks for checks explicitly; for a UDP proxy, only with a
+// payload to send.
 func (hc HealthCheck) Runs(backends int) bool {
+	if hc.Datagrams && hc.Send == "" && hc.SendHex == "" {
+		return false
+	}
 	return hc.Interval > 0 && (backends > 1 || hc.Explicit)
 }
 

@@ -83,6 +83,8 @@ proxies:
     allow: []
     bandwidth: { per_connection: 1GB }
     accept_proxy_protocol: {}
+    health_check: { send: "", send_hex: "50 49 4e 47 0d 0a", expect: "", expect_hex: "2B:50:4F:4E:47" }
+    udp: { responses: 2 }
     send: "$$HOME"
   - name: edge
     listen: ":443"
@@ -151,6 +153,8 @@ max_connections = 0
 allow = []
 bandwidth = { per_connection = "1GB" }
 accept_proxy_protocol = {}
+health_check = { send = "", send_hex = "50 49 4e 47 0d 0a", expect = "", expect_hex = "2B:50:4F:4E:47" }
+udp.responses = 2
 send = "$$HOME"
 
   [[proxies.backends]]
@@ -209,6 +213,9 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 	db.MaxConnections = 0       // explicit 0 beats 100
 	db.Allow = []netip.Prefix{} // an empty list replaces the defaults'
 	db.Bandwidth = config.Bandwidth{PerConnection: 1_000_000_000}
+	db.HealthCheck.Send, db.HealthCheck.Expect = "", ""
+	db.HealthCheck.SendHex, db.HealthCheck.ExpectHex = "50494e470d0a", "2b504f4e47" // plain lower-case hex
+	db.UDP.Responses = 2
 	edge := defaults
 	edge.MatchTimeout = time.Second
 	edge.IdleTimeout = 5 * time.Minute
@@ -241,9 +248,9 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 		name, text string
 		sources    []string // of the proxies, then of the routes
 	}{
-		{"pj.yaml", fixYAML, []string{"pj.yaml:23", "pj.yaml:32", "pj.yaml:39", "pj.yaml:44", "pj.yaml:49"}},
-		{"pj.yml", fixYAML, []string{"pj.yml:23", "pj.yml:32", "pj.yml:39", "pj.yml:44", "pj.yml:49"}},
-		{"pj.toml", fixTOML, []string{"pj.toml:36", "pj.toml:48", "pj.toml:59", "pj.toml:65", "pj.toml:72"}},
+		{"pj.yaml", fixYAML, []string{"pj.yaml:23", "pj.yaml:32", "pj.yaml:41", "pj.yaml:46", "pj.yaml:51"}},
+		{"pj.yml", fixYAML, []string{"pj.yml:23", "pj.yml:32", "pj.yml:41", "pj.yml:46", "pj.yml:51"}},
+		{"pj.toml", fixTOML, []string{"pj.toml:36", "pj.toml:48", "pj.toml:61", "pj.toml:67", "pj.toml:74"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := config.Decode(tt.name, []byte(tt.text), env(vars))
@@ -287,7 +294,7 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 		got := decodeProblems(t, name, text, vars)
 		if len(got) != 1 || !strings.HasSuffix(got[0], ": proxies[1].send: unknown key (valid here: "+
 			"accept_proxy_protocol, allow, backends, balance, bandwidth, connect_timeout, deny, dns_refresh, health_check, idle_timeout, "+
-			"listen, match_timeout, max_connections, max_connections_per_client, name, proxy_protocol, rate_limit, resolver, routes)") {
+			"listen, match_timeout, max_connections, max_connections_per_client, name, proxy_protocol, rate_limit, resolver, routes, udp)") {
 			t.Errorf("%s: problems = %q, want one for proxies[1].send listing the valid keys", name, got)
 		}
 	}

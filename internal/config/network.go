@@ -1,6 +1,9 @@
 package config
 
-import "strings"
+import (
+	"reflect"
+	"strings"
+)
 
 // Transports a listen address may end in.
 const (
@@ -21,6 +24,46 @@ func SplitNetwork(listen string) (addr, network string) {
 		}
 	}
 	return listen, TCP
+}
+
+// listenHostPort is the HOST:PORT of a listen address.
+func listenHostPort(listen string) string {
+	addr, _ := SplitNetwork(listen)
+	return addr
+}
+
+// transportProblems applies what a proxy's transport implies: a UDP proxy
+// has checks of datagrams, and an idle timeout of UDPIdleTimeout unless it
+// sets one (0 is not "never" for UDP). A setting of the other transport
+// is a problem when the proxy sets it itself; one it inherits from the
+// defaults (which serve both kinds of proxy) is left alone.
+func (p *Proxy) transportProblems(defaults *Settings) []string {
+	var problems []string
+	own := func(differs bool, key, why string) {
+		if differs {
+			problems = append(problems, key+": "+why)
+		}
+	}
+	if !p.IsUDP() {
+		own(p.UDP != defaults.UDP, "udp", "applies to UDP proxies only (a listen address ending in /udp)")
+		return problems
+	}
+	p.HealthCheck.Datagrams = true
+	if p.IdleTimeout == 0 {
+		p.IdleTimeout = UDPIdleTimeout
+	}
+	const tcpOnly = "applies to TCP proxies only; a UDP proxy relays datagrams as they are"
+	own(p.MatchTimeout != defaults.MatchTimeout, "match_timeout", tcpOnly)
+	own(p.ProxyProtocol != defaults.ProxyProtocol, "proxy_protocol", tcpOnly)
+	own(p.AcceptProxyProtocol != nil && !reflect.DeepEqual(p.AcceptProxyProtocol, defaults.AcceptProxyProtocol),
+		"accept_proxy_protocol", tcpOnly+" (admission keys apply to each datagram's source address)")
+	own(p.Bandwidth != defaults.Bandwidth, "bandwidth", tcpOnly)
+	hc := p.HealthCheck
+	if hc.Explicit && hc.Interval > 0 && hc.Send == "" && hc.SendHex == "" {
+		problems = append(problems, "health_check: a UDP backend is checked with a datagram and its reply: "+
+			"set send (or send_hex), and expect (or expect_hex) to check what comes back; or interval: 0s for no active checks")
+	}
+	return problems
 }
 
 // IsUDP reports whether the proxy relays datagrams: its listen address

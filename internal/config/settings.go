@@ -59,6 +59,15 @@ var settingKeys = []setting[Settings]{
 
 	object("health_check", func(s *Settings) *HealthCheck { return &s.HealthCheck }).
 		onSet(func(s *Settings) { s.HealthCheck.Explicit = true }).
+		rule(func(hc HealthCheck) string {
+			switch {
+			case hc.Send != "" && hc.SendHex != "":
+				return "send and send_hex say the same thing: set one"
+			case hc.Expect != "" && hc.ExpectHex != "":
+				return "expect and expect_hex say the same thing: set one"
+			}
+			return ""
+		}).
 		alwaysShown(HealthCheck.describe),
 	def("health_check.interval", func(s *Settings) *time.Duration { return &s.HealthCheck.Interval }, duration(notNegative)).
 		zeroMeans("0s turns checks off"),
@@ -67,6 +76,8 @@ var settingKeys = []setting[Settings]{
 	def("health_check.fall", func(s *Settings) *int { return &s.HealthCheck.Fall }, count(atLeastOne)),
 	def("health_check.send", func(s *Settings) *string { return &s.HealthCheck.Send }, text()),
 	def("health_check.expect", func(s *Settings) *string { return &s.HealthCheck.Expect }, text()),
+	def("health_check.send_hex", func(s *Settings) *string { return &s.HealthCheck.SendHex }, hexBytes()),
+	def("health_check.expect_hex", func(s *Settings) *string { return &s.HealthCheck.ExpectHex }, hexBytes()),
 	def("health_check.send_proxy", func(s *Settings) *bool { return &s.HealthCheck.SendProxy }, boolean()),
 
 	def("dns_refresh", func(s *Settings) *time.Duration { return &s.DNSRefresh }, duration(notNegative)).
@@ -139,6 +150,11 @@ var settingKeys = []setting[Settings]{
 
 	def("match_timeout", func(s *Settings) *time.Duration { return &s.MatchTimeout }, duration(positive)).
 		shown(func(d time.Duration) string { return "match timeout " + durationText(d) }),
+
+	object("udp", func(s *Settings) *UDPSettings { return &s.UDP }),
+	def("udp.responses", func(s *Settings) *int { return &s.UDP.Responses }, count(notNegative)).
+		zeroMeans("0 ends sessions by idle_timeout alone").
+		shown(func(n int) string { return fmt.Sprintf("a session ends after %d replies", n) }),
 }
 
 // proxyKeys are a proxy's own keys, beside the settings it may override.
@@ -150,7 +166,7 @@ var proxyKeys = []setting[Proxy]{
 			}
 			return ""
 		}),
-	def("listen", func(p *Proxy) *string { return &p.Listen }, address(true)),
+	def("listen", func(p *Proxy) *string { return &p.Listen }, listenAddress()),
 	def("backends", func(p *Proxy) *[]Backend { return &p.Backends }, value[[]Backend]{read: (*decoder).backends}),
 }
 

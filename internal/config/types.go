@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -89,6 +90,66 @@ func address(listen bool) value[string] {
 			}
 			return ""
 		},
+	}
+}
+
+// listenAddress is a proxy's listen address: HOST:PORT, optionally
+// followed by /udp (datagrams) or /tcp (the default, dropped).
+func listenAddress() value[string] {
+	return value[string]{
+		read: func(d *decoder, n *node, path string) (string, bool) {
+			s, ok := d.str(n, path)
+			if !ok {
+				return "", false
+			}
+			addr, network := SplitNetwork(s)
+			if i := strings.LastIndexByte(s, '/'); i >= 0 && addr == s {
+				d.problemf(n.line, path, "%q: the transport after / must be udp or tcp (expected HOST:PORT or HOST:PORT/udp, e.g. 0.0.0.0:53/udp)", s)
+				return "", false
+			}
+			host, port, err := SplitHostPort(addr)
+			if err != nil {
+				d.problemf(n.line, path, "%s (expected HOST:PORT, e.g. 0.0.0.0:8080)", unwrapAddress(err))
+				return "", false
+			}
+			out := JoinHostPort(host, port)
+			if network == UDP {
+				out += "/" + UDP
+			}
+			return out, true
+		},
+		check: func(s string) string {
+			if _, _, err := SplitHostPort(listenHostPort(s)); err != nil {
+				return unwrapAddress(err) + " (expected HOST:PORT, e.g. 0.0.0.0:8080)"
+			}
+			return ""
+		},
+	}
+}
+
+// hexBytes is bytes written in hexadecimal: "abcd0100", or with spaces
+// or colons between them ("ab cd 01 00"); kept as plain lower-case hex.
+func hexBytes() value[string] {
+	return value[string]{
+		read: func(d *decoder, n *node, path string) (string, bool) {
+			s, ok := d.str(n, path)
+			if !ok {
+				return "", false
+			}
+			s = strings.ToLower(strings.NewReplacer(" ", "", ":", "", "\t", "").Replace(s))
+			if _, err := hex.DecodeString(s); err != nil {
+				d.problemf(n.line, path, "%q is not hexadecimal bytes (write e.g. \"abcd 0100\"): %v", s, err)
+				return "", false
+			}
+			return s, true
+		},
+		check: func(s string) string {
+			if _, err := hex.DecodeString(s); err != nil {
+				return "is not hexadecimal bytes"
+			}
+			return ""
+		},
+		text: strconv.Quote,
 	}
 }
 

@@ -105,6 +105,7 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (
 		ProxyProtocol:  c.ProxyVersion(),
 		TrustedProxies: trusted,
 		UDP:            c.IsUDP(),
+		Responses:      c.UDP.Responses,
 		rateLimit:      c.RateLimit,
 		perClient:      c.MaxConnectionsPerClient,
 	}, nil

@@ -1,0 +1,93 @@
+package admin
+
+import (
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	tu "github.com/pj-proxy/pj/internal/testutil"
+)
+
+func udpEcho(t *testing.T) string {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
+		}
+	})
+	t.Cleanup(func() { _ = c.Close(); wg.Wait() })
+	return c.LocalAddr().String()
+}
+
+// TestUDPSessionsMetricsAndKill: a UDP session is in the connection table
+// and can be closed there; its datagrams and the ones refused are counted.
+func TestUDPSessionsMetricsAndKill(t *testing.T) {
+	echo := udpEcho(t)
+	pr := named("dns", "127.0.0.1:0/udp", echo)
+	pr.Allow = nil
+	p := start(t, Options{}, pr)
+	listen := p.proxies(t).Proxies[0].Listen
+	if !strings.HasSuffix(listen, "/udp") {
+		t.Fatalf("listen %q, want it with /udp", listen)
+	}
+	c, err := net.Dial("udp", strings.TrimSuffix(listen, "/udp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 3 {
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 16)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var conns []connectionJSON
+	tu.WaitFor(t, 10*time.Second, "the session in the table", func() bool {
+		conns = p.connections(t)
+		return len(conns) == 1 && conns[0].BytesDown == 12
+	})
+	if cj := conns[0]; cj.Client != c.LocalAddr().String() || cj.Listener != listen || cj.Backend != echo || cj.BytesUp != 12 {
+		t.Fatalf("session %+v", cj)
+	}
+	fams := p.metrics(t)
+	for _, m := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"pj_udp_datagrams_total", map[string]string{"proxy": "dns", "direction": "up"}, 3},
+		{"pj_udp_datagrams_total", map[string]string{"proxy": "dns", "direction": "down"}, 3},
+		{"pj_udp_dropped_datagrams_total", map[string]string{"proxy": "dns", "reason": "denied"}, 0},
+		{"pj_bytes_total", map[string]string{"proxy": "dns", "direction": "up"}, 12},
+		{"pj_active_connections", map[string]string{"proxy": "dns"}, 1},
+	} {
+		if got := value(t, fams, m.name, m.labels); got != m.want {
+			t.Errorf("%s%v = %v, want %v", m.name, m.labels, got, m.want)
+		}
+	}
+	if code, body := p.do(t, "DELETE", "/api/v1/connections/"+conns[0].ID, "", ""); code != 204 {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	line := p.logs.WaitLines(t, "[killed]", 1)[0]
+	if !strings.Contains(line, "datagrams_up=3 datagrams_down=3") {
+		t.Fatalf("log line %q", line)
+	}
+	if n := len(p.connections(t)); n != 0 {
+		t.Fatalf("%d connections after the kill", n)
+	}
+}
