@@ -256,9 +256,11 @@ type udpGen struct {
 	size     int
 	events   []syscall.EpollEvent
 	rx, tx   *batch
-	out      []bool // session i has a datagram in flight (many sessions)
+	out      []bool      // session i has a datagram in flight (many sessions)
+	sentAt   []time.Time // when it was sent
 	inflight int
-	next     int // the next session to send on
+	checked  time.Time // the last look for lost datagrams
+	next     int       // the next session to send on
 	lastRx   time.Time
 
 	answered int // sessions that have had an echo
@@ -278,7 +280,7 @@ func newUDPGen(addr netip.Addr, port uint16, size, sessions int) (*udpGen, error
 	}
 	g := &udpGen{ep: ep, size: size, events: make([]syscall.EpollEvent, 256),
 		rx: newBatch(udpInflight, size+1, false), tx: newBatch(udpInflight, size, false),
-		out: make([]bool, sessions), seen: make([]bool, sessions)}
+		out: make([]bool, sessions), sentAt: make([]time.Time, sessions), seen: make([]bool, sessions)}
 	to := netip.AddrPortFrom(addr, port)
 	for i := range sessions {
 		fd, err := udpSocket(to, netip.AddrPort{}, false)
@@ -349,6 +351,7 @@ func (g *udpGen) sendNext() {
 		g.next = (g.next + 1) % len(g.fds)
 		if !g.out[i] {
 			g.out[i] = true
+			g.sentAt[i] = time.Now()
 			g.send(i, 1)
 			return
 		}
@@ -393,9 +396,25 @@ func (g *udpGen) step() error {
 			g.sendNext()
 		}
 	}
-	if g.inflight > 0 && time.Since(g.lastRx) > udpLossWait {
-		g.lost += g.inflight
-		g.start()
+	if len(g.fds) == 1 {
+		if g.inflight > 0 && time.Since(g.lastRx) > udpLossWait {
+			g.lost += g.inflight
+			g.start()
+		}
+		return nil
+	}
+	// With many sessions, a datagram lost on one of them is found by its
+	// age: the others go on answering meanwhile.
+	if now := time.Now(); now.Sub(g.checked) > udpLossWait/4 {
+		g.checked = now
+		for i, out := range g.out {
+			if out && now.Sub(g.sentAt[i]) > udpLossWait {
+				g.out[i] = false
+				g.inflight--
+				g.lost++
+				g.sendNext()
+			}
+		}
 	}
 	return nil
 }

@@ -2,12 +2,17 @@ package udp
 
 import (
 	"bytes"
+	"context"
+	"log/slog"
 	"net"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/testutil"
 )
 
@@ -146,6 +151,82 @@ func TestCoalescedReplies(t *testing.T) {
 	}
 	if coalesced == 0 {
 		t.Fatal("the replies were not read coalesced: GRO is off on the backend socket")
+	}
+}
+
+// TestRepliesMerged drives the reply path directly: replies of one size
+// that wait together on a session's backend socket go to the client as
+// one GSO message, and the client gets each whole and alone.
+func TestRepliesMerged(t *testing.T) {
+	l, err := newLoop(&Engine{log: slog.New(slog.DiscardHandler)}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Close(l.evfd); _ = unix.Close(l.epfd) })
+	udp4 := func() *net.UDPConn {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		_ = c.SetReadBuffer(1 << 20)
+		return c
+	}
+	backend, listener, client := udp4(), udp4(), udp4()
+	lfd, err := detach(listener)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeFD(lfd) })
+	bfd, err := newBackendSocket(backend.LocalAddr().(*net.UDPAddr).AddrPort(), &l.rsa, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeFD(bfd) })
+	p, err := proxy.Build(context.Background(), config.Proxy{Name: "t", Backends: []config.Backend{{Address: backend.LocalAddr().String(), Weight: 1}},
+		Settings: config.Default().Defaults}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &session{fd: bfd, ls: &lsock{ln: &Listener{}, fd: lfd}, proxy: p, backend: p.Pool().Backends()[0], heapIdx: -1}
+	var rsa unix.RawSockaddrAny
+	n := sockaddr(client.LocalAddr().(*net.UDPAddr).AddrPort(), &rsa)
+	s.name = *(*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
+	s.namelen = uint32(n)
+
+	// Five replies wait on pj's backend socket before pj reads any.
+	pjSide, _ := unix.Getsockname(bfd)
+	to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: pjSide.(*unix.SockaddrInet4).Port}
+	want := [][]byte{fill('a', 700), fill('b', 700), fill('c', 700), fill('d', 700), fill('e', 70)}
+	for _, w := range want {
+		if _, err := backend.WriteToUDP(w, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.WaitFor(t, 5*time.Second, "the replies queued", func() bool {
+		v, _ := unix.IoctlGetInt(bfd, unix.SIOCINQ)
+		return v > 0
+	})
+	for try := 0; try < 10 && l.txData < len(want); try++ {
+		l.readBackend(s, unix.EPOLLIN)
+	}
+	l.flush()
+	if l.merged == 0 {
+		t.Fatal("the replies were not merged into a GSO message")
+	}
+	buf := make([]byte, 1<<16)
+	for i, w := range want {
+		_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		m, err := client.Read(buf)
+		if err != nil {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+		if !bytes.Equal(buf[:m], w) {
+			t.Fatalf("reply %d: %d bytes of %q, want %d of %q", i, m, buf[0], len(w), w[0])
+		}
+	}
+	if s.down.dgrams != 5 || s.down.bytes != 2870 {
+		t.Fatalf("counted %d datagrams, %d bytes; want 5, 2870", s.down.dgrams, s.down.bytes)
 	}
 }
 

@@ -58,14 +58,16 @@ type loop struct {
 	spare  []*session // closed sessions kept for reuse
 	gen    uint32
 
-	rx    *msgs          // datagrams from clients
-	rxSeg [rxBatch]int32 // UDP GRO: the datagram size of a coalesced slot; else 0
-	up    *msgs          // headers for the sends to backends (over rx's slots)
-	tx    *msgs          // replies from backends, waiting to be sent to clients
-	txN   int
-	txs   []txEntry
-	rsa   unix.RawSockaddrAny
-	ev    unix.EpollEvent
+	rx     *msgs          // datagrams from clients
+	rxSeg  [rxBatch]int32 // UDP GRO: the datagram size of a coalesced slot; else 0
+	up     *msgs          // headers for the sends to backends (over rx's slots)
+	tx     *msgs          // replies from backends, waiting to be sent to clients
+	txN    int            // messages queued in tx.hdrs
+	txData int            // data slots of tx.buf in use (a GSO message takes several)
+	txs    []txEntry
+	back   *msgs // headers for the reads from backends (over tx's slots)
+	rsa    unix.RawSockaddrAny
+	ev     unix.EpollEvent
 
 	cur     *session // the session being handled, for recover
 	wall    time.Time
@@ -73,8 +75,9 @@ type loop struct {
 	busy    bool
 	yielded int64
 	noGSO   bool // a GSO send failed: send datagram by datagram
-	// coalesced counts reads that UDP GRO coalesced (for tests).
-	coalesced int
+	// coalesced counts reads that UDP GRO coalesced, merged the replies
+	// sent as one GSO message (for tests).
+	coalesced, merged int
 
 	mu       sync.Mutex
 	cmds     []func(*loop)
@@ -92,6 +95,10 @@ type txEntry struct {
 	stats *observe.ProxyStats
 	n     int // datagrams in the message (more than one with GSO)
 	seg   int // their size when more than one; else 0
+	bytes int
+	// slot and iovs are the data slots of the message; pkt the length of
+	// its packet-info message (which comes first in its control data).
+	slot, iovs, pkt int
 }
 
 func newLoop(e *Engine, id int) (*loop, error) {
@@ -114,7 +121,8 @@ func newLoop(e *Engine, id int) (*loop, error) {
 		txs:    make([]txEntry, txBatch),
 		exited: make(chan struct{}),
 	}
-	l.up = &msgs{hdrs: make([]unix.Mmsghdr, rxBatch), iovs: make([]unix.Iovec, rxBatch*2), ctrl: make([]byte, rxBatch*ctrlSize)}
+	l.up = &msgs{hdrs: make([]unix.Mmsghdr, rxBatch), iovs: make([]unix.Iovec, rxBatch), ctrl: make([]byte, rxBatch*ctrlSize)}
+	l.back = &msgs{hdrs: make([]unix.Mmsghdr, perSession), iovs: make([]unix.Iovec, perSession), ctrl: make([]byte, perSession*ctrlSize)}
 	l.ev = unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &l.ev); err != nil {
 		_ = unix.Close(evfd)
@@ -238,7 +246,7 @@ func (l *loop) recover() {
 	if s != nil && s.state != stateClosed {
 		l.close(s, StatusOf(errPanic), fmt.Errorf("%w: %v", errPanic, v))
 	}
-	l.txN = 0 // the queued replies may be half built
+	l.txN, l.txData = 0, 0 // the queued replies may be half built
 }
 
 // --- listener sockets ---
@@ -474,13 +482,12 @@ func (l *loop) sendGSO(s *session, from, to, seg int) error {
 func (l *loop) readBackend(s *session, events uint32) {
 	l.cur = s
 	defer func() { l.cur = nil }()
-	if l.txN+perSession > txBatch {
+	if l.txN+perSession > txBatch || l.txData+perSession > txBatch {
 		l.flush()
 		if s.state == stateClosed {
 			return
 		}
 	}
-	tx := l.tx
 	k := perSession
 	if s.responses > 0 {
 		k = min(k, s.responses-s.queued-int(s.down.dgrams))
@@ -488,9 +495,18 @@ func (l *loop) readBackend(s *session, events uint32) {
 	if k <= 0 {
 		return // its N-th reply is on its way: the session ends once it is sent
 	}
-	from := l.txN
-	tx.armRecv(from, k, false, true)
-	n, err := recvmmsg(s.fd, tx.hdrs[from:from+k])
+	tx, back, first := l.tx, l.back, l.txData
+	for j := range k {
+		h := &back.hdrs[j].Hdr
+		back.iovs[j] = unix.Iovec{Base: &tx.buf[(first+j)*slotSize]}
+		back.iovs[j].SetLen(slotSize)
+		h.Iov = &back.iovs[j]
+		h.SetIovlen(1)
+		h.Control = &back.ctrl[j*ctrlSize]
+		h.SetControllen(ctrlSize)
+		h.Flags = 0
+	}
+	n, err := recvmmsg(s.fd, back.hdrs[:k])
 	if err != nil {
 		switch {
 		case err == unix.EAGAIN:
@@ -510,50 +526,107 @@ func (l *loop) readBackend(s *session, events uint32) {
 		s.replied = true
 		l.observe(s, true, nil)
 	}
-	for i := from; i < from+n; i++ {
-		h := &tx.hdrs[i].Hdr
-		size := int(tx.hdrs[i].Len)
-		seg := 0
-		if h.Controllen > 0 {
-			seg = parseRx(tx.control(i)).segment
+	// What each slot holds: one datagram, or with UDP GRO several of
+	// segment bytes each.
+	var segs [perSession]int
+	for j := range n {
+		tx.iovs[first+j] = unix.Iovec{Base: &tx.buf[(first+j)*slotSize]}
+		tx.iovs[first+j].SetLen(int(back.hdrs[j].Len))
+		if back.hdrs[j].Hdr.Controllen > 0 {
+			ctrl := back.ctrl[j*ctrlSize : j*ctrlSize+int(back.hdrs[j].Hdr.Controllen)]
+			if seg := parseRx(ctrl).segment; seg > 0 && int(back.hdrs[j].Len) > seg {
+				segs[j] = seg
+				l.coalesced++
+			}
 		}
-		dgrams := 1
-		if seg > 0 && size > seg {
+	}
+	l.txData += n
+	if s.responses == 0 && !l.noGSO {
+		if seg := l.gsoReplies(first, n, segs[:n]); seg > 0 {
+			l.merged++
+			l.queueReply(s, first, n, n, seg)
+			l.touch(s)
+			return
+		}
+	}
+	for j := range n {
+		dgrams, seg := 1, segs[j]
+		size := int(tx.iovs[first+j].Len)
+		if seg > 0 {
 			dgrams = (size + seg - 1) / seg
-			l.coalesced++
-		} else {
-			seg = 0
 		}
 		if s.responses > 0 {
 			// Replies past the N-th are not relayed: the session is over.
-			if left := s.responses - s.queued - int(s.down.dgrams); dgrams > left {
-				size, dgrams = left*seg, left
-				if dgrams == 1 {
-					seg = 0
-				}
+			left := s.responses - s.queued - int(s.down.dgrams)
+			if left <= 0 {
+				break
+			}
+			if dgrams > left {
+				tx.iovs[first+j].SetLen(left * seg)
+				dgrams = left
+			}
+			if dgrams == 1 {
+				seg = 0
 			}
 		}
-		tx.iovs[i].SetLen(size)
-		h.Iov = &tx.iovs[i]
-		tx.names[i] = s.name
-		h.Name = (*byte)(unsafe.Pointer(&tx.names[i]))
-		h.Namelen = s.namelen
-		c := tx.ctrl[i*ctrlSize : (i+1)*ctrlSize]
-		cn := copy(c, s.pkt.b[:s.pkt.n])
-		if seg > 0 {
-			cn += putSegment(c[cn:], seg)
-		}
-		h.Control = nil
-		if cn > 0 {
-			h.Control = &c[0]
-		}
-		h.SetControllen(cn)
-		h.Flags = 0
-		l.txs[i] = txEntry{s: s, gen: s.gen, ls: s.ls, stats: s.proxy.Stats, n: dgrams, seg: seg}
-		s.queued += dgrams
+		l.queueReply(s, first+j, 1, dgrams, seg)
 	}
-	l.txN = from + n
 	l.touch(s)
+}
+
+// gsoReplies returns the datagram size if the n replies in slots [first,
+// first+n) can go to the client as one GSO send (each one datagram, of
+// one size but the last); else 0.
+func (l *loop) gsoReplies(first, n int, segs []int) int {
+	if n < 2 {
+		return 0
+	}
+	size := int(l.tx.iovs[first].Len)
+	total := 0
+	for j := range n {
+		m := int(l.tx.iovs[first+j].Len)
+		if segs[j] > 0 || m == 0 || m > size || (m < size && j != n-1) {
+			return 0
+		}
+		total += m
+	}
+	if total > maxGSOBytes {
+		return 0
+	}
+	return size
+}
+
+// queueReply queues a message to s's client of the data in tx slots
+// [slot, slot+iovs): one datagram, or dgrams of seg bytes sent with GSO
+// (from several slots, or from one that GRO coalesced).
+func (l *loop) queueReply(s *session, slot, iovs, dgrams, seg int) {
+	tx, i := l.tx, l.txN
+	h := &tx.hdrs[i].Hdr
+	*h = unix.Msghdr{}
+	h.Iov = &tx.iovs[slot]
+	h.SetIovlen(iovs)
+	tx.names[i] = s.name
+	h.Name = (*byte)(unsafe.Pointer(&tx.names[i]))
+	h.Namelen = s.namelen
+	c := tx.ctrl[i*ctrlSize : (i+1)*ctrlSize]
+	cn := copy(c, s.pkt.b[:s.pkt.n])
+	if dgrams > 1 {
+		cn += putSegment(c[cn:], seg)
+	} else {
+		seg = 0
+	}
+	if cn > 0 {
+		h.Control = &c[0]
+	}
+	h.SetControllen(cn)
+	bytes := 0
+	for j := slot; j < slot+iovs; j++ {
+		bytes += int(tx.iovs[j].Len)
+	}
+	l.txs[i] = txEntry{s: s, gen: s.gen, ls: s.ls, stats: s.proxy.Stats, n: dgrams, seg: seg, bytes: bytes,
+		slot: slot, iovs: iovs, pkt: int(s.pkt.n)}
+	s.queued += dgrams
+	l.txN++
 }
 
 // flush sends the queued replies to their clients: one sendmmsg per run
@@ -564,7 +637,7 @@ func (l *loop) flush() {
 		return
 	}
 	n := l.txN
-	l.txN = 0
+	l.txN, l.txData = 0, 0
 	for from := 0; from < n; {
 		ls := l.txs[from].ls
 		to := from + 1
@@ -586,7 +659,8 @@ func (l *loop) flush() {
 	}
 }
 
-// sendDown sends tx slots [from, to), all through ls, and counts what went.
+// sendDown sends the queued messages [from, to), all through ls, and
+// counts what went.
 func (l *loop) sendDown(ls *lsock, from, to int) {
 	tx := l.tx
 	for i := from; i < to; {
@@ -618,41 +692,48 @@ func (l *loop) sendDown(ls *lsock, from, to int) {
 	}
 }
 
-// sentDown counts tx slot i as delivered to its session's client.
+// sentDown counts queued message i as delivered to its session's client.
 func (l *loop) sentDown(i int) {
 	e := &l.txs[i]
-	size := int64(l.tx.iovs[i].Len)
 	if s := e.s; s.gen == e.gen && s.state != stateClosed {
-		s.down.bytes += size
+		s.down.bytes += int64(e.bytes)
 		s.down.dgrams += int64(e.n)
 	}
-	e.stats.BytesDown.Add(uint64(size))
+	e.stats.BytesDown.Add(uint64(e.bytes))
 	e.stats.DatagramsDown.Add(uint64(e.n))
 }
 
-// splitGSO sends the coalesced reply of tx slot i datagram by datagram,
-// after its GSO send failed (the route's device cannot take GSO).
+// splitGSO sends queued message i datagram by datagram, after its GSO
+// send failed (the route's device cannot take GSO): from then on, the
+// loop sends no more GSO.
 func (l *loop) splitGSO(ls *lsock, i int) {
+	l.noGSO = true
 	tx, e := l.tx, &l.txs[i]
 	h := &tx.hdrs[i].Hdr
-	data := tx.buf[i*slotSize : i*slotSize+int(tx.iovs[i].Len)]
-	// The packet-info message stays; the segment message, last, goes.
-	ctrl := int(h.Controllen) - unix.CmsgSpace(2)
 	var one [1]unix.Mmsghdr
 	var iov unix.Iovec
-	for off := 0; off < len(data); off += e.seg {
-		end := min(off+e.seg, len(data))
-		iov = unix.Iovec{Base: &data[off]}
-		iov.SetLen(end - off)
+	sendOne := func(b []byte) {
+		iov = unix.Iovec{Base: &b[0]}
+		iov.SetLen(len(b))
 		one[0] = unix.Mmsghdr{Hdr: unix.Msghdr{Name: h.Name, Namelen: h.Namelen, Iov: &iov}}
 		one[0].Hdr.SetIovlen(1)
-		if ctrl > 0 {
+		if e.pkt > 0 { // the packet-info message comes first
 			one[0].Hdr.Control = h.Control
-			one[0].Hdr.SetControllen(ctrl)
+			one[0].Hdr.SetControllen(e.pkt)
 		}
 		if _, err := sendmmsg(ls.fd, one[:]); err != nil {
 			ls.ln.drops.counts[dropSendFailed].Add(1)
 			ls.ln.drops.dirty.Store(true)
+		}
+	}
+	for j := e.slot; j < e.slot+e.iovs; j++ {
+		data := tx.buf[j*slotSize : j*slotSize+int(tx.iovs[j].Len)]
+		if e.iovs > 1 {
+			sendOne(data) // a slot per datagram
+			continue
+		}
+		for off := 0; off < len(data); off += e.seg {
+			sendOne(data[off:min(off+e.seg, len(data))])
 		}
 	}
 	l.sentDown(i)
