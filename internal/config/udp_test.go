@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/testutil"
 )
 
 func TestUDPProxies(t *testing.T) {
@@ -27,7 +28,7 @@ proxies:
     backends: ["10.0.0.9:514", "10.0.0.10:514"]
     idle_timeout: 2m
 `
-	t.Chdir(filepath.Dir(writeFile(t, "pj.yaml", yaml)))
+	t.Chdir(filepath.Dir(testutil.WriteFile(t, "pj.yaml", yaml)))
 	c, err := config.Load("pj.yaml", env(nil))
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +127,7 @@ func TestUDPProblems(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Chdir(filepath.Dir(writeFile(t, "pj.yaml", tt.yaml)))
+			t.Chdir(filepath.Dir(testutil.WriteFile(t, "pj.yaml", tt.yaml)))
 			_, err := config.Load("pj.yaml", env(nil))
 			if got := problemsOf(t, err); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("problems\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(tt.want, "\n  "))
