@@ -10,6 +10,10 @@
 #          when the Go image cannot be pulled): no base image at all.
 ARG BINARY_FROM=build
 ARG GO_IMAGE=docker.io/library/golang:1.26-bookworm
+# The build stage runs on the building machine's platform and
+# cross-compiles; BuildKit sets BUILDPLATFORM, and make image passes it to
+# buildah and podman.
+ARG BUILDPLATFORM
 
 FROM --platform=$BUILDPLATFORM ${GO_IMAGE} AS build
 ARG TARGETOS TARGETARCH VERSION=devel COMMIT=unknown DATE=unknown

@@ -118,6 +118,9 @@ podman | buildah)
 	# chroot isolation runs the build stage's RUN steps without user
 	# namespaces, which containers and CI sandboxes often lack.
 	[ "$ENGINE" = buildah ] && build+=(--isolation "${BUILDAH_ISOLATION:-chroot}")
+	# Older buildah and podman leave BUILDPLATFORM unset, and the build
+	# stage would then run on each target platform, under emulation.
+	build+=(--build-arg "BUILDPLATFORM=linux/$(go env GOHOSTARCH)")
 	# The name may belong to an image or to a manifest list from an
 	# earlier build: remove it, whichever it is.
 	"$ENGINE" manifest rm "$IMAGE" >/dev/null 2>&1 || "$ENGINE" rmi "$IMAGE" >/dev/null 2>&1 || true
