@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"bufio"
@@ -14,7 +14,9 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
 // from dials addr from the loopback source address src, so that tests can
@@ -65,10 +67,10 @@ func prefixes(ss ...string) []netip.Prefix {
 func TestAllowDeny(t *testing.T) {
 	echo, reached := countingEcho(t)
 	x := testutil.ClosedAddr(t)
-	p := named("web", x, echo)
+	p := pjtest.Proxy("web", x, echo)
 	p.Allow = prefixes("127.0.0.0/29")
 	p.Deny = prefixes("127.0.0.3/32")
-	r := run(t, cfgOf(time.Minute, p))
+	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 	for _, tc := range []struct {
 		src  string
 		want bool
@@ -81,8 +83,8 @@ func TestAllowDeny(t *testing.T) {
 			t.Errorf("client %s served = %v, want %v", tc.src, got, tc.want)
 		}
 	}
-	r.logs.WaitLines(t, "[denied]", 2)
-	lines := r.logs.Lines("] 127.0.0.3:")
+	r.Logs.WaitLines(t, "[denied]", 2)
+	lines := r.Logs.Lines("] 127.0.0.3:")
 	if len(lines) != 1 || !strings.Contains(lines[0], "-> - [denied]") ||
 		!strings.Contains(lines[0], "up=0 down=0") || !strings.Contains(lines[0], "allow/deny") {
 		t.Fatalf("denied lines %q: want one for 127.0.0.3 with no backend, no bytes, the reason", lines)
@@ -104,16 +106,16 @@ func TestDualStackListenerMatchesIPv4Rules(t *testing.T) {
 	}
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	_ = ln.Close()
-	p := named("web", ":"+port, echo)
+	p := pjtest.Proxy("web", ":"+port, echo)
 	p.Deny = prefixes("127.0.0.4/32")
-	r := run(t, cfgOf(time.Minute, p))
+	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 	if served(t, from(t, "127.0.0.4", "127.0.0.1:"+port)) {
 		t.Fatal("a denied IPv4 client got through a dual-stack listener")
 	}
 	if !served(t, from(t, "127.0.0.5", "127.0.0.1:"+port)) {
 		t.Fatal("another client was refused")
 	}
-	if l := r.logs.WaitLines(t, "[denied]", 1)[0]; !strings.Contains(l, "] 127.0.0.4:") {
+	if l := r.Logs.WaitLines(t, "[denied]", 1)[0]; !strings.Contains(l, "] 127.0.0.4:") {
 		t.Fatalf("line %q shows the client as %s, want plain IPv4", l, "::ffff:")
 	}
 }
@@ -121,9 +123,9 @@ func TestDualStackListenerMatchesIPv4Rules(t *testing.T) {
 func TestRateLimitPerClient(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	x := testutil.ClosedAddr(t)
-	p := named("web", x, echo)
+	p := pjtest.Proxy("web", x, echo)
 	p.RateLimit = config.RateLimit{PerClient: 0.5, Burst: 2} // a token every 2 s
-	r := run(t, cfgOf(time.Minute, p))
+	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 	got := []bool{
 		served(t, from(t, "127.0.0.6", x)),
 		served(t, from(t, "127.0.0.6", x)),
@@ -133,7 +135,7 @@ func TestRateLimitPerClient(t *testing.T) {
 	if fmt.Sprint(got) != "[true true false true]" {
 		t.Fatalf("served %v, want the burst of 2, then refused; another client independent", got)
 	}
-	if l := r.logs.WaitLines(t, "[rate_limited]", 1)[0]; !strings.Contains(l, "127.0.0.6:") {
+	if l := r.Logs.WaitLines(t, "[rate_limited]", 1)[0]; !strings.Contains(l, "127.0.0.6:") {
 		t.Fatalf("line %q", l)
 	}
 }
@@ -141,9 +143,9 @@ func TestRateLimitPerClient(t *testing.T) {
 func TestConnectionCapPerClient(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	x := testutil.ClosedAddr(t)
-	p := named("web", x, echo)
+	p := pjtest.Proxy("web", x, echo)
 	p.MaxConnectionsPerClient = 2
-	r := run(t, cfgOf(time.Minute, p))
+	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 	a, b := from(t, "127.0.0.8", x), from(t, "127.0.0.8", x)
 	if !served(t, a) || !served(t, b) {
 		t.Fatal("the first two connections of a client were refused")
@@ -154,7 +156,7 @@ func TestConnectionCapPerClient(t *testing.T) {
 	if !served(t, from(t, "127.0.0.9", x)) {
 		t.Fatal("another client was refused")
 	}
-	r.logs.WaitLines(t, "[limit]", 1)
+	r.Logs.WaitLines(t, "[limit]", 1)
 	_ = a.Close()
 	testutil.WaitFor(t, 10*time.Second, "the client's slot to free", func() bool {
 		return served(t, from(t, "127.0.0.8", x))
@@ -164,9 +166,9 @@ func TestConnectionCapPerClient(t *testing.T) {
 func TestMaxConnectionsQueueInTheKernel(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	x := testutil.ClosedAddr(t)
-	p := named("web", x, echo)
+	p := pjtest.Proxy("web", x, echo)
 	p.MaxConnections = 2
-	r := run(t, cfgOf(time.Minute, p))
+	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 	held := []net.Conn{testutil.Dial(t, x), testutil.Dial(t, x)}
 	for _, c := range held {
 		if !served(t, c) {
@@ -179,12 +181,12 @@ func TestMaxConnectionsQueueInTheKernel(t *testing.T) {
 	if _, err := io.WriteString(third, "q"); err != nil {
 		t.Fatal(err)
 	}
-	r.logs.WaitLines(t, "connection cap reached", 1)
+	r.Logs.WaitLines(t, "connection cap reached", 1)
 	_ = third.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 	if _, err := third.Read(make([]byte, 1)); !testutil.IsTimeout(err) {
 		t.Fatalf("the third connection was served past the cap (read: %v)", err)
 	}
-	if n := r.s.Active(); n != 2 {
+	if n := r.Active(); n != 2 {
 		t.Fatalf("%d connections active, want the cap of 2", n)
 	}
 	_ = held[0].Close()
@@ -192,7 +194,7 @@ func TestMaxConnectionsQueueInTheKernel(t *testing.T) {
 	if _, err := io.ReadFull(third, make([]byte, 1)); err != nil {
 		t.Fatalf("the queued connection was not served once a slot freed: %v", err)
 	}
-	if n := len(r.logs.Lines("[limit]")) + len(r.logs.Lines("[connect_failed]")); n != 0 {
+	if n := len(r.Logs.Lines("[limit]")) + len(r.Logs.Lines("[connect_failed]")); n != 0 {
 		t.Fatal("pj dropped a connection itself")
 	}
 }
@@ -200,9 +202,9 @@ func TestMaxConnectionsQueueInTheKernel(t *testing.T) {
 func TestGlobalMaxConnections(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	x, y := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
-	cfg := cfgOf(time.Minute, named("a", x, echo), named("b", y, echo))
+	cfg := cfgOf(time.Minute, pjtest.Proxy("a", x, echo), pjtest.Proxy("b", y, echo))
 	cfg.MaxConnections = 2
-	r := run(t, cfg)
+	r := pjtest.Start(t, cfg, server.Options{})
 	for _, addr := range []string{x, y} {
 		if !served(t, testutil.Dial(t, addr)) {
 			t.Fatal("a connection under the cap was not served")
@@ -214,7 +216,7 @@ func TestGlobalMaxConnections(t *testing.T) {
 	if _, err := third.Read(make([]byte, 1)); !testutil.IsTimeout(err) {
 		t.Fatalf("served past the process's cap (read: %v)", err)
 	}
-	if n := r.s.Active(); n != 2 {
+	if n := r.Active(); n != 2 {
 		t.Fatalf("%d active, want 2", n)
 	}
 }
@@ -242,16 +244,16 @@ func TestProxyProtocolSent(t *testing.T) {
 	x4, _ := testutil.ClosedAddr(t), 0
 	_, port6, _ := net.SplitHostPort(testutil.ClosedAddr(t))
 	x6 := "[::1]:" + port6
-	p1 := named("v1", x4, backend)
+	p1 := pjtest.Proxy("v1", x4, backend)
 	p1.ProxyProtocol = "v1"
-	p2 := named("v2", x6, backend)
+	p2 := pjtest.Proxy("v2", x6, backend)
 	p2.ProxyProtocol = "v2"
 	ps := []config.Proxy{p1}
 	if ln, err := net.Listen("tcp6", x6); err == nil {
 		_ = ln.Close()
 		ps = append(ps, p2)
 	}
-	run(t, cfgOf(time.Minute, ps...))
+	pjtest.Start(t, cfgOf(time.Minute, ps...), server.Options{})
 
 	c := from(t, "127.0.0.10", x4)
 	got, _ := io.ReadAll(c)
@@ -272,12 +274,12 @@ func TestProxyProtocolSent(t *testing.T) {
 func TestProxyProtocolAccepted(t *testing.T) {
 	echo, _ := countingEcho(t)
 	trusted, untrusted := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
-	pt := named("trusting", trusted, echo)
+	pt := pjtest.Proxy("trusting", trusted, echo)
 	pt.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("127.0.0.0/8")}
 	pt.Deny = prefixes("198.51.100.0/24")
-	pu := named("untrusting", untrusted, echo)
+	pu := pjtest.Proxy("untrusting", untrusted, echo)
 	pu.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("10.0.0.0/8")}
-	r := run(t, cfgOf(time.Minute, pt, pu))
+	r := pjtest.Start(t, cfgOf(time.Minute, pt, pu), server.Options{})
 
 	// A trusted peer's header gives the client address everywhere.
 	c := testutil.Dial(t, trusted)
@@ -286,7 +288,7 @@ func TestProxyProtocolAccepted(t *testing.T) {
 		t.Fatalf("echo through a PROXY header: %q", got)
 	}
 	_ = c.Close()
-	if l := r.logs.WaitLines(t, "] 203.0.113.7:51234 -> ", 1)[0]; !strings.Contains(l, "[ok]") || !strings.Contains(l, "up=2 down=2") {
+	if l := r.Logs.WaitLines(t, "] 203.0.113.7:51234 -> ", 1)[0]; !strings.Contains(l, "[ok]") || !strings.Contains(l, "up=2 down=2") {
 		t.Fatalf("line %q: want the header's client and only the client's bytes counted", l)
 	}
 	// ...for the ACL too.
@@ -295,7 +297,7 @@ func TestProxyProtocolAccepted(t *testing.T) {
 	if served(t, c) {
 		t.Fatal("a client denied by the address in its PROXY header got through")
 	}
-	r.logs.WaitLines(t, "] 198.51.100.9:40000 -> ", 1)
+	r.Logs.WaitLines(t, "] 198.51.100.9:40000 -> ", 1)
 
 	before := totalOf(r, "trusting", echo)
 	for _, bad := range []struct{ name, send string }{
@@ -308,7 +310,7 @@ func TestProxyProtocolAccepted(t *testing.T) {
 			t.Fatalf("%s header: served", bad.name)
 		}
 	}
-	if n := len(r.logs.WaitLines(t, "no valid PROXY protocol header", 2)); n != 2 {
+	if n := len(r.Logs.WaitLines(t, "no valid PROXY protocol header", 2)); n != 2 {
 		t.Fatal("want a clear line for each bad header")
 	}
 	if got := totalOf(r, "trusting", echo); got != before {
@@ -320,7 +322,7 @@ func TestProxyProtocolAccepted(t *testing.T) {
 	if served(t, c) {
 		t.Fatal("an untrusted peer's header was believed")
 	}
-	r.logs.WaitLines(t, "not in accept_proxy_protocol.trusted", 1)
+	r.Logs.WaitLines(t, "not in accept_proxy_protocol.trusted", 1)
 	// ...while its ordinary traffic flows.
 	if !served(t, testutil.Dial(t, untrusted)) {
 		t.Fatal("an untrusted peer without a header was refused")
@@ -336,13 +338,13 @@ func readFull(c net.Conn, b []byte) bool {
 func TestTwoChainedInstancesKeepTheClientAddress(t *testing.T) {
 	backend := headerEcho(t)
 	front, inner := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
-	p2 := named("inner", inner, backend)
+	p2 := pjtest.Proxy("inner", inner, backend)
 	p2.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("127.0.0.1/32")}
 	p2.ProxyProtocol = "v1"
-	second := run(t, cfgOf(time.Minute, p2))
-	p1 := named("front", front, inner)
+	second := pjtest.Start(t, cfgOf(time.Minute, p2), server.Options{})
+	p1 := pjtest.Proxy("front", front, inner)
 	p1.ProxyProtocol = "v2"
-	run(t, cfgOf(time.Minute, p1))
+	pjtest.Start(t, cfgOf(time.Minute, p1), server.Options{})
 
 	c := from(t, "127.0.0.11", front)
 	got, _ := io.ReadAll(c)
@@ -352,7 +354,7 @@ func TestTwoChainedInstancesKeepTheClientAddress(t *testing.T) {
 	}
 	client := c.LocalAddr().String()
 	_ = c.Close() // the line is written when the connection ends
-	second.logs.WaitLines(t, "] "+client+" -> ", 1)
+	second.Logs.WaitLines(t, "] "+client+" -> ", 1)
 }
 
 func TestHealthCheckSendsAProxyHeader(t *testing.T) {
@@ -370,13 +372,13 @@ func TestHealthCheckSendsAProxyHeader(t *testing.T) {
 		}
 	})
 	x := testutil.ClosedAddr(t)
-	p := checked(named("cache", x, ln.Addr().String(), testutil.StartEcho(t)), "PING\r\n", "+PONG")
+	p := checked(pjtest.Proxy("cache", x, ln.Addr().String(), testutil.StartEcho(t)), "PING\r\n", "+PONG")
 	p.ProxyProtocol = "v2"
 	p.HealthCheck.SendProxy = true
-	r := run(t, cfgOf(time.Minute, p))
+	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 	// The echo backend fails the check (it echoes the header, not +PONG);
 	// the PROXY-aware one passes: only the echo goes down.
-	line := r.logs.WaitLines(t, "of cache is down", 1)[0]
+	line := r.Logs.WaitLines(t, "of cache is down", 1)[0]
 	if strings.Contains(line, ln.Addr().String()) {
 		t.Fatalf("the PROXY-aware backend failed its check: %q", line)
 	}
@@ -392,9 +394,9 @@ func TestBandwidthCap(t *testing.T) {
 	const size, rate = 200 << 10, 100 << 10
 	echo := testutil.StartEcho(t)
 	x := testutil.ClosedAddr(t)
-	p := named("slow", x, echo)
+	p := pjtest.Proxy("slow", x, echo)
 	p.Bandwidth.PerConnection = rate
-	r := run(t, cfgOf(time.Minute, p))
+	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 	c := testutil.Dial(t, x)
 	start := time.Now()
 	go func() {
@@ -409,12 +411,12 @@ func TestBandwidthCap(t *testing.T) {
 	if took, least := time.Since(start), 1750*time.Millisecond; took < least {
 		t.Fatalf("200 KiB took %s at a cap of 100 KiB/s; it cannot take less than %s", took, least)
 	}
-	r.logs.WaitLines(t, "up=204800 down=204800", 1)
+	r.Logs.WaitLines(t, "up=204800 down=204800", 1)
 }
 
 // totalOf is how many connections pj relayed to backend of proxy.
-func totalOf(r *running, proxy, backend string) uint64 {
-	for _, v := range r.s.Proxies() {
+func totalOf(r *pjtest.Server, proxy, backend string) uint64 {
+	for _, v := range r.Proxies() {
 		if v.Proxy.Name == proxy {
 			for _, b := range v.Proxy.Pool().Backends() {
 				if b.Address == backend {

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"bufio"
@@ -14,7 +14,9 @@ import (
 
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
 // checked is a proxy with fast active health checks.
@@ -39,8 +41,8 @@ func askMany(t *testing.T, addr string, n int) map[string]int {
 	return counts
 }
 
-func stateOf(r *running, proxy, backend string) string {
-	for _, v := range r.s.Proxies() {
+func stateOf(r *pjtest.Server, proxy, backend string) string {
+	for _, v := range r.Proxies() {
 		if v.Proxy.Name != proxy {
 			continue
 		}
@@ -59,13 +61,13 @@ func TestHealthChecksTakeABackendOutAndBringItBack(t *testing.T) {
 	testutil.Serve(t, lnA, func(c net.Conn) { _, _ = io.WriteString(c, "a") })
 	b := testutil.Identify(t, "b")
 	x := testutil.ClosedAddr(t)
-	r := run(t, cfgOf(time.Minute, checked(named("web", x, a, b), "", "")))
+	r := pjtest.Start(t, cfgOf(time.Minute, checked(pjtest.Proxy("web", x, a, b), "", "")), server.Options{})
 
 	if got := askMany(t, x, 4); got["a"] != 2 || got["b"] != 2 {
 		t.Fatalf("answers %v, want a and b in turn", got)
 	}
 	_ = lnA.Close() // a dies
-	line := r.logs.WaitLines(t, "backend "+a+" of web is down", 1)[0]
+	line := r.Logs.WaitLines(t, "backend "+a+" of web is down", 1)[0]
 	if !strings.Contains(line, "connect: connection refused (3 of 3 checks failed)") {
 		t.Fatalf("down line %q does not say why", line)
 	}
@@ -83,14 +85,14 @@ func TestHealthChecksTakeABackendOutAndBringItBack(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = again.Close() })
 	testutil.Serve(t, again, func(c net.Conn) { _, _ = io.WriteString(c, "a") })
-	line = r.logs.WaitLines(t, "backend "+a+" of web is up", 1)[0]
+	line = r.Logs.WaitLines(t, "backend "+a+" of web is up", 1)[0]
 	if !strings.Contains(line, "2 of 2 checks passed") {
 		t.Fatalf("up line %q", line)
 	}
 	if got := askMany(t, x, 4); got["a"] != 2 {
 		t.Fatalf("answers %v after a came back, want a in turn again", got)
 	}
-	if n := len(r.logs.Lines("of web is down")); n != 1 {
+	if n := len(r.Logs.Lines("of web is down")); n != 1 {
 		t.Fatalf("%d down lines: a state change is logged once", n)
 	}
 }
@@ -99,9 +101,9 @@ func TestNoClientFailsWhileOneOfThreeBackendsIsDead(t *testing.T) {
 	dead := testutil.ClosedAddr(t)
 	b, c := testutil.Identify(t, "b"), testutil.Identify(t, "c")
 	x := testutil.ClosedAddr(t)
-	p := named("web", x, b, dead, c)
+	p := pjtest.Proxy("web", x, b, dead, c)
 	p.HealthCheck.Interval = 0 // passive checks only
-	r := run(t, cfgOf(time.Minute, p))
+	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 	const clients, each = 4, 50
 	var wg sync.WaitGroup
 	errs := make(chan error, clients*each)
@@ -120,7 +122,7 @@ func TestNoClientFailsWhileOneOfThreeBackendsIsDead(t *testing.T) {
 		t.Fatalf("a client saw a failure: %v", err)
 	}
 	// Failed connects counted towards fall: the dead backend is out.
-	line := r.logs.WaitLines(t, "backend "+dead+" of web is down", 1)[0]
+	line := r.Logs.WaitLines(t, "backend "+dead+" of web is down", 1)[0]
 	if !strings.Contains(line, "3 connection attempts in a row failed") {
 		t.Fatalf("line %q", line)
 	}
@@ -132,14 +134,14 @@ func TestBackupsOnlyWhenNoPrimaryIsHealthy(t *testing.T) {
 	testutil.Serve(t, lnA, func(c net.Conn) { _, _ = io.WriteString(c, "a") })
 	spare := testutil.Identify(t, "spare")
 	x := testutil.ClosedAddr(t)
-	p := checked(named("web", x, a, spare), "", "")
+	p := checked(pjtest.Proxy("web", x, a, spare), "", "")
 	p.Backends[1].Backup = true
-	r := run(t, cfgOf(time.Minute, p))
+	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 	if got := askMany(t, x, 5); got["a"] != 5 {
 		t.Fatalf("answers %v: a backup must not be used while a primary is healthy", got)
 	}
 	_ = lnA.Close()
-	r.logs.WaitLines(t, "of web is down", 1)
+	r.Logs.WaitLines(t, "of web is down", 1)
 	if got := askMany(t, x, 5); got["spare"] != 5 {
 		t.Fatalf("answers %v with the primary down, want the backup", got)
 	}
@@ -162,10 +164,10 @@ func redis(t *testing.T, reply string) string {
 func TestSendExpectAndTheLastResort(t *testing.T) {
 	good, bad := redis(t, "+PONG\r\n"), redis(t, "-ERR not ready\r\n")
 	x, y := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
-	r := run(t, cfgOf(time.Minute,
-		checked(named("cache", x, good, bad), "PING\r\n", "+PONG"),
-		checked(named("broken", y, bad), "PING\r\n", "+PONG")))
-	line := r.logs.WaitLines(t, "backend "+bad+" of cache is down", 1)[0]
+	r := pjtest.Start(t, cfgOf(time.Minute,
+		checked(pjtest.Proxy("cache", x, good, bad), "PING\r\n", "+PONG"),
+		checked(pjtest.Proxy("broken", y, bad), "PING\r\n", "+PONG")), server.Options{})
+	line := r.Logs.WaitLines(t, "backend "+bad+" of cache is down", 1)[0]
 	if !strings.Contains(line, `expect: the reply "-ERR`) || !strings.Contains(line, `does not start with "+PONG"`) {
 		t.Fatalf("down line %q does not say what was wrong", line)
 	}
@@ -175,7 +177,7 @@ func TestSendExpectAndTheLastResort(t *testing.T) {
 	// Every backend of "broken" fails its checks, yet it accepts
 	// connections: as a last resort (checks can be wrong) pj still tries
 	// it, and the client gets through.
-	r.logs.WaitLines(t, "of broken is down", 1)
+	r.Logs.WaitLines(t, "of broken is down", 1)
 	c := testutil.Dial(t, y)
 	if _, err := io.WriteString(c, "PING\r\n"); err != nil {
 		t.Fatal(err)
@@ -201,10 +203,10 @@ func TestDNSChangesMoveConnections(t *testing.T) {
 
 	dns.SetIPs("web.pj.test", "127.0.0.1")
 	x := testutil.ClosedAddr(t)
-	p := named("web", x, "web.pj.test:"+itoa(port))
+	p := pjtest.Proxy("web", x, "web.pj.test:"+itoa(port))
 	p.Resolver = dns.Addr
 	p.DNSRefresh = 30 * time.Millisecond
-	r := run(t, cfgOf(time.Minute, p))
+	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 	if got := askMany(t, x, 3); got["one"] != 3 {
 		t.Fatalf("answers %v, want one", got)
 	}
@@ -214,7 +216,7 @@ func TestDNSChangesMoveConnections(t *testing.T) {
 		got, err := testutil.Ask(x)
 		return err == nil && got == "two"
 	})
-	r.logs.WaitLines(t, "backends changed after a DNS lookup", 1)
+	r.Logs.WaitLines(t, "backends changed after a DNS lookup", 1)
 
 	dns.SetIPs("web.pj.test", "127.0.0.1", "127.0.0.2") // scaled to two
 	testutil.WaitFor(t, 10*time.Second, "both addresses to be backends", func() bool {
@@ -225,7 +227,7 @@ func TestDNSChangesMoveConnections(t *testing.T) {
 	// The DNS server loses the name: the last answer is kept.
 	dns.SetIPs("other.pj.test", "127.0.0.9")
 	dns.Remove("web.pj.test")
-	r.logs.WaitLines(t, "backend lookup failed; keeping its last known addresses", 1)
+	r.Logs.WaitLines(t, "backend lookup failed; keeping its last known addresses", 1)
 	if got := askMany(t, x, 4); got["one"] != 2 || got["two"] != 2 {
 		t.Fatalf("answers %v after a failed lookup; the pool must stay", got)
 	}
@@ -244,10 +246,10 @@ func TestSRVRecordsGiveBackendsAndBackups(t *testing.T) {
 		net.SRV{Target: "main.pj.test", Port: uint16(mainPort), Priority: 10, Weight: 5},
 		net.SRV{Target: "spare.pj.test", Port: uint16(atoi(t, sparePort)), Priority: 20, Weight: 1})
 	x := testutil.ClosedAddr(t)
-	p := checked(named("app", x, "_app._tcp.pj.test"), "", "")
+	p := checked(pjtest.Proxy("app", x, "_app._tcp.pj.test"), "", "")
 	p.Resolver = dns.Addr
-	r := run(t, cfgOf(time.Minute, p))
-	bs := r.s.Proxies()[0].Proxy.Pool().Backends()
+	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
+	bs := r.Proxies()[0].Proxy.Pool().Backends()
 	if len(bs) != 2 || bs[0].Weight != 5 || bs[0].Backup || !bs[1].Backup {
 		t.Fatalf("backends from SRV: %+v", bs)
 	}
@@ -255,7 +257,7 @@ func TestSRVRecordsGiveBackendsAndBackups(t *testing.T) {
 		t.Fatalf("answers %v, want the priority-10 target", got)
 	}
 	_ = lnMain.Close()
-	r.logs.WaitLines(t, "of app is down", 1)
+	r.Logs.WaitLines(t, "of app is down", 1)
 	if got := askMany(t, x, 3); got["spare"] != 3 {
 		t.Fatalf("answers %v with the main target down, want the higher priority number as a backup", got)
 	}
@@ -278,13 +280,13 @@ func atoi(t *testing.T, s string) int {
 func TestUnknownBalanceIsRefusedAtStartAndReload(t *testing.T) {
 	a := testutil.Identify(t, "a")
 	x, y := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
-	bad := named("web", x, a)
+	bad := pjtest.Proxy("web", x, a)
 	bad.Balance = "fastest"
 	cfg := cfgOf(time.Second, bad)
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), `balance "fastest"`) {
 		t.Fatalf("Validate = %v, want the unknown balance named", err)
 	}
-	if s, err := New(cfg, Options{}); !errors.Is(err, balance.ErrUnknownBalance) {
+	if s, err := server.New(cfg, server.Options{}); !errors.Is(err, balance.ErrUnknownBalance) {
 		if s != nil {
 			s.Close()
 		}
@@ -297,10 +299,10 @@ func TestUnknownBalanceIsRefusedAtStartAndReload(t *testing.T) {
 	}
 
 	// At reload: a kept listener and a new one, both with the bad name.
-	r := run(t, cfgOf(time.Second, named("web", x, a)))
-	bad2 := named("api", y, a)
+	r := pjtest.Start(t, cfgOf(time.Second, pjtest.Proxy("web", x, a)), server.Options{})
+	bad2 := pjtest.Proxy("api", y, a)
 	bad2.Balance = "fastest"
-	if _, err := r.s.Reload(cfgOf(time.Second, bad, bad2)); !errors.Is(err, balance.ErrUnknownBalance) {
+	if _, err := r.Reload(cfgOf(time.Second, bad, bad2)); !errors.Is(err, balance.ErrUnknownBalance) {
 		t.Fatalf("Reload = %v, want ErrUnknownBalance", err)
 	}
 	if got, err := testutil.Ask(x); err != nil || got != "a" {
@@ -330,11 +332,11 @@ func TestSurvivorsShareEvenlyThroughTheProxy(t *testing.T) {
 					dead[names[i]] = true
 				}
 				x := testutil.ClosedAddr(t)
-				p := checked(named("web", x, addrs...), "", "")
+				p := checked(pjtest.Proxy("web", x, addrs...), "", "")
 				p.Balance = algorithm
-				r := run(t, cfgOf(time.Minute, p))
+				r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 				for _, i := range down {
-					r.logs.WaitLines(t, "backend "+addrs[i]+" of web is down", 1)
+					r.Logs.WaitLines(t, "backend "+addrs[i]+" of web is down", 1)
 				}
 				survivors := len(names) - len(down)
 				const rounds = 40

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"encoding/binary"
@@ -13,7 +13,9 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
 // recordingEcho is an echo server that counts the bytes it received.
@@ -49,9 +51,9 @@ func closedByPJ(t *testing.T, c net.Conn) bool {
 func TestUntrustedHeaderIsRefusedHoweverItIsSplit(t *testing.T) {
 	echo, received := recordingEcho(t)
 	x := testutil.ClosedAddr(t)
-	p := named("untrusting", x, echo)
+	p := pjtest.Proxy("untrusting", x, echo)
 	p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("10.0.0.0/8")}
-	r := run(t, cfgOf(time.Minute, p))
+	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 
 	header := "PROXY TCP4 6.6.6.6 127.0.0.1 51234 8080\r\n"
 	v2 := string(proxyproto.SIGV2)
@@ -80,7 +82,7 @@ func TestUntrustedHeaderIsRefusedHoweverItIsSplit(t *testing.T) {
 		}
 		_ = c.Close()
 	}
-	lines := r.logs.WaitLines(t, "not in accept_proxy_protocol.trusted", 4)
+	lines := r.Logs.WaitLines(t, "not in accept_proxy_protocol.trusted", 4)
 	for _, l := range lines {
 		if !strings.Contains(l, "[denied]") || !strings.Contains(l, "closed_by=pj") {
 			t.Errorf("line %q: want [denied] and closed_by=pj", l)
@@ -130,9 +132,9 @@ func v2Header(t *testing.T, tlvs []byte, crc bool) []byte {
 func TestProxyV2TLVsAreValidated(t *testing.T) {
 	echo, received := recordingEcho(t)
 	x := testutil.ClosedAddr(t)
-	p := named("trusting", x, echo)
+	p := pjtest.Proxy("trusting", x, echo)
 	p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("127.0.0.0/8")}
-	r := run(t, cfgOf(time.Minute, p))
+	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 
 	authority := append([]byte{0x02, 0x00, 0x0b}, "example.net"...)
 	badCRC := v2Header(t, nil, true)
@@ -175,12 +177,12 @@ func TestProxyV2TLVsAreValidated(t *testing.T) {
 			}
 		})
 	}
-	if n := len(r.logs.WaitLines(t, "no valid PROXY protocol header", 4)); n != 4 {
+	if n := len(r.Logs.WaitLines(t, "no valid PROXY protocol header", 4)); n != 4 {
 		t.Fatalf("%d lines for 4 bad headers", n)
 	}
 	for _, want := range []string{"CRC32c", "truncated"} {
-		if len(r.logs.Lines(want)) == 0 {
-			t.Errorf("no line says %q:\n%s", want, r.logs)
+		if len(r.Logs.Lines(want)) == 0 {
+			t.Errorf("no line says %q:\n%s", want, r.Logs)
 		}
 	}
 }

@@ -1,7 +1,6 @@
-package server
+package server_test
 
 import (
-	"context"
 	"io"
 	"net"
 	"slices"
@@ -12,53 +11,11 @@ import (
 
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/config"
-	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
+	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
-
-// running is a Server serving cfg in-process.
-type running struct {
-	s      *Server
-	logs   *testutil.Buffer
-	cancel context.CancelFunc
-	done   chan error
-}
-
-func run(t *testing.T, cfg config.Config) *running {
-	t.Helper()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	logs := new(testutil.Buffer)
-	log, err := observe.NewLogger(logs, "text", "info")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(cfg, Options{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{s: s, logs: logs, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- s.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-r.done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return r
-}
-
-// named is a proxy with a name, a listen address and backends.
-func named(name, listen string, backends ...string) config.Proxy {
-	p := config.Proxy{Name: name, Listen: listen, Settings: config.Default().Defaults}
-	for _, b := range backends {
-		p.Backends = append(p.Backends, config.Backend{Address: b, Weight: 1})
-	}
-	return p
-}
 
 func cfgOf(grace time.Duration, proxies ...config.Proxy) config.Config {
 	c := config.Default()
@@ -71,7 +28,7 @@ func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
 	a1, a2 := testutil.Identify(t, "a1"), testutil.Identify(t, "a2")
 	echo := testutil.StartEcho(t)
 	x, y, z := testutil.ClosedAddr(t), testutil.ClosedAddr(t), testutil.ClosedAddr(t)
-	r := run(t, cfgOf(time.Minute, named("web", x, a1), named("legacy", y, echo)))
+	r := pjtest.Start(t, cfgOf(time.Minute, pjtest.Proxy("web", x, a1), pjtest.Proxy("legacy", y, echo)), server.Options{})
 
 	// A long connection through the proxy that will be removed.
 	long := testutil.Dial(t, y)
@@ -102,8 +59,8 @@ func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
 			}
 		})
 	}
-	next := cfgOf(time.Minute, named("web", x, a2), named("cache", z, echo))
-	what, err := r.s.Reload(next)
+	next := cfgOf(time.Minute, pjtest.Proxy("web", x, a2), pjtest.Proxy("cache", z, echo))
+	what, err := r.Reload(next)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +74,7 @@ func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
 		if i%2 == 1 {
 			b = a1
 		}
-		if _, err := r.s.Reload(cfgOf(time.Minute, named("web", x, b), named("cache", z, echo))); err != nil {
+		if _, err := r.Reload(cfgOf(time.Minute, pjtest.Proxy("web", x, b), pjtest.Proxy("cache", z, echo))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -145,22 +102,22 @@ func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
 	if got := testutil.RoundTrip(t, long, "after"); got != "after" {
 		t.Fatalf("the established connection broke: %q", got)
 	}
-	if ok, failed := r.s.Reloads(); ok != 6 || failed != 0 {
+	if ok, failed := r.Reloads(); ok != 6 || failed != 0 {
 		t.Fatalf("reloads ok=%d failed=%d, want 6 and 0", ok, failed)
 	}
 }
 
 func TestReloadUnchangedIsANoop(t *testing.T) {
 	x := testutil.ClosedAddr(t)
-	cfg := cfgOf(time.Minute, named("web", x, testutil.Identify(t, "a")))
-	r := run(t, cfg)
-	before := r.s.Addrs()
-	again := cfgOf(time.Minute, named("web", x, cfg.Proxies[0].Backends[0].Address))
-	what, err := r.s.Reload(again)
+	cfg := cfgOf(time.Minute, pjtest.Proxy("web", x, testutil.Identify(t, "a")))
+	r := pjtest.Start(t, cfg, server.Options{})
+	before := r.Addrs()
+	again := cfgOf(time.Minute, pjtest.Proxy("web", x, cfg.Proxies[0].Backends[0].Address))
+	what, err := r.Reload(again)
 	if err != nil || what != "no changes" {
 		t.Fatalf("Reload = %q, %v; want no changes", what, err)
 	}
-	if after := r.s.Addrs(); after[0] != before[0] {
+	if after := r.Addrs(); after[0] != before[0] {
 		t.Fatalf("listener replaced: %v → %v", before, after)
 	}
 }
@@ -168,12 +125,12 @@ func TestReloadUnchangedIsANoop(t *testing.T) {
 func TestReloadThatCannotBindChangesNothing(t *testing.T) {
 	x, fresh := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
 	busy := testutil.Listen(t, "tcp4").Addr().String()
-	r := run(t, cfgOf(time.Minute, named("web", x, testutil.Identify(t, "old"))))
+	r := pjtest.Start(t, cfgOf(time.Minute, pjtest.Proxy("web", x, testutil.Identify(t, "old"))), server.Options{})
 	bad := cfgOf(time.Minute,
-		named("web", x, testutil.Identify(t, "new")),
-		named("fresh", fresh, testutil.Identify(t, "fresh")),
-		named("clash", busy, testutil.Identify(t, "clash")))
-	if _, err := r.s.Reload(bad); err == nil || !strings.Contains(err.Error(), busy) || !strings.Contains(err.Error(), "nothing changed") {
+		pjtest.Proxy("web", x, testutil.Identify(t, "new")),
+		pjtest.Proxy("fresh", fresh, testutil.Identify(t, "fresh")),
+		pjtest.Proxy("clash", busy, testutil.Identify(t, "clash")))
+	if _, err := r.Reload(bad); err == nil || !strings.Contains(err.Error(), busy) || !strings.Contains(err.Error(), "nothing changed") {
 		t.Fatalf("Reload = %v; want a failure naming %s", err, busy)
 	}
 	if got, err := testutil.Ask(x); err != nil || got != "old" {
@@ -185,7 +142,7 @@ func TestReloadThatCannotBindChangesNothing(t *testing.T) {
 		t.Fatalf("%s is still bound after the failed reload: %v", fresh, err)
 	}
 	_ = ln.Close()
-	if ok, failed := r.s.Reloads(); ok != 0 || failed != 1 {
+	if ok, failed := r.Reloads(); ok != 0 || failed != 1 {
 		t.Fatalf("reloads ok=%d failed=%d", ok, failed)
 	}
 }
@@ -193,14 +150,14 @@ func TestReloadThatCannotBindChangesNothing(t *testing.T) {
 func TestRemovedProxyIsCutAfterTheGracePeriod(t *testing.T) {
 	x, y := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
 	echo := testutil.StartEcho(t)
-	r := run(t, cfgOf(50*time.Millisecond, named("stays", x, echo), named("goes", y, echo)))
+	r := pjtest.Start(t, cfgOf(50*time.Millisecond, pjtest.Proxy("stays", x, echo), pjtest.Proxy("goes", y, echo)), server.Options{})
 	stays, goes := testutil.Dial(t, x), testutil.Dial(t, y)
 	for _, c := range []net.Conn{stays, goes} {
 		if got := testutil.RoundTrip(t, c, "hi"); got != "hi" {
 			t.Fatal(got)
 		}
 	}
-	if _, err := r.s.Reload(cfgOf(50*time.Millisecond, named("stays", x, echo))); err != nil {
+	if _, err := r.Reload(cfgOf(50*time.Millisecond, pjtest.Proxy("stays", x, echo))); err != nil {
 		t.Fatal(err)
 	}
 	_ = goes.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -215,21 +172,19 @@ func TestRemovedProxyIsCutAfterTheGracePeriod(t *testing.T) {
 func TestBackendStateSurvivesReload(t *testing.T) {
 	x := testutil.ClosedAddr(t)
 	a, b := testutil.Identify(t, "a"), testutil.Identify(t, "b")
-	r := run(t, cfgOf(time.Minute, named("web", x, a)))
+	r := pjtest.Start(t, cfgOf(time.Minute, pjtest.Proxy("web", x, a)), server.Options{})
 	for range 3 {
 		if _, err := testutil.Ask(x); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := r.s.Reload(cfgOf(time.Minute, named("web", x, a, b))); err != nil {
+	if _, err := r.Reload(cfgOf(time.Minute, pjtest.Proxy("web", x, a, b))); err != nil {
 		t.Fatal(err)
 	}
 	totals := map[string]uint64{}
-	r.s.mu.Lock()
-	for _, be := range r.s.entries[0].ln.Proxy().Pool().Backends() {
+	for _, be := range r.Proxies()[0].Proxy.Pool().Backends() {
 		totals[be.Address] = be.Total.Load()
 	}
-	r.s.mu.Unlock()
 	if totals[a] != 3 || totals[b] != 0 {
 		t.Fatalf("totals after reload %v: want %s to keep its 3 connections", totals, a)
 	}
@@ -250,10 +205,10 @@ func TestReloadDuringADNSOutageKeepsTheLastAddresses(t *testing.T) {
 	for _, name := range []string{"web.pj.test:" + itoa(port), "_web._tcp.pj.test"} {
 		t.Run(name, func(t *testing.T) {
 			x := testutil.ClosedAddr(t)
-			p := named("web", x, name)
+			p := pjtest.Proxy("web", x, name)
 			p.Resolver = dns.Addr
 			p.HealthCheck.Interval = 0
-			r := run(t, cfgOf(time.Minute, p))
+			r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 			if got, err := testutil.Ask(x); err != nil || got != "web" {
 				t.Fatalf("before the outage: %q, %v", got, err)
 			}
@@ -261,17 +216,17 @@ func TestReloadDuringADNSOutageKeepsTheLastAddresses(t *testing.T) {
 			dns.SetFailing(true)
 			t.Cleanup(func() { dns.SetFailing(false) })
 			p.ConnectTimeout = 3 * time.Second // a change to the proxy: it is rebuilt
-			if _, err := r.s.Reload(cfgOf(time.Minute, p)); err != nil {
+			if _, err := r.Reload(cfgOf(time.Minute, p)); err != nil {
 				t.Fatal(err)
 			}
-			bs := r.s.Proxies()[0].Proxy.Pool().Backends()
+			bs := r.Proxies()[0].Proxy.Pool().Backends()
 			if len(bs) != 1 || bs[0].Err != nil || bs[0].Address != "127.0.0.1:"+itoa(port) {
 				t.Fatalf("backends after a reload during the outage: %+v, want 127.0.0.1:%d as before", bs, port)
 			}
 			if got, err := testutil.Ask(x); err != nil || got != "web" {
 				t.Fatalf("after a reload during the outage: %q, %v", got, err)
 			}
-			r.logs.WaitLines(t, "keeping its last known addresses", 1)
+			r.Logs.WaitLines(t, "keeping its last known addresses", 1)
 		})
 	}
 }
@@ -285,30 +240,30 @@ func TestReloadOfTheLogLevelTouchesNoPool(t *testing.T) {
 	testutil.Serve(t, ln, func(c net.Conn) { _, _ = io.WriteString(c, "web") })
 	dns.SetIPs("web.pj.test", "127.0.0.1")
 	x, y := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
-	p := named("web", x, "web.pj.test:"+itoa(ln.Addr().(*net.TCPAddr).Port))
+	p := pjtest.Proxy("web", x, "web.pj.test:"+itoa(ln.Addr().(*net.TCPAddr).Port))
 	p.Resolver = dns.Addr
-	other := named("other", y, ln.Addr().String())
+	other := pjtest.Proxy("other", y, ln.Addr().String())
 	cfg := cfgOf(time.Minute, p, other)
-	r := run(t, cfg)
+	r := pjtest.Start(t, cfg, server.Options{})
 	before := map[string]*proxy.Proxy{}
 	pools := map[string]*balance.Pool{}
-	for _, v := range r.s.Proxies() {
+	for _, v := range r.Proxies() {
 		before[v.Proxy.Name], pools[v.Proxy.Name] = v.Proxy, v.Proxy.Pool()
 	}
 	queries := dns.Queries()
 
 	cfg.Log.Level = "debug"
-	what, err := r.s.Reload(cfg)
+	what, err := r.Reload(cfg)
 	if err != nil || !strings.Contains(what, "log changed") {
 		t.Fatalf("Reload = %q, %v", what, err)
 	}
 	// And a change to one proxy leaves the other alone too.
 	cfg.Proxies = slices.Clone(cfg.Proxies) // the running configuration shares the array
 	cfg.Proxies[1].ConnectTimeout = 3 * time.Second
-	if _, err := r.s.Reload(cfg); err != nil {
+	if _, err := r.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range r.s.Proxies() {
+	for _, v := range r.Proxies() {
 		if v.Proxy.Name == "other" {
 			if v.Proxy == before["other"] {
 				t.Errorf("the changed proxy was not rebuilt")

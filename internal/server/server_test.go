@@ -1,9 +1,7 @@
-package server
+package server_test
 
 import (
-	"context"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -14,42 +12,13 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
-	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
-}
-
-func serve(t *testing.T, opt Options, proxies ...config.Proxy) (*Server, *testutil.Buffer) {
-	t.Helper()
-	logs := new(testutil.Buffer)
-	opt.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	cfg := config.Default()
-	cfg.Proxies = proxies
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(cfg, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return s, logs
-}
-
-func proxyTo(backend string) config.Proxy {
-	return config.Proxy{Listen: "127.0.0.1:0", Backends: []config.Backend{{Address: backend, Weight: 1}},
-		Settings: config.Default().Defaults}
 }
 
 func TestAcceptedAndDialledSocketsKeepAlive(t *testing.T) {
@@ -61,7 +30,7 @@ func TestAcceptedAndDialledSocketsKeepAlive(t *testing.T) {
 		backendSide <- c
 		_, _ = io.Copy(io.Discard, c)
 	})
-	s, _ := serve(t, Options{}, proxyTo(ln.Addr().String()))
+	s := pjtest.Start(t, pjtest.Config(pjtest.Proxy("", "127.0.0.1:0", ln.Addr().String())), server.Options{})
 	c := testutil.Dial(t, s.Addrs()[0].String())
 	<-backendSide
 	found := 0
@@ -70,7 +39,7 @@ func TestAcceptedAndDialledSocketsKeepAlive(t *testing.T) {
 		for _, info := range tcpSockets(t) {
 			// The client side carries pj's timers (inherited from the
 			// listener); the backend side has the kernel's.
-			client := info.local == s.Addrs()[0].String() && info.idle == int(KeepAlive.Idle.Seconds())
+			client := info.local == s.Addrs()[0].String() && info.idle == int(server.KeepAlive.Idle.Seconds())
 			backend := info.remote == ln.Addr().String()
 			if info.keepalive && info.nodelay && (client || backend) {
 				found++

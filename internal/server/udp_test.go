@@ -1,7 +1,6 @@
-package server
+package server_test
 
 import (
-	"context"
 	"net"
 	"net/netip"
 	"strings"
@@ -10,8 +9,9 @@ import (
 	"time"
 
 	"github.com/pj-proxy/pj/internal/config"
-	"github.com/pj-proxy/pj/internal/observe"
+	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
 // udpEcho starts a UDP backend on loopback that answers every datagram
@@ -37,32 +37,8 @@ func udpEcho(t *testing.T, prefix string) string {
 	return c.LocalAddr().String()
 }
 
-// runUDP serves cfg like run.
-func runUDP(t *testing.T, cfg config.Config) *running {
-	t.Helper()
-	logs := new(testutil.Buffer)
-	log, err := observe.NewLogger(logs, "text", "info")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(cfg, Options{Logger: log, Loops: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{s: s, logs: logs, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- s.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-r.done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return r
-}
-
 func udpProxy(name, listen string, idle time.Duration, backends ...string) config.Proxy {
-	p := named(name, listen, backends...)
+	p := pjtest.Proxy(name, listen, backends...)
 	p.IdleTimeout = idle
 	p.HealthCheck.Interval = 0
 	return p
@@ -101,15 +77,15 @@ func (u *udpClient) ask(addr net.Addr, msg string, wait time.Duration) string {
 func TestUDPProxyServesAndLists(t *testing.T) {
 	echo := udpEcho(t, "")
 	tcpEcho := testutil.StartEcho(t)
-	r := runUDP(t, cfgOf(100*time.Millisecond, udpProxy("dns", "127.0.0.1:0/udp", time.Minute, echo), named("web", "127.0.0.1:0", tcpEcho)))
-	addr := r.s.Addrs()[0]
+	r := pjtest.Start(t, cfgOf(100*time.Millisecond, udpProxy("dns", "127.0.0.1:0/udp", time.Minute, echo), pjtest.Proxy("web", "127.0.0.1:0", tcpEcho)), server.Options{Loops: 2})
+	addr := r.Addrs()[0]
 	c := newUDPClient(t)
 	if got := c.ask(addr, "hello", 5*time.Second); got != "hello" {
 		t.Fatalf("reply %q", got)
 	}
-	tc := testutil.Dial(t, r.s.Addrs()[1].String())
+	tc := testutil.Dial(t, r.Addrs()[1].String())
 	testutil.RoundTrip(t, tc, "tcp")
-	conns := r.s.Connections()
+	conns := r.Connections()
 	if len(conns) != 2 {
 		t.Fatalf("%d connections listed, want a TCP connection and a UDP session", len(conns))
 	}
@@ -125,10 +101,10 @@ func TestUDPProxyServesAndLists(t *testing.T) {
 	if conns[0].ID == conns[1].ID {
 		t.Fatal("a connection and a session share an id")
 	}
-	if !r.s.Kill(session) {
+	if !r.Kill(session) {
 		t.Fatal("Kill of the session: not found")
 	}
-	line := r.logs.WaitLines(t, "[killed]", 1)[0]
+	line := r.Logs.WaitLines(t, "[killed]", 1)[0]
 	if !strings.Contains(line, "/udp -> "+echo+" [killed]") || !strings.Contains(line, "datagrams_up=1 datagrams_down=1") {
 		t.Fatalf("log line %q", line)
 	}
@@ -142,16 +118,16 @@ func TestUDPReloadKeepsSocketAndSessions(t *testing.T) {
 	// A short grace period: the session still open at the end of the
 	// test is cut then.
 	cfg := cfgOf(100*time.Millisecond, udpProxy("dns", "127.0.0.1:0/udp", time.Minute, a))
-	r := runUDP(t, cfg)
-	addr := r.s.Addrs()[0]
+	r := pjtest.Start(t, cfg, server.Options{Loops: 2})
+	addr := r.Addrs()[0]
 	old := newUDPClient(t)
 	if got := old.ask(addr, "1", 5*time.Second); got != "a:1" {
 		t.Fatal(got)
 	}
-	if _, err := r.s.Reload(cfgOf(100*time.Millisecond, udpProxy("dns", "127.0.0.1:0/udp", time.Minute, b))); err != nil {
+	if _, err := r.Reload(cfgOf(100*time.Millisecond, udpProxy("dns", "127.0.0.1:0/udp", time.Minute, b))); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.s.Addrs()[0].String(); got != addr.String() {
+	if got := r.Addrs()[0].String(); got != addr.String() {
 		t.Fatalf("the listener moved from %s to %s", addr, got)
 	}
 	if got := old.ask(addr, "2", 5*time.Second); got != "a:2" {
@@ -160,7 +136,7 @@ func TestUDPReloadKeepsSocketAndSessions(t *testing.T) {
 	if got := newUDPClient(t).ask(addr, "3", 5*time.Second); got != "b:3" {
 		t.Fatalf("a new session got %q, want b:3", got)
 	}
-	if n := len(r.logs.Lines("datagrams_up=")); n != 0 {
+	if n := len(r.Logs.Lines("datagrams_up=")); n != 0 {
 		t.Fatalf("%d sessions ended by the reload", n)
 	}
 }
@@ -170,13 +146,13 @@ func TestUDPReloadKeepsSocketAndSessions(t *testing.T) {
 func TestUDPRemovedProxyDrains(t *testing.T) {
 	a := udpEcho(t, "")
 	web := testutil.StartEcho(t)
-	r := runUDP(t, cfgOf(time.Minute, udpProxy("dns", "127.0.0.1:0/udp", 400*time.Millisecond, a), named("web", "127.0.0.1:0", web)))
-	addr := r.s.Addrs()[0]
+	r := pjtest.Start(t, cfgOf(time.Minute, udpProxy("dns", "127.0.0.1:0/udp", 400*time.Millisecond, a), pjtest.Proxy("web", "127.0.0.1:0", web)), server.Options{Loops: 2})
+	addr := r.Addrs()[0]
 	old := newUDPClient(t)
 	if got := old.ask(addr, "1", 5*time.Second); got != "1" {
 		t.Fatal(got)
 	}
-	if _, err := r.s.Reload(cfgOf(time.Minute, named("web", "127.0.0.1:0", web))); err != nil {
+	if _, err := r.Reload(cfgOf(time.Minute, pjtest.Proxy("web", "127.0.0.1:0", web))); err != nil {
 		t.Fatal(err)
 	}
 	if got := old.ask(addr, "2", 5*time.Second); got != "2" {
@@ -185,7 +161,7 @@ func TestUDPRemovedProxyDrains(t *testing.T) {
 	if got := newUDPClient(t).ask(addr, "new", 200*time.Millisecond); got != "" {
 		t.Fatalf("a removed proxy took a new session: %q", got)
 	}
-	r.logs.WaitLines(t, "[timeout]", 1)
+	r.Logs.WaitLines(t, "[timeout]", 1)
 }
 
 // TestUDPShutdownGrace: on shutdown, sessions run on for the grace period
@@ -202,23 +178,22 @@ func TestUDPShutdownGrace(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			echo := udpEcho(t, "")
-			r := runUDP(t, cfgOf(tc.grace, udpProxy("dns", "127.0.0.1:0/udp", tc.idle, echo)))
-			addr := r.s.Addrs()[0]
+			r := pjtest.Start(t, cfgOf(tc.grace, udpProxy("dns", "127.0.0.1:0/udp", tc.idle, echo)), server.Options{Loops: 2})
+			addr := r.Addrs()[0]
 			c := newUDPClient(t)
 			if got := c.ask(addr, "1", 5*time.Second); got != "1" {
 				t.Fatal(got)
 			}
-			r.cancel()
+			r.Shutdown()
 			if got := c.ask(addr, "2", 5*time.Second); got != "2" && tc.grace > time.Second {
 				t.Fatalf("a session was not served during the grace period: %q", got)
 			}
 			select {
-			case err := <-r.done:
-				r.done <- err
+			case <-r.Stopped():
 			case <-time.After(10 * time.Second):
 				t.Fatal("Serve did not return")
 			}
-			if line := r.logs.WaitLines(t, "datagrams_up=", 1)[0]; !strings.Contains(line, tc.status) {
+			if line := r.Logs.WaitLines(t, "datagrams_up=", 1)[0]; !strings.Contains(line, tc.status) {
 				t.Fatalf("log line %q, want %s", line, tc.status)
 			}
 		})
@@ -230,7 +205,7 @@ func TestTCPAndUDPOnOnePort(t *testing.T) {
 	tcpEcho, udpBackend := testutil.StartEcho(t), udpEcho(t, "udp:")
 	port := netip.MustParseAddrPort(testutil.ClosedAddr(t)).Port()
 	at := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String()
-	r := runUDP(t, cfgOf(100*time.Millisecond, named(at, at, tcpEcho), udpProxy(at+"/udp", at+"/udp", time.Minute, udpBackend)))
+	r := pjtest.Start(t, cfgOf(100*time.Millisecond, pjtest.Proxy(at, at, tcpEcho), udpProxy(at+"/udp", at+"/udp", time.Minute, udpBackend)), server.Options{Loops: 2})
 	if got := newUDPClient(t).ask(net.UDPAddrFromAddrPort(netip.MustParseAddrPort(at)), "q", 5*time.Second); got != "udp:q" {
 		t.Fatalf("UDP: %q", got)
 	}
@@ -238,7 +213,7 @@ func TestTCPAndUDPOnOnePort(t *testing.T) {
 		t.Fatalf("TCP: %q", got)
 	}
 	names := []string{}
-	for _, v := range r.s.Proxies() {
+	for _, v := range r.Proxies() {
 		names = append(names, v.Proxy.Name+"="+v.Listen)
 	}
 	if want := at + "=" + at + " " + at + "/udp=" + at + "/udp"; strings.Join(names, " ") != want {
