@@ -55,8 +55,8 @@ type Options struct {
 	Token string
 	// Pprof serves net/http/pprof under /debug/pprof/.
 	Pprof bool
-	// Hosts are names, beside localhost, that requests may give as their
-	// Host.
+	// Hosts are names, beside IP addresses and localhost, that requests
+	// may give as their Host (admin.hosts).
 	Hosts   []string
 	Version string
 	Logger  *slog.Logger

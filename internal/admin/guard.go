@@ -14,7 +14,7 @@ import (
 // pages out, on every request, before any handler runs:
 //
 //   - The Host must be an IP address, localhost (or a name under
-//     .localhost), or a name the operator gave (Options.Hosts). A page
+//     .localhost), or a name the operator listed (admin.hosts). A page
 //     that rebinds its own name to 127.0.0.1 (DNS rebinding) is same-origin
 //     with whatever answers there, but its requests carry its own name as
 //     the Host, so they are refused. An IP address cannot be rebound.
@@ -87,11 +87,11 @@ func guard(next http.Handler, hosts *hostGuard) http.Handler {
 		hdr.Set("Referrer-Policy", "no-referrer")
 		if !hosts.allowed(r.Host) {
 			hosts.refused.log(func(l *slog.Logger, suppressed int) {
-				l.Warn("admin listener: refused a request for a name it does not know (a guard against DNS rebinding)",
+				l.Warn("admin listener: refused a request for a name it does not know (a guard against DNS rebinding); list the name in admin.hosts if it is this listener's",
 					"host", shorten(r.Host, 100), "from", r.RemoteAddr, "suppressed", suppressed)
 			})
 			writeError(w, http.StatusForbidden, fmt.Sprintf(
-				"Host %q is not a name of this admin listener: use its IP address or localhost (unknown names are refused to guard against DNS rebinding)",
+				"Host %q is not a name of this admin listener: use its IP address or localhost, or list the name in admin.hosts (unknown names are refused to guard against DNS rebinding)",
 				shorten(r.Host, 100)))
 			return
 		}

@@ -58,8 +58,8 @@ func TestDNSRebindingIsRefused(t *testing.T) {
 	for _, host := range refused {
 		t.Run("refused "+host, func(t *testing.T) {
 			origin := map[string]string{"Origin": "http://" + host}
-			if code, body := p.send(t, "PUT", state, host, "drain", origin); code != http.StatusForbidden || !strings.Contains(body, "DNS rebinding") {
-				t.Errorf("PUT with Host %q: %d %s; want 403 saying why", host, code, body)
+			if code, body := p.send(t, "PUT", state, host, "drain", origin); code != http.StatusForbidden || !strings.Contains(body, "DNS rebinding") || !strings.Contains(body, "admin.hosts") {
+				t.Errorf("PUT with Host %q: %d %s; want 403 saying why and what to do", host, code, body)
 			}
 			if code, _ := p.send(t, "DELETE", "/api/v1/connections/c1", host, "", origin); code != http.StatusForbidden {
 				t.Errorf("DELETE with Host %q: %d; want 403", host, code)

@@ -705,3 +705,58 @@ func TestWatchKeyInTheFile(t *testing.T) {
 	})
 	p.log.WaitLines(t, `trigger="file changed"`, 1)
 }
+
+func TestAdminHostsFromTheFile(t *testing.T) {
+	// A name the operator reaches the admin listener by (Prometheus
+	// scraping pj.example.net:9090) is listed in admin.hosts; any other
+	// name is refused, as a rebound one would be. A reload changes the
+	// list.
+	echo := testutil.StartEcho(t)
+	file := filepath.Join(t.TempDir(), "pj.yaml")
+	write := func(hosts string) {
+		text := fmt.Sprintf("admin: { listen: '127.0.0.1:0', hosts: %s }\nproxies: [{listen: '127.0.0.1:0', backends: [%q]}]\n", hosts, echo)
+		if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`["pj.example.net", "Metrics.Example.Net."]`)
+	reload := make(chan struct{}, 1)
+	inst, err := tryStartWith(t, nil, []Option{WithReload(reload)}, nil, "-c", file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	status := func(host string) int {
+		t.Helper()
+		line := inst.log.Lines("INFO admin listening")
+		_, after, _ := strings.Cut(line[len(line)-1], "address=")
+		addr, _, _ := strings.Cut(after, " ")
+		req, _ := http.NewRequest("GET", "http://"+addr+"/metrics", nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	inst.log.WaitLines(t, "INFO admin listening", 1)
+	for host, want := range map[string]int{"pj.example.net:9090": 200, "metrics.example.net": 200, "evil.example:9090": 403, "localhost:9090": 200} {
+		if got := status(host); got != want {
+			t.Errorf("Host %q: %d, want %d", host, got, want)
+		}
+	}
+	write(`["evil.example"]`)
+	reload <- struct{}{}
+	inst.log.WaitLines(t, "INFO admin listening", 2)
+	if got := status("evil.example:9090"); got != 200 {
+		t.Errorf("after the reload, a listed name: %d, want 200", got)
+	}
+	if got := status("pj.example.net"); got != 403 {
+		t.Errorf("after the reload, a name no longer listed: %d, want 403", got)
+	}
+
+	if _, err := load(t, nil, "-c", testutil.WriteFile(t, "bad.yaml", "admin: { hosts: ['a b', 'x:80', ''] }\nproxies: [{listen: '127.0.0.1:0', backends: ['127.0.0.1:1']}]\n")); err == nil ||
+		!strings.Contains(err.Error(), "admin.hosts[0]") || !strings.Contains(err.Error(), "admin.hosts[1]") || !strings.Contains(err.Error(), "admin.hosts[2]") {
+		t.Errorf("bad names: %v; want each refused with its place", err)
+	}
+}

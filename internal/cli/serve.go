@@ -261,7 +261,7 @@ type adminListener struct {
 // a new token, or stopped. A new address is bound before the old one is
 // released; if it cannot be, the old listener goes on.
 func (a *adminListener) apply(c config.Admin) error {
-	if c == a.cfg && (a.running != nil) == (c.Listen != "") {
+	if c.Equal(a.cfg) && (a.running != nil) == (c.Listen != "") {
 		return nil
 	}
 	var next *admin.Server
@@ -271,7 +271,7 @@ func (a *adminListener) apply(c config.Admin) error {
 			old.Close() // same address: it must be free before binding again
 			a.running = nil
 		}
-		s, err := admin.Listen(c.Listen, a.srv, admin.Options{Token: c.Token, Pprof: c.Pprof, Version: version.Get(), Logger: a.log,
+		s, err := admin.Listen(c.Listen, a.srv, admin.Options{Token: c.Token, Pprof: c.Pprof, Hosts: c.Hosts, Version: version.Get(), Logger: a.log,
 			LogDropped: a.logDropped})
 		if err != nil {
 			return err

@@ -67,6 +67,14 @@ type Admin struct {
 	Listen string // HOST:PORT; empty means no admin listener
 	Token  string // required by mutating endpoints when set
 	Pprof  bool   // serve net/http/pprof under /debug/pprof/
+	// Hosts are the names, beside IP addresses and localhost, that
+	// requests may give as their Host (a guard against DNS rebinding).
+	Hosts []string
+}
+
+// Equal reports whether a and b are the same admin listener settings.
+func (a Admin) Equal(b Admin) bool {
+	return a.Listen == b.Listen && a.Token == b.Token && a.Pprof == b.Pprof && slices.Equal(a.Hosts, b.Hosts)
 }
 
 // Settings are the per-proxy settings that "defaults" gives every proxy

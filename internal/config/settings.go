@@ -30,6 +30,13 @@ var topKeys = []setting[Config]{
 	def("admin.token", func(c *Config) *string { return &c.Admin.Token }, text()).
 		withEnv("PJ_ADMIN_TOKEN"),
 	def("admin.pprof", func(c *Config) *bool { return &c.Admin.Pprof }, boolean()),
+	def("admin.hosts", func(c *Config) *[]string { return &c.Admin.Hosts },
+		names(`a list of host names such as ["pj.example.net"]`, func(s string) string {
+			if err := checkHost(s); err != nil || s == "" || looksNumeric(s) {
+				return fmt.Sprintf("%q is not a host name (IP addresses and localhost need no listing)", s)
+			}
+			return ""
+		})),
 
 	def("grace_period", func(c *Config) *time.Duration { return &c.GracePeriod }, duration(notNegative)).
 		zeroMeans("0s turns it off").
