@@ -14,6 +14,7 @@ MAPPING     ?= 127.0.0.1:8787:127.0.0.1:22
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GORELEASER  := github.com/goreleaser/goreleaser/v2@v2.15.1
 FUZZTIME    ?= 60s
+FUZZFLAGS   ?=
 
 IMAGE       ?= pj:latest
 # docker, podman or buildah; empty: the first that works here.
@@ -21,7 +22,7 @@ ENGINE      ?=
 TEST_ENGINE := $(or $(ENGINE),buildah)
 PLATFORMS   ?= linux/$(shell $(GO) env GOARCH)
 
-.PHONY: build run test vet lint fmt-check race fuzz bench clean image image-multiarch image-test release-snapshot release-check
+.PHONY: build run test vet lint fmt-check race fuzz fuzz-long fuzz-short bench clean image image-multiarch image-test release-snapshot release-check
 
 ## build: a static binary in bin/pj, version stamped from git
 build:
@@ -32,7 +33,7 @@ run: build
 	./$(BIN) --proxy $(MAPPING)
 
 ## test: formatting, vet, staticcheck and every test with the race detector
-test: fmt-check vet lint race
+test: fmt-check vet lint race fuzz-short
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -47,12 +48,17 @@ lint:
 race:
 	$(GO) test -race -count=1 -timeout 15m ./...
 
-## fuzz: fuzz the mapping parser, the YAML and TOML loaders and the route decider, $(FUZZTIME) each
+## fuzz: every Fuzz target of the repository, $(FUZZTIME) each (scripts/fuzz.sh finds them)
 fuzz:
-	$(GO) test ./internal/config -run '^$$' -fuzz '^FuzzParseMapping$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/config -run '^$$' -fuzz '^FuzzLoadYAML$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/config -run '^$$' -fuzz '^FuzzLoadTOML$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/route -run '^$$' -fuzz '^FuzzDecide$$' -fuzztime $(FUZZTIME)
+	FUZZTIME=$(FUZZTIME) FUZZFLAGS="$(FUZZFLAGS)" GO=$(GO) bash scripts/fuzz.sh
+
+## fuzz-long: every Fuzz target for 10 minutes (docs/RELIABILITY.md has the last run)
+fuzz-long:
+	FUZZTIME=10m FUZZFLAGS="$(FUZZFLAGS)" GO=$(GO) bash scripts/fuzz.sh
+
+# fuzz-short: a few seconds of each target, part of make test
+fuzz-short:
+	FUZZTIME=5s FUZZFLAGS="$(FUZZFLAGS)" GO=$(GO) bash scripts/fuzz.sh
 
 ## image: the container image $(IMAGE) for $(PLATFORMS), with $(ENGINE) or else the first of docker, podman, buildah that works (deploy/image.sh)
 image:

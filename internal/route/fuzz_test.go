@@ -3,6 +3,8 @@ package route
 import (
 	"net/netip"
 	"testing"
+
+	"github.com/pj-proxy/pj/internal/testutil"
 )
 
 // FuzzDecide drives a Decider with hostile bytes cut into hostile pieces:
@@ -21,41 +23,44 @@ func FuzzDecide(f *testing.F) {
 	tab := edgeTable(&testing.T{})
 	src := netip.MustParseAddr("192.0.2.1")
 	f.Fuzz(func(t *testing.T, data, cuts []byte, timeout bool) {
-		if len(data) > MaxPeek {
-			data = data[:MaxPeek] // the engine never holds more
-		}
-		var d Decider
-		d.Reset(tab, src)
-		n := 0
-		for {
-			var step int
-			if len(cuts) > 0 {
-				step, cuts = int(cuts[0]), cuts[1:]
-			} else {
-				step = len(data) - n
+		// One input may cost at most a second and 64 MiB: more is a finding.
+		testutil.WithinBudget(t, func() {
+			if len(data) > MaxPeek {
+				data = data[:MaxPeek] // the engine never holds more
 			}
-			n = min(n+step, len(data))
-			final := n == len(data)
-			dec, more := d.Decide(data[:n], final && !timeout, final && timeout)
-			if more {
-				if final {
-					t.Fatalf("undecided on the final call: %+v", dec)
+			var d Decider
+			d.Reset(tab, src)
+			n := 0
+			for {
+				var step int
+				if len(cuts) > 0 {
+					step, cuts = int(cuts[0]), cuts[1:]
+				} else {
+					step = len(data) - n
 				}
-				continue
+				n = min(n+step, len(data))
+				final := n == len(data)
+				dec, more := d.Decide(data[:n], final && !timeout, final && timeout)
+				if more {
+					if final {
+						t.Fatalf("undecided on the final call: %+v", dec)
+					}
+					continue
+				}
+				if dec.Route < NoRoute || dec.Route >= tab.Len() {
+					t.Fatalf("route %d of %d", dec.Route, tab.Len())
+				}
+				if dec.Skip < 0 || dec.Prelude < 0 || dec.Skip+dec.Prelude > n {
+					t.Fatalf("skip %d prelude %d beyond the %d bytes read", dec.Skip, dec.Prelude, n)
+				}
+				if (dec.Prelude > 0) != (len(dec.Expect) > 0) {
+					t.Fatalf("prelude %d with expect %q", dec.Prelude, dec.Expect)
+				}
+				if len(dec.Reply) > 0 {
+					t.Fatalf("a reply with a decision: %+v", dec)
+				}
+				return
 			}
-			if dec.Route < NoRoute || dec.Route >= tab.Len() {
-				t.Fatalf("route %d of %d", dec.Route, tab.Len())
-			}
-			if dec.Skip < 0 || dec.Prelude < 0 || dec.Skip+dec.Prelude > n {
-				t.Fatalf("skip %d prelude %d beyond the %d bytes read", dec.Skip, dec.Prelude, n)
-			}
-			if (dec.Prelude > 0) != (len(dec.Expect) > 0) {
-				t.Fatalf("prelude %d with expect %q", dec.Prelude, dec.Expect)
-			}
-			if len(dec.Reply) > 0 {
-				t.Fatalf("a reply with a decision: %+v", dec)
-			}
-			return
-		}
+		})
 	})
 }
