@@ -23,6 +23,9 @@ func TestWriteConnIsHandlesLine(t *testing.T) {
 		{Accepted: at, Client: "192.0.2.9:5353", Listener: "0.0.0.0:53/udp", Backend: "10.0.0.53:53", Proxy: "dns",
 			Status: StatusOK, Duration: 800 * time.Microsecond, Up: 40, Down: 120, ClosedBy: "backend",
 			Datagrams: true, DatagramsUp: 1, DatagramsDown: 1},
+		{Accepted: at, Client: "10.0.0.1:2", Listener: "l", Backend: "b", Proxy: "edge", Route: "app", SNI: "app.example.com",
+			Status: StatusOK, Connect: time.Millisecond, ClosedBy: "client", Relay: "copy"},
+		{Accepted: at, Client: "10.0.0.1:3", Listener: "l", Proxy: "edge", Status: StatusNoRoute, SNI: "a b", ClosedBy: "pj"},
 	}
 	for _, debug := range []bool{false, true} {
 		for i, c := range conns {

@@ -183,11 +183,19 @@ func appendConn(b []byte, c *Conn, debug bool) []byte {
 		b = append(b, " proxy="...)
 		b = appendString(b, c.Proxy)
 	}
+	if c.Route != "" {
+		b = append(b, " route="...)
+		b = appendString(b, c.Route)
+	}
 	if c.Datagrams {
 		b = append(b, " datagrams_up="...)
 		b = strconv.AppendInt(b, c.DatagramsUp, 10)
 		b = append(b, " datagrams_down="...)
 		b = strconv.AppendInt(b, c.DatagramsDown, 10)
+	}
+	if c.SNI != "" {
+		b = append(b, " sni="...)
+		b = appendString(b, c.SNI)
 	}
 	if c.Connect > 0 {
 		b = append(b, " connect="...)
@@ -232,6 +240,10 @@ func connOf(r slog.Record) (c Conn, debug bool, extra []slog.Attr) {
 			c.Down = v.Int64()
 		case KeyProxy:
 			c.Proxy = v.String()
+		case KeyRoute:
+			c.Route = v.String()
+		case KeySNI:
+			c.SNI = v.String()
 		case KeyDatagramsUp:
 			c.Datagrams, c.DatagramsUp = true, v.Int64()
 		case KeyDatagramsDown:

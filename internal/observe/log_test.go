@@ -104,6 +104,20 @@ func TestLogConnText(t *testing.T) {
 			want: prefix + `127.0.0.1:22 [connect_failed] duration=5s up=0 down=0 proxy=ssh error="connect: connection refused"` + "\n",
 		},
 		{
+			name: "routed by server name: route after the proxy, sni after the counts",
+			change: func(c *observe.Conn) {
+				c.Proxy, c.Route, c.SNI = "edge", "app", "app.example.com"
+			},
+			want: prefix + "127.0.0.1:22 [ok] duration=12.3s up=1234 down=56789 proxy=edge route=app sni=app.example.com\n",
+		},
+		{
+			name: "no route: no backend, no route, the name read",
+			change: func(c *observe.Conn) {
+				c.Proxy, c.Backend, c.Status, c.Up, c.Down, c.SNI = "edge", "", observe.StatusNoRoute, 0, 0, "other.example.com"
+			},
+			want: prefix + "- [no_route] duration=12.3s up=0 down=0 proxy=edge sni=other.example.com\n",
+		},
+		{
 			name: "ipv6 addresses",
 			change: func(c *observe.Conn) {
 				c.Client, c.Listener, c.Proxy, c.Backend = "[2001:db8::7]:51234", "[::]:8787", "[::]:8787", "[::1]:22"
@@ -221,6 +235,11 @@ func TestLogConnJSON(t *testing.T) {
 				c.Proxy, c.Status, c.Err = "ssh", observe.StatusConnectFailed, errors.New("connect: connection refused")
 			},
 			want: map[string]any{"proxy": "ssh", "status": "connect_failed", "error": "connect: connection refused"},
+		},
+		{
+			name:   "route and sni",
+			change: func(c *observe.Conn) { c.Route, c.SNI = "db", "db.example.com" },
+			want:   map[string]any{"route": "db", "sni": "db.example.com"},
 		},
 		{
 			name: "UDP session",

@@ -25,6 +25,7 @@ const (
 	StatusLimit         Status = "limit"          // over a connection cap
 	StatusKilled        Status = "killed"         // closed through the admin API
 	StatusShutdown      Status = "shutdown"       // cut when the grace period ran out
+	StatusNoRoute       Status = "no_route"       // no route of the proxy took it
 	StatusError         Status = "error"          // pj itself failed (a recovered panic)
 )
 
@@ -35,6 +36,7 @@ type ConnInfo struct {
 	Proxy    string
 	Client   netip.AddrPort
 	Listener string
+	Route    string // of a proxy with routes, once decided
 	Backend  string // "" while no backend has answered
 	Started  time.Time
 	Up, Down int64 // bytes delivered so far
@@ -67,6 +69,12 @@ type Conn struct {
 	ClosedBy string
 	// Relay names the data path used ("splice", "copy"); empty if none ran.
 	Relay string
+	// Route is the route of a proxy with routes that took the connection;
+	// empty for a proxy without routes, and when no route took it.
+	Route string
+	// SNI is the server name the client asked for in its TLS hello, when
+	// pj read one.
+	SNI string
 	// Err is what ended the connection early, if anything; logged as a field.
 	Err error
 	// Datagrams marks a UDP session: its line gains datagrams_up= and
@@ -109,7 +117,7 @@ func connRecord(c *Conn, debug bool) slog.Record {
 	}
 	// All attributes go in with one AddAttrs: the record keeps five
 	// inline and allocates once for the rest.
-	var attrs [14]slog.Attr
+	var attrs [16]slog.Attr
 	a := append(attrs[:0],
 		slog.String(KeyClient, client),
 		slog.String(KeyListener, c.Listener),
@@ -120,8 +128,14 @@ func connRecord(c *Conn, debug bool) slog.Record {
 		slog.Int64(KeyBytesDown, c.Down),
 		slog.String(KeyProxy, c.Proxy),
 	)
+	if c.Route != "" {
+		a = append(a, slog.String(KeyRoute, c.Route))
+	}
 	if c.Datagrams {
 		a = append(a, slog.Int64(KeyDatagramsUp, c.DatagramsUp), slog.Int64(KeyDatagramsDown, c.DatagramsDown))
+	}
+	if c.SNI != "" {
+		a = append(a, slog.String(KeySNI, c.SNI))
 	}
 	if c.Connect > 0 {
 		a = append(a, slog.Duration(KeyConnect, c.Connect))
@@ -158,4 +172,6 @@ const (
 	// Datagram counts of a UDP session ("datagrams_up=" in text too).
 	KeyDatagramsUp   = "datagrams_up"
 	KeyDatagramsDown = "datagrams_down"
+	KeyRoute         = "route" // the route that took the connection
+	KeySNI           = "sni"   // the server name of the client's TLS hello
 )
