@@ -134,12 +134,25 @@ type proxyJSON struct {
 	ConnectionsTotal  uint64        `json:"connections_total"`
 	BytesUp           uint64        `json:"bytes_up"`
 	BytesDown         uint64        `json:"bytes_down"`
+	Backends          []backendJSON `json:"backends"` // of every route
+	Routes            []routeJSON   `json:"routes"`
+}
+
+// routeJSON is one route of a proxy; a proxy without routes has one,
+// named after it, without match.
+type routeJSON struct {
+	Name              string        `json:"name"`
+	Match             string        `json:"match,omitempty"` // as pj check says it; none for the route of a proxy without routes
+	Balance           string        `json:"balance"`
+	ActiveConnections int64         `json:"active_connections"`
+	ConnectionsTotal  uint64        `json:"connections_total"`
 	Backends          []backendJSON `json:"backends"`
 }
 
 type backendJSON struct {
 	Address           string `json:"address"`
 	Name              string `json:"name,omitempty"`
+	Route             string `json:"route,omitempty"` // in a proxy's list, for a proxy with routes
 	State             string `json:"state"`
 	Weight            int    `json:"weight"`
 	Backup            bool   `json:"backup"`
@@ -156,24 +169,39 @@ func (h *handler) proxies(w http.ResponseWriter, _ *http.Request) {
 			Name: p.Name, Listen: v.Listen, Balance: p.Balance,
 			ActiveConnections: p.Stats.Active.Load(), ConnectionsTotal: p.Stats.Total(),
 			BytesUp: p.Stats.BytesUp.Load(), BytesDown: p.Stats.BytesDown.Load(),
-			Backends: []backendJSON{},
+			Backends: []backendJSON{}, Routes: []routeJSON{},
 		}
-		for _, b := range p.Pool().Backends() {
-			bj := backendJSON{
-				Address: b.Address, State: b.StateName(), Weight: b.Weight, Backup: b.Backup,
-				ActiveConnections: b.Active.Load(), ConnectionsTotal: b.Total.Load(),
+		for _, r := range p.Routes {
+			rj := routeJSON{Name: r.Name, Match: r.Match, Balance: r.Balance, ConnectionsTotal: r.Taken.Load(),
+				Backends: []backendJSON{}}
+			for _, b := range r.Pool().Backends() {
+				bj := backendOf(b)
+				rj.Backends = append(rj.Backends, bj)
+				rj.ActiveConnections += bj.ActiveConnections
+				if p.Routed() {
+					bj.Route = r.Name
+				}
+				pj.Backends = append(pj.Backends, bj)
 			}
-			if b.Name != b.Address {
-				bj.Name = b.Name
-			}
-			if b.Err != nil {
-				bj.Error = b.Err.Error()
-			}
-			pj.Backends = append(pj.Backends, bj)
+			pj.Routes = append(pj.Routes, rj)
 		}
 		out.Proxies = append(out.Proxies, pj)
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+func backendOf(b *balance.Backend) backendJSON {
+	bj := backendJSON{
+		Address: b.Address, State: b.StateName(), Weight: b.Weight, Backup: b.Backup,
+		ActiveConnections: b.Active.Load(), ConnectionsTotal: b.Total.Load(),
+	}
+	if b.Name != b.Address {
+		bj.Name = b.Name
+	}
+	if b.Err != nil {
+		bj.Error = b.Err.Error()
+	}
+	return bj
 }
 
 type connectionsJSON struct {
@@ -185,6 +213,7 @@ type connectionJSON struct {
 	Client     string  `json:"client"`
 	Proxy      string  `json:"proxy"`
 	Listener   string  `json:"listener"`
+	Route      string  `json:"route,omitempty"`
 	Backend    string  `json:"backend"`
 	Started    string  `json:"started"`
 	AgeSeconds float64 `json:"age_seconds"`
@@ -218,7 +247,7 @@ func (h *handler) connections(w http.ResponseWriter, r *http.Request) {
 		}
 		out.Connections = append(out.Connections, connectionJSON{
 			ID: connID(c.ID), Client: c.Client.String(), Proxy: c.Proxy, Listener: c.Listener,
-			Backend: c.Backend, Started: c.Started.UTC().Format("2006-01-02T15:04:05.000Z07:00"),
+			Route: c.Route, Backend: c.Backend, Started: c.Started.UTC().Format("2006-01-02T15:04:05.000Z07:00"),
 			AgeSeconds: roundTo(now.Sub(c.Started).Seconds(), 3), BytesUp: c.Up, BytesDown: c.Down,
 		})
 	}

@@ -471,3 +471,84 @@ func TestCountersSurviveReloadAndRemovedSeriesGo(t *testing.T) {
 		t.Fatalf("reloads: %v", got)
 	}
 }
+
+// A proxy with routes lists them in the API, each with its match, its
+// backends and the connections it took; the proxy's own list names each
+// backend's route. Backend series carry a route label, which for a proxy
+// without routes is the proxy's name; readiness asks a backend of every
+// route.
+func TestRoutesInTheAPIAndMetrics(t *testing.T) {
+	ssh, rest := tu.StartEcho(t), tu.StartEcho(t)
+	p := start(t, Options{},
+		pjtest.Routed("edge", "127.0.0.1:0",
+			pjtest.Route("ssh", config.Match{Protocol: "ssh"}, ssh),
+			pjtest.Route("rest", config.Match{}, rest, ssh)),
+		pjtest.Proxy("web", "127.0.0.1:0", rest))
+	addr, web := p.proxies(t).Proxies[0].Listen, p.proxies(t).Proxies[1].Listen
+	roundTrips(t, addr, "SSH-2.0-x\r\n", 2)
+	roundTrips(t, addr, "hello", 1)
+	roundTrips(t, web, "hello", 1)
+	held := tu.Dial(t, addr)
+	tu.RoundTrip(t, held, "SSH-2.0-held\r\n")
+
+	tu.WaitFor(t, 10*time.Second, "four finished connections", func() bool {
+		return p.proxies(t).Proxies[0].ConnectionsTotal == 3 && p.proxies(t).Proxies[1].ConnectionsTotal == 1
+	})
+	pr := p.proxies(t).Proxies[0]
+	if len(pr.Routes) != 2 || len(pr.Backends) != 3 {
+		t.Fatalf("proxy %+v: want 2 routes and 3 backends", pr)
+	}
+	r0, r1 := pr.Routes[0], pr.Routes[1]
+	if r0.Name != "ssh" || r0.Match != "protocol ssh" || r0.ConnectionsTotal != 3 || r0.ActiveConnections != 1 ||
+		len(r0.Backends) != 1 || r0.Backends[0].Address != ssh || r0.Backends[0].ConnectionsTotal != 3 {
+		t.Fatalf("route ssh %+v", r0)
+	}
+	if r1.Name != "rest" || r1.Match != "every connection" || r1.ConnectionsTotal != 1 || len(r1.Backends) != 2 {
+		t.Fatalf("route rest %+v", r1)
+	}
+	if pr.Backends[0].Route != "ssh" || pr.Backends[1].Route != "rest" || pr.Backends[2].Route != "rest" {
+		t.Fatalf("the proxy's backends %+v: each must name its route", pr.Backends)
+	}
+	if w := p.proxies(t).Proxies[1]; len(w.Routes) != 1 || w.Routes[0].Name != "web" || w.Backends[0].Route != "" {
+		t.Fatalf("proxy web %+v: want its one route, named after it", w)
+	}
+	conns := p.connections(t)
+	if len(conns) != 1 || conns[0].Route != "ssh" || conns[0].Backend != ssh {
+		t.Fatalf("connections %+v: want the held one, on route ssh", conns)
+	}
+
+	fams := p.metrics(t)
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"pj_route_connections_total", map[string]string{"proxy": "edge", "route": "ssh"}, 3},
+		{"pj_route_connections_total", map[string]string{"proxy": "edge", "route": "rest"}, 1},
+		{"pj_route_connections_total", map[string]string{"proxy": "web", "route": "web"}, 1},
+		{"pj_backend_connections_total", map[string]string{"proxy": "edge", "route": "ssh", "backend": ssh}, 3},
+		{"pj_backend_connections_total", map[string]string{"proxy": "edge", "route": "rest", "backend": ssh}, 0},
+		{"pj_backend_connections_total", map[string]string{"proxy": "edge", "route": "rest", "backend": rest}, 1},
+		{"pj_backend_active_connections", map[string]string{"proxy": "edge", "route": "ssh", "backend": ssh}, 1},
+		{"pj_backend_up", map[string]string{"proxy": "web", "route": "web", "backend": rest}, 1},
+		{"pj_backend_connect_seconds", map[string]string{"proxy": "edge", "route": "ssh", "backend": ssh}, 3},
+	} {
+		if got := value(t, fams, c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+
+	// Draining the backend in every route of edge that has it leaves
+	// route ssh with none: pj is not ready, and says which route.
+	if code, _ := p.do(t, "PUT", "/api/v1/proxies/edge/backends/"+ssh+"/state", "drain", ""); code != 200 {
+		t.Fatalf("drain: %d", code)
+	}
+	for _, b := range p.proxies(t).Proxies[0].Backends {
+		if b.Address == ssh && b.State != "drain" {
+			t.Fatalf("backend %+v of route %s: want drain in every route", b, b.Route)
+		}
+	}
+	if code, body := p.get(t, "/readyz"); code != 503 || !strings.Contains(body, "route ssh of proxy edge") {
+		t.Fatalf("/readyz: %d %q; want 503 naming the route", code, body)
+	}
+}

@@ -27,14 +27,19 @@ var (
 		[]string{"proxy", "direction"}, nil)
 	descDuration = prometheus.NewDesc("pj_connection_duration_seconds",
 		"How long connections lasted, from accept to close.", []string{"proxy"}, nil)
+	// A backend belongs to a route: the route label is the route's name,
+	// and for a proxy without routes the proxy's own.
 	descBackendUp = prometheus.NewDesc("pj_backend_up",
-		"1 when the backend may take new connections, 0 when it is down or drained.", []string{"proxy", "backend"}, nil)
+		"1 when the backend may take new connections, 0 when it is down or drained.", []string{"proxy", "route", "backend"}, nil)
 	descBackendActive = prometheus.NewDesc("pj_backend_active_connections",
-		"Connections open to the backend now.", []string{"proxy", "backend"}, nil)
+		"Connections open to the backend now.", []string{"proxy", "route", "backend"}, nil)
 	descBackendTotal = prometheus.NewDesc("pj_backend_connections_total",
-		"Connections ever relayed to the backend.", []string{"proxy", "backend"}, nil)
+		"Connections ever relayed to the backend.", []string{"proxy", "route", "backend"}, nil)
 	descConnect = prometheus.NewDesc("pj_backend_connect_seconds",
-		"Time from accepting a client until the backend answered.", []string{"proxy", "backend"}, nil)
+		"Time from accepting a client until the backend answered.", []string{"proxy", "route", "backend"}, nil)
+	descRouteTotal = prometheus.NewDesc("pj_route_connections_total",
+		"Connections the route took (for a proxy without routes, its one route, named after the proxy).",
+		[]string{"proxy", "route"}, nil)
 	descReloads = prometheus.NewDesc("pj_config_reloads_total",
 		"Configuration reloads, by result.", []string{"result"}, nil)
 	descBuild = prometheus.NewDesc("pj_build_info",
@@ -75,7 +80,7 @@ func newCollector(src Source, version string, logDropped func() uint64) *collect
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descActive, descBytes, descDuration, descBackendUp,
-		descBackendActive, descBackendTotal, descConnect, descClientsTracked, descClientsEvicted, descClientsForgiven,
+		descBackendActive, descBackendTotal, descConnect, descRouteTotal, descClientsTracked, descClientsEvicted, descClientsForgiven,
 		descClientsUntracked, descReloads, descBuild, descPanics, descLogDropped, descUDPDatagrams, descUDPDropped} {
 		ch <- d
 	}
@@ -100,16 +105,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(descUDPDropped, prometheus.CounterValue, float64(n), p.Name, reason)
 			}
 		}
-		for _, b := range p.Pool().Backends() {
-			up := 0.0
-			if b.Eligible() {
-				up = 1
+		for _, r := range p.Routes {
+			ch <- prometheus.MustNewConstMetric(descRouteTotal, prometheus.CounterValue, float64(r.Taken.Load()), p.Name, r.Name)
+			for _, b := range r.Pool().Backends() {
+				up := 0.0
+				if b.Eligible() {
+					up = 1
+				}
+				ch <- prometheus.MustNewConstMetric(descBackendUp, prometheus.GaugeValue, up, p.Name, r.Name, b.Address)
+				ch <- prometheus.MustNewConstMetric(descBackendActive, prometheus.GaugeValue, float64(b.Active.Load()), p.Name, r.Name, b.Address)
+				ch <- prometheus.MustNewConstMetric(descBackendTotal, prometheus.CounterValue, float64(b.Total.Load()), p.Name, r.Name, b.Address)
+				buckets, count, sum := b.Connect.Snapshot()
+				ch <- prometheus.MustNewConstHistogram(descConnect, count, sum, buckets, p.Name, r.Name, b.Address)
 			}
-			ch <- prometheus.MustNewConstMetric(descBackendUp, prometheus.GaugeValue, up, p.Name, b.Address)
-			ch <- prometheus.MustNewConstMetric(descBackendActive, prometheus.GaugeValue, float64(b.Active.Load()), p.Name, b.Address)
-			ch <- prometheus.MustNewConstMetric(descBackendTotal, prometheus.CounterValue, float64(b.Total.Load()), p.Name, b.Address)
-			buckets, count, sum := b.Connect.Snapshot()
-			ch <- prometheus.MustNewConstHistogram(descConnect, count, sum, buckets, p.Name, b.Address)
 		}
 		if p.Clients != nil {
 			cs := p.Clients.Stats()

@@ -216,20 +216,53 @@ proxies:
 	}
 }
 
-// Until the listeners choose among routes, pj refuses a proxy with routes
-// at start-up, naming it, rather than serving it without backends; pj
-// check accepts it.
-func TestRoutesAreNotServedYet(t *testing.T) {
-	file := testutil.WriteFile(t, "pj.yaml", "proxies:\n  - name: edge\n    listen: 127.0.0.1:0\n    routes: [{backends: [127.0.0.1:1]}]\n")
-	err := Run(context.Background(), []string{"-c", file}, io.Discard, io.Discard,
-		WithLookupEnv(func(string) (string, bool) { return "", false }),
-		WithListening(func([]net.Addr) { t.Error("pj started listening") }))
-	if ExitCode(err) != 1 || !strings.Contains(err.Error(), "proxy edge: routes are not served") {
-		t.Fatalf("pj with routes: %v (exit %d), want a refusal naming the proxy", err, ExitCode(err))
+// A proxy with routes from a file serves each client by what it sends
+// first: an SSH client, an HTTP client, and one that sends nothing and
+// goes, after match_timeout, to the route that takes the rest. The JSON
+// log names the route.
+func TestRoutesFromAFile(t *testing.T) {
+	ssh, web, rest := greeter(t, "ssh"), greeter(t, "web"), greeter(t, "rest")
+	file := testutil.WriteFile(t, "pj.yaml", "proxies:\n  - name: edge\n    listen: 127.0.0.1:0\n    match_timeout: 100ms\n    routes:\n"+
+		"      - {name: ssh, match: {protocol: ssh}, backends: ["+ssh+"]}\n"+
+		"      - {name: web, match: {protocol: http}, backends: ["+web+"]}\n"+
+		"      - {backends: ["+rest+"]}\n")
+	p := start(t, nil, "-c", file, "--log-format", "json")
+	for _, tc := range []struct{ send, want, route string }{
+		{"SSH-2.0-OpenSSH_9.6\r\n", "ssh", "ssh"},
+		{"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "web", "web"},
+		{"", "rest", "edge#3"},
+	} {
+		c := testutil.Dial(t, p.addrs[0])
+		if _, err := io.WriteString(c, tc.send); err != nil {
+			t.Fatal(err)
+		}
+		// The silent client waits: it is routed when match_timeout passes.
+		got := make([]byte, len(tc.want))
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != tc.want {
+			t.Fatalf("a client sending %q got %q (%v), want %q", tc.send, got, err, tc.want)
+		}
+		_ = c.CloseWrite()
+		testutil.ReadAll(t, c)
+		_ = c.Close()
+		p.log.WaitLines(t, `"route":"`+tc.route+`"`, 1)
 	}
-	if _, err := check(t, nil, "-c", file); err != nil {
-		t.Fatalf("pj check: %v", err)
+	if l := p.log.Lines("listening"); len(l) != 1 || !strings.Contains(l[0], "ssh="+ssh) || !strings.Contains(l[0], "edge#3="+rest) {
+		t.Fatalf("start-up lines %q: want the routes and their backends", l)
 	}
+}
+
+// greeter is a backend that tells each client its name, reads what the
+// client sends until its end, and closes.
+func greeter(t *testing.T, name string) string {
+	t.Helper()
+	ln := testutil.Listen(t, "tcp4")
+	testutil.Serve(t, ln, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, _ = io.WriteString(c, name)
+		_, _ = io.Copy(io.Discard, c)
+	})
+	return ln.Addr().String()
 }
 
 func TestWatchNeedsAConfigFile(t *testing.T) {

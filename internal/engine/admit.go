@@ -53,7 +53,7 @@ func statusOfRefusal(err error) (observe.Status, bool) {
 }
 
 // admit applies the lists and the per-client limits to c, then starts
-// connecting it.
+// choosing its route.
 func (l *loop) admit(c *conn) {
 	p := c.proxy
 	addr := c.client.Addr()
@@ -72,9 +72,7 @@ func (l *loop) admit(c *conn) {
 		}
 		c.clients = p.Clients // Release at close
 	}
-	c.order = p.Pool().Start(addr)
-	c.deadline = l.now + int64(p.ConnectTimeout)
-	l.connectNext(c)
+	l.pickRoute(c)
 }
 
 // refuse closes c at once: nothing was sent to it, no backend contacted.
@@ -323,5 +321,5 @@ func (l *loop) proxyHeader(c *conn) ([]byte, error) {
 		src = net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom16(c.client.Addr().As16()), c.client.Port()))
 		dst = net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom16(c.local.Addr().As16()), c.local.Port()))
 	}
-	return proxyproto.HeaderProxyFromAddrs(c.proxy.ProxyProtocol, src, dst).Format()
+	return proxyproto.HeaderProxyFromAddrs(c.route.ProxyProtocol, src, dst).Format()
 }

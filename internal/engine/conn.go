@@ -24,6 +24,8 @@ const (
 	stateRelay                       // both sockets open, bytes flowing
 	stateClosed
 	stateHeader // reading a trusted peer's PROXY protocol header
+	statePeek   // reading the client's first bytes to choose its route
+	stateAnswer // connected; waiting for the backend's answer to a prelude
 )
 
 // Readiness bits, remembered between edge-triggered events.
@@ -72,6 +74,9 @@ type conn struct {
 
 	ln       *Listener
 	proxy    *proxy.Proxy
+	route    *proxy.Route   // where the connection goes, once chosen
+	peek     *peek          // the first bytes read to choose the route, until the backend has them
+	sni      string         // the server name of the client's TLS hello, if one was read
 	client   netip.AddrPort // from the PROXY header, if a trusted peer sent one
 	local    netip.AddrPort // the address the client connected to; found when needed
 	accepted time.Time
@@ -133,7 +138,7 @@ func (l *loop) openConn(fd int, ln *Listener, p *proxy.Proxy, client netip.AddrP
 		if t.Contains(client.Addr()) {
 			// The header must come first, and soon.
 			c.state = stateHeader
-			l.arm(c, l.now+int64(p.ConnectTimeout))
+			l.arm(c, l.now+int64(p.HeaderTimeout))
 			return // readable: handle reads it
 		}
 		c.checkSig = true
@@ -264,13 +269,29 @@ func (l *loop) dropBackend(c *conn) {
 
 // observe records a passive health observation of c's backend.
 func (l *loop) observe(c *conn, r balance.Result) {
-	h := c.proxy.Health
+	h := c.route.Health
 	if tr, changed := c.backend.Observe(r, h.Rise, h.Fall); changed {
-		balance.LogTransition(l.e.log, c.proxy.Name, c.backend, tr)
+		log := l.e.log
+		if c.proxy.Routed() {
+			log = log.With("route", c.route.Name)
+		}
+		balance.LogTransition(log, c.proxy.Name, c.backend, tr)
 	}
 }
 
+// connected goes on with a backend that accepted the connection: a
+// prelude the route needs first, then the relay.
 func (l *loop) connected(c *conn) {
+	if c.peek != nil && c.peek.dec.Prelude > 0 {
+		l.sendPrelude(c)
+		return
+	}
+	l.established(c)
+}
+
+// established starts relaying to a backend that is ready for the
+// client's bytes.
+func (l *loop) established(c *conn) {
 	c.state = stateRelay
 	c.err = nil
 	c.order = balance.Order{}
@@ -282,16 +303,22 @@ func (l *loop) connected(c *conn) {
 	c.backend.Connect.Observe(time.Duration(c.connectDur))
 	c.lastActive = l.now
 	c.timerAt = 0
-	if c.proxy.ProxyProtocol != 0 {
+	if c.route.ProxyProtocol != 0 && (c.peek == nil || c.peek.dec.Prelude == 0) {
 		if err := l.sendHeader(c); err != nil {
 			l.abort(c, err)
 			return
 		}
 	}
-	if idle := c.proxy.IdleTimeout; idle > 0 {
+	if c.peek != nil {
+		if err := l.sendPeeked(c); err != nil {
+			l.abort(c, err)
+			return
+		}
+	}
+	if idle := c.route.IdleTimeout; idle > 0 {
 		l.arm(c, l.now+int64(idle))
 	}
-	if bw := c.proxy.Bandwidth; bw > 0 {
+	if bw := c.route.Bandwidth; bw > 0 {
 		c.up.budget, c.down.budget = newBucket(bw, l.now), newBucket(bw, l.now)
 	}
 	l.relay(c)
@@ -331,8 +358,18 @@ func (l *loop) handle(c *conn, fd int, events uint32) {
 		l.readHeader(c)
 		return
 	}
-	if c.state == stateConnecting {
+	if c.state == statePeek {
+		if events&unix.EPOLLERR != 0 {
+			l.abort(c, sideError(sideClient, socketError(fd)))
+			return
+		}
+		l.peekRead(c)
+		return
+	}
+	if c.state == stateConnecting || c.state == stateAnswer {
 		switch {
+		case !isClient && c.state == stateAnswer:
+			l.answerEvent(c, events)
 		case !isClient:
 			l.connectEvent(c, events)
 		case events&unix.EPOLLERR != 0:
@@ -587,7 +624,11 @@ func (l *loop) putPipe(d *dir) {
 func (l *loop) timerFired(c *conn) {
 	switch c.state {
 	case stateHeader:
-		l.refuse(c, fmt.Errorf("%w: none within %s", errNoHeader, c.proxy.ConnectTimeout))
+		l.refuse(c, fmt.Errorf("%w: none within %s", errNoHeader, c.proxy.HeaderTimeout))
+	case statePeek:
+		l.peekDecide(c, true)
+	case stateAnswer:
+		l.answerFailed(c, fmt.Errorf("%w: no answer to the %s", ErrConnectTimeout, preludeName))
 	case stateConnecting:
 		if c.bfd < 0 {
 			// Waiting out a descriptor shortage: try the same backend.
@@ -600,7 +641,7 @@ func (l *loop) timerFired(c *conn) {
 		l.dropBackend(c)
 		l.connectNext(c)
 	case stateRelay:
-		idle := int64(c.proxy.IdleTimeout)
+		idle := int64(c.route.IdleTimeout)
 		if quiet := l.now - c.lastActive; quiet >= idle {
 			l.abort(c, ErrIdleTimeout)
 			return
@@ -664,6 +705,10 @@ func (l *loop) close(c *conn, status observe.Status, err error) {
 		}
 		d.spill = nil
 	}
+	if c.peek != nil {
+		l.putPeek(c.peek)
+		c.peek = nil
+	}
 	if c.counted {
 		c.backend.Active.Add(-1)
 	}
@@ -692,6 +737,10 @@ func (l *loop) logConn(c *conn, status observe.Status, err error) {
 		Err:        err,
 		Relay:      modeCopy,
 		ClosedBy:   c.closedBy.String(),
+		SNI:        c.sni,
+	}
+	if c.route != nil && c.proxy.Routed() {
+		rec.Route = c.route.Name
 	}
 	if c.reached {
 		rec.Connect = time.Duration(c.connectDur)

@@ -42,7 +42,8 @@ type Options struct {
 	// engine's own.
 	IDs *atomic.Uint64
 
-	onOpen func() // see Engine.onOpen
+	onOpen func()             // see Engine.onOpen
+	onPeek func(buffered int) // see Engine.onPeek
 }
 
 // Engine runs the event loops and the listeners registered with it.
@@ -66,6 +67,9 @@ type Engine struct {
 	// onOpen, if set, runs for every accepted connection before its
 	// backend is dialled; tests use it to inject a fault.
 	onOpen func()
+	// onPeek, if set, runs each time a connection choosing its route has
+	// read, with the bytes it holds; tests pace a client's writes by it.
+	onPeek func(buffered int)
 }
 
 // ErrShutdown is the cause of connections cut when the grace period ends;
@@ -78,7 +82,7 @@ func New(opt Options) (*Engine, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{log: log, ka: opt.KeepAlive, start: time.Now(), onOpen: opt.onOpen, nextID: opt.IDs}
+	e := &Engine{log: log, ka: opt.KeepAlive, start: time.Now(), onOpen: opt.onOpen, onPeek: opt.onPeek, nextID: opt.IDs}
 	if e.nextID == nil {
 		e.nextID = new(atomic.Uint64)
 	}
@@ -339,6 +343,9 @@ func (e *Engine) Connections() []ConnInfo {
 				}
 				ci := ConnInfo{ID: c.id, Proxy: c.proxy.Name, Client: c.client, Listener: c.ln.addr,
 					Started: c.accepted, Up: c.up.bytes.Load(), Down: c.down.bytes.Load()}
+				if c.route != nil && c.proxy.Routed() {
+					ci.Route = c.route.Name
+				}
 				if c.state == stateRelay {
 					ci.Backend = c.backend.Address
 				}

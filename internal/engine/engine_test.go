@@ -45,6 +45,8 @@ type harnessOpt struct {
 	logTo   io.Writer // default: the harness's buffer
 	level   string    // default: debug
 	clients *admission.Clients
+	onPeek  func(buffered int)
+	change  func(*config.Proxy) // applied before the proxy is built
 }
 
 func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
@@ -60,7 +62,7 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := New(Options{Logger: log, Loops: 2, KeepAlive: testKeepAlive, onOpen: o.onOpen})
+	e, err := New(Options{Logger: log, Loops: 2, KeepAlive: testKeepAlive, onOpen: o.onOpen, onPeek: o.onPeek})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,6 +77,9 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 	}
 	pc := config.Proxy{Name: "test", Backends: cbs, Settings: config.Default().Defaults}
 	pc.ConnectTimeout, pc.IdleTimeout = o.connect, o.idle
+	if o.change != nil {
+		o.change(&pc)
+	}
 	p, err := proxy.Build(context.Background(), pc, log, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/proxy"
+	"github.com/pj-proxy/pj/internal/route"
 )
 
 const (
@@ -62,9 +63,11 @@ type loop struct {
 	now       int64     // monotonic nanoseconds of the current iteration
 	timers    timerHeap
 	pipes     []pipe
-	pending   []*conn // connections with work left after their budget
-	busy      bool    // the last wait returned events: see wait
-	yielded   int64   // loop clock of the last runtime.Gosched
+	peeks     []*peek       // spare buffers of connections choosing a route
+	dec       route.Decider // the first call of every connection's decision
+	pending   []*conn       // connections with work left after their budget
+	busy      bool          // the last wait returned events: see wait
+	yielded   int64         // loop clock of the last runtime.Gosched
 
 	mu       sync.Mutex
 	cmds     []func(*loop)

@@ -9,24 +9,33 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/pj-proxy/pj/internal/admission"
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/observe"
+	"github.com/pj-proxy/pj/internal/route"
 )
 
 // Proxy is what a listener's connections need to know about their proxy.
 type Proxy struct {
-	Name           string
-	Balance        string
-	Backends       *balance.Set
-	ConnectTimeout time.Duration
-	IdleTimeout    time.Duration
-	// Health has the rise and fall that passive checks (failed
-	// connects) use too.
-	Health config.HealthCheck
+	Name string
+	// Balance is the proxy's balance algorithm; each route has its own.
+	Balance string
+	// Routes are where the proxy's connections go, in order: at least
+	// one. A proxy configured without routes has one, named after the
+	// proxy, that takes every connection.
+	Routes []*Route
+	// Table decides which route takes a connection; nil when the proxy
+	// was configured without routes.
+	Table *route.Table
+	// MatchTimeout bounds the wait for the first bytes the routes need.
+	MatchTimeout time.Duration
+	// HeaderTimeout bounds the wait for a trusted peer's PROXY protocol
+	// header: the proxy's connect timeout.
+	HeaderTimeout time.Duration
 	// Stats are the proxy's live counters; they carry over a reload that
 	// keeps the proxy's name.
 	Stats *observe.ProxyStats
@@ -35,13 +44,7 @@ type Proxy struct {
 	ACL            *admission.ACL     // nil: everyone is allowed
 	Clients        *admission.Clients // per-client rate and cap; nil: none
 	MaxConnections int                // of this listener; 0: no cap
-	// Bandwidth caps each direction of each connection, in bytes per
-	// second; 0: no cap.
-	Bandwidth int64
 
-	// ProxyProtocol is the PROXY protocol version sent to backends: 0
-	// (none), 1 or 2.
-	ProxyProtocol byte
 	// TrustedProxies are the peers whose PROXY protocol header is read;
 	// nil: no header is expected from anyone.
 	TrustedProxies *admission.CIDRSet
@@ -56,63 +59,169 @@ type Proxy struct {
 	perClient int
 }
 
+// Route is one destination of a proxy: its backends and the settings of
+// the connections it takes.
+type Route struct {
+	Name     string
+	Balance  string
+	Backends *balance.Set
+	// Match says what the route takes, as pj check says it ("sni
+	// app.example.com; protocol tls"); empty for the one route of a proxy
+	// configured without routes.
+	Match          string
+	ConnectTimeout time.Duration
+	IdleTimeout    time.Duration
+	// Health has the rise and fall that passive checks (failed
+	// connects) use too.
+	Health config.HealthCheck
+	// Bandwidth caps each direction of each connection, in bytes per
+	// second; 0: no cap.
+	Bandwidth int64
+	// ProxyProtocol is the PROXY protocol version sent to backends: 0
+	// (none), 1 or 2.
+	ProxyProtocol byte
+	// Taken counts the connections the route took; it carries over a
+	// reload that keeps the proxy's and the route's names.
+	Taken *atomic.Uint64
+}
+
+// Pool is the route's current pool of backends.
+func (r *Route) Pool() *balance.Pool { return r.Backends.Pool() }
+
 // Build makes the runtime proxy of c, resolving backend host names within
-// ctx. prev, if not nil, is the proxy this one replaces: backends that stay
-// keep their state, and the counters carry over if the name is the same.
-// The set's health checks and DNS refresh start with Start. A proxy that
-// cannot run as configured (an unknown balance algorithm) is an error.
+// ctx. prev, if not nil, is the proxy this one replaces: the backends of a
+// route that keeps its name keep their state, and the counters carry over
+// if the proxy's name is the same. The routes' health checks and DNS
+// refresh start with Start. A proxy that cannot run as configured (an
+// unknown balance algorithm) is an error.
 func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (*Proxy, error) {
-	if len(c.Routes) > 0 {
-		// pj check validates routes; the listeners do not choose among
-		// them yet, and a proxy without backends would refuse everyone.
-		return nil, fmt.Errorf("proxy %s: routes are not served by this version of pj "+
-			"(pj check validates them); list backends instead", c.Name)
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	var prevSet *balance.Set
 	stats := observe.NewProxyStats()
 	clients := admission.NewClients(c.RateLimit.PerClient, c.RateLimit.Burst, c.MaxConnectionsPerClient, admission.DefaultCapacity)
-	if prev != nil {
-		prevSet = prev.Backends
-		if prev.Name == c.Name {
-			stats = prev.Stats
-			// Per-client buckets and counts carry over when the limits
-			// stay, so a reload neither forgives nor forgets a client.
-			if prev.rateLimit == c.RateLimit && prev.perClient == c.MaxConnectionsPerClient {
-				clients = prev.Clients
-			}
+	if prev != nil && prev.Name == c.Name {
+		stats = prev.Stats
+		// Per-client buckets and counts carry over when the limits
+		// stay, so a reload neither forgives nor forgets a client.
+		if prev.rateLimit == c.RateLimit && prev.perClient == c.MaxConnectionsPerClient {
+			clients = prev.Clients
 		}
 	}
 	var trusted *admission.CIDRSet
 	if c.AcceptProxyProtocol != nil {
 		trusted = admission.NewCIDRSet(c.AcceptProxyProtocol.Trusted)
 	}
-	set, err := balance.NewSet(ctx, c.Name, c.Backends, c.Settings, log, prevSet)
-	if err != nil {
-		return nil, fmt.Errorf("proxy %s: %w", c.Name, err)
-	}
-	return &Proxy{
+	p := &Proxy{
 		Name:           c.Name,
 		Balance:        c.Balance,
-		Backends:       set,
-		ConnectTimeout: c.ConnectTimeout,
-		IdleTimeout:    c.IdleTimeout,
-		Health:         c.HealthCheck,
+		MatchTimeout:   c.MatchTimeout,
+		HeaderTimeout:  c.ConnectTimeout,
 		Stats:          stats,
 		ACL:            acl(c.Allow, c.Deny),
 		Clients:        clients,
 		MaxConnections: c.MaxConnections,
-		Bandwidth:      c.Bandwidth.PerConnection,
-		ProxyProtocol:  c.ProxyVersion(),
 		TrustedProxies: trusted,
 		UDP:            c.IsUDP(),
 		Responses:      c.UDP.Responses,
 		rateLimit:      c.RateLimit,
 		perClient:      c.MaxConnectionsPerClient,
+	}
+	if len(c.Routes) == 0 {
+		r, err := buildRoute(ctx, c.Name, c.Name, "", c.Backends, c.Settings, log, prev)
+		if err != nil {
+			return nil, fmt.Errorf("proxy %s: %w", c.Name, err)
+		}
+		p.Routes = []*Route{r}
+		return p, nil
+	}
+	t, err := route.NewTable(c.Matches())
+	if err != nil {
+		return nil, fmt.Errorf("proxy %s: %w", c.Name, err)
+	}
+	p.Table = t
+	for _, rc := range c.Routes {
+		r, err := buildRoute(ctx, c.Name, rc.Name, rc.Match.Describe(), rc.Backends, rc.Settings,
+			log.With("route", rc.Name), prev)
+		if err != nil {
+			return nil, fmt.Errorf("proxy %s, route %s: %w", c.Name, rc.Name, err)
+		}
+		p.Routes = append(p.Routes, r)
+	}
+	return p, nil
+}
+
+// buildRoute makes the route name of proxy proxyName. Its backends keep
+// the state they had in prev's route of the same name.
+func buildRoute(ctx context.Context, proxyName, name, match string, backends []config.Backend, s config.Settings,
+	log *slog.Logger, prev *Proxy) (*Route, error) {
+	var prevSet *balance.Set
+	taken := new(atomic.Uint64)
+	if old := prev.route(name); old != nil {
+		prevSet = old.Backends
+		if prev.Name == proxyName {
+			taken = old.Taken
+		}
+	}
+	set, err := balance.NewSet(ctx, proxyName, backends, s, log, prevSet)
+	if err != nil {
+		return nil, err
+	}
+	return &Route{
+		Name:           name,
+		Balance:        s.Balance,
+		Backends:       set,
+		Match:          match,
+		ConnectTimeout: s.ConnectTimeout,
+		IdleTimeout:    s.IdleTimeout,
+		Health:         s.HealthCheck,
+		Bandwidth:      s.Bandwidth.PerConnection,
+		ProxyProtocol:  s.ProxyVersion(),
+		Taken:          taken,
 	}, nil
 }
 
-// Pool is the proxy's current pool of backends.
-func (p *Proxy) Pool() *balance.Pool { return p.Backends.Pool() }
+// route returns p's route of that name; nil if p is nil or has none.
+func (p *Proxy) route(name string) *Route {
+	if p == nil {
+		return nil
+	}
+	for _, r := range p.Routes {
+		if r.Name == name {
+			return r
+		}
+	}
+	return nil
+}
+
+// Routed reports whether the proxy was configured with routes.
+func (p *Proxy) Routed() bool { return p.Table != nil }
+
+// Start runs the health checks and DNS refresh of every route.
+func (p *Proxy) Start() {
+	for _, r := range p.Routes {
+		r.Backends.Start()
+	}
+}
+
+// Stop ends what Start started, and waits for it.
+func (p *Proxy) Stop() {
+	for _, r := range p.Routes {
+		r.Backends.Stop()
+	}
+}
+
+// Backends lists the backends of every route, route by route.
+func (p *Proxy) Backends() []*balance.Backend {
+	if len(p.Routes) == 1 {
+		return p.Routes[0].Pool().Backends()
+	}
+	var out []*balance.Backend
+	for _, r := range p.Routes {
+		out = append(out, r.Pool().Backends()...)
+	}
+	return out
+}
 
 // acl is nil for a proxy without lists: its connections pay one nil check.
 func acl(allow, deny []netip.Prefix) *admission.ACL {

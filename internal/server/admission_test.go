@@ -418,7 +418,7 @@ func TestBandwidthCap(t *testing.T) {
 func totalOf(r *pjtest.Server, proxy, backend string) uint64 {
 	for _, v := range r.Proxies() {
 		if v.Proxy.Name == proxy {
-			for _, b := range v.Proxy.Pool().Backends() {
+			for _, b := range v.Proxy.Backends() {
 				if b.Address == backend {
 					return b.Total.Load()
 				}

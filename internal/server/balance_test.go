@@ -46,7 +46,7 @@ func stateOf(r *pjtest.Server, proxy, backend string) string {
 		if v.Proxy.Name != proxy {
 			continue
 		}
-		for _, b := range v.Proxy.Pool().Backends() {
+		for _, b := range v.Proxy.Backends() {
 			if b.Address == backend {
 				return b.StateName()
 			}
@@ -249,7 +249,7 @@ func TestSRVRecordsGiveBackendsAndBackups(t *testing.T) {
 	p := checked(pjtest.Proxy("app", x, "_app._tcp.pj.test"), "", "")
 	p.Resolver = dns.Addr
 	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
-	bs := r.Proxies()[0].Proxy.Pool().Backends()
+	bs := r.Proxies()[0].Proxy.Backends()
 	if len(bs) != 2 || bs[0].Weight != 5 || bs[0].Backup || !bs[1].Backup {
 		t.Fatalf("backends from SRV: %+v", bs)
 	}

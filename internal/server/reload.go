@@ -62,8 +62,8 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 	for i, np := range built {
 		old := p.kept[i].ln.Proxy()
 		p.kept[i].ln.SetProxy(np)
-		old.Backends.Stop()
-		np.Backends.Start()
+		old.Stop()
+		np.Start()
 	}
 	for _, e := range p.retired {
 		s.retire(e, cfg.GracePeriod)
@@ -137,7 +137,7 @@ func (s *Server) plan(cfg config.Config) *reloadPlan {
 func (s *Server) retire(e *entry, grace time.Duration) {
 	s.stopListening(e.ln)
 	s.releaseInherited(e.from)
-	e.ln.Proxy().Backends.Stop()
+	e.ln.Proxy().Stop()
 	if n := s.active(); n > 0 {
 		s.log.Info("stopped listening; its open connections may finish", "proxy", e.cfg.Name,
 			"address", e.ln.Addr(), "grace_period", grace.String())

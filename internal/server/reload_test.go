@@ -182,7 +182,7 @@ func TestBackendStateSurvivesReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	totals := map[string]uint64{}
-	for _, be := range r.Proxies()[0].Proxy.Pool().Backends() {
+	for _, be := range r.Proxies()[0].Proxy.Backends() {
 		totals[be.Address] = be.Total.Load()
 	}
 	if totals[a] != 3 || totals[b] != 0 {
@@ -219,7 +219,7 @@ func TestReloadDuringADNSOutageKeepsTheLastAddresses(t *testing.T) {
 			if _, err := r.Reload(cfgOf(time.Minute, p)); err != nil {
 				t.Fatal(err)
 			}
-			bs := r.Proxies()[0].Proxy.Pool().Backends()
+			bs := r.Proxies()[0].Proxy.Backends()
 			if len(bs) != 1 || bs[0].Err != nil || bs[0].Address != "127.0.0.1:"+itoa(port) {
 				t.Fatalf("backends after a reload during the outage: %+v, want 127.0.0.1:%d as before", bs, port)
 			}
@@ -248,7 +248,7 @@ func TestReloadOfTheLogLevelTouchesNoPool(t *testing.T) {
 	before := map[string]*proxy.Proxy{}
 	pools := map[string]*balance.Pool{}
 	for _, v := range r.Proxies() {
-		before[v.Proxy.Name], pools[v.Proxy.Name] = v.Proxy, v.Proxy.Pool()
+		before[v.Proxy.Name], pools[v.Proxy.Name] = v.Proxy, v.Proxy.Routes[0].Pool()
 	}
 	queries := dns.Queries()
 
@@ -270,7 +270,7 @@ func TestReloadOfTheLogLevelTouchesNoPool(t *testing.T) {
 			}
 			continue
 		}
-		if v.Proxy != before[v.Proxy.Name] || v.Proxy.Pool() != pools[v.Proxy.Name] {
+		if v.Proxy != before[v.Proxy.Name] || v.Proxy.Routes[0].Pool() != pools[v.Proxy.Name] {
 			t.Errorf("proxy %s was rebuilt by a reload that did not change it", v.Proxy.Name)
 		}
 	}
@@ -280,4 +280,60 @@ func TestReloadOfTheLogLevelTouchesNoPool(t *testing.T) {
 	if got, err := testutil.Ask(x); err != nil || got != "web" {
 		t.Fatalf("after the reloads: %q, %v", got, err)
 	}
+}
+
+// sendAndAsk sends msg through addr, half-closes, and returns the answer.
+func sendAndAsk(t *testing.T, addr, msg string) string {
+	t.Helper()
+	c := testutil.Dial(t, addr)
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.CloseWrite()
+	return testutil.ReadAll(t, c)
+}
+
+// A reload that changes a proxy's routes serves new connections by the
+// new routes at once; a route that keeps its name keeps its backends'
+// health and administrative state, and its counters.
+func TestReloadOfRoutesKeepsTheStateOfRoutesThatStay(t *testing.T) {
+	x := testutil.ClosedAddr(t)
+	ssh, rest, web := testutil.StartEcho(t), testutil.StartEcho(t), testutil.StartEcho(t)
+	before := pjtest.Routed("edge", x,
+		pjtest.Route("ssh", config.Match{Protocol: "ssh"}, ssh),
+		pjtest.Route("rest", config.Match{}, rest))
+	r := pjtest.Start(t, cfgOf(time.Minute, before), server.Options{})
+	if got := sendAndAsk(t, x, "SSH-2.0-x\r\n"); got != "SSH-2.0-x\r\n" {
+		t.Fatalf("through route ssh: %q", got)
+	}
+	if err := r.SetBackendState("edge", ssh, balance.AdminDrain); err != nil {
+		t.Fatal(err)
+	}
+	after := pjtest.Routed("edge", x,
+		pjtest.Route("ssh", config.Match{Protocol: "ssh"}, ssh),
+		pjtest.Route("web", config.Match{Protocol: "http"}, web),
+		pjtest.Route("rest", config.Match{}, rest))
+	what, err := r.Reload(cfgOf(time.Minute, after))
+	if err != nil || !strings.Contains(what, "edge: routes changed") {
+		t.Fatalf("reload: %q, %v", what, err)
+	}
+	p := r.Proxies()[0].Proxy
+	if len(p.Routes) != 3 || p.Routes[1].Name != "web" {
+		t.Fatalf("routes after reload: %d", len(p.Routes))
+	}
+	b := p.Routes[0].Pool().Backends()[0]
+	if b.StateName() != "drain" || b.Total.Load() != 1 || p.Routes[0].Taken.Load() != 1 {
+		t.Fatalf("route ssh's backend after reload: %s, %d connections, route took %d; want drain, 1, 1",
+			b.StateName(), b.Total.Load(), p.Routes[0].Taken.Load())
+	}
+	// The drained backend takes no new client: route ssh has nothing
+	// left, so an SSH client is closed; an HTTP client takes the new route.
+	if got := sendAndAsk(t, x, "GET / HTTP/1.0\r\n\r\n"); got != "GET / HTTP/1.0\r\n\r\n" {
+		t.Fatalf("through the new route web: %q", got)
+	}
+	if got := sendAndAsk(t, x, "SSH-2.0-y\r\n"); got != "" {
+		t.Fatalf("through route ssh, whose only backend is drained: %q", got)
+	}
+	r.Logs.WaitLines(t, "route=web", 1)
+	r.Logs.WaitLines(t, "[no_backend]", 1)
 }

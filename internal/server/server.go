@@ -146,13 +146,13 @@ func (s *Server) open(proxies []config.Proxy, prev map[string]*proxy.Proxy) ([]*
 		}
 	}
 	for _, p := range runtimes {
-		p.Backends.Start()
+		p.Start()
 	}
 	return entries, nil
 }
 
 // build makes the runtime proxies of entries, resolving backend names.
-// Nothing it builds runs until Backends.Start, so a failure leaves
+// Nothing it builds runs until Start, so a failure leaves
 // nothing to stop.
 func (s *Server) build(entries []*entry, prev map[string]*proxy.Proxy) ([]*proxy.Proxy, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
@@ -300,17 +300,28 @@ func (s *Server) Serve(ctx context.Context) error {
 
 func (s *Server) logListening(e *entry) {
 	p := e.ln.Proxy()
-	attrs := []any{"proxy", p.Name, "address", e.ln.Addr(),
-		"backends", strings.Join(backendAddrs(p), ","), "balance", p.Balance, "health_checks", p.Backends.ChecksEnabled()}
+	attrs := []any{"proxy", p.Name, "address", e.ln.Addr()}
+	if p.Routed() {
+		// "app=10.0.0.1:8080,10.0.0.2:8080 ssh=127.0.0.1:22"
+		var routes []string
+		for _, r := range p.Routes {
+			routes = append(routes, r.Name+"="+strings.Join(backendAddrs(r), ","))
+		}
+		attrs = append(attrs, "routes", strings.Join(routes, " "), "match_timeout", p.MatchTimeout.String())
+	} else {
+		r := p.Routes[0]
+		attrs = append(attrs, "backends", strings.Join(backendAddrs(r), ","), "balance", r.Balance,
+			"health_checks", r.Backends.ChecksEnabled())
+	}
 	if e.from != nil {
 		attrs = append(attrs, "socket", "inherited")
 	}
 	s.log.Info("listening", attrs...)
 }
 
-func backendAddrs(p *proxy.Proxy) []string {
+func backendAddrs(r *proxy.Route) []string {
 	var addrs []string
-	for _, b := range p.Pool().Backends() {
+	for _, b := range r.Pool().Backends() {
 		addrs = append(addrs, b.Address)
 	}
 	return addrs
@@ -332,7 +343,7 @@ func (s *Server) shut(end func(listener)) {
 	s.closed = true
 	for _, e := range s.entries {
 		end(e.ln)
-		e.ln.Proxy().Backends.Stop()
+		e.ln.Proxy().Stop()
 	}
 	s.entries = nil
 	s.closeInherited()

@@ -37,19 +37,24 @@ func (s *Server) Kill(id uint64) bool { return s.eng.Kill(id) || s.killUDP(id) }
 // ErrNotFound is returned for a proxy or backend that does not exist.
 var ErrNotFound = proxy.ErrNotFound
 
-// SetBackendState sets the administrative state of a backend of a proxy.
+// SetBackendState sets the administrative state of a backend of a proxy:
+// in every route of the proxy that has it.
 func (s *Server) SetBackendState(proxyName, backend string, state balance.AdminState) error {
 	for _, v := range s.Proxies() {
 		if v.Proxy.Name != proxyName {
 			continue
 		}
-		for _, b := range v.Proxy.Pool().Backends() {
+		found := false
+		for _, b := range v.Proxy.Backends() {
 			if sameBackend(b, backend) {
 				b.SetAdmin(state)
-				return nil
+				found = true
 			}
 		}
-		return fmt.Errorf("proxy %s has no backend %s: %w", proxyName, backend, ErrNotFound)
+		if !found {
+			return fmt.Errorf("proxy %s has no backend %s: %w", proxyName, backend, ErrNotFound)
+		}
+		return nil
 	}
 	return fmt.Errorf("no proxy named %s: %w", proxyName, ErrNotFound)
 }
@@ -65,7 +70,8 @@ func sameBackend(b *balance.Backend, addr string) bool {
 }
 
 // Ready says why pj is not ready to serve, or nil when every listener is
-// bound and every proxy has a backend that may take connections.
+// bound and every route of every proxy has a backend that may take
+// connections.
 func (s *Server) Ready() error {
 	s.mu.Lock()
 	closed := s.closed
@@ -74,16 +80,24 @@ func (s *Server) Ready() error {
 		return errors.New("shutting down")
 	}
 	for _, v := range s.Proxies() {
-		ok := false
-		for _, b := range v.Proxy.Pool().Backends() {
-			if b.Eligible() {
-				ok = true
-				break
+		for _, r := range v.Proxy.Routes {
+			if !hasEligible(r) {
+				if v.Proxy.Routed() {
+					return fmt.Errorf("route %s of proxy %s has no backend that can take connections", r.Name, v.Proxy.Name)
+				}
+				return fmt.Errorf("proxy %s has no backend that can take connections", v.Proxy.Name)
 			}
-		}
-		if !ok {
-			return fmt.Errorf("proxy %s has no backend that can take connections", v.Proxy.Name)
 		}
 	}
 	return nil
+}
+
+// hasEligible reports whether a backend of r may take connections.
+func hasEligible(r *proxy.Route) bool {
+	for _, b := range r.Pool().Backends() {
+		if b.Eligible() {
+			return true
+		}
+	}
+	return false
 }

@@ -123,14 +123,14 @@ func (l *loop) open(ls *lsock, k key, slot int) *session {
 		s.pkt.set(ls.family, &ri)
 	}
 	s.responses = p.Responses
-	s.order = p.Pool().Start(addr)
+	s.order = p.Routes[0].Pool().Start(addr) // a UDP proxy has one route
 	s.lastActive = l.now
 	l.table[k] = s
 	ls.lru.pushBack(s)
 	if !l.attach(s) {
 		return nil
 	}
-	if idle := p.IdleTimeout; idle > 0 {
+	if idle := p.Routes[0].IdleTimeout; idle > 0 {
 		s.timerAt = l.now + int64(idle)
 		l.timers.push(s)
 	}
@@ -296,8 +296,8 @@ func (l *loop) detach(s *session) {
 
 // observe records a passive health observation of s's backend.
 func (l *loop) observe(s *session, ok bool, err error) {
-	h := s.proxy.Health
-	if tr, changed := s.backend.Observe(balance.Result{OK: ok, Err: err, Passive: true}, h.Rise, h.Fall); changed {
+	r := s.proxy.Routes[0]
+	if tr, changed := s.backend.Observe(balance.Result{OK: ok, Err: err, Passive: true}, r.Health.Rise, r.Health.Fall); changed {
 		balance.LogTransition(l.e.log, s.proxy.Name, s.backend, tr)
 	}
 }
@@ -386,7 +386,7 @@ func (l *loop) logSession(s *session, status observe.Status, err error) {
 func (l *loop) runTimers() {
 	for len(l.timers) > 0 && l.timers[0].timerAt <= l.now {
 		s := l.timers[0]
-		idle := int64(s.proxy.IdleTimeout)
+		idle := int64(s.proxy.Routes[0].IdleTimeout)
 		if due := s.lastActive + idle; due > l.now {
 			s.timerAt = due
 			l.timers.fix(0)

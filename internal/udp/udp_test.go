@@ -307,7 +307,7 @@ func TestRefusedFailsOver(t *testing.T) {
 	if len(ss) != 1 || ss[0].Backend != live.addr() {
 		t.Fatalf("sessions %+v: want one, on %s", ss, live.addr())
 	}
-	bs := h.p.Pool().Backends()
+	bs := h.p.Backends()
 	if bs[0].Address != dead || bs[0].StateName() != "down" {
 		t.Fatalf("backend %s is %s; a refusal with fall 1 takes it down", bs[0].Address, bs[0].StateName())
 	}
