@@ -82,6 +82,11 @@ func TestBrowserStatusPage(t *testing.T) {
 	b.waitFor(t, "why cache's second backend does not resolve",
 		fmt.Sprintf(`document.querySelector(%[1]s)?.offsetParent !== null && document.querySelector(%[1]s).textContent.includes("gone.test")`,
 			jsValue(backendSel("cache", pj.cacheBackends[1])+" .b-error")))
+	b.waitFor(t, "the routes of edge's backends",
+		fmt.Sprintf(`document.querySelector(%s)?.textContent === "route ssh" && document.querySelector(%s)?.textContent === "route rest"`,
+			jsValue(backendSel("edge", pj.edgeBackends[0])+" .route"), jsValue(backendSel("edge", pj.edgeBackends[1])+" .route")))
+	b.waitFor(t, "no route tag on a proxy without routes",
+		fmt.Sprintf(`document.querySelector(%s)?.hidden === true`, jsValue(backendSel("web", pj.webBackends[0])+" .route")))
 	b.waitFor(t, "no active connection through web", activeIs("web", "0"))
 	// On a loopback listener without a token, changes need no token.
 	b.waitFor(t, "the buttons shown, and no token field",
@@ -251,6 +256,7 @@ type pagePJ struct {
 	// first resolves to cacheAddr, the second does not resolve.
 	cacheBackends []string
 	cacheAddr     string
+	edgeBackends  []string // of its routes ssh and rest
 }
 
 func startPagePJ(t *testing.T) *pagePJ {
@@ -277,7 +283,13 @@ func startPagePJ(t *testing.T) *pagePJ {
 	cache := pjtest.Proxy("cache", "127.0.0.1:0", pj.cacheBackends...)
 	cache.Resolver = dns.Addr
 
-	cfg := pjtest.Config(web, db, cache)
+	// edge has routes: its backends say which route they serve.
+	pj.edgeBackends = []string{testutil.StartEcho(t), testutil.StartEcho(t)}
+	edge := pjtest.Routed("edge", "127.0.0.1:0",
+		pjtest.Route("ssh", config.Match{Protocol: "ssh"}, pj.edgeBackends[0]),
+		pjtest.Route("rest", config.Match{}, pj.edgeBackends[1]))
+
+	cfg := pjtest.Config(web, db, cache, edge)
 	cfg.GracePeriod = time.Second
 	srv := pjtest.Start(t, cfg, server.Options{})
 	addrs := srv.Addrs()

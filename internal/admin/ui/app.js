@@ -318,6 +318,7 @@
     v.bname = el('span', { class: 'b-name' });
     v.weight = el('span');
     v.backup = el('span', { class: 'tag', text: 'backup', title: 'used only when no other backend is up' });
+    v.route = el('span', { class: 'tag route', title: 'the route of the proxy this backend serves' });
     v.counts = el('span');
     v.error = el('p', { class: 'b-error' });
     v.buttons = {};
@@ -335,7 +336,7 @@
       v.badge,
       el('div', { class: 'b-main' },
         el('div', {}, v.addr, v.bname),
-        el('div', { class: 'b-meta' }, v.counts, v.weight, v.backup)),
+        el('div', { class: 'b-meta' }, v.counts, v.weight, v.backup, v.route)),
       actions,
       v.error);
     return v;
@@ -350,6 +351,8 @@
     v.bname.hidden = !b.name;
     setText(v.weight, 'weight ' + b.weight);
     v.backup.hidden = !b.backup;
+    setText(v.route, b.route ? 'route ' + b.route : '');
+    v.route.hidden = !b.route;
     setText(v.counts, numFmt.format(b.active_connections) + ' active · ' + numFmt.format(b.connections_total) + ' total');
     setText(v.error, b.error || '');
     v.error.hidden = !b.error;
