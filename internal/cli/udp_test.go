@@ -100,7 +100,7 @@ proxies:
 	if err := Run(context.Background(), []string{"check", "-c", file}, &out, io.Discard); err != nil {
 		t.Fatalf("pj check: %v\n%s", err, out.String())
 	}
-	for _, want := range []string{"127.0.0.1:0/udp", "a session ends after 1 replies", "idle timeout 30s", `health checks every 1s`} {
+	for _, want := range []string{"127.0.0.1:0/udp", "a session ends with its reply", "idle timeout 30s", `health checks every 1s`} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("pj check does not say %q:\n%s", want, out.String())
 		}

@@ -161,7 +161,12 @@ var settingKeys = []setting[Settings]{
 	object("udp", func(s *Settings) *UDPSettings { return &s.UDP }),
 	def("udp.responses", func(s *Settings) *int { return &s.UDP.Responses }, count(notNegative)).
 		zeroMeans("0 ends sessions by idle_timeout alone").
-		shown(func(n int) string { return fmt.Sprintf("a session ends after %d replies", n) }),
+		shown(func(n int) string {
+			if n == 1 {
+				return "a session ends with its reply"
+			}
+			return fmt.Sprintf("a session ends after %d replies", n)
+		}),
 }
 
 // proxyKeys are a proxy's own keys, beside the settings it may override.
@@ -197,6 +202,12 @@ func (hc HealthCheck) describe() string {
 	}
 	if hc.Expect != "" {
 		check += fmt.Sprintf(", expect %q", hc.Expect)
+	}
+	if hc.SendHex != "" {
+		check += ", send hex " + hc.SendHex
+	}
+	if hc.ExpectHex != "" {
+		check += ", expect hex " + hc.ExpectHex
 	}
 	if hc.SendProxy {
 		check += ", with a PROXY header"

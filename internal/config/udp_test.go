@@ -50,7 +50,7 @@ proxies:
 	if !tcp.HealthCheck.Runs(2) {
 		t.Fatal("a TCP proxy's checks need no payload")
 	}
-	if got := strings.Join(dns.Summary(), "; "); !strings.Contains(got, "a session ends after 1 replies") {
+	if got := strings.Join(dns.Summary(), "; "); !strings.Contains(got, "a session ends with its reply") {
 		t.Errorf("pj check shows %q", got)
 	}
 }
