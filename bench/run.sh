@@ -415,8 +415,10 @@ start_udp_target() {
 	local t=$1 log="$results/$1-udp.log" cmd
 	[[ $t == direct ]] && return 0
 	case $t in
-	pj) cmd=("$pj" --proxy "127.0.0.1:${uport[pj]}/udp:127.0.0.1:$backend_port") ;;
-	pj-b) cmd=("$PJ_BIN_B" --proxy "127.0.0.1:${uport[pj-b]}/udp:127.0.0.1:$backend_port") ;;
+	# A short grace period: on SIGTERM pj lets open sessions run for it,
+	# and the runner's sessions stay open (idle timeout 30s) until it ends.
+	pj) cmd=("$pj" --proxy "127.0.0.1:${uport[pj]}/udp:127.0.0.1:$backend_port" --grace-period 1s) ;;
+	pj-b) cmd=("$PJ_BIN_B" --proxy "127.0.0.1:${uport[pj-b]}/udp:127.0.0.1:$backend_port" --grace-period 1s) ;;
 	nginx)
 		write_nginx_udp_conf "$tmp/nginx-udp"
 		cmd=(nginx -p "$tmp/nginx-udp/" -c "$tmp/nginx-udp/nginx.conf" -e "$results/nginx-udp-error.log")
