@@ -38,7 +38,8 @@ type lsock struct {
 	wildcard bool
 	closed   bool
 	// lru lists the socket's sessions, the least recently active first.
-	lru lruList
+	lru       lruList
+	errLogged int64 // loop clock of the last read error logged
 }
 
 // loop is one event loop: an epoll instance, the listener sockets and the
@@ -290,8 +291,11 @@ func (l *loop) readClients(ls *lsock) {
 	rx.armRecv(0, rxBatch, true, true)
 	n, err := recvmmsg(ls.fd, rx.hdrs)
 	if err != nil {
-		if err != unix.EAGAIN {
-			l.e.log.Warn("udp: cannot read datagrams", "address", ls.ln.addr, "error", err.Error())
+		// EAGAIN: a wake-up with nothing left to read. Anything else (ENOMEM) passes with the condition; said at most
+		// once every few seconds.
+		if err != unix.EAGAIN && l.now-ls.errLogged > int64(dropLogEvery) {
+			ls.errLogged = l.now
+			l.e.log.Warn("udp: cannot read datagrams; retrying", "address", ls.ln.addr, "error", err.Error())
 		}
 		return
 	}
