@@ -125,7 +125,7 @@ func TestAdminAnswersWhenDescriptorsRunOut(t *testing.T) {
 		}
 	}
 	line := p.stderr.WaitLines(t, "admin listener: out of file descriptors", 1)[0]
-	if !strings.Contains(line, "limit=40") || !strings.Contains(line, "connections=") {
+	if !strings.Contains(line, "descriptor_limit=40") || !strings.Contains(line, "connections=") {
 		t.Fatalf("the line %q does not say the limit and how many connections are open", line)
 	}
 }

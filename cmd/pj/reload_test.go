@@ -235,6 +235,18 @@ func TestWatchSurvivesHostileFiles(t *testing.T) {
 			t.Fatalf("after %s, web answered %q, %v; the running configuration must go on", bad.name, got, err)
 		}
 	}
+	// A file of 80 mistakes: the first 50 are logged, then how many more.
+	before := len(p.stderr.Lines("problem="))
+	swap(func(tmp string) error {
+		return os.WriteFile(tmp, []byte(good(a1)+strings.Repeat("[[proxies]]\nlisten = \"127.0.0.1:0\"\nbackend = []\n", 80)), 0o600)
+	})
+	p.stderr.WaitLines(t, "reload failed", 4)
+	if n := len(p.stderr.Lines("problem=")) - before; n != 50 {
+		t.Fatalf("%d problems logged for a file of 80 (or more), want the first 50", n)
+	}
+	if l := p.stderr.Lines("more_problems="); len(l) != 1 {
+		t.Fatalf("no line says how many more problems there are:\n%s", tail(p.stderr.String(), 5))
+	}
 	// Still watching, still reloading.
 	swap(func(tmp string) error { return os.WriteFile(tmp, []byte(good(a2)), 0o600) })
 	testutil.WaitFor(t, 10*time.Second, "a good file to be applied after the bad ones", func() bool {

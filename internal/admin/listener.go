@@ -165,7 +165,7 @@ func (l *capListener) logShortage(reserved bool) {
 		}
 		var lim unix.Rlimit
 		_ = unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) // on failure the limit reads 0
-		log.Warn(msg, "connections", l.active(), "limit", lim.Cur, "suppressed", suppressed,
+		log.Warn(msg, "connections", l.active(), "descriptor_limit", lim.Cur, "suppressed", suppressed,
 			"hint", "raise the limit (LimitNOFILE= in systemd, ulimit -n) or lower max_connections")
 	})
 }

@@ -195,6 +195,9 @@ func (r *reloader) reload(trigger string) {
 			for _, p := range ve.Problems {
 				r.log.Error("reload: invalid configuration", "problem", p)
 			}
+			if ve.More > 0 {
+				r.log.Error("reload: invalid configuration", "more_problems", ve.More)
+			}
 		}
 		r.log.Error("reload failed; the running configuration goes on", "trigger", trigger, "error", firstLine(err))
 		return
