@@ -307,7 +307,7 @@ func (ps *problemTexts) add(problems ...string) {
 			ps.more++
 			continue
 		}
-		ps.list = append(ps.list, shorten(p, maxProblemText))
+		ps.list = append(ps.list, shorten(escapeControls(p), maxProblemText))
 	}
 }
 

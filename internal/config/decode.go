@@ -37,9 +37,9 @@ func (p problem) format(file string) string {
 		path = p.ref.String()
 	}
 	if path == "" {
-		return shorten(loc+": "+p.msg, maxProblemText)
+		return shorten(escapeControls(loc+": "+p.msg), maxProblemText)
 	}
-	return shorten(loc+": "+path+": "+p.msg, maxProblemText)
+	return shorten(escapeControls(loc+": "+path+": "+p.msg), maxProblemText)
 }
 
 // joinPath names key inside parent: defaults.health_check. A key that is

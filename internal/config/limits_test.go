@@ -257,3 +257,21 @@ func TestNamesRefuseControlCharacters(t *testing.T) {
 		}
 	}
 }
+
+func TestProblemsAreOneLineEach(t *testing.T) {
+	// A key may hold any character, quoted; a message that repeats it
+	// (a header defined twice) must still be one line.
+	_, err := config.Decode("pj.toml", []byte("[\"a\\nb\\u001b\"]\n[\"a\\nb\\u001b\"]\n"), env(nil))
+	var ve *config.ValidationError
+	if !errors.As(err, &ve) || len(ve.Problems) == 0 {
+		t.Fatalf("error %v", err)
+	}
+	for _, p := range ve.Problems {
+		if strings.ContainsFunc(p, func(r rune) bool { return r < ' ' }) {
+			t.Errorf("problem %q holds a control character", p)
+		}
+	}
+	if !strings.Contains(err.Error(), `a\nb\x1b`) {
+		t.Errorf("%q: want the key's characters escaped", err)
+	}
+}

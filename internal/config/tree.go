@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -186,6 +189,25 @@ const (
 	maxArgText     = 300
 	maxProblemText = 1000
 )
+
+// escapeControls writes the control characters of a message (which may
+// repeat a key of the file, or a header's name, as written) with Go's
+// escapes, so that a message is one line however it is printed.
+func escapeControls(s string) string {
+	if !strings.ContainsFunc(s, unicode.IsControl) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			q := strconv.QuoteRune(r) // '\n', '\x1b', '\u0085'
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
 
 // shorten cuts s to at most max bytes (at a character boundary), saying
 // how long it was.
