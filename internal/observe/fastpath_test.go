@@ -26,6 +26,10 @@ func TestWriteConnIsHandlesLine(t *testing.T) {
 		{Accepted: at, Client: "10.0.0.1:2", Listener: "l", Backend: "b", Proxy: "edge", Route: "app", SNI: "app.example.com",
 			Status: StatusOK, Connect: time.Millisecond, ClosedBy: "client", Relay: "copy"},
 		{Accepted: at, Client: "10.0.0.1:3", Listener: "l", Proxy: "edge", Status: StatusNoRoute, SNI: "a b", ClosedBy: "pj"},
+		{Accepted: at, Client: "10.0.0.1:2", Listener: "l", Backend: "b", Proxy: "p", Status: StatusOK, TLS: "1.3", SNI: "app.example.com",
+			Connect: time.Millisecond, ClosedBy: "client", Relay: "copy"},
+		{Accepted: at, Client: "10.0.0.1:3", Listener: "l", Proxy: "p", Status: StatusTLSFailed, SNI: "bad name",
+			ClosedBy: "pj", Err: errors.New("tls: client offered only unsupported versions")},
 	}
 	for _, debug := range []bool{false, true} {
 		for i, c := range conns {

@@ -193,6 +193,10 @@ func appendConn(b []byte, c *Conn, debug bool) []byte {
 		b = append(b, " datagrams_down="...)
 		b = strconv.AppendInt(b, c.DatagramsDown, 10)
 	}
+	if c.TLS != "" {
+		b = append(b, " tls="...)
+		b = appendString(b, c.TLS)
+	}
 	if c.SNI != "" {
 		b = append(b, " sni="...)
 		b = appendString(b, c.SNI)
@@ -248,6 +252,8 @@ func connOf(r slog.Record) (c Conn, debug bool, extra []slog.Attr) {
 			c.Datagrams, c.DatagramsUp = true, v.Int64()
 		case KeyDatagramsDown:
 			c.Datagrams, c.DatagramsDown = true, v.Int64()
+		case KeyTLS:
+			c.TLS = v.String()
 		case KeyConnect:
 			c.Connect = v.Duration()
 		case KeyClosedBy:

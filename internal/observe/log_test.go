@@ -118,6 +118,21 @@ func TestLogConnText(t *testing.T) {
 			want: prefix + "- [no_route] duration=12.3s up=0 down=0 proxy=edge sni=other.example.com\n",
 		},
 		{
+			name: "terminated TLS: version and server name after the proxy",
+			change: func(c *observe.Conn) {
+				c.Proxy, c.TLS, c.SNI = "web", "1.3", "app.example.com"
+			},
+			want: prefix + "127.0.0.1:22 [ok] duration=12.3s up=1234 down=56789 proxy=web tls=1.3 sni=app.example.com\n",
+		},
+		{
+			name: "failed handshake: no backend, the reason",
+			change: func(c *observe.Conn) {
+				c.Backend, c.Status, c.Up, c.Down, c.SNI = "", observe.StatusTLSFailed, 0, 0, "app.example.com"
+				c.Err = errors.New("tls: client offered only unsupported versions: [301]")
+			},
+			want: prefix + `- [tls_failed] duration=12.3s up=0 down=0 sni=app.example.com error="tls: client offered only unsupported versions: [301]"` + "\n",
+		},
+		{
 			name: "ipv6 addresses",
 			change: func(c *observe.Conn) {
 				c.Client, c.Listener, c.Proxy, c.Backend = "[2001:db8::7]:51234", "[::]:8787", "[::]:8787", "[::1]:22"
@@ -249,6 +264,11 @@ func TestLogConnJSON(t *testing.T) {
 			},
 			want: map[string]any{"listener": "0.0.0.0:53/udp", "proxy": "0.0.0.0:53/udp",
 				"datagrams_up": json.Number("3"), "datagrams_down": json.Number("4")},
+		},
+		{
+			name:   "tls and sni",
+			change: func(c *observe.Conn) { c.TLS, c.SNI = "1.2", "db.example.com" },
+			want:   map[string]any{"tls": "1.2", "sni": "db.example.com"},
 		},
 	}
 	for _, tt := range tests {

@@ -26,6 +26,7 @@ const (
 	StatusKilled        Status = "killed"         // closed through the admin API
 	StatusShutdown      Status = "shutdown"       // cut when the grace period ran out
 	StatusNoRoute       Status = "no_route"       // no route of the proxy took it
+	StatusTLSFailed     Status = "tls_failed"     // the client's TLS handshake failed
 	StatusError         Status = "error"          // pj itself failed (a recovered panic)
 )
 
@@ -72,8 +73,11 @@ type Conn struct {
 	// Route is the route of a proxy with routes that took the connection;
 	// empty for a proxy without routes, and when no route took it.
 	Route string
-	// SNI is the server name the client asked for in its TLS hello, when
-	// pj read one.
+	// TLS is the TLS version pj negotiated with the client ("1.3"); empty
+	// when pj did not terminate TLS, or the handshake failed before a
+	// version was agreed.
+	TLS string
+	// SNI is the server name the client asked for in its TLS hello.
 	SNI string
 	// Err is what ended the connection early, if anything; logged as a field.
 	Err error
@@ -117,7 +121,7 @@ func connRecord(c *Conn, debug bool) slog.Record {
 	}
 	// All attributes go in with one AddAttrs: the record keeps five
 	// inline and allocates once for the rest.
-	var attrs [16]slog.Attr
+	var attrs [18]slog.Attr
 	a := append(attrs[:0],
 		slog.String(KeyClient, client),
 		slog.String(KeyListener, c.Listener),
@@ -133,6 +137,9 @@ func connRecord(c *Conn, debug bool) slog.Record {
 	}
 	if c.Datagrams {
 		a = append(a, slog.Int64(KeyDatagramsUp, c.DatagramsUp), slog.Int64(KeyDatagramsDown, c.DatagramsDown))
+	}
+	if c.TLS != "" {
+		a = append(a, slog.String(KeyTLS, c.TLS))
 	}
 	if c.SNI != "" {
 		a = append(a, slog.String(KeySNI, c.SNI))
@@ -173,5 +180,6 @@ const (
 	KeyDatagramsUp   = "datagrams_up"
 	KeyDatagramsDown = "datagrams_down"
 	KeyRoute         = "route" // the route that took the connection
+	KeyTLS           = "tls"   // the TLS version agreed with the client
 	KeySNI           = "sni"   // the server name of the client's TLS hello
 )

@@ -12,12 +12,12 @@ import (
 // address) stays, so counters never go backwards.
 
 // numStatuses is len(Statuses); a test keeps them in step.
-const numStatuses = 12
+const numStatuses = 13
 
 // Statuses lists every Status, in the order of ProxyStats.Conns.
 var Statuses = []Status{
 	StatusOK, StatusConnectFailed, StatusNoBackend, StatusTimeout, StatusReset,
-	StatusDenied, StatusRateLimited, StatusLimit, StatusKilled, StatusShutdown, StatusNoRoute, StatusError,
+	StatusDenied, StatusRateLimited, StatusLimit, StatusKilled, StatusShutdown, StatusNoRoute, StatusTLSFailed, StatusError,
 }
 
 // StatusIndex returns the index of s in Statuses.
