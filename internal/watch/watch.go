@@ -1,8 +1,9 @@
-// Package watch tells when a configuration file may have changed, in the
-// ways files really change: written in place, replaced by an editor that
-// writes a new file and renames it over the old, or swapped by Kubernetes,
-// whose ConfigMap volumes replace a "..data" symlink that the file's path
-// goes through.
+// Package watch tells when a file (pj's configuration, a certificate) may
+// have changed, in the ways files really change: written in place, replaced
+// by a tool that writes a new file and renames it over the old (editors,
+// certbot, cert-manager), or swapped by Kubernetes, whose ConfigMap and
+// Secret volumes replace a "..data" symlink that the file's path goes
+// through.
 package watch
 
 import (
@@ -11,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -28,15 +30,27 @@ func File(ctx context.Context, path string, debounce time.Duration, log *slog.Lo
 	return w.Run(ctx, debounce, changed)
 }
 
-// Watcher watches one configuration file.
+// Files is File for several files with one watcher (one inotify instance,
+// of which a user has only a few): changed is called once for a burst of
+// changes to any of them, as when a certificate and its key are replaced
+// together. It is NewFiles and Run.
+func Files(ctx context.Context, paths []string, debounce time.Duration, log *slog.Logger, changed func()) error {
+	w, err := NewFiles(paths, log)
+	if err != nil {
+		return err
+	}
+	return w.Run(ctx, debounce, changed)
+}
+
+// Watcher watches one file or a few.
 //
 // It watches the directory, not the file: a file that is renamed over or
 // whose symlink is swapped is a new inode, which a watch on the old one
 // would never report. Events are filtered to those naming the file, a
 // "..data" entry, or any link on the way to the file's current target.
 type Watcher struct {
-	path     string
-	abs      string
+	path     string   // the paths as given, for messages
+	abs      []string // each path made absolute
 	log      *slog.Logger
 	w        *fsnotify.Watcher
 	dirs     map[string]bool // watched
@@ -46,35 +60,49 @@ type Watcher struct {
 // New starts watching path: a change made once New has returned is
 // reported by Run. Run (or Close) must follow.
 func New(path string, log *slog.Logger) (*Watcher, error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return nil, fmt.Errorf("watch %s: %w", path, err)
+	return NewFiles([]string{path}, log)
+}
+
+// NewFiles is New for several files, watched by one watcher.
+func NewFiles(paths []string, log *slog.Logger) (*Watcher, error) {
+	abs := make([]string, 0, len(paths))
+	for _, p := range paths {
+		a, err := filepath.Abs(p)
+		if err != nil {
+			return nil, fmt.Errorf("watch %s: %w", p, err)
+		}
+		abs = append(abs, a)
 	}
+	name := strings.Join(paths, ", ")
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
-		return nil, fmt.Errorf("watch %s: %w", path, err)
+		return nil, fmt.Errorf("watch %s: %w", name, err)
 	}
-	w := &Watcher{path: path, abs: abs, log: log, w: fw, dirs: map[string]bool{}, relevant: map[string]bool{}}
+	w := &Watcher{path: name, abs: abs, log: log, w: fw, dirs: map[string]bool{}, relevant: map[string]bool{}}
 	w.rewatch()
-	if !w.dirs[filepath.Dir(abs)] {
-		_ = fw.Close() // giving up: its error would hide the real one
-		return nil, fmt.Errorf("watch %s: cannot watch its directory", path)
+	for i, a := range abs {
+		if !w.dirs[filepath.Dir(a)] {
+			_ = fw.Close() // giving up: its error would hide the real one
+			return nil, fmt.Errorf("watch %s: cannot watch its directory", paths[i])
+		}
 	}
 	return w, nil
 }
 
-// rewatch watches the directories of the file and of every link on the
-// way to it.
+// rewatch watches the directories of the files and of every link on the
+// way to them.
 func (w *Watcher) rewatch() {
-	for _, p := range chain(w.abs) {
-		w.relevant[p] = true
-		d := filepath.Dir(p)
-		if !w.dirs[d] {
-			if err := w.w.Add(d); err != nil {
-				w.log.Warn("cannot watch a directory of the configuration file", "dir", d, "error", err.Error())
-				continue
+	for _, a := range w.abs {
+		for _, p := range chain(a) {
+			w.relevant[p] = true
+			d := filepath.Dir(p)
+			if !w.dirs[d] {
+				if err := w.w.Add(d); err != nil {
+					w.log.Warn("cannot watch a directory of a watched file", "dir", d, "file", a, "error", err.Error())
+					continue
+				}
+				w.dirs[d] = true
 			}
-			w.dirs[d] = true
 		}
 	}
 }
@@ -105,7 +133,7 @@ func (w *Watcher) Run(ctx context.Context, debounce time.Duration, changed func(
 			if !ok {
 				return nil
 			}
-			w.log.Warn("watching the configuration file", "path", w.path, "error", err.Error())
+			w.log.Warn("watching files", "path", w.path, "error", err.Error())
 		case <-timer.C:
 			w.rewatch() // the links may point elsewhere now
 			changed()

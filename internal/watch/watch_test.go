@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -124,5 +125,44 @@ func TestKubernetesConfigMapSymlinkSwap(t *testing.T) {
 	})
 	if b, err := os.ReadFile(path); err != nil || string(b) != "b" {
 		t.Fatalf("the file reads %q, %v after the swap", b, err)
+	}
+}
+
+func TestFilesReportsAChangeToAnyOfThem(t *testing.T) {
+	// A certificate and its key, in two directories: one watcher reports
+	// a change to either.
+	cert := filepath.Join(t.TempDir(), "app.pem")
+	key := filepath.Join(t.TempDir(), "app.key")
+	write(t, cert, "c1")
+	write(t, key, "k1")
+	var n atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Files(ctx, []string{cert, key}, 20*time.Millisecond, slog.New(slog.DiscardHandler), func() { n.Add(1) })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Files: %v", err)
+		}
+	})
+	waitChange(t, &n, func(i int) { write(t, key, "k2") })
+	waitChange(t, &n, func(i int) {
+		tmp := cert + ".tmp"
+		write(t, tmp, "c2")
+		if err := os.Rename(tmp, cert); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestFilesRefusesAnUnwatchableDirectory(t *testing.T) {
+	ok := filepath.Join(t.TempDir(), "a.pem")
+	write(t, ok, "a")
+	missing := filepath.Join(t.TempDir(), "no-such-dir", "b.pem")
+	err := Files(context.Background(), []string{ok, missing}, time.Millisecond, slog.New(slog.DiscardHandler), func() {})
+	if err == nil || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("Files = %v, want an error naming %s", err, missing)
 	}
 }
