@@ -1,0 +1,285 @@
+package certs
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/pj-proxy/pj/internal/testutil"
+)
+
+// pebble is Let's Encrypt's test ACME server (Debian package "pebble"),
+// run on loopback for one test. It validates challenges for real: it
+// resolves the domain with the test's DNS server (every name is
+// 127.0.0.1) and connects to the test's listeners on httpPort (http-01)
+// and tlsPort (tls-alpn-01).
+type pebble struct {
+	dir     string // the ACME directory URL
+	caRoots string // PEM file of the CA of pebble's own HTTPS listener
+	mgmt    string // management listener, HOST:PORT
+	client  *http.Client
+	out     *testutil.Buffer
+}
+
+func startPebble(t *testing.T, httpPort, tlsPort int, dnsAddr string) *pebble {
+	t.Helper()
+	bin, err := exec.LookPath("pebble")
+	if err != nil {
+		if os.Getenv("PJ_REQUIRE_PEBBLE") != "" {
+			t.Fatal("pebble is not installed, and PJ_REQUIRE_PEBBLE is set: apt-get install pebble")
+		}
+		t.Skip("pebble (Let's Encrypt's test ACME server) is not installed: apt-get install pebble to run the ACME tests")
+	}
+	dir := t.TempDir()
+	ca := testutil.NewCA(t, "pebble's HTTPS CA")
+	c, k := ca.Issue(t, testutil.Leaf{Names: []string{"localhost"}, IPs: []string{"127.0.0.1"}})
+	listen, mgmt := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
+	cfg := map[string]any{"pebble": map[string]any{
+		"listenAddress":                  listen,
+		"managementListenAddress":        mgmt,
+		"certificate":                    testutil.WriteFileIn(t, dir, "pebble.pem", c),
+		"privateKey":                     testutil.WriteFileIn(t, dir, "pebble.key", k),
+		"httpPort":                       httpPort,
+		"tlsPort":                        tlsPort,
+		"ocspResponderURL":               "",
+		"externalAccountBindingRequired": false,
+	}}
+	b, _ := json.Marshal(cfg)
+	cfgFile := testutil.WriteFileIn(t, dir, "pebble-config.json", b)
+
+	p := &pebble{dir: "https://" + listen + "/dir", caRoots: testutil.WriteFileIn(t, dir, "pebble-ca.pem", ca.PEM), mgmt: mgmt, out: &testutil.Buffer{}}
+	p.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}}
+	cmd := exec.Command(bin, "-config", cfgFile, "-dnsserver", dnsAddr)
+	// No artificial pause before validating; no nonces refused at random
+	// (a client must cope with them, but a test needs to be repeatable);
+	// no authorisation reused, so every order is validated anew.
+	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start pebble: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		p.client.CloseIdleConnections()
+		if t.Failed() {
+			t.Logf("pebble's output:\n%s", p.out.String())
+		}
+	})
+	testutil.WaitFor(t, 20*time.Second, "pebble to listen", func() bool {
+		resp, err := p.client.Get(p.dir)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return p
+}
+
+// roots returns the root that pebble issues under (made anew at each
+// start), from its management listener.
+func (p *pebble) roots(t *testing.T) *x509.CertPool {
+	t.Helper()
+	resp, err := p.client.Get("https://" + p.mgmt + "/roots/0")
+	if err != nil {
+		t.Fatalf("get pebble's root: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		t.Fatalf("pebble's root is not PEM: %q", b)
+	}
+	return pool
+}
+
+func port(t *testing.T, addr string) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+// serveHandshakes completes TLS handshakes with cfg on ln until the test
+// ends, and writes "ok" on each connection.
+func serveHandshakes(t *testing.T, ln net.Listener, cfg *tls.Config) {
+	testutil.Serve(t, ln, func(c net.Conn) {
+		tc := tls.Server(c, cfg)
+		_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+		if tc.Handshake() != nil || tc.ConnectionState().NegotiatedProtocol == ChallengeProto {
+			return // a challenge ends with the handshake
+		}
+		_, _ = io.WriteString(tc, "ok")
+	})
+}
+
+func TestACMEIssuesWithTLSALPN01AndKeepsItOnDisk(t *testing.T) {
+	const domain = "app.pj.test"
+	dns := testutil.StartDNS(t)
+	dns.SetIPs(domain, "127.0.0.1")
+	tlsLn := testutil.Listen(t, "tcp4")
+	pb := startPebble(t, port(t, testutil.ClosedAddr(t)), port(t, tlsLn.Addr().String()), dns.Addr)
+	storage := filepath.Join(t.TempDir(), "acme")
+	opt := ServerOptions{ALPN: []string{"http/1.1"}, ACME: &ACMEOptions{
+		Domains: []string{domain}, Email: "ops@pj.test", Directory: pb.dir, CARoots: pb.caRoots, Storage: storage,
+	}}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	s, err := NewStore(opt, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Handshakes for the domain fail at once until the certificate is
+	// in hand: pebble validates only once it is served here.
+	serveHandshakes(t, tlsLn, s.TLSConfig())
+	testutil.WaitFor(t, 60*time.Second, "the ACME certificate", func() bool { return s.ACME().Ready(domain) })
+	s.Close()
+	s.ACME().wait()
+
+	roots := pb.roots(t)
+	st, err := shake2(tlsLn.Addr().String(), &tls.Config{ServerName: domain, RootCAs: roots, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatalf("a client that trusts pebble's root refuses the certificate: %v", err)
+	}
+	if st.NegotiatedProtocol != "http/1.1" {
+		t.Errorf("negotiated %q beside ACME, want http/1.1", st.NegotiatedProtocol)
+	}
+	exp := s.Expiries()
+	if len(exp) != 1 || exp[0].Certificate != "acme:"+domain || !exp[0].NotAfter.After(time.Now()) {
+		t.Errorf("Expiries = %+v", exp)
+	}
+
+	// A restart finds the certificate in storage: pebble is not asked.
+	ents, err := os.ReadDir(storage)
+	if err != nil || len(ents) < 2 {
+		t.Fatalf("storage holds %d entries (%v), want the account key and the certificate", len(ents), err)
+	}
+	dead := opt
+	deadACME := *opt.ACME
+	deadACME.Directory = "https://" + testutil.ClosedAddr(t) + "/dir"
+	dead.ACME = &deadACME
+	s2, err := NewStore(dead, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	testutil.WaitFor(t, 10*time.Second, "the stored certificate", func() bool { return s2.ACME().Ready(domain) })
+	s2.Close()
+	s2.ACME().wait()
+}
+
+func TestACMEFallsBackToHTTP01(t *testing.T) {
+	// Pebble's tls-alpn-01 port has nothing behind it here, so the
+	// challenge that works is http-01, answered by HTTPHandler.
+	const domain = "web.pj.test"
+	dns := testutil.StartDNS(t)
+	dns.SetIPs(domain, "127.0.0.1")
+	httpLn := testutil.Listen(t, "tcp4")
+	pb := startPebble(t, port(t, httpLn.Addr().String()), port(t, testutil.ClosedAddr(t)), dns.Addr)
+	s, err := NewStore(ServerOptions{ACME: &ACMEOptions{
+		Domains: []string{domain}, Directory: pb.dir, CARoots: pb.caRoots, Storage: t.TempDir(),
+	}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	srv := &http.Server{Handler: s.ACME().HTTPHandler(nil), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(httpLn) }()
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	testutil.WaitFor(t, 60*time.Second, "the ACME certificate", func() bool { return s.ACME().Ready(domain) })
+	s.Close()
+	s.ACME().wait()
+
+	tlsLn := testutil.Listen(t, "tcp4")
+	serveHandshakes(t, tlsLn, s.TLSConfig())
+	if _, err := shake2(tlsLn.Addr().String(), &tls.Config{ServerName: domain, RootCAs: pb.roots(t)}); err != nil {
+		t.Fatalf("the certificate obtained with http-01 is refused: %v", err)
+	}
+}
+
+func TestACMEHandshakeBeforeTheCertificateFailsAtOnce(t *testing.T) {
+	// Nothing answers at the directory: the certificate never comes, and
+	// a client is refused without waiting for it.
+	s, err := NewStore(ServerOptions{ACME: &ACMEOptions{
+		Domains: []string{"slow.pj.test"}, Directory: "https://" + testutil.ClosedAddr(t) + "/dir", Storage: t.TempDir(),
+	}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := testutil.Listen(t, "tcp4")
+	serveHandshakes(t, ln, s.TLSConfig())
+	start := time.Now()
+	_, err = shake2(ln.Addr().String(), &tls.Config{ServerName: "slow.pj.test", InsecureSkipVerify: true}) //nolint:gosec // no certificate is expected
+	if err == nil {
+		t.Fatal("a handshake succeeded without a certificate")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("the refusal took %s", d)
+	}
+	if s.ACME().Ready("slow.pj.test") {
+		t.Error("Ready without a certificate")
+	}
+	s.Close()
+	s.ACME().wait()
+}
+
+func TestIsChallengeAndWants(t *testing.T) {
+	a, err := NewACME(ACMEOptions{Domains: []string{"App.pj.test"}, Storage: t.TempDir()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	tests := []struct {
+		sni  string
+		alpn []string
+		want bool
+	}{
+		{"app.pj.test", []string{"acme-tls/1"}, true},
+		{"APP.pj.test.", []string{"acme-tls/1"}, true},
+		{"app.pj.test", []string{"h2", "acme-tls/1"}, false}, // a validation offers nothing else
+		{"app.pj.test", []string{"h2"}, false},
+		{"other.pj.test", []string{"acme-tls/1"}, false},
+		{"app.pj.test", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s %v", tt.sni, tt.alpn), func(t *testing.T) {
+			if got := a.Wants(tt.sni, tt.alpn); got != tt.want {
+				t.Errorf("Wants = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// shake2 is shake without a test: it completes a handshake and reads the
+// server's "ok".
+func shake2(addr string, cfg *tls.Config) (tls.ConnectionState, error) {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		return tls.ConnectionState{}, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return c.ConnectionState(), err
+	}
+	return c.ConnectionState(), nil
+}
