@@ -69,7 +69,9 @@ type Store struct {
 	acme *ACME // nil without ACME
 	// ownsACME is true until a newer store takes acme over.
 	ownsACME atomic.Bool
-	base     *tls.Config
+	// listener is shared with the stores this one replaces and will be
+	// replaced by: see NewStore.
+	listener *listenerConfig
 
 	mu   sync.Mutex // serialises loads
 	snap atomic.Pointer[snapshot]
@@ -127,10 +129,6 @@ func NewStore(opt ServerOptions, log *slog.Logger, prev *Store) (*Store, error) 
 		}
 		s.ownsACME.Store(true)
 	}
-	// The listener's config only picks the snapshot's: its session ticket
-	// keys (rotated by crypto/tls) are the ones every snapshot uses, so a
-	// reload does not stop clients from resuming.
-	s.base = &tls.Config{GetConfigForClient: s.configForClient, MinVersion: minVersion}
 	var old *snapshot
 	if prev != nil {
 		old = prev.snap.Load()
@@ -141,12 +139,42 @@ func NewStore(opt ServerOptions, log *slog.Logger, prev *Store) (*Store, error) 
 	}
 	s.logKept(problems)
 	s.snap.Store(snap)
+	// The listener's config only hands each hello to the newest store,
+	// which answers with its snapshot's config. Its session ticket keys
+	// (made and rotated by crypto/tls) are the ones every snapshot uses,
+	// and it outlives configuration reloads, so clients resume across
+	// both kinds of reload.
+	if prev != nil {
+		s.listener = prev.listener
+	} else {
+		s.listener = &listenerConfig{}
+		s.listener.cfg = &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: s.listener.configForClient}
+	}
+	s.listener.current.Store(s)
 	return s, nil
 }
 
-// TLSConfig is the configuration to give tls.Server for this store's
-// listener. It is the same for the store's whole life.
-func (s *Store) TLSConfig() *tls.Config { return s.base }
+// listenerConfig is the tls.Config of a listener, whichever store is
+// current for it.
+type listenerConfig struct {
+	cfg     *tls.Config
+	current atomic.Pointer[Store]
+}
+
+func (l *listenerConfig) configForClient(h *tls.ClientHelloInfo) (*tls.Config, error) {
+	return l.current.Load().configForClient(h)
+}
+
+// HelloObserver is implemented by a connection that wants to see the
+// client's hello before a certificate is chosen: the log names the server
+// name a client asked for even when its handshake fails.
+type HelloObserver interface {
+	ObserveHello(h *tls.ClientHelloInfo)
+}
+
+// TLSConfig is the configuration to give tls.Server for the listener of
+// this store and of the stores that replace it (NewStore with prev).
+func (s *Store) TLSConfig() *tls.Config { return s.listener.cfg }
 
 // ACME returns the store's ACME client, or nil.
 func (s *Store) ACME() *ACME { return s.acme }
@@ -296,6 +324,9 @@ func (s *Store) serverConfig(snap *snapshot) *tls.Config {
 // configForClient answers each hello with the snapshot current when it
 // arrived, or with the ACME challenge's config for a tls-alpn-01 hello.
 func (s *Store) configForClient(h *tls.ClientHelloInfo) (*tls.Config, error) {
+	if o, ok := h.Conn.(HelloObserver); ok {
+		o.ObserveHello(h)
+	}
 	if s.acme != nil && IsChallenge(h.SupportedProtos) {
 		return s.acme.challenge, nil
 	}

@@ -1,0 +1,180 @@
+package tlsproxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pj-proxy/pj/internal/observe"
+)
+
+// bufSize is the relay buffer of one direction: a TLS record holds at most
+// 16 KiB of plaintext, so two records' worth per read.
+const bufSize = 32 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// direction is one half of a relay.
+type direction struct {
+	src, dst         net.Conn
+	srcSide, dstSide side
+	bytes            *atomic.Int64  // delivered to dst, for the record and the API
+	total            *atomic.Uint64 // the proxy's counter of this direction
+}
+
+// relay copies both directions until both have ended, or one fails, or
+// the idle timeout or an abort ends the connection.
+func (ss *session) relay() (observe.Status, error) {
+	ss.mu.Lock()
+	front, back := ss.front, ss.back
+	ss.mu.Unlock()
+	ss.touch()
+	if idle := ss.r.IdleTimeout; idle > 0 {
+		t := time.AfterFunc(idle, func() { ss.idleCheck() })
+		ss.idleTimer.Store(t)
+		defer t.Stop()
+	}
+	up := &direction{src: front, dst: back, srcSide: sideClient, dstSide: sideBackend, bytes: &ss.up, total: &ss.r.Stats.BytesUp}
+	down := &direction{src: back, dst: front, srcSide: sideBackend, dstSide: sideClient, bytes: &ss.down, total: &ss.r.Stats.BytesDown}
+
+	errs := make(chan error, 2)
+	var ended atomic.Int32
+	first := func(s side) {
+		if ended.Add(1) == 1 {
+			ss.firstEnd.Store(int32(s))
+		}
+	}
+	go func() { errs <- ss.copyUp(up, first) }()
+	err := ss.copyDown(down, first)
+	if err != nil {
+		ss.fail(err)
+	}
+	err2 := <-errs
+	if err == nil {
+		err = err2
+	}
+	if c := ss.causeErr(); c != nil {
+		return statusOf(c), c
+	}
+	ss.closedBy = side(ss.firstEnd.Load())
+	if err != nil {
+		var se *sideErr
+		if errors.As(err, &se) {
+			ss.closedBy = se.side
+		}
+		return observe.StatusReset, err
+	}
+	return observe.StatusOK, nil
+}
+
+// copyUp and copyDown are the two directions, named so that a goroutine
+// dump says which is which.
+func (ss *session) copyUp(d *direction, ended func(side)) error {
+	err := ss.pump(d, ended)
+	if err != nil {
+		ss.fail(err)
+	}
+	return err
+}
+
+func (ss *session) copyDown(d *direction, ended func(side)) error { return ss.pump(d, ended) }
+
+// pump moves bytes from d.src to d.dst until the source ends, then passes
+// the end on (half-close: a TLS close_notify and a FIN) and returns nil;
+// or returns the error that stopped it.
+func (ss *session) pump(d *direction, ended func(side)) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := d.src.Read(buf)
+		if n > 0 {
+			ss.touch()
+			w, werr := d.dst.Write(buf[:n])
+			d.bytes.Add(int64(w))
+			d.total.Add(uint64(w))
+			if werr != nil {
+				return &sideErr{side: d.dstSide, err: werr}
+			}
+			ss.touch()
+		}
+		if rerr == io.EOF {
+			ended(d.srcSide)
+			if err := closeWrite(d.dst); err != nil && !errors.Is(err, net.ErrClosed) {
+				return &sideErr{side: d.dstSide, err: err}
+			}
+			return nil
+		}
+		if rerr != nil {
+			return &sideErr{side: d.srcSide, err: rerr}
+		}
+	}
+}
+
+// fail ends the other direction of a relay whose one direction failed: a
+// reset is passed on as a reset, anything else as a close.
+func (ss *session) fail(err error) {
+	ss.mu.Lock()
+	front, back := ss.front, ss.back
+	ss.mu.Unlock()
+	if isReset(err) {
+		lingerZero(front)
+		lingerZero(back)
+	}
+	_ = front.Close()
+	_ = back.Close()
+}
+
+// touch notes that bytes moved, for the idle timeout.
+func (ss *session) touch() { ss.lastActive.Store(int64(time.Since(ss.start))) }
+
+// idleCheck runs when the idle timer fires: it ends a connection quiet for
+// the whole idle timeout, or sets the timer for when it would be.
+func (ss *session) idleCheck() {
+	idle := ss.r.IdleTimeout
+	quiet := time.Since(ss.start) - time.Duration(ss.lastActive.Load())
+	if quiet >= idle {
+		ss.abort(ErrIdleTimeout)
+		return
+	}
+	if t := ss.idleTimer.Load(); t != nil {
+		t.Reset(idle - quiet)
+	}
+}
+
+// closeWrite half-closes c: for TLS a close_notify alert, then a FIN on
+// the socket below it (crypto/tls does not send one), so that a peer that
+// waits for either sees the end.
+func closeWrite(c net.Conn) error {
+	type closeWriter interface{ CloseWrite() error }
+	if tc, ok := c.(*tls.Conn); ok {
+		if err := tc.CloseWrite(); err != nil {
+			return err
+		}
+		c = tc.NetConn()
+	}
+	if cw, ok := c.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// lingerZero makes the next close of c send a reset.
+func lingerZero(c net.Conn) {
+	if c == nil {
+		return
+	}
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if cc, ok := c.(*clientConn); ok {
+		c = cc.Conn
+	}
+	if tcp, ok := c.(*net.TCPConn); ok {
+		_ = tcp.SetLinger(0)
+	}
+}
