@@ -9,9 +9,12 @@
 #   REPS        runs of every mode against every target          (3)
 #   DURATION    measured time of up, down, lat1, latC and conn    (4s)
 #   TARGETS     subset of: direct pj naive haproxy haproxy-splice nginx socat
-#   MODES       subset of: up down lat1 latC conn idle (TCP) and
-#               udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat (UDP: run
-#               against direct, pj, nginx and socat only)
+#               and the TLS terminators pj-tls naive-tls haproxy-tls nginx-tls
+#   MODES       subset of: up down lat1 latC conn idle (TCP), tlsfull tlsresume
+#               tlsbulk (TLS: run against the TLS terminators only, which run
+#               no other mode) and udp-64-1 udp-64-1000 udp-1400-1
+#               udp-1400-1000 udp-lat (UDP: run against direct, pj, nginx and
+#               socat only)
 #   PJ_BIN      benchmark this pj binary instead of building one from the tree
 #   PJ_BIN_B    a second pj binary, run as target pj-b beside pj (to compare two builds)
 #   (target pj-acl: pj with an allow list of 1000 CIDRs and a per-client rate limit that
@@ -31,8 +34,8 @@ PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
 
 REPS=${REPS:-3}
 DURATION=${DURATION:-4s}
-TARGETS=${TARGETS:-direct pj${PJ_BIN_B:+ pj-b} naive haproxy haproxy-splice nginx socat}
-MODES=${MODES:-up down lat1 latC conn idle udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat}
+TARGETS=${TARGETS:-direct pj${PJ_BIN_B:+ pj-b} naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls}
+MODES=${MODES:-up down lat1 latC conn idle tlsfull tlsresume tlsbulk udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat}
 PJ_BIN=${PJ_BIN:-}
 PJ_BIN_B=${PJ_BIN_B:-}
 IDLE_CONNS=${IDLE_CONNS:-3000}
@@ -40,9 +43,15 @@ HAPROXY_SPLICE=${HAPROXY_SPLICE:-auto}
 TARGET_LIFETIME=${TARGET_LIFETIME:-2h}
 GO=${GO:-go}
 
-all_targets="direct pj pj-b pj-acl naive haproxy haproxy-splice nginx socat"
-all_modes="up down lat1 latC conn idle udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat"
+all_targets="direct pj pj-b pj-acl naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls"
+all_modes="up down lat1 latC conn idle tlsfull tlsresume tlsbulk udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat"
 udp_targets="direct pj pj-b nginx socat" # the targets that proxy UDP
+tls_targets="pj-tls naive-tls haproxy-tls nginx-tls"
+tls_modes="tlsfull tlsresume tlsbulk"
+# pairs MODE TARGET: TLS modes go to the TLS terminators, and only they do.
+pairs() {
+	if in_list "$1" "$tls_modes"; then in_list "$2" "$tls_targets"; else ! in_list "$2" "$tls_targets"; fi
+}
 nginx_stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
 
 say() { printf 'bench: %s\n' "$*" >&2; }
@@ -74,13 +83,16 @@ missing=()
 if ! command -v haproxy >/dev/null; then
 	skip[haproxy]="haproxy is not installed"
 	skip[haproxy-splice]="haproxy is not installed"
+	skip[haproxy-tls]="haproxy is not installed"
 	missing+=(haproxy)
 fi
 if ! command -v nginx >/dev/null; then
 	skip[nginx]="nginx is not installed"
+	skip[nginx-tls]="nginx is not installed"
 	missing+=(nginx libnginx-mod-stream)
 elif [[ ! -e $nginx_stream_module ]]; then
 	skip[nginx]="nginx's stream module ($nginx_stream_module) is not installed"
+	skip[nginx-tls]=${skip[nginx]}
 	missing+=(libnginx-mod-stream)
 fi
 if ! command -v socat >/dev/null; then
@@ -176,7 +188,9 @@ say "building the load generator"
 	die "building bench/loadgen, bench/summarize or bench/naive failed"
 loadgen="$tmp/loadgen"
 
-if in_list pj "$TARGETS"; then
+uses_pj=""
+for t in pj pj-acl pj-tls; do in_list "$t" "$TARGETS" && uses_pj=1; done
+if [[ -n $uses_pj ]]; then
 	if [[ -n $PJ_BIN ]]; then
 		[[ -x $PJ_BIN ]] || die "PJ_BIN=$PJ_BIN is not an executable file"
 		pj=$(cd "$(dirname "$PJ_BIN")" && pwd)/$(basename "$PJ_BIN")
@@ -193,7 +207,7 @@ fi
 	echo "host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 	echo "knobs: REPS=$REPS DURATION=$DURATION IDLE_CONNS=$IDLE_CONNS HAPROXY_SPLICE=$HAPROXY_SPLICE TARGETS='$TARGETS' MODES='$MODES' PJ_BIN=${PJ_BIN:-built from the tree}"
 	echo "open files: $(ulimit -n)"
-	if in_list pj "$TARGETS"; then
+	if [[ -n $uses_pj ]]; then
 		if [[ -n $PJ_BIN ]]; then
 			echo "pj: $pj: $("$pj" -V 2>&1 | head -n 1)"
 		else
@@ -223,7 +237,7 @@ say "backend on 127.0.0.1:$backend_port (PID $backend_pid)"
 
 # --- the targets -----------------------------------------------------------------
 
-read -r -a free_ports <<<"$("$loadgen" ports -n 14)"
+read -r -a free_ports <<<"$("$loadgen" ports -n 18)"
 i=0
 for t in $all_targets; do
 	port[$t]=${free_ports[$i]}
@@ -250,6 +264,46 @@ write_acl_cfg() {
 		for ((i = 0; i < 999; i++)); do echo "      - \"10.$((i / 250)).$((i % 250)).0/24\""; done
 		echo "      - \"127.0.0.0/8\""
 	} >"$1"
+}
+
+# The TLS terminators serve an ECDSA P-256 certificate for bench.pj.test;
+# the generator trusts its CA and offers only TLS 1.3 and X25519.
+tlsdir="$tmp/tls"
+"$loadgen" cert -dir "$tlsdir" -name bench.pj.test || die "loadgen cert failed"
+
+write_pj_tls_cfg() { # FILE
+	cat >"$1" <<EOF
+proxies:
+  - listen: "127.0.0.1:${port[pj-tls]}"
+    backends: ["127.0.0.1:$backend_port"]
+    tls:
+      certificates: [{ cert: "$tlsdir/cert.pem", key: "$tlsdir/key.pem" }]
+      min_version: "1.3"
+EOF
+}
+
+write_haproxy_tls_cfg() { # FILE
+	cat >"$1" <<EOF
+# haproxy-tls for pj's benchmark: terminate TLS 1.3 (X25519, the ECDSA
+# P-256 certificate), relay plaintext, no logging. Session tickets are on
+# by default, so tlsresume resumes.
+global
+    nbthread 2
+    maxconn 6000
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+    ssl-default-bind-curves X25519
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    maxconn 6000
+frontend fe
+    bind 127.0.0.1:${port[haproxy-tls]} ssl crt $tlsdir/bundle.pem
+    default_backend be
+backend be
+    server backend 127.0.0.1:$backend_port
+EOF
 }
 
 write_haproxy_cfg() { # TARGET FILE
@@ -281,15 +335,29 @@ backend be
 EOF
 }
 
-write_nginx_conf() { # DIR
-	local user=""
+write_nginx_conf() { # DIR TARGET: nginx (plain) or nginx-tls
+	local user="" server
 	# As root, nginx's workers switch to "nobody" unless told otherwise;
 	# keep them as the user running the benchmark.
 	((EUID == 0)) && user="user $(id -un) $(id -gn);"
 	mkdir -p "$1/logs"
+	if [[ $2 == nginx-tls ]]; then
+		# Terminate TLS 1.3 (X25519, the ECDSA P-256 certificate) and
+		# relay plaintext; tickets and a session cache let tlsresume
+		# resume.
+		server="listen 127.0.0.1:${port[nginx-tls]} ssl;
+        ssl_certificate $tlsdir/cert.pem;
+        ssl_certificate_key $tlsdir/key.pem;
+        ssl_protocols TLSv1.3;
+        ssl_ecdh_curve X25519;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;"
+	else
+		server="listen 127.0.0.1:${port[nginx]};"
+	fi
 	cat >"$1/nginx.conf" <<EOF
-# nginx stream proxy for pj's benchmark; the stream module logs nothing by
-# default, so only errors are written.
+# $2: nginx stream proxy for pj's benchmark; the stream module logs nothing
+# by default, so only errors are written.
 load_module $nginx_stream_module;
 $user
 daemon off;
@@ -297,13 +365,13 @@ master_process on;
 worker_processes 2;
 worker_rlimit_nofile 20000;
 pid $1/nginx.pid;
-error_log $results/nginx-error.log warn;
+error_log $results/$2-error.log warn;
 events {
     worker_connections 10000;
 }
 stream {
     server {
-        listen 127.0.0.1:${port[nginx]};
+        $server
         proxy_pass 127.0.0.1:$backend_port;
         proxy_connect_timeout 5s;
         proxy_timeout 1h;
@@ -340,9 +408,20 @@ start_target() {
 		write_haproxy_cfg "$t" "$tmp/$t.cfg"
 		cmd=(haproxy -db -f "$tmp/$t.cfg")
 		;;
-	nginx)
-		write_nginx_conf "$tmp/nginx"
-		cmd=(nginx -p "$tmp/nginx/" -c "$tmp/nginx/nginx.conf" -e "$results/nginx-error.log")
+	nginx | nginx-tls)
+		write_nginx_conf "$tmp/$t" "$t"
+		cmd=(nginx -p "$tmp/$t/" -c "$tmp/$t/nginx.conf" -e "$results/$t-error.log")
+		;;
+	pj-tls)
+		write_pj_tls_cfg "$tmp/pj-tls.yaml"
+		cmd=("$pj" -c "$tmp/pj-tls.yaml")
+		;;
+	haproxy-tls)
+		write_haproxy_tls_cfg "$tmp/haproxy-tls.cfg"
+		cmd=(haproxy -db -f "$tmp/haproxy-tls.cfg")
+		;;
+	naive-tls)
+		cmd=("$tmp/naive" "127.0.0.1:${port[naive-tls]}" "127.0.0.1:$backend_port" "$tlsdir/cert.pem" "$tlsdir/key.pem")
 		;;
 	naive)
 		cmd=("$tmp/naive" "127.0.0.1:${port[naive]}" "127.0.0.1:$backend_port")
@@ -357,7 +436,9 @@ start_target() {
 	timeout -k 5 "$TARGET_LIFETIME" "${cmd[@]}" </dev/null >>"$log" 2>&1 &
 	pid[$t]=$!
 	local why
-	if ! why=$("$loadgen" wait -addr "127.0.0.1:${port[$t]}" -pid "${pid[$t]}" -timeout 10s 2>&1); then
+	local tlsargs=()
+	in_list "$t" "$tls_targets" && tlsargs=(-tls-ca "$tlsdir/ca.pem")
+	if ! why=$("$loadgen" wait -addr "127.0.0.1:${port[$t]}" -pid "${pid[$t]}" -timeout 10s "${tlsargs[@]}" 2>&1); then
 		say "$t failed to start: $why"
 		say "  last lines of ${log#"$root"/}:"
 		tail -n 5 "$log" | sed 's/^/    /' >&2
@@ -460,7 +541,7 @@ run_one() { # REP MODE TARGET
 	fi
 	out=$(timeout 300 "$loadgen" run -mode "$mode" -target "$t" -rep "$rep" \
 		-addr "127.0.0.1:$p" -pids "$pids" -backend-pid "$backend_pid" \
-		-duration "$DURATION" -idle-conns "$IDLE_CONNS" 2>>"$results/loadgen.log") || rc=$?
+		-duration "$DURATION" -idle-conns "$IDLE_CONNS" -tls-ca "$tlsdir/ca.pem" 2>>"$results/loadgen.log") || rc=$?
 	if [[ -z $out ]]; then
 		out="{\"target\":\"$t\",\"mode\":\"$mode\",\"rep\":$rep,\"error\":\"loadgen exited with status $rc and no result; see loadgen.log\"}"
 	fi
@@ -473,10 +554,20 @@ failed_start() { # REP MODE TARGET
 
 tcp_modes=""
 for m in $MODES; do [[ $m != udp-* ]] && tcp_modes+=" $m"; done
+# pj-tls runs once pj terminates TLS from its configuration file; a pj
+# that refuses the tls key is skipped, with its reason.
+if in_list pj-tls "$TARGETS"; then
+	write_pj_tls_cfg "$tmp/pj-tls.yaml"
+	if ! why=$("$pj" check -c "$tmp/pj-tls.yaml" 2>&1 >/dev/null); then
+		skip[pj-tls]="this pj does not terminate TLS: pj check says: $(head -n 1 <<<"$why")"
+	fi
+fi
+
 run_targets=""
 for t in $TARGETS; do
 	if [[ -n ${skip[$t]:-} ]]; then
 		for m in $MODES; do
+			pairs "$m" "$t" || continue
 			[[ $m == udp-* ]] && ! in_list "$t" "$udp_targets" && continue
 			record "{\"target\":\"$t\",\"mode\":\"$m\",\"skipped\":\"$(json_str "${skip[$t]}")\"}"
 		done
@@ -500,6 +591,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
 	for mode in $MODES; do
 		say "rep $rep/$REPS: $mode"
 		for t in $run_targets; do
+			pairs "$mode" "$t" || continue
 			if [[ $mode == udp-* ]]; then
 				in_list "$t" "$udp_targets" || continue
 				if ! start_udp_target "$t"; then

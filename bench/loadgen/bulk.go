@@ -105,9 +105,16 @@ func runBulk(ctx context.Context, cfg *runConfig, r *result, up bool) error {
 	return nil
 }
 
+// halfCloser is a connection that can end its sending side alone: a
+// *net.TCPConn, or a *tls.Conn for tlsbulk.
+type halfCloser interface {
+	net.Conn
+	CloseWrite() error
+}
+
 // upload writes the pattern until deadline, half-closes, and checks the
 // backend's count and verdict. It returns the bytes sent.
-func upload(c *net.TCPConn, pat *pattern, deadline time.Time) (int64, error) {
+func upload(c halfCloser, pat *pattern, deadline time.Time) (int64, error) {
 	if err := c.SetWriteDeadline(deadline); err != nil {
 		return 0, err
 	}
@@ -122,6 +129,12 @@ func upload(c *net.TCPConn, pat *pattern, deadline time.Time) (int64, error) {
 			return off, fmt.Errorf("write after %d bytes: %w", off, err)
 		}
 	}
+	return confirmUpload(c, off)
+}
+
+// confirmUpload half-closes c after off bytes and checks the backend's
+// count and verdict.
+func confirmUpload(c halfCloser, off int64) (int64, error) {
 	if err := c.CloseWrite(); err != nil {
 		return off, fmt.Errorf("half-close after %d bytes: %w", off, err)
 	}

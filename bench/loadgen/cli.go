@@ -19,7 +19,7 @@ import (
 // Run runs one sub-command: serve, run, wait or ports.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: loadgen serve|run|wait|ports [flags] (see bench/README.md)")
+		return errors.New("usage: loadgen serve|run|wait|ports|cert [flags] (see bench/README.md)")
 	}
 	switch args[0] {
 	case "serve":
@@ -30,8 +30,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdWait(ctx, args[1:], stderr)
 	case "ports":
 		return cmdPorts(args[1:], stdout, stderr)
+	case "cert":
+		return cmdCert(args[1:], stderr)
 	}
-	return fmt.Errorf("unknown sub-command %q: want serve, run, wait or ports", args[0])
+	return fmt.Errorf("unknown sub-command %q: want serve, run, wait, ports or cert", args[0])
 }
 
 // newFlags makes a flag set that reports errors instead of exiting.
@@ -130,6 +132,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.IntVar(&cfg.count, "count", 0, "conn: stop after this many cycles (0: run for -duration)")
 	fs.IntVar(&cfg.idleConns, "idle-conns", 3000, "connections held by idle")
 	fs.DurationVar(&cfg.idleHold, "idle-hold", 0, "idle: hold the connections this long before checking they all still echo")
+	fs.StringVar(&cfg.tlsName, "tls-name", "bench.pj.test", "server name of the TLS modes")
+	tlsCA := fs.String("tls-ca", "", "CA file the TLS modes check the target's certificate with (loadgen cert's ca.pem)")
 	procRoot := fs.String("proc", "/proc", "where proc(5) is mounted")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -140,6 +144,13 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	r.set("rep", cfg.rep)
 	r.set("duration_s", cfg.duration.Seconds())
 	err := prepareRun(cfg, *pids, *procRoot)
+	if err == nil && strings.HasPrefix(cfg.mode, "tls") {
+		if *tlsCA == "" {
+			err = errors.New("-tls-ca is required by the TLS modes")
+		} else {
+			cfg.tlsRoots, err = loadRoots(*tlsCA)
+		}
+	}
 	if err == nil {
 		err = runMode(ctx, cfg, r)
 	}
@@ -238,27 +249,41 @@ func cmdWait(ctx context.Context, args []string, stderr io.Writer) error {
 	pid := fs.Int("pid", 0, "fail as soon as this process has exited")
 	udp := fs.Bool("udp", false, "try a UDP echo instead of a TCP one")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long")
+	tlsCA := fs.String("tls-ca", "", "the target terminates TLS: check its certificate with this CA file")
+	tlsName := fs.String("tls-name", "bench.pj.test", "server name, with -tls-ca")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if err := loopbackTarget(*addr); err != nil {
 		return err
 	}
-	cfg := &runConfig{addr: *addr}
+	cfg := &runConfig{addr: *addr, tlsName: *tlsName}
+	if *tlsCA != "" {
+		roots, err := loadRoots(*tlsCA)
+		if err != nil {
+			return err
+		}
+		cfg.tlsRoots = roots
+	}
 	limit := time.Now().Add(*timeout)
 	last := errors.New("no try yet")
 	for time.Now().Before(limit) {
 		if *pid > 0 && !alive(*pid) {
 			return fmt.Errorf("process %d exited before %s answered (last try: %v)", *pid, *addr, last)
 		}
+		var c net.Conn
 		var err error
-		if *udp {
+		switch {
+		case *udp:
 			if err = udpEchoOnce(*addr, 100*time.Millisecond); err == nil {
 				return nil
 			}
-		} else if c, derr := cfg.dial(ctx); derr != nil {
-			err = derr
-		} else {
+		case cfg.tlsRoots != nil:
+			c, err = cfg.dialTLS(ctx, cfg.tlsClientConfig(nil))
+		default:
+			c, err = cfg.dial(ctx)
+		}
+		if err == nil && c != nil {
 			err = tinyEcho(c, 'w')
 			c.Close()
 			if err == nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -40,6 +41,9 @@ type runConfig struct {
 	// idleHold is how long idle holds its connections, after measuring,
 	// before it checks that every one still echoes.
 	idleHold time.Duration
+
+	tlsName  string         // tlsfull, tlsresume, tlsbulk: the server name
+	tlsRoots *x509.CertPool // and the CA the target's certificate is checked with
 
 	proc procFS
 	hz   int64 // USER_HZ
@@ -101,9 +105,15 @@ func runMode(ctx context.Context, cfg *runConfig, r *result) error {
 		return runIdle(ctx, cfg, r)
 	case "udp-lat":
 		return runUDPLat(ctx, cfg, r)
+	case "tlsfull":
+		return runTLSHandshakes(ctx, cfg, r, false)
+	case "tlsresume":
+		return runTLSHandshakes(ctx, cfg, r, true)
+	case "tlsbulk":
+		return runTLSBulk(ctx, cfg, r)
 	}
 	if size, sessions, ok := udpMode(cfg.mode); ok {
 		return runUDP(ctx, cfg, r, size, sessions)
 	}
-	return fmt.Errorf("unknown mode %q (want up, down, lat1, latC, conn, idle, udp-lat or udp-SIZE-SESSIONS)", cfg.mode)
+	return fmt.Errorf("unknown mode %q (want up, down, lat1, latC, conn, idle, tlsfull, tlsresume, tlsbulk, udp-lat or udp-SIZE-SESSIONS)", cfg.mode)
 }

@@ -133,7 +133,7 @@ func runIdle(ctx context.Context, cfg *runConfig, r *result) error {
 }
 
 // tinyEcho sends one byte and reads it back.
-func tinyEcho(c *net.TCPConn, b byte) error {
+func tinyEcho(c net.Conn, b byte) error {
 	if err := c.SetDeadline(time.Now().Add(replyWait)); err != nil {
 		return err
 	}

@@ -104,6 +104,19 @@ func figuresOf(mode string) []figure {
 			{"errors", "errors", lower},
 			{"cpu_s_per_1k_conn", "target CPU s/1000 conns", lower},
 		}
+	case "tlsfull", "tlsresume":
+		return []figure{
+			{"hps", "handshakes/s", higher},
+			{"p50_us", "p50 µs", lower},
+			{"p99_us", "p99 µs", lower},
+			{"errors", "errors", lower},
+			{"cpu_s_per_1k_hs", "target CPU s/1000 handshakes", lower},
+		}
+	case "tlsbulk":
+		return []figure{
+			{"gbps", "Gbit/s", higher},
+			{"cpu_s_per_gib", "target CPU s/GiB", lower},
+		}
 	case "idle":
 		return []figure{
 			{"kib_per_conn", "KiB/conn", lower},
@@ -125,7 +138,7 @@ func figuresOf(mode string) []figure {
 
 // modeOrder is the order modes appear in the table; others follow in the
 // order first seen.
-var modeOrder = []string{"up", "down", "lat1", "latC", "conn", "idle",
+var modeOrder = []string{"up", "down", "lat1", "latC", "conn", "idle", "tlsfull", "tlsresume", "tlsbulk",
 	"udp-64-1", "udp-64-1000", "udp-1400-1", "udp-1400-1000", "udp-lat"}
 
 // orders returns the modes and targets present, modes in modeOrder and

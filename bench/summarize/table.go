@@ -109,29 +109,41 @@ func (g group) notes() string {
 // writeTable writes the TCP table and, if there are UDP runs, the UDP
 // table: a row per mode, figure and target.
 func writeTable(w io.Writer, runs []run) error {
-	var tcp, udp []run
+	var tcp, tlsRuns, udp []run
 	for _, r := range runs {
-		if isUDP(r.mode) {
+		switch {
+		case isUDP(r.mode):
 			udp = append(udp, r)
-		} else {
+		case isTLS(r.mode):
+			tlsRuns = append(tlsRuns, r)
+		default:
 			tcp = append(tcp, r)
 		}
 	}
-	if len(tcp) > 0 {
-		if err := writeOne(w, tcp, refHAProxy); err != nil {
-			return err
+	// One table per kind, each with the peer it is read against: the
+	// TLS terminators against HAProxy's (haproxy-tls).
+	wrote := false
+	for _, t := range []struct {
+		runs []run
+		ref  string
+	}{{tcp, refHAProxy}, {tlsRuns, refHAProxy + "-tls"}, {udp, refNginx}} {
+		if len(t.runs) == 0 {
+			continue
 		}
-	}
-	if len(udp) > 0 {
-		if len(tcp) > 0 {
+		if wrote {
 			if _, err := io.WriteString(w, "\n"); err != nil {
 				return err
 			}
 		}
-		return writeOne(w, udp, refNginx)
+		if err := writeOne(w, t.runs, t.ref); err != nil {
+			return err
+		}
+		wrote = true
 	}
 	return nil
 }
+
+func isTLS(mode string) bool { return strings.HasPrefix(mode, "tls") }
 
 func isUDP(mode string) bool { return strings.HasPrefix(mode, "udp-") }
 
