@@ -514,3 +514,33 @@ func TestNewStoreRefuses(t *testing.T) {
 		})
 	}
 }
+
+func TestClientsResumeAcrossReloads(t *testing.T) {
+	p := newPKI(t)
+	opt := ServerOptions{Certificates: []Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}}
+	s := newStore(t, opt)
+	addr := serveTLS(t, s.TLSConfig())
+	cfg := &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool(), ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	if st, err := shake(t, addr, cfg); err != nil || st.DidResume {
+		t.Fatalf("first handshake: resumed %v, %v", st.DidResume, err)
+	}
+	if err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := shake(t, addr, cfg); err != nil || !st.DidResume {
+		t.Fatalf("after Reload: resumed %v, %v", st.DidResume, err)
+	}
+	// A configuration reload builds a new store over the old one; the
+	// listener keeps its config, and clients keep resuming.
+	s2, err := NewStore(opt, nil, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s2.Close)
+	if s2.TLSConfig() != s.TLSConfig() {
+		t.Fatal("the new store has a listener config of its own")
+	}
+	if st, err := shake(t, addr, cfg); err != nil || !st.DidResume {
+		t.Fatalf("after a new store: resumed %v, %v", st.DidResume, err)
+	}
+}
