@@ -17,9 +17,9 @@
 //
 // then sends the backend what Decision says, in order, and relays.
 //
-// A ClientHello is parsed by crypto/tls itself, over a connection that
-// replays the bytes read and refuses writes, so no hand-written parser
-// meets hostile bytes; a walk over the record headers, resumed at each
-// call, tells when the hello's records are all here, so a hello split
-// over many segments or records is parsed once.
+// A walk over the record headers, resumed at each call, tells when a
+// ClientHello's records are all here, so a hello split over many
+// segments or records is parsed once; the parse reads the server name
+// and the offered protocols without allocating more than they take, and
+// tests hold it to crypto/tls's own parser on real and fuzzed hellos.
 package route

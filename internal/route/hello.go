@@ -1,12 +1,5 @@
 package route
 
-import (
-	"crypto/tls"
-	"errors"
-	"net"
-	"time"
-)
-
 // MaxPeek is the most a connection's first bytes pj reads to decide: a
 // ClientHello whose records do not fit (with what comes before them, such
 // as a PostgreSQL SSLRequest) is unreadable. Hellos with post-quantum key
@@ -37,7 +30,7 @@ const (
 // Deciding when the hello is whole is a walk over record headers that
 // resumes where the last call stopped: a hello split over many segments
 // costs a few comparisons per segment, not a parse. Once its records are
-// all here, the standard library parses it (see parseHello), once.
+// all here, parseHello reads it, once.
 type hello struct {
 	state helloState
 	next  int                    // offset of the first record not yet walked
@@ -101,68 +94,171 @@ func (h *hello) read(b []byte, limit int) helloState {
 	return h.state
 }
 
-// finish parses the whole hello in b.
+// finish reads the server name and the offered protocols of the hello,
+// whose records b holds whole.
 func (h *hello) finish(b []byte) {
-	r := replay{b: b}
-	// The handshake always fails: captureHello stops it once the hello is
-	// read, and anything the server would send goes nowhere (see Write).
-	_ = tls.Server(&r, helloConfig).Handshake()
-	if !r.seen {
+	sni, alpn, ok := parseHello(helloBytes(b, h.want))
+	if !ok {
 		h.state = helloBad
 		return
 	}
-	h.state, h.sni, h.alpn = helloDone, r.sni, r.alpn
+	h.state, h.sni, h.alpn = helloDone, sni, alpn
 }
 
-// helloConfig is shared by every parse: it holds no state, and
-// GetConfigForClient finds the connection's replay through the hello.
-var helloConfig = &tls.Config{GetConfigForClient: captureHello}
-
-// errHelloRead stops the handshake once the hello is read.
-var errHelloRead = errors.New("route: hello read")
-
-// captureHello takes what routing needs from a parsed ClientHello and
-// stops the handshake. crypto/tls calls it after the hello parsed and
-// before it negotiates anything, so a hello that no server of this
-// process would accept (old versions, unknown ciphers) is still read.
-func captureHello(info *tls.ClientHelloInfo) (*tls.Config, error) {
-	if r, ok := info.Conn.(*replay); ok {
-		r.seen, r.sni, r.alpn = true, info.ServerName, info.SupportedProtos
+// helloBytes returns the first want handshake bytes that the records of
+// b carry: in place when the first record holds them all, as it does for
+// every common client; else joined in a new slice.
+func helloBytes(b []byte, want int) []byte {
+	n := int(b[3])<<8 | int(b[4])
+	if n >= want {
+		return b[recordHeaderLen : recordHeaderLen+want]
 	}
-	return nil, errHelloRead
-}
-
-// replay is a net.Conn that reads the bytes of one ClientHello and goes
-// nowhere: Write fails, so a parse can never answer the client.
-type replay struct {
-	b    []byte
-	seen bool
-	sni  string
-	alpn []string
-}
-
-var errReplay = errors.New("route: a replayed hello cannot be written to")
-
-func (r *replay) Read(p []byte) (int, error) {
-	if len(r.b) == 0 {
-		// The walk over the records said the hello was whole; a parser
-		// that wants more disagrees with it, and the hello is unreadable.
-		return 0, net.ErrClosed
+	out := make([]byte, 0, want)
+	for len(out) < want {
+		n := int(b[3])<<8 | int(b[4])
+		out = append(out, b[recordHeaderLen:recordHeaderLen+min(n, want-len(out))]...)
+		b = b[recordHeaderLen+n:]
 	}
-	n := copy(p, r.b)
-	r.b = r.b[n:]
-	return n, nil
+	return out
 }
 
-func (r *replay) Write([]byte) (int, error)        { return 0, errReplay }
-func (r *replay) Close() error                     { return nil }
-func (r *replay) LocalAddr() net.Addr              { return replayAddr{} }
-func (r *replay) RemoteAddr() net.Addr             { return replayAddr{} }
-func (r *replay) SetDeadline(time.Time) error      { return nil }
-func (r *replay) SetReadDeadline(time.Time) error  { return nil }
-func (r *replay) SetWriteDeadline(time.Time) error { return nil }
+// TLS extension types (RFC 6066 3, RFC 7301 3.1).
+const (
+	extServerName = 0
+	extALPN       = 16
+)
 
-type replayAddr struct{}
+// parseHello reads the server name and the ALPN protocols of msg, a
+// ClientHello handshake message (RFC 8446 4.1.2; RFC 5246 7.4.1.2 for
+// TLS 1.2 and before). It checks the message's structure whole, and the
+// two extensions it reads as crypto/tls does (one host name, not ending
+// in a dot; non-empty protocol names; neither extension twice); what
+// crypto/tls checks in the extensions routing does not read is the
+// backend's to check, which does the handshake. A test holds it to
+// crypto/tls's parser: whatever crypto/tls reads, this reads the same.
+func parseHello(msg []byte) (sni string, alpn []string, ok bool) {
+	s := reader(msg)
+	var typ uint8
+	var length uint32
+	if !s.u8(&typ) || typ != typeClientHello || !s.u24(&length) || int(length) != len(s) ||
+		!s.skip(2+32) || // legacy_version, random
+		!s.skip8() { // legacy_session_id
+		return "", nil, false
+	}
+	var suites reader
+	if !s.prefixed16(&suites) || len(suites)%2 != 0 || !s.skip8() { // cipher_suites, legacy_compression_methods
+		return "", nil, false
+	}
+	if len(s) == 0 {
+		return "", nil, true // no extensions
+	}
+	var exts reader
+	if !s.prefixed16(&exts) || len(s) != 0 {
+		return "", nil, false
+	}
+	var sawSNI, sawALPN bool
+	for len(exts) > 0 {
+		var typ uint16
+		var data reader
+		if !exts.u16(&typ) || !exts.prefixed16(&data) {
+			return "", nil, false
+		}
+		switch typ {
+		case extServerName:
+			var names reader
+			if sawSNI || !data.prefixed16(&names) || len(names) == 0 || len(data) != 0 {
+				return "", nil, false
+			}
+			sawSNI = true
+			for len(names) > 0 {
+				var nameType uint8
+				var name reader
+				if !names.u8(&nameType) || !names.prefixed16(&name) || len(name) == 0 {
+					return "", nil, false
+				}
+				if nameType != 0 { // not a host_name
+					continue
+				}
+				if sni != "" || name[len(name)-1] == '.' {
+					return "", nil, false
+				}
+				sni = string(name)
+			}
+		case extALPN:
+			var protos reader
+			if sawALPN || !data.prefixed16(&protos) || len(protos) == 0 || len(data) != 0 {
+				return "", nil, false
+			}
+			sawALPN = true
+			for len(protos) > 0 {
+				var proto reader
+				if !protos.prefixed8(&proto) || len(proto) == 0 {
+					return "", nil, false
+				}
+				alpn = append(alpn, string(proto))
+			}
+		}
+	}
+	return sni, alpn, true
+}
 
-func (replayAddr) Network() string { return "replay" }
-func (replayAddr) String() string  { return "replay" }
+// reader reads big-endian fields from the front of a byte slice; each
+// method reports false, reading nothing, when the slice is too short.
+type reader []byte
+
+func (r *reader) u8(v *uint8) bool {
+	if len(*r) < 1 {
+		return false
+	}
+	*v, *r = (*r)[0], (*r)[1:]
+	return true
+}
+
+func (r *reader) u16(v *uint16) bool {
+	if len(*r) < 2 {
+		return false
+	}
+	*v, *r = uint16((*r)[0])<<8|uint16((*r)[1]), (*r)[2:]
+	return true
+}
+
+func (r *reader) u24(v *uint32) bool {
+	if len(*r) < 3 {
+		return false
+	}
+	*v, *r = uint32((*r)[0])<<16|uint32((*r)[1])<<8|uint32((*r)[2]), (*r)[3:]
+	return true
+}
+
+func (r *reader) skip(n int) bool {
+	if len(*r) < n {
+		return false
+	}
+	*r = (*r)[n:]
+	return true
+}
+
+// prefixed8 and prefixed16 read a field of as many bytes as its 8- or
+// 16-bit length prefix says.
+func (r *reader) prefixed8(v *reader) bool {
+	var n uint8
+	return r.u8(&n) && r.bytes(int(n), v)
+}
+
+func (r *reader) prefixed16(v *reader) bool {
+	var n uint16
+	return r.u16(&n) && r.bytes(int(n), v)
+}
+
+func (r *reader) skip8() bool {
+	var v reader
+	return r.prefixed8(&v)
+}
+
+func (r *reader) bytes(n int, v *reader) bool {
+	if len(*r) < n {
+		return false
+	}
+	*v, *r = (*r)[:n], (*r)[n:]
+	return true
+}

@@ -105,12 +105,3 @@ func TestHelloUnreadable(t *testing.T) {
 		})
 	}
 }
-
-// A parse never answers the client: the replayed connection refuses
-// writes, so whatever crypto/tls would send (an alert) goes nowhere.
-func TestReplayWritesNothing(t *testing.T) {
-	r := replay{b: []byte{1}}
-	if n, err := r.Write([]byte("alert")); n != 0 || err == nil {
-		t.Fatalf("Write = %d, %v; want 0 and an error", n, err)
-	}
-}
