@@ -9,12 +9,14 @@
 #   REPS        runs of every mode against every target          (3)
 #   DURATION    measured time of up, down, lat1, latC and conn    (4s)
 #   TARGETS     subset of: direct pj naive haproxy haproxy-splice nginx socat
-#               and the TLS terminators pj-tls naive-tls haproxy-tls nginx-tls
+#               the TLS terminators pj-tls naive-tls haproxy-tls nginx-tls, and
+#               the routers by server name pj-sni haproxy-sni nginx-sni
 #   MODES       subset of: up down lat1 latC conn idle (TCP), tlsfull tlsresume
 #               tlsbulk (TLS: run against the TLS terminators only, which run
-#               no other mode) and udp-64-1 udp-64-1000 udp-1400-1
-#               udp-1400-1000 udp-lat (UDP: run against direct, pj, nginx and
-#               socat only)
+#               no other mode), sni (run against direct and the routers by
+#               name only, which run no other mode) and udp-64-1 udp-64-1000
+#               udp-1400-1 udp-1400-1000 udp-lat (UDP: run against direct, pj,
+#               nginx and socat only)
 #   PJ_BIN      benchmark this pj binary instead of building one from the tree
 #   PJ_BIN_B    a second pj binary, run as target pj-b beside pj (to compare two builds)
 #   (target pj-acl: pj with an allow list of 1000 CIDRs and a per-client rate limit that
@@ -34,8 +36,8 @@ PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
 
 REPS=${REPS:-3}
 DURATION=${DURATION:-4s}
-TARGETS=${TARGETS:-direct pj${PJ_BIN_B:+ pj-b} naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls}
-MODES=${MODES:-up down lat1 latC conn idle tlsfull tlsresume tlsbulk udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat}
+TARGETS=${TARGETS:-direct pj${PJ_BIN_B:+ pj-b} naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls pj-sni haproxy-sni nginx-sni}
+MODES=${MODES:-up down lat1 latC conn sni idle tlsfull tlsresume tlsbulk udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat}
 PJ_BIN=${PJ_BIN:-}
 PJ_BIN_B=${PJ_BIN_B:-}
 IDLE_CONNS=${IDLE_CONNS:-3000}
@@ -43,14 +45,23 @@ HAPROXY_SPLICE=${HAPROXY_SPLICE:-auto}
 TARGET_LIFETIME=${TARGET_LIFETIME:-2h}
 GO=${GO:-go}
 
-all_targets="direct pj pj-b pj-acl naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls"
-all_modes="up down lat1 latC conn idle tlsfull tlsresume tlsbulk udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat"
+all_targets="direct pj pj-b pj-acl naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls pj-sni haproxy-sni nginx-sni"
+all_modes="up down lat1 latC conn sni idle tlsfull tlsresume tlsbulk udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat"
 udp_targets="direct pj pj-b nginx socat" # the targets that proxy UDP
 tls_targets="pj-tls naive-tls haproxy-tls nginx-tls"
 tls_modes="tlsfull tlsresume tlsbulk"
-# pairs MODE TARGET: TLS modes go to the TLS terminators, and only they do.
+sni_targets="pj-sni haproxy-sni nginx-sni" # routers by the ClientHello's server name
+sni_name=bench.example.com                 # the name loadgen's ClientHello asks for
+# pairs MODE TARGET: TLS modes go to the TLS terminators, and only they do;
+# sni goes to the routers by name and direct, and only sni goes to them.
 pairs() {
-	if in_list "$1" "$tls_modes"; then in_list "$2" "$tls_targets"; else ! in_list "$2" "$tls_targets"; fi
+	if in_list "$1" "$tls_modes"; then
+		in_list "$2" "$tls_targets"
+	elif [[ $1 == sni ]]; then
+		in_list "$2" "direct $sni_targets"
+	else
+		! in_list "$2" "$tls_targets $sni_targets"
+	fi
 }
 nginx_stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
 
@@ -84,15 +95,18 @@ if ! command -v haproxy >/dev/null; then
 	skip[haproxy]="haproxy is not installed"
 	skip[haproxy-splice]="haproxy is not installed"
 	skip[haproxy-tls]="haproxy is not installed"
+	skip[haproxy-sni]="haproxy is not installed"
 	missing+=(haproxy)
 fi
 if ! command -v nginx >/dev/null; then
 	skip[nginx]="nginx is not installed"
 	skip[nginx-tls]="nginx is not installed"
+	skip[nginx-sni]="nginx is not installed"
 	missing+=(nginx libnginx-mod-stream)
 elif [[ ! -e $nginx_stream_module ]]; then
 	skip[nginx]="nginx's stream module ($nginx_stream_module) is not installed"
 	skip[nginx-tls]=${skip[nginx]}
+	skip[nginx-sni]=${skip[nginx]}
 	missing+=(libnginx-mod-stream)
 fi
 if ! command -v socat >/dev/null; then
@@ -189,7 +203,7 @@ say "building the load generator"
 loadgen="$tmp/loadgen"
 
 uses_pj=""
-for t in pj pj-acl pj-tls; do in_list "$t" "$TARGETS" && uses_pj=1; done
+for t in pj pj-acl pj-tls pj-sni; do in_list "$t" "$TARGETS" && uses_pj=1; done
 if [[ -n $uses_pj ]]; then
 	if [[ -n $PJ_BIN ]]; then
 		[[ -x $PJ_BIN ]] || die "PJ_BIN=$PJ_BIN is not an executable file"
@@ -237,7 +251,7 @@ say "backend on 127.0.0.1:$backend_port (PID $backend_pid)"
 
 # --- the targets -----------------------------------------------------------------
 
-read -r -a free_ports <<<"$("$loadgen" ports -n 18)"
+read -r -a free_ports <<<"$("$loadgen" ports -n "$(wc -w <<<"$all_targets $udp_targets")")"
 i=0
 for t in $all_targets; do
 	port[$t]=${free_ports[$i]}
@@ -335,6 +349,89 @@ backend be
 EOF
 }
 
+# write_pj_sni_cfg FILE: pj on port[pj-sni] with two routes by server name,
+# the benchmark's name to the backend and another to nowhere; a client
+# that asks for neither is closed.
+write_pj_sni_cfg() {
+	cat >"$1" <<EOF
+proxies:
+  - name: sni
+    listen: "127.0.0.1:${port[pj-sni]}"
+    routes:
+      - name: other
+        match: { sni: ["other.example.com"] }
+        backends: ["127.0.0.1:1"]
+      - name: bench
+        match: { sni: ["$sni_name"] }
+        backends: ["127.0.0.1:$backend_port"]
+EOF
+}
+
+# write_haproxy_sni_cfg FILE: haproxy routing the same two names with
+# req.ssl_sni, as its documentation does it.
+write_haproxy_sni_cfg() {
+	cat >"$1" <<EOF
+# haproxy-sni for pj's benchmark: TCP routed by the ClientHello's name.
+global
+    nbthread 2
+    maxconn 6000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    maxconn 6000
+frontend fe
+    bind 127.0.0.1:${port[haproxy-sni]}
+    tcp-request inspect-delay 5s
+    tcp-request content accept if { req.ssl_hello_type 1 }
+    use_backend other if { req.ssl_sni -i other.example.com }
+    use_backend be if { req.ssl_sni -i $sni_name }
+backend other
+    server other 127.0.0.1:1
+backend be
+    server backend 127.0.0.1:$backend_port
+EOF
+}
+
+# write_nginx_sni_conf DIR: nginx routing the same two names with
+# ssl_preread.
+write_nginx_sni_conf() {
+	local user=""
+	((EUID == 0)) && user="user $(id -un) $(id -gn);"
+	mkdir -p "$1/logs"
+	cat >"$1/nginx.conf" <<EOF
+# nginx stream proxy for pj's benchmark, routed by the ClientHello's name.
+load_module $nginx_stream_module;
+$user
+daemon off;
+master_process on;
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid $1/nginx.pid;
+error_log $results/nginx-sni-error.log warn;
+events {
+    worker_connections 10000;
+}
+stream {
+    map \$ssl_preread_server_name \$sni_backend {
+        other.example.com 127.0.0.1:1;
+        $sni_name 127.0.0.1:$backend_port;
+        default 127.0.0.1:1;
+    }
+    server {
+        listen 127.0.0.1:${port[nginx-sni]};
+        ssl_preread on;
+        preread_timeout 5s;
+        proxy_pass \$sni_backend;
+        proxy_connect_timeout 5s;
+        proxy_timeout 1h;
+        proxy_half_close on;
+    }
+}
+EOF
+}
+
 write_nginx_conf() { # DIR TARGET: nginx (plain) or nginx-tls
 	local user="" server
 	# As root, nginx's workers switch to "nobody" unless told otherwise;
@@ -416,6 +513,18 @@ start_target() {
 		write_pj_tls_cfg "$tmp/pj-tls.yaml"
 		cmd=("$pj" -c "$tmp/pj-tls.yaml")
 		;;
+	pj-sni)
+		write_pj_sni_cfg "$tmp/pj-sni.yaml"
+		cmd=("$pj" -c "$tmp/pj-sni.yaml")
+		;;
+	haproxy-sni)
+		write_haproxy_sni_cfg "$tmp/haproxy-sni.cfg"
+		cmd=(haproxy -db -f "$tmp/haproxy-sni.cfg")
+		;;
+	nginx-sni)
+		write_nginx_sni_conf "$tmp/nginx-sni"
+		cmd=(nginx -p "$tmp/nginx-sni/" -c "$tmp/nginx-sni/nginx.conf" -e "$results/nginx-sni-error.log")
+		;;
 	haproxy-tls)
 		write_haproxy_tls_cfg "$tmp/haproxy-tls.cfg"
 		cmd=(haproxy -db -f "$tmp/haproxy-tls.cfg")
@@ -438,6 +547,7 @@ start_target() {
 	local why
 	local tlsargs=()
 	in_list "$t" "$tls_targets" && tlsargs=(-tls-ca "$tlsdir/ca.pem")
+	in_list "$t" "$sni_targets" && tlsargs=(-sni) # a router by name takes only a ClientHello
 	if ! why=$("$loadgen" wait -addr "127.0.0.1:${port[$t]}" -pid "${pid[$t]}" -timeout 10s "${tlsargs[@]}" 2>&1); then
 		say "$t failed to start: $why"
 		say "  last lines of ${log#"$root"/}:"

@@ -22,6 +22,8 @@ const (
 	// hdrSource makes the backend write the pattern until the
 	// connection breaks.
 	hdrSource = 0x02
+	// hdrTLS (sni.go), a TLS ClientHello, is answered with a canned
+	// answer.
 	// Any other first byte: echo everything back until EOF.
 )
 
@@ -94,6 +96,8 @@ func (b *backend) handle(c net.Conn) error {
 		return b.sink(c, buf[1] == 1, buf[2:n])
 	case hdrSource:
 		return b.source(c)
+	case hdrTLS:
+		return b.answerHello(c, buf[:n])
 	default:
 		return echo(c, buf, n)
 	}

@@ -118,7 +118,7 @@ func watchParent(ctx context.Context, cancel context.CancelFunc, parent int) {
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("run", stderr)
 	cfg := &runConfig{}
-	fs.StringVar(&cfg.mode, "mode", "", "up, down, lat1, latC, conn, idle, udp-lat or udp-SIZE-SESSIONS (udp-64-1000)")
+	fs.StringVar(&cfg.mode, "mode", "", "up, down, lat1, latC, conn, sni, idle, udp-lat or udp-SIZE-SESSIONS (udp-64-1000)")
 	fs.StringVar(&cfg.target, "target", "", "the target's name, for the result line")
 	fs.IntVar(&cfg.rep, "rep", 1, "repetition number, for the result line")
 	fs.StringVar(&cfg.addr, "addr", "", "the target's listen address (the backend's for direct); loopback only")
@@ -128,7 +128,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.IntVar(&cfg.streams, "streams", 4, "parallel streams of up and down")
 	fs.IntVar(&cfg.latConns, "lat-conns", 32, "persistent connections of latC")
 	fs.IntVar(&cfg.msgSize, "msg-size", 64, "message size of lat1, latC and udp-lat, bytes")
-	fs.IntVar(&cfg.connWorkers, "conn-workers", 8, "workers of conn")
+	fs.IntVar(&cfg.connWorkers, "conn-workers", 8, "workers of conn and sni")
 	fs.IntVar(&cfg.count, "count", 0, "conn: stop after this many cycles (0: run for -duration)")
 	fs.IntVar(&cfg.idleConns, "idle-conns", 3000, "connections held by idle")
 	fs.DurationVar(&cfg.idleHold, "idle-hold", 0, "idle: hold the connections this long before checking they all still echo")
@@ -248,6 +248,7 @@ func cmdWait(ctx context.Context, args []string, stderr io.Writer) error {
 	addr := fs.String("addr", "", "address to try")
 	pid := fs.Int("pid", 0, "fail as soon as this process has exited")
 	udp := fs.Bool("udp", false, "try a UDP echo instead of a TCP one")
+	sni := fs.Bool("sni", false, "try a ClientHello for "+sniName+" and the backend's answer instead of an echo")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long")
 	tlsCA := fs.String("tls-ca", "", "the target terminates TLS: check its certificate with this CA file")
 	tlsName := fs.String("tls-name", "bench.pj.test", "server name, with -tls-ca")
@@ -265,6 +266,14 @@ func cmdWait(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		cfg.tlsRoots = roots
 	}
+	var hello, answer []byte
+	if *sni {
+		var err error
+		if hello, err = clientHello(); err != nil {
+			return err
+		}
+		answer = tlsAnswer(newPattern())
+	}
 	limit := time.Now().Add(*timeout)
 	last := errors.New("no try yet")
 	for time.Now().Before(limit) {
@@ -276,6 +285,10 @@ func cmdWait(ctx context.Context, args []string, stderr io.Writer) error {
 		switch {
 		case *udp:
 			if err = udpEchoOnce(*addr, 100*time.Millisecond); err == nil {
+				return nil
+			}
+		case *sni:
+			if err = sniCycle(ctx, cfg, hello, answer); err == nil {
 				return nil
 			}
 		case cfg.tlsRoots != nil:

@@ -28,6 +28,12 @@ const (
 // every failed cycle is reported (error_times_unix_ms, the first
 // maxErrorTimes), so that a caller can tell when the failures happened.
 func runConn(ctx context.Context, cfg *runConfig, r *result) error {
+	return runCycles(ctx, cfg, r, connCycle)
+}
+
+// runCycles runs cycle in cfg.connWorkers workers as runConn describes,
+// and reports its figures.
+func runCycles(ctx context.Context, cfg *runConfig, r *result, cycle func(context.Context, *runConfig) error) error {
 	before, err := cfg.cpuSeconds()
 	if err != nil {
 		return err
@@ -52,7 +58,7 @@ func runConn(ctx context.Context, cfg *runConfig, r *result) error {
 					break
 				}
 				t0 := time.Now()
-				if err := connCycle(ctx, cfg); err != nil {
+				if err := cycle(ctx, cfg); err != nil {
 					o.errors++
 					if len(o.errorTimes) < maxErrorTimes {
 						o.errorTimes = append(o.errorTimes, time.Now().UnixMilli())

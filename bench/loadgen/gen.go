@@ -101,6 +101,8 @@ func runMode(ctx context.Context, cfg *runConfig, r *result) error {
 		return runLat(ctx, cfg, r, cfg.latConns)
 	case "conn":
 		return runConn(ctx, cfg, r)
+	case "sni":
+		return runSNI(ctx, cfg, r)
 	case "idle":
 		return runIdle(ctx, cfg, r)
 	case "udp-lat":
@@ -115,5 +117,5 @@ func runMode(ctx context.Context, cfg *runConfig, r *result) error {
 	if size, sessions, ok := udpMode(cfg.mode); ok {
 		return runUDP(ctx, cfg, r, size, sessions)
 	}
-	return fmt.Errorf("unknown mode %q (want up, down, lat1, latC, conn, idle, tlsfull, tlsresume, tlsbulk, udp-lat or udp-SIZE-SESSIONS)", cfg.mode)
+	return fmt.Errorf("unknown mode %q (want up, down, lat1, latC, conn, sni, idle, tlsfull, tlsresume, tlsbulk, udp-lat or udp-SIZE-SESSIONS)", cfg.mode)
 }

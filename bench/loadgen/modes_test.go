@@ -145,6 +145,7 @@ func TestModesDirect(t *testing.T) {
 		{"lat1", []string{"p50_us", "p99_us", "p999_us", "rps"}, []string{"cpu_us_per_req"}},
 		{"latC", []string{"p50_us", "p99_us", "p999_us", "rps"}, []string{"cpu_us_per_req"}},
 		{"conn", []string{"cps", "p50_us", "p99_us"}, []string{"cpu_s_per_1k_conn"}},
+		{"sni", []string{"cps", "p50_us", "p99_us", "hello_bytes"}, []string{"cpu_s_per_1k_conn"}},
 		{"idle", []string{"held"}, []string{"kib_per_conn", "fds_per_conn"}},
 	}
 	for _, tt := range tests {
@@ -286,12 +287,13 @@ func TestIntegrityFailures(t *testing.T) {
 		{"down, a byte altered", "down", flip(false, 123457), "integrity: byte 123457 arrived different"},
 		{"lat1, an echo altered", "lat1", flip(false, 64*20+3), "came back altered"},
 		{"conn, an echo altered", "conn", flip(false, 0), "came back altered"},
+		{"sni, the answer altered", "sni", flip(false, 700), "came back altered"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			relay := startRelay(t, backend, tt.fn)
 			m, err := runLine(t, "-mode", tt.mode, "-target", "bad", "-addr", relay, "-duration", "150ms", "-conn-workers", "1")
-			if tt.mode == "conn" {
+			if tt.mode == "conn" || tt.mode == "sni" {
 				// Every cycle fails: the run fails, or counts errors.
 				if err == nil && m["errors"] == 0.0 {
 					t.Fatalf("no error through a relay that alters every echo: %v", m)

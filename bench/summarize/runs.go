@@ -96,7 +96,7 @@ func figuresOf(mode string) []figure {
 		}
 	case "lat1", "latC":
 		return lat
-	case "conn":
+	case "conn", "sni":
 		return []figure{
 			{"cps", "connections/s", higher},
 			{"p50_us", "p50 µs", lower},
@@ -138,7 +138,7 @@ func figuresOf(mode string) []figure {
 
 // modeOrder is the order modes appear in the table; others follow in the
 // order first seen.
-var modeOrder = []string{"up", "down", "lat1", "latC", "conn", "idle", "tlsfull", "tlsresume", "tlsbulk",
+var modeOrder = []string{"up", "down", "lat1", "latC", "conn", "sni", "idle", "tlsfull", "tlsresume", "tlsbulk",
 	"udp-64-1", "udp-64-1000", "udp-1400-1", "udp-1400-1000", "udp-lat"}
 
 // orders returns the modes and targets present, modes in modeOrder and

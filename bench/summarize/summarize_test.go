@@ -207,3 +207,36 @@ func TestRunErrors(t *testing.T) {
 		t.Errorf("unknown mode: err = %v", err)
 	}
 }
+
+// TestSNIRows: the sni mode has conn's figures, and its "vs haproxy" is to
+// haproxy-sni, HAProxy doing the same routing.
+func TestSNIRows(t *testing.T) {
+	lines := raw + `
+{"target":"direct","mode":"sni","cps":12000,"p50_us":300,"p99_us":900,"errors":0,"cpu_s_per_1k_conn":null}
+{"target":"pj-sni","mode":"sni","cps":9000,"p50_us":700,"p99_us":1800,"errors":0,"cpu_s_per_1k_conn":0.08}
+{"target":"haproxy-sni","mode":"sni","cps":10000,"p50_us":650,"p99_us":1700,"errors":0,"cpu_s_per_1k_conn":0.1}
+{"target":"nginx-sni","mode":"sni","cps":9500,"p50_us":690,"p99_us":1750,"errors":0,"cpu_s_per_1k_conn":0.09}
+`
+	var out bytes.Buffer
+	if err := Run(nil, strings.NewReader(lines), &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	table := out.String()
+	for _, tt := range []struct {
+		label, target string
+		want          []string // median, vs direct, vs haproxy-sni
+	}{
+		{"connections/s", "pj-sni", []string{"9000", "0.75×", "0.90×"}},
+		{"target CPU s/1000 conns", "pj-sni", []string{"0.08", "n/a", "0.80×"}},
+		{"target CPU s/1000 conns", "nginx-sni", []string{"0.09", "n/a", "0.90×"}},
+	} {
+		cells := row(t, table, "sni", tt.label, tt.target)
+		if got := []string{cells[4], cells[6], cells[7]}; strings.Join(got, ",") != strings.Join(tt.want, ",") {
+			t.Errorf("sni / %s / %s: got %q, want %q", tt.label, tt.target, got, tt.want)
+		}
+	}
+	// Modes in run.sh's order: sni's rows before idle's.
+	if strings.Index(table, "| sni |") > strings.Index(table, "| idle |") {
+		t.Error("sni after idle")
+	}
+}

@@ -176,7 +176,13 @@ func writeOne(w io.Writer, runs []run, ref string) error {
 				return describe(g.values(f.key))
 			}
 			dir, dirOK := refOf(refDirect)
-			hap, hapOK := refOf(ref)
+			// A mode with a reference of its own doing the same job
+			// (haproxy-sni for sni) compares with it.
+			modeRef := ref
+			if groups[[2]string{mode, ref + "-" + mode}] != nil {
+				modeRef = ref + "-" + mode
+			}
+			hap, hapOK := refOf(modeRef)
 			for _, target := range targets {
 				g := groups[[2]string{mode, target}]
 				if g == nil {
@@ -208,7 +214,7 @@ func writeOne(w io.Writer, runs []run, ref string) error {
 		}
 	}
 	b.WriteString("\n↑ higher is better, ↓ lower is better. median and min–max over the runs that completed; " +
-		"vs direct and vs " + ref + " are this median divided by theirs. n/a: not applicable " +
+		"vs direct and vs " + ref + " are this median divided by theirs (by " + ref + "-MODE's, for a mode that has one). n/a: not applicable " +
 		"(direct has no process of its own to measure); —: no completed run.\n")
 	_, err := io.WriteString(w, b.String())
 	return err
