@@ -1,12 +1,16 @@
 package engine
 
 import (
+	"crypto/tls"
 	"io"
 	"net/netip"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pj-proxy/pj/internal/config"
 )
 
 // rawEcho is a backend made of raw system calls, so that the benchmarks'
@@ -136,3 +140,36 @@ func benchHarness(b *testing.B, backend string) *harness {
 }
 
 func ptr[T any](p *T) unsafe.Pointer { return unsafe.Pointer(p) }
+
+// BenchmarkRoutedConnection is BenchmarkConnection through a proxy with
+// routes by server name: the client sends a real ClientHello (Go's, with
+// its post-quantum key share), which pj reads whole, routes, and relays
+// before the echo comes back.
+func BenchmarkRoutedConnection(b *testing.B) {
+	backend := rawEcho(b)
+	h := routed(b, harnessOpt{logTo: io.Discard, level: "info"}, 5*time.Second,
+		routeTo("other", config.Match{SNI: []string{"other.example.com"}}, "127.0.0.1:1"),
+		routeTo("app", config.Match{SNI: []string{"app.example.com"}}, backend.String()))
+	hello := clientHello(b, &tls.Config{ServerName: "app.example.com", NextProtos: []string{"h2", "http/1.1"}})
+	sa := sockaddrOf(b, h.addr)
+	buf := make([]byte, len(hello))
+	b.ReportAllocs()
+	for b.Loop() {
+		fd := rawDial(b, sa)
+		if _, err := unix.Write(fd, hello); err != nil {
+			b.Fatal(err)
+		}
+		for got := 0; got < len(hello); {
+			n, err := unix.Read(fd, buf[got:])
+			if n <= 0 || err != nil {
+				b.Fatal(n, err)
+			}
+			got += n
+		}
+		_ = unix.Shutdown(fd, unix.SHUT_WR)
+		if n, _ := unix.Read(fd, buf); n != 0 {
+			b.Fatal("no EOF")
+		}
+		_ = unix.Close(fd)
+	}
+}

@@ -27,7 +27,7 @@ import (
 // that say who they are, and the access log's route= and sni=.
 
 // routed is a harness whose proxy has these routes.
-func routed(t *testing.T, o harnessOpt, matchTimeout time.Duration, routes ...config.Route) *harness {
+func routed(t testing.TB, o harnessOpt, matchTimeout time.Duration, routes ...config.Route) *harness {
 	t.Helper()
 	prev := o.change
 	o.change = func(p *config.Proxy) {
@@ -106,7 +106,7 @@ func tlsAsk(t *testing.T, addr string, cfg *tls.Config) string {
 
 // clientHello is the first flight of a crypto/tls client: its ClientHello
 // records, exactly as it writes them.
-func clientHello(t *testing.T, cfg *tls.Config) []byte {
+func clientHello(t testing.TB, cfg *tls.Config) []byte {
 	t.Helper()
 	rec := &helloRecorder{}
 	_ = tls.Client(rec, cfg).Handshake() // fails at the first read, after the hello
