@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -330,17 +331,20 @@ func TestRealSSHClientIsRouted(t *testing.T) {
 var sslRequest = []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
 
 // pgStandIn answers an SSLRequest as a PostgreSQL server does (answer
-// 'S': with ssl=on), then, if 'S', speaks TLS as lineServer does.
-func pgStandIn(t *testing.T, name string, answer byte, cert tls.Certificate) string {
+// 'S': with ssl=on), then, if 'S', speaks TLS as lineServer does. It
+// counts the SSLRequests it got.
+func pgStandIn(t *testing.T, name string, answer byte, cert tls.Certificate) (string, *atomic.Int64) {
 	t.Helper()
 	ln := testutil.Listen(t, "tcp4")
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	var asked atomic.Int64
 	testutil.Serve(t, ln, func(c net.Conn) {
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 		req := make([]byte, 8)
 		if _, err := io.ReadFull(c, req); err != nil || !bytes.Equal(req, sslRequest) {
 			return
 		}
+		asked.Add(1)
 		if _, err := c.Write([]byte{answer}); err != nil || answer != 'S' {
 			return
 		}
@@ -348,7 +352,7 @@ func pgStandIn(t *testing.T, name string, answer byte, cert tls.Certificate) str
 		answerLine(tc, name)
 		_ = tc.CloseWrite()
 	})
-	return ln.Addr().String()
+	return ln.Addr().String(), &asked
 }
 
 // A PostgreSQL client is answered 'S' by pj, routed by the name in the
@@ -357,12 +361,17 @@ func pgStandIn(t *testing.T, name string, answer byte, cert tls.Certificate) str
 // answers anything else is a failed connect, and the next is tried.
 func TestPostgresBySNIThroughTheEngine(t *testing.T) {
 	cert := testutil.SelfSigned(t, "db.example.com", "other.example.com")
+	noTLS, refused := pgStandIn(t, "no-tls", 'N', cert.TLS)
+	db, _ := pgStandIn(t, "db", 'S', cert.TLS)
+	pg, _ := pgStandIn(t, "pg", 'S', cert.TLS)
 	h := routed(t, harnessOpt{}, 5*time.Second,
-		routeTo("db", config.Match{Protocol: "postgres", SNI: []string{"db.example.com"}},
-			pgStandIn(t, "no-tls", 'N', cert.TLS), pgStandIn(t, "db", 'S', cert.TLS)),
-		routeTo("pg", config.Match{Protocol: "postgres"}, pgStandIn(t, "pg", 'S', cert.TLS)),
+		routeTo("db", config.Match{Protocol: "postgres", SNI: []string{"db.example.com"}}, noTLS, db),
+		routeTo("pg", config.Match{Protocol: "postgres"}, pg),
 	)
+	// Round robin starts one of the two db clients at the backend that
+	// refuses TLS: it must fail over to the other.
 	for i, tc := range []struct{ sni, answer string }{
+		{"db.example.com", "db: ping"},
 		{"db.example.com", "db: ping"},
 		{"other.example.com", "pg: ping"},
 	} {
@@ -389,15 +398,15 @@ func TestPostgresBySNIThroughTheEngine(t *testing.T) {
 			t.Fatalf("log line %q", line)
 		}
 	}
-	// The backend that answered 'N' counts as a failed connect.
-	var noTLS uint64
-	for _, b := range h.ln.Proxy().Routes[0].Pool().Backends() {
-		if b.Total.Load() == 0 {
-			noTLS++
-		}
+	// The backend that answered 'N' was asked once, and counts as a
+	// failed connect: no connection of it was relayed.
+	if n := refused.Load(); n != 1 {
+		t.Fatalf("the backend that refuses TLS got %d SSLRequests, want 1", n)
 	}
-	if noTLS != 1 {
-		t.Fatalf("%d backends of route db were never reached; want the one that refuses TLS", noTLS)
+	for _, b := range h.ln.Proxy().Routes[0].Pool().Backends() {
+		if want := map[bool]uint64{true: 0, false: 2}[b.Address == noTLS]; b.Total.Load() != want {
+			t.Fatalf("backend %s relayed %d connections, want %d", b.Address, b.Total.Load(), want)
+		}
 	}
 }
 
