@@ -6,10 +6,13 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/pj-proxy/pj/internal/certs"
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/route"
 )
 
@@ -51,7 +54,15 @@ and exits 1.`,
 				if l.err != nil {
 					return l.err
 				}
-				_, err := io.WriteString(stdout, summary(l.cfg))
+				problems, warnings := tlsFindings(l.cfg, time.Now())
+				if len(problems) > 0 {
+					return &config.ValidationError{Problems: append(problems, warnings...)}
+				}
+				out := summary(l.cfg)
+				for _, w := range warnings {
+					out += w + "\n"
+				}
+				_, err := io.WriteString(stdout, out)
 				return err
 			case <-cmd.Context().Done():
 				return fmt.Errorf("check interrupted: %w", context.Cause(cmd.Context()))
@@ -136,4 +147,38 @@ func plural(n int, one, many string) string {
 		return "1 " + one
 	}
 	return strconv.Itoa(n) + " " + many
+}
+
+// tlsFindings reads the certificate files of every tls and backend_tls as
+// pj would, and says what is wrong: problems make the configuration
+// invalid, warnings (an expired certificate, a route's name that no
+// certificate covers) are shown with the summary.
+func tlsFindings(cfg config.Config, now time.Time) (problems, warnings []string) {
+	add := func(where string, fs []certs.Finding) {
+		for _, f := range fs {
+			if f.Severity == certs.Error {
+				problems = append(problems, where+": "+f.Message)
+			} else {
+				warnings = append(warnings, "warning: "+where+": "+f.Message)
+			}
+		}
+	}
+	check := func(where string, s config.Settings, sni []string) {
+		if s.TLS != nil {
+			add(where, certs.CheckServer(proxy.ServerOptions(s.TLS), sni, now))
+		}
+		if s.BackendTLS != nil {
+			add(where, certs.CheckClient(proxy.ClientOptions(s.BackendTLS), now))
+		}
+	}
+	for _, p := range cfg.Proxies {
+		if len(p.Routes) == 0 {
+			check("proxy "+p.Name, p.Settings, nil)
+			continue
+		}
+		for _, r := range p.Routes {
+			check("proxy "+p.Name+", route "+r.Name, r.Settings, r.Match.SNI)
+		}
+	}
+	return problems, warnings
 }

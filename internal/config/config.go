@@ -110,6 +110,50 @@ type Settings struct {
 
 	// UDP are the settings of UDP proxies alone.
 	UDP UDPSettings
+
+	// TLS, if set, terminates the clients' TLS with these certificates;
+	// nil relays the clients' bytes as they come.
+	TLS *TLS
+	// BackendTLS, if set, opens TLS to the backends; nil connects with
+	// plain TCP.
+	BackendTLS *BackendTLS
+}
+
+// TLS says how pj terminates clients' TLS.
+type TLS struct {
+	// Certificates are chosen by the name the client asks for; the first
+	// is the fallback.
+	Certificates []Certificate
+	// ClientCA, if set, requires a client certificate signed by one of
+	// its CAs (mutual TLS).
+	ClientCA   string
+	MinVersion string // "1.2" or "1.3"; empty means 1.2
+	ALPN       []string
+	// ACME, if set, obtains and renews certificates automatically.
+	ACME *ACME
+}
+
+// Certificate is a certificate chain and its private key, as PEM files.
+type Certificate struct {
+	Cert, Key string
+}
+
+// ACME says for which names, from which directory and where certificates
+// are obtained automatically.
+type ACME struct {
+	Domains   []string
+	Email     string
+	Directory string // empty: Let's Encrypt's
+	CARoots   string // empty: the system's roots
+	Storage   string
+}
+
+// BackendTLS says how pj opens TLS to backends.
+type BackendTLS struct {
+	ServerName         string // empty: the backend's host name
+	CA                 string // empty: the system's roots
+	Cert, Key          string // a client certificate, if the backends ask for one
+	InsecureSkipVerify bool
 }
 
 // ProxyVersion is the PROXY protocol version sent to backends: 0 (none),

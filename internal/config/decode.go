@@ -506,3 +506,36 @@ func (d *decoder) backend(n *node, path string) (Backend, bool) {
 	p.applyTo(&b)
 	return b, d.problems.count() == before
 }
+
+// certificates decodes tls.certificates: a list of {cert, key}.
+func (d *decoder) certificates(n *node, path string) ([]Certificate, bool) {
+	if n.kind != kindList {
+		d.typeError(n, path, "a list of certificates such as [{cert: app.pem, key: app.key}]")
+		return nil, false
+	}
+	out := make([]Certificate, 0, len(n.items))
+	ok := true
+	for i, item := range n.items {
+		ipath := indexPath(path, i)
+		if item.kind != kindMap {
+			d.typeError(item, ipath, "an object {cert, key}")
+			ok = false
+			continue
+		}
+		var c Certificate
+		if !d.object(item, ipath, handlers{
+			"cert": func(v *node, p string) { c.Cert, _ = d.str(v, p) },
+			"key":  func(v *node, p string) { c.Key, _ = d.str(v, p) },
+		}, nil) {
+			ok = false
+			continue
+		}
+		if c.Cert == "" || c.Key == "" {
+			d.problemf(item.line, ipath, "a certificate needs both cert (the PEM chain) and key (its private key)")
+			ok = false
+			continue
+		}
+		out = append(out, c)
+	}
+	return out, ok
+}

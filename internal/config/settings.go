@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -167,6 +168,177 @@ var settingKeys = []setting[Settings]{
 			}
 			return fmt.Sprintf("a session ends after %d replies", n)
 		}),
+
+	// The object's presence turns termination on; its keys fill it in.
+	object("tls", func(s *Settings) **TLS { return &s.TLS }).
+		onSet(func(s *Settings) {
+			if s.TLS == nil {
+				s.TLS = &TLS{}
+			}
+		}).
+		rule(func(t *TLS) string {
+			if t != nil && len(t.Certificates) == 0 && t.ACME == nil {
+				return "no certificates: list certificates ({cert, key} files) or configure acme"
+			}
+			return ""
+		}).
+		shown(func(t *TLS) string { return t.describe() }),
+	def("tls.certificates", func(s *Settings) *[]Certificate {
+		if s.TLS == nil {
+			return nil
+		}
+		return &s.TLS.Certificates
+	}, value[[]Certificate]{read: (*decoder).certificates, clone: slices.Clone[[]Certificate]}),
+	def("tls.client_ca", func(s *Settings) *string {
+		if s.TLS == nil {
+			return nil
+		}
+		return &s.TLS.ClientCA
+	}, text()),
+	def("tls.min_version", func(s *Settings) *string {
+		if s.TLS == nil {
+			return nil
+		}
+		return &s.TLS.MinVersion
+	}, choice[string]{what: "TLS version", values: []string{"1.2", "1.3"}, orNone: true}.value()),
+	def("tls.alpn", func(s *Settings) *[]string {
+		if s.TLS == nil {
+			return nil
+		}
+		return &s.TLS.ALPN
+	}, names(`a list of ALPN protocol names such as ["h2", "http/1.1"]`, func(s string) string {
+		if s == "" || len(s) > 255 {
+			return fmt.Sprintf("%q is not an ALPN protocol name (1 to 255 bytes)", s)
+		}
+		return ""
+	})),
+	object("tls.acme", func(s *Settings) **ACME {
+		if s.TLS == nil {
+			return nil
+		}
+		return &s.TLS.ACME
+	}).
+		onSet(func(s *Settings) {
+			if s.TLS != nil && s.TLS.ACME == nil {
+				s.TLS.ACME = &ACME{}
+			}
+		}).
+		rule(func(a *ACME) string {
+			switch {
+			case a == nil:
+				return ""
+			case len(a.Domains) == 0:
+				return "domains lists no names: list the names to obtain certificates for"
+			case a.Storage == "":
+				return "storage is missing: name a directory where the account and certificates are kept"
+			}
+			return ""
+		}),
+	def("tls.acme.domains", func(s *Settings) *[]string {
+		if s.TLS == nil || s.TLS.ACME == nil {
+			return nil
+		}
+		return &s.TLS.ACME.Domains
+	}, names(`a list of host names such as ["app.example.com"]`, func(s string) string {
+		if err := checkHost(s); err != nil || s == "" || looksNumeric(s) {
+			return fmt.Sprintf("%q is not a host name", s)
+		}
+		return ""
+	})),
+	def("tls.acme.email", acmeText(func(a *ACME) *string { return &a.Email }), text()),
+	def("tls.acme.directory", acmeText(func(a *ACME) *string { return &a.Directory }), text()),
+	def("tls.acme.ca_roots", acmeText(func(a *ACME) *string { return &a.CARoots }), text()),
+	def("tls.acme.storage", acmeText(func(a *ACME) *string { return &a.Storage }), text()),
+
+	object("backend_tls", func(s *Settings) **BackendTLS { return &s.BackendTLS }).
+		onSet(func(s *Settings) {
+			if s.BackendTLS == nil {
+				s.BackendTLS = &BackendTLS{}
+			}
+		}).
+		rule(func(b *BackendTLS) string {
+			if b != nil && (b.Cert == "") != (b.Key == "") {
+				return "cert and key go together: give both (a client certificate) or neither"
+			}
+			return ""
+		}).
+		shown(func(b *BackendTLS) string { return b.describe() }),
+	def("backend_tls.server_name", backendTLSText(func(b *BackendTLS) *string { return &b.ServerName }), text()),
+	def("backend_tls.ca", backendTLSText(func(b *BackendTLS) *string { return &b.CA }), text()),
+	def("backend_tls.cert", backendTLSText(func(b *BackendTLS) *string { return &b.Cert }), text()),
+	def("backend_tls.key", backendTLSText(func(b *BackendTLS) *string { return &b.Key }), text()),
+	def("backend_tls.insecure_skip_verify", func(s *Settings) *bool {
+		if s.BackendTLS == nil {
+			return nil
+		}
+		return &s.BackendTLS.InsecureSkipVerify
+	}, boolean()),
+}
+
+// acmeText is where a text key of tls.acme lives; nil while it is absent.
+func acmeText(f func(*ACME) *string) func(*Settings) *string {
+	return func(s *Settings) *string {
+		if s.TLS == nil || s.TLS.ACME == nil {
+			return nil
+		}
+		return f(s.TLS.ACME)
+	}
+}
+
+// backendTLSText is where a text key of backend_tls lives; nil while it is
+// absent.
+func backendTLSText(f func(*BackendTLS) *string) func(*Settings) *string {
+	return func(s *Settings) *string {
+		if s.BackendTLS == nil {
+			return nil
+		}
+		return f(s.BackendTLS)
+	}
+}
+
+// describe is pj check's phrase for TLS termination.
+func (t *TLS) describe() string {
+	var parts []string
+	for _, c := range t.Certificates {
+		parts = append(parts, c.Cert)
+	}
+	out := "TLS terminated"
+	if len(parts) > 0 {
+		out += " with " + strings.Join(parts, ", ")
+	}
+	if t.ACME != nil {
+		out += " and ACME for " + strings.Join(t.ACME.Domains, ", ")
+	}
+	if t.ClientCA != "" {
+		out += ", client certificates from " + t.ClientCA
+	}
+	if t.MinVersion != "" {
+		out += ", TLS " + t.MinVersion + " or later"
+	}
+	if len(t.ALPN) > 0 {
+		out += ", ALPN " + strings.Join(t.ALPN, ", ")
+	}
+	return out
+}
+
+// describe is pj check's phrase for TLS to the backends.
+func (b *BackendTLS) describe() string {
+	out := "TLS to backends"
+	if b.ServerName != "" {
+		out += " as " + b.ServerName
+	}
+	switch {
+	case b.InsecureSkipVerify:
+		out += ", certificates NOT verified"
+	case b.CA != "":
+		out += ", verified with " + b.CA
+	default:
+		out += ", verified with the system's roots"
+	}
+	if b.Cert != "" {
+		out += ", client certificate " + b.Cert
+	}
+	return out
 }
 
 // proxyKeys are a proxy's own keys, beside the settings it may override.

@@ -28,6 +28,7 @@ import (
 
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
+	"github.com/pj-proxy/pj/internal/tlsproxy"
 )
 
 // Options configure an Engine.
@@ -55,6 +56,8 @@ type Engine struct {
 	active atomic.Int64
 	panics atomic.Uint64
 	start  time.Time // origin of the loops' monotonic clock
+	// tls runs the connections handed over to the TLS path.
+	tls *tlsproxy.Server
 
 	idleMu  sync.Mutex
 	idleChs []chan struct{} // closed when active reaches zero
@@ -82,7 +85,8 @@ func New(opt Options) (*Engine, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{log: log, ka: opt.KeepAlive, start: time.Now(), onOpen: opt.onOpen, onPeek: opt.onPeek, nextID: opt.IDs}
+	e := &Engine{log: log, ka: opt.KeepAlive, start: time.Now(), onOpen: opt.onOpen, onPeek: opt.onPeek, nextID: opt.IDs,
+		tls: tlsproxy.NewServer(log)}
 	if e.nextID == nil {
 		e.nextID = new(atomic.Uint64)
 	}
@@ -260,6 +264,7 @@ func (e *Engine) Cut(cause error) {
 	for _, l := range e.loops {
 		_ = l.call(func(l *loop) error { l.cut(nil, cause); return nil })
 	}
+	e.tls.Cut("", cause)
 }
 
 // CutListener closes the connections accepted by ln that are still open;
@@ -269,6 +274,7 @@ func (e *Engine) CutListener(ln *Listener, cause error) {
 	for _, l := range e.loops {
 		_ = l.call(func(l *loop) error { l.cut(ln, cause); return nil })
 	}
+	e.tls.Cut(ln.addr, cause)
 }
 
 // Close stops the event loops. Connections still open are cut first.
@@ -277,6 +283,7 @@ func (e *Engine) Close() {
 	for _, l := range e.loops {
 		l.stop()
 	}
+	e.tls.Wait()
 }
 
 // now returns the loops' monotonic clock.
@@ -354,7 +361,7 @@ func (e *Engine) Connections() []ConnInfo {
 			return nil
 		})
 	}
-	return out
+	return append(out, e.tlsConnections()...)
 }
 
 // Kill closes connection id (status "killed"); it reports whether the
@@ -373,5 +380,5 @@ func (e *Engine) Kill(id uint64) bool {
 			return nil
 		})
 	}
-	return found
+	return found || e.tls.Kill(id)
 }

@@ -181,11 +181,15 @@ func (l *loop) decided(c *conn, dec route.Decision) {
 
 // toRoute starts connecting c to a backend of its route r, with the bytes
 // read to choose it (c.peek) to be sent first. This is the one step after
-// the choice: a route that terminates TLS will hand the connection and
-// those bytes to the TLS path here instead.
+// the choice: a route that needs TLS in user space hands the connection
+// and those bytes to the TLS path here instead.
 func (l *loop) toRoute(c *conn, r *proxy.Route) {
 	c.route = r
 	r.Taken.Add(1)
+	if r.TLS != nil {
+		l.handOff(c, r)
+		return
+	}
 	c.order = r.Pool().Start(c.client.Addr())
 	c.deadline = l.now + int64(r.ConnectTimeout)
 	c.state = stateConnecting

@@ -14,9 +14,11 @@ import (
 
 	"github.com/pj-proxy/pj/internal/admission"
 	"github.com/pj-proxy/pj/internal/balance"
+	"github.com/pj-proxy/pj/internal/certs"
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/route"
+	"github.com/pj-proxy/pj/internal/tlsproxy"
 )
 
 // Proxy is what a listener's connections need to know about their proxy.
@@ -83,6 +85,9 @@ type Route struct {
 	// Taken counts the connections the route took; it carries over a
 	// reload that keeps the proxy's and the route's names.
 	Taken *atomic.Uint64
+	// TLS, if not nil, is the route of connections that need TLS in user
+	// space (tls, backend_tls): the engine hands them to the TLS path.
+	TLS *tlsproxy.Route
 }
 
 // Pool is the route's current pool of backends.
@@ -128,9 +133,12 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (
 		perClient:      c.MaxConnectionsPerClient,
 	}
 	if len(c.Routes) == 0 {
-		r, err := buildRoute(ctx, c.Name, c.Name, "", c.Backends, c.Settings, log, prev)
+		r, err := buildRoute(ctx, c.Name, c.Name, "", c.Backends, c.Settings, stats, log, prev)
 		if err != nil {
 			return nil, fmt.Errorf("proxy %s: %w", c.Name, err)
+		}
+		if r.TLS != nil {
+			r.TLS.Name = "" // the log names no route for a proxy without routes
 		}
 		p.Routes = []*Route{r}
 		return p, nil
@@ -142,7 +150,7 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (
 	p.Table = t
 	for _, rc := range c.Routes {
 		r, err := buildRoute(ctx, c.Name, rc.Name, rc.Match.Describe(), rc.Backends, rc.Settings,
-			log.With("route", rc.Name), prev)
+			stats, log.With("route", rc.Name), prev)
 		if err != nil {
 			return nil, fmt.Errorf("proxy %s, route %s: %w", c.Name, rc.Name, err)
 		}
@@ -154,7 +162,7 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (
 // buildRoute makes the route name of proxy proxyName. Its backends keep
 // the state they had in prev's route of the same name.
 func buildRoute(ctx context.Context, proxyName, name, match string, backends []config.Backend, s config.Settings,
-	log *slog.Logger, prev *Proxy) (*Route, error) {
+	stats *observe.ProxyStats, log *slog.Logger, prev *Proxy) (*Route, error) {
 	var prevSet *balance.Set
 	taken := new(atomic.Uint64)
 	if old := prev.route(name); old != nil {
@@ -167,7 +175,7 @@ func buildRoute(ctx context.Context, proxyName, name, match string, backends []c
 	if err != nil {
 		return nil, err
 	}
-	return &Route{
+	r := &Route{
 		Name:           name,
 		Balance:        s.Balance,
 		Backends:       set,
@@ -178,7 +186,82 @@ func buildRoute(ctx context.Context, proxyName, name, match string, backends []c
 		Bandwidth:      s.Bandwidth.PerConnection,
 		ProxyProtocol:  s.ProxyVersion(),
 		Taken:          taken,
-	}, nil
+	}
+	if s.TLS != nil || s.BackendTLS != nil {
+		var prevTLS *tlsproxy.Route
+		if old := prev.route(name); old != nil {
+			prevTLS = old.TLS
+		}
+		if r.TLS, err = buildTLS(proxyName, name, s, set, stats, log, prevTLS); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// buildTLS makes the TLS path's route: the certificate store and the
+// client's TLS material are read now (a file that cannot be used is an
+// error at start; on a reload, prev's copy of it is kept and logged).
+func buildTLS(proxyName, routeName string, s config.Settings, set *balance.Set, stats *observe.ProxyStats,
+	log *slog.Logger, prev *tlsproxy.Route) (*tlsproxy.Route, error) {
+	tr := &tlsproxy.Route{
+		Proxy:          proxyName,
+		Name:           routeName,
+		Backends:       set,
+		Rise:           s.HealthCheck.Rise,
+		Fall:           s.HealthCheck.Fall,
+		ConnectTimeout: s.ConnectTimeout,
+		IdleTimeout:    s.IdleTimeout,
+		ProxyProtocol:  s.ProxyVersion(),
+		Stats:          stats,
+	}
+	if s.TLS != nil {
+		var prevStore *certs.Store
+		var prevTerm *tlsproxy.Terminator
+		if prev != nil && prev.Terminate != nil {
+			prevTerm = prev.Terminate
+			prevStore = prevTerm.Store()
+		}
+		store, err := certs.NewStore(ServerOptions(s.TLS), log, prevStore)
+		if err != nil {
+			return nil, err
+		}
+		tr.Terminate = tlsproxy.NewTerminator(store, prevTerm)
+	}
+	if s.BackendTLS != nil {
+		var prevClient *certs.Client
+		if prev != nil && prev.Originate != nil {
+			prevClient = prev.Originate.Client()
+		}
+		client, err := certs.NewClient(ClientOptions(s.BackendTLS), log, prevClient)
+		if err != nil {
+			if tr.Terminate != nil {
+				tr.Terminate.Store().Close()
+			}
+			return nil, err
+		}
+		tr.Originate = tlsproxy.NewDialer(client)
+	}
+	return tr, nil
+}
+
+// ServerOptions are the certificate store's options of a tls setting.
+func ServerOptions(t *config.TLS) certs.ServerOptions {
+	opt := certs.ServerOptions{ClientCA: t.ClientCA, MinVersion: t.MinVersion, ALPN: t.ALPN}
+	for _, c := range t.Certificates {
+		opt.Certificates = append(opt.Certificates, certs.Pair{Cert: c.Cert, Key: c.Key})
+	}
+	if a := t.ACME; a != nil {
+		opt.ACME = &certs.ACMEOptions{Domains: a.Domains, Email: a.Email, Directory: a.Directory,
+			CARoots: a.CARoots, Storage: a.Storage}
+	}
+	return opt
+}
+
+// ClientOptions are the TLS client's options of a backend_tls setting.
+func ClientOptions(b *config.BackendTLS) certs.ClientOptions {
+	return certs.ClientOptions{ServerName: b.ServerName, CA: b.CA, Cert: b.Cert, Key: b.Key,
+		InsecureSkipVerify: b.InsecureSkipVerify}
 }
 
 // route returns p's route of that name; nil if p is nil or has none.
@@ -208,6 +291,9 @@ func (p *Proxy) Start() {
 func (p *Proxy) Stop() {
 	for _, r := range p.Routes {
 		r.Backends.Stop()
+		if r.TLS != nil && r.TLS.Terminate != nil {
+			r.TLS.Terminate.Store().Close()
+		}
 	}
 }
 

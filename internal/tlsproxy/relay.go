@@ -43,10 +43,12 @@ func (ss *session) relay() (observe.Status, error) {
 
 	errs := make(chan error, 2)
 	var ended atomic.Int32
-	first := func(s side) {
-		if ended.Add(1) == 1 {
+	first := func(s side) (last bool) {
+		n := ended.Add(1)
+		if n == 1 {
 			ss.firstEnd.Store(int32(s))
 		}
+		return n == 2
 	}
 	go func() { errs <- ss.copyUp(up, first) }()
 	err := ss.copyDown(down, first)
@@ -73,7 +75,7 @@ func (ss *session) relay() (observe.Status, error) {
 
 // copyUp and copyDown are the two directions, named so that a goroutine
 // dump says which is which.
-func (ss *session) copyUp(d *direction, ended func(side)) error {
+func (ss *session) copyUp(d *direction, ended func(side) bool) error {
 	err := ss.pump(d, ended)
 	if err != nil {
 		ss.fail(err)
@@ -81,12 +83,12 @@ func (ss *session) copyUp(d *direction, ended func(side)) error {
 	return err
 }
 
-func (ss *session) copyDown(d *direction, ended func(side)) error { return ss.pump(d, ended) }
+func (ss *session) copyDown(d *direction, ended func(side) bool) error { return ss.pump(d, ended) }
 
 // pump moves bytes from d.src to d.dst until the source ends, then passes
 // the end on (half-close: a TLS close_notify and a FIN) and returns nil;
 // or returns the error that stopped it.
-func (ss *session) pump(d *direction, ended func(side)) error {
+func (ss *session) pump(d *direction, ended func(side) bool) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -103,8 +105,12 @@ func (ss *session) pump(d *direction, ended func(side)) error {
 			ss.touch()
 		}
 		if rerr == io.EOF {
-			ended(d.srcSide)
-			if err := closeWrite(d.dst); err != nil && !errors.Is(err, net.ErrClosed) {
+			last := ended(d.srcSide)
+			// When both directions have ended, the peer may be gone
+			// already (a client that closes once it has its answer):
+			// the end it is told of is a courtesy, and failing to tell
+			// it is no failure of the connection.
+			if err := closeWrite(d.dst); err != nil && !errors.Is(err, net.ErrClosed) && !last {
 				return &sideErr{side: d.dstSide, err: err}
 			}
 			return nil

@@ -351,6 +351,7 @@ func (ss *session) finish(status observe.Status, err error) {
 		ClosedBy:   ss.closedBy.String(),
 		Relay:      "copy",
 		TLS:        ss.tlsVersion,
+		Route:      ss.r.Name,
 	}
 	if p := ss.sni.Load(); p != nil {
 		rec.SNI = *p
@@ -375,7 +376,7 @@ func (ss *session) finish(status observe.Status, err error) {
 }
 
 func (ss *session) info() ConnInfo {
-	ci := ConnInfo{ID: ss.h.ID, Proxy: ss.r.Proxy, Client: ss.h.Client, Listener: ss.h.Listener,
+	ci := ConnInfo{ID: ss.h.ID, Proxy: ss.r.Proxy, Route: ss.r.Name, Client: ss.h.Client, Listener: ss.h.Listener,
 		Started: ss.h.Accepted, Up: ss.up.Load(), Down: ss.down.Load()}
 	if b := ss.backend.Load(); b != nil {
 		ci.Backend = b.Address

@@ -35,7 +35,10 @@ import (
 // It is immutable and shared by every connection it applies to.
 type Route struct {
 	// Proxy is the proxy's name, for logs and metrics.
-	Proxy    string
+	Proxy string
+	// Name is the route's name, logged as route=; empty for a proxy
+	// configured without routes.
+	Name     string
 	Backends *balance.Set
 	// Rise and Fall are the thresholds of passive health checks (failed
 	// and successful connects), as for the engine.
@@ -151,6 +154,7 @@ func (s *Server) Wait() { s.wg.Wait() }
 type ConnInfo struct {
 	ID       uint64
 	Proxy    string
+	Route    string // of a proxy with routes
 	Client   netip.AddrPort
 	Listener string
 	Backend  string // "" while no backend has answered
