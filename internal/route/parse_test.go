@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/pj-proxy/pj/internal/testutil"
 )
 
 // pj reads ClientHellos with a parser of its own (parseHello): crypto/tls's
@@ -152,6 +154,7 @@ func FuzzParseHello(f *testing.F) {
 		if len(b) > MaxPeek {
 			b = b[:MaxPeek]
 		}
-		agree(t, b)
+		// One hello may cost at most a second and 64 MiB: more is a finding.
+		testutil.WithinBudget(t, func() { agree(t, b) })
 	})
 }
