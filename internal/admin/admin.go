@@ -32,6 +32,7 @@ import (
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
+	"github.com/pj-proxy/pj/internal/tlsproxy"
 )
 
 // Source is what the admin listener shows and acts on: a pj's running
@@ -80,6 +81,7 @@ func handlerMux(src Source, opt Options, loopbackOnly bool) http.Handler {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newCollector(src, opt.Version, opt.LogDropped))
+	reg.MustRegister(tlsproxy.NewCollector(func() []tlsproxy.Terminated { return terminated(src) }))
 	registerRuntime(reg)
 
 	mux := http.NewServeMux()
@@ -444,4 +446,17 @@ func (s *Server) Close() {
 		_ = s.srv.Close() // the requests in flight did not finish in time
 	}
 	<-s.done
+}
+
+// terminated lists the routes that terminate TLS, for the TLS metrics.
+func terminated(src Source) []tlsproxy.Terminated {
+	var out []tlsproxy.Terminated
+	for _, v := range src.Proxies() {
+		for _, r := range v.Proxy.Routes {
+			if r.TLS != nil && r.TLS.Terminate != nil {
+				out = append(out, tlsproxy.Terminated{Proxy: v.Proxy.Name, Terminator: r.TLS.Terminate})
+			}
+		}
+	}
+	return out
 }

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/route"
 	"github.com/pj-proxy/pj/internal/tlsproxy"
+	"github.com/pj-proxy/pj/internal/watch"
 )
 
 // Proxy is what a listener's connections need to know about their proxy.
@@ -59,6 +62,10 @@ type Proxy struct {
 
 	rateLimit config.RateLimit // what Clients was built with
 	perClient int
+
+	watchMu   sync.Mutex
+	stopWatch context.CancelFunc // ends WatchCertificates; nil while not watching
+	watching  sync.WaitGroup
 }
 
 // Route is one destination of a proxy: its backends and the settings of
@@ -287,8 +294,72 @@ func (p *Proxy) Start() {
 	}
 }
 
-// Stop ends what Start started, and waits for it.
+// ReloadCertificates reads the TLS files of every route again (SIGHUP). A
+// file that fails keeps what was loaded before, and is logged.
+func (p *Proxy) ReloadCertificates() {
+	for _, r := range p.Routes {
+		if r.TLS == nil {
+			continue
+		}
+		if t := r.TLS.Terminate; t != nil {
+			_ = t.Store().Reload() // logged by the store
+		}
+		if o := r.TLS.Originate; o != nil {
+			_ = o.Client().Reload()
+		}
+	}
+}
+
+// WatchCertificates reloads a route's TLS files whenever they change,
+// until Stop. The files are watched when it returns: a change made after
+// it is seen.
+func (p *Proxy) WatchCertificates(debounce time.Duration, log *slog.Logger) {
+	p.watchMu.Lock()
+	defer p.watchMu.Unlock()
+	if p.stopWatch != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stopWatch = cancel
+	start := func(what string, files []string, reload func() error) {
+		if len(files) == 0 {
+			return
+		}
+		w, err := watch.NewFiles(files, log)
+		if err != nil {
+			log.Error("cannot watch the TLS files; reload them with SIGHUP", "proxy", p.Name, "error", err.Error())
+			return
+		}
+		p.watching.Go(func() {
+			_ = w.Run(ctx, debounce, func() {
+				if reload() == nil { // a failure is logged by the reload
+					log.Info(what+" reloaded", "proxy", p.Name, "files", strings.Join(files, ", "))
+				}
+			})
+		})
+	}
+	for _, r := range p.Routes {
+		if r.TLS == nil {
+			continue
+		}
+		if t := r.TLS.Terminate; t != nil {
+			start("certificates", t.Store().Files(), t.Store().Reload)
+		}
+		if o := r.TLS.Originate; o != nil {
+			start("backend_tls files", o.Client().Files(), o.Client().Reload)
+		}
+	}
+}
+
+// Stop ends what Start and WatchCertificates started, and waits for it.
 func (p *Proxy) Stop() {
+	p.watchMu.Lock()
+	if p.stopWatch != nil {
+		p.stopWatch()
+		p.stopWatch = nil
+	}
+	p.watchMu.Unlock()
+	p.watching.Wait()
 	for _, r := range p.Routes {
 		r.Backends.Stop()
 		if r.TLS != nil && r.TLS.Terminate != nil {

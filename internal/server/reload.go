@@ -39,6 +39,9 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 		return "", ErrClosed
 	}
 	if reflect.DeepEqual(cfg, s.cfg) {
+		// Certificate files are read again all the same: SIGHUP is how
+		// a renewed certificate is put in use.
+		s.certificates(true)
 		s.reloadsOK.Add(1)
 		return "no changes", nil
 	}
@@ -78,6 +81,7 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 	for _, e := range opened {
 		s.logListening(e)
 	}
+	s.certificates(true)
 	s.reloadsOK.Add(1)
 	return what, nil
 }

@@ -98,9 +98,28 @@ func New(cfg config.Config, opt Options) (*Server, error) {
 		return nil, err
 	}
 	s.entries = entries
+	s.certificates(false)
 	s.logUnusedInherited()
 	return s, nil
 }
+
+// certificates reads the TLS files of every proxy again if reload is set
+// (SIGHUP), and, with --watch, watches them. Under mu, or before Serve.
+func (s *Server) certificates(reload bool) {
+	for _, e := range s.entries {
+		p := e.ln.Proxy()
+		if reload {
+			p.ReloadCertificates()
+		}
+		if s.cfg.Watch {
+			p.WatchCertificates(certWatchDebounce, s.log)
+		}
+	}
+}
+
+// certWatchDebounce lets a burst of file events (a certificate and its key
+// replaced one after the other) settle into one reload.
+const certWatchDebounce = 250 * time.Millisecond
 
 // open binds and serves the listeners of proxies, building each proxy's
 // runtime from prev (by name) where there is one. All or nothing.

@@ -3,8 +3,10 @@ package server_test
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -153,4 +155,192 @@ func TestTLSCutsASilentClientAtTheHandshakeTimeout(t *testing.T) {
 		t.Error("a silent client reached the backend")
 	}
 	testutil.WaitFor(t, 5*time.Second, "the connection to be released", func() bool { return r.Active() == 0 })
+}
+
+// tlsEcho starts a TLS echo backend with a certificate for names from ca,
+// asking for a client certificate signed by clientCA if not nil; it
+// returns its address and the connections it completed a handshake with.
+func tlsEcho(t *testing.T, ca *testutil.CA, clientCA *testutil.CA, names ...string) (string, *atomic.Int64) {
+	cfg := &tls.Config{Certificates: []tls.Certificate{ca.KeyPair(t, testutil.Leaf{Names: names})}}
+	if clientCA != nil {
+		cfg.ClientCAs, cfg.ClientAuth = clientCA.Pool(), tls.RequireAndVerifyClientCert
+	}
+	ln := testutil.Listen(t, "tcp4")
+	n := new(atomic.Int64)
+	testutil.Serve(t, tls.NewListener(ln, cfg), func(c net.Conn) {
+		tc := c.(*tls.Conn)
+		_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+		if tc.Handshake() != nil {
+			return
+		}
+		n.Add(1)
+		_, _ = io.Copy(tc, tc)
+		_ = tc.CloseWrite()
+	})
+	return ln.Addr().String(), n
+}
+
+func TestTLSOriginatesToBackends(t *testing.T) {
+	p := newPKI(t)
+	other := testutil.NewCA(t, "another CA")
+	backend, handshakes := tlsEcho(t, p.ca, p.ca, "backend.test")
+	cc, ck := p.ca.Issue(t, testutil.Leaf{Client: true})
+	good, wrongCA := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
+	pg := pjtest.Proxy("good", good, backend)
+	pg.BackendTLS = &config.BackendTLS{ServerName: "backend.test", CA: p.caFile(t),
+		Cert: testutil.WriteFileIn(t, p.dir, "client.pem", cc), Key: testutil.WriteFileIn(t, p.dir, "client.key", ck)}
+	pw := pjtest.Proxy("wrong-ca", wrongCA, backend)
+	pw.BackendTLS = &config.BackendTLS{ServerName: "backend.test",
+		CA: testutil.WriteFileIn(t, p.dir, "other.pem", other.PEM)}
+	r := pjtest.Start(t, pjtest.Config(pg, pw), server.Options{})
+
+	t.Run("verified", func(t *testing.T) {
+		c := testutil.Dial(t, good)
+		if got := testutil.RoundTrip(t, c, "plain in, TLS out"); got != "plain in, TLS out" {
+			t.Fatalf("echo %q", got)
+		}
+		if handshakes.Load() != 1 {
+			t.Errorf("the backend completed %d handshakes, want 1", handshakes.Load())
+		}
+	})
+	t.Run("not verified", func(t *testing.T) {
+		c := testutil.Dial(t, wrongCA)
+		if got := testutil.ReadAll(t, c); got != "" {
+			t.Fatalf("read %q from a backend pj could not verify", got)
+		}
+		line := r.Logs.WaitLines(t, "[connect_failed]", 1)[0]
+		if !strings.Contains(line, "certificate") || !strings.Contains(line, "proxy=wrong-ca") {
+			t.Errorf("log line %q, want the verification failure", line)
+		}
+	})
+}
+
+func TestTLSReencrypts(t *testing.T) {
+	p := newPKI(t)
+	backendCA := testutil.NewCA(t, "backend CA")
+	backend, handshakes := tlsEcho(t, backendCA, nil, "backend.test")
+	x := testutil.ClosedAddr(t)
+	px := pjtest.Proxy("re", x, backend)
+	px.TLS = &config.TLS{Certificates: []config.Certificate{p.cert(t, "app", "app.example.com")}}
+	px.BackendTLS = &config.BackendTLS{ServerName: "backend.test", CA: testutil.WriteFileIn(t, p.dir, "backend-ca.pem", backendCA.PEM)}
+	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
+
+	c, err := dialTLS(t, x, "app.example.com", p.ca.Pool())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.RoundTrip(t, c, "TLS both ways"); got != "TLS both ways" {
+		t.Fatalf("echo %q", got)
+	}
+	_ = c.Close()
+	if handshakes.Load() != 1 {
+		t.Errorf("the backend completed %d handshakes, want 1", handshakes.Load())
+	}
+	r.Logs.WaitLines(t, "tls=1.3 sni=app.example.com", 1)
+}
+
+func TestTLSPassthroughRouteBesideATerminatingRoute(t *testing.T) {
+	p := newPKI(t)
+	dbCA := testutil.NewCA(t, "database CA")
+	plain, _ := countingEcho(t)
+	db, dbHandshakes := tlsEcho(t, dbCA, nil, "db.example.com")
+	x := testutil.ClosedAddr(t)
+	app := pjtest.Route("app", config.Match{SNI: []string{"app.example.com"}}, plain)
+	pass := pjtest.Route("db", config.Match{SNI: []string{"db.example.com"}}, db)
+	px := pjtest.Routed("edge", x, app, pass)
+	px.Routes[0].TLS = &config.TLS{Certificates: []config.Certificate{p.cert(t, "app", "app.example.com")}}
+	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
+
+	t.Run("terminated", func(t *testing.T) {
+		c, err := dialTLS(t, x, "app.example.com", p.ca.Pool())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := testutil.RoundTrip(t, c, "to the plain backend"); got != "to the plain backend" {
+			t.Fatalf("echo %q", got)
+		}
+	})
+	t.Run("passed through", func(t *testing.T) {
+		// The database's own certificate, verified against its own CA:
+		// pj relayed the handshake untouched.
+		c, err := dialTLS(t, x, "db.example.com", dbCA.Pool())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := testutil.RoundTrip(t, c, "end to end"); got != "end to end" {
+			t.Fatalf("echo %q", got)
+		}
+		if dbHandshakes.Load() != 1 {
+			t.Errorf("the database completed %d handshakes, want 1", dbHandshakes.Load())
+		}
+	})
+	if got := r.Logs.Lines("sni=db.example.com"); len(got) > 0 && strings.Contains(got[0], "tls=") {
+		t.Errorf("a passed-through connection is logged as terminated: %q", got[0])
+	}
+}
+
+func TestTLSCertificatesReload(t *testing.T) {
+	p := newPKI(t)
+	backend, _ := countingEcho(t)
+	first := p.cert(t, "app", "app.example.com")
+	serial := func(t *testing.T, addr string) string {
+		c, err := dialTLS(t, addr, "app.example.com", p.ca.Pool())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	replace := func(t *testing.T) {
+		c, k := p.ca.Issue(t, testutil.Leaf{Names: []string{"app.example.com"}})
+		testutil.ReplaceFile(t, first.Key, k)
+		testutil.ReplaceFile(t, first.Cert, c)
+	}
+	for _, watch := range []bool{false, true} {
+		name := "SIGHUP"
+		if watch {
+			name = "watch"
+		}
+		t.Run(name, func(t *testing.T) {
+			x := testutil.ClosedAddr(t)
+			px := pjtest.Proxy("app", x, backend)
+			px.TLS = &config.TLS{Certificates: []config.Certificate{first}}
+			cfg := pjtest.Config(px)
+			cfg.Watch = watch
+			r := pjtest.Start(t, cfg, server.Options{})
+			before := serial(t, x)
+			// An established connection is not touched by a reload.
+			open, err := dialTLS(t, x, "app.example.com", p.ca.Pool())
+			if err != nil {
+				t.Fatal(err)
+			}
+			replace(t)
+			if !watch {
+				if _, err := r.Reload(cfg); err != nil {
+					t.Fatal(err)
+				}
+				if got := serial(t, x); got == before {
+					t.Fatal("the old certificate is still served after a reload")
+				}
+			} else {
+				testutil.WaitFor(t, 10*time.Second, "the new certificate", func() bool { return serial(t, x) != before })
+			}
+			if got := testutil.RoundTrip(t, open, "still here"); got != "still here" {
+				t.Errorf("established connection: echo %q", got)
+			}
+			// A bad file keeps the certificate in use, and says so.
+			now := serial(t, x)
+			testutil.ReplaceFile(t, first.Cert, []byte("not a certificate\n"))
+			if !watch {
+				if _, err := r.Reload(cfg); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r.Logs.WaitLines(t, "the one loaded before stays in use", 1)
+			if got := serial(t, x); got != now {
+				t.Errorf("a bad file replaced the certificate in use")
+			}
+			replace(t) // for the next subtest
+		})
+	}
 }

@@ -39,12 +39,35 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	// Several routes of one proxy may terminate: their handshakes add
+	// up under the proxy's name, and a certificate they share is one.
+	type counts struct{ ok, failed uint64 }
+	var order []string
+	byProxy := map[string]*counts{}
+	type certKey struct{ proxy, cert string }
+	seen := map[certKey]bool{}
 	for _, t := range c.list() {
+		n := byProxy[t.Proxy]
+		if n == nil {
+			n = &counts{}
+			byProxy[t.Proxy] = n
+			order = append(order, t.Proxy)
+		}
 		st := t.Terminator.Stats()
-		ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(st.Success.Load()), t.Proxy, "success")
-		ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(st.Failure.Load()), t.Proxy, "failure")
+		n.ok += st.Success.Load()
+		n.failed += st.Failure.Load()
 		for _, e := range t.Terminator.Store().Expiries() {
+			k := certKey{t.Proxy, e.Certificate}
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
 			ch <- prometheus.MustNewConstMetric(descExpiry, prometheus.GaugeValue, float64(e.NotAfter.Unix()), t.Proxy, e.Certificate)
 		}
+	}
+	for _, name := range order {
+		n := byProxy[name]
+		ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(n.ok), name, "success")
+		ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(n.failed), name, "failure")
 	}
 }
