@@ -171,6 +171,14 @@ func (l *loop) reply(c *conn, b []byte) {
 // decided sends c the way the decision says.
 func (l *loop) decided(c *conn, dec route.Decision) {
 	c.sni = dec.SNI
+	if len(c.proxy.ACME) > 0 && len(dec.ALPN) > 0 {
+		// The CA validating a name pj obtains a certificate for
+		// (tls-alpn-01): pj answers, whatever route the name takes.
+		if r := c.proxy.ACMEFor(dec.SNI, dec.ALPN); r != nil {
+			l.toRoute(c, r)
+			return
+		}
+	}
 	if dec.Route == route.NoRoute {
 		c.closedBy = sidePJ
 		l.close(c, observe.StatusNoRoute, errNoRoute)

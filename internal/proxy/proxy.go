@@ -38,6 +38,10 @@ type Proxy struct {
 	Table *route.Table
 	// MatchTimeout bounds the wait for the first bytes the routes need.
 	MatchTimeout time.Duration
+	// ACME are the routes that obtain certificates with ACME, when the
+	// proxy has routes: the CA's tls-alpn-01 hello for one of their names
+	// goes to them, whichever route its name would choose. Usually nil.
+	ACME []*Route
 	// HeaderTimeout bounds the wait for a trusted peer's PROXY protocol
 	// header: the proxy's connect timeout.
 	HeaderTimeout time.Duration
@@ -162,6 +166,9 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (
 			return nil, fmt.Errorf("proxy %s, route %s: %w", c.Name, rc.Name, err)
 		}
 		p.Routes = append(p.Routes, r)
+		if r.TLS != nil && r.TLS.Terminate != nil && r.TLS.Terminate.Store().ACME() != nil {
+			p.ACME = append(p.ACME, r)
+		}
 	}
 	return p, nil
 }
@@ -278,6 +285,18 @@ func (p *Proxy) route(name string) *Route {
 	}
 	for _, r := range p.Routes {
 		if r.Name == name {
+			return r
+		}
+	}
+	return nil
+}
+
+// ACMEFor returns the route that answers the CA's tls-alpn-01 challenge in
+// a hello with this server name and ALPN list; nil if it is no challenge
+// or no route obtains a certificate for the name.
+func (p *Proxy) ACMEFor(serverName string, alpn []string) *Route {
+	for _, r := range p.ACME {
+		if r.TLS.Terminate.Store().ACME().Wants(serverName, alpn) {
 			return r
 		}
 	}
