@@ -117,6 +117,9 @@ type Settings struct {
 	// BackendTLS, if set, opens TLS to the backends; nil connects with
 	// plain TCP.
 	BackendTLS *BackendTLS
+
+	// Pool keeps backend connections open before clients need them.
+	Pool Pool
 }
 
 // TLS says how pj terminates clients' TLS.
@@ -154,6 +157,33 @@ type BackendTLS struct {
 	CA                 string // empty: the system's roots
 	Cert, Key          string // a client certificate, if the backends ask for one
 	InsecureSkipVerify bool
+}
+
+// Pool is a proxy's (or a route's) warm backend connections.
+type Pool struct {
+	// Size is how many connected, unused connections are kept per
+	// backend; 0 turns the pool off.
+	Size int
+	// MaxAge is how long a warm connection may wait for a client before
+	// it is replaced.
+	MaxAge time.Duration
+}
+
+// MaxPoolSize bounds pool.size: each warm connection is a descriptor
+// and a connection the backend holds open for nobody yet.
+const MaxPoolSize = 1024
+
+// poolProblems reports settings that cannot go with a pool.
+func (s *Settings) poolProblems() []string {
+	if s.Pool.Size > 0 && s.ProxyProtocol != "" {
+		return []string{"pool: cannot be used with proxy_protocol: the PROXY header names the client, " +
+			"unknown when a warm connection is opened; remove one of them"}
+	}
+	if s.Pool.Size > 0 && (s.TLS != nil || s.BackendTLS != nil) {
+		return []string{"pool: not yet with tls or backend_tls: warm connections are plain TCP, " +
+			"and connections that pj's TLS path handles dial their own; remove pool"}
+	}
+	return nil
 }
 
 // ProxyVersion is the PROXY protocol version sent to backends: 0 (none),
@@ -277,6 +307,7 @@ func Default() Config {
 			HealthCheck:    HealthCheck{Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
 			DNSRefresh:     10 * time.Second,
 			MatchTimeout:   DefaultMatchTimeout,
+			Pool:           Pool{MaxAge: 30 * time.Second},
 		},
 	}
 }
@@ -406,6 +437,9 @@ func (c *Config) proxyProblems(problems *problemTexts) {
 			add("%s: listen: %v", where, err)
 		}
 		problems.add(located(where, p.transportProblems(&c.Defaults))...)
+		if len(p.Routes) == 0 {
+			problems.add(located(where, p.poolProblems())...)
+		}
 		if problems.full() {
 			problems.more += len(backendProblems(p.Backends)) // counted; their texts would not be listed
 		} else {

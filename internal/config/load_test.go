@@ -202,6 +202,7 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 		ProxyProtocol:           "v2",
 		AcceptProxyProtocol:     &config.AcceptProxyProtocol{Trusted: []netip.Prefix{pfx("10.1.0.0/16")}},
 		MatchTimeout:            3 * time.Second,
+		Pool:                    config.Pool{MaxAge: 30 * time.Second},
 	}
 	web := defaults
 	web.IdleTimeout = 0                                        // an explicit 0s beats the defaults' 1m
@@ -294,7 +295,7 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 		got := decodeProblems(t, name, text, vars)
 		if len(got) != 1 || !strings.HasSuffix(got[0], ": proxies[1].send: unknown key (valid here: "+
 			"accept_proxy_protocol, allow, backend_tls, backends, balance, bandwidth, connect_timeout, deny, dns_refresh, health_check, idle_timeout, "+
-			"listen, match_timeout, max_connections, max_connections_per_client, name, proxy_protocol, rate_limit, resolver, routes, tls, udp)") {
+			"listen, match_timeout, max_connections, max_connections_per_client, name, pool, proxy_protocol, rate_limit, resolver, routes, tls, udp)") {
 			t.Errorf("%s: problems = %q, want one for proxies[1].send listing the valid keys", name, got)
 		}
 	}

@@ -58,6 +58,7 @@ func (p *Proxy) transportProblems(defaults *Settings) []string {
 	own(p.AcceptProxyProtocol != nil && !reflect.DeepEqual(p.AcceptProxyProtocol, defaults.AcceptProxyProtocol),
 		"accept_proxy_protocol", tcpOnly+" (admission keys apply to each datagram's source address)")
 	own(p.Bandwidth != defaults.Bandwidth, "bandwidth", tcpOnly)
+	own(p.Pool != defaults.Pool, "pool", tcpOnly+" (a UDP session has no connection to open ahead)")
 	hc := p.HealthCheck
 	if hc.Explicit && hc.Interval > 0 && hc.Send == "" && hc.SendHex == "" {
 		problems = append(problems, "health_check: a UDP backend is checked with a datagram and its reply: "+

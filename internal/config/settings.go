@@ -159,6 +159,23 @@ var settingKeys = []setting[Settings]{
 	def("match_timeout", func(s *Settings) *time.Duration { return &s.MatchTimeout }, duration(positive)).
 		shown(func(d time.Duration) string { return "match timeout " + durationText(d) }),
 
+	object("pool", func(s *Settings) *Pool { return &s.Pool }).
+		shown(func(p Pool) string {
+			if p.Size == 0 {
+				return ""
+			}
+			return fmt.Sprintf("%d warm connections per backend, each kept at most %s", p.Size, durationText(p.MaxAge))
+		}),
+	def("pool.size", func(s *Settings) *int { return &s.Pool.Size }, count(notNegative)).
+		zeroMeans("0 turns the pool off").
+		rule(func(n int) string {
+			if n > MaxPoolSize {
+				return fmt.Sprintf("is more than %d warm connections per backend", MaxPoolSize)
+			}
+			return ""
+		}),
+	def("pool.max_age", func(s *Settings) *time.Duration { return &s.Pool.MaxAge }, duration(positive)),
+
 	object("udp", func(s *Settings) *UDPSettings { return &s.UDP }),
 	def("udp.responses", func(s *Settings) *int { return &s.UDP.Responses }, count(notNegative)).
 		zeroMeans("0 ends sessions by idle_timeout alone").
