@@ -161,6 +161,13 @@ type backendJSON struct {
 	ActiveConnections int64  `json:"active_connections"`
 	ConnectionsTotal  uint64 `json:"connections_total"`
 	Error             string `json:"error,omitempty"`
+	// Pool is the backend's warm connections, for a route with a pool.
+	Pool *poolJSON `json:"pool,omitempty"`
+}
+
+type poolJSON struct {
+	Idle int `json:"idle"` // open, unused, waiting for a client
+	Size int `json:"size"` // what the pool keeps
 }
 
 func (h *handler) proxies(w http.ResponseWriter, _ *http.Request) {
@@ -178,6 +185,9 @@ func (h *handler) proxies(w http.ResponseWriter, _ *http.Request) {
 				Backends: []backendJSON{}}
 			for _, b := range r.Pool().Backends() {
 				bj := backendOf(b)
+				if r.Warm != nil {
+					bj.Pool = &poolJSON{Idle: r.Warm.Idle(b.Address), Size: r.Warm.Size()}
+				}
 				rj.Backends = append(rj.Backends, bj)
 				rj.ActiveConnections += bj.ActiveConnections
 				if p.Routed() {

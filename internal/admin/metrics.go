@@ -40,6 +40,10 @@ var (
 	descRouteTotal = prometheus.NewDesc("pj_route_connections_total",
 		"Connections the route took (for a proxy without routes, its one route, named after the proxy).",
 		[]string{"proxy", "route"}, nil)
+	descPoolIdle = prometheus.NewDesc("pj_pool_idle_connections",
+		"Warm connections to the backend: open, unused, waiting for a client (proxies with a pool).", []string{"proxy", "route", "backend"}, nil)
+	descPoolTakes = prometheus.NewDesc("pj_pool_takes_total",
+		"Connections of a proxy with a pool: hit took a warm backend connection, miss dialled one.", []string{"proxy", "result"}, nil)
 	descReloads = prometheus.NewDesc("pj_config_reloads_total",
 		"Configuration reloads, by result.", []string{"result"}, nil)
 	descBuild = prometheus.NewDesc("pj_build_info",
@@ -81,7 +85,7 @@ func newCollector(src Source, version string, logDropped func() uint64) *collect
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConns, descActive, descBytes, descDuration, descBackendUp,
 		descBackendActive, descBackendTotal, descConnect, descRouteTotal, descClientsTracked, descClientsEvicted, descClientsForgiven,
-		descClientsUntracked, descReloads, descBuild, descPanics, descLogDropped, descUDPDatagrams, descUDPDropped} {
+		descClientsUntracked, descPoolIdle, descPoolTakes, descReloads, descBuild, descPanics, descLogDropped, descUDPDatagrams, descUDPDropped} {
 		ch <- d
 	}
 }
@@ -117,7 +121,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(descBackendTotal, prometheus.CounterValue, float64(b.Total.Load()), p.Name, r.Name, b.Address)
 				buckets, count, sum := b.Connect.Snapshot()
 				ch <- prometheus.MustNewConstHistogram(descConnect, count, sum, buckets, p.Name, r.Name, b.Address)
+				if r.Warm != nil {
+					ch <- prometheus.MustNewConstMetric(descPoolIdle, prometheus.GaugeValue, float64(r.Warm.Idle(b.Address)), p.Name, r.Name, b.Address)
+				}
 			}
+		}
+		if p.Pooled() {
+			ch <- prometheus.MustNewConstMetric(descPoolTakes, prometheus.CounterValue, float64(st.PoolHits.Load()), p.Name, "hit")
+			ch <- prometheus.MustNewConstMetric(descPoolTakes, prometheus.CounterValue, float64(st.PoolMisses.Load()), p.Name, "miss")
 		}
 		if p.Clients != nil {
 			cs := p.Clients.Stats()

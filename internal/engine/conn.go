@@ -159,10 +159,37 @@ func (l *loop) connectNext(c *conn) {
 			c.err = b.Err
 			continue
 		}
-		if l.dial(c) {
+		if l.takeWarm(c) || l.dial(c) {
 			return
 		}
 	}
+}
+
+// takeWarm gives c a warm connection to c.backend from its route's pool,
+// if the pool has one: connected already, it goes straight on as a dial
+// that succeeded at once. Bytes the backend sent first (a greeting) wait
+// in the socket and reach the client with the relay's first read.
+func (l *loop) takeWarm(c *conn) bool {
+	w := c.route.Warm
+	if w == nil {
+		return false
+	}
+	fd := w.Take(c.backend)
+	if fd < 0 {
+		return false
+	}
+	if err := l.register(fd, c.gen); err != nil {
+		closeFD(fd)
+		return false // dial as without a pool
+	}
+	c.bfd = int32(fd)
+	l.setConn(fd, c)
+	// Counted as active from now: a warm connection no client holds is
+	// not load, for least-conn or anyone.
+	c.backend.Active.Add(1)
+	c.counted = true
+	l.connected(c)
+	return true
 }
 
 // dial starts connecting c to c.backend. It reports false when that

@@ -40,6 +40,9 @@ type ProxyStats struct {
 	// DatagramsUp and DatagramsDown count the datagrams of a UDP proxy,
 	// client → backend and back, as relayed.
 	DatagramsUp, DatagramsDown atomic.Uint64
+	// PoolHits and PoolMisses count the connections that found a warm
+	// backend connection, and those that did not, in a proxy with a pool.
+	PoolHits, PoolMisses atomic.Uint64
 }
 
 // NewProxyStats returns zeroed counters with the duration buckets.

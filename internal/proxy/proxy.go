@@ -21,6 +21,7 @@ import (
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/route"
 	"github.com/pj-proxy/pj/internal/tlsproxy"
+	"github.com/pj-proxy/pj/internal/warm"
 	"github.com/pj-proxy/pj/internal/watch"
 )
 
@@ -99,6 +100,9 @@ type Route struct {
 	// TLS, if not nil, is the route of connections that need TLS in user
 	// space (tls, backend_tls): the engine hands them to the TLS path.
 	TLS *tlsproxy.Route
+	// Warm holds connections to the backends opened before clients need
+	// them; nil when the route has no pool.
+	Warm *warm.Pools
 }
 
 // Pool is the route's current pool of backends.
@@ -178,18 +182,26 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (
 func buildRoute(ctx context.Context, proxyName, name, match string, backends []config.Backend, s config.Settings,
 	stats *observe.ProxyStats, log *slog.Logger, prev *Proxy) (*Route, error) {
 	var prevSet *balance.Set
+	var prevWarm *warm.Pools
 	taken := new(atomic.Uint64)
 	if old := prev.route(name); old != nil {
 		prevSet = old.Backends
 		if prev.Name == proxyName {
 			taken = old.Taken
+			prevWarm = old.Warm
 		}
 	}
 	set, err := balance.NewSet(ctx, proxyName, backends, s, log, prevSet)
 	if err != nil {
 		return nil, err
 	}
+	var pools *warm.Pools
+	if s.Pool.Size > 0 {
+		ws := warm.Settings{Size: s.Pool.Size, MaxAge: s.Pool.MaxAge, ConnectTimeout: s.ConnectTimeout}
+		pools = warm.New(set, ws, &stats.PoolHits, &stats.PoolMisses, log, prevWarm)
+	}
 	r := &Route{
+		Warm:           pools,
 		Name:           name,
 		Balance:        s.Balance,
 		Backends:       set,
@@ -306,10 +318,15 @@ func (p *Proxy) ACMEFor(serverName string, alpn []string) *Route {
 // Routed reports whether the proxy was configured with routes.
 func (p *Proxy) Routed() bool { return p.Table != nil }
 
-// Start runs the health checks and DNS refresh of every route.
+// Start runs the health checks and DNS refresh of every route, and fills
+// its pool of warm connections (taking over those of the proxy it
+// replaces, if that one's pool had the same settings).
 func (p *Proxy) Start() {
 	for _, r := range p.Routes {
 		r.Backends.Start()
+		if r.Warm != nil {
+			r.Warm.Start()
+		}
 	}
 }
 
@@ -370,7 +387,8 @@ func (p *Proxy) WatchCertificates(debounce time.Duration, log *slog.Logger) {
 	}
 }
 
-// Stop ends what Start and WatchCertificates started, and waits for it.
+// Stop ends what Start and WatchCertificates started, and waits for it;
+// warm connections not taken over by a successor's Start are closed.
 func (p *Proxy) Stop() {
 	p.watchMu.Lock()
 	if p.stopWatch != nil {
@@ -384,7 +402,20 @@ func (p *Proxy) Stop() {
 		if r.TLS != nil && r.TLS.Terminate != nil {
 			r.TLS.Terminate.Store().Close()
 		}
+		if r.Warm != nil {
+			r.Warm.Stop()
+		}
 	}
+}
+
+// Pooled reports whether a route of the proxy keeps warm connections.
+func (p *Proxy) Pooled() bool {
+	for _, r := range p.Routes {
+		if r.Warm != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // Backends lists the backends of every route, route by route.

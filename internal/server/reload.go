@@ -65,8 +65,10 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 	for i, np := range built {
 		old := p.kept[i].ln.Proxy()
 		p.kept[i].ln.SetProxy(np)
-		old.Stop()
+		// Started before the old one stops, so that its pools take over
+		// the old one's warm connections rather than see them closed.
 		np.Start()
+		old.Stop()
 	}
 	for _, e := range p.retired {
 		s.retire(e, cfg.GracePeriod)

@@ -1,0 +1,167 @@
+package admin
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pj-proxy/pj/internal/balance"
+	tu "github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjtest"
+)
+
+// greeter is a backend that greets each connection with its number, as
+// an SMTP or SSH server greets first, then echoes.
+type greeter struct {
+	addr     string
+	accepted atomic.Int64
+	mu       sync.Mutex
+	conns    []net.Conn
+}
+
+func startGreeter(t *testing.T) *greeter {
+	t.Helper()
+	g := &greeter{}
+	ln := tu.Listen(t, "tcp4")
+	g.addr = ln.Addr().String()
+	tu.Serve(t, ln, func(c net.Conn) {
+		n := g.accepted.Add(1)
+		g.mu.Lock()
+		g.conns = append(g.conns, c)
+		g.mu.Unlock()
+		_, _ = io.WriteString(c, greeting(n))
+		tu.Echo(c)
+	})
+	return g
+}
+
+func greeting(n int64) string { return "220 conn " + string(rune('0'+n%10)) + "\r\n" }
+
+// TestPoolGreetingFirstAndCounted: a client through a pool gets the
+// greeting its warm connection received before it came, then its own
+// echo; the take is a hit; warm connections are not active ones; the API
+// and the metrics show the pool.
+func TestPoolGreetingFirstAndCounted(t *testing.T) {
+	g := startGreeter(t)
+	p := pjtest.Proxy("mail", "127.0.0.1:0", g.addr)
+	p.Balance = "least-conn"
+	p.Pool.Size = 2
+	pj := start(t, Options{}, p)
+	addr := pj.srv.Addr(0)
+
+	waitPool := func(n int) {
+		t.Helper()
+		tu.WaitFor(t, 10*time.Second, "the pool to fill", func() bool {
+			b := pj.proxies(t).Proxies[0].Backends[0]
+			return b.Pool != nil && b.Pool.Idle == n
+		})
+	}
+	waitPool(2)
+	b := pj.proxies(t).Proxies[0].Backends[0]
+	if b.ActiveConnections != 0 || b.Pool.Size != 2 {
+		t.Errorf("backend with 2 warm connections: active %d, pool size %d; want 0 and 2", b.ActiveConnections, b.Pool.Size)
+	}
+	if n := pj.srv.Proxies()[0].Proxy.Routes[0].Pool().Backends()[0].Active.Load(); n != 0 {
+		t.Errorf("least-conn sees %d active connections, want 0: warm ones are not load", n)
+	}
+
+	c := tu.Dial(t, addr)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, len(greeting(1)))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	if s := string(buf); s != greeting(1) && s != greeting(2) {
+		t.Errorf("first bytes %q, want the greeting of a warm connection (1 or 2)", s)
+	}
+	if got := tu.RoundTrip(t, c, "EHLO x\r\n"); got != "EHLO x\r\n" {
+		t.Errorf("echo %q", got)
+	}
+	waitPool(2) // refilled
+	if n := g.accepted.Load(); n != 3 {
+		t.Errorf("backend accepted %d connections, want 3", n)
+	}
+	fams := pj.metrics(t)
+	if v := value(t, fams, "pj_pool_takes_total", map[string]string{"proxy": "mail", "result": "hit"}); v != 1 {
+		t.Errorf("hits %v, want 1", v)
+	}
+	if v := value(t, fams, "pj_pool_takes_total", map[string]string{"proxy": "mail", "result": "miss"}); v != 0 {
+		t.Errorf("misses %v, want 0", v)
+	}
+	if v := value(t, fams, "pj_pool_idle_connections", map[string]string{"proxy": "mail", "backend": g.addr}); v != 2 {
+		t.Errorf("idle %v, want 2", v)
+	}
+	if v := value(t, fams, "pj_backend_active_connections", map[string]string{"proxy": "mail", "backend": g.addr}); v != 1 {
+		t.Errorf("active %v, want 1: the client's, not the warm ones", v)
+	}
+}
+
+// TestPoolClosedWarmConnectionNeverReachesAClient: the backend closes
+// every warm connection; clients still get a live one (a fresh dial or a
+// refilled one), greeting and all.
+func TestPoolClosedWarmConnectionNeverReachesAClient(t *testing.T) {
+	g := startGreeter(t)
+	p := pjtest.Proxy("mail", "127.0.0.1:0", g.addr)
+	p.Pool.Size = 3
+	pj := start(t, Options{}, p)
+	tu.WaitFor(t, 10*time.Second, "the pool to fill", func() bool { return g.accepted.Load() == 3 })
+	tu.WaitFor(t, 10*time.Second, "the backend to hold 3", func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return len(g.conns) == 3
+	})
+	g.mu.Lock()
+	for _, c := range g.conns {
+		_ = c.Close()
+	}
+	g.mu.Unlock()
+	for range 3 {
+		c := tu.Dial(t, pj.srv.Addr(0))
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, len(greeting(1)))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatalf("a client got a closed warm connection: %v", err)
+		}
+		if got := tu.RoundTrip(t, c, "x"); got != "x" {
+			t.Fatalf("echo %q", got)
+		}
+		_ = c.Close()
+	}
+}
+
+// TestPoolMissDials: a backend that health checks marked down keeps no
+// warm connection; tried as the last resort, it is dialled (a miss), and
+// the client is served all the same.
+func TestPoolMissDials(t *testing.T) {
+	g := startGreeter(t)
+	p := pjtest.Proxy("mail", "127.0.0.1:0", g.addr)
+	p.Pool.Size = 1
+	pj := start(t, Options{}, p)
+	tu.WaitFor(t, 10*time.Second, "the pool to fill", func() bool {
+		return pj.proxies(t).Proxies[0].Backends[0].Pool.Idle == 1
+	})
+	be := pj.srv.Proxies()[0].Proxy.Routes[0].Pool().Backends()[0]
+	be.Observe(balance.Result{Err: errors.New("check failed")}, 1, 1)
+	tu.WaitFor(t, 10*time.Second, "the down backend's pool to empty", func() bool {
+		return pj.proxies(t).Proxies[0].Backends[0].Pool.Idle == 0
+	})
+	c := tu.Dial(t, pj.srv.Addr(0))
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, len(greeting(1)))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(buf); got != greeting(2) {
+		t.Errorf("greeting %q, want %q: a fresh connection", got, greeting(2))
+	}
+	fams := pj.metrics(t)
+	hit := value(t, fams, "pj_pool_takes_total", map[string]string{"proxy": "mail", "result": "hit"})
+	miss := value(t, fams, "pj_pool_takes_total", map[string]string{"proxy": "mail", "result": "miss"})
+	if hit != 0 || miss != 1 {
+		t.Errorf("hits %v, misses %v; want 0 and 1", hit, miss)
+	}
+}

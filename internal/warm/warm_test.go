@@ -1,0 +1,343 @@
+package warm_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pj-proxy/pj/internal/balance"
+	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/warm"
+)
+
+// backend is a loopback server that keeps every connection it accepts,
+// sends each its greeting, and counts them.
+type backend struct {
+	addr     string
+	mu       sync.Mutex
+	conns    []net.Conn
+	accepted atomic.Int64
+	ended    atomic.Int64 // connections pj closed (EOF seen)
+}
+
+func startBackend(t *testing.T, greeting string) *backend {
+	t.Helper()
+	b := &backend{}
+	ln := testutil.Listen(t, "tcp4")
+	b.addr = ln.Addr().String()
+	testutil.Serve(t, ln, func(c net.Conn) {
+		b.accepted.Add(1)
+		b.mu.Lock()
+		b.conns = append(b.conns, c)
+		b.mu.Unlock()
+		if greeting != "" {
+			_, _ = io.WriteString(c, greeting)
+		}
+		_, _ = io.Copy(io.Discard, c)
+		b.ended.Add(1)
+	})
+	return b
+}
+
+// closeAll closes the connections accepted so far but the last keep.
+func (b *backend) closeAll(keep int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range b.conns[:len(b.conns)-keep] {
+		_ = c.Close()
+	}
+}
+
+type pools struct {
+	*warm.Pools
+	set          *balance.Set
+	hits, misses atomic.Uint64
+}
+
+func newPools(t *testing.T, s warm.Settings, addrs ...string) *pools {
+	t.Helper()
+	cs := config.Default().Defaults
+	cs.HealthCheck.Interval = 0
+	var backends []config.Backend
+	for _, a := range addrs {
+		backends = append(backends, config.Backend{Address: a, Weight: 1})
+	}
+	set, err := balance.NewSet(context.Background(), "test", backends, cs, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &pools{set: set}
+	p.Pools = warm.New(set, s, &p.hits, &p.misses, nil, nil)
+	t.Cleanup(p.Stop)
+	return p
+}
+
+func (p *pools) backend(i int) *balance.Backend { return p.set.Pool().Backends()[i] }
+
+func settings(size int, maxAge time.Duration) warm.Settings {
+	return warm.Settings{Size: size, MaxAge: maxAge, ConnectTimeout: 5 * time.Second}
+}
+
+func waitIdle(t *testing.T, p *pools, addr string, n int) {
+	t.Helper()
+	testutil.WaitFor(t, 10*time.Second, "the pool to hold its connections", func() bool { return p.Idle(addr) == n })
+}
+
+// readFD reads what is waiting on a taken descriptor, within 5 s.
+func readFD(t *testing.T, fd int, n int) string {
+	t.Helper()
+	buf := make([]byte, n)
+	got := 0
+	deadline := time.Now().Add(5 * time.Second)
+	for got < n && time.Now().Before(deadline) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(fds, 100); err != nil && !errors.Is(err, unix.EINTR) {
+			t.Fatal(err)
+		}
+		m, err := unix.Read(fd, buf[got:])
+		if err == unix.EAGAIN {
+			continue
+		}
+		if err != nil || m == 0 {
+			t.Fatalf("read: %d bytes, %v", m, err)
+		}
+		got += m
+	}
+	return string(buf[:got])
+}
+
+func TestTakeHitAndMiss(t *testing.T) {
+	b := startBackend(t, "220 ready\r\n")
+	p := newPools(t, settings(2, time.Minute), b.addr)
+	if fd := p.Take(p.backend(0)); fd >= 0 {
+		t.Fatalf("Take before Start = %d, want -1 (a miss)", fd)
+	}
+	p.Start()
+	waitIdle(t, p, b.addr, 2)
+	fd := p.Take(p.backend(0))
+	if fd < 0 {
+		t.Fatal("Take from a full pool missed")
+	}
+	defer unix.Close(fd)
+	// The greeting the backend sent before anyone took the connection
+	// is still there, first.
+	if got := readFD(t, fd, len("220 ready\r\n")); got != "220 ready\r\n" {
+		t.Errorf("read %q from the taken connection, want the greeting", got)
+	}
+	if h, m := p.hits.Load(), p.misses.Load(); h != 1 || m != 1 {
+		t.Errorf("hits %d, misses %d; want 1 and 1", h, m)
+	}
+	// The pool fills again.
+	waitIdle(t, p, b.addr, 2)
+	if n := b.accepted.Load(); n != 3 {
+		t.Errorf("backend accepted %d connections, want 3 (2, then 1 replacing the taken one)", n)
+	}
+}
+
+func TestClosedByBackendIsDiscarded(t *testing.T) {
+	b := startBackend(t, "")
+	p := newPools(t, settings(3, time.Minute), b.addr)
+	p.SetDialer(func(ctx context.Context, a netip.AddrPort, d time.Duration) (int, error) {
+		if b.accepted.Load() >= 3 {
+			return -1, errors.New("no more, for this test")
+		}
+		return warm.Dial(ctx, a, d)
+	})
+	p.Start()
+	waitIdle(t, p, b.addr, 3)
+	testutil.WaitFor(t, 5*time.Second, "the backend to see 3 connections", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.conns) == 3
+	})
+	// The backend closes two of them (whichever Take would try first).
+	b.mu.Lock()
+	survivor := b.conns[0]
+	_ = b.conns[1].Close()
+	_ = b.conns[2].Close()
+	b.mu.Unlock()
+	// Take skips the closed ones (or a refill dropped them first) and
+	// gives the survivor.
+	fd := -1
+	testutil.WaitFor(t, 5*time.Second, "a take", func() bool {
+		fd = p.Take(p.backend(0))
+		return fd >= 0
+	})
+	defer unix.Close(fd)
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in4 := sa.(*unix.SockaddrInet4)
+	if got, want := netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)).String(), survivor.RemoteAddr().String(); got != want {
+		t.Errorf("took the connection from %s, want the one the backend left open (%s)", got, want)
+	}
+	// Those Take did not look at are dropped by the next refill.
+	testutil.WaitFor(t, 5*time.Second, "the closed connections to be dropped", func() bool {
+		p.Refill()
+		return p.Idle(b.addr) == 0
+	})
+}
+
+func TestAlive(t *testing.T) {
+	tests := []struct {
+		name     string
+		greeting string
+		closed   bool // the backend closes the connection
+		want     bool
+	}{
+		{"quiet", "", false, true},
+		{"bytes waiting", "hello", false, true},
+		{"closed by the backend", "", true, false},
+		{"greeting then closed", "hello", true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := startBackend(t, tt.greeting)
+			fd, err := warm.Dial(context.Background(), netip.MustParseAddrPort(b.addr), 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			testutil.WaitFor(t, 5*time.Second, "the backend to accept", func() bool {
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				return len(b.conns) == 1
+			})
+			if tt.greeting != "" {
+				testutil.WaitFor(t, 5*time.Second, "the greeting", func() bool {
+					var x [1]byte
+					n, _, _ := unix.Recvfrom(fd, x[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+					return n > 0
+				})
+			}
+			if tt.closed {
+				b.closeAll(0)
+			}
+			if tt.want {
+				if !warm.Alive(fd) {
+					t.Fatal("Alive = false, want true")
+				}
+				return
+			}
+			testutil.WaitFor(t, 5*time.Second, "Alive to see the end", func() bool { return !warm.Alive(fd) })
+		})
+	}
+}
+
+func TestMaxAgeReplaces(t *testing.T) {
+	b := startBackend(t, "")
+	p := newPools(t, settings(2, 50*time.Millisecond), b.addr)
+	p.Start()
+	// The first two expire, are closed, and are replaced.
+	testutil.WaitFor(t, 10*time.Second, "the first connections to be replaced", func() bool {
+		return b.ended.Load() >= 2 && b.accepted.Load() >= 4
+	})
+	waitIdle(t, p, b.addr, 2)
+}
+
+func TestRefillIsBounded(t *testing.T) {
+	b := startBackend(t, "")
+	p := newPools(t, settings(10, time.Minute), b.addr)
+	var inFlight, peak atomic.Int64
+	release := make(chan struct{})
+	p.SetDialer(func(ctx context.Context, a netip.AddrPort, d time.Duration) (int, error) {
+		n := inFlight.Add(1)
+		for {
+			old := peak.Load()
+			if n <= old || peak.CompareAndSwap(old, n) {
+				break
+			}
+		}
+		defer inFlight.Add(-1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return -1, ctx.Err()
+		}
+		return warm.Dial(ctx, a, d)
+	})
+	p.Start()
+	testutil.WaitFor(t, 5*time.Second, "the first dials", func() bool { return inFlight.Load() == warm.MaxDials })
+	// More looks at the pool start nothing more while those are in flight.
+	for range 5 {
+		p.Refill()
+	}
+	if n := p.Dialing(b.addr); n != warm.MaxDials {
+		t.Fatalf("%d dials in flight, want %d", n, warm.MaxDials)
+	}
+	close(release)
+	waitIdle(t, p, b.addr, 10)
+	if got := peak.Load(); got > warm.MaxDials {
+		t.Errorf("at most %d dials were in flight at once, want at most %d", got, warm.MaxDials)
+	}
+	if n := b.accepted.Load(); n != 10 {
+		t.Errorf("backend accepted %d connections, want 10", n)
+	}
+}
+
+func TestDownBackendIsNotRefilled(t *testing.T) {
+	b := startBackend(t, "")
+	p := newPools(t, settings(2, time.Minute), b.addr)
+	p.Start()
+	waitIdle(t, p, b.addr, 2)
+	// Health checks mark it down (fall 1).
+	be := p.backend(0)
+	be.Observe(balance.Result{Err: errors.New("check failed")}, 1, 1)
+	p.Refill()
+	if n := p.Idle(b.addr); n != 0 {
+		t.Errorf("idle %d for a down backend, want 0 (closed)", n)
+	}
+	testutil.WaitFor(t, 5*time.Second, "the backend to see its warm connections closed", func() bool { return b.ended.Load() == 2 })
+	for range 5 {
+		p.Refill()
+		if fd := p.Take(be); fd >= 0 {
+			t.Fatal("Take gave a connection to a down backend")
+		}
+	}
+	if n, d := b.accepted.Load(), p.Dialing(b.addr); n != 2 || d != 0 {
+		t.Errorf("accepted %d, dialling %d while down; want 2 and 0", n, d)
+	}
+	// Up again: refilled.
+	be.Observe(balance.Result{OK: true, Passive: true}, 1, 1)
+	waitIdle(t, p, b.addr, 2)
+}
+
+func TestAdoptAndStop(t *testing.T) {
+	a, b := startBackend(t, ""), startBackend(t, "")
+	old := newPools(t, settings(2, time.Minute), a.addr, b.addr)
+	old.Start()
+	waitIdle(t, old, a.addr, 2)
+	waitIdle(t, old, b.addr, 2)
+
+	// The successor keeps a, drops b.
+	cs := config.Default().Defaults
+	cs.HealthCheck.Interval = 0
+	set, err := balance.NewSet(context.Background(), "test", []config.Backend{{Address: a.addr, Weight: 1}}, cs, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h, m atomic.Uint64
+	next := warm.New(set, settings(2, time.Minute), &h, &m, nil, old.Pools)
+	t.Cleanup(next.Stop)
+	next.Start()
+	old.Stop()
+	if n := next.Idle(a.addr); n != 2 {
+		t.Errorf("the successor holds %d of a's connections, want the 2 it took over", n)
+	}
+	testutil.WaitFor(t, 5*time.Second, "b's warm connections to be closed", func() bool { return b.ended.Load() == 2 })
+	if n, e := a.accepted.Load(), a.ended.Load(); n != 2 || e != 0 {
+		t.Errorf("a accepted %d and saw %d closed; want 2 and 0", n, e)
+	}
+	next.Stop()
+	testutil.WaitFor(t, 5*time.Second, "a's warm connections to be closed at stop", func() bool { return a.ended.Load() == 2 })
+}
