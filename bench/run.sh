@@ -21,6 +21,9 @@
 #   PJ_BIN_B    a second pj binary, run as target pj-b beside pj (to compare two builds)
 #   (target pj-acl: pj with an allow list of 1000 CIDRs and a per-client rate limit that
 #   the load never reaches: what admission control costs; not in the default TARGETS)
+#   (target pj-pool: pj with pool: {size: POOL_SIZE} — warm backend connections; compare
+#   it with pj in the conn mode: TARGETS='pj pj-pool' MODES=conn; not in the default TARGETS)
+#   POOL_SIZE   warm connections pj-pool keeps to the backend     (64)
 #   IDLE_CONNS  connections the idle mode holds                   (3000)
 #   HAPROXY_SPLICE  haproxy-splice's option: auto (splice-auto) or always
 #               (splice-request + splice-response)                 (auto)
@@ -41,11 +44,12 @@ MODES=${MODES:-up down lat1 latC conn sni idle tlsfull tlsresume tlsbulk udp-64-
 PJ_BIN=${PJ_BIN:-}
 PJ_BIN_B=${PJ_BIN_B:-}
 IDLE_CONNS=${IDLE_CONNS:-3000}
+POOL_SIZE=${POOL_SIZE:-64}
 HAPROXY_SPLICE=${HAPROXY_SPLICE:-auto}
 TARGET_LIFETIME=${TARGET_LIFETIME:-2h}
 GO=${GO:-go}
 
-all_targets="direct pj pj-b pj-acl naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls pj-sni haproxy-sni nginx-sni"
+all_targets="direct pj pj-b pj-acl pj-pool naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls pj-sni haproxy-sni nginx-sni"
 all_modes="up down lat1 latC conn sni idle tlsfull tlsresume tlsbulk udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat"
 udp_targets="direct pj pj-b nginx socat" # the targets that proxy UDP
 tls_targets="pj-tls naive-tls haproxy-tls nginx-tls"
@@ -81,6 +85,7 @@ in_list() { # WORD LIST
 
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS=$REPS: want a whole number >= 1"
 [[ $IDLE_CONNS =~ ^[1-9][0-9]*$ ]] || die "IDLE_CONNS=$IDLE_CONNS: want a whole number >= 1"
+[[ $POOL_SIZE =~ ^[1-9][0-9]*$ ]] || die "POOL_SIZE=$POOL_SIZE: want a whole number >= 1"
 for t in $TARGETS; do in_list "$t" "$all_targets" || die "TARGETS: unknown target '$t' (known: $all_targets)"; done
 for m in $MODES; do in_list "$m" "$all_modes" || die "MODES: unknown mode '$m' (known: $all_modes)"; done
 [[ $HAPROXY_SPLICE == auto || $HAPROXY_SPLICE == always ]] || die "HAPROXY_SPLICE=$HAPROXY_SPLICE: want auto or always"
@@ -203,7 +208,7 @@ say "building the load generator"
 loadgen="$tmp/loadgen"
 
 uses_pj=""
-for t in pj pj-acl pj-tls pj-sni; do in_list "$t" "$TARGETS" && uses_pj=1; done
+for t in pj pj-acl pj-pool pj-tls pj-sni; do in_list "$t" "$TARGETS" && uses_pj=1; done
 if [[ -n $uses_pj ]]; then
 	if [[ -n $PJ_BIN ]]; then
 		[[ -x $PJ_BIN ]] || die "PJ_BIN=$PJ_BIN is not an executable file"
@@ -219,7 +224,7 @@ fi
 {
 	echo "date: $stamp"
 	echo "host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
-	echo "knobs: REPS=$REPS DURATION=$DURATION IDLE_CONNS=$IDLE_CONNS HAPROXY_SPLICE=$HAPROXY_SPLICE TARGETS='$TARGETS' MODES='$MODES' PJ_BIN=${PJ_BIN:-built from the tree}"
+	echo "knobs: REPS=$REPS DURATION=$DURATION IDLE_CONNS=$IDLE_CONNS POOL_SIZE=$POOL_SIZE HAPROXY_SPLICE=$HAPROXY_SPLICE TARGETS='$TARGETS' MODES='$MODES' PJ_BIN=${PJ_BIN:-built from the tree}"
 	echo "open files: $(ulimit -n)"
 	if [[ -n $uses_pj ]]; then
 		if [[ -n $PJ_BIN ]]; then
@@ -500,6 +505,11 @@ start_target() {
 	pj-acl)
 		write_acl_cfg "$tmp/pj-acl.yaml"
 		cmd=("$pj" -c "$tmp/pj-acl.yaml")
+		;;
+	pj-pool)
+		printf 'proxies:\n  - listen: "127.0.0.1:%s"\n    backends: ["127.0.0.1:%s"]\n    pool: { size: %s, max_age: 30s }\n' \
+			"${port[pj-pool]}" "$backend_port" "$POOL_SIZE" >"$tmp/pj-pool.yaml"
+		cmd=("$pj" -c "$tmp/pj-pool.yaml")
 		;;
 	haproxy | haproxy-splice)
 		write_haproxy_cfg "$t" "$tmp/$t.cfg"
