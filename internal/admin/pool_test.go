@@ -4,12 +4,14 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pj-proxy/pj/internal/balance"
+	"github.com/pj-proxy/pj/internal/config"
 	tu "github.com/pj-proxy/pj/internal/testutil"
 	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
@@ -163,5 +165,32 @@ func TestPoolMissDials(t *testing.T) {
 	miss := value(t, fams, "pj_pool_takes_total", map[string]string{"proxy": "mail", "result": "miss"})
 	if hit != 0 || miss != 1 {
 		t.Errorf("hits %v, misses %v; want 0 and 1", hit, miss)
+	}
+}
+
+// TestPoolPerRoute: a route's pool serves that route alone; the other
+// route of the proxy dials.
+func TestPoolPerRoute(t *testing.T) {
+	warmB, coldB := startGreeter(t), startGreeter(t)
+	p := pjtest.Routed("edge", "127.0.0.1:0",
+		pjtest.Route("local", config.Match{Source: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, warmB.addr),
+		pjtest.Route("rest", config.Match{}, coldB.addr))
+	p.Routes[0].Settings.Pool.Size = 1
+	pj := start(t, Options{}, p)
+	tu.WaitFor(t, 10*time.Second, "the route's pool to fill", func() bool {
+		rs := pj.proxies(t).Proxies[0].Routes
+		return rs[0].Backends[0].Pool != nil && rs[0].Backends[0].Pool.Idle == 1
+	})
+	if b := pj.proxies(t).Proxies[0].Routes[1].Backends[0]; b.Pool != nil || coldB.accepted.Load() != 0 {
+		t.Errorf("the route without a pool shows %+v and its backend accepted %d, want no pool and 0", b.Pool, coldB.accepted.Load())
+	}
+	c := tu.Dial(t, pj.srv.Addr(0))
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, len(greeting(1)))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != greeting(1) {
+		t.Fatalf("read %q, %v; want the warm connection's greeting %q", buf, err, greeting(1))
+	}
+	if v := value(t, pj.metrics(t), "pj_pool_takes_total", map[string]string{"proxy": "edge", "result": "hit"}); v != 1 {
+		t.Errorf("hits %v, want 1", v)
 	}
 }
