@@ -72,3 +72,18 @@ func TestTLSKeysRefuse(t *testing.T) {
 		})
 	}
 }
+
+func TestTLSIsForTCPProxies(t *testing.T) {
+	_, problems := load(t, `proxies:
+  - listen: "127.0.0.1:5353/udp"
+    backends: ["127.0.0.1:53"]
+    tls: { certificates: [{ cert: a.pem, key: a.key }] }
+    backend_tls: { ca: ca.pem }
+`)
+	text := strings.Join(problems, "\n")
+	for _, want := range []string{"tls: applies to TCP proxies only", "backend_tls: applies to TCP proxies only"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("problems = %q, want one containing %q", problems, want)
+		}
+	}
+}
