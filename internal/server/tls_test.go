@@ -344,3 +344,35 @@ func TestTLSCertificatesReload(t *testing.T) {
 		})
 	}
 }
+
+func TestTLSConnectionsAreCutWhenTheGracePeriodEnds(t *testing.T) {
+	p := newPKI(t)
+	backend, _ := countingEcho(t)
+	x := testutil.ClosedAddr(t)
+	px := pjtest.Proxy("app", x, backend)
+	px.TLS = &config.TLS{Certificates: []config.Certificate{p.cert(t, "app", "app.example.com")}}
+	cfg := pjtest.Config(px)
+	cfg.GracePeriod = 200 * time.Millisecond
+	r := pjtest.Start(t, cfg, server.Options{})
+	c, err := dialTLS(t, x, "app.example.com", p.ca.Pool())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.RoundTrip(t, c, "open"); got != "open" {
+		t.Fatalf("echo %q", got)
+	}
+	r.Shutdown()
+	// The shutdown waits for the TLS connection as for any other, then
+	// cuts it when the grace period is over.
+	select {
+	case <-r.Stopped():
+	case <-time.After(10 * time.Second):
+		t.Fatal("pj did not stop within 10s of a 200ms grace period")
+	}
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("the TLS connection is still open after shutdown")
+	}
+	if got := r.Logs.Lines("[shutdown]"); len(got) != 1 || !strings.Contains(got[0], "tls=1.3") {
+		t.Errorf("shutdown lines %q, want the TLS connection's", got)
+	}
+}
