@@ -1,3 +1,5 @@
+//go:build linux
+
 package engine
 
 import (
@@ -123,7 +125,7 @@ func (l *loop) readHeader(c *conn) {
 		}
 	}
 	c.state = stateConnecting
-	c.timerAt = 0
+	l.disarm(c)
 	l.admit(c)
 }
 

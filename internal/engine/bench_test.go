@@ -1,3 +1,5 @@
+//go:build linux
+
 package engine
 
 import (
@@ -88,8 +90,18 @@ func sockaddrOf(b *testing.B, addr string) *unix.SockaddrInet4 {
 // connection, which are the engine's: client and backend use raw system
 // calls.
 func BenchmarkConnection(b *testing.B) {
+	benchConnections(b, 0)
+}
+
+// BenchmarkConnectionIdleTimeout is BenchmarkConnection with an idle
+// timeout of an hour: every connection arms and releases timers.
+func BenchmarkConnectionIdleTimeout(b *testing.B) {
+	benchConnections(b, time.Hour)
+}
+
+func benchConnections(b *testing.B, idle time.Duration) {
 	backend := rawEcho(b)
-	h := benchHarness(b, backend.String())
+	h := newHarness(b, harnessOpt{logTo: io.Discard, level: "info", idle: idle}, backend.String())
 	sa := sockaddrOf(b, h.addr)
 	one := []byte{'x'}
 	buf := make([]byte, 1)

@@ -1,3 +1,5 @@
+//go:build linux
+
 package engine
 
 import (
@@ -89,12 +91,11 @@ type conn struct {
 	backend  *balance.Backend
 	err      error // last connect error
 
-	counted    bool  // backend.Active includes this connection
-	reached    bool  // the backend answered
-	connectDur int64 // nanoseconds from accept to connected
-	lastActive int64 // loop clock of the last byte moved
-	timerAt    int64 // deadline of the armed timer; 0 if none
-	throttleAt int64 // when a throttled direction may move again; 0 if none
+	counted    bool              // backend.Active includes this connection
+	reached    bool              // the backend answered
+	connectDur int64             // nanoseconds from accept to connected
+	lastActive int64             // loop clock of the last byte moved
+	timer      [timerKinds]int32 // 1 + the position of each timer in the loop's heap; 0: not armed
 
 	up, down dir
 }
@@ -329,7 +330,7 @@ func (l *loop) established(c *conn) {
 	l.observe(c, balance.Result{OK: true, Passive: true})
 	c.backend.Connect.Observe(time.Duration(c.connectDur))
 	c.lastActive = l.now
-	c.timerAt = 0
+	l.disarm(c)
 	if c.route.ProxyProtocol != 0 && (c.peek == nil || c.peek.dec.Prelude == 0) {
 		if err := l.sendHeader(c); err != nil {
 			l.abort(c, err)
@@ -720,6 +721,8 @@ func (l *loop) close(c *conn, status observe.Status, err error) {
 	}
 	c.state = stateClosed
 	l.load.Add(-1)
+	l.timers.stop(c, timerDeadline)
+	l.timers.stop(c, timerThrottle)
 	l.clearConn(int(c.cfd))
 	closeFD(int(c.cfd))
 	if c.bfd >= 0 {

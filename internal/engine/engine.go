@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package engine is pj's event-driven data path for plain TCP on Linux.
 //
 // A few event loops (one per CPU) each own an epoll instance. Every
@@ -45,6 +47,9 @@ type Options struct {
 
 	onOpen func()             // see Engine.onOpen
 	onPeek func(buffered int) // see Engine.onPeek
+	// newLoop, if set, runs before loop i is created; an error it returns
+	// stands for that loop's failure (tests).
+	newLoop func(i int) error
 }
 
 // Engine runs the event loops and the listeners registered with it.
@@ -95,14 +100,20 @@ func New(opt Options) (*Engine, error) {
 		n = numLoops()
 	}
 	for i := range n {
-		l, err := newLoop(e, i)
+		var l *loop
+		var err error
+		if opt.newLoop != nil {
+			err = opt.newLoop(i)
+		}
+		if err == nil {
+			l, err = newLoop(e, i)
+		}
 		if err != nil {
+			// Every loop in e.loops runs already, so Close can stop them.
 			e.Close()
-			return nil, err
+			return nil, fmt.Errorf("event loop %d: %w", i, err)
 		}
 		e.loops = append(e.loops, l)
-	}
-	for _, l := range e.loops {
 		go l.run()
 	}
 	return e, nil
@@ -326,13 +337,11 @@ func acceptHint(err error) string {
 	return "none"
 }
 
-// numLoops is one loop per processor Go may use (GOMAXPROCS, which follows
-// the CPU quota of a container); one more processor is added for the rest
-// of pj, so a busy loop never waits for the admin server or a timer.
+// numLoops is one loop per processor Go may use. GOMAXPROCS follows the
+// CPU quota of a container, and Go keeps it up to date only as long as no
+// one sets it: the engine reads it and never sets it.
 func numLoops() int {
-	n := runtime.GOMAXPROCS(0)
-	runtime.GOMAXPROCS(n + 1)
-	return n
+	return max(1, runtime.GOMAXPROCS(0))
 }
 
 // ConnInfo describes one open connection, for the admin API.

@@ -1,3 +1,5 @@
+//go:build linux
+
 package engine
 
 import (
@@ -160,8 +162,8 @@ func (l *loop) run() {
 // threads, which costs context switches on every request. A loop that has
 // waited a whole millisecond in vain is idle: it then makes the ordinary
 // blocking call, so that an idle pj costs nothing and its processor serves
-// other goroutines. (pj runs one processor more than it has loops for the
-// rest of the program: the admin server, timers, the garbage collector.)
+// other goroutines. (The rest of pj, the admin server and the garbage
+// collector, waits at most the 2 ms after which a busy loop yields.)
 func (l *loop) wait() (int, error) {
 	ms := l.waitMillis()
 	if l.busy {
@@ -473,18 +475,18 @@ func (l *loop) resumeListeners() {
 
 // --- timers and deferred work ---
 
-func (l *loop) arm(c *conn, at int64) {
-	c.timerAt = at
-	l.timers.push(timerEntry{at: at, c: c, gen: c.gen})
-}
+// arm sets c's deadline (connect, header, idle or half-close timeout).
+func (l *loop) arm(c *conn, at int64) { l.timers.set(c, timerDeadline, at) }
+
+// disarm cancels c's deadline.
+func (l *loop) disarm(c *conn) { l.timers.stop(c, timerDeadline) }
 
 // throttle wakes c at when, after its bandwidth budget ran out.
 func (l *loop) throttle(c *conn, when int64) {
-	if c.throttleAt != 0 && c.throttleAt <= when {
+	if at, ok := l.timers.armed(c, timerThrottle); ok && at <= when {
 		return // an earlier wake-up is armed
 	}
-	c.throttleAt = when
-	l.timers.push(timerEntry{at: when, c: c, gen: c.gen, throttle: true})
+	l.timers.set(c, timerThrottle, when)
 }
 
 func (l *loop) runTimers() {
@@ -493,23 +495,18 @@ func (l *loop) runTimers() {
 	}
 	for len(l.timers) > 0 && l.timers[0].at <= l.now {
 		t := l.timers.pop()
-		c := t.c
-		if c.gen != t.gen || c.state == stateClosed {
-			continue // finished
-		}
-		if t.throttle {
-			if c.throttleAt == t.at {
-				c.throttleAt = 0
-				l.relay(c) // its bandwidth budget has refilled
-			}
-			continue
-		}
-		if c.timerAt != t.at {
-			continue // superseded
-		}
-		c.timerAt = 0
-		l.timerFired(c)
+		l.fire(t.c, t.kind)
 	}
+}
+
+// fire runs a connection's timer; a panic costs that connection only.
+func (l *loop) fire(c *conn, kind timerKind) {
+	defer l.recoverConn(c)
+	if kind == timerThrottle {
+		l.relay(c) // its bandwidth budget has refilled
+		return
+	}
+	l.timerFired(c)
 }
 
 func (l *loop) queue(c *conn) {

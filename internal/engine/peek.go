@@ -150,7 +150,7 @@ func (l *loop) peekDecide(c *conn, timedOut bool) {
 		}
 		return
 	}
-	c.timerAt = 0 // the match timeout
+	l.disarm(c) // the match timeout
 	pk.dec = dec
 	l.decided(c, dec)
 }
