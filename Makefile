@@ -22,7 +22,7 @@ ENGINE      ?=
 TEST_ENGINE := $(or $(ENGINE),buildah)
 PLATFORMS   ?= linux/$(shell $(GO) env GOARCH)
 
-.PHONY: build run test vet lint fmt-check race fuzz fuzz-long fuzz-short bench clean image image-multiarch image-test release-snapshot release-check
+.PHONY: build run test vet lint fmt-check race cross fuzz fuzz-long fuzz-short bench clean image image-multiarch image-test release-snapshot release-check
 
 ## build: a static binary in bin/pj, version stamped from git
 build:
@@ -32,8 +32,9 @@ build:
 run: build
 	./$(BIN) --proxy $(MAPPING)
 
-## test: formatting, vet, staticcheck and every test with the race detector
-test: fmt-check vet lint race fuzz-short
+## test: formatting, vet, staticcheck, the cross builds, every test with the race detector
+## and a few seconds of each fuzz target
+test: fmt-check vet lint cross race fuzz-short
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -47,6 +48,21 @@ lint:
 
 race:
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+# The Linux architectures pj is built for; arm is ARMv7 (GOARM=7).
+CROSS_ARCHS ?= amd64 arm64 arm riscv64 ppc64le s390x loong64 386
+
+## cross: build cmd/pj for every Linux architecture in CROSS_ARCHS, and check that
+## a build for another system stops with one clear message
+cross:
+	@set -e; for arch in $(CROSS_ARCHS); do \
+		echo "build ./cmd/pj for linux/$$arch"; \
+		GOOS=linux GOARCH=$$arch GOARM=7 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/pj; \
+	done
+	@out=$$(GOOS=darwin GOARCH=arm64 CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/pj 2>&1); \
+	if ! echo "$$out" | grep -q pj_runs_on_Linux_only; then \
+		echo "a darwin build must stop with pj_runs_on_Linux_only; got:"; echo "$$out"; exit 1; fi; \
+	echo "build ./cmd/pj for darwin/arm64: stops as it should (pj runs on Linux only)"
 
 ## fuzz: every Fuzz target of the repository, $(FUZZTIME) each (scripts/fuzz.sh finds them)
 fuzz:

@@ -243,9 +243,11 @@ func shutdownWrite(fd int) error {
 // epollWaitRaw is epoll_wait made as a raw system call: the Go scheduler
 // is not told, so it must only be used with a short timeout (see
 // loop.wait). A signal (Go preempts goroutines with SIGURG) ends it early
-// with no events.
+// with no events. It is made as epoll_pwait with no signal mask, which is
+// epoll_wait on every architecture; arm64, riscv64 and loong64 have only
+// epoll_pwait.
 func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_WAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
 		uintptr(len(events)), uintptr(msec), 0, 0)
 	if e != 0 {
 		if e == unix.EINTR {
