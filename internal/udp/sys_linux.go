@@ -335,9 +335,10 @@ func socketError(fd int) error {
 }
 
 // epollWaitRaw is epoll_wait as a raw system call, for short waits only
-// (see loop.wait).
+// (see loop.wait); made as epoll_pwait with no signal mask, which arm64,
+// riscv64 and loong64 have instead of epoll_wait.
 func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_WAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
 		uintptr(len(events)), uintptr(msec), 0, 0)
 	if e != 0 {
 		if e == unix.EINTR {
