@@ -149,6 +149,9 @@ func (l *loop) openConn(fd int, ln *Listener, p *proxy.Proxy, client netip.AddrP
 
 // connectNext dials the next backend of the connection's order.
 func (l *loop) connectNext(c *conn) {
+	if c.err != nil {
+		l.e.faultAt("failover")
+	}
 	for {
 		b := c.order.Next()
 		if b == nil {
@@ -528,7 +531,7 @@ func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWrita
 				return moved, err
 			}
 		}
-		if moved >= maxPerTurn {
+		if moved >= l.e.perTurn {
 			l.queue(c)
 			return moved, nil
 		}
@@ -665,10 +668,12 @@ func (l *loop) timerFired(c *conn) {
 			}
 			return
 		}
+		l.e.faultAt("connect_timeout")
 		c.err = fmt.Errorf("connect to %s: %w", c.backend.Address, ErrConnectTimeout)
 		l.dropBackend(c)
 		l.connectNext(c)
 	case stateRelay:
+		l.e.faultAt("idle")
 		idle := int64(c.route.IdleTimeout)
 		if quiet := l.now - c.lastActive; quiet >= idle {
 			l.abort(c, ErrIdleTimeout)
@@ -793,6 +798,8 @@ func (l *loop) logConn(c *conn, status observe.Status, err error) {
 }
 
 // recoverConn turns a panic while handling c into the end of c alone.
+// Every path that handles a connection defers it: events, timers, work
+// left for a later turn, a newly accepted connection.
 func (l *loop) recoverConn(c *conn) {
 	v := recover()
 	if v == nil {
@@ -803,6 +810,7 @@ func (l *loop) recoverConn(c *conn) {
 	l.e.log.Error("panic while handling a connection; the connection was closed and pj goes on",
 		"conn", c.id, "client", c.client.String(), "error", pe.Error(), "stack", string(pe.Stack))
 	if c.state != stateClosed {
+		defer l.recoverLoop() // a connection too broken to close
 		l.abort(c, pe)
 	}
 }

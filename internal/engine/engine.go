@@ -47,6 +47,11 @@ type Options struct {
 
 	onOpen func()             // see Engine.onOpen
 	onPeek func(buffered int) // see Engine.onPeek
+	// fault, if set, runs at named points of a connection's handling;
+	// tests make it panic there.
+	fault func(point string)
+	// perTurn, if set, replaces maxPerTurn (tests).
+	perTurn int
 	// newLoop, if set, runs before loop i is created; an error it returns
 	// stands for that loop's failure (tests).
 	newLoop func(i int) error
@@ -69,15 +74,16 @@ type Engine struct {
 
 	maxConns atomic.Int64 // the cap of the whole process; 0: none
 	capped   atomic.Int32 // listeners unwatched by a loop because of a cap
-	capLogMu sync.Mutex
-	capLog   time.Time
+	capLog   observe.Sometimes
 
 	// onOpen, if set, runs for every accepted connection before its
 	// backend is dialled; tests use it to inject a fault.
 	onOpen func()
 	// onPeek, if set, runs each time a connection choosing its route has
 	// read, with the bytes it holds; tests pace a client's writes by it.
-	onPeek func(buffered int)
+	onPeek  func(buffered int)
+	fault   func(point string)
+	perTurn int // see maxPerTurn
 }
 
 // ErrShutdown is the cause of connections cut when the grace period ends;
@@ -90,8 +96,13 @@ func New(opt Options) (*Engine, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{log: log, ka: opt.KeepAlive, start: time.Now(), onOpen: opt.onOpen, onPeek: opt.onPeek, nextID: opt.IDs,
+	e := &Engine{log: log, ka: opt.KeepAlive, start: time.Now(), onOpen: opt.onOpen, onPeek: opt.onPeek, fault: opt.fault, nextID: opt.IDs,
 		tls: tlsproxy.NewServer(log)}
+	e.capLog.Every = acceptLogEvery
+	e.perTurn = maxPerTurn
+	if opt.perTurn > 0 {
+		e.perTurn = opt.perTurn
+	}
 	if e.nextID == nil {
 		e.nextID = new(atomic.Uint64)
 	}
@@ -128,10 +139,9 @@ type Listener struct {
 	addr  string
 	proxy atomic.Pointer[proxy.Proxy]
 
-	// accept error logging is rate limited per listener, across loops
-	errMu      sync.Mutex
-	lastErrLog time.Time
-	suppressed int
+	// Accept errors, and accepting again after them, are logged at most
+	// once per interval per listener, across loops.
+	errLog, againLog observe.Sometimes
 }
 
 // Addr is the bound address, as logged.
@@ -148,6 +158,7 @@ func (ln *Listener) SetProxy(p *proxy.Proxy) { ln.proxy.Store(p) }
 // socket that the engine now owns.
 func (e *Engine) Listen(fd int, addr string, p *proxy.Proxy) (*Listener, error) {
 	ln := &Listener{fd: fd, addr: addr}
+	ln.errLog.Every, ln.againLog.Every = acceptLogEvery, acceptLogEvery
 	ln.proxy.Store(p)
 	var errs []error
 	for _, l := range e.loops {
@@ -243,16 +254,12 @@ func (e *Engine) ResumeCapped() {
 // logCapped says, at most once every few seconds, that a cap holds new
 // connections back.
 func (e *Engine) logCapped(ln *Listener, what string, limit int64) {
-	e.capLogMu.Lock()
-	now := time.Now()
-	if now.Sub(e.capLog) < acceptLogEvery {
-		e.capLogMu.Unlock()
+	ok, suppressed := e.capLog.Allow(time.Now())
+	if !ok {
 		return
 	}
-	e.capLog = now
-	e.capLogMu.Unlock()
 	e.log.Warn("connection cap reached: new connections wait in the accept queue until some close",
-		"address", ln.addr, "cap", what, "limit", limit, "active", e.active.Load())
+		"address", ln.addr, "cap", what, "limit", limit, "active", e.active.Load(), "suppressed", suppressed)
 }
 
 func (e *Engine) connDone() {
@@ -297,6 +304,13 @@ func (e *Engine) Close() {
 	e.tls.Wait()
 }
 
+// faultAt runs the test hook at a named point of a connection's handling.
+func (e *Engine) faultAt(point string) {
+	if e.fault != nil {
+		e.fault(point)
+	}
+}
+
 // now returns the loops' monotonic clock.
 func (e *Engine) now() int64 { return int64(time.Since(e.start)) }
 
@@ -306,20 +320,31 @@ func (e *Engine) logConn(rec *observe.Conn) {
 }
 
 // logAcceptError logs an accept failure at most once per interval per
-// listener, with the count of failures not logged since.
+// listener, with the count of failures not logged since. Out of
+// descriptors, it says how many connections are open and what the limit
+// is.
 func (e *Engine) logAcceptError(ln *Listener, err error, retry time.Duration) {
-	ln.errMu.Lock()
-	now := time.Now()
-	if now.Sub(ln.lastErrLog) < acceptLogEvery {
-		ln.suppressed++
-		ln.errMu.Unlock()
+	ok, suppressed := ln.errLog.Allow(time.Now())
+	if !ok {
 		return
 	}
-	suppressed := ln.suppressed
-	ln.lastErrLog, ln.suppressed = now, 0
-	ln.errMu.Unlock()
-	e.log.Error("cannot take new connections for now; retrying", "address", ln.addr, "error", err.Error(),
-		"retry_in", retry.String(), "failures_not_logged", suppressed, "hint", acceptHint(err))
+	attrs := []any{"address", ln.addr, "error", err.Error(), "retry_in", retry.String(), "suppressed", suppressed}
+	if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+		var lim unix.Rlimit
+		_ = unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) // on failure the limit reads 0
+		attrs = append(attrs, "connections", e.active.Load(), "descriptor_limit", lim.Cur)
+	}
+	attrs = append(attrs, "hint", acceptHint(err))
+	e.log.Error("cannot take new connections for now; retrying", attrs...)
+}
+
+// logAcceptingAgain says that a listener accepts again after errors, at
+// most once per interval: descriptors that run out and come back
+// thousands of times a second make one line.
+func (e *Engine) logAcceptingAgain(ln *Listener) {
+	if ok, suppressed := ln.againLog.Allow(time.Now()); ok {
+		e.log.Info("accepting again", "address", ln.addr, "suppressed", suppressed)
+	}
 }
 
 const acceptLogEvery = 5 * time.Second

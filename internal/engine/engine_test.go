@@ -49,6 +49,10 @@ type harnessOpt struct {
 	clients *admission.Clients
 	onPeek  func(buffered int)
 	change  func(*config.Proxy) // applied before the proxy is built
+	cap     int                 // max_connections of the proxy
+	fault   func(point string)
+	bw      int64 // bandwidth cap per direction, bytes per second
+	perTurn int   // bytes a direction moves per turn; 0: maxPerTurn
 }
 
 func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
@@ -64,7 +68,8 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := New(Options{Logger: log, Loops: 2, KeepAlive: testKeepAlive, onOpen: o.onOpen, onPeek: o.onPeek})
+	e, err := New(Options{Logger: log, Loops: 2, KeepAlive: testKeepAlive, onOpen: o.onOpen, onPeek: o.onPeek,
+		fault: o.fault, perTurn: o.perTurn})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,6 +84,7 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 	}
 	pc := config.Proxy{Name: "test", Backends: cbs, Settings: config.Default().Defaults}
 	pc.ConnectTimeout, pc.IdleTimeout = o.connect, o.idle
+	pc.Bandwidth.PerConnection = o.bw
 	if o.change != nil {
 		o.change(&pc)
 	}
@@ -86,6 +92,7 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.MaxConnections = o.cap
 	if o.clients != nil {
 		p.Clients = o.clients
 	}

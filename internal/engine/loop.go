@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,13 +54,11 @@ type loop struct {
 	rsa unix.RawSockaddrAny
 	buf []byte
 
-	conns     []*conn // by descriptor; both sockets of a connection point to it
-	listeners map[int]*Listener
-	paused    []pausedListener
-	capped    map[*Listener]bool // not watched: a connection cap is reached
-	resuming  atomic.Bool        // a resumeCapped command is queued
-	load      atomic.Int64       // connections owned, and handed over but not yet opened
-	backoff   map[*Listener]time.Duration
+	conns     []*conn          // by descriptor; both sockets of a connection point to it
+	listeners map[int]*lnState // by descriptor
+	paused    int              // listeners in lnPaused
+	resuming  atomic.Bool      // a resumeCapped command is queued
+	load      atomic.Int64     // connections owned, and handed over but not yet opened
 	gen       uint32
 	wall      time.Time // time of the current iteration
 	now       int64     // monotonic nanoseconds of the current iteration
@@ -79,9 +78,31 @@ type loop struct {
 	exited   chan struct{}
 }
 
-type pausedListener struct {
-	ln    *Listener
-	until int64
+// lnMode is what a loop does with a listener. A listener is in one mode
+// per loop, and setMode is the only way from one to another, so it is in
+// the loop's epoll set exactly when it is lnWatched.
+type lnMode uint8
+
+const (
+	// lnWatched: in the epoll set, accepted from when readable.
+	lnWatched lnMode = iota
+	// lnPaused: out of the set until a time (accept failed for want of
+	// descriptors or memory); clients wait in the kernel's accept queue.
+	lnPaused
+	// lnCapped: out of the set until a connection closes (a connection
+	// cap is reached). The socket is level-triggered and stays readable
+	// while clients wait: watching it would spin.
+	lnCapped
+	// lnRemoved: forgotten (CloseListener).
+	lnRemoved
+)
+
+// lnState is one listener as one loop serves it.
+type lnState struct {
+	ln      *Listener
+	mode    lnMode
+	until   int64         // lnPaused: when to watch again (loop clock)
+	backoff time.Duration // the last pause; it doubles while accept keeps failing
 }
 
 func newLoop(e *Engine, id int) (*loop, error) {
@@ -98,9 +119,7 @@ func newLoop(e *Engine, id int) (*loop, error) {
 		e: e, id: id, epfd: epfd, evfd: evfd,
 		events:    make([]unix.EpollEvent, maxEvents),
 		buf:       make([]byte, bufSize),
-		listeners: map[int]*Listener{},
-		backoff:   map[*Listener]time.Duration{},
-		capped:    map[*Listener]bool{},
+		listeners: map[int]*lnState{},
 		exited:    make(chan struct{}),
 	}
 	l.ev = unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
@@ -126,30 +145,47 @@ func (l *loop) run() {
 		}
 		close(l.exited)
 	}()
-	for {
-		n, err := l.wait()
-		l.tick()
-		if err != nil && err != unix.EINTR {
-			l.e.log.Error("event loop failed; its connections are lost", "loop", l.id, "error", err.Error())
-			return
-		}
-		for i := 0; i < n; i++ {
-			l.dispatch(&l.events[i])
-		}
-		l.runPending()
-		l.runTimers()
-		if l.busy && l.now-l.yielded > int64(yieldEvery) {
-			// A busy loop never blocks where the scheduler sees it; yielding
-			// now and then spares it the forced preemption (a signal) that
-			// the runtime sends a goroutine running for 10ms, and lets the
-			// system monitor sleep.
-			l.yielded = l.now
-			runtime.Gosched()
-		}
-		if l.stopping && l.open() == 0 {
-			return
-		}
+	for !l.iterate() {
 	}
+}
+
+// iterate waits for events once and handles them; it reports whether the
+// loop is over.
+func (l *loop) iterate() (over bool) {
+	defer l.recoverLoop()
+	n, err := l.wait()
+	l.tick()
+	if err != nil && err != unix.EINTR {
+		l.e.log.Error("event loop failed; its connections are lost", "loop", l.id, "error", err.Error())
+		return true
+	}
+	for i := 0; i < n; i++ {
+		l.dispatch(&l.events[i])
+	}
+	l.runPending()
+	l.runTimers()
+	if l.busy && l.now-l.yielded > int64(yieldEvery) {
+		// A busy loop never blocks where the scheduler sees it; yielding
+		// now and then spares it the forced preemption (a signal) that
+		// the runtime sends a goroutine running for 10ms, and lets the
+		// system monitor sleep.
+		l.yielded = l.now
+		runtime.Gosched()
+	}
+	return l.stopping && l.open() == 0
+}
+
+// recoverLoop is the last guard: a panic outside any one connection's
+// handling (accepting, a command, closing a connection that panicked) is
+// logged and counted, and the loop goes on.
+func (l *loop) recoverLoop() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	l.e.panics.Add(1)
+	pe := &PanicError{Value: v, Stack: debug.Stack()}
+	l.e.log.Error("panic in an event loop; it goes on", "loop", l.id, "error", pe.Error(), "stack", string(pe.Stack))
 }
 
 // wait returns the next batch of events.
@@ -201,9 +237,11 @@ func (l *loop) waitMillis() int {
 	if len(l.timers) > 0 {
 		next = l.timers[0].at
 	}
-	for _, p := range l.paused {
-		if next < 0 || p.until < next {
-			next = p.until
+	if l.paused > 0 {
+		for _, st := range l.listeners {
+			if st.mode == lnPaused && (next < 0 || st.until < next) {
+				next = st.until
+			}
 		}
 	}
 	if next < 0 {
@@ -221,8 +259,8 @@ func (l *loop) dispatch(ev *unix.EpollEvent) {
 	if gen == 0 {
 		if fd == l.evfd {
 			l.runCommands()
-		} else if ln := l.listeners[fd]; ln != nil {
-			l.accept(ln)
+		} else if st := l.listeners[fd]; st != nil {
+			l.accept(st)
 		}
 		return
 	}
@@ -291,11 +329,10 @@ func (l *loop) open() int {
 // --- listeners ---
 
 func (l *loop) addListener(ln *Listener) error {
-	l.listeners[ln.fd] = ln
 	if err := l.watchListener(ln); err != nil {
-		delete(l.listeners, ln.fd)
 		return err
 	}
+	l.listeners[ln.fd] = &lnState{ln: ln, mode: lnWatched}
 	return nil
 }
 
@@ -309,35 +346,60 @@ func (l *loop) watchListener(ln *Listener) error {
 	return nil
 }
 
-func (l *loop) removeListener(ln *Listener) {
-	if _, ok := l.listeners[ln.fd]; !ok {
+// setMode moves st to mode; until is the end of a pause. It is the one
+// place that adds a listener to the epoll set or takes it out.
+func (l *loop) setMode(st *lnState, mode lnMode, until int64) {
+	from := st.mode
+	st.until = until
+	if from == mode {
 		return
 	}
-	delete(l.listeners, ln.fd)
-	delete(l.backoff, ln)
-	if l.capped[ln] {
-		delete(l.capped, ln)
-		l.e.capped.Add(-1)
-		return // a capped listener is not registered
+	if from == lnWatched {
+		// Cannot fail: the socket is in the set, and open.
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, st.ln.fd, nil)
 	}
-	for i, p := range l.paused {
-		if p.ln == ln {
-			l.paused = append(l.paused[:i], l.paused[i+1:]...)
-			return // a paused listener is not registered
+	if mode == lnWatched {
+		if err := l.watchListener(st.ln); err != nil {
+			// Try again later rather than lose the listener.
+			l.e.log.Error("cannot watch a listener again; retrying", "address", st.ln.addr, "error", err.Error(),
+				"retry_in", maxAcceptDelay.String())
+			mode, st.until = lnPaused, l.now+int64(maxAcceptDelay)
 		}
 	}
-	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil) // fails only if not registered
+	switch from {
+	case lnPaused:
+		l.paused--
+	case lnCapped:
+		l.e.capped.Add(-1)
+	}
+	switch mode {
+	case lnPaused:
+		l.paused++
+	case lnCapped:
+		l.e.capped.Add(1)
+	}
+	st.mode = mode
 }
 
-// accept takes up to acceptBatch connections from ln.
-func (l *loop) accept(ln *Listener) {
+func (l *loop) removeListener(ln *Listener) {
+	st := l.listeners[ln.fd]
+	if st == nil || st.ln != ln {
+		return
+	}
+	l.setMode(st, lnRemoved, 0)
+	delete(l.listeners, ln.fd)
+}
+
+// accept takes up to acceptBatch connections from a watched listener.
+func (l *loop) accept(st *lnState) {
+	ln := st.ln
 	for range acceptBatch {
-		if l.isPaused(ln) {
+		if st.mode != lnWatched {
 			return // paused by the connection just accepted (no descriptors)
 		}
 		p := ln.Proxy()
 		if ok, global := l.e.reserve(p); !ok {
-			l.capPause(ln, p, global)
+			l.capPause(st, p, global)
 			return
 		}
 		fd, err := accept4(ln.fd, &l.rsa)
@@ -355,21 +417,24 @@ func (l *loop) accept(ln *Listener) {
 			// accepting on this loop for a while and retry, so pj recovers
 			// as soon as the condition clears. Clients wait in the
 			// kernel's accept queue meanwhile.
-			l.pauseListener(ln, os.NewSyscallError("accept4", err))
+			l.pause(st, os.NewSyscallError("accept4", err))
 			return
 		}
-		if d := l.backoff[ln]; d > 0 {
-			delete(l.backoff, ln)
-			l.e.log.Info("accepting again", "address", ln.addr)
+		if st.backoff > 0 {
+			st.backoff = 0
+			l.e.logAcceptingAgain(ln)
 		}
 		l.place(fd, ln, p, addrPort(&l.rsa))
 	}
 }
 
-// pauseListeners stops accepting on every listener of the loop for a while.
+// pauseListeners stops accepting for a while on every listener the loop
+// watches: a connection found no descriptor for its backend.
 func (l *loop) pauseListeners(err error) {
-	for _, ln := range l.listeners {
-		l.pauseListener(ln, err)
+	for _, st := range l.listeners {
+		if st.mode == lnWatched {
+			l.pause(st, err)
+		}
 	}
 }
 
@@ -401,75 +466,46 @@ func (l *loop) place(fd int, ln *Listener, p *proxy.Proxy, client netip.AddrPort
 	l.openConn(fd, ln, p, client)
 }
 
-// capPause stops watching ln on this loop because a connection cap is
+// capPause stops watching a listener because a connection cap is
 // reached: new clients wait in the kernel's accept queue, as with
 // HAProxy's maxconn, until a connection ends (resumeCapped).
-func (l *loop) capPause(ln *Listener, p *proxy.Proxy, global bool) {
-	if l.capped[ln] || l.isPaused(ln) {
-		return
-	}
-	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil) // level-triggered: unwatch or spin
-	l.capped[ln] = true
-	l.e.capped.Add(1)
+func (l *loop) capPause(st *lnState, p *proxy.Proxy, global bool) {
+	l.setMode(st, lnCapped, 0)
 	what, limit := "max_connections of the proxy", int64(p.MaxConnections)
 	if global {
 		what, limit = "max_connections of pj", l.e.maxConns.Load()
 	}
-	l.e.logCapped(ln, what, limit)
+	l.e.logCapped(st.ln, what, limit)
 }
 
 // resumeCapped watches the capped listeners again; accept caps them anew
 // if the cap is still reached.
 func (l *loop) resumeCapped() {
 	l.resuming.Store(false)
-	for ln := range l.capped {
-		delete(l.capped, ln)
-		l.e.capped.Add(-1)
-		if err := l.watchListener(ln); err != nil {
-			l.e.log.Error("cannot watch listener again", "address", ln.addr, "error", err.Error())
-			continue
-		}
-		l.accept(ln)
-	}
-}
-
-func (l *loop) isPaused(ln *Listener) bool {
-	for _, p := range l.paused {
-		if p.ln == ln {
-			return true
+	for _, st := range l.listeners {
+		if st.mode == lnCapped {
+			l.setMode(st, lnWatched, 0)
+			l.accept(st)
 		}
 	}
-	return false
 }
 
-func (l *loop) pauseListener(ln *Listener, err error) {
-	if l.isPaused(ln) {
-		return
-	}
-	d := min(max(2*l.backoff[ln], minAcceptDelay), maxAcceptDelay)
-	l.backoff[ln] = d
-	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil) // level-triggered: unwatch or spin
-	l.paused = append(l.paused, pausedListener{ln: ln, until: l.now + int64(d)})
-	l.e.logAcceptError(ln, err, d)
+// pause stops accepting on a listener for a back-off that doubles while
+// accepting keeps failing.
+func (l *loop) pause(st *lnState, err error) {
+	d := min(max(2*st.backoff, minAcceptDelay), maxAcceptDelay)
+	st.backoff = d
+	l.setMode(st, lnPaused, l.now+int64(d))
+	l.e.logAcceptError(st.ln, err, d)
 }
 
+// resumeListeners watches again the listeners whose pause is over.
 func (l *loop) resumeListeners() {
-	kept := l.paused[:0]
-	var due []*Listener
-	for _, p := range l.paused {
-		if p.until <= l.now {
-			due = append(due, p.ln)
-		} else {
-			kept = append(kept, p)
+	for _, st := range l.listeners {
+		if st.mode == lnPaused && st.until <= l.now {
+			l.setMode(st, lnWatched, 0)
+			l.accept(st)
 		}
-	}
-	l.paused = kept
-	for _, ln := range due {
-		if err := l.watchListener(ln); err != nil {
-			l.e.log.Error("cannot watch listener again", "address", ln.addr, "error", err.Error())
-			continue
-		}
-		l.accept(ln)
 	}
 }
 
@@ -490,7 +526,7 @@ func (l *loop) throttle(c *conn, when int64) {
 }
 
 func (l *loop) runTimers() {
-	if len(l.paused) > 0 {
+	if l.paused > 0 {
 		l.resumeListeners()
 	}
 	for len(l.timers) > 0 && l.timers[0].at <= l.now {
@@ -503,6 +539,7 @@ func (l *loop) runTimers() {
 func (l *loop) fire(c *conn, kind timerKind) {
 	defer l.recoverConn(c)
 	if kind == timerThrottle {
+		l.e.faultAt("throttle")
 		l.relay(c) // its bandwidth budget has refilled
 		return
 	}
@@ -526,9 +563,17 @@ func (l *loop) runPending() {
 		work[i] = nil
 		c.queued = false
 		if c.state == stateRelay {
-			l.relay(c)
+			l.resume(c)
 		}
 	}
+}
+
+// resume relays a connection that had work left; a panic costs that
+// connection only.
+func (l *loop) resume(c *conn) {
+	defer l.recoverConn(c)
+	l.e.faultAt("pending")
+	l.relay(c)
 }
 
 // --- commands from other goroutines ---

@@ -4,9 +4,15 @@ package engine
 
 import (
 	"errors"
+	"net"
 	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/testutil"
 )
@@ -77,5 +83,170 @@ func TestNewFailsCleanlyWhenALaterLoopCannotBeCreated(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("New has not returned within 10s: start-up deadlocked")
+	}
+}
+
+// listenerView is what one loop does with a listener.
+type listenerView struct {
+	known, registered, capped, paused bool
+}
+
+func (l *loop) viewListener(ln *Listener) listenerView {
+	var v listenerView
+	_ = l.call(func(l *loop) error {
+		st := l.listeners[ln.fd]
+		v.known = st != nil && st.ln == ln
+		v.capped = v.known && st.mode == lnCapped
+		v.paused = v.known && st.mode == lnPaused
+		// EPOLL_CTL_MOD fails with ENOENT on a descriptor not in the set
+		// (and with EINVAL on one registered with EPOLLEXCLUSIVE).
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(ln.fd)}
+		err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, ln.fd, &ev)
+		v.registered = err != unix.ENOENT
+		return nil
+	})
+	return v
+}
+
+func TestCappedListenerIsNotWatchedWhenAPauseEnds(t *testing.T) {
+	// A listener at its cap is out of the epoll set: it is level-triggered
+	// and readable while clients wait, so a loop watching it would spin.
+	// A descriptor shortage that pauses it meanwhile must not put it
+	// back when the pause ends while the cap still holds.
+	h := newHarness(t, harnessOpt{cap: 1}, testutil.StartEcho(t))
+	first := testutil.Dial(t, h.addr)
+	if got := testutil.RoundTrip(t, first, "1"); got != "1" {
+		t.Fatal(got)
+	}
+	second := testutil.Dial(t, h.addr) // waits in the accept queue
+	var capped *loop
+	testutil.WaitFor(t, 5*time.Second, "a loop to stop watching the capped listener", func() bool {
+		for _, l := range h.e.loops {
+			if l.viewListener(h.ln).capped {
+				capped = l
+				return true
+			}
+		}
+		return false
+	})
+	_ = capped.call(func(l *loop) error { l.pauseListeners(unix.EMFILE); return nil })
+	testutil.WaitFor(t, 5*time.Second, "the pause to end", func() bool { return !capped.viewListener(h.ln).paused })
+	if v := capped.viewListener(h.ln); v.registered || !v.capped {
+		t.Fatalf("after the pause, with the cap still reached: %+v; want capped and out of the epoll set", v)
+	}
+	// The cap lifts: the waiting client is served.
+	_ = first.Close()
+	if got := testutil.RoundTrip(t, second, "2"); got != "2" {
+		t.Fatal(got)
+	}
+}
+
+func TestRemovedListenerLeavesNoStateBehind(t *testing.T) {
+	// A listener removed while capped and paused must be forgotten by
+	// every loop: its descriptor number will be reused.
+	h := newHarness(t, harnessOpt{cap: 1}, testutil.StartEcho(t))
+	first := testutil.Dial(t, h.addr)
+	if got := testutil.RoundTrip(t, first, "1"); got != "1" {
+		t.Fatal(got)
+	}
+	testutil.Dial(t, h.addr) // waits in the accept queue
+	testutil.WaitFor(t, 5*time.Second, "a loop to stop watching the capped listener", func() bool {
+		for _, l := range h.e.loops {
+			if l.viewListener(h.ln).capped {
+				return true
+			}
+		}
+		return false
+	})
+	for _, l := range h.e.loops {
+		_ = l.call(func(l *loop) error { l.pauseListeners(unix.EMFILE); return nil })
+	}
+	h.e.CloseListener(h.ln)
+	for _, l := range h.e.loops {
+		if v := l.viewListener(h.ln); v.known {
+			t.Fatalf("loop %d still has the removed listener: %+v", l.id, v)
+		}
+	}
+}
+
+// silentBackend returns a loopback address whose accept queue is full, so
+// that a connect to it gets no answer: its SYNs are dropped.
+func silentBackend(t *testing.T) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil { // a queue of one
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
+	testutil.Dial(t, addr) // fills the queue
+	return addr
+}
+
+func TestPanicOnEveryPathCostsOneConnection(t *testing.T) {
+	// A panic wherever the loop handles a connection (its timers, a
+	// failover, a throttled direction, work left for a later turn) closes
+	// that connection, logs the stack, and pj goes on.
+	for _, tc := range []struct {
+		point string
+		opt   harnessOpt
+		// backends of the connection that panics; the next one uses echo
+		backends func(t *testing.T) []string
+		// drive makes the connection reach the point
+		drive func(t *testing.T, c *net.TCPConn)
+	}{
+		{point: "idle", opt: harnessOpt{idle: 50 * time.Millisecond},
+			drive: func(t *testing.T, c *net.TCPConn) { testutil.RoundTrip(t, c, "x") }},
+		{point: "connect_timeout", opt: harnessOpt{connect: 100 * time.Millisecond},
+			backends: func(t *testing.T) []string { return []string{silentBackend(t)} }},
+		{point: "failover",
+			backends: func(t *testing.T) []string { return []string{testutil.ClosedAddr(t)} }},
+		{point: "throttle", opt: harnessOpt{bw: 16 << 10},
+			drive: func(t *testing.T, c *net.TCPConn) {
+				go func() { _, _ = c.Write(make([]byte, 256<<10)) }() // more than a burst
+			}},
+		{point: "pending", opt: harnessOpt{perTurn: 1},
+			drive: func(t *testing.T, c *net.TCPConn) {
+				go func() { _, _ = c.Write(make([]byte, 256<<10)) }()
+			}},
+	} {
+		t.Run(tc.point, func(t *testing.T) {
+			var fired atomic.Int32
+			tc.opt.fault = func(point string) {
+				if point == tc.point && fired.Add(1) == 1 {
+					panic("injected fault at " + point)
+				}
+			}
+			echo := testutil.StartEcho(t)
+			backends := []string{echo}
+			if tc.backends != nil {
+				backends = append(tc.backends(t), echo)
+			}
+			h := newHarness(t, tc.opt, backends...)
+			c := testutil.Dial(t, h.addr)
+			if tc.drive != nil {
+				tc.drive(t, c)
+			}
+			h.log.WaitLines(t, "injected fault at "+tc.point, 1)
+			line := h.log.WaitLines(t, "[error]", 1)[0]
+			if !strings.Contains(line, "panic: injected fault") {
+				t.Fatalf("log line %q", line)
+			}
+			if n := h.e.Panics(); n != 1 {
+				t.Fatalf("%d panics counted", n)
+			}
+			// The engine goes on: a new connection is relayed.
+			next := testutil.Dial(t, h.addr)
+			if got := testutil.RoundTrip(t, next, "alive"); got != "alive" {
+				t.Fatalf("the next connection got %q", got)
+			}
+		})
 	}
 }
