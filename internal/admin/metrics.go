@@ -5,6 +5,7 @@ import (
 	"log"
 	"log/slog"
 	"runtime"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -160,11 +161,16 @@ func (s slogErrorLog) Println(v ...any) {
 	}
 }
 
+// logger is the admin server's ErrorLog: net/http repeats an accept error
+// every second for as long as it lasts (descriptors running out), so its
+// lines go through a throttle, once per errorLogEvery with a count.
 func (s slogErrorLog) logger() *log.Logger {
 	if s.l == nil {
 		return nil
 	}
-	return slog.NewLogLogger(s.l.Handler(), slog.LevelWarn)
+	return observe.NewThrottledLogger(s.l, slog.LevelWarn, "admin listener", errorLogEvery)
 }
+
+const errorLogEvery = 10 * time.Second
 
 func sprint(v ...any) string { return fmt.Sprint(v...) }

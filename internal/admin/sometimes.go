@@ -2,40 +2,30 @@ package admin
 
 import (
 	"log/slog"
-	"sync"
 	"time"
+
+	"github.com/pj-proxy/pj/internal/observe"
 )
 
 // sometimes logs a repeating condition at most once per interval, saying
-// how many occurrences it left out since the last line.
+// how many occurrences it left out since the last line (observe.Sometimes,
+// bound to a logger).
 type sometimes struct {
-	every time.Duration
-	to    *slog.Logger
-
-	mu         sync.Mutex
-	last       time.Time
-	suppressed int
+	s  observe.Sometimes
+	to *slog.Logger
 }
 
 func newSometimes(every time.Duration, log *slog.Logger) *sometimes {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &sometimes{every: every, to: log}
+	return &sometimes{s: observe.Sometimes{Every: every}, to: log}
 }
 
 // log calls write, with the count of occurrences left out, unless a line
 // was written less than an interval ago.
 func (s *sometimes) log(write func(l *slog.Logger, suppressed int)) {
-	s.mu.Lock()
-	now := time.Now()
-	if !s.last.IsZero() && now.Sub(s.last) < s.every {
-		s.suppressed++
-		s.mu.Unlock()
-		return
+	if ok, n := s.s.Allow(time.Now()); ok {
+		write(s.to, n)
 	}
-	n := s.suppressed
-	s.last, s.suppressed = now, 0
-	s.mu.Unlock()
-	write(s.to, n)
 }
