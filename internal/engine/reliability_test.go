@@ -250,3 +250,31 @@ func TestPanicOnEveryPathCostsOneConnection(t *testing.T) {
 		})
 	}
 }
+
+func TestOscillatingShortageLogsOnceWithACount(t *testing.T) {
+	// Descriptors that run out and come back between every two accepts
+	// make one error line and one "accepting again" per interval, not one
+	// per oscillation.
+	const rounds = 30
+	h := newHarness(t, harnessOpt{}, testutil.StartEcho(t))
+	for range rounds {
+		for _, l := range h.e.loops {
+			_ = l.call(func(l *loop) error { l.pauseListeners(unix.EMFILE); return nil })
+		}
+		c := testutil.Dial(t, h.addr) // accepted once a pause ends
+		if got := testutil.RoundTrip(t, c, "x"); got != "x" {
+			t.Fatal(got)
+		}
+		_ = c.Close()
+	}
+	errs, again := h.log.Lines("cannot take new connections"), h.log.Lines("accepting again")
+	if len(errs) != 1 || len(again) > len(h.e.loops) {
+		t.Fatalf("%d error lines and %d 'accepting again' for %d shortages; want one of each per listener and interval:\n%s",
+			len(errs), len(again), rounds, strings.Join(append(errs, again...), "\n"))
+	}
+	for _, want := range []string{"connections=", "descriptor_limit=", "suppressed=0"} {
+		if !strings.Contains(errs[0], want) {
+			t.Fatalf("error line %q lacks %s", errs[0], want)
+		}
+	}
+}
