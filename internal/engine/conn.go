@@ -410,14 +410,34 @@ func (l *loop) handle(c *conn, fd int, events uint32) {
 		return
 	}
 	if events&unix.EPOLLERR != 0 {
-		s := sideBackend
-		if isClient {
-			s = sideClient
-		}
-		l.abort(c, sideError(s, socketError(fd)))
+		l.abort(c, l.deliverBeforeError(c, isClient))
 		return
 	}
 	l.relay(c)
+}
+
+// deliverBeforeError passes on what a socket with a pending error (a
+// reset, most often) received before it: the kernel keeps those bytes
+// readable ahead of the error. It returns the error to end c with.
+func (l *loop) deliverBeforeError(c *conn, isClient bool) error {
+	// Read on to the error itself: a short read must not be taken for the
+	// end of the stream (as EPOLLHUP would have it), or a FIN would go out
+	// ahead of the reset.
+	c.ready &^= cHup | bHup
+	var err error
+	if isClient && !c.up.done {
+		err = l.pump(c, &c.up, int(c.cfd), int(c.bfd), cReadable, cHup, bWritable, sideClient, sideBackend)
+	} else if !isClient && !c.down.done {
+		err = l.pump(c, &c.down, int(c.bfd), int(c.cfd), bReadable, bHup, cWritable, sideBackend, sideClient)
+	}
+	if err != nil {
+		return err
+	}
+	fd, s := int(c.bfd), sideBackend
+	if isClient {
+		fd, s = int(c.cfd), sideClient
+	}
+	return sideError(s, socketError(fd))
 }
 
 // maxPerTurn bounds the bytes one direction moves before the loop turns
@@ -535,15 +555,31 @@ func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWrita
 			l.queue(c)
 			return moved, nil
 		}
-		want := pipeSize
+		if c.ready&dstWritable == 0 {
+			// The destination is known to be full: leave the bytes in
+			// the source's socket (its readiness is remembered) rather
+			// than read them into a spill; the destination's EPOLLOUT
+			// resumes the direction.
+			return moved, nil
+		}
+		splice := d.bulk && l.getPipe(d)
+		// Take only as much budget as this path can use: a read fills at
+		// most the buffer, a splice at most the pipe.
+		want := len(l.buf)
+		if splice {
+			want = pipeSize
+		}
 		if d.budget != nil {
-			if want = d.budget.take(l.now, pipeSize); want == 0 {
+			if want = d.budget.take(l.now, want); want == 0 {
+				if splice {
+					l.putPipe(d) // empty: a throttled direction holds none
+				}
 				l.throttle(c, d.budget.ready(l.now))
 				return moved, nil
 			}
 		}
 
-		if d.bulk && l.getPipe(d) {
+		if splice {
 			n, err := sysSplice(src, int(d.pipe.w), want)
 			if d.budget != nil {
 				d.budget.giveBack(want - max(n, 0))
@@ -563,7 +599,7 @@ func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWrita
 			continue
 		}
 
-		buf := l.buf[:min(len(l.buf), want)]
+		buf := l.buf[:want]
 		var n int
 		n, err = sysRead(src, buf)
 		if d.budget != nil {

@@ -4,11 +4,14 @@ package engine
 
 import (
 	"errors"
+	"io"
 	"net"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -277,4 +280,92 @@ func TestOscillatingShortageLogsOnceWithACount(t *testing.T) {
 			t.Fatalf("error line %q lacks %s", errs[0], want)
 		}
 	}
+}
+
+func TestBandwidthCapIsReachedWithSmallMessages(t *testing.T) {
+	// 4 KiB messages through a 2 MiB/s cap: the direction must move close
+	// to 2 MiB/s. Taking a pipe's worth of budget for every read, and
+	// returning only part, throttled it far below its cap.
+	const (
+		rate  = 2 << 20
+		total = 1 << 20
+		burst = rate / 4 // newBucket's
+	)
+	baddr, conns := backendConns(t)
+	h := newHarness(t, harnessOpt{bw: rate}, baddr)
+	client := testutil.Dial(t, h.addr)
+	backend := accepted(t, conns)
+	go func() {
+		msg := make([]byte, 4<<10)
+		for sent := 0; sent < total; sent += len(msg) {
+			if _, err := client.Write(msg); err != nil {
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	_ = backend.SetReadDeadline(start.Add(10 * time.Second))
+	got, err := io.ReadFull(backend, make([]byte, total))
+	elapsed := time.Since(start)
+	if err != nil {
+		t.Fatalf("received %d of %d bytes in %s: %v", got, total, elapsed, err)
+	}
+	// The first burst goes at once; the rest at the rate.
+	achieved := float64(total-burst) / elapsed.Seconds()
+	t.Logf("%.2f MiB/s through a cap of %.2f MiB/s", achieved/(1<<20), float64(rate)/(1<<20))
+	if achieved < 0.7*rate {
+		t.Fatalf("%.0f B/s through a cap of %d B/s: the cap throttles far below itself", achieved, rate)
+	}
+	if achieved > 1.5*rate {
+		t.Fatalf("%.0f B/s through a cap of %d B/s: the cap does not hold", achieved, rate)
+	}
+}
+
+// holdLoops stops every loop of e until the returned function is called:
+// events meanwhile arrive together.
+func holdLoops(t *testing.T, e *Engine) (release func()) {
+	t.Helper()
+	ch := make(chan struct{})
+	var held sync.WaitGroup
+	for _, l := range e.loops {
+		held.Add(1)
+		l.post(func(*loop) { held.Done(); <-ch })
+	}
+	held.Wait()
+	var once sync.Once
+	release = func() { once.Do(func() { close(ch) }) }
+	t.Cleanup(release)
+	return release
+}
+
+func TestDataBeforeAResetIsDelivered(t *testing.T) {
+	// The backend answers and resets at once; pj sees the data and the
+	// error in one event. The answer must reach the client before the
+	// reset does.
+	baddr, conns := backendConns(t)
+	h := newHarness(t, harnessOpt{}, baddr)
+	client := testutil.Dial(t, h.addr)
+	backend := accepted(t, conns)
+	if _, err := io.WriteString(client, "q"); err != nil { // relayed: pj has seen the connect complete
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(backend, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	release := holdLoops(t, h.e)
+	if _, err := io.WriteString(backend, "last words"); err != nil {
+		t.Fatal(err)
+	}
+	_ = backend.SetLinger(0)
+	_ = backend.Close()
+	release()
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(client)
+	if string(got) != "last words" {
+		t.Fatalf("client read %q (%v); want the answer sent before the reset", got, err)
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read ended with %v; want the reset passed on", err)
+	}
+	h.log.WaitLines(t, "[reset]", 1)
 }
