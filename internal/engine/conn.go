@@ -745,14 +745,41 @@ func (l *loop) abort(c *conn, err error) {
 	if c.closedBy == sideNone {
 		c.closedBy = sidePJ
 	}
-	if status == observe.StatusReset && IsReset(err) {
-		// Pass a reset on as a reset.
+	if status == observe.StatusReset && IsReset(err) || l.inFlight(c) {
+		// Pass a reset on as a reset; and cut with a reset whenever
+		// bytes are abandoned in flight: a FIN would tell the peer the
+		// transfer ended where it was cut.
 		lingerZero(int(c.cfd))
 		if c.bfd >= 0 {
 			lingerZero(int(c.bfd))
 		}
 	}
 	l.close(c, status, err)
+}
+
+// inFlight reports whether closing c now abandons bytes: held by pj (a
+// spill, a pipe), unread in a socket, or written but not yet taken by a
+// peer (a socket's send queue).
+func (l *loop) inFlight(c *conn) bool {
+	if c.state != stateRelay {
+		return false // nothing was relayed yet
+	}
+	for _, d := range [...]*dir{&c.up, &c.down} {
+		if len(d.spill) > 0 || d.inPipe > 0 {
+			return true
+		}
+	}
+	for _, fd := range [...]int32{c.cfd, c.bfd} {
+		if fd < 0 {
+			continue
+		}
+		for _, req := range [...]uint{unix.SIOCINQ, unix.SIOCOUTQ} {
+			if n, err := unix.IoctlGetInt(int(fd), req); err == nil && n > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // close releases everything a connection holds and logs it.

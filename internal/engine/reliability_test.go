@@ -369,3 +369,47 @@ func TestDataBeforeAResetIsDelivered(t *testing.T) {
 	}
 	h.log.WaitLines(t, "[reset]", 1)
 }
+
+func TestCutWithBytesInFlightResets(t *testing.T) {
+	// A connection pj cuts while bytes are in flight ends with a reset:
+	// a FIN would pass a truncated transfer off as complete. One cut with
+	// nothing in flight may end with a FIN.
+	for _, tc := range []struct {
+		name      string
+		busy      bool
+		cut       func(h *harness)
+		wantReset bool
+	}{
+		{"killed mid-transfer", true, func(h *harness) { killAll(h.e) }, true},
+		{"grace period over mid-transfer", true, func(h *harness) { h.e.Cut(ErrShutdown) }, true},
+		{"killed while idle", false, func(h *harness) { killAll(h.e) }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			baddr, conns := backendConns(t)
+			h := newHarness(t, harnessOpt{}, baddr)
+			client := testutil.Dial(t, h.addr)
+			backend := accepted(t, conns)
+			if tc.busy {
+				// The backend sends more than the sockets hold; the client
+				// reads nothing yet.
+				go func() { _, _ = backend.Write(make([]byte, 64<<20)) }()
+				testutil.WaitFor(t, 10*time.Second, "bytes to pile up in pj", func() bool {
+					cs := h.e.Connections()
+					return len(cs) == 1 && cs[0].Down > 0
+				})
+			}
+			tc.cut(h)
+			_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err := io.Copy(io.Discard, client)
+			if reset := errors.Is(err, syscall.ECONNRESET); reset != tc.wantReset {
+				t.Fatalf("client read ended with %v; want a reset: %v", err, tc.wantReset)
+			}
+		})
+	}
+}
+
+func killAll(e *Engine) {
+	for _, c := range e.Connections() {
+		e.Kill(c.ID)
+	}
+}
