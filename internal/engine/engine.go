@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -142,6 +143,8 @@ type Listener struct {
 	// Accept errors, and accepting again after them, are logged at most
 	// once per interval per listener, across loops.
 	errLog, againLog observe.Sometimes
+
+	closed atomic.Bool // CloseListener has run
 }
 
 // Addr is the bound address, as logged.
@@ -174,12 +177,62 @@ func (e *Engine) Listen(fd int, addr string, p *proxy.Proxy) (*Listener, error) 
 }
 
 // CloseListener stops accepting on ln and closes its socket. Connections
-// it accepted go on.
+// it accepted go on, and so do those whose handshake had completed: the
+// clients waiting in the accept queue are accepted and served (over a
+// connection cap if need be), not reset by the close. Closing a listener
+// twice does nothing.
 func (e *Engine) CloseListener(ln *Listener) {
+	if !ln.closed.CompareAndSwap(false, true) {
+		return
+	}
 	for _, l := range e.loops {
 		_ = l.call(func(l *loop) error { l.removeListener(ln); return nil })
 	}
+	e.drain(ln)
 	_ = unix.Close(ln.fd) // no loop refers to it any more
+}
+
+// maxDrain bounds the connections drain takes: an accept queue holds at
+// most net.core.somaxconn (4096 by default) of them.
+const maxDrain = 1 << 16
+
+// drain accepts what waits in the accept queue of a listener no loop
+// watches any more, and hands each connection to the least loaded loop.
+// A handshake that completes between the last accept and the close is
+// reset by the kernel: that window is the time of one system call.
+func (e *Engine) drain(ln *Listener) {
+	var rsa unix.RawSockaddrAny
+	p := ln.Proxy()
+	for range maxDrain {
+		fd, err := accept4(ln.fd, &rsa)
+		switch err {
+		case nil:
+		case unix.EINTR, unix.ECONNABORTED, unix.EPROTO:
+			continue
+		case unix.EAGAIN:
+			return
+		default: // out of descriptors: those left are lost with the socket
+			e.logAcceptError(ln, os.NewSyscallError("accept4", err), 0)
+			return
+		}
+		// Counted like any connection, but over the caps: the
+		// alternative is a reset.
+		e.active.Add(1)
+		p.Stats.Active.Add(1)
+		target := e.loops[0]
+		for _, o := range e.loops {
+			if o.load.Load() < target.load.Load() {
+				target = o
+			}
+		}
+		target.load.Add(1)
+		client := addrPort(&rsa)
+		if !target.post(func(t *loop) { t.openConn(fd, ln, p, client) }) {
+			target.load.Add(-1)
+			closeFD(fd)
+			e.unreserve(p)
+		}
+	}
 }
 
 // Active returns the number of connections open now.

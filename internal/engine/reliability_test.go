@@ -413,3 +413,33 @@ func killAll(e *Engine) {
 		e.Kill(c.ID)
 	}
 }
+
+func TestClosingAListenerServesItsAcceptQueue(t *testing.T) {
+	// Clients whose handshake completed wait in the kernel's accept queue
+	// for pj; stopping the listener (SIGTERM, a reload that removes it)
+	// must serve them, not reset them.
+	const clients = 10
+	h := newHarness(t, harnessOpt{}, testutil.StartEcho(t))
+	release := holdLoops(t, h.e) // nothing is accepted meanwhile
+	conns := make([]*net.TCPConn, clients)
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Go(func() { conns[i] = testutil.Dial(t, h.addr) })
+	}
+	wg.Wait()
+	closed := make(chan struct{})
+	go func() { h.e.CloseListener(h.ln); close(closed) }()
+	release()
+	<-closed
+	for i, c := range conns {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "x"); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatalf("client %d connected before the listener closed and was not served: %v", i, err)
+		}
+		_ = c.Close()
+	}
+	h.log.WaitLines(t, "[ok]", clients)
+}
