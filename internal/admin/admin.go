@@ -21,7 +21,6 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -39,7 +38,9 @@ import (
 // proxies and open connections (a *server.Server).
 type Source interface {
 	Proxies() []proxy.View
-	Connections() []observe.ConnInfo
+	// Connections returns at most limit (all if limit < 0) of the open
+	// connections of proxy (all if ""), oldest first.
+	Connections(proxy string, limit int) []observe.ConnInfo
 	Kill(id uint64) bool
 	// SetBackendState returns an error wrapping proxy.ErrNotFound for a
 	// proxy or backend that does not exist.
@@ -246,17 +247,12 @@ func (h *handler) connections(w http.ResponseWriter, r *http.Request) {
 		limit = n
 	}
 	only := r.URL.Query().Get("proxy")
-	conns := h.src.Connections()
-	sort.Slice(conns, func(i, j int) bool { return conns[i].ID < conns[j].ID })
+	// The limit goes to the source: a listing of the oldest one costs one,
+	// however many are open.
+	conns := h.src.Connections(only, limit)
 	now := time.Now()
-	out := connectionsJSON{Connections: []connectionJSON{}}
+	out := connectionsJSON{Connections: make([]connectionJSON, 0, len(conns))}
 	for _, c := range conns {
-		if only != "" && c.Proxy != only {
-			continue
-		}
-		if limit >= 0 && len(out.Connections) >= limit {
-			break
-		}
 		out.Connections = append(out.Connections, connectionJSON{
 			ID: connID(c.ID), Client: c.Client.String(), Proxy: c.Proxy, Listener: c.Listener,
 			Route: c.Route, Backend: c.Backend, Started: c.Started.UTC().Format("2006-01-02T15:04:05.000Z07:00"),

@@ -91,11 +91,12 @@ type conn struct {
 	backend  *balance.Backend
 	err      error // last connect error
 
-	counted    bool              // backend.Active includes this connection
-	reached    bool              // the backend answered
-	connectDur int64             // nanoseconds from accept to connected
-	lastActive int64             // loop clock of the last byte moved
-	timer      [timerKinds]int32 // 1 + the position of each timer in the loop's heap; 0: not armed
+	counted      bool              // backend.Active includes this connection
+	reached      bool              // the backend answered
+	connectDur   int64             // nanoseconds from accept to connected
+	lastActive   int64             // loop clock of the last byte moved
+	older, newer *conn             // neighbours in the loop's list, by age
+	timer        [timerKinds]int32 // 1 + the position of each timer in the loop's heap; 0: not armed
 
 	up, down dir
 }
@@ -124,6 +125,7 @@ func (l *loop) openConn(fd int, ln *Listener, p *proxy.Proxy, client netip.AddrP
 		id: l.e.nextID.Add(1), gen: l.nextGen(), cfd: int32(fd), bfd: -1,
 		ln: ln, proxy: p, client: client, accepted: l.wall,
 	}
+	l.link(c)
 	if err := l.register(fd, c.gen); err != nil {
 		// Not in the table yet: close's bookkeeping applies all the same.
 		c.closedBy = sidePJ
@@ -788,6 +790,7 @@ func (l *loop) close(c *conn, status observe.Status, err error) {
 		return
 	}
 	c.state = stateClosed
+	l.unlink(c)
 	l.load.Add(-1)
 	l.timers.stop(c, timerDeadline)
 	l.timers.stop(c, timerThrottle)

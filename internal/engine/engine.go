@@ -17,12 +17,14 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -425,14 +427,21 @@ func numLoops() int {
 // ConnInfo describes one open connection, for the admin API.
 type ConnInfo = observe.ConnInfo
 
-// Connections returns the connections open now, in no particular order.
-// Each loop lists its own, between two of its events.
-func (e *Engine) Connections() []ConnInfo {
+// Connections returns the connections open now, oldest first.
+func (e *Engine) Connections() []ConnInfo { return e.OldestConnections("", -1) }
+
+// OldestConnections returns at most limit (every one if limit < 0) of the
+// connections open now, of proxy (every proxy if ""), oldest first. Each
+// loop keeps its connections in the order it opened them, so it walks only
+// as far as the limit, between two of its events, and the listing holds
+// at most limit connections per loop.
+func (e *Engine) OldestConnections(proxy string, limit int) []ConnInfo {
 	var out []ConnInfo
 	for _, l := range e.loops {
 		_ = l.call(func(l *loop) error {
-			for fd, c := range l.conns {
-				if c == nil || c.cfd != int32(fd) || c.state == stateClosed {
+			n := 0
+			for c := l.oldest; c != nil && (limit < 0 || n < limit); c = c.newer {
+				if proxy != "" && c.proxy.Name != proxy {
 					continue
 				}
 				ci := ConnInfo{ID: c.id, Proxy: c.proxy.Name, Client: c.client, Listener: c.ln.addr,
@@ -444,11 +453,23 @@ func (e *Engine) Connections() []ConnInfo {
 					ci.Backend = c.backend.Address
 				}
 				out = append(out, ci)
+				n++
 			}
 			return nil
 		})
 	}
-	return append(out, e.tlsConnections()...)
+	// Connections handed to the TLS terminator are listed whole (they are
+	// few next to the loops'), then the limit applies to both.
+	for _, ci := range e.tlsConnections() {
+		if proxy == "" || ci.Proxy == proxy {
+			out = append(out, ci)
+		}
+	}
+	slices.SortFunc(out, func(a, b ConnInfo) int { return cmp.Compare(a.ID, b.ID) })
+	if limit >= 0 && len(out) > limit {
+		out = out[:limit:limit]
+	}
+	return out
 }
 
 // Kill closes connection id (status "killed"); it reports whether the

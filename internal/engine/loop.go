@@ -54,7 +54,9 @@ type loop struct {
 	rsa unix.RawSockaddrAny
 	buf []byte
 
-	conns     []*conn          // by descriptor; both sockets of a connection point to it
+	conns     []*conn // by descriptor; both sockets of a connection point to it
+	oldest    *conn   // the connections the loop owns, in the order it opened them
+	newest    *conn
 	listeners map[int]*lnState // by descriptor
 	paused    int              // listeners in lnPaused
 	resuming  atomic.Bool      // a resumeCapped command is queued
@@ -313,6 +315,32 @@ func (l *loop) nextGen() uint32 {
 		l.gen = 1
 	}
 	return l.gen
+}
+
+// link appends a connection to the loop's list, which is in the order of
+// their IDs: IDs are given out as connections are opened.
+func (l *loop) link(c *conn) {
+	c.older = l.newest
+	if l.newest != nil {
+		l.newest.newer = c
+	} else {
+		l.oldest = c
+	}
+	l.newest = c
+}
+
+func (l *loop) unlink(c *conn) {
+	if c.older != nil {
+		c.older.newer = c.newer
+	} else if l.oldest == c {
+		l.oldest = c.newer
+	}
+	if c.newer != nil {
+		c.newer.older = c.older
+	} else if l.newest == c {
+		l.newest = c.older
+	}
+	c.older, c.newer = nil, nil
 }
 
 // open counts the connections the loop owns.

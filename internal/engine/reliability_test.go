@@ -443,3 +443,49 @@ func TestClosingAListenerServesItsAcceptQueue(t *testing.T) {
 	}
 	h.log.WaitLines(t, "[ok]", clients)
 }
+
+func TestListingOldestIsBoundedByTheLimit(t *testing.T) {
+	// Asking for the oldest connection of many must return it, costing
+	// work and memory for one, not for all of them.
+	const open = 300
+	h := newHarness(t, harnessOpt{}, testutil.StartEcho(t))
+	for range open {
+		c := testutil.Dial(t, h.addr)
+		testutil.RoundTrip(t, c, "x")
+	}
+	all := h.e.OldestConnections("", -1)
+	if len(all) != open {
+		t.Fatalf("%d connections listed; want %d", len(all), open)
+	}
+	for i := 1; i < len(all); i++ {
+		if all[i-1].ID >= all[i].ID {
+			t.Fatalf("listing not oldest first at %d: %d, %d", i, all[i-1].ID, all[i].ID)
+		}
+	}
+	for _, limit := range []int{0, 1, 5} {
+		got := h.e.OldestConnections("", limit)
+		if len(got) != limit {
+			t.Fatalf("limit %d: %d listed", limit, len(got))
+		}
+		for i := range got {
+			if got[i].ID != all[i].ID {
+				t.Fatalf("limit %d: entry %d is c%d; want the oldest, c%d", limit, i, got[i].ID, all[i].ID)
+			}
+		}
+	}
+	if got := h.e.OldestConnections("no such proxy", 3); len(got) != 0 {
+		t.Fatalf("another proxy's filter listed %d", len(got))
+	}
+	var before, after runtime.MemStats
+	const calls = 20
+	runtime.ReadMemStats(&before)
+	for range calls {
+		h.e.OldestConnections("", 1)
+	}
+	runtime.ReadMemStats(&after)
+	perCall := (after.TotalAlloc - before.TotalAlloc) / calls
+	// One ConnInfo is about 100 bytes; all of them would be 30 KB and more.
+	if perCall > 4<<10 {
+		t.Fatalf("a listing of 1 of %d connections allocated %d bytes", open, perCall)
+	}
+}

@@ -85,7 +85,7 @@ func TestUDPProxyServesAndLists(t *testing.T) {
 	}
 	tc := testutil.Dial(t, r.Addrs()[1].String())
 	testutil.RoundTrip(t, tc, "tcp")
-	conns := r.Connections()
+	conns := r.Connections("", -1)
 	if len(conns) != 2 {
 		t.Fatalf("%d connections listed, want a TCP connection and a UDP session", len(conns))
 	}

@@ -1,9 +1,11 @@
 package server
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/observe"
@@ -26,9 +28,26 @@ func (s *Server) Proxies() []proxy.View {
 	return out
 }
 
-// Connections returns the connections open now.
-func (s *Server) Connections() []observe.ConnInfo {
-	return append(s.eng.Connections(), s.udpSessions()...)
+// Connections returns at most limit (every one if limit < 0) of the
+// connections and UDP sessions open now, of proxy (every proxy if ""),
+// oldest first. The engine's work and the listing's memory are bounded by
+// the limit.
+func (s *Server) Connections(proxy string, limit int) []observe.ConnInfo {
+	out := s.eng.OldestConnections(proxy, limit)
+	sessions := s.udpSessions()
+	if len(sessions) == 0 {
+		return out
+	}
+	for _, si := range sessions {
+		if proxy == "" || si.Proxy == proxy {
+			out = append(out, si)
+		}
+	}
+	slices.SortFunc(out, func(a, b observe.ConnInfo) int { return cmp.Compare(a.ID, b.ID) })
+	if limit >= 0 && len(out) > limit {
+		out = out[:limit:limit]
+	}
+	return out
 }
 
 // Kill closes one connection; it reports whether it was open.
