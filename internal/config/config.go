@@ -83,7 +83,10 @@ type Settings struct {
 	Balance        string
 	ConnectTimeout time.Duration
 	IdleTimeout    time.Duration // 0 = never
-	HealthCheck    HealthCheck
+	// HalfCloseTimeout closes a connection whose one side has finished
+	// sending once the other has been silent this long; 0 = never.
+	HalfCloseTimeout time.Duration
+	HealthCheck      HealthCheck
 
 	// DNSRefresh is how often backend host names are resolved again.
 	DNSRefresh time.Duration
@@ -304,13 +307,20 @@ func Default() Config {
 		Defaults: Settings{
 			Balance:        RoundRobin,
 			ConnectTimeout: 5 * time.Second,
-			HealthCheck:    HealthCheck{Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
-			DNSRefresh:     10 * time.Second,
-			MatchTimeout:   DefaultMatchTimeout,
-			Pool:           Pool{MaxAge: 30 * time.Second},
+			// HAProxy's timeout client-fin and server-fin guard against
+			// the same hung peer.
+			HalfCloseTimeout: DefaultHalfCloseTimeout,
+			HealthCheck:      HealthCheck{Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
+			DNSRefresh:       10 * time.Second,
+			MatchTimeout:     DefaultMatchTimeout,
+			Pool:             Pool{MaxAge: 30 * time.Second},
 		},
 	}
 }
+
+// DefaultHalfCloseTimeout is how long a half-closed connection may wait
+// for its other side.
+const DefaultHalfCloseTimeout = 5 * time.Minute
 
 // ErrInvalid is wrapped by every validation error.
 var ErrInvalid = errors.New("invalid configuration")

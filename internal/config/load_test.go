@@ -54,6 +54,7 @@ defaults:
   balance: least-conn
   connect_timeout: ${TIMEOUT}
   idle_timeout: 1m
+  half_close_timeout: 2m
   health_check: { interval: 3s, timeout: 500ms, rise: 4, fall: 5, send: "PING\r\n", expect: "+PONG", send_proxy: true }
   dns_refresh: 30s
   resolver: "10.0.0.53:53"
@@ -116,6 +117,7 @@ pprof = true
 balance = "least-conn"
 connect_timeout = "${TIMEOUT}"
 idle_timeout = "1m"
+half_close_timeout = "2m"
 health_check = { interval = "3s", timeout = "500ms", rise = 4, fall = 5, send = "PING\r\n", expect = "+PONG", send_proxy = true }
 dns_refresh = "30s"
 resolver = "10.0.0.53:53"
@@ -186,9 +188,10 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 
 	pfx := netip.MustParsePrefix
 	defaults := config.Settings{
-		Balance:        config.LeastConn,
-		ConnectTimeout: 2 * time.Second,
-		IdleTimeout:    time.Minute,
+		Balance:          config.LeastConn,
+		ConnectTimeout:   2 * time.Second,
+		IdleTimeout:      time.Minute,
+		HalfCloseTimeout: 2 * time.Minute,
 		HealthCheck: config.HealthCheck{Interval: 3 * time.Second, Timeout: 500 * time.Millisecond, Rise: 4, Fall: 5,
 			Send: "PING\r\n", Expect: "+PONG", SendProxy: true, Explicit: true},
 		DNSRefresh:              30 * time.Second,
@@ -249,9 +252,9 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 		name, text string
 		sources    []string // of the proxies, then of the routes
 	}{
-		{"pj.yaml", fixYAML, []string{"pj.yaml:23", "pj.yaml:32", "pj.yaml:41", "pj.yaml:46", "pj.yaml:51"}},
-		{"pj.yml", fixYAML, []string{"pj.yml:23", "pj.yml:32", "pj.yml:41", "pj.yml:46", "pj.yml:51"}},
-		{"pj.toml", fixTOML, []string{"pj.toml:36", "pj.toml:48", "pj.toml:61", "pj.toml:67", "pj.toml:74"}},
+		{"pj.yaml", fixYAML, []string{"pj.yaml:24", "pj.yaml:33", "pj.yaml:42", "pj.yaml:47", "pj.yaml:52"}},
+		{"pj.yml", fixYAML, []string{"pj.yml:24", "pj.yml:33", "pj.yml:42", "pj.yml:47", "pj.yml:52"}},
+		{"pj.toml", fixTOML, []string{"pj.toml:37", "pj.toml:49", "pj.toml:62", "pj.toml:68", "pj.toml:75"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := config.Decode(tt.name, []byte(tt.text), env(vars))
@@ -294,7 +297,7 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 	for name, text := range map[string]string{"pj.yaml": fullYAML, "pj.toml": fullTOML} {
 		got := decodeProblems(t, name, text, vars)
 		if len(got) != 1 || !strings.HasSuffix(got[0], ": proxies[1].send: unknown key (valid here: "+
-			"accept_proxy_protocol, allow, backend_tls, backends, balance, bandwidth, connect_timeout, deny, dns_refresh, health_check, idle_timeout, "+
+			"accept_proxy_protocol, allow, backend_tls, backends, balance, bandwidth, connect_timeout, deny, dns_refresh, half_close_timeout, health_check, idle_timeout, "+
 			"listen, match_timeout, max_connections, max_connections_per_client, name, pool, proxy_protocol, rate_limit, resolver, routes, tls, udp)") {
 			t.Errorf("%s: problems = %q, want one for proxies[1].send listing the valid keys", name, got)
 		}

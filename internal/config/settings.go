@@ -64,6 +64,10 @@ var settingKeys = []setting[Settings]{
 		zeroMeans("0s turns it off").
 		withFlag("idle-timeout", "close a connection idle in both directions this long; 0 = never").
 		shown(func(d time.Duration) string { return "idle timeout " + durationText(d) }),
+	def("half_close_timeout", func(s *Settings) *time.Duration { return &s.HalfCloseTimeout }, duration(notNegative)).
+		zeroMeans("0s turns it off").
+		withFlag("half-close-timeout", "after one side has finished sending, close when the other has been silent this long; 0 = never").
+		shown(func(d time.Duration) string { return "half-close timeout " + durationText(d) }),
 
 	object("health_check", func(s *Settings) *HealthCheck { return &s.HealthCheck }).
 		onSet(func(s *Settings) { s.HealthCheck.Explicit = true }).

@@ -95,6 +95,7 @@ type conn struct {
 	reached      bool              // the backend answered
 	connectDur   int64             // nanoseconds from accept to connected
 	lastActive   int64             // loop clock of the last byte moved
+	halfAt       int64             // loop clock when the first direction ended; 0: both open
 	older, newer *conn             // neighbours in the loop's list, by age
 	timer        [timerKinds]int32 // 1 + the position of each timer in the loop's heap; 0: not armed
 
@@ -348,9 +349,7 @@ func (l *loop) established(c *conn) {
 			return
 		}
 	}
-	if idle := c.route.IdleTimeout; idle > 0 {
-		l.arm(c, l.now+int64(idle))
-	}
+	l.armRelay(c)
 	if bw := c.route.Bandwidth; bw > 0 {
 		c.up.budget, c.down.budget = newBucket(bw, l.now), newBucket(bw, l.now)
 	}
@@ -543,6 +542,13 @@ func (l *loop) turn(c *conn, d *dir, src, dst int, srcReadable, srcHup, dstWrita
 			if c.closedBy == sideNone {
 				c.closedBy = srcSide
 			}
+			if !other.done {
+				// Half-closed: the half-close timeout starts.
+				c.halfAt = l.now
+				if c.route.HalfCloseTimeout > 0 {
+					l.armRelay(c)
+				}
+			}
 			return moved, nil
 		}
 		if c.ready&srcReadable == 0 {
@@ -712,13 +718,54 @@ func (l *loop) timerFired(c *conn) {
 		l.connectNext(c)
 	case stateRelay:
 		l.e.faultAt("idle")
-		idle := int64(c.route.IdleTimeout)
-		if quiet := l.now - c.lastActive; quiet >= idle {
+		if idle := int64(c.route.IdleTimeout); idle > 0 && l.now-c.lastActive >= idle {
 			l.abort(c, ErrIdleTimeout)
 			return
 		}
-		l.arm(c, c.lastActive+idle)
+		if half := int64(c.route.HalfCloseTimeout); half > 0 && c.halfAt > 0 && l.now-max(c.lastActive, c.halfAt) >= half {
+			l.abort(c, fmt.Errorf("%w: the %s sent nothing for %s after the %s finished",
+				ErrHalfCloseTimeout, c.openSide(), c.route.HalfCloseTimeout, c.openSide().other()))
+			return
+		}
+		l.armRelay(c)
 	}
+}
+
+// armRelay sets a relaying connection's deadline: the idle timeout from
+// its last byte, and once one direction has ended, the half-close timeout
+// from the later of that end and the last byte. Bytes moved meanwhile
+// push the deadline back when it fires, so the data path never touches
+// the timer.
+func (l *loop) armRelay(c *conn) {
+	at := int64(-1)
+	if idle := int64(c.route.IdleTimeout); idle > 0 {
+		at = c.lastActive + idle
+	}
+	if half := int64(c.route.HalfCloseTimeout); half > 0 && c.halfAt > 0 {
+		if h := max(c.lastActive, c.halfAt) + half; at < 0 || h < at {
+			at = h
+		}
+	}
+	if at < 0 {
+		l.disarm(c)
+		return
+	}
+	l.arm(c, at)
+}
+
+// openSide names the side whose direction is still open.
+func (c *conn) openSide() side {
+	if c.up.done {
+		return sideBackend
+	}
+	return sideClient
+}
+
+func (s side) other() side {
+	if s == sideClient {
+		return sideBackend
+	}
+	return sideClient
 }
 
 // abort ends a connection before both directions finished.
@@ -731,7 +778,7 @@ func (l *loop) abort(c *conn, err error) {
 		status = st
 	}
 	switch {
-	case errors.Is(err, ErrIdleTimeout):
+	case errors.Is(err, ErrIdleTimeout), errors.Is(err, ErrHalfCloseTimeout):
 		status = observe.StatusTimeout
 	case errors.Is(err, ErrShutdown):
 		status = observe.StatusShutdown
@@ -857,8 +904,8 @@ func (l *loop) logConn(c *conn, status observe.Status, err error) {
 	if c.backend != nil && (c.reached || status == observe.StatusConnectFailed) {
 		rec.Backend = c.backend.Address
 	}
-	if status == observe.StatusOK || status == observe.StatusTimeout || status == observe.StatusShutdown {
-		rec.Err = nil
+	if status == observe.StatusOK || status == observe.StatusShutdown || errors.Is(err, ErrIdleTimeout) {
+		rec.Err = nil // the status says it all; a half-close timeout says which side hung
 	}
 	l.e.logConn(&rec)
 }

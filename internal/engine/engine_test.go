@@ -50,6 +50,7 @@ type harnessOpt struct {
 	onPeek  func(buffered int)
 	change  func(*config.Proxy) // applied before the proxy is built
 	cap     int                 // max_connections of the proxy
+	half    time.Duration
 	fault   func(point string)
 	bw      int64 // bandwidth cap per direction, bytes per second
 	perTurn int   // bytes a direction moves per turn; 0: maxPerTurn
@@ -85,6 +86,7 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 	pc := config.Proxy{Name: "test", Backends: cbs, Settings: config.Default().Defaults}
 	pc.ConnectTimeout, pc.IdleTimeout = o.connect, o.idle
 	pc.Bandwidth.PerConnection = o.bw
+	pc.HalfCloseTimeout = o.half
 	if o.change != nil {
 		o.change(&pc)
 	}

@@ -12,6 +12,11 @@ import (
 // direction for the idle timeout; it is logged with status "timeout".
 var ErrIdleTimeout = errors.New("idle timeout")
 
+// ErrHalfCloseTimeout ends a connection whose one direction had ended
+// and whose other one was then silent for the half-close timeout; it is
+// logged with status "timeout".
+var ErrHalfCloseTimeout = errors.New("half-close timeout")
+
 // ErrKilled ends a connection closed through the admin API; it is logged
 // with status "killed".
 var ErrKilled = errors.New("closed by an operator")

@@ -489,3 +489,61 @@ func TestListingOldestIsBoundedByTheLimit(t *testing.T) {
 		t.Fatalf("a listing of 1 of %d connections allocated %d bytes", open, perCall)
 	}
 }
+
+func TestHalfCloseTimeout(t *testing.T) {
+	// The client has finished sending; the backend never answers nor
+	// closes (hung). With half_close_timeout the connection ends once the
+	// backend's direction has been silent that long (status timeout);
+	// bytes in that direction keep it open.
+	const half = 150 * time.Millisecond
+	baddr, conns := backendConns(t)
+	h := newHarness(t, harnessOpt{half: half}, baddr)
+	client := testutil.Dial(t, h.addr)
+	backend := accepted(t, conns)
+	if _, err := io.WriteString(client, "request"); err != nil {
+		t.Fatal(err)
+	}
+	_ = client.CloseWrite()
+	if got := testutil.ReadAll(t, backend); got != "request" {
+		t.Fatalf("backend read %q", got)
+	}
+	// An answer trickles for several timeouts: the connection stays.
+	tick := time.NewTicker(half / 5)
+	defer tick.Stop()
+	buf := make([]byte, 1)
+	for end := time.Now().Add(3 * half); time.Now().Before(end); <-tick.C {
+		if _, err := io.WriteString(backend, "."); err != nil {
+			t.Fatal(err)
+		}
+		_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(client, buf); err != nil {
+			t.Fatalf("the connection ended while the backend was still answering: %v", err)
+		}
+	}
+	// Then the backend hangs: the connection ends, with a FIN (nothing
+	// is in flight).
+	if got := testutil.ReadAll(t, client); got != "" {
+		t.Fatalf("read %q", got)
+	}
+	line := h.log.WaitLines(t, "[timeout]", 1)[0]
+	if !strings.Contains(line, "half-close timeout") {
+		t.Fatalf("log line %q: want the half-close timeout named", line)
+	}
+}
+
+func TestHalfCloseTimeoutZeroArmsNothing(t *testing.T) {
+	baddr, conns := backendConns(t)
+	h := newHarness(t, harnessOpt{}, baddr)
+	client := testutil.Dial(t, h.addr)
+	backend := accepted(t, conns)
+	_ = client.CloseWrite()
+	if got := testutil.ReadAll(t, backend); got != "" {
+		t.Fatalf("backend read %q", got)
+	}
+	testutil.WaitFor(t, 5*time.Second, "the client's FIN to be passed on", func() bool {
+		return len(h.log.Lines("[")) == 0 && h.e.timerCount() == 0
+	})
+	if n := h.e.Active(); n != 1 {
+		t.Fatalf("%d connections open; want the half-closed one", n)
+	}
+}

@@ -85,6 +85,9 @@ type Route struct {
 	Match          string
 	ConnectTimeout time.Duration
 	IdleTimeout    time.Duration
+	// HalfCloseTimeout ends a connection whose one direction has ended
+	// when the other has been silent this long; 0: never.
+	HalfCloseTimeout time.Duration
 	// Health has the rise and fall that passive checks (failed
 	// connects) use too.
 	Health config.HealthCheck
@@ -201,17 +204,18 @@ func buildRoute(ctx context.Context, proxyName, name, match string, backends []c
 		pools = warm.New(set, ws, &stats.PoolHits, &stats.PoolMisses, log, prevWarm)
 	}
 	r := &Route{
-		Warm:           pools,
-		Name:           name,
-		Balance:        s.Balance,
-		Backends:       set,
-		Match:          match,
-		ConnectTimeout: s.ConnectTimeout,
-		IdleTimeout:    s.IdleTimeout,
-		Health:         s.HealthCheck,
-		Bandwidth:      s.Bandwidth.PerConnection,
-		ProxyProtocol:  s.ProxyVersion(),
-		Taken:          taken,
+		Warm:             pools,
+		Name:             name,
+		Balance:          s.Balance,
+		Backends:         set,
+		Match:            match,
+		ConnectTimeout:   s.ConnectTimeout,
+		IdleTimeout:      s.IdleTimeout,
+		HalfCloseTimeout: s.HalfCloseTimeout,
+		Health:           s.HealthCheck,
+		Bandwidth:        s.Bandwidth.PerConnection,
+		ProxyProtocol:    s.ProxyVersion(),
+		Taken:            taken,
 	}
 	if s.TLS != nil || s.BackendTLS != nil {
 		var prevTLS *tlsproxy.Route
