@@ -282,10 +282,53 @@ func TestOscillatingShortageLogsOnceWithACount(t *testing.T) {
 	}
 }
 
+func TestBandwidthBudgetIsSpentOnlyOnBytesMoved(t *testing.T) {
+	// A direction takes from its bucket only what a read can use. Taking
+	// all the bucket held (up to a pipe's worth) for a read of at most
+	// 64 KiB, and giving back only part, threw the rest away at every
+	// read: 1 MiB in 4 KiB messages through a 2 MiB/s cap moved at about
+	// 1 MiB/s. Checked on the bucket itself, which no machine's load
+	// blurs: after 100 KiB, a full bucket holds its burst less 100 KiB.
+	const (
+		rate  = 2 << 20
+		burst = rate / 4 // newBucket's
+		sent  = 100 << 10
+	)
+	baddr, conns := backendConns(t)
+	h := newHarness(t, harnessOpt{bw: rate}, baddr)
+	client := testutil.Dial(t, h.addr)
+	backend := accepted(t, conns)
+	go func() {
+		msg := make([]byte, 4<<10)
+		for range sent / len(msg) {
+			if _, err := client.Write(msg); err != nil {
+				return
+			}
+		}
+	}()
+	_ = backend.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(backend, make([]byte, sent)); err != nil {
+		t.Fatal(err)
+	}
+	var tokens float64 = -1
+	for _, l := range h.e.loops {
+		_ = l.call(func(l *loop) error {
+			if c := l.oldest; c != nil && c.up.budget != nil {
+				tokens = c.up.budget.tokens // as of its last refill: never more than now
+			}
+			return nil
+		})
+	}
+	if tokens < burst-sent {
+		t.Fatalf("after %d bytes from a full bucket of %d, it holds %.0f: budget was spent on bytes never moved",
+			sent, burst, tokens)
+	}
+}
+
 func TestBandwidthCapIsReachedWithSmallMessages(t *testing.T) {
-	// 4 KiB messages through a 2 MiB/s cap: the direction must move close
-	// to 2 MiB/s. Taking a pipe's worth of budget for every read, and
-	// returning only part, throttled it far below its cap.
+	// 4 KiB messages through a 2 MiB/s cap move at close to 2 MiB/s, and
+	// not faster. (The lower bound is loose: a loaded machine only makes
+	// pj slower than its cap; the budget test above holds the exact rule.)
 	const (
 		rate  = 2 << 20
 		total = 1 << 20
@@ -313,7 +356,7 @@ func TestBandwidthCapIsReachedWithSmallMessages(t *testing.T) {
 	// The first burst goes at once; the rest at the rate.
 	achieved := float64(total-burst) / elapsed.Seconds()
 	t.Logf("%.2f MiB/s through a cap of %.2f MiB/s", achieved/(1<<20), float64(rate)/(1<<20))
-	if achieved < 0.7*rate {
+	if achieved < 0.4*rate {
 		t.Fatalf("%.0f B/s through a cap of %d B/s: the cap throttles far below itself", achieved, rate)
 	}
 	if achieved > 1.5*rate {
@@ -495,7 +538,7 @@ func TestHalfCloseTimeout(t *testing.T) {
 	// closes (hung). With half_close_timeout the connection ends once the
 	// backend's direction has been silent that long (status timeout);
 	// bytes in that direction keep it open.
-	const half = 150 * time.Millisecond
+	const half = 400 * time.Millisecond
 	baddr, conns := backendConns(t)
 	h := newHarness(t, harnessOpt{half: half}, baddr)
 	client := testutil.Dial(t, h.addr)
@@ -508,10 +551,10 @@ func TestHalfCloseTimeout(t *testing.T) {
 		t.Fatalf("backend read %q", got)
 	}
 	// An answer trickles for several timeouts: the connection stays.
-	tick := time.NewTicker(half / 5)
+	tick := time.NewTicker(half / 10)
 	defer tick.Stop()
 	buf := make([]byte, 1)
-	for end := time.Now().Add(3 * half); time.Now().Before(end); <-tick.C {
+	for end := time.Now().Add(2 * half); time.Now().Before(end); <-tick.C {
 		if _, err := io.WriteString(backend, "."); err != nil {
 			t.Fatal(err)
 		}
