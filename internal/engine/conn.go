@@ -837,10 +837,8 @@ func (l *loop) close(c *conn, status observe.Status, err error) {
 		return
 	}
 	c.state = stateClosed
-	l.unlink(c)
+	l.forget(c)
 	l.load.Add(-1)
-	l.timers.stop(c, timerDeadline)
-	l.timers.stop(c, timerThrottle)
 	l.clearConn(int(c.cfd))
 	closeFD(int(c.cfd))
 	if c.bfd >= 0 {

@@ -343,6 +343,15 @@ func (l *loop) unlink(c *conn) {
 	c.older, c.newer = nil, nil
 }
 
+// forget drops what the loop keeps about a connection it no longer owns
+// (closed, or handed to the TLS path): its timers and its place in the
+// list. Its descriptors are the caller's business.
+func (l *loop) forget(c *conn) {
+	l.unlink(c)
+	l.timers.stop(c, timerDeadline)
+	l.timers.stop(c, timerThrottle)
+}
+
 // open counts the connections the loop owns.
 func (l *loop) open() int {
 	n := 0
@@ -566,6 +575,9 @@ func (l *loop) runTimers() {
 // fire runs a connection's timer; a panic costs that connection only.
 func (l *loop) fire(c *conn, kind timerKind) {
 	defer l.recoverConn(c)
+	if c.state == stateClosed {
+		return // forget stops its timers; this is a guard
+	}
 	if kind == timerThrottle {
 		l.e.faultAt("throttle")
 		l.relay(c) // its bandwidth budget has refilled

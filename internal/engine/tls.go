@@ -20,7 +20,7 @@ import (
 // Idle and the grace period see it as they see the loops' own.
 
 // handOff gives c to the TLS path of route r. The loop forgets c at once:
-// it stops watching the socket and its timers find it closed.
+// it stops watching the socket, drops its timers and its place in the list.
 func (l *loop) handOff(c *conn, r *proxy.Route) {
 	fd := int(c.cfd)
 	// The TLS path's net.Conn holds a duplicate of fd, which would keep
@@ -32,6 +32,7 @@ func (l *loop) handOff(c *conn, r *proxy.Route) {
 		return
 	}
 	c.state = stateClosed
+	l.forget(c)
 	l.load.Add(-1)
 	l.clearConn(fd)
 	var peeked []byte
