@@ -22,7 +22,7 @@ ENGINE      ?=
 TEST_ENGINE := $(or $(ENGINE),buildah)
 PLATFORMS   ?= linux/$(shell $(GO) env GOARCH)
 
-.PHONY: build run test vet lint fmt-check race cross fuzz fuzz-long fuzz-short bench clean image image-multiarch image-test release-snapshot release-check
+.PHONY: build run test vet lint fmt-check race cross fuzz fuzz-long fuzz-short bench soak clean image image-multiarch image-test release-snapshot release-check
 
 ## build: a static binary in bin/pj, version stamped from git
 build:
@@ -98,6 +98,10 @@ release-snapshot:
 ## release-check: validate .goreleaser.yaml against GoReleaser's own configuration types
 release-check:
 	cd deploy/release && $(GO) test -count=1 ./...
+
+## soak: the soak suite at full scale, the real binary under load (about 10 min; see soak/README.md)
+soak:
+	SOAK=full $(GO) test ./soak -run '^TestSoak$$' -count=1 -v -timeout 60m
 
 ## bench: pj side by side with HAProxy, nginx and socat (about 7 min; see bench/README.md)
 bench:

@@ -1,0 +1,328 @@
+package soak
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// bins are the binaries under test, built once by TestMain.
+var bins struct {
+	dir, pj, loadgen string
+}
+
+// build compiles pj and bench/loadgen, as they are in the work tree, into
+// a temporary directory. PJ_BIN names a pj binary to soak instead.
+func build() error {
+	dir, err := os.MkdirTemp("", "pj-soak-")
+	if err != nil {
+		return err
+	}
+	bins.dir = dir
+	bins.pj, bins.loadgen = filepath.Join(dir, "pj"), filepath.Join(dir, "loadgen")
+	targets := map[string]string{bins.pj: "../cmd/pj", bins.loadgen: "../bench/loadgen"}
+	if given := os.Getenv("PJ_BIN"); given != "" {
+		if bins.pj, err = filepath.Abs(given); err != nil {
+			return err
+		}
+		delete(targets, filepath.Join(dir, "pj"))
+	}
+	for out, pkg := range targets {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+		}
+	}
+	return nil
+}
+
+// raiseFileLimit lifts this process's soft descriptor limit to the hard
+// one: the test holds one end of every idle connection. (Go raises its own
+// soft limit at start-up and lowers it again for the processes it starts;
+// pj and loadgen, being Go, raise theirs.)
+func raiseFileLimit() (uint64, error) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0, err
+	}
+	lim.Cur = lim.Max
+	return lim.Max, syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+}
+
+// process is a child process: pj or a loadgen backend.
+type process struct {
+	name   string
+	cmd    *exec.Cmd
+	log    string // its stderr, a file
+	exited chan struct{}
+	err    error // Wait's result, once exited is closed
+}
+
+// start runs bin with args, stderr to a file in dir, and stops it (by its
+// pid) at the end of the test unless it has exited. Pdeathsig ends it
+// should the test process die first.
+func start(t *testing.T, name, bin string, args ...string) *process {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), name+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // no stray PJ_* variables
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		_ = f.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	p := &process{name: name, cmd: cmd, log: logPath, exited: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		_ = f.Close()
+		close(p.exited)
+	}()
+	t.Cleanup(func() { p.kill() })
+	return p
+}
+
+func (p *process) pid() int { return p.cmd.Process.Pid }
+
+// kill ends the process at once and waits for it.
+func (p *process) kill() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.exited
+}
+
+// signal sends sig to the process.
+func (p *process) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %s to %s: %v", sig, p.name, err)
+	}
+}
+
+// ports returns n free loopback ports below the ephemeral range, where the
+// million client connections of a run do not take them.
+func ports(t *testing.T, n int) []string {
+	t.Helper()
+	out, err := exec.Command(bins.loadgen, "ports", "-n", strconv.Itoa(n)).Output()
+	if err != nil {
+		t.Fatalf("loadgen ports: %v", err)
+	}
+	ps := strings.Fields(string(out))
+	if len(ps) != n {
+		t.Fatalf("loadgen ports: %q", out)
+	}
+	return ps
+}
+
+// backend runs loadgen's echo backend on 127.0.0.1:port and waits until it
+// answers.
+func backend(t *testing.T, name, port string) *process {
+	t.Helper()
+	addr := "127.0.0.1:" + port
+	p := start(t, name, bins.loadgen, "serve", "-listen", addr, "-lifetime", "1h",
+		"-parent", strconv.Itoa(os.Getpid()))
+	wait(t, p, addr)
+	return p
+}
+
+// wait waits until addr answers an echo, failing at once if p exits.
+func wait(t *testing.T, p *process, addr string) {
+	t.Helper()
+	cmd := exec.Command(bins.loadgen, "wait", "-addr", addr, "-pid", strconv.Itoa(p.pid()), "-timeout", "20s")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		log, _ := os.ReadFile(p.log)
+		t.Fatalf("%s on %s: %v: %s\n%s's output:\n%s", p.name, addr, err, b, p.name, log[max(0, len(log)-4096):])
+	}
+}
+
+// pj runs the pj binary with args and waits until addr (its first
+// listener) relays an echo.
+func pj(t *testing.T, addr string, args ...string) *process {
+	t.Helper()
+	p := start(t, "pj", bins.pj, args...)
+	wait(t, p, addr)
+	return p
+}
+
+// loadgen runs one loadgen measurement and returns its JSON line.
+func loadgen(ctx context.Context, args ...string) (map[string]any, error) {
+	cmd := exec.CommandContext(ctx, bins.loadgen, append([]string{"run"}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, runErr := cmd.Output()
+	var m map[string]any
+	if err := json.Unmarshal(out, &m); err != nil {
+		return nil, fmt.Errorf("loadgen %s: %v, output %q, stderr %q", strings.Join(args, " "), errors.Join(runErr, err), out, stderr.String())
+	}
+	if e, ok := m["error"].(string); ok {
+		return m, errors.New(e)
+	}
+	return m, runErr
+}
+
+// num reads a number of a loadgen line; -1 when absent.
+func num(m map[string]any, key string) float64 {
+	if v, ok := m[key].(float64); ok {
+		return v
+	}
+	return -1
+}
+
+// usage is a process's resident memory and open descriptors.
+type usage struct {
+	rssKiB int
+	fds    int
+}
+
+func (u usage) rssMiB() float64 { return float64(u.rssKiB) / 1024 }
+
+// measure reads pid's VmRSS and counts its descriptors.
+func measure(t *testing.T, pid int) usage {
+	t.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatalf("read the status of %d: %v", pid, err)
+	}
+	var u usage
+	for line := range strings.Lines(string(status)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			u.rssKiB, _ = strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		}
+	}
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatalf("count the descriptors of %d: %v", pid, err)
+	}
+	u.fds = len(ents)
+	return u
+}
+
+// metric returns the value of the Prometheus sample name{labels} (labels
+// as written, e.g. `result="success"`) from the admin listener at addr.
+func metric(addr, name, labels string) (float64, error) {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	want := name
+	if labels != "" {
+		want += "{" + labels + "}"
+	}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), want+" "); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	return 0, fmt.Errorf("no sample %s at %s", want, addr)
+}
+
+// backendStates returns each backend's state ("up", "down") from the
+// admin API at addr.
+func backendStates(addr string) (map[string]string, error) {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + "/api/v1/proxies")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Proxies []struct {
+			Backends []struct {
+				Address string `json:"address"`
+				State   string `json:"state"`
+			} `json:"backends"`
+		} `json:"proxies"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, p := range body.Proxies {
+		for _, b := range p.Backends {
+			out[b.Address] = b.State
+		}
+	}
+	return out, nil
+}
+
+// waitUntil polls cond every 10 ms until it holds, and returns when it
+// first did; after timeout it fails the test with what.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		<-tick.C
+	}
+	return time.Now()
+}
+
+// echo sends one byte on c and reads it back within d.
+func echo(c net.Conn, b byte, d time.Duration) error {
+	if err := c.SetDeadline(time.Now().Add(d)); err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte{b}); err != nil {
+		return err
+	}
+	var got [1]byte
+	if _, err := io.ReadFull(c, got[:]); err != nil {
+		return err
+	}
+	if got[0] != b {
+		return fmt.Errorf("echoed %q, want %q", got[0], b)
+	}
+	return c.SetDeadline(time.Time{})
+}
+
+// writeFile replaces path's content at once (write, then rename), as an
+// editor or a configuration manager does.
+func writeFile(t *testing.T, path, text string) {
+	t.Helper()
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// background runs f in a goroutine; the returned func waits for it.
+func background(f func()) (wait func()) {
+	var wg sync.WaitGroup
+	wg.Go(f)
+	return wg.Wait
+}
