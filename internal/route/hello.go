@@ -62,8 +62,11 @@ func (h *hello) read(b []byte, limit int) helloState {
 		rec := b[h.next:]
 		n := int(rec[3])<<8 | int(rec[4])
 		// Only handshake records may carry the hello, none empty (RFC
-		// 8446 5.1), none longer than a plaintext record may be.
-		if rec[0] != recordHandshake || rec[1] != 3 || n == 0 || n > maxRecordLen ||
+		// 8446 5.1), none longer than a plaintext record may be. Before a
+		// version is agreed the record's version is not checked beyond
+		// being below 0x1000 (RFC 8446 5.1 asks receivers to ignore it;
+		// crypto/tls refuses only that), so this refuses no more.
+		if rec[0] != recordHandshake || rec[1] >= 0x10 || n == 0 || n > maxRecordLen ||
 			h.next+recordHeaderLen+n > limit {
 			h.state = helloBad
 			break
