@@ -53,12 +53,11 @@ func TestIdleAdminConnectionsLeaveDescriptorsToTheProxy(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = c.Close() })
 	}
-	// Give pj every chance to take them all (it must not): the count
-	// settles at the cap at once, or climbs to the limit.
-	deadline := time.Now().Add(time.Second)
-	for time.Now().Before(deadline) && testutil.OpenFDs(t, p.pid()) < base+idle {
-		time.Sleep(20 * time.Millisecond)
-	}
+	// pj takes as many as its cap allows (before the cap, it took them
+	// all, climbing to the limit at once).
+	testutil.WaitFor(t, 10*time.Second, "the admin listener to take its cap of connections", func() bool {
+		return testutil.OpenFDs(t, p.pid()) >= base+adminConnCap
+	})
 
 	c, err := net.DialTimeout("tcp", p.addrs[0], 5*time.Second)
 	if err != nil {
