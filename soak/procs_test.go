@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -325,4 +326,80 @@ func background(f func()) (wait func()) {
 	var wg sync.WaitGroup
 	wg.Go(f)
 	return wg.Wait
+}
+
+// tcpCounters reads the kernel's TCP counters that explain a stalled
+// connection (retransmitted SYNs, overflowing listen queues) from
+// /proc/net/snmp and /proc/net/netstat. They count for the whole network
+// namespace, other processes' connections too.
+func tcpCounters() map[string]int64 {
+	want := map[string]bool{
+		"Tcp:RetransSegs": true, "Tcp:EstabResets": true, "Tcp:AttemptFails": true,
+		"TcpExt:ListenOverflows": true, "TcpExt:ListenDrops": true, "TcpExt:TCPTimeouts": true,
+		"TcpExt:TCPSynRetrans": true, "TcpExt:TWRecycled": true,
+	}
+	out := map[string]int64{}
+	for _, path := range []string{"/proc/net/snmp", "/proc/net/netstat"} {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(string(data), "\n")
+		// Each group is a line of names followed by a line of values.
+		for i := 0; i+1 < len(lines); i += 2 {
+			names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+			if len(names) != len(values) || len(names) == 0 {
+				continue
+			}
+			for j := 1; j < len(names); j++ {
+				if key := names[0] + names[j]; want[key] {
+					out[key], _ = strconv.ParseInt(values[j], 10, 64)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// counterDelta says how each counter moved from a to b.
+func counterDelta(a, b map[string]int64) string {
+	var parts []string
+	for k, v := range b {
+		if d := v - a[k]; d != 0 {
+			parts = append(parts, fmt.Sprintf("%s +%d", k, d))
+		}
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ", ")
+}
+
+// unusualLines returns up to n lines of a pj log that are neither an ok
+// connection nor start-up: the failed or cut connections, the warnings.
+func unusualLines(path string, n int) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() && len(out) < n {
+		line := sc.Text()
+		if !strings.Contains(line, "[ok]") && !strings.Contains(line, "INFO listening") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// keep copies p's log out of the test's temporary directory, for a failure
+// to be looked into, and returns where it went.
+func keep(t *testing.T, p *process) string {
+	t.Helper()
+	dst := filepath.Join(os.TempDir(), fmt.Sprintf("pj-soak-%s-%d.log", strings.ReplaceAll(t.Name(), "/", "-"), time.Now().Unix()))
+	if err := os.Rename(p.log, dst); err != nil {
+		return "not kept: " + err.Error()
+	}
+	return dst
 }

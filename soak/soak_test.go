@@ -200,11 +200,13 @@ func shortConnections(t *testing.T, sc scale) {
 	var elapsed float64
 	for done := 0; done < sc.conns; {
 		n := min(sc.connStep, sc.conns-done)
+		kernel := tcpCounters()
 		m, err := loadgen(ctx, "-mode", "conn", "-target", "pj", "-addr", listen,
 			"-conn-workers", strconv.Itoa(sc.connWorkers), "-count", strconv.Itoa(n), "-duration", "10m")
 		if err != nil || num(m, "errors") != 0 || num(m, "conns_ok") != float64(n) {
-			r.figures = fmt.Sprintf("failed after %s connections: %v %v", count(done), err, m["first_error"])
-			t.Fatal(r.figures)
+			r.figures = fmt.Sprintf("%v of %s connections failed after %s: %v %v (at %v)", num(m, "errors"), count(n), count(done), err, m["first_error"], m["error_times_unix_ms"])
+			t.Fatalf("%s\nkernel TCP counters (whole namespace) in that step: %s; pj now holds %d descriptors\npj's log lines other than ok connections:\n%s\n(pj's log is kept: %s)",
+				r.figures, counterDelta(kernel, tcpCounters()), measure(t, p.pid()).fds, strings.Join(unusualLines(p.log, 20), "\n"), keep(t, p))
 		}
 		done += n
 		elapsed += num(m, "elapsed_s")
