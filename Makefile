@@ -99,7 +99,7 @@ release-snapshot:
 release-check:
 	cd deploy/release && $(GO) test -count=1 ./...
 
-## soak: the soak suite at full scale, the real binary under load (about 10 min; see soak/README.md)
+## soak: the soak suite at full scale, the real binary under load (about 5 min; see soak/README.md)
 soak:
 	SOAK=full $(GO) test ./soak -run '^TestSoak$$' -count=1 -v -timeout 60m
 
