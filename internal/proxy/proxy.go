@@ -235,15 +235,16 @@ func buildRoute(ctx context.Context, proxyName, name, match string, backends []c
 func buildTLS(proxyName, routeName string, s config.Settings, set *balance.Set, stats *observe.ProxyStats,
 	log *slog.Logger, prev *tlsproxy.Route) (*tlsproxy.Route, error) {
 	tr := &tlsproxy.Route{
-		Proxy:          proxyName,
-		Name:           routeName,
-		Backends:       set,
-		Rise:           s.HealthCheck.Rise,
-		Fall:           s.HealthCheck.Fall,
-		ConnectTimeout: s.ConnectTimeout,
-		IdleTimeout:    s.IdleTimeout,
-		ProxyProtocol:  s.ProxyVersion(),
-		Stats:          stats,
+		Proxy:            proxyName,
+		Name:             routeName,
+		Backends:         set,
+		Rise:             s.HealthCheck.Rise,
+		Fall:             s.HealthCheck.Fall,
+		ConnectTimeout:   s.ConnectTimeout,
+		IdleTimeout:      s.IdleTimeout,
+		HalfCloseTimeout: s.HalfCloseTimeout,
+		ProxyProtocol:    s.ProxyVersion(),
+		Stats:            stats,
 	}
 	if s.TLS != nil {
 		var prevStore *certs.Store

@@ -376,3 +376,41 @@ func TestTLSConnectionsAreCutWhenTheGracePeriodEnds(t *testing.T) {
 		t.Errorf("shutdown lines %q, want the TLS connection's", got)
 	}
 }
+
+func TestTLSHalfCloseTimeout(t *testing.T) {
+	// half_close_timeout holds on terminated connections as on plain
+	// ones: the client has finished, the backend hangs, pj ends it.
+	p := newPKI(t)
+	ln := testutil.Listen(t, "tcp4")
+	x := testutil.ClosedAddr(t)
+	px := pjtest.Proxy("edge", x, ln.Addr().String())
+	px.TLS = &config.TLS{Certificates: []config.Certificate{p.cert(t, "app", "app.example.com")}}
+	px.HalfCloseTimeout = 300 * time.Millisecond
+	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
+
+	c, err := dialTLS(t, x, "app.example.com", p.ca.Pool())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, "request"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
+	backend, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = backend.Close() })
+	if got := testutil.ReadAll(t, backend); got != "request" {
+		t.Fatalf("backend read %q", got)
+	}
+	// The backend never answers nor closes.
+	if got, err := io.ReadAll(c); err != nil || len(got) != 0 {
+		t.Fatalf("client read %q, %v; want the connection closed", got, err)
+	}
+	r.Logs.WaitLines(t, "[timeout]", 1)
+	r.Logs.WaitLines(t, "half-close timeout: the backend sent nothing for 300ms after the client finished", 1)
+}

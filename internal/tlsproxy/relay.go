@@ -3,6 +3,7 @@ package tlsproxy
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -34,10 +35,9 @@ func (ss *session) relay() (observe.Status, error) {
 	ss.mu.Unlock()
 	ss.touch()
 	if idle := ss.r.IdleTimeout; idle > 0 {
-		t := time.AfterFunc(idle, func() { ss.idleCheck() })
-		ss.idleTimer.Store(t)
-		defer t.Stop()
+		ss.arm(idle)
 	}
+	defer ss.disarm()
 	up := &direction{src: front, dst: back, srcSide: sideClient, dstSide: sideBackend, bytes: &ss.up, total: &ss.r.Stats.BytesUp}
 	down := &direction{src: back, dst: front, srcSide: sideBackend, dstSide: sideClient, bytes: &ss.down, total: &ss.r.Stats.BytesDown}
 
@@ -47,6 +47,11 @@ func (ss *session) relay() (observe.Status, error) {
 		n := ended.Add(1)
 		if n == 1 {
 			ss.firstEnd.Store(int32(s))
+			// Half-closed: the half-close timeout starts.
+			if ss.r.HalfCloseTimeout > 0 {
+				ss.halfAt.Store(int64(time.Since(ss.start)))
+				ss.timerCheck()
+			}
 		}
 		return n == 2
 	}
@@ -138,17 +143,65 @@ func (ss *session) fail(err error) {
 // touch notes that bytes moved, for the idle timeout.
 func (ss *session) touch() { ss.lastActive.Store(int64(time.Since(ss.start))) }
 
-// idleCheck runs when the idle timer fires: it ends a connection quiet for
-// the whole idle timeout, or sets the timer for when it would be.
-func (ss *session) idleCheck() {
-	idle := ss.r.IdleTimeout
-	quiet := time.Since(ss.start) - time.Duration(ss.lastActive.Load())
-	if quiet >= idle {
-		ss.abort(ErrIdleTimeout)
-		return
+// timerCheck runs when the relay's timer fires, and when one direction
+// ends: it ends a connection quiet for the whole idle timeout, or
+// half-closed and quiet for the whole half-close timeout (from the later
+// of the end and the last byte), or sets the timer for the earlier of the
+// two deadlines. Bytes moving never touch the timer; they push the
+// deadline back when it fires.
+func (ss *session) timerCheck() {
+	now := time.Since(ss.start)
+	last := time.Duration(ss.lastActive.Load())
+	next := time.Duration(-1)
+	if idle := ss.r.IdleTimeout; idle > 0 {
+		if now-last >= idle {
+			ss.abort(ErrIdleTimeout)
+			return
+		}
+		next = idle - (now - last)
 	}
-	if t := ss.idleTimer.Load(); t != nil {
-		t.Reset(idle - quiet)
+	if half := ss.r.HalfCloseTimeout; half > 0 {
+		if at := time.Duration(ss.halfAt.Load()); at > 0 {
+			quiet := now - max(last, at)
+			if quiet >= half {
+				open := sideBackend
+				if side(ss.firstEnd.Load()) == sideBackend {
+					open = sideClient
+				}
+				ss.abort(fmt.Errorf("%w: the %s sent nothing for %s after the %s finished",
+					ErrHalfCloseTimeout, open, half, side(ss.firstEnd.Load())))
+				return
+			}
+			if next < 0 || half-quiet < next {
+				next = half - quiet
+			}
+		}
+	}
+	if next >= 0 {
+		ss.arm(next)
+	}
+}
+
+// arm sets the relay's timer to fire in d, unless the relay is over.
+func (ss *session) arm(d time.Duration) {
+	ss.timerMu.Lock()
+	defer ss.timerMu.Unlock()
+	switch {
+	case ss.timerOff:
+	case ss.timer == nil:
+		ss.timer = time.AfterFunc(d, ss.timerCheck)
+	default:
+		ss.timer.Reset(d)
+	}
+}
+
+// disarm stops the relay's timer for good.
+func (ss *session) disarm() {
+	ss.timerMu.Lock()
+	defer ss.timerMu.Unlock()
+	ss.timerOff = true
+	if ss.timer != nil {
+		ss.timer.Stop()
 	}
 }
 

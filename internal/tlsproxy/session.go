@@ -74,8 +74,11 @@ type session struct {
 	connect    time.Duration
 	up, down   atomic.Int64
 	lastActive atomic.Int64 // nanoseconds since start
-	idleTimer  atomic.Pointer[time.Timer]
+	halfAt     atomic.Int64 // nanoseconds since start when one direction ended; 0 before
 	firstEnd   atomic.Int32 // the side whose end of stream came first
+	timerMu    sync.Mutex   // guards timer and timerOff
+	timer      *time.Timer  // the idle and half-close timeouts' one timer
+	timerOff   bool         // the relay is over: arm no more
 	closedBy   side
 	tlsVersion string
 	sni        atomic.Pointer[string]
@@ -365,7 +368,9 @@ func (ss *session) finish(status observe.Status, err error) {
 	case status == observe.StatusConnectFailed && ss.tried != nil:
 		rec.Backend = ss.tried.Address
 	}
-	if status == observe.StatusOK || status == observe.StatusTimeout || status == observe.StatusShutdown {
+	// The status says it all, except which side hung when the
+	// half-close timeout ended the connection.
+	if status == observe.StatusOK || status == observe.StatusShutdown || errors.Is(err, ErrIdleTimeout) {
 		rec.Err = nil
 	}
 	observe.Log(context.Background(), ss.srv.log, &rec)

@@ -50,6 +50,9 @@ type Route struct {
 	// IdleTimeout closes a connection idle in both directions this
 	// long; 0 means never.
 	IdleTimeout time.Duration
+	// HalfCloseTimeout ends a connection whose one direction has ended
+	// when the other has been silent this long; 0 means never.
+	HalfCloseTimeout time.Duration
 	// ProxyProtocol is the PROXY protocol version sent to backends
 	// before anything else (before TLS): 0 (none), 1 or 2.
 	ProxyProtocol byte
@@ -91,8 +94,12 @@ type Handoff struct {
 // Sentinel causes of connections pj ends itself; each has its status.
 var (
 	ErrIdleTimeout = errors.New("idle timeout")
-	ErrKilled      = errors.New("closed through the admin API")
-	errPanic       = errors.New("panic")
+	// ErrHalfCloseTimeout ends a connection whose one direction had
+	// ended and whose other one was then silent for the half-close
+	// timeout.
+	ErrHalfCloseTimeout = errors.New("half-close timeout")
+	ErrKilled           = errors.New("closed through the admin API")
+	errPanic            = errors.New("panic")
 )
 
 // Server runs handed-over connections and keeps the table of those open,
@@ -225,7 +232,7 @@ func (s *Server) forget(ss *session) {
 func statusOf(cause error) observe.Status {
 	var sd *shutdownError
 	switch {
-	case errors.Is(cause, ErrIdleTimeout):
+	case errors.Is(cause, ErrIdleTimeout), errors.Is(cause, ErrHalfCloseTimeout):
 		return observe.StatusTimeout
 	case errors.Is(cause, ErrKilled):
 		return observe.StatusKilled

@@ -611,3 +611,83 @@ func TestFromFDRefusesABadDescriptor(t *testing.T) {
 		t.Error("the descriptor is still open")
 	}
 }
+
+func TestHalfCloseTimeout(t *testing.T) {
+	// One side has finished sending; the other never answers nor closes
+	// (hung). With half_close_timeout the connection ends once the open
+	// direction has been silent that long (status timeout, the side that
+	// hung named); bytes in that direction keep it open.
+	const half = 500 * time.Millisecond
+	p := newPKI(t, "ca")
+	term := p.terminator(certs.ServerOptions{Certificates: []certs.Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}})
+	tests := []struct {
+		name           string
+		clientFinishes bool // else the backend finishes first
+		want           string
+	}{
+		{"the client finished, the backend hangs", true, "the backend sent nothing for 500ms after the client finished"},
+		{"the backend finished, the client hangs", false, "the client sent nothing for 500ms after the backend finished"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ln := testutil.Listen(t, "tcp4")
+			r := route(t, ln.Addr().String())
+			r.Terminate = term
+			r.HalfCloseTimeout = half
+			px := startProxy(t, r)
+
+			client := tlsDial(t, px.addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool()})
+			if _, err := io.WriteString(client, "request"); err != nil {
+				t.Fatal(err)
+			}
+			_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
+			backend, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = backend.Close() })
+			_ = backend.SetDeadline(time.Now().Add(30 * time.Second))
+			if _, err := io.ReadFull(backend, make([]byte, len("request"))); err != nil {
+				t.Fatal(err)
+			}
+
+			// finisher ends its direction; talker then trickles bytes
+			// for several timeouts (the connection stays), then hangs.
+			var talker, listener net.Conn = backend, client
+			if tt.clientFinishes {
+				if err := client.CloseWrite(); err != nil {
+					t.Fatal(err)
+				}
+				if got := testutil.ReadAll(t, backend); got != "" {
+					t.Fatalf("backend read %q after the request", got)
+				}
+			} else {
+				talker, listener = client, backend
+				if err := backend.(*net.TCPConn).CloseWrite(); err != nil {
+					t.Fatal(err)
+				}
+				if got := testutil.ReadAll(t, client); got != "" {
+					t.Fatalf("client read %q", got)
+				}
+			}
+			tick := time.NewTicker(half / 10)
+			defer tick.Stop()
+			buf := make([]byte, 1)
+			for end := time.Now().Add(2 * half); time.Now().Before(end); <-tick.C {
+				if _, err := io.WriteString(talker, "."); err != nil {
+					t.Fatal(err)
+				}
+				_ = listener.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.ReadFull(listener, buf); err != nil {
+					t.Fatalf("the connection ended while the open side was still sending: %v", err)
+				}
+			}
+			// Then it hangs: the connection ends.
+			_ = listener.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := listener.Read(buf); err == nil || testutil.IsTimeout(err) {
+				t.Fatalf("read after the hang = %v, want the connection closed", err)
+			}
+			wantFields(t, px.line(t, 1), "[timeout]", "half-close timeout: "+tt.want)
+		})
+	}
+}
