@@ -65,6 +65,8 @@ type Options struct {
 	// LogDropped, if set, counts the log lines dropped because the log
 	// destination was too slow (pj_log_lines_dropped_total).
 	LogDropped func() uint64
+	// Reload, if set, serves POST /api/v1/reload.
+	Reload Reloader
 }
 
 // Handler returns the admin HTTP handler. loopbackOnly says whether the
@@ -96,6 +98,7 @@ func handlerMux(src Source, opt Options, loopbackOnly bool) http.Handler {
 	mux.HandleFunc("GET /api/v1/connections", h.connections)
 	mux.HandleFunc("DELETE /api/v1/connections/{id}", h.mutating(h.kill))
 	mux.HandleFunc("PUT /api/v1/proxies/{name}/backends/{address}/state", h.mutating(h.backendState))
+	mux.HandleFunc("POST /api/v1/reload", h.mutating(h.reload))
 	mux.HandleFunc("GET /api/v1/auth", h.auth)
 	mux.Handle("GET /", statusPage())
 	if opt.Pprof {

@@ -169,7 +169,7 @@ over its variable.`,
 	addConfigFlags(fs, f)
 	fs.BoolVarP(&f.version, "version", "V", false, "print the version and exit")
 
-	root.AddCommand(newCheckCmd(env, f, stdout), &cobra.Command{
+	root.AddCommand(newCheckCmd(env, f, stdout), newReloadCmd(env, stdout, stderr), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version (same as -V)",
 		Args:  noArgs,
@@ -234,7 +234,7 @@ func noArgs(cmd *cobra.Command, args []string) error {
 		return nil
 	}
 	if cmd.HasSubCommands() {
-		return usagef("unknown command or argument %q: expected a sub-command (check, version) or flags; mappings go after -p/--proxy", args[0])
+		return usagef("unknown command or argument %q: expected a sub-command (check, reload, version) or flags; mappings go after -p/--proxy", args[0])
 	}
 	return usagef("%s takes no arguments, got %q", cmd.CommandPath(), args[0])
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -58,7 +60,25 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 	if err != nil {
 		return fmt.Errorf("start-up failed, nothing is listening: %w", err)
 	}
-	adm := &adminListener{srv: srv, log: log, logDropped: out.Dropped}
+	// Reloads asked for through the admin API are made by the loop below,
+	// one at a time with those of SIGHUP and --watch.
+	requests := make(chan reloadRequest)
+	adm := &adminListener{srv: srv, log: log, logDropped: out.Dropped, reload: func(rctx context.Context, dryRun bool) admin.ReloadResult {
+		req := reloadRequest{dryRun: dryRun, reply: make(chan admin.ReloadResult, 1)}
+		select {
+		case requests <- req:
+		case <-rctx.Done():
+			return admin.ReloadResult{DryRun: dryRun, Errors: []string{"the request ended before pj could take it"}, Status: http.StatusServiceUnavailable}
+		case <-ctx.Done():
+			return admin.ReloadResult{DryRun: dryRun, Errors: []string{"pj is shutting down"}, Status: http.StatusServiceUnavailable}
+		}
+		select {
+		case res := <-req.reply:
+			return res
+		case <-rctx.Done():
+			return admin.ReloadResult{DryRun: dryRun, Errors: []string{"the request ended before the reload did"}, Status: http.StatusServiceUnavailable}
+		}
+	}}
 	if err := adm.apply(cfg.Admin); err != nil {
 		srv.Close()
 		return fmt.Errorf("start-up failed, nothing is listening: %w", err)
@@ -102,9 +122,15 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 		case err := <-served:
 			return err
 		case <-env.reload:
-			r.reload("SIGHUP")
+			r.reload("SIGHUP", nil)
 		case why := <-triggers:
-			r.reload(why)
+			r.reload(why, nil)
+		case req := <-requests:
+			if req.dryRun {
+				req.reply <- r.plan()
+			} else {
+				r.reload("admin API", req.reply)
+			}
 		}
 		// The file's own "watch: true" may have been added or removed.
 		w.set(ctx, r.current.Watch)
@@ -171,11 +197,27 @@ type reloader struct {
 	notify  *systemd.Notifier
 }
 
+// reloadRequest is a reload asked for through the admin API.
+type reloadRequest struct {
+	dryRun bool
+	reply  chan admin.ReloadResult // buffered: the loop never waits on it
+}
+
 // reload reads the configuration again and applies it; a configuration
 // that does not load changes nothing, and every problem of it is logged.
-func (r *reloader) reload(trigger string) {
+// If reply is set, it receives the outcome, before the admin listener
+// itself is changed (a request to the listener being replaced would wait
+// for its own answer).
+func (r *reloader) reload(trigger string, reply chan<- admin.ReloadResult) {
+	answer := func(res admin.ReloadResult) {
+		if reply != nil {
+			reply <- res
+			reply = nil
+		}
+	}
 	if r.f.configFile == "" {
 		r.log.Warn("reload requested, but pj runs without a configuration file: nothing to reload", "trigger", trigger)
+		answer(noFile())
 		return
 	}
 	// The service manager hears of every reload, applied or not: ready
@@ -190,6 +232,7 @@ func (r *reloader) reload(trigger string) {
 	cfg, err := loadConfig(r.f, r.env.lookupEnv)
 	if err != nil {
 		r.srv.ReloadFailed()
+		problems := configProblems(err)
 		var ve *config.ValidationError
 		if errors.As(err, &ve) {
 			for _, p := range ve.Problems {
@@ -200,13 +243,17 @@ func (r *reloader) reload(trigger string) {
 			}
 		}
 		r.log.Error("reload failed; the running configuration goes on", "trigger", trigger, "error", firstLine(err))
+		answer(invalid(false, problems))
 		return
 	}
+	// The plan is taken before the reload changes what it compares.
+	changes, planErr := r.srv.Plan(cfg)
 	if cfg.Log != r.current.Log {
 		h, err := observe.NewHandler(r.out, cfg.Log.Format, cfg.Log.Level)
 		if err != nil {
 			r.srv.ReloadFailed()
 			r.log.Error("reload failed; the running configuration goes on", "trigger", trigger, "error", err.Error())
+			answer(invalid(false, []string{err.Error()}))
 			return
 		}
 		r.handler.Set(h)
@@ -215,6 +262,7 @@ func (r *reloader) reload(trigger string) {
 	if err != nil {
 		if errors.Is(err, server.ErrClosed) {
 			shuttingDown = true
+			answer(closing(false))
 			return
 		}
 		r.log.Error("reload failed", "trigger", trigger, "error", err.Error())
@@ -222,8 +270,15 @@ func (r *reloader) reload(trigger string) {
 			h, _ := observe.NewHandler(r.out, r.current.Log.Format, r.current.Log.Level)
 			r.handler.Set(h) // the old configuration's logging goes on too
 		}
+		answer(invalid(false, []string{err.Error()}))
 		return
 	}
+	res := result(false, changes)
+	if planErr != nil {
+		res = admin.ReloadResult{Valid: true}
+	}
+	res.Applied = true
+	answer(res)
 	if err := r.admin.apply(cfg.Admin); err != nil {
 		// The proxies changed; only the admin listener stays as it was.
 		r.log.Error("reload: the admin listener keeps its old settings", "error", err.Error())
@@ -231,6 +286,65 @@ func (r *reloader) reload(trigger string) {
 	}
 	r.current = cfg
 	r.log.Info("reload: "+what, "trigger", trigger)
+}
+
+// plan reads the configuration file and says what a reload would do,
+// changing nothing.
+func (r *reloader) plan() admin.ReloadResult {
+	if r.f.configFile == "" {
+		return noFile()
+	}
+	cfg, err := loadConfig(r.f, r.env.lookupEnv)
+	if err != nil {
+		return invalid(true, configProblems(err))
+	}
+	// Certificates a reload would fail to load make the file invalid.
+	if problems, _ := tlsFindings(cfg, time.Now()); len(problems) > 0 {
+		return invalid(true, problems)
+	}
+	changes, err := r.srv.Plan(cfg)
+	if err != nil {
+		return closing(true)
+	}
+	return result(true, changes)
+}
+
+// result is the answer for a valid configuration and its changes.
+func result(dryRun bool, changes []server.Change) admin.ReloadResult {
+	res := admin.ReloadResult{Valid: true, DryRun: dryRun, Status: http.StatusOK}
+	for _, c := range changes {
+		res.Changes = append(res.Changes, admin.ReloadChange{Action: c.Action, Proxy: c.Proxy, Listen: c.Listen,
+			Keys: c.Keys, ConnectionsAffected: c.Cut})
+		res.ConnectionsAffected += c.Cut
+	}
+	return res
+}
+
+func invalid(dryRun bool, problems []string) admin.ReloadResult {
+	return admin.ReloadResult{DryRun: dryRun, Errors: problems, Status: http.StatusUnprocessableEntity}
+}
+
+func noFile() admin.ReloadResult {
+	return admin.ReloadResult{Errors: []string{"pj runs without a configuration file (-c): there is nothing to reload"},
+		Status: http.StatusConflict}
+}
+
+func closing(dryRun bool) admin.ReloadResult {
+	return admin.ReloadResult{DryRun: dryRun, Errors: []string{"pj is shutting down"}, Status: http.StatusServiceUnavailable}
+}
+
+// configProblems lists the problems of a configuration that did not load,
+// one per line.
+func configProblems(err error) []string {
+	var ve *config.ValidationError
+	if errors.As(err, &ve) {
+		out := append([]string(nil), ve.Problems...)
+		if ve.More > 0 {
+			out = append(out, fmt.Sprintf("and %d more problems", ve.More))
+		}
+		return out
+	}
+	return strings.Split(strings.TrimSpace(err.Error()), "\n")
 }
 
 // serving is the status line pj gives its service manager.
@@ -256,6 +370,7 @@ type adminListener struct {
 	srv        *server.Server
 	log        *slog.Logger
 	logDropped func() uint64
+	reload     admin.Reloader
 	cfg        config.Admin
 	running    *admin.Server
 }
@@ -275,7 +390,7 @@ func (a *adminListener) apply(c config.Admin) error {
 			a.running = nil
 		}
 		s, err := admin.Listen(c.Listen, a.srv, admin.Options{Token: c.Token, Pprof: c.Pprof, Hosts: c.Hosts, Version: version.Get(), Logger: a.log,
-			LogDropped: a.logDropped})
+			LogDropped: a.logDropped, Reload: a.reload})
 		if err != nil {
 			return err
 		}
