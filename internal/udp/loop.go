@@ -501,7 +501,35 @@ func (l *loop) readBackend(s *session, events uint32) {
 	if k <= 0 {
 		return // its N-th reply is on its way: the session ends once it is sent
 	}
-	tx, back, first := l.tx, l.back, l.txData
+	first := l.txData
+	l.postReplySlots(first, k)
+	n, err := recvmmsg(s.fd, l.back.hdrs[:k])
+	if err != nil {
+		l.backendFailed(s, events, err)
+		return
+	}
+	if !s.replied {
+		s.replied = true
+		l.observe(s, true, nil)
+	}
+	segs := l.replySegments(first, n)
+	l.txData += n
+	if s.responses == 0 && !l.noGSO {
+		if seg := l.gsoReplies(first, n, segs[:n]); seg > 0 {
+			l.merged++
+			l.queueReply(s, first, n, n, seg)
+			l.touch(s)
+			return
+		}
+	}
+	l.queueReplies(s, first, segs[:n])
+	l.touch(s)
+}
+
+// postReplySlots points the backend read's k headers at tx slots
+// [first, first+k), where the replies are read in place.
+func (l *loop) postReplySlots(first, k int) {
+	tx, back := l.tx, l.back
 	for j := range k {
 		h := &back.hdrs[j].Hdr
 		back.iovs[j] = unix.Iovec{Base: &tx.buf[(first+j)*slotSize]}
@@ -512,28 +540,31 @@ func (l *loop) readBackend(s *session, events uint32) {
 		h.SetControllen(ctrlSize)
 		h.Flags = 0
 	}
-	n, err := recvmmsg(s.fd, back.hdrs[:k])
-	if err != nil {
-		switch {
-		case err == unix.EAGAIN:
-			if events&unix.EPOLLERR != 0 {
-				if serr := socketError(s.fd); serr != nil {
-					l.failover(s, serr)
-				}
+}
+
+// backendFailed handles a failed read from s's backend socket: a pending
+// socket error or a refusal (an ICMP port unreachable) moves s to another
+// backend; nothing to read is no failure.
+func (l *loop) backendFailed(s *session, events uint32, err error) {
+	switch {
+	case err == unix.EAGAIN:
+		if events&unix.EPOLLERR != 0 {
+			if serr := socketError(s.fd); serr != nil {
+				l.failover(s, serr)
 			}
-		case isRefused(err):
-			l.failover(s, err)
-		default:
-			l.failover(s, os.NewSyscallError("recvmmsg", err))
 		}
-		return
+	case isRefused(err):
+		l.failover(s, err)
+	default:
+		l.failover(s, os.NewSyscallError("recvmmsg", err))
 	}
-	if !s.replied {
-		s.replied = true
-		l.observe(s, true, nil)
-	}
-	// What each slot holds: one datagram, or with UDP GRO several of
-	// segment bytes each.
+}
+
+// replySegments readies the n replies just read into tx slots [first,
+// first+n) to be sent, and returns what each slot holds: 0 for one
+// datagram, or with UDP GRO the size of the several segments it holds.
+func (l *loop) replySegments(first, n int) [perSession]int {
+	tx, back := l.tx, l.back
 	var segs [perSession]int
 	for j := range n {
 		tx.iovs[first+j] = unix.Iovec{Base: &tx.buf[(first+j)*slotSize]}
@@ -546,17 +577,16 @@ func (l *loop) readBackend(s *session, events uint32) {
 			}
 		}
 	}
-	l.txData += n
-	if s.responses == 0 && !l.noGSO {
-		if seg := l.gsoReplies(first, n, segs[:n]); seg > 0 {
-			l.merged++
-			l.queueReply(s, first, n, n, seg)
-			l.touch(s)
-			return
-		}
-	}
-	for j := range n {
-		dgrams, seg := 1, segs[j]
+	return segs
+}
+
+// queueReplies queues the replies in tx slots [first, first+len(segs))
+// for s's client one slot at a time, relaying no reply past a session's
+// N-th.
+func (l *loop) queueReplies(s *session, first int, segs []int) {
+	tx := l.tx
+	for j, seg := range segs {
+		dgrams := 1
 		size := int(tx.iovs[first+j].Len)
 		if seg > 0 {
 			dgrams = (size + seg - 1) / seg
@@ -577,7 +607,6 @@ func (l *loop) readBackend(s *session, events uint32) {
 		}
 		l.queueReply(s, first+j, 1, dgrams, seg)
 	}
-	l.touch(s)
 }
 
 // gsoReplies returns the datagram size if the n replies in slots [first,
