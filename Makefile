@@ -22,7 +22,7 @@ ENGINE      ?=
 TEST_ENGINE := $(or $(ENGINE),buildah)
 PLATFORMS   ?= linux/$(shell $(GO) env GOARCH)
 
-.PHONY: build run test vet lint fmt-check race cross fuzz fuzz-long fuzz-short bench soak clean image image-multiarch image-test release-snapshot release-check
+.PHONY: build run test vet lint funclen fmt-check race cross fuzz fuzz-long fuzz-short bench soak clean image image-multiarch image-test release-snapshot release-check
 
 ## build: a static binary in bin/pj, version stamped from git
 build:
@@ -32,9 +32,9 @@ build:
 run: build
 	./$(BIN) --proxy $(MAPPING)
 
-## test: formatting, vet, staticcheck, the cross builds, every test with the race detector
-## and a few seconds of each fuzz target
-test: fmt-check vet lint cross race fuzz-short
+## test: formatting, vet, staticcheck, function length, the cross builds, every test with
+## the race detector and a few seconds of each fuzz target
+test: fmt-check vet lint funclen cross race fuzz-short
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -45,6 +45,10 @@ vet:
 
 lint:
 	$(GO) run $(STATICCHECK) ./...
+
+# funclen: no function under internal/ longer than 80 lines (tests aside)
+funclen:
+	$(GO) run ./scripts/funclen -max 80 internal
 
 race:
 	$(GO) test -race -count=1 -timeout 15m ./...
