@@ -41,17 +41,26 @@ var (
 	errNoHeader = errors.New("no valid PROXY protocol header from a trusted peer")
 )
 
-// statusOfRefusal maps an admission error to its log status.
-func statusOfRefusal(err error) (observe.Status, bool) {
+// statusOf maps the error that ends a connection early (refused, cut,
+// timed out) to its log status; any other error is a reset.
+func statusOf(err error) observe.Status {
 	switch {
 	case errors.Is(err, errDenied), errors.Is(err, errUntrustedHeader), errors.Is(err, errNoHeader):
-		return observe.StatusDenied, true
+		return observe.StatusDenied
 	case errors.Is(err, errRateLimited):
-		return observe.StatusRateLimited, true
+		return observe.StatusRateLimited
 	case errors.Is(err, errClientLimit):
-		return observe.StatusLimit, true
+		return observe.StatusLimit
+	case errors.Is(err, ErrIdleTimeout), errors.Is(err, ErrHalfCloseTimeout):
+		return observe.StatusTimeout
+	case errors.Is(err, ErrShutdown):
+		return observe.StatusShutdown
+	case errors.Is(err, ErrKilled):
+		return observe.StatusKilled
+	case errors.As(err, new(*PanicError)):
+		return observe.StatusError
 	}
-	return "", false
+	return observe.StatusReset
 }
 
 // admit applies the lists and the per-client limits to c, then starts
@@ -80,8 +89,7 @@ func (l *loop) admit(c *conn) {
 // refuse closes c at once: nothing was sent to it, no backend contacted.
 func (l *loop) refuse(c *conn, err error) {
 	c.closedBy = sidePJ
-	status, _ := statusOfRefusal(err)
-	l.close(c, status, err)
+	l.close(c, statusOf(err), err)
 }
 
 // maxHeader bounds a PROXY protocol header: v1 is at most 107 bytes; v2

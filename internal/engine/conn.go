@@ -243,13 +243,6 @@ func (l *loop) dial(c *conn) bool {
 // tries again.
 const shortageRetry = 20 * time.Millisecond
 
-// isShortage reports whether err means the process or the kernel ran out
-// of a resource that frees up by itself as connections close.
-func isShortage(err error) bool {
-	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) ||
-		errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM)
-}
-
 // connectEvent handles readiness of a backend socket being connected.
 func (l *loop) connectEvent(c *conn, events uint32) {
 	if events&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
@@ -499,20 +492,7 @@ func (l *loop) abort(c *conn, err error) {
 	if c.state == stateClosed {
 		return
 	}
-	status := observe.StatusReset
-	if st, ok := statusOfRefusal(err); ok {
-		status = st
-	}
-	switch {
-	case errors.Is(err, ErrIdleTimeout), errors.Is(err, ErrHalfCloseTimeout):
-		status = observe.StatusTimeout
-	case errors.Is(err, ErrShutdown):
-		status = observe.StatusShutdown
-	case errors.Is(err, ErrKilled):
-		status = observe.StatusKilled
-	case errors.As(err, new(*PanicError)):
-		status = observe.StatusError
-	}
+	status := statusOf(err)
 	var se *sideErr
 	if errors.As(err, &se) && c.closedBy == sideNone {
 		c.closedBy = se.side
@@ -592,7 +572,7 @@ func (l *loop) close(c *conn, status observe.Status, err error) {
 	st.Duration.Observe(l.wall.Sub(c.accepted))
 	l.logConn(c, status, err)
 	// Last: it may tell a draining server that the last connection ended.
-	l.e.release(c.ln, c.proxy)
+	l.e.release(c.proxy)
 }
 
 func (l *loop) logConn(c *conn, status observe.Status, err error) {

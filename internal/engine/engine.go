@@ -41,8 +41,7 @@ type Options struct {
 	Logger *slog.Logger
 	// Loops is the number of event loops; 0 means one per CPU available
 	// to Go (GOMAXPROCS).
-	Loops     int
-	KeepAlive KeepAlive
+	Loops int
 	// IDs numbers connections; the UDP engine shares it, so that an id
 	// names one connection or session in the admin API. Nil: the
 	// engine's own.
@@ -63,7 +62,6 @@ type Options struct {
 // Engine runs the event loops and the listeners registered with it.
 type Engine struct {
 	log    *slog.Logger
-	ka     KeepAlive
 	loops  []*loop
 	nextID *atomic.Uint64
 	active atomic.Int64
@@ -99,7 +97,7 @@ func New(opt Options) (*Engine, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{log: log, ka: opt.KeepAlive, start: time.Now(), onOpen: opt.onOpen, onPeek: opt.onPeek, fault: opt.fault, nextID: opt.IDs,
+	e := &Engine{log: log, start: time.Now(), onOpen: opt.onOpen, onPeek: opt.onPeek, fault: opt.fault, nextID: opt.IDs,
 		tls: tlsproxy.NewServer(log)}
 	e.capLog.Every = acceptLogEvery
 	e.perTurn = maxPerTurn
@@ -207,11 +205,11 @@ func (e *Engine) drain(ln *Listener) {
 	p := ln.Proxy()
 	for range maxDrain {
 		fd, err := accept4(ln.fd, &rsa)
-		switch err {
-		case nil:
-		case unix.EINTR, unix.ECONNABORTED, unix.EPROTO:
+		switch {
+		case err == nil:
+		case acceptSkipped(err):
 			continue
-		case unix.EAGAIN:
+		case err == unix.EAGAIN:
 			return
 		default: // out of descriptors: those left are lost with the socket
 			e.logAcceptError(ln, os.NewSyscallError("accept4", err), 0)
@@ -287,7 +285,7 @@ func (e *Engine) unreserve(p *proxy.Proxy) {
 
 // release ends the counting of a connection, and lets capped listeners
 // accept again.
-func (e *Engine) release(_ *Listener, p *proxy.Proxy) {
+func (e *Engine) release(p *proxy.Proxy) {
 	p.Stats.Active.Add(-1)
 	e.connDone()
 	if e.capped.Load() > 0 {

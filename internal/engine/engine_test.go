@@ -29,8 +29,6 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-var testKeepAlive = KeepAlive{Idle: time.Minute, Interval: 15 * time.Second, Count: 4}
-
 // harness is an engine with one listener relaying to backends, logging to a
 // buffer in the text format.
 type harness struct {
@@ -69,7 +67,7 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := New(Options{Logger: log, Loops: 2, KeepAlive: testKeepAlive, onOpen: o.onOpen, onPeek: o.onPeek,
+	e, err := New(Options{Logger: log, Loops: 2, onOpen: o.onOpen, onPeek: o.onPeek,
 		fault: o.fault, perTurn: o.perTurn})
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,8 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrIdleTimeout ends a connection on which no byte moved in either
@@ -30,12 +31,26 @@ type PanicError struct {
 
 func (e *PanicError) Error() string { return fmt.Sprintf("panic: %v", e.Value) }
 
+// isShortage reports whether err means the process or the kernel ran out
+// of a resource that frees up by itself as connections close.
+func isShortage(err error) bool {
+	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) ||
+		errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM)
+}
+
+// acceptSkipped reports whether an accept failed for that one connection
+// only (it was gone before it was taken, or a signal interrupted): the
+// next may be fine.
+func acceptSkipped(err error) bool {
+	return err == unix.EINTR || err == unix.ECONNABORTED || err == unix.EPROTO
+}
+
 // IsReset reports whether err means a peer reset or vanished, as opposed to
 // an orderly close.
 func IsReset(err error) bool {
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ETIMEDOUT) ||
-		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH)
+	return errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE) ||
+		errors.Is(err, unix.ENOTCONN) || errors.Is(err, unix.ETIMEDOUT) ||
+		errors.Is(err, unix.EHOSTUNREACH) || errors.Is(err, unix.ENETUNREACH)
 }
 
 // Data paths, as --log-level debug shows them (relay=...).

@@ -443,12 +443,12 @@ func (l *loop) accept(st *lnState) {
 		if err != nil {
 			l.e.unreserve(p)
 		}
-		switch err {
-		case nil:
-		case unix.EAGAIN:
+		switch {
+		case err == nil:
+		case err == unix.EAGAIN:
 			return
-		case unix.EINTR, unix.ECONNABORTED, unix.EPROTO:
-			continue // that one connection is gone; the next may be fine
+		case acceptSkipped(err):
+			continue
 		default:
 			// EMFILE, ENFILE, ENOBUFS, ENOMEM and the unexpected: stop
 			// accepting on this loop for a while and retry, so pj recovers

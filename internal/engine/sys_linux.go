@@ -73,8 +73,9 @@ func connectTo(fd int, ap netip.AddrPort, rsa *unix.RawSockaddrAny) error {
 	return nil
 }
 
-// keepAlive settings of every socket pj opens or accepts; see server's
-// documentation of the choice.
+// KeepAlive is the TCP keepalive of the sockets a listener accepts
+// (SetListenerOptions). Backend sockets keep the kernel's timers: see
+// newBackendSocket.
 type KeepAlive struct {
 	Idle, Interval time.Duration
 	Count          int
@@ -107,8 +108,10 @@ func newBackendSocket(ap netip.AddrPort) (int, error) {
 	return fd, nil
 }
 
-// setSocketOptions turns TCP keepalive and TCP_NODELAY on.
-func setSocketOptions(fd int, ka KeepAlive) error {
+// SetListenerOptions turns TCP keepalive (with ka's timers) and
+// TCP_NODELAY on for a listening socket: Linux copies them to every socket
+// accept(2) returns, which saves five setsockopt calls per connection.
+func SetListenerOptions(fd int, ka KeepAlive) error {
 	opts := [...]struct {
 		level, name, value int
 		what               string
@@ -125,13 +128,6 @@ func setSocketOptions(fd int, ka KeepAlive) error {
 		}
 	}
 	return nil
-}
-
-// SetListenerOptions prepares a listening socket: Linux copies keepalive and
-// TCP_NODELAY to every socket accept(2) returns, which saves five
-// setsockopt calls per connection.
-func SetListenerOptions(fd int, ka KeepAlive) error {
-	return setSocketOptions(fd, ka)
 }
 
 // socketError reads and clears the pending error of a socket.

@@ -46,7 +46,7 @@ func (l *loop) handOff(c *conn, r *proxy.Route) {
 		if clients != nil {
 			clients.Release(client.Addr())
 		}
-		l.e.release(ln, p)
+		l.e.release(p)
 	}
 	nc, err := tlsproxy.FromFD(fd, "client") // fd is closed whatever happens
 	if err != nil {

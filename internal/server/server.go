@@ -22,8 +22,9 @@ import (
 	"github.com/pj-proxy/pj/internal/udp"
 )
 
-// KeepAlive is the TCP keepalive of both sides of every connection: the
-// first probe after a minute of silence, then every 15 s; four unanswered
+// KeepAlive is the TCP keepalive of every client connection (backend
+// sockets have keepalive on with the kernel's timers): the first probe
+// after a minute of silence, then every 15 s; four unanswered
 // probes and the peer is declared dead (about two minutes). Go's default
 // (15 s before the first probe) would send tens of thousands of probes a
 // second through a proxy holding a million idle connections; the kernel's
@@ -84,7 +85,7 @@ func New(cfg config.Config, opt Options) (*Server, error) {
 	}
 	s := &Server{log: log, cfg: cfg}
 	s.adoptInherited(opt.Inherited)
-	eng, err := engine.New(engine.Options{Logger: log, Loops: opt.Loops, KeepAlive: KeepAlive, IDs: &s.ids})
+	eng, err := engine.New(engine.Options{Logger: log, Loops: opt.Loops, IDs: &s.ids})
 	if err != nil {
 		s.closeInherited()
 		return nil, fmt.Errorf("start the event engine: %w", err)
