@@ -63,22 +63,7 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 	// Reloads asked for through the admin API are made by the loop below,
 	// one at a time with those of SIGHUP and --watch.
 	requests := make(chan reloadRequest)
-	adm := &adminListener{srv: srv, log: log, logDropped: out.Dropped, reload: func(rctx context.Context, dryRun bool) admin.ReloadResult {
-		req := reloadRequest{dryRun: dryRun, reply: make(chan admin.ReloadResult, 1)}
-		select {
-		case requests <- req:
-		case <-rctx.Done():
-			return admin.ReloadResult{DryRun: dryRun, Errors: []string{"the request ended before pj could take it"}, Status: http.StatusServiceUnavailable}
-		case <-ctx.Done():
-			return admin.ReloadResult{DryRun: dryRun, Errors: []string{"pj is shutting down"}, Status: http.StatusServiceUnavailable}
-		}
-		select {
-		case res := <-req.reply:
-			return res
-		case <-rctx.Done():
-			return admin.ReloadResult{DryRun: dryRun, Errors: []string{"the request ended before the reload did"}, Status: http.StatusServiceUnavailable}
-		}
-	}}
+	adm := &adminListener{srv: srv, log: log, logDropped: out.Dropped, reload: askReload(ctx, requests)}
 	if err := adm.apply(cfg.Admin); err != nil {
 		srv.Close()
 		return fmt.Errorf("start-up failed, nothing is listening: %w", err)
@@ -99,19 +84,8 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 		env.listening(srv.Addrs())
 	}
 
-	// Under systemd (Type=notify): ready once every listener is bound,
-	// stopping from the first SIGTERM, the watchdog while pj runs.
-	notify := systemd.NewNotifier(log)
-	notify.Ready(serving(cfg))
-	stopNotify := context.AfterFunc(ctx, func() { notify.Stopping("draining connections") })
+	notify, stopNotify := notifySystemd(ctx, log, cfg, srv)
 	defer stopNotify()
-	wdCtx, stopWatchdog := context.WithCancel(context.Background())
-	wdDone := make(chan struct{})
-	go func() {
-		defer close(wdDone)
-		notify.Watchdog(wdCtx, func() { srv.Addrs() })
-	}()
-	defer func() { stopWatchdog(); <-wdDone }()
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx) }()
@@ -134,6 +108,49 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 		}
 		// The file's own "watch: true" may have been added or removed.
 		w.set(ctx, r.current.Watch)
+	}
+}
+
+// askReload returns what the admin API calls to reload: it hands the
+// request to serve's loop, which makes reloads one at a time with those
+// of SIGHUP and --watch, and waits for the result.
+func askReload(ctx context.Context, requests chan<- reloadRequest) func(context.Context, bool) admin.ReloadResult {
+	return func(rctx context.Context, dryRun bool) admin.ReloadResult {
+		req := reloadRequest{dryRun: dryRun, reply: make(chan admin.ReloadResult, 1)}
+		select {
+		case requests <- req:
+		case <-rctx.Done():
+			return admin.ReloadResult{DryRun: dryRun, Errors: []string{"the request ended before pj could take it"}, Status: http.StatusServiceUnavailable}
+		case <-ctx.Done():
+			return admin.ReloadResult{DryRun: dryRun, Errors: []string{"pj is shutting down"}, Status: http.StatusServiceUnavailable}
+		}
+		select {
+		case res := <-req.reply:
+			return res
+		case <-rctx.Done():
+			return admin.ReloadResult{DryRun: dryRun, Errors: []string{"the request ended before the reload did"}, Status: http.StatusServiceUnavailable}
+		}
+	}
+}
+
+// notifySystemd tells systemd (Type=notify) that pj is ready, once every
+// listener is bound; that it is stopping, from the first SIGTERM (ctx);
+// and that it is alive, by the watchdog, while pj runs. stop ends the
+// watchdog and forgets ctx.
+func notifySystemd(ctx context.Context, log *slog.Logger, cfg config.Config, srv *server.Server) (notify *systemd.Notifier, stop func()) {
+	notify = systemd.NewNotifier(log)
+	notify.Ready(serving(cfg))
+	stopNotify := context.AfterFunc(ctx, func() { notify.Stopping("draining connections") })
+	wdCtx, stopWatchdog := context.WithCancel(context.Background())
+	wdDone := make(chan struct{})
+	go func() {
+		defer close(wdDone)
+		notify.Watchdog(wdCtx, func() { srv.Addrs() })
+	}()
+	return notify, func() {
+		stopWatchdog()
+		<-wdDone
+		stopNotify()
 	}
 }
 
