@@ -182,10 +182,6 @@ func (s *Settings) poolProblems() []string {
 		return []string{"pool: cannot be used with proxy_protocol: the PROXY header names the client, " +
 			"unknown when a warm connection is opened; remove one of them"}
 	}
-	if s.Pool.Size > 0 && (s.TLS != nil || s.BackendTLS != nil) {
-		return []string{"pool: not yet with tls or backend_tls: warm connections are plain TCP, " +
-			"and connections that pj's TLS path handles dial their own; remove pool"}
-	}
 	return nil
 }
 

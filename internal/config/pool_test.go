@@ -28,7 +28,7 @@ func TestPoolKeys(t *testing.T) {
 		{"a max_age of 0", "proxies:\n  - listen: 0.0.0.0:25\n    backends: [b:25]\n    pool: { size: 1, max_age: 0s }\n",
 			[]string{`pool.max_age: 0s must be positive`}, config.Pool{}},
 		{"with backend_tls", "proxies:\n  - name: db\n    listen: 0.0.0.0:5432\n    backends: [b:5432]\n    backend_tls: { server_name: db.example }\n    pool: { size: 1 }\n",
-			[]string{`pj.yaml:2: proxy "db": pool: not yet with tls or backend_tls: warm connections are plain TCP, and connections that pj's TLS path handles dial their own; remove pool`}, config.Pool{}},
+			nil, config.Pool{Size: 1, MaxAge: 30 * time.Second}},
 		{"on UDP", "proxies:\n  - name: dns\n    listen: 0.0.0.0:53/udp\n    backends: [b:53]\n    pool: { size: 1 }\n",
 			[]string{`pj.yaml:2: proxy "dns": pool: applies to TCP proxies only; a UDP proxy relays datagrams as they are (a UDP session has no connection to open ahead)`}, config.Pool{}},
 	}

@@ -198,13 +198,7 @@ func buildRoute(ctx context.Context, proxyName, name, match string, backends []c
 	if err != nil {
 		return nil, err
 	}
-	var pools *warm.Pools
-	if s.Pool.Size > 0 {
-		ws := warm.Settings{Size: s.Pool.Size, MaxAge: s.Pool.MaxAge, ConnectTimeout: s.ConnectTimeout}
-		pools = warm.New(set, ws, &stats.PoolHits, &stats.PoolMisses, log, prevWarm)
-	}
 	r := &Route{
-		Warm:             pools,
 		Name:             name,
 		Balance:          s.Balance,
 		Backends:         set,
@@ -224,6 +218,17 @@ func buildRoute(ctx context.Context, proxyName, name, match string, backends []c
 		}
 		if r.TLS, err = buildTLS(proxyName, name, s, set, stats, log, prevTLS); err != nil {
 			return nil, err
+		}
+	}
+	if s.Pool.Size > 0 {
+		ws := warm.Settings{Size: s.Pool.Size, MaxAge: s.Pool.MaxAge, ConnectTimeout: s.ConnectTimeout}
+		if r.TLS != nil && r.TLS.Originate != nil {
+			ws.Handshake = r.TLS.Originate.Ahead()
+			ws.TLS = *s.BackendTLS
+		}
+		r.Warm = warm.New(set, ws, &stats.PoolHits, &stats.PoolMisses, log, prevWarm)
+		if r.TLS != nil {
+			r.TLS.Warm = r.Warm
 		}
 	}
 	return r, nil

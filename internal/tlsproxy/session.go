@@ -245,8 +245,16 @@ func (ss *session) reach(alpn []string) (net.Conn, error) {
 }
 
 // dial opens one backend connection within timeout: TCP, the PROXY
-// header, then TLS if the route originates it.
+// header, then TLS if the route originates it. A warm connection, if the
+// route's pool has one, is all of that done already; it cannot serve a
+// client whose negotiated ALPN must reach a TLS backend, since the pool's
+// handshake offered none.
 func (ss *session) dial(b *balance.Backend, timeout time.Duration, alpn []string) (net.Conn, error) {
+	if w := ss.r.Warm; w != nil && (len(alpn) == 0 || ss.r.Originate == nil) {
+		if c := w.TakeConn(b); c != nil {
+			return c, nil
+		}
+	}
 	ctx, cancel := context.WithTimeout(ss.ctx, timeout)
 	defer cancel()
 	var d net.Dialer

@@ -29,6 +29,7 @@ import (
 
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/observe"
+	"github.com/pj-proxy/pj/internal/warm"
 )
 
 // Route is where a handed-over connection goes, and how TLS applies to it.
@@ -66,6 +67,9 @@ type Route struct {
 	// Originate, if set, opens TLS to the backend; nil connects with
 	// plain TCP.
 	Originate *Dialer
+	// Warm, if set, holds connections to the backends opened before
+	// clients need them (with Originate, through the handshake too).
+	Warm *warm.Pools
 }
 
 // Handoff is one accepted connection given to Server.Serve. Serve owns

@@ -1,6 +1,7 @@
 // Package warm keeps backend connections open before clients need them:
 // per backend, up to a pool's size of connected sockets that no client has
-// used. The engine takes one instead of dialling; the pool refills in the
+// used, and with backend TLS already through the handshake. The engine
+// (or the TLS path) takes one instead of dialling; the pool refills in the
 // background, a few dials at a time, and never for a backend that is out
 // of service.
 package warm
@@ -8,9 +9,11 @@ package warm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -19,14 +22,31 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/balance"
+	"github.com/pj-proxy/pj/internal/config"
 )
 
 // Settings are what a route's pools are built with.
 type Settings struct {
 	Size           int           // warm connections per backend; at least 1
 	MaxAge         time.Duration // how long one may wait for a client
-	ConnectTimeout time.Duration // for each dial
+	ConnectTimeout time.Duration // for each dial, and the handshake after it
+	// Handshake, if set, completes TLS on each new connection before it
+	// waits for a client; nil keeps warm connections plain TCP.
+	Handshake Handshake
+	// TLS are the backend_tls settings Handshake applies: a reload keeps
+	// the warm connections only of a pool whose TLS stays the same.
+	TLS config.BackendTLS
 }
+
+// same reports whether connections warmed with a can serve a pool of b.
+func (a Settings) same(b Settings) bool {
+	return a.Size == b.Size && a.MaxAge == b.MaxAge && a.ConnectTimeout == b.ConnectTimeout &&
+		(a.Handshake == nil) == (b.Handshake == nil) && a.TLS == b.TLS
+}
+
+// Handshake completes the client side of TLS on raw, a new connection to
+// b, by deadline, and returns the TLS connection.
+type Handshake func(raw net.Conn, b *balance.Backend, deadline time.Time) (net.Conn, error)
 
 // MaxDials bounds the dials in flight per backend: a refill after a burst
 // of takes (or at start) opens connections a few at a time, not all at
@@ -64,9 +84,38 @@ type pool struct {
 	retryAt time.Time // no dial before this, after failures
 }
 
+// idle is one warm connection: a descriptor (plain TCP), or a TLS
+// connection whose handshake is done, over the socket raw.
 type idle struct {
 	fd   int
+	conn net.Conn // nil for a descriptor
+	raw  syscall.RawConn
 	made time.Time
+}
+
+// alive reports whether w can still be given to a client (see Alive). A
+// TLS connection is judged by its socket: what the backend sent since the
+// handshake (a session ticket, a greeting) waits there, unread, and its
+// close_notify comes with a FIN, which the peek sees.
+func (w idle) alive() bool {
+	if w.conn == nil {
+		return Alive(w.fd)
+	}
+	ok := false
+	if err := w.raw.Control(func(fd uintptr) { ok = Alive(int(fd)) }); err != nil {
+		return false
+	}
+	return ok
+}
+
+func (w idle) close() {
+	if w.conn == nil {
+		_ = unix.Close(w.fd)
+		return
+	}
+	// A TLS connection sends its close_notify: at most one alert into a
+	// socket pj never wrote to since the handshake, so it does not wait.
+	_ = w.conn.Close()
 }
 
 // New makes the pools of a route whose backends are set; Take counts in
@@ -77,7 +126,7 @@ func New(set *balance.Set, s Settings, hits, misses *atomic.Uint64, log *slog.Lo
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if prev != nil && prev.s != s {
+	if prev != nil && !prev.s.same(s) {
 		prev = nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -142,43 +191,84 @@ func (p *Pools) Idle(backend string) int {
 	return 0
 }
 
-// Take returns a warm connection to b, proven alive (see Alive), and
-// counts a hit; or -1 and a miss when the pool has none. The caller owns
-// the descriptor. A connection older than the pool's max_age, or found
-// closed, is closed and the next is tried.
+// TLS reports whether the pools' connections are through a TLS handshake:
+// those are taken with TakeConn.
+func (p *Pools) TLS() bool { return p.s.Handshake != nil }
+
+// Take returns a warm plain-TCP connection to b, proven alive (see Alive),
+// and counts a hit; or -1 and a miss when the pool has none. The caller
+// owns the descriptor. A connection older than the pool's max_age, or
+// found closed, is closed and the next is tried. A pool of TLS
+// connections is taken from with TakeConn.
 func (p *Pools) Take(b *balance.Backend) int {
-	fd := p.take(b.Address)
-	if fd < 0 {
-		p.miss.Add(1)
-	} else {
+	if p.TLS() {
+		return -1
+	}
+	w, ok := p.take(b.Address)
+	if !ok {
+		return -1
+	}
+	return w.fd
+}
+
+// TakeConn is Take for a caller that relays through a net.Conn: the TLS
+// connection a pool with Handshake keeps, or a plain one made of the
+// descriptor. It returns nil (a miss) when the pool has none.
+func (p *Pools) TakeConn(b *balance.Backend) net.Conn {
+	w, ok := p.take(b.Address)
+	if !ok {
+		return nil
+	}
+	if w.conn != nil {
+		return w.conn
+	}
+	f := os.NewFile(uintptr(w.fd), "warm")
+	c, err := net.FileConn(f) // a second descriptor of the socket
+	_ = f.Close()
+	if err != nil {
+		// Out of descriptors: the caller dials, and fails, as without
+		// a pool.
+		p.log.Warn("a warm connection could not be used", "backend", b.Address, "error", err)
+		return nil
+	}
+	return c
+}
+
+// take removes the newest live connection from addr's pool and counts a
+// hit, or counts a miss; either way the pool refills at once.
+func (p *Pools) take(addr string) (idle, bool) {
+	w, ok := p.pop(addr)
+	if ok {
 		p.hits.Add(1)
+	} else {
+		p.miss.Add(1)
 	}
 	// Refill now rather than at the next tick.
 	select {
 	case p.kick <- struct{}{}:
 	default:
 	}
-	return fd
+	return w, ok
 }
 
-func (p *Pools) take(addr string) int {
+func (p *Pools) pop(addr string) (idle, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	bp := p.pools[addr]
 	if bp == nil {
-		return -1
+		return idle{}, false
 	}
 	oldest := p.now().Add(-p.s.MaxAge)
 	// The newest first: its backend has waited least for a client.
 	for len(bp.idle) > 0 {
 		w := bp.idle[len(bp.idle)-1]
 		bp.idle = bp.idle[:len(bp.idle)-1]
-		if w.made.After(oldest) && Alive(w.fd) {
-			return w.fd
+		if w.made.After(oldest) && w.alive() {
+			return w, true
 		}
-		_ = unix.Close(w.fd)
+		w.close()
 	}
-	return -1
+	return idle{}, false
 }
 
 // tick is how often the pools are looked over without a take: expired
@@ -225,10 +315,10 @@ func (p *Pools) refill() {
 		bp.backend = b
 		kept := bp.idle[:0]
 		for _, w := range bp.idle {
-			if w.made.After(oldest) && Alive(w.fd) {
+			if w.made.After(oldest) && w.alive() {
 				kept = append(kept, w)
 			} else {
-				_ = unix.Close(w.fd)
+				w.close()
 			}
 		}
 		clear(bp.idle[len(kept):])
@@ -261,7 +351,7 @@ func (p *Pools) refill() {
 // dial opens one warm connection to b and puts it in bp.
 func (p *Pools) dial(bp *pool, b *balance.Backend) {
 	defer p.wg.Done()
-	fd, err := p.dialer(p.ctx, b.Addr, p.s.ConnectTimeout)
+	w, err := p.open(b)
 	now := p.now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -283,14 +373,45 @@ func (p *Pools) dial(bp *pool, b *balance.Backend) {
 	bp.fails = 0
 	bp.retryAt = time.Time{}
 	if p.stopped || p.pools[b.Address] != bp || len(bp.idle) >= p.s.Size || !b.Eligible() {
-		_ = unix.Close(fd)
+		w.close()
 		return
 	}
-	bp.idle = append(bp.idle, idle{fd: fd, made: now})
+	w.made = now
+	bp.idle = append(bp.idle, w)
 	select {
 	case p.kick <- struct{}{}: // the next dial, if more are needed
 	default:
 	}
+}
+
+// open connects to b and, for a TLS pool, completes the handshake, all
+// within the connect timeout.
+func (p *Pools) open(b *balance.Backend) (idle, error) {
+	deadline := time.Now().Add(p.s.ConnectTimeout)
+	fd, err := p.dialer(p.ctx, b.Addr, p.s.ConnectTimeout)
+	if err != nil || p.s.Handshake == nil {
+		return idle{fd: fd}, err
+	}
+	f := os.NewFile(uintptr(fd), "warm")
+	raw, err := net.FileConn(f)
+	_ = f.Close()
+	if err != nil {
+		return idle{}, fmt.Errorf("connect to %s: %w", b.Address, err)
+	}
+	sc, err := raw.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		_ = raw.Close()
+		return idle{}, err
+	}
+	// Stop ends a handshake under way too.
+	stop := context.AfterFunc(p.ctx, func() { _ = raw.Close() })
+	tc, err := p.s.Handshake(raw, b, deadline)
+	stop()
+	if err != nil {
+		_ = raw.Close()
+		return idle{}, err
+	}
+	return idle{fd: -1, conn: tc, raw: sc}, nil
 }
 
 // backoff is the pause after n failed dials in a row: 100ms doubling, at
@@ -301,7 +422,7 @@ func backoff(n int) time.Duration {
 
 func (bp *pool) closeIdle() {
 	for _, w := range bp.idle {
-		_ = unix.Close(w.fd)
+		w.close()
 	}
 	bp.idle = nil
 }

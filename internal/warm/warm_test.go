@@ -341,3 +341,68 @@ func TestAdoptAndStop(t *testing.T) {
 	next.Stop()
 	testutil.WaitFor(t, 5*time.Second, "a's warm connections to be closed at stop", func() bool { return a.ended.Load() == 2 })
 }
+
+func TestTakeConnOfAPlainPool(t *testing.T) {
+	// The TLS path takes plain warm connections as a net.Conn (a route
+	// that terminates TLS and relays plain TCP to its backends).
+	b := startBackend(t, "220 ready\r\n")
+	p := newPools(t, settings(1, time.Minute), b.addr)
+	p.Start()
+	waitIdle(t, p, b.addr, 1)
+	c := p.TakeConn(p.backend(0))
+	if c == nil {
+		t.Fatal("TakeConn from a full pool missed")
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, len("220 ready\r\n"))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "220 ready\r\n" {
+		t.Fatalf("read %q, %v; want the greeting", buf, err)
+	}
+	if h, m := p.hits.Load(), p.misses.Load(); h != 1 || m != 0 {
+		t.Errorf("hits %d, misses %d; want 1 and 0", h, m)
+	}
+}
+
+func TestChangedTLSStartsAfresh(t *testing.T) {
+	// A reload that changes backend_tls (or turns it on) must not hand
+	// out connections made with the old settings.
+	b := startBackend(t, "")
+	plain := func(raw net.Conn, _ *balance.Backend, _ time.Time) (net.Conn, error) { return raw, nil }
+	withTLS := func(name string) warm.Settings {
+		s := settings(1, time.Minute)
+		s.Handshake = plain
+		s.TLS = config.BackendTLS{ServerName: name}
+		return s
+	}
+	tests := []struct {
+		name      string
+		old, next warm.Settings
+		kept      bool
+	}{
+		{"the same TLS", withTLS("a"), withTLS("a"), true},
+		{"another server name", withTLS("a"), withTLS("b"), false},
+		{"TLS turned on", settings(1, time.Minute), withTLS("a"), false},
+		{"TLS turned off", withTLS("a"), settings(1, time.Minute), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			old := newPools(t, tt.old, b.addr)
+			old.Start()
+			waitIdle(t, old, b.addr, 1)
+			accepted := b.accepted.Load()
+			var h, m atomic.Uint64
+			next := warm.New(old.set, tt.next, &h, &m, nil, old.Pools)
+			t.Cleanup(next.Stop)
+			// The successor dials nothing: what it holds, it took over.
+			next.SetDialer(func(context.Context, netip.AddrPort, time.Duration) (int, error) {
+				return -1, errors.New("no dial in this test")
+			})
+			next.Start()
+			old.Stop()
+			if got := next.Idle(b.addr) == 1 && b.accepted.Load() == accepted; got != tt.kept {
+				t.Errorf("the successor kept the warm connection: %v, want %v", got, tt.kept)
+			}
+		})
+	}
+}
