@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -193,4 +194,48 @@ func TestPoolPerRoute(t *testing.T) {
 	if v := value(t, pj.metrics(t), "pj_pool_takes_total", map[string]string{"proxy": "edge", "result": "hit"}); v != 1 {
 		t.Errorf("hits %v, want 1", v)
 	}
+}
+
+// TestPoolBackendTLS: with backend_tls, the warm connection is through the
+// handshake before the client comes: the client is served by the
+// connection the backend greeted after its first handshake, and the
+// backend had completed exactly that one when the client connected.
+func TestPoolBackendTLS(t *testing.T) {
+	ca := tu.NewCA(t, "backend ca")
+	cfg := &tls.Config{Certificates: []tls.Certificate{ca.KeyPair(t, tu.Leaf{Names: []string{"localhost"}, IPs: []string{"127.0.0.1"}})}}
+	var handshakes atomic.Int64
+	ln := tu.Listen(t, "tcp4")
+	tu.Serve(t, ln, func(c net.Conn) {
+		tc := tls.Server(c, cfg)
+		_ = tc.SetDeadline(time.Now().Add(30 * time.Second))
+		if tc.Handshake() != nil {
+			return
+		}
+		_, _ = io.WriteString(tc, greeting(handshakes.Add(1)))
+		tu.Echo(tc)
+	})
+	p := pjtest.Proxy("db", "127.0.0.1:0", ln.Addr().String())
+	p.BackendTLS = &config.BackendTLS{CA: tu.WriteFile(t, "ca.pem", string(ca.PEM))}
+	p.Pool.Size = 1
+	pj := start(t, Options{}, p)
+	tu.WaitFor(t, 10*time.Second, "the pool to fill", func() bool {
+		b := pj.proxies(t).Proxies[0].Backends[0]
+		return b.Pool != nil && b.Pool.Idle == 1 && handshakes.Load() == 1
+	})
+	c := tu.Dial(t, pj.srv.Addr(0))
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, len(greeting(1)))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != greeting(1) {
+		t.Fatalf("read %q, %v; want the greeting after the handshake done ahead, %q", buf, err, greeting(1))
+	}
+	if got := tu.RoundTrip(t, c, "SELECT 1"); got != "SELECT 1" {
+		t.Errorf("echo %q", got)
+	}
+	fams := pj.metrics(t)
+	if v := value(t, fams, "pj_pool_takes_total", map[string]string{"proxy": "db", "result": "hit"}); v != 1 {
+		t.Errorf("hits %v, want 1", v)
+	}
+	tu.WaitFor(t, 10*time.Second, "the pool to refill", func() bool {
+		return pj.proxies(t).Proxies[0].Backends[0].Pool.Idle == 1 && handshakes.Load() == 2
+	})
 }
