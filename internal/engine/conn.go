@@ -14,6 +14,7 @@ import (
 
 	"github.com/pj-proxy/pj/internal/admission"
 	"github.com/pj-proxy/pj/internal/balance"
+	"github.com/pj-proxy/pj/internal/evloop"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
 )
@@ -201,7 +202,7 @@ func (l *loop) dial(c *conn) bool {
 	fd, err := newBackendSocket(b.Addr)
 	if err != nil {
 		c.err = fmt.Errorf("connect to %s: %w", b.Address, err)
-		if isShortage(err) {
+		if evloop.IsShortage(err) {
 			// Out of descriptors (or socket memory): this client waits,
 			// and no new client is accepted, until some are free again
 			// or the connect time is spent.
@@ -256,7 +257,7 @@ func (l *loop) connectEvent(c *conn, events uint32) {
 		l.connected(c)
 		return
 	}
-	err := socketError(int(c.bfd))
+	err := evloop.SocketError(int(c.bfd))
 	if err == nil {
 		err = unix.ECONNRESET
 	}
@@ -362,7 +363,7 @@ func (l *loop) handle(c *conn, fd int, events uint32) {
 	}
 	if c.state == stateHeader {
 		if events&unix.EPOLLERR != 0 {
-			l.abort(c, sideError(sideClient, socketError(fd)))
+			l.abort(c, sideError(sideClient, evloop.SocketError(fd)))
 			return
 		}
 		l.readHeader(c)
@@ -370,7 +371,7 @@ func (l *loop) handle(c *conn, fd int, events uint32) {
 	}
 	if c.state == statePeek {
 		if events&unix.EPOLLERR != 0 {
-			l.abort(c, sideError(sideClient, socketError(fd)))
+			l.abort(c, sideError(sideClient, evloop.SocketError(fd)))
 			return
 		}
 		l.peekRead(c)
@@ -384,7 +385,7 @@ func (l *loop) handle(c *conn, fd int, events uint32) {
 			l.connectEvent(c, events)
 		case events&unix.EPOLLERR != 0:
 			// The client gave up (reset) before a backend answered.
-			l.abort(c, sideError(sideClient, socketError(fd)))
+			l.abort(c, sideError(sideClient, evloop.SocketError(fd)))
 		}
 		return
 	}
@@ -412,7 +413,7 @@ func (l *loop) deliverBeforeError(c *conn, isClient bool) error {
 			return err
 		}
 	}
-	return sideError(f.from, socketError(f.src))
+	return sideError(f.from, evloop.SocketError(f.src))
 }
 
 func (l *loop) timerFired(c *conn) {

@@ -25,12 +25,12 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pj-proxy/pj/internal/evloop"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/tlsproxy"
@@ -64,14 +64,11 @@ type Engine struct {
 	log    *slog.Logger
 	loops  []*loop
 	nextID *atomic.Uint64
-	active atomic.Int64
+	active evloop.Active // connections open
 	panics atomic.Uint64
 	start  time.Time // origin of the loops' monotonic clock
 	// tls runs the connections handed over to the TLS path.
 	tls *tlsproxy.Server
-
-	idleMu  sync.Mutex
-	idleChs []chan struct{} // closed when active reaches zero
 
 	maxConns atomic.Int64 // the cap of the whole process; 0: none
 	capped   atomic.Int32 // listeners unwatched by a loop because of a cap
@@ -238,22 +235,12 @@ func (e *Engine) drain(ln *Listener) {
 // Active returns the number of connections open now.
 func (e *Engine) Active() int64 { return e.active.Load() }
 
+// Idle returns a channel closed once no connection is open.
+func (e *Engine) Idle() <-chan struct{} { return e.active.Idle() }
+
 // Panics returns how many connections were closed because handling them
 // panicked.
 func (e *Engine) Panics() uint64 { return e.panics.Load() }
-
-// Idle returns a channel closed once no connection is open.
-func (e *Engine) Idle() <-chan struct{} {
-	ch := make(chan struct{})
-	e.idleMu.Lock()
-	defer e.idleMu.Unlock()
-	if e.active.Load() == 0 {
-		close(ch)
-		return ch
-	}
-	e.idleChs = append(e.idleChs, ch)
-	return ch
-}
 
 // SetMaxConnections caps the connections of the whole process (0: no cap).
 func (e *Engine) SetMaxConnections(n int) {
@@ -271,7 +258,7 @@ func (e *Engine) reserve(p *proxy.Proxy) (ok, global bool) {
 	}
 	if n := p.Stats.Active.Add(1); p.MaxConnections > 0 && n > int64(p.MaxConnections) {
 		p.Stats.Active.Add(-1)
-		e.connDone()
+		e.active.Done()
 		return false, false
 	}
 	return true, false
@@ -280,14 +267,14 @@ func (e *Engine) reserve(p *proxy.Proxy) (ok, global bool) {
 // unreserve takes back a reservation that did not become a connection.
 func (e *Engine) unreserve(p *proxy.Proxy) {
 	p.Stats.Active.Add(-1)
-	e.connDone()
+	e.active.Done()
 }
 
 // release ends the counting of a connection, and lets capped listeners
 // accept again.
 func (e *Engine) release(p *proxy.Proxy) {
 	p.Stats.Active.Add(-1)
-	e.connDone()
+	e.active.Done()
 	if e.capped.Load() > 0 {
 		e.ResumeCapped()
 	}
@@ -313,21 +300,6 @@ func (e *Engine) logCapped(ln *Listener, what string, limit int64) {
 	}
 	e.log.Warn("connection cap reached: new connections wait in the accept queue until some close",
 		"address", ln.addr, "cap", what, "limit", limit, "active", e.active.Load(), "suppressed", suppressed)
-}
-
-func (e *Engine) connDone() {
-	if e.active.Add(-1) != 0 {
-		return
-	}
-	e.idleMu.Lock()
-	defer e.idleMu.Unlock()
-	if e.active.Load() != 0 {
-		return
-	}
-	for _, ch := range e.idleChs {
-		close(ch)
-	}
-	e.idleChs = nil
 }
 
 // Cut closes every open connection; cause is logged as its end.

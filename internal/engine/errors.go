@@ -31,13 +31,6 @@ type PanicError struct {
 
 func (e *PanicError) Error() string { return fmt.Sprintf("panic: %v", e.Value) }
 
-// isShortage reports whether err means the process or the kernel ran out
-// of a resource that frees up by itself as connections close.
-func isShortage(err error) bool {
-	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) ||
-		errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM)
-}
-
 // acceptSkipped reports whether an accept failed for that one connection
 // only (it was gone before it was taken, or a signal interrupted): the
 // next may be fine.

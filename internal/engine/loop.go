@@ -8,13 +8,13 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pj-proxy/pj/internal/evloop"
 	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/route"
 )
@@ -43,11 +43,9 @@ const (
 // their timers. Everything in it is touched only by its own goroutine,
 // except the command queue.
 type loop struct {
-	e      *Engine
-	id     int
-	epfd   int
-	evfd   int // eventfd that wakes the loop for commands
-	events []unix.EpollEvent
+	e    *Engine
+	id   int
+	poll evloop.Poller[*loop]
 
 	// scratch space, reused so the data path allocates nothing
 	ev  unix.EpollEvent
@@ -69,15 +67,8 @@ type loop struct {
 	peeks     []*peek       // spare buffers of connections choosing a route
 	dec       route.Decider // the first call of every connection's decision
 	pending   []*conn       // connections with work left after their budget
-	busy      bool          // the last wait returned events: see wait
 	yielded   int64         // loop clock of the last runtime.Gosched
-
-	mu       sync.Mutex
-	cmds     []func(*loop)
-	signaled bool
-	stopping bool
-	done     bool // set by the loop goroutine as it exits
-	exited   chan struct{}
+	stopping  bool
 }
 
 // lnMode is what a loop does with a listener. A listener is in one mode
@@ -108,27 +99,13 @@ type lnState struct {
 }
 
 func newLoop(e *Engine, id int) (*loop, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return nil, os.NewSyscallError("epoll_create1", err)
-	}
-	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
-	if err != nil {
-		_ = unix.Close(epfd)
-		return nil, os.NewSyscallError("eventfd", err)
-	}
 	l := &loop{
-		e: e, id: id, epfd: epfd, evfd: evfd,
-		events:    make([]unix.EpollEvent, maxEvents),
+		e: e, id: id,
 		buf:       make([]byte, bufSize),
 		listeners: map[int]*lnState{},
-		exited:    make(chan struct{}),
 	}
-	l.ev = unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &l.ev); err != nil {
-		_ = unix.Close(evfd)
-		_ = unix.Close(epfd)
-		return nil, os.NewSyscallError("epoll_ctl", err)
+	if err := l.poll.Open(fmt.Sprintf("event loop %d", id), maxEvents); err != nil {
+		return nil, err
 	}
 	l.tick()
 	return l, nil
@@ -137,15 +114,10 @@ func newLoop(e *Engine, id int) (*loop, error) {
 // run is the loop's goroutine.
 func (l *loop) run() {
 	defer func() {
-		l.mu.Lock()
-		l.done = true
-		l.mu.Unlock()
-		_ = unix.Close(l.evfd) // the loop is gone: nothing to report to
-		_ = unix.Close(l.epfd)
 		for _, p := range l.pipes {
 			p.close()
 		}
-		close(l.exited)
+		l.poll.Close()
 	}()
 	for !l.iterate() {
 	}
@@ -155,18 +127,18 @@ func (l *loop) run() {
 // loop is over.
 func (l *loop) iterate() (over bool) {
 	defer l.recoverLoop()
-	n, err := l.wait()
+	events, err := l.poll.Wait(l.waitMillis())
 	l.tick()
 	if err != nil && err != unix.EINTR {
 		l.e.log.Error("event loop failed; its connections are lost", "loop", l.id, "error", err.Error())
 		return true
 	}
-	for i := 0; i < n; i++ {
-		l.dispatch(&l.events[i])
+	for i := range events {
+		l.dispatch(&events[i])
 	}
 	l.runPending()
 	l.runTimers()
-	if l.busy && l.now-l.yielded > int64(yieldEvery) {
+	if l.poll.Busy() && l.now-l.yielded > int64(yieldEvery) {
 		// A busy loop never blocks where the scheduler sees it; yielding
 		// now and then spares it the forced preemption (a signal) that
 		// the runtime sends a goroutine running for 10ms, and lets the
@@ -188,39 +160,6 @@ func (l *loop) recoverLoop() {
 	l.e.panics.Add(1)
 	pe := &PanicError{Value: v, Stack: debug.Stack()}
 	l.e.log.Error("panic in an event loop; it goes on", "loop", l.id, "error", pe.Error(), "stack", string(pe.Stack))
-}
-
-// wait returns the next batch of events.
-//
-// A busy loop waits with a raw system call, bounded to a millisecond: the
-// Go scheduler does not see it, so the loop keeps its processor and its
-// thread, and an event wakes it straight from the kernel, as in a C event
-// loop. The blocking call the scheduler knows about would let the system
-// monitor hand the processor away after 20µs and move the loop between
-// threads, which costs context switches on every request. A loop that has
-// waited a whole millisecond in vain is idle: it then makes the ordinary
-// blocking call, so that an idle pj costs nothing and its processor serves
-// other goroutines. (The rest of pj, the admin server and the garbage
-// collector, waits at most the 2 ms after which a busy loop yields.)
-func (l *loop) wait() (int, error) {
-	ms := l.waitMillis()
-	if l.busy {
-		raw := ms
-		if raw < 0 || raw > 1 {
-			raw = 1
-		}
-		n, err := epollWaitRaw(l.epfd, l.events, raw)
-		if n > 0 || err != nil || raw == ms {
-			return n, err
-		}
-		l.busy = false
-		if ms > 0 {
-			ms--
-		}
-	}
-	n, err := unix.EpollWait(l.epfd, l.events, ms)
-	l.busy = n > 0
-	return n, err
 }
 
 func (l *loop) tick() {
@@ -259,8 +198,8 @@ func (l *loop) waitMillis() int {
 func (l *loop) dispatch(ev *unix.EpollEvent) {
 	fd, gen := int(ev.Fd), uint32(ev.Pad)
 	if gen == 0 {
-		if fd == l.evfd {
-			l.runCommands()
+		if l.poll.IsWake(fd) {
+			l.poll.RunCommands(l)
 		} else if st := l.listeners[fd]; st != nil {
 			l.accept(st)
 		}
@@ -286,7 +225,7 @@ func (l *loop) register(fd int, gen uint32) error {
 		Pad:    int32(gen),
 	}
 	// A raw call, like the data path's: epoll_ctl cannot block.
-	if _, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(l.epfd), unix.EPOLL_CTL_ADD, uintptr(fd),
+	if _, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(l.poll.FD()), unix.EPOLL_CTL_ADD, uintptr(fd),
 		uintptr(unsafe.Pointer(&l.ev)), 0, 0); e != 0 {
 		return os.NewSyscallError("epoll_ctl", e)
 	}
@@ -377,7 +316,7 @@ func (l *loop) addListener(ln *Listener) error {
 // EPOLLEXCLUSIVE: one loop, not all, is woken per pending connection.
 func (l *loop) watchListener(ln *Listener) error {
 	l.ev = unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(ln.fd)}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &l.ev); err != nil {
+	if err := unix.EpollCtl(l.poll.FD(), unix.EPOLL_CTL_ADD, ln.fd, &l.ev); err != nil {
 		return os.NewSyscallError("epoll_ctl", err)
 	}
 	return nil
@@ -393,7 +332,7 @@ func (l *loop) setMode(st *lnState, mode lnMode, until int64) {
 	}
 	if from == lnWatched {
 		// Cannot fail: the socket is in the set, and open.
-		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, st.ln.fd, nil)
+		_ = unix.EpollCtl(l.poll.FD(), unix.EPOLL_CTL_DEL, st.ln.fd, nil)
 	}
 	if mode == lnWatched {
 		if err := l.watchListener(st.ln); err != nil {
@@ -619,61 +558,16 @@ func (l *loop) resume(c *conn) {
 // --- commands from other goroutines ---
 
 // post queues f to run on the loop; it reports false if the loop is gone.
-func (l *loop) post(f func(*loop)) bool {
-	l.mu.Lock()
-	if l.done {
-		l.mu.Unlock()
-		return false
-	}
-	l.cmds = append(l.cmds, f)
-	wake := !l.signaled
-	l.signaled = true
-	l.mu.Unlock()
-	if wake {
-		var one = [8]byte{1}
-		_, _ = unix.Write(l.evfd, one[:]) // cannot fail short of a full counter, which wakes the loop anyway
-	}
-	return true
-}
+func (l *loop) post(f func(*loop)) bool { return l.poll.Post(f) }
 
 // call runs f on the loop and waits for its result. On a loop that has
 // exited, f runs on the caller: nothing else touches the loop any more.
-func (l *loop) call(f func(*loop) error) error {
-	res := make(chan error, 1)
-	if !l.post(func(l *loop) { res <- f(l) }) {
-		<-l.exited
-		return f(l)
-	}
-	select {
-	case err := <-res:
-		return err
-	case <-l.exited:
-		select {
-		case err := <-res:
-			return err
-		default:
-			return fmt.Errorf("event loop %d has exited", l.id)
-		}
-	}
-}
-
-func (l *loop) runCommands() {
-	var b [8]byte
-	_, _ = unix.Read(l.evfd, b[:]) // resets the counter; EAGAIN if already read
-	l.mu.Lock()
-	cmds := l.cmds
-	l.cmds = nil
-	l.signaled = false
-	l.mu.Unlock()
-	for _, f := range cmds {
-		f(l)
-	}
-}
+func (l *loop) call(f func(*loop) error) error { return l.poll.Call(l, f) }
 
 // stop makes the loop exit once it owns no connection.
 func (l *loop) stop() {
 	l.post(func(l *loop) { l.stopping = true })
-	<-l.exited
+	<-l.poll.Exited()
 }
 
 // cut ends the loop's connections accepted by ln (every connection if ln

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pj-proxy/pj/internal/evloop"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/route"
@@ -239,7 +240,7 @@ func (l *loop) sendPrelude(c *conn) {
 // to the prelude.
 func (l *loop) answerEvent(c *conn, events uint32) {
 	if events&unix.EPOLLERR != 0 {
-		err := socketError(int(c.bfd))
+		err := evloop.SocketError(int(c.bfd))
 		if err == nil {
 			err = unix.ECONNRESET
 		}

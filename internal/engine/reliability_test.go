@@ -104,7 +104,7 @@ func (l *loop) viewListener(ln *Listener) listenerView {
 		// EPOLL_CTL_MOD fails with ENOENT on a descriptor not in the set
 		// (and with EINVAL on one registered with EPOLLEXCLUSIVE).
 		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(ln.fd)}
-		err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, ln.fd, &ev)
+		err := unix.EpollCtl(l.poll.FD(), unix.EPOLL_CTL_MOD, ln.fd, &ev)
 		v.registered = err != unix.ENOENT
 		return nil
 	})

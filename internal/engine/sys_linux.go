@@ -130,18 +130,6 @@ func SetListenerOptions(fd int, ka KeepAlive) error {
 	return nil
 }
 
-// socketError reads and clears the pending error of a socket.
-func socketError(fd int) error {
-	v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-	if err != nil {
-		return os.NewSyscallError("getsockopt SO_ERROR", err)
-	}
-	if v != 0 {
-		return unix.Errno(v)
-	}
-	return nil
-}
-
 // lingerZero makes the next close of fd send a reset.
 func lingerZero(fd int) {
 	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
@@ -234,22 +222,4 @@ func shutdownWrite(fd int) error {
 		return e
 	}
 	return nil
-}
-
-// epollWaitRaw is epoll_wait made as a raw system call: the Go scheduler
-// is not told, so it must only be used with a short timeout (see
-// loop.wait). A signal (Go preempts goroutines with SIGURG) ends it early
-// with no events. It is made as epoll_pwait with no signal mask, which is
-// epoll_wait on every architecture; arm64, riscv64 and loong64 have only
-// epoll_pwait.
-func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
-		uintptr(len(events)), uintptr(msec), 0, 0)
-	if e != 0 {
-		if e == unix.EINTR {
-			return 0, nil
-		}
-		return 0, e
-	}
-	return int(n), nil
 }

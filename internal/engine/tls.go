@@ -26,7 +26,7 @@ func (l *loop) handOff(c *conn, r *proxy.Route) {
 	// The TLS path's net.Conn holds a duplicate of fd, which would keep
 	// the registration alive after fd is closed: take fd out of the loop's
 	// epoll first.
-	if _, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(l.epfd), unix.EPOLL_CTL_DEL, uintptr(fd),
+	if _, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(l.poll.FD()), unix.EPOLL_CTL_DEL, uintptr(fd),
 		uintptr(unsafe.Pointer(&l.ev)), 0, 0); e != 0 {
 		l.abort(c, sideError(sidePJ, os.NewSyscallError("epoll_ctl", e)))
 		return

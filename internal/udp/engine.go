@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pj-proxy/pj/internal/evloop"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
 )
@@ -33,13 +34,10 @@ type Engine struct {
 	log    *slog.Logger
 	loops  []*loop
 	ids    *atomic.Uint64
-	active atomic.Int64
+	active evloop.Active // sessions open
 	panics atomic.Uint64
 	start  time.Time
 	nextLn atomic.Uint32
-
-	idleMu  sync.Mutex
-	idleChs []chan struct{}
 
 	maxSessions atomic.Int64 // the cap of the whole process; 0: none
 }
@@ -171,36 +169,11 @@ func (e *Engine) Active() int64 { return e.active.Load() }
 // panicked.
 func (e *Engine) Panics() uint64 { return e.panics.Load() }
 
+// Idle returns a channel closed once no session is open.
+func (e *Engine) Idle() <-chan struct{} { return e.active.Idle() }
+
 // SetMaxConnections caps the sessions of the whole process (0: no cap).
 func (e *Engine) SetMaxConnections(n int) { e.maxSessions.Store(int64(n)) }
-
-// Idle returns a channel closed once no session is open.
-func (e *Engine) Idle() <-chan struct{} {
-	ch := make(chan struct{})
-	e.idleMu.Lock()
-	defer e.idleMu.Unlock()
-	if e.active.Load() == 0 {
-		close(ch)
-		return ch
-	}
-	e.idleChs = append(e.idleChs, ch)
-	return ch
-}
-
-func (e *Engine) sessionDone() {
-	if e.active.Add(-1) != 0 {
-		return
-	}
-	e.idleMu.Lock()
-	defer e.idleMu.Unlock()
-	if e.active.Load() != 0 {
-		return
-	}
-	for _, ch := range e.idleChs {
-		close(ch)
-	}
-	e.idleChs = nil
-}
 
 // Cut ends every session with cause.
 func (e *Engine) Cut(cause error) {

@@ -27,7 +27,7 @@ func TestSendRunKeepsBoundaries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = unix.Close(l.evfd); _ = unix.Close(l.epfd) })
+	t.Cleanup(l.poll.Close)
 	recv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +164,7 @@ func TestRepliesMerged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = unix.Close(l.evfd); _ = unix.Close(l.epfd) })
+	t.Cleanup(l.poll.Close)
 	udp4 := func() *net.UDPConn {
 		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {

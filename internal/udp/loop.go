@@ -7,12 +7,12 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	"sync"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pj-proxy/pj/internal/evloop"
 	"github.com/pj-proxy/pj/internal/observe"
 )
 
@@ -48,11 +48,9 @@ type lsock struct {
 // sessions it owns, their timers and its batches. Everything in it is
 // touched only by its own goroutine, except the command queue.
 type loop struct {
-	e      *Engine
-	id     int
-	epfd   int
-	evfd   int
-	events []unix.EpollEvent
+	e    *Engine
+	id   int
+	poll evloop.Poller[*loop]
 
 	socks  map[int]*lsock
 	table  map[key]*session
@@ -75,19 +73,13 @@ type loop struct {
 	cur     *session // the session being handled, for recover
 	wall    time.Time
 	now     int64
-	busy    bool
 	yielded int64
 	noGSO   bool // a GSO send failed: send datagram by datagram
 	// coalesced counts reads that UDP GRO coalesced, merged the replies
 	// sent as one GSO message (for tests).
 	coalesced, merged int
 
-	mu       sync.Mutex
-	cmds     []func(*loop)
-	signaled bool
 	stopping bool
-	done     bool
-	exited   chan struct{}
 }
 
 // txEntry is the session a queued reply belongs to, to count it once sent.
@@ -105,59 +97,38 @@ type txEntry struct {
 }
 
 func newLoop(e *Engine, id int) (*loop, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return nil, os.NewSyscallError("epoll_create1", err)
-	}
-	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
-	if err != nil {
-		_ = unix.Close(epfd)
-		return nil, os.NewSyscallError("eventfd", err)
-	}
 	l := &loop{
-		e: e, id: id, epfd: epfd, evfd: evfd,
-		events: make([]unix.EpollEvent, maxEvents),
-		socks:  map[int]*lsock{},
-		table:  map[key]*session{},
-		rx:     newMsgs(rxBatch),
-		tx:     newMsgs(txBatch),
-		txs:    make([]txEntry, txBatch),
-		exited: make(chan struct{}),
+		e: e, id: id,
+		socks: map[int]*lsock{},
+		table: map[key]*session{},
+		rx:    newMsgs(rxBatch),
+		tx:    newMsgs(txBatch),
+		txs:   make([]txEntry, txBatch),
 	}
 	l.up = &msgs{hdrs: make([]unix.Mmsghdr, rxBatch), iovs: make([]unix.Iovec, rxBatch), ctrl: make([]byte, rxBatch*ctrlSize)}
 	l.back = &msgs{hdrs: make([]unix.Mmsghdr, perSession), iovs: make([]unix.Iovec, perSession), ctrl: make([]byte, perSession*ctrlSize)}
-	l.ev = unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &l.ev); err != nil {
-		_ = unix.Close(evfd)
-		_ = unix.Close(epfd)
-		return nil, os.NewSyscallError("epoll_ctl", err)
+	if err := l.poll.Open(fmt.Sprintf("udp event loop %d", id), maxEvents); err != nil {
+		return nil, err
 	}
 	l.tick()
 	return l, nil
 }
 
 func (l *loop) run() {
-	defer func() {
-		l.mu.Lock()
-		l.done = true
-		l.mu.Unlock()
-		_ = unix.Close(l.evfd)
-		_ = unix.Close(l.epfd)
-		close(l.exited)
-	}()
+	defer l.poll.Close()
 	for {
-		n, err := l.wait()
+		events, err := l.poll.Wait(l.waitMillis())
 		l.tick()
 		if err != nil && err != unix.EINTR {
 			l.e.log.Error("udp event loop failed; its sessions are lost", "loop", l.id, "error", err.Error())
 			return
 		}
-		for i := 0; i < n; i++ {
-			l.dispatch(&l.events[i])
+		for i := range events {
+			l.dispatch(&events[i])
 		}
 		l.flush()
 		l.runTimers()
-		if l.busy && l.now-l.yielded > int64(yieldEvery) {
+		if l.poll.Busy() && l.now-l.yielded > int64(yieldEvery) {
 			// See the TCP engine's loop: a busy loop yields now and
 			// then rather than be preempted by a signal.
 			l.yielded = l.now
@@ -167,30 +138,6 @@ func (l *loop) run() {
 			return
 		}
 	}
-}
-
-// wait returns the next batch of events: a busy loop waits in a raw system
-// call of at most a millisecond, an idle one in the scheduler's blocking
-// call (the TCP engine's loop explains why).
-func (l *loop) wait() (int, error) {
-	ms := l.waitMillis()
-	if l.busy {
-		raw := ms
-		if raw < 0 || raw > 1 {
-			raw = 1
-		}
-		n, err := epollWaitRaw(l.epfd, l.events, raw)
-		if n > 0 || err != nil || raw == ms {
-			return n, err
-		}
-		l.busy = false
-		if ms > 0 {
-			ms--
-		}
-	}
-	n, err := unix.EpollWait(l.epfd, l.events, ms)
-	l.busy = n > 0
-	return n, err
 }
 
 func (l *loop) tick() {
@@ -214,8 +161,8 @@ func (l *loop) dispatch(ev *unix.EpollEvent) {
 	defer l.recover()
 	fd, gen := int(ev.Fd), uint32(ev.Pad)
 	if gen == 0 {
-		if fd == l.evfd {
-			l.runCommands()
+		if l.poll.IsWake(fd) {
+			l.poll.RunCommands(l)
 		} else if ls := l.socks[fd]; ls != nil {
 			l.readClients(ls)
 		}
@@ -256,7 +203,7 @@ func (l *loop) recover() {
 
 func (l *loop) addSocket(ls *lsock) error {
 	l.ev = unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(ls.fd)}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ls.fd, &l.ev); err != nil {
+	if err := unix.EpollCtl(l.poll.FD(), unix.EPOLL_CTL_ADD, ls.fd, &l.ev); err != nil {
 		return os.NewSyscallError("epoll_ctl", err)
 	}
 	l.socks[ls.fd] = ls
@@ -280,7 +227,7 @@ func (l *loop) closeSocket(ls *lsock) {
 	ls.closed = true
 	l.flush() // replies queued for it go first
 	delete(l.socks, ls.fd)
-	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ls.fd, nil) // closing removes it anyway
+	_ = unix.EpollCtl(l.poll.FD(), unix.EPOLL_CTL_DEL, ls.fd, nil) // closing removes it anyway
 	closeFD(ls.fd)
 }
 
@@ -549,7 +496,7 @@ func (l *loop) backendFailed(s *session, events uint32, err error) {
 	switch {
 	case err == unix.EAGAIN:
 		if events&unix.EPOLLERR != 0 {
-			if serr := socketError(s.fd); serr != nil {
+			if serr := evloop.SocketError(s.fd); serr != nil {
 				l.failover(s, serr)
 			}
 		}
@@ -776,60 +723,15 @@ func (l *loop) splitGSO(ls *lsock, i int) {
 
 // --- commands from other goroutines ---
 
-func (l *loop) post(f func(*loop)) bool {
-	l.mu.Lock()
-	if l.done {
-		l.mu.Unlock()
-		return false
-	}
-	l.cmds = append(l.cmds, f)
-	wake := !l.signaled
-	l.signaled = true
-	l.mu.Unlock()
-	if wake {
-		one := [8]byte{1}
-		_, _ = unix.Write(l.evfd, one[:]) // cannot fail short of a full counter, which wakes the loop anyway
-	}
-	return true
-}
+func (l *loop) post(f func(*loop)) bool { return l.poll.Post(f) }
 
 // call runs f on the loop and waits for its result; on a loop that has
 // exited, f runs on the caller.
-func (l *loop) call(f func(*loop) error) error {
-	res := make(chan error, 1)
-	if !l.post(func(l *loop) { res <- f(l) }) {
-		<-l.exited
-		return f(l)
-	}
-	select {
-	case err := <-res:
-		return err
-	case <-l.exited:
-		select {
-		case err := <-res:
-			return err
-		default:
-			return fmt.Errorf("udp event loop %d has exited", l.id)
-		}
-	}
-}
-
-func (l *loop) runCommands() {
-	var b [8]byte
-	_, _ = unix.Read(l.evfd, b[:]) // resets the counter; EAGAIN if already read
-	l.mu.Lock()
-	cmds := l.cmds
-	l.cmds = nil
-	l.signaled = false
-	l.mu.Unlock()
-	for _, f := range cmds {
-		f(l)
-	}
-}
+func (l *loop) call(f func(*loop) error) error { return l.poll.Call(l, f) }
 
 func (l *loop) stop() {
 	l.post(func(l *loop) { l.stopping = true })
-	<-l.exited
+	<-l.poll.Exited()
 }
 
 // cut ends the loop's sessions of ln (every session if ln is nil).

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pj-proxy/pj/internal/admission"
 	"github.com/pj-proxy/pj/internal/balance"
+	"github.com/pj-proxy/pj/internal/evloop"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
 )
@@ -151,11 +152,11 @@ func (l *loop) reserve(ls *lsock, p *proxy.Proxy) bool {
 	for try := 0; try < 2; try++ {
 		// Compare-and-swap, so that the counts never pass a cap, not
 		// even for an instant.
-		if below(&l.e.active, l.e.maxSessions.Load()) {
+		if below(&l.e.active.Int64, l.e.maxSessions.Load()) {
 			if below(&p.Stats.Active, limit) {
 				return true
 			}
-			l.e.sessionDone()
+			l.e.active.Done()
 		}
 		if try > 0 || !l.evict(ls) {
 			return false
@@ -179,7 +180,7 @@ func below(n *atomic.Int64, limit int64) bool {
 
 func (l *loop) unreserve(p *proxy.Proxy) {
 	p.Stats.Active.Add(-1)
-	l.e.sessionDone()
+	l.e.active.Done()
 }
 
 // evict ends the least recently active session of ls, if it has been
@@ -233,13 +234,13 @@ func (l *loop) attach(s *session) bool {
 		fd, err := newBackendSocket(b.Addr, &l.rsa, true)
 		if err != nil {
 			s.err = fmt.Errorf("connect to %s: %w", b.Address, err)
-			if !isShortage(err) {
+			if !evloop.IsShortage(err) {
 				l.observe(s, false, s.err)
 			}
 			continue
 		}
 		l.ev = unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd), Pad: int32(s.gen)}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &l.ev); err != nil {
+		if err := unix.EpollCtl(l.poll.FD(), unix.EPOLL_CTL_ADD, fd, &l.ev); err != nil {
 			closeFD(fd)
 			s.err = fmt.Errorf("connect to %s: %w", b.Address, os.NewSyscallError("epoll_ctl", err))
 			continue
@@ -339,7 +340,7 @@ func (l *loop) close(s *session, status observe.Status, err error) {
 		l.logSession(s, status, err)
 	}
 	st.Active.Add(-1)
-	l.e.sessionDone()
+	l.e.active.Done()
 	if ls := s.ls; ls.ln.draining.Load() && ls.lru.head == nil {
 		l.closeSocket(ls)
 	}
@@ -411,13 +412,6 @@ func (l *loop) runTimers() {
 func isRefused(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) ||
 		errors.Is(err, syscall.ENETUNREACH)
-}
-
-// isShortage reports whether err means pj or the kernel ran out of a
-// resource, which says nothing about the backend.
-func isShortage(err error) bool {
-	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) ||
-		errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM)
 }
 
 // --- the LRU list and the timer heap ---

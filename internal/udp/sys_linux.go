@@ -321,30 +321,3 @@ func newBackendSocket(ap netip.AddrPort, rsa *unix.RawSockaddrAny, gro bool) (in
 	}
 	return fd, nil
 }
-
-// socketError reads and clears the pending error of a socket.
-func socketError(fd int) error {
-	v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-	if err != nil {
-		return os.NewSyscallError("getsockopt SO_ERROR", err)
-	}
-	if v != 0 {
-		return unix.Errno(v)
-	}
-	return nil
-}
-
-// epollWaitRaw is epoll_wait as a raw system call, for short waits only
-// (see loop.wait); made as epoll_pwait with no signal mask, which arm64,
-// riscv64 and loong64 have instead of epoll_wait.
-func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
-		uintptr(len(events)), uintptr(msec), 0, 0)
-	if e != 0 {
-		if e == unix.EINTR {
-			return 0, nil
-		}
-		return 0, e
-	}
-	return int(n), nil
-}
