@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/pj-proxy/pj/internal/observe"
 )
 
 // The admin listener answers browsers as well as curl and Prometheus, and a
@@ -29,11 +31,15 @@ import (
 // hostGuard knows the names requests may give as their Host.
 type hostGuard struct {
 	names   map[string]bool // lower case, no trailing dot
-	refused *sometimes
+	log     *slog.Logger
+	refused observe.Sometimes // a refusal is logged at most once a minute
 }
 
 func newHostGuard(names []string, log *slog.Logger) *hostGuard {
-	g := &hostGuard{names: map[string]bool{}, refused: newSometimes(time.Minute, log)}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	g := &hostGuard{names: map[string]bool{}, log: log, refused: observe.Sometimes{Every: time.Minute}}
 	for _, n := range names {
 		if n = canonicalHost(n); n != "" {
 			g.names[n] = true
@@ -86,10 +92,10 @@ func guard(next http.Handler, hosts *hostGuard) http.Handler {
 		hdr.Set("Content-Security-Policy", "frame-ancestors 'none'")
 		hdr.Set("Referrer-Policy", "no-referrer")
 		if !hosts.allowed(r.Host) {
-			hosts.refused.log(func(l *slog.Logger, suppressed int) {
-				l.Warn("admin listener: refused a request for a name it does not know (a guard against DNS rebinding); list the name in admin.hosts if it is this listener's",
+			if ok, suppressed := hosts.refused.Allow(time.Now()); ok {
+				hosts.log.Warn("admin listener: refused a request for a name it does not know (a guard against DNS rebinding); list the name in admin.hosts if it is this listener's",
 					"host", shorten(r.Host, 100), "from", r.RemoteAddr, "suppressed", suppressed)
-			})
+			}
 			writeError(w, http.StatusForbidden, fmt.Sprintf(
 				"Host %q is not a name of this admin listener: use its IP address or localhost, or list the name in admin.hosts (unknown names are refused to guard against DNS rebinding)",
 				shorten(r.Host, 100)))

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -16,6 +15,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pj-proxy/pj/internal/evloop"
+	"github.com/pj-proxy/pj/internal/observe"
 )
 
 // The admin listener shares the process's descriptors with the proxy, and
@@ -43,7 +45,8 @@ type capListener struct {
 	reserve reserve
 	handler http.Handler // answers the connections of the reserve
 	active  func() int64 // the proxy's open connections, for the log
-	short   *sometimes
+	log     *slog.Logger
+	short   observe.Sometimes // a shortage is logged at most once every 10 s
 
 	mu      sync.Mutex // guards closing, and wg's count against Wait
 	closing bool
@@ -57,7 +60,10 @@ func newCapListener(ln *net.TCPListener, active func() int64, log *slog.Logger) 
 	}
 	l := &capListener{
 		TCPListener: ln, rc: rc, slots: make(chan struct{}, MaxConns), done: make(chan struct{}),
-		active: active, short: newSometimes(10*time.Second, log),
+		active: active, log: log, short: observe.Sometimes{Every: 10 * time.Second},
+	}
+	if log == nil {
+		l.log = slog.New(slog.DiscardHandler)
 	}
 	if err := l.reserve.open(); err != nil && log != nil {
 		log.Warn("admin listener: no descriptor kept in reserve; it may not answer when the process runs out of descriptors",
@@ -84,7 +90,7 @@ func (l *capListener) Accept() (net.Conn, error) {
 		if err == nil {
 			return &capConn{Conn: c, slots: l.slots}, nil
 		}
-		if !isShortage(err) {
+		if !evloop.IsShortage(err) {
 			<-l.slots
 			return nil, err
 		}
@@ -158,16 +164,18 @@ func (l *capListener) acceptReserved() int {
 }
 
 func (l *capListener) logShortage(reserved bool) {
-	l.short.log(func(log *slog.Logger, suppressed int) {
-		msg := "admin listener: out of file descriptors; answering from the descriptor kept in reserve"
-		if !reserved {
-			msg = "admin listener: out of file descriptors and the reserve is in use; new admin connections wait"
-		}
-		var lim unix.Rlimit
-		_ = unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) // on failure the limit reads 0
-		log.Warn(msg, "connections", l.active(), "descriptor_limit", lim.Cur, "suppressed", suppressed,
-			"hint", "raise the limit (LimitNOFILE= in systemd, ulimit -n) or lower max_connections")
-	})
+	ok, suppressed := l.short.Allow(time.Now())
+	if !ok {
+		return
+	}
+	msg := "admin listener: out of file descriptors; answering from the descriptor kept in reserve"
+	if !reserved {
+		msg = "admin listener: out of file descriptors and the reserve is in use; new admin connections wait"
+	}
+	var lim unix.Rlimit
+	_ = unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) // on failure the limit reads 0
+	l.log.Warn(msg, "connections", l.active(), "descriptor_limit", lim.Cur, "suppressed", suppressed,
+		"hint", "raise the limit (LimitNOFILE= in systemd, ulimit -n) or lower max_connections")
 }
 
 // Close stops accepting, ends a connection of the reserve, and gives the
@@ -195,13 +203,6 @@ func (c *capConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { <-c.slots })
 	return err
-}
-
-// isShortage reports whether an accept failed for want of descriptors or
-// memory, which time (and closing connections) cures.
-func isShortage(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
 // reserve is a descriptor slot kept for the admin listener: spare, a
