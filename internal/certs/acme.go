@@ -63,6 +63,10 @@ type ACME struct {
 	domains   map[string]*atomic.Bool // lower-case domain → a certificate is ready
 	challenge *tls.Config
 
+	// refs counts the stores that use the client: a store built on a
+	// reload shares its predecessor's client, and the client stops when
+	// the last of them is closed, whichever order they close in.
+	refs   atomic.Int32
 	start  sync.Once
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -94,6 +98,8 @@ func NewACME(opt ACMEOptions, log *slog.Logger) (*ACME, error) {
 		return nil, fmt.Errorf("acme storage %s: %w; create it, writable only by the user pj runs as", opt.Storage, unwrapPath(err))
 	}
 	a := &ACME{opt: opt, log: log, domains: map[string]*atomic.Bool{}}
+	a.refs.Store(1)
+	a.ctx, a.cancel = context.WithCancel(context.Background())
 	for _, d := range opt.Domains {
 		a.domains[strings.ToLower(d)] = new(atomic.Bool)
 	}
@@ -105,7 +111,7 @@ func NewACME(opt ACMEOptions, log *slog.Logger) (*ACME, error) {
 		Client: &acme.Client{
 			DirectoryURL: dir,
 			UserAgent:    "pj",
-			HTTPClient:   &http.Client{Transport: transport, Timeout: time.Minute},
+			HTTPClient:   &http.Client{Transport: closable{transport, a.ctx}, Timeout: time.Minute},
 		},
 	}
 	a.challenge = &tls.Config{
@@ -113,8 +119,22 @@ func NewACME(opt ACMEOptions, log *slog.Logger) (*ACME, error) {
 		NextProtos:     []string{ChallengeProto},
 		GetCertificate: a.m.GetCertificate,
 	}
-	a.ctx, a.cancel = context.WithCancel(context.Background())
 	return a, nil
+}
+
+// closable refuses every request once ctx is done: autocert has no way to
+// stop a manager, whose renewal timers would otherwise go on asking the CA
+// for certificates nobody serves.
+type closable struct {
+	rt  http.RoundTripper
+	ctx context.Context
+}
+
+func (c closable) RoundTrip(r *http.Request) (*http.Response, error) {
+	if c.ctx.Err() != nil {
+		return nil, errors.New("this ACME client was stopped (the configuration that used it was replaced)")
+	}
+	return c.rt.RoundTrip(r)
 }
 
 // checkACME finds the mistakes in opt that would make every order fail.
@@ -191,9 +211,19 @@ func ecdsaHello(domain string) *tls.ClientHelloInfo {
 	}
 }
 
-// Close stops obtaining certificates. An attempt under way is abandoned
-// by autocert's own time limit.
+// Close stops obtaining and renewing certificates: an attempt under way
+// fails at its next request to the CA.
 func (a *ACME) Close() { a.cancel() }
+
+// acquire adds a user of a, which must have one already.
+func (a *ACME) acquire() { a.refs.Add(1) }
+
+// release drops a user of a; the last one closes it.
+func (a *ACME) release() {
+	if a.refs.Add(-1) == 0 {
+		a.Close()
+	}
+}
 
 // wait waits for the attempts Start began (tests).
 func (a *ACME) wait() { a.wg.Wait() }

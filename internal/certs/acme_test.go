@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -147,6 +148,7 @@ func TestACMEIssuesWithTLSALPN01AndKeepsItOnDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.Start()
 	// Handshakes for the domain fail at once until the certificate is
 	// in hand: pebble validates only once it is served here.
 	serveHandshakes(t, tlsLn, s.TLSConfig())
@@ -180,6 +182,7 @@ func TestACMEIssuesWithTLSALPN01AndKeepsItOnDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s2.Start()
 	defer s2.Close()
 	testutil.WaitFor(t, 10*time.Second, "the stored certificate", func() bool { return s2.ACME().Ready(domain) })
 	s2.Close()
@@ -200,6 +203,7 @@ func TestACMEFallsBackToHTTP01(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.Start()
 	t.Cleanup(s.Close)
 	srv := &http.Server{Handler: s.ACME().HTTPHandler(nil), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(httpLn) }()
@@ -224,6 +228,7 @@ func TestACMEHandshakeBeforeTheCertificateFailsAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.Start()
 	ln := testutil.Listen(t, "tcp4")
 	serveHandshakes(t, ln, s.TLSConfig())
 	start := time.Now()
@@ -282,4 +287,75 @@ func shake2(addr string, cfg *tls.Config) (tls.ConnectionState, error) {
 		return c.ConnectionState(), err
 	}
 	return c.ConnectionState(), nil
+}
+
+func TestACMEClientIsSharedAcrossReloadsAndStopsWithTheLastStore(t *testing.T) {
+	// Nothing answers at the directory: the client keeps trying, which
+	// is a goroutine to see stop. A store built on a reload shares its
+	// predecessor's client when the ACME options are the same; closing
+	// one of the two (a failed reload discards the new one; a successful
+	// one closes the old) leaves the other's client running.
+	opt := ServerOptions{ACME: &ACMEOptions{
+		Domains: []string{"app.pj.test"}, Directory: "https://" + testutil.ClosedAddr(t) + "/dir", Storage: t.TempDir(),
+	}}
+	running := func(a *ACME) bool { return a.ctx.Err() == nil }
+	for _, closeFirst := range []string{"the new store", "the old store"} {
+		t.Run("close "+closeFirst, func(t *testing.T) {
+			old, err := NewStore(opt, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			old.Start()
+			next, err := NewStore(opt, nil, old)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if next.ACME() != old.ACME() {
+				t.Fatal("the same ACME options made a second client")
+			}
+			first, second := next, old
+			if closeFirst == "the old store" {
+				first, second = old, next
+				next.Start()
+			}
+			first.Close()
+			first.Close() // twice is once
+			if !running(second.ACME()) {
+				t.Fatal("closing one store stopped the client the other still uses")
+			}
+			second.Close()
+			if running(second.ACME()) {
+				t.Fatal("the client runs on after its last store closed")
+			}
+			second.ACME().wait()
+		})
+	}
+
+	t.Run("a store never started contacts nobody", func(t *testing.T) {
+		old, err := NewStore(opt, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		old.Start()
+		t.Cleanup(old.Close)
+		changed := opt
+		other := *opt.ACME
+		other.Email = "new@pj.test"
+		changed.ACME = &other
+		next, err := NewStore(changed, nil, old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if next.ACME() == old.ACME() {
+			t.Fatal("changed ACME options kept the old client")
+		}
+		next.Close() // a reload that failed: its store never started
+		next.ACME().wait()
+		if _, err := next.ACME().m.Client.HTTPClient.Get(opt.ACME.Directory); err == nil || !strings.Contains(err.Error(), "stopped") {
+			t.Fatalf("a closed client's request = %v, want it refused", err)
+		}
+		if !running(old.ACME()) {
+			t.Fatal("the running store's client stopped")
+		}
+	})
 }

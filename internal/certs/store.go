@@ -66,9 +66,9 @@ type Store struct {
 	opt  ServerOptions
 	min  uint16
 	log  *slog.Logger
-	acme *ACME // nil without ACME
-	// ownsACME is true until a newer store takes acme over.
-	ownsACME atomic.Bool
+	acme *ACME // nil without ACME; shared with the stores before and after this one
+	// closed is set by the first Close, which releases acme.
+	closed atomic.Bool
 	// listener is shared with the stores this one replaces and will be
 	// replaced by: see NewStore.
 	listener *listenerConfig
@@ -118,16 +118,14 @@ func NewStore(opt ServerOptions, log *slog.Logger, prev *Store) (*Store, error) 
 	if opt.ACME != nil {
 		if prev != nil && prev.acme != nil && prev.acme.opt.equal(*opt.ACME) {
 			s.acme = prev.acme
-			prev.ownsACME.Store(false)
+			s.acme.acquire()
 		} else {
 			a, err := NewACME(*opt.ACME, log)
 			if err != nil {
 				return nil, err
 			}
 			s.acme = a
-			a.Start()
 		}
-		s.ownsACME.Store(true)
 	}
 	var old *snapshot
 	if prev != nil {
@@ -135,6 +133,7 @@ func NewStore(opt ServerOptions, log *slog.Logger, prev *Store) (*Store, error) 
 	}
 	snap, problems := s.load(old)
 	if snap == nil {
+		s.Close()
 		return nil, errors.Join(problems...)
 	}
 	s.logKept(problems)
@@ -224,11 +223,22 @@ func (s *Store) Watch(ctx context.Context, debounce time.Duration) error {
 	})
 }
 
-// Close stops the store's ACME client, if it has one and no newer store
-// took it over.
+// Start begins obtaining the ACME certificates, if the store has ACME and
+// its client is not running yet (a store that replaces one with the same
+// ACME options goes on with its client). A store that never starts (a
+// configuration reload that failed) never contacts the CA.
+func (s *Store) Start() {
+	if s.acme != nil && !s.closed.Load() {
+		s.acme.Start()
+	}
+}
+
+// Close releases the store's ACME client: it stops once no store that
+// shares it (the one before a reload, the one after) is open. Close may be
+// called more than once.
 func (s *Store) Close() {
-	if s.acme != nil && s.ownsACME.CompareAndSwap(true, false) {
-		s.acme.Close()
+	if s.closed.CompareAndSwap(false, true) && s.acme != nil {
+		s.acme.release()
 	}
 }
 

@@ -170,6 +170,7 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (
 		r, err := buildRoute(ctx, c.Name, rc.Name, rc.Match.Describe(), rc.Backends, rc.Settings,
 			stats, log.With("route", rc.Name), prev)
 		if err != nil {
+			p.Discard() // the routes built so far
 			return nil, fmt.Errorf("proxy %s, route %s: %w", c.Name, rc.Name, err)
 		}
 		p.Routes = append(p.Routes, r)
@@ -328,14 +329,29 @@ func (p *Proxy) ACMEFor(serverName string, alpn []string) *Route {
 // Routed reports whether the proxy was configured with routes.
 func (p *Proxy) Routed() bool { return p.Table != nil }
 
-// Start runs the health checks and DNS refresh of every route, and fills
+// Start runs the health checks and DNS refresh of every route, fills
 // its pool of warm connections (taking over those of the proxy it
-// replaces, if that one's pool had the same settings).
+// replaces, if that one's pool had the same settings), and starts
+// obtaining its ACME certificates.
 func (p *Proxy) Start() {
 	for _, r := range p.Routes {
 		r.Backends.Start()
 		if r.Warm != nil {
 			r.Warm.Start()
+		}
+		if r.TLS != nil && r.TLS.Terminate != nil {
+			r.TLS.Terminate.Store().Start()
+		}
+	}
+}
+
+// Discard releases what Build took for a proxy that will never start (a
+// reload that failed): its certificate stores let go of the ACME clients
+// they share with the running proxies, and stop those no one else uses.
+func (p *Proxy) Discard() {
+	for _, r := range p.Routes {
+		if r.TLS != nil && r.TLS.Terminate != nil {
+			r.TLS.Terminate.Store().Close()
 		}
 	}
 }
@@ -397,9 +413,9 @@ func (p *Proxy) WatchCertificates(debounce time.Duration, log *slog.Logger) {
 	}
 }
 
-// Stop ends what Start and WatchCertificates started, and waits for it;
-// warm connections not taken over by a successor's Start are closed.
-func (p *Proxy) Stop() {
+// StopWatchingCertificates ends what WatchCertificates started, and
+// waits for its watchers to be gone (a reload that turns --watch off).
+func (p *Proxy) StopWatchingCertificates() {
 	p.watchMu.Lock()
 	if p.stopWatch != nil {
 		p.stopWatch()
@@ -407,15 +423,19 @@ func (p *Proxy) Stop() {
 	}
 	p.watchMu.Unlock()
 	p.watching.Wait()
+}
+
+// Stop ends what Start and WatchCertificates started, and waits for it;
+// warm connections not taken over by a successor's Start are closed.
+func (p *Proxy) Stop() {
+	p.StopWatchingCertificates()
 	for _, r := range p.Routes {
 		r.Backends.Stop()
-		if r.TLS != nil && r.TLS.Terminate != nil {
-			r.TLS.Terminate.Store().Close()
-		}
 		if r.Warm != nil {
 			r.Warm.Stop()
 		}
 	}
+	p.Discard()
 }
 
 // Pooled reports whether a route of the proxy keeps warm connections.

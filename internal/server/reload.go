@@ -59,6 +59,7 @@ func (s *Server) Reload(cfg config.Config) (string, error) {
 		}
 	}
 	if err != nil {
+		discard(built) // nil if building failed: build discards what it built
 		s.reloadsFailed.Add(1)
 		return "", fmt.Errorf("reload: %w; nothing changed, the running configuration goes on", err)
 	}

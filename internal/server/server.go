@@ -114,6 +114,8 @@ func (s *Server) certificates(reload bool) {
 		}
 		if s.cfg.Watch {
 			p.WatchCertificates(certWatchDebounce, s.log)
+		} else {
+			p.StopWatchingCertificates() // a reload turned watch off
 		}
 	}
 }
@@ -162,6 +164,7 @@ func (s *Server) open(proxies []config.Proxy, prev map[string]*proxy.Proxy) ([]*
 			for _, e := range entries[:i] {
 				s.closeListener(e.ln)
 			}
+			discard(runtimes)
 			return nil, fmt.Errorf("proxy %s: %w", entries[i].cfg.Name, err)
 		}
 	}
@@ -172,8 +175,8 @@ func (s *Server) open(proxies []config.Proxy, prev map[string]*proxy.Proxy) ([]*
 }
 
 // build makes the runtime proxies of entries, resolving backend names.
-// Nothing it builds runs until Start, so a failure leaves
-// nothing to stop.
+// Nothing it builds runs until Start; on a failure, what it built is
+// discarded.
 func (s *Server) build(entries []*entry, prev map[string]*proxy.Proxy) ([]*proxy.Proxy, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
 	defer cancel()
@@ -181,11 +184,19 @@ func (s *Server) build(entries []*entry, prev map[string]*proxy.Proxy) ([]*proxy
 	for i, e := range entries {
 		p, err := proxy.Build(ctx, e.cfg, s.log, prev[e.cfg.Name])
 		if err != nil {
+			discard(out[:i])
 			return nil, err
 		}
 		out[i] = p
 	}
 	return out, nil
+}
+
+// discard releases proxies built but never started.
+func discard(built []*proxy.Proxy) {
+	for _, p := range built {
+		p.Discard()
+	}
 }
 
 // listenerKey identifies a listener across reloads: its address, or for
