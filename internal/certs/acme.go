@@ -33,11 +33,15 @@ type ACMEOptions struct {
 	// Storage is a directory for the account key and the certificates,
 	// so that a restart does not ask the CA again.
 	Storage string
+	// HTTPListen, if set, is the address (HOST:PORT, port 80 for a
+	// public CA) where pj answers the http-01 challenge, and redirects
+	// every other request to https. Empty: tls-alpn-01 alone.
+	HTTPListen string
 }
 
 func (o ACMEOptions) equal(p ACMEOptions) bool {
 	return slices.Equal(o.Domains, p.Domains) && o.Email == p.Email && o.Directory == p.Directory &&
-		o.CARoots == p.CARoots && o.Storage == p.Storage
+		o.CARoots == p.CARoots && o.Storage == p.Storage && o.HTTPListen == p.HTTPListen
 }
 
 // ChallengeProto is the ALPN protocol of ACME's tls-alpn-01 challenge.
@@ -71,6 +75,10 @@ type ACME struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	close  sync.Once
+
+	// httpHandler answers on the http-01 listener; nil without one.
+	httpHandler http.Handler
 }
 
 // NewACME checks opt and prepares the client; Start begins obtaining
@@ -118,6 +126,15 @@ func NewACME(opt ACMEOptions, log *slog.Logger) (*ACME, error) {
 		MinVersion:     tls.VersionTLS12,
 		NextProtos:     []string{ChallengeProto},
 		GetCertificate: a.m.GetCertificate,
+	}
+	if opt.HTTPListen != "" {
+		// Asking autocert for its handler is what makes it accept
+		// http-01 challenges beside tls-alpn-01.
+		a.httpHandler = a.HTTPHandler(nil)
+		if err := joinChallengeListener(opt.HTTPListen, a); err != nil {
+			a.cancel()
+			return nil, err
+		}
 	}
 	return a, nil
 }
@@ -187,8 +204,12 @@ func (a *ACME) obtain(domain string) {
 			a.log.Info("ACME certificate ready", "domain", domain, "not_after", c.Leaf.NotAfter.UTC().Format(time.RFC3339))
 			return
 		}
+		hint := "the CA must reach this name on port 443 (tls-alpn-01); set http_listen to answer http-01 on port 80 too"
+		if a.opt.HTTPListen != "" {
+			hint = "the CA must reach this name on port 443 (tls-alpn-01) or on port 80 at " + a.opt.HTTPListen + " (http-01)"
+		}
 		a.log.Warn("cannot obtain an ACME certificate yet; retrying", "domain", domain, "error", err.Error(),
-			"retry_in", pause.String(), "hint", "the CA must reach this name on port 443 (tls-alpn-01) or 80 (http-01)")
+			"retry_in", pause.String(), "hint", hint)
 		t := time.NewTimer(pause)
 		select {
 		case <-a.ctx.Done():
@@ -213,7 +234,14 @@ func ecdsaHello(domain string) *tls.ClientHelloInfo {
 
 // Close stops obtaining and renewing certificates: an attempt under way
 // fails at its next request to the CA.
-func (a *ACME) Close() { a.cancel() }
+func (a *ACME) Close() {
+	a.close.Do(func() {
+		a.cancel()
+		if a.opt.HTTPListen != "" {
+			leaveChallengeListener(a.opt.HTTPListen, a)
+		}
+	})
+}
 
 // acquire adds a user of a, which must have one already.
 func (a *ACME) acquire() { a.refs.Add(1) }

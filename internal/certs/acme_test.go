@@ -1,7 +1,6 @@
 package certs
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -191,26 +190,41 @@ func TestACMEIssuesWithTLSALPN01AndKeepsItOnDisk(t *testing.T) {
 
 func TestACMEFallsBackToHTTP01(t *testing.T) {
 	// Pebble's tls-alpn-01 port has nothing behind it here, so the
-	// challenge that works is http-01, answered by HTTPHandler.
+	// challenge that works is http-01, answered on HTTPListen.
 	const domain = "web.pj.test"
 	dns := testutil.StartDNS(t)
 	dns.SetIPs(domain, "127.0.0.1")
-	httpLn := testutil.Listen(t, "tcp4")
-	pb := startPebble(t, port(t, httpLn.Addr().String()), port(t, testutil.ClosedAddr(t)), dns.Addr)
+	httpAddr := testutil.ClosedAddr(t)
+	pb := startPebble(t, port(t, httpAddr), port(t, testutil.ClosedAddr(t)), dns.Addr)
 	s, err := NewStore(ServerOptions{ACME: &ACMEOptions{
-		Domains: []string{domain}, Directory: pb.dir, CARoots: pb.caRoots, Storage: t.TempDir(),
+		Domains: []string{domain}, Directory: pb.dir, CARoots: pb.caRoots, Storage: t.TempDir(), HTTPListen: httpAddr,
 	}}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.Start()
 	t.Cleanup(s.Close)
-	srv := &http.Server{Handler: s.ACME().HTTPHandler(nil), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(httpLn) }()
-	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
 	testutil.WaitFor(t, 60*time.Second, "the ACME certificate", func() bool { return s.ACME().Ready(domain) })
+
+	// Any other request is sent to https.
+	noRedirect := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/shop?item=1", nil)
+	req.Host = domain
+	resp, err := noRedirect.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	noRedirect.CloseIdleConnections()
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusFound || loc != "https://"+domain+"/shop?item=1" {
+		t.Errorf("GET /shop: %d to %q, want a redirect to https", resp.StatusCode, loc)
+	}
 	s.Close()
 	s.ACME().wait()
+	if c, err := net.DialTimeout("tcp", httpAddr, 5*time.Second); err == nil {
+		c.Close()
+		t.Error("the http-01 listener still accepts after its store closed")
+	}
 
 	tlsLn := testutil.Listen(t, "tcp4")
 	serveHandshakes(t, tlsLn, s.TLSConfig())
@@ -358,4 +372,48 @@ func TestACMEClientIsSharedAcrossReloadsAndStopsWithTheLastStore(t *testing.T) {
 			t.Fatal("the running store's client stopped")
 		}
 	})
+}
+
+func TestHTTP01ListenerIsSharedAndClosedByTheLastClient(t *testing.T) {
+	addr := testutil.ClosedAddr(t)
+	newACME := func(domain string) *ACME {
+		a, err := NewACME(ACMEOptions{Domains: []string{domain}, Storage: t.TempDir(), HTTPListen: addr}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(a.Close)
+		return a
+	}
+	get := func(host string) (int, error) {
+		c := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		defer c.CloseIdleConnections()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+		req.Host = host
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	a, b := newACME("a.pj.test"), newACME("b.pj.test")
+	for _, host := range []string{"a.pj.test", "b.pj.test", "other.pj.test"} {
+		if code, err := get(host); err != nil || code != http.StatusFound {
+			t.Fatalf("GET / for %s: %d, %v; want a redirect to https", host, code, err)
+		}
+	}
+	a.Close()
+	if code, err := get("b.pj.test"); err != nil || code != http.StatusFound {
+		t.Fatalf("after one of two clients closed: %d, %v", code, err)
+	}
+	b.Close()
+	if _, err := get("b.pj.test"); err == nil {
+		t.Fatal("the listener still answers after its last client closed")
+	}
+
+	busy := testutil.Listen(t, "tcp4").Addr().String()
+	_, err := NewACME(ACMEOptions{Domains: []string{"c.pj.test"}, Storage: t.TempDir(), HTTPListen: busy}, nil)
+	if err == nil || !strings.Contains(err.Error(), "http_listen "+busy) || !strings.Contains(err.Error(), "to itself") {
+		t.Fatalf("NewACME on a busy address = %v", err)
+	}
 }

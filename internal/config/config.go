@@ -152,6 +152,10 @@ type ACME struct {
 	Directory string // empty: Let's Encrypt's
 	CARoots   string // empty: the system's roots
 	Storage   string
+	// HTTPListen, if set, is where pj answers the http-01 challenge
+	// (HOST:PORT; port 80 for a public CA) and redirects other requests
+	// to https. Empty: tls-alpn-01 alone.
+	HTTPListen string
 }
 
 // BackendTLS says how pj opens TLS to backends.
@@ -468,6 +472,29 @@ func (c *Config) proxyProblems(problems *problemTexts) {
 			continue
 		}
 		byListen[key] = p
+	}
+	c.http01Problems(problems, byListen)
+}
+
+// http01Problems reports an ACME http-01 listener on a proxy's listen
+// address: pj answers there itself, so it cannot also relay.
+func (c *Config) http01Problems(problems *problemTexts, byListen map[string]*Proxy) {
+	for i := range c.Proxies {
+		p := &c.Proxies[i]
+		settings := []*Settings{&p.Settings}
+		for j := range p.Routes {
+			settings = append(settings, &p.Routes[j].Settings)
+		}
+		for _, s := range settings {
+			if s.TLS == nil || s.TLS.ACME == nil || s.TLS.ACME.HTTPListen == "" {
+				continue
+			}
+			addr := s.TLS.ACME.HTTPListen
+			if other := byListen[listenKey(addr)]; other != nil {
+				problems.addf("%s: tls.acme.http_listen %s is the listen address of %s too: pj answers ACME's http-01 "+
+					"there itself; move that proxy, or remove http_listen and rely on tls-alpn-01", p.where(), addr, other.ref())
+			}
+		}
 	}
 }
 

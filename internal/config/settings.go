@@ -270,6 +270,7 @@ var settingKeys = []setting[Settings]{
 	def("tls.acme.directory", acmeText(func(a *ACME) *string { return &a.Directory }), text()),
 	def("tls.acme.ca_roots", acmeText(func(a *ACME) *string { return &a.CARoots }), text()),
 	def("tls.acme.storage", acmeText(func(a *ACME) *string { return &a.Storage }), text()),
+	def("tls.acme.http_listen", acmeText(func(a *ACME) *string { return &a.HTTPListen }), address(true)),
 
 	object("backend_tls", func(s *Settings) **BackendTLS { return &s.BackendTLS }).
 		onSet(func(s *Settings) {
@@ -329,6 +330,9 @@ func (t *TLS) describe() string {
 	}
 	if t.ACME != nil {
 		out += " and ACME for " + strings.Join(t.ACME.Domains, ", ")
+		if t.ACME.HTTPListen != "" {
+			out += " (http-01 on " + t.ACME.HTTPListen + ")"
+		}
 	}
 	if t.ClientCA != "" {
 		out += ", client certificates from " + t.ClientCA

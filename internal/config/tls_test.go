@@ -17,7 +17,7 @@ func TestTLSKeysDecode(t *testing.T) {
       client_ca: clients.pem
       min_version: "1.3"
       alpn: ["h2", "http/1.1"]
-      acme: { domains: ["app.example.com"], email: ops@example.com, directory: "https://127.0.0.1:14000/dir", ca_roots: roots.pem, storage: /var/lib/pj/acme }
+      acme: { domains: ["app.example.com"], email: ops@example.com, directory: "https://127.0.0.1:14000/dir", ca_roots: roots.pem, storage: /var/lib/pj/acme, http_listen: ":80" }
     backend_tls: { server_name: db.internal, ca: ca.pem, cert: c.pem, key: c.key }
     routes:
       - match: { sni: ["db.example.com"] }
@@ -34,7 +34,7 @@ func TestTLSKeysDecode(t *testing.T) {
 		Certificates: []config.Certificate{{Cert: "a.pem", Key: "a.key"}, {Cert: "b.pem", Key: "b.key"}},
 		ClientCA:     "clients.pem", MinVersion: "1.3", ALPN: []string{"h2", "http/1.1"},
 		ACME: &config.ACME{Domains: []string{"app.example.com"}, Email: "ops@example.com",
-			Directory: "https://127.0.0.1:14000/dir", CARoots: "roots.pem", Storage: "/var/lib/pj/acme"},
+			Directory: "https://127.0.0.1:14000/dir", CARoots: "roots.pem", Storage: "/var/lib/pj/acme", HTTPListen: ":80"},
 	}
 	if !reflect.DeepEqual(p.TLS, want) {
 		t.Errorf("tls = %+v, want %+v", p.TLS, want)
@@ -63,6 +63,9 @@ func TestTLSKeysRefuse(t *testing.T) {
 		{"acme without storage", `tls: { acme: { domains: [a.example.com] } }`, "storage is missing"},
 		{"acme without domains", `tls: { acme: { storage: /tmp/x } }`, "domains lists no names"},
 		{"client cert without key", `backend_tls: { cert: c.pem }`, "cert and key go together"},
+		{"http_listen not an address", `tls: { acme: { domains: [a.example.com], storage: /tmp/x, http_listen: "port 80" } }`, "tls.acme.http_listen"},
+		{"http_listen on a proxy's address", `tls: { acme: { domains: [a.example.com], storage: /tmp/x, http_listen: "127.0.0.1:8443" } }`,
+			"tls.acme.http_listen 127.0.0.1:8443 is the listen address of"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, problems := load(t, "proxies:\n  - listen: \"127.0.0.1:8443\"\n    backends: [\"127.0.0.1:80\"]\n    "+tc.text+"\n")

@@ -290,7 +290,7 @@ func ServerOptions(t *config.TLS) certs.ServerOptions {
 	}
 	if a := t.ACME; a != nil {
 		opt.ACME = &certs.ACMEOptions{Domains: a.Domains, Email: a.Email, Directory: a.Directory,
-			CARoots: a.CARoots, Storage: a.Storage}
+			CARoots: a.CARoots, Storage: a.Storage, HTTPListen: a.HTTPListen}
 	}
 	return opt
 }

@@ -22,9 +22,10 @@ import (
 
 // startPebble runs Let's Encrypt's test ACME server (Debian package
 // "pebble") on loopback; it resolves names with dnsAddr and validates
-// tls-alpn-01 on tlsPort. It returns the directory URL, a PEM file of the
-// CA of its HTTPS listener, and its management address.
-func startPebble(t *testing.T, tlsPort int, dnsAddr string) (dir, caRoots, mgmt string, client *http.Client) {
+// http-01 on httpPort and tls-alpn-01 on tlsPort. It returns the directory
+// URL, a PEM file of the CA of its HTTPS listener, and its management
+// address.
+func startPebble(t *testing.T, httpPort, tlsPort int, dnsAddr string) (dir, caRoots, mgmt string, client *http.Client) {
 	t.Helper()
 	bin, err := exec.LookPath("pebble")
 	if err != nil {
@@ -37,12 +38,10 @@ func startPebble(t *testing.T, tlsPort int, dnsAddr string) (dir, caRoots, mgmt 
 	ca := testutil.NewCA(t, "pebble's HTTPS CA")
 	c, k := ca.Issue(t, testutil.Leaf{Names: []string{"localhost"}, IPs: []string{"127.0.0.1"}})
 	listen, mgmt := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
-	_, httpPort, _ := net.SplitHostPort(testutil.ClosedAddr(t))
-	hp, _ := strconv.Atoi(httpPort)
 	b, _ := json.Marshal(map[string]any{"pebble": map[string]any{
 		"listenAddress": listen, "managementListenAddress": mgmt,
 		"certificate": testutil.WriteFileIn(t, tmp, "pebble.pem", c), "privateKey": testutil.WriteFileIn(t, tmp, "pebble.key", k),
-		"httpPort": hp, "tlsPort": tlsPort, "ocspResponderURL": "", "externalAccountBindingRequired": false,
+		"httpPort": httpPort, "tlsPort": tlsPort, "ocspResponderURL": "", "externalAccountBindingRequired": false,
 	}})
 	cmd := exec.Command(bin, "-config", testutil.WriteFileIn(t, tmp, "pebble.json", b), "-dnsserver", dnsAddr)
 	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
@@ -81,9 +80,7 @@ func TestACMEOnARoutedPort(t *testing.T) {
 	dns := testutil.StartDNS(t)
 	dns.SetIPs(domain, "127.0.0.1")
 	x := testutil.ClosedAddr(t)
-	_, p, _ := net.SplitHostPort(x)
-	tlsPort, _ := strconv.Atoi(p)
-	dir, caRoots, mgmt, client := startPebble(t, tlsPort, dns.Addr)
+	dir, caRoots, mgmt, client := startPebble(t, portOf(t, testutil.ClosedAddr(t)), portOf(t, x), dns.Addr)
 
 	passthrough := pjtest.Route("others", config.Match{SNI: []string{"*.pj.test"}, ALPN: []string{"acme-tls/1"}}, testutil.ClosedAddr(t))
 	app := pjtest.Route("app", config.Match{SNI: []string{domain}}, testutil.StartEcho(t))
@@ -93,6 +90,33 @@ func TestACMEOnARoutedPort(t *testing.T) {
 	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
 	r.Logs.WaitLines(t, "ACME certificate ready", 1)
 
+	c, err := dialTLS(t, x, domain, pebbleRoots(t, client, mgmt))
+	if err != nil {
+		t.Fatalf("a client that trusts pebble's root refuses pj's certificate: %v", err)
+	}
+	if got := testutil.RoundTrip(t, c, "issued"); got != "issued" {
+		t.Fatalf("echo %q", got)
+	}
+	r.Logs.WaitLines(t, "route=app", 1)
+}
+
+func portOf(t *testing.T, addr string) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// pebbleRoots returns the root pebble issues under (made anew at each
+// start), from its management address.
+func pebbleRoots(t *testing.T, client *http.Client, mgmt string) *x509.CertPool {
+	t.Helper()
 	resp, err := client.Get("https://" + mgmt + "/roots/0")
 	if err != nil {
 		t.Fatal(err)
@@ -103,12 +127,46 @@ func TestACMEOnARoutedPort(t *testing.T) {
 	if err != nil || !roots.AppendCertsFromPEM(pemRoot) {
 		t.Fatalf("pebble's root: %v %q", err, pemRoot)
 	}
-	c, err := dialTLS(t, x, domain, roots)
+	return roots
+}
+
+// TestACMEHTTP01 has pj obtain a certificate from pebble with the http-01
+// challenge alone: nothing answers on pebble's tls-alpn-01 port, and pj
+// answers pebble's HTTP request on its http_listen address. That address
+// also sends every other request to https.
+func TestACMEHTTP01(t *testing.T) {
+	const domain = "web.pj.test"
+	dns := testutil.StartDNS(t)
+	dns.SetIPs(domain, "127.0.0.1")
+	httpAddr := testutil.ClosedAddr(t)
+	dir, caRoots, mgmt, client := startPebble(t, portOf(t, httpAddr), portOf(t, testutil.ClosedAddr(t)), dns.Addr)
+
+	x := testutil.ClosedAddr(t)
+	px := pjtest.Proxy("web", x, testutil.StartEcho(t))
+	px.TLS = &config.TLS{ACME: &config.ACME{Domains: []string{domain}, Email: "ops@pj.test",
+		Directory: dir, CARoots: caRoots, Storage: filepath.Join(t.TempDir(), "acme"), HTTPListen: httpAddr}}
+	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
+	r.Logs.WaitLines(t, "answering ACME http-01 challenges", 1)
+	r.Logs.WaitLines(t, "ACME certificate ready", 1)
+
+	c, err := dialTLS(t, x, domain, pebbleRoots(t, client, mgmt))
 	if err != nil {
 		t.Fatalf("a client that trusts pebble's root refuses pj's certificate: %v", err)
 	}
 	if got := testutil.RoundTrip(t, c, "issued"); got != "issued" {
 		t.Fatalf("echo %q", got)
 	}
-	r.Logs.WaitLines(t, "route=app", 1)
+
+	plain := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	defer plain.CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/cart", nil)
+	req.Host = domain
+	resp, err := plain.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusFound || loc != "https://"+domain+"/cart" {
+		t.Errorf("GET /cart on the http-01 listener: %d to %q, want a redirect to https", resp.StatusCode, loc)
+	}
 }

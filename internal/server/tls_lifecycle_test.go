@@ -1,7 +1,10 @@
 package server_test
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,4 +123,49 @@ func TestTLSReloadStopsTheWatchersItNoLongerNeeds(t *testing.T) {
 	if na := inotifyWatches(t, pa.dir); na != 1 {
 		t.Fatalf("with watch turned on again, %d watches on a's directory", na)
 	}
+}
+
+func TestACMEHTTP01ListenerAcrossReloads(t *testing.T) {
+	// The http-01 listener stays bound across a reload that replaces
+	// the ACME client (here: a new email), and is closed by one that
+	// removes it.
+	httpAddr := testutil.ClosedAddr(t)
+	backend, _ := countingEcho(t)
+	acme := func(email string) *config.TLS {
+		return &config.TLS{ACME: &config.ACME{Domains: []string{"app.pj.test"}, Email: email,
+			Directory: "https://" + testutil.ClosedAddr(t) + "/dir", Storage: filepath.Join(t.TempDir(), "acme"), HTTPListen: httpAddr}}
+	}
+	answers := func() bool {
+		c, err := net.DialTimeout("tcp", httpAddr, 5*time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.WriteString(c, "GET / HTTP/1.0\r\nHost: app.pj.test\r\n\r\n")
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return strings.HasPrefix(line, "HTTP/1.0 302")
+	}
+	px := pjtest.Proxy("app", testutil.ClosedAddr(t), backend)
+	px.TLS = acme("ops@pj.test")
+	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
+	if !answers() {
+		t.Fatal("the http-01 listener does not answer")
+	}
+	px.TLS = acme("new@pj.test")
+	if _, err := r.Reload(pjtest.Config(px)); err != nil {
+		t.Fatalf("a reload that keeps http_listen: %v", err)
+	}
+	if !answers() {
+		t.Fatal("the http-01 listener does not answer after the reload")
+	}
+	px.TLS = &config.TLS{Certificates: []config.Certificate{newPKI(t).cert(t, "app", "app.pj.test")}}
+	if _, err := r.Reload(pjtest.Config(px)); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", httpAddr)
+	if err != nil {
+		t.Fatalf("the http-01 address is still bound after a reload removed acme: %v", err)
+	}
+	_ = ln.Close()
 }

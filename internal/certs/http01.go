@@ -1,0 +1,145 @@
+package certs
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/netutil"
+)
+
+// The HTTP listeners of ACME's http-01 challenge, by address. Several ACME
+// clients may share one (every route of a proxy on port 80, and a client
+// and its replacement during a reload), so a listener is bound by the
+// first client that needs it and closed when the last one lets go: a
+// reload that keeps the address never closes and binds it again.
+var challengeListeners = struct {
+	sync.Mutex
+	by map[string]*challengeListener
+}{by: map[string]*challengeListener{}}
+
+// challengeListener answers http-01 challenges for the clients that share
+// it, and redirects every other request to https.
+type challengeListener struct {
+	addr    string
+	srv     *http.Server
+	clients []*ACME // in the order they joined: the newest wins a name
+	done    chan struct{}
+}
+
+// Bounds of a challenge listener: the CA makes a few requests per order,
+// and anyone else gets a redirect; neither needs more.
+const (
+	challengeMaxConns    = 256
+	challengeTimeout     = 10 * time.Second
+	challengeIdleTimeout = 30 * time.Second
+	challengeMaxHeader   = 8 << 10
+)
+
+// joinChallengeListener makes a answer http-01 challenges on addr, binding
+// it if no other client does yet.
+func joinChallengeListener(addr string, a *ACME) error {
+	challengeListeners.Lock()
+	defer challengeListeners.Unlock()
+	if cl := challengeListeners.by[addr]; cl != nil {
+		cl.clients = append(cl.clients, a)
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("tls acme http_listen %s: %w%s", addr, unwrapOpErr(err), bindHint(err))
+	}
+	cl := &challengeListener{addr: addr, clients: []*ACME{a}, done: make(chan struct{})}
+	cl.srv = &http.Server{
+		Handler:           http.HandlerFunc(cl.serveHTTP),
+		ReadHeaderTimeout: challengeTimeout,
+		ReadTimeout:       challengeTimeout,
+		WriteTimeout:      challengeTimeout,
+		IdleTimeout:       challengeIdleTimeout,
+		MaxHeaderBytes:    challengeMaxHeader,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
+	challengeListeners.by[addr] = cl
+	go func() {
+		defer close(cl.done)
+		_ = cl.srv.Serve(netutil.LimitListener(ln, challengeMaxConns))
+	}()
+	a.log.Info("answering ACME http-01 challenges", "address", ln.Addr().String())
+	return nil
+}
+
+// leaveChallengeListener stops a answering on addr; the last client to
+// leave closes the listener and waits until it is closed.
+func leaveChallengeListener(addr string, a *ACME) {
+	challengeListeners.Lock()
+	cl := challengeListeners.by[addr]
+	if cl == nil {
+		challengeListeners.Unlock()
+		return
+	}
+	cl.clients = slices.DeleteFunc(cl.clients, func(c *ACME) bool { return c == a })
+	if len(cl.clients) > 0 {
+		challengeListeners.Unlock()
+		return
+	}
+	delete(challengeListeners.by, addr)
+	challengeListeners.Unlock()
+	_ = cl.srv.Close() // closes the listener and every connection
+	<-cl.done
+}
+
+// serveHTTP hands a request to the newest client whose domains include
+// the request's host: the CA's request for a token that client asked
+// for, or anything else, which is redirected to https. A host no client
+// has gets the newest client's answer: a refusal for a challenge, a
+// redirect otherwise.
+func (cl *challengeListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	challengeListeners.Lock()
+	var chosen *ACME
+	for _, c := range slices.Backward(cl.clients) {
+		if c.covers(host) {
+			chosen = c
+			break
+		}
+	}
+	if chosen == nil && len(cl.clients) > 0 {
+		chosen = cl.clients[len(cl.clients)-1]
+	}
+	challengeListeners.Unlock()
+	if chosen == nil { // closing
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	chosen.httpHandler.ServeHTTP(w, r)
+}
+
+func unwrapOpErr(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return oe.Err
+	}
+	return err
+}
+
+// bindHint says what to do about a listener that cannot be bound.
+func bindHint(err error) string {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return " (another process, or one of pj's proxies, listens there: an http-01 listener needs the port to itself)"
+	case errors.Is(err, syscall.EACCES):
+		return " (ports below 1024 need root or the CAP_NET_BIND_SERVICE capability)"
+	}
+	return ""
+}
