@@ -451,8 +451,12 @@ func TestFailedHandshakesAreLoggedWithTheReason(t *testing.T) {
 					t.Fatal("the handshake succeeded")
 				}
 			}
-			wantFields(t, px.line(t, i+1), "[tls_failed]", tt.want)
+			wantFields(t, px.line(t, i+1), px.addr+" -> - [tls_failed]", tt.want)
 		})
+	}
+	// None of them reached the backend.
+	if n := r.Backends.Pool().Backends()[0].Total.Load(); n != 0 {
+		t.Fatalf("failed handshakes made %d backend connections", n)
 	}
 	c := tlsDial(t, px.addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool(), Certificates: []tls.Certificate{good}})
 	if got := testutil.RoundTrip(t, c, "mtls"); got != "mtls" {
