@@ -123,6 +123,11 @@ type Settings struct {
 
 	// Pool keeps backend connections open before clients need them.
 	Pool Pool
+
+	// KernelRelay hands a connection's bytes to the kernel once its
+	// backend answers: a BPF program redirects each socket's bytes to
+	// the other, and pj's loop sees only the ends of the streams.
+	KernelRelay bool
 }
 
 // TLS says how pj terminates clients' TLS.
@@ -187,6 +192,23 @@ func (s *Settings) poolProblems() []string {
 			"unknown when a warm connection is opened; remove one of them"}
 	}
 	return nil
+}
+
+// kernelRelayProblems reports settings that cannot go with kernel_relay.
+func (s *Settings) kernelRelayProblems() []string {
+	if !s.KernelRelay {
+		return nil
+	}
+	var problems []string
+	if s.Bandwidth.PerConnection > 0 {
+		problems = append(problems, "kernel_relay: cannot be used with bandwidth: the kernel moves the bytes "+
+			"and pj cannot pace them; remove one of them")
+	}
+	if s.TLS != nil || s.BackendTLS != nil {
+		problems = append(problems, "kernel_relay: cannot be used with tls or backend_tls: pj must encrypt "+
+			"or decrypt every byte itself; remove one of them")
+	}
+	return problems
 }
 
 // ProxyVersion is the PROXY protocol version sent to backends: 0 (none),
@@ -449,6 +471,7 @@ func (c *Config) proxyProblems(problems *problemTexts) {
 		problems.add(located(where, p.transportProblems(&c.Defaults))...)
 		if len(p.Routes) == 0 {
 			problems.add(located(where, p.poolProblems())...)
+			problems.add(located(where, p.kernelRelayProblems())...)
 		}
 		if problems.full() {
 			problems.more += len(backendProblems(p.Backends)) // counted; their texts would not be listed

@@ -153,8 +153,14 @@ func (d *decoder) unknownKey(f *field, path string, hs handlers, hint func(strin
 		return
 	}
 	sort.Strings(valid)
-	d.problemf(f.line, path, "unknown key (valid here: %s)", strings.Join(valid, ", "))
+	d.problemf(f.line, path, "unknown key (valid here: %s)", keyList(valid))
 }
+
+// keyList is pj's own list of keys in a message: not shortened as the
+// file's values are (a Stringer, not a string, to shortArgs).
+type keyList []string
+
+func (l keyList) String() string { return strings.Join(l, ", ") }
 
 func (d *decoder) typeError(n *node, path, want string) {
 	d.problemf(n.line, path, "expected %s, got %s", want, n.kind)

@@ -59,6 +59,7 @@ func (p *Proxy) transportProblems(defaults *Settings) []string {
 		"accept_proxy_protocol", tcpOnly+" (admission keys apply to each datagram's source address)")
 	own(p.Bandwidth != defaults.Bandwidth, "bandwidth", tcpOnly)
 	own(p.Pool != defaults.Pool, "pool", tcpOnly+" (a UDP session has no connection to open ahead)")
+	own(p.KernelRelay != defaults.KernelRelay, "kernel_relay", tcpOnly)
 	own(p.TLS != nil && !reflect.DeepEqual(p.TLS, defaults.TLS), "tls", tcpOnly+" (pj does not speak DTLS)")
 	own(p.BackendTLS != nil && !reflect.DeepEqual(p.BackendTLS, defaults.BackendTLS), "backend_tls", tcpOnly+" (pj does not speak DTLS)")
 	hc := p.HealthCheck

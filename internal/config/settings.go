@@ -180,6 +180,16 @@ var settingKeys = []setting[Settings]{
 		}),
 	def("pool.max_age", func(s *Settings) *time.Duration { return &s.Pool.MaxAge }, duration(positive)),
 
+	def("kernel_relay", func(s *Settings) *bool { return &s.KernelRelay }, boolean()).
+		withFlag("kernel-relay", "relay bytes inside the kernel (BPF sockhash redirect) once a backend answers; "+
+			"needs CAP_BPF and CAP_NET_ADMIN, falls back to splice").
+		shown(func(on bool) string {
+			if !on {
+				return ""
+			}
+			return "bytes relayed in the kernel"
+		}),
+
 	object("udp", func(s *Settings) *UDPSettings { return &s.UDP }),
 	def("udp.responses", func(s *Settings) *int { return &s.UDP.Responses }, count(notNegative)).
 		zeroMeans("0 ends sessions by idle_timeout alone").

@@ -100,6 +100,7 @@ type conn struct {
 	timer        [timerKinds]int32 // 1 + the position of each timer in the loop's heap; 0: not armed
 
 	up, down dir
+	kern     *kernelConn // the kernel relays the bytes (kernel_relay); nil: pj does
 }
 
 // ErrConnectTimeout ends a connect attempt that got no answer in time.
@@ -328,6 +329,9 @@ func (l *loop) established(c *conn) {
 			return
 		}
 	}
+	if c.route.KernelRelay && l.kernelStart(c) {
+		return
+	}
 	l.armRelay(c)
 	if bw := c.route.Bandwidth; bw > 0 {
 		c.up.budget, c.down.budget = newBucket(bw, l.now), newBucket(bw, l.now)
@@ -389,6 +393,10 @@ func (l *loop) handle(c *conn, fd int, events uint32) {
 		}
 		return
 	}
+	if c.kern != nil {
+		l.kernelEvent(c, fd, events)
+		return
+	}
 	if events&unix.EPOLLERR != 0 {
 		l.abort(c, l.deliverBeforeError(c, isClient))
 		return
@@ -437,6 +445,10 @@ func (l *loop) timerFired(c *conn) {
 		l.dropBackend(c)
 		l.connectNext(c)
 	case stateRelay:
+		if c.kern != nil {
+			l.kernelTimer(c)
+			return
+		}
 		l.e.faultAt("idle")
 		if idle := int64(c.route.IdleTimeout); idle > 0 && l.now-c.lastActive >= idle {
 			l.abort(c, ErrIdleTimeout)
@@ -543,6 +555,9 @@ func (l *loop) close(c *conn, status observe.Status, err error) {
 	if c.state == stateClosed {
 		return
 	}
+	if c.kern != nil {
+		l.kernelDone(c)
+	}
 	c.state = stateClosed
 	l.forget(c)
 	l.load.Add(-1)
@@ -603,6 +618,9 @@ func (l *loop) logConn(c *conn, status observe.Status, err error) {
 	}
 	if c.spliced {
 		rec.Relay = modeSplice
+	}
+	if c.kern != nil {
+		rec.Relay = modeKernel
 	}
 	// The backend field names the backend reached, or for a failed
 	// connect the last one tried.

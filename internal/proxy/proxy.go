@@ -106,6 +106,9 @@ type Route struct {
 	// Warm holds connections to the backends opened before clients need
 	// them; nil when the route has no pool.
 	Warm *warm.Pools
+	// KernelRelay hands the route's connections to the kernel once their
+	// backend answers (where the kernel lets pj do so).
+	KernelRelay bool
 }
 
 // Pool is the route's current pool of backends.
@@ -211,6 +214,7 @@ func buildRoute(ctx context.Context, proxyName, name, match string, backends []c
 		Bandwidth:        s.Bandwidth.PerConnection,
 		ProxyProtocol:    s.ProxyVersion(),
 		Taken:            taken,
+		KernelRelay:      s.KernelRelay,
 	}
 	if s.TLS != nil || s.BackendTLS != nil {
 		var prevTLS *tlsproxy.Route
