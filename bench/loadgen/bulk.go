@@ -45,6 +45,10 @@ func runBulk(ctx context.Context, cfg *runConfig, r *result, up bool) error {
 	if err != nil {
 		return err
 	}
+	sysBefore, err := cfg.systemCPU()
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	deadline := start.Add(cfg.duration)
 	type outcome struct {
@@ -74,6 +78,10 @@ func runBulk(ctx context.Context, cfg *runConfig, r *result, up bool) error {
 	if err != nil {
 		return err
 	}
+	sysAfter, err := cfg.systemCPU()
+	if err != nil {
+		return err
+	}
 
 	var total int64
 	end := start
@@ -98,6 +106,8 @@ func runBulk(ctx context.Context, cfg *runConfig, r *result, up bool) error {
 	cpu := after - before
 	r.set("gbps", float64(total)*8/elapsed/1e9)
 	r.setCPU("cpu_s_per_gib", cpu/gib, cfg.measured())
+	r.set("run_cpu_s_per_gib", (sysAfter.run-sysBefore.run)/gib)
+	r.set("machine_cpu_s_per_gib", (sysAfter.machine-sysBefore.machine)/gib)
 	r.set("bytes", total)
 	r.set("streams", len(conns))
 	r.set("elapsed_s", elapsed)

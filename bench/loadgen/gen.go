@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -118,4 +121,86 @@ func runMode(ctx context.Context, cfg *runConfig, r *result) error {
 		return runUDP(ctx, cfg, r, size, sessions)
 	}
 	return fmt.Errorf("unknown mode %q (want up, down, lat1, latC, conn, sni, idle, tlsfull, tlsresume, tlsbulk, udp-lat or udp-SIZE-SESSIONS)", cfg.mode)
+}
+
+// sysCPU is CPU time so far, in seconds, beyond the target's own.
+type sysCPU struct {
+	// machine is every core's busy time (/proc/stat): whatever else the
+	// machine runs meanwhile is in it too.
+	machine float64
+	// run is the time of the run's own parts: this generator, the
+	// backend, the target's trees, the kernel's threads (workqueues,
+	// ksoftirqd: work no process owns, such as an in-kernel relay's) and
+	// every core's interrupt and softirq time.
+	run float64
+}
+
+// systemCPU reads sysCPU. A bulk run reports both per GiB, for every
+// target and direct alike, so that a relay whose work moves out of its
+// process into the kernel is compared whole: a target's cost is its
+// figure less direct's.
+func (cfg *runConfig) systemCPU() (sysCPU, error) {
+	data, err := os.ReadFile(filepath.Join(cfg.proc.root, "stat"))
+	if err != nil {
+		return sysCPU{}, fmt.Errorf("machine CPU: %w", err)
+	}
+	busy, irq, err := parseProcStat(string(data))
+	if err != nil {
+		return sysCPU{}, err
+	}
+	all, err := cfg.proc.readAll()
+	if err != nil {
+		return sysCPU{}, err
+	}
+	run := irq
+	counted := map[int]bool{}
+	add := func(pid int) {
+		if s, ok := all[pid]; ok && !counted[pid] {
+			counted[pid] = true
+			run += s.utime + s.stime
+		}
+	}
+	add(os.Getpid())
+	add(cfg.backendPID)
+	pids, err := tree(all, cfg.roots)
+	if err != nil {
+		return sysCPU{}, err
+	}
+	for _, pid := range pids {
+		add(pid)
+		if s := all[pid]; !counted[-pid] {
+			counted[-pid] = true
+			run += s.cutime + s.cstime
+		}
+	}
+	for pid, s := range all {
+		if pid == kthreadd || s.ppid == kthreadd {
+			add(pid)
+		}
+	}
+	hz := float64(cfg.hz)
+	return sysCPU{machine: float64(busy) / hz, run: float64(run) / hz}, nil
+}
+
+// kthreadd is the parent of the kernel's threads.
+const kthreadd = 2
+
+// parseProcStat reads the first ("cpu ") line of /proc/stat: the busy
+// ticks of all cores (user, nice, system, irq, softirq, steal) and, of
+// those, the interrupt and softirq ticks.
+func parseProcStat(text string) (busy, irq int64, err error) {
+	line, _, _ := strings.Cut(text, "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("parse /proc/stat: first line %q is not the cpu line", clip(line, 60))
+	}
+	var v [8]int64
+	for i := range v {
+		if v[i], err = strconv.ParseInt(f[i+1], 10, 64); err != nil {
+			return 0, 0, fmt.Errorf("parse /proc/stat: field %d: %w", i+1, err)
+		}
+	}
+	const user, nice, system, irqF, softirq, steal = 0, 1, 2, 5, 6, 7
+	irq = v[irqF] + v[softirq]
+	return v[user] + v[nice] + v[system] + irq + v[steal], irq, nil
 }

@@ -263,3 +263,28 @@ func putNative(b []byte, typ, val uint64) {
 	binary.NativeEndian.PutUint64(b, typ)
 	binary.NativeEndian.PutUint64(b[8:], val)
 }
+
+func TestParseProcStat(t *testing.T) {
+	tests := []struct {
+		name      string
+		text      string
+		busy, irq int64
+		wantErr   bool
+	}{
+		{"two cores", "cpu  100 5 50 9000 7 3 20 1 0 0\ncpu0 50 2 25 4500 3 1 10 0 0 0\n", 179, 23, false},
+		{"no steal column", "cpu  1 2 3 4 5 6 7\n", 0, 0, true},
+		{"not the cpu line", "intr 1 2 3 4 5 6 7 8 9\n", 0, 0, true},
+		{"a bad number", "cpu  1 2 x 4 5 6 7 8 0 0\n", 0, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			busy, irq, err := parseProcStat(tt.text)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error: %v", err, tt.wantErr)
+			}
+			if !tt.wantErr && (busy != tt.busy || irq != tt.irq) {
+				t.Fatalf("busy, irq = %d, %d; want %d, %d", busy, irq, tt.busy, tt.irq)
+			}
+		})
+	}
+}

@@ -93,6 +93,8 @@ func figuresOf(mode string) []figure {
 		return []figure{
 			{"gbps", "Gbit/s", higher},
 			{"cpu_s_per_gib", "target CPU s/GiB", lower},
+			{"run_cpu_s_per_gib", "run CPU s/GiB", lower},
+			{"machine_cpu_s_per_gib", "machine CPU s/GiB", lower},
 		}
 	case "lat1", "latC":
 		return lat
