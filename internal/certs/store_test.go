@@ -490,6 +490,17 @@ func TestExpiries(t *testing.T) {
 		got[1].Certificate != b.Cert || !got[1].NotAfter.Equal(end.Add(time.Hour)) {
 		t.Fatalf("Expiries = %+v", got)
 	}
+	// A renewed certificate's expiry shows after a reload.
+	renewed := end.Add(30 * 24 * time.Hour)
+	c, k := p.ca.Issue(t, testutil.Leaf{Names: []string{"a.test"}, NotAfter: renewed})
+	testutil.ReplaceFile(t, a.Key, k)
+	testutil.ReplaceFile(t, a.Cert, c)
+	if err := s.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Expiries(); len(got) != 2 || !got[0].NotAfter.Equal(renewed) {
+		t.Fatalf("after the renewal, Expiries = %+v", got)
+	}
 }
 
 func TestNewStoreRefuses(t *testing.T) {

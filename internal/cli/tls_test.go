@@ -43,6 +43,8 @@ func TestCheckTLS(t *testing.T) {
 		{"client CA without a certificate", proxy(pair(cert, key)[:len(pair(cert, key))-2] + ", client_ca: " + notCA + " }"), false, "notca.pem"},
 		{"backend CA without a certificate", proxy("backend_tls: { ca: " + notCA + " }"), false, "notca.pem"},
 		{"backend CA", proxy("backend_tls: { ca: " + caFile + " }"), true, "TLS to backends, verified with " + caFile},
+		{"acme with http-01", proxy("tls: { acme: { domains: [app.example.com], storage: " + dir + "/acme, http_listen: \"127.0.0.1:8080\" } }"),
+			true, "ACME for app.example.com (http-01 on 127.0.0.1:8080)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := check(t, nil, "-c", testutil.WriteFile(t, "pj.yaml", tc.file))

@@ -169,3 +169,29 @@ func TestACMEHTTP01ListenerAcrossReloads(t *testing.T) {
 	}
 	_ = ln.Close()
 }
+
+func TestACMEHTTP01ListenerThatCannotBindStopsStartUp(t *testing.T) {
+	// Start-up is all or nothing, the http-01 listener included.
+	busy := testutil.Listen(t, "tcp4").Addr().String()
+	x := testutil.ClosedAddr(t)
+	px := pjtest.Proxy("app", x, testutil.ClosedAddr(t))
+	px.TLS = &config.TLS{ACME: &config.ACME{Domains: []string{"app.pj.test"},
+		Directory: "https://" + testutil.ClosedAddr(t) + "/dir", Storage: filepath.Join(t.TempDir(), "acme"), HTTPListen: busy}}
+	cfg := pjtest.Config(px)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(cfg, server.Options{})
+	if err == nil {
+		srv.Close()
+		t.Fatal("pj started with its http-01 address in use")
+	}
+	if !strings.Contains(err.Error(), "http_listen "+busy) || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("start-up error %q: want the http-01 address and the reason", err)
+	}
+	ln, err := net.Listen("tcp", x)
+	if err != nil {
+		t.Fatalf("the proxy's address is still bound after the failed start: %v", err)
+	}
+	_ = ln.Close()
+}
