@@ -219,20 +219,29 @@ proxies:
 // A proxy with routes from a file serves each client by what it sends
 // first: an SSH client, an HTTP client, and one that sends nothing and
 // goes, after match_timeout, to the route that takes the rest. The JSON
-// log names the route.
+// log names the route. The clients that talk go through a proxy that
+// waits long for them (a loaded machine may hold a client between its
+// connect and its first bytes past a short match_timeout); the silent
+// one through a twin with a short match_timeout.
 func TestRoutesFromAFile(t *testing.T) {
 	ssh, web, rest := greeter(t, "ssh"), greeter(t, "web"), greeter(t, "rest")
-	file := testutil.WriteFile(t, "pj.yaml", "proxies:\n  - name: edge\n    listen: 127.0.0.1:0\n    match_timeout: 100ms\n    routes:\n"+
-		"      - {name: ssh, match: {protocol: ssh}, backends: ["+ssh+"]}\n"+
-		"      - {name: web, match: {protocol: http}, backends: ["+web+"]}\n"+
-		"      - {backends: ["+rest+"]}\n")
+	routes := "    routes:\n" +
+		"      - {name: ssh, match: {protocol: ssh}, backends: [" + ssh + "]}\n" +
+		"      - {name: web, match: {protocol: http}, backends: [" + web + "]}\n" +
+		"      - {backends: [" + rest + "]}\n"
+	file := testutil.WriteFile(t, "pj.yaml", "proxies:\n"+
+		"  - name: edge\n    listen: 127.0.0.1:0\n    match_timeout: 30s\n"+routes+
+		"  - name: quiet\n    listen: 127.0.0.1:0\n    match_timeout: 100ms\n"+routes)
 	p := start(t, nil, "-c", file, "--log-format", "json")
-	for _, tc := range []struct{ send, want, route string }{
-		{"SSH-2.0-OpenSSH_9.6\r\n", "ssh", "ssh"},
-		{"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "web", "web"},
-		{"", "rest", "edge#3"},
+	for _, tc := range []struct {
+		to                int // index of the proxy
+		send, want, route string
+	}{
+		{0, "SSH-2.0-OpenSSH_9.6\r\n", "ssh", "ssh"},
+		{0, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "web", "web"},
+		{1, "", "rest", "quiet#3"},
 	} {
-		c := testutil.Dial(t, p.addrs[0])
+		c := testutil.Dial(t, p.addrs[tc.to])
 		if _, err := io.WriteString(c, tc.send); err != nil {
 			t.Fatal(err)
 		}
@@ -247,7 +256,7 @@ func TestRoutesFromAFile(t *testing.T) {
 		_ = c.Close()
 		p.log.WaitLines(t, `"route":"`+tc.route+`"`, 1)
 	}
-	if l := p.log.Lines("listening"); len(l) != 1 || !strings.Contains(l[0], "ssh="+ssh) || !strings.Contains(l[0], "edge#3="+rest) {
+	if l := p.log.Lines("listening"); len(l) != 2 || !strings.Contains(l[0], "ssh="+ssh) || !strings.Contains(l[0], "edge#3="+rest) {
 		t.Fatalf("start-up lines %q: want the routes and their backends", l)
 	}
 }
