@@ -85,6 +85,9 @@ func TestPoolGreetingFirstAndCounted(t *testing.T) {
 		t.Errorf("echo %q", got)
 	}
 	waitPool(2) // refilled
+	// The backend counts a connection when its accept returns, which may
+	// be after pj's connect did.
+	tu.WaitFor(t, 10*time.Second, "the backend to accept the refill", func() bool { return g.accepted.Load() >= 3 })
 	if n := g.accepted.Load(); n != 3 {
 		t.Errorf("backend accepted %d connections, want 3", n)
 	}
