@@ -6,12 +6,14 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/server"
@@ -100,12 +102,7 @@ func TestDualStackListenerMatchesIPv4Rules(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	// A port free on every interface, IPv6 included (ClosedAddr's is only
 	// known to be free on 127.0.0.1).
-	ln, err := net.Listen("tcp", ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	_ = ln.Close()
+	port := strconv.Itoa(reservedAnyPort(t))
 	p := pjtest.Proxy("web", ":"+port, echo)
 	p.Deny = prefixes("127.0.0.4/32")
 	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
@@ -118,6 +115,38 @@ func TestDualStackListenerMatchesIPv4Rules(t *testing.T) {
 	if l := r.Logs.WaitLines(t, "[denied]", 1)[0]; !strings.Contains(l, "] 127.0.0.4:") {
 		t.Fatalf("line %q shows the client as %s, want plain IPv4", l, "::ffff:")
 	}
+}
+
+// reservedAnyPort returns a port reserved for the test on every address of
+// both families, as ClosedAddr reserves one on 127.0.0.1: a dual-stack
+// socket bound to [::] with SO_REUSEADDR and never listening holds it, so
+// that no other socket is given it between now and pj's listening (which
+// sets SO_REUSEADDR too, and may so bind it).
+func reservedAnyPort(t *testing.T) int {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("reserve a port: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Close(fd) })
+	for _, o := range [][2]int{{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY}, {unix.SOL_SOCKET, unix.SO_REUSEADDR}} {
+		v := 1
+		if o[1] == unix.IPV6_V6ONLY {
+			v = 0
+		}
+		if err := unix.SetsockoptInt(fd, o[0], o[1], v); err != nil {
+			t.Fatalf("reserve a port: %v", err)
+		}
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet6{}); err != nil {
+		t.Fatalf("reserve a port: %v", err)
+	}
+	sa, err := unix.Getsockname(fd)
+	in, ok := sa.(*unix.SockaddrInet6)
+	if err != nil || !ok {
+		t.Fatalf("reserve a port: %v (%T)", err, sa)
+	}
+	return in.Port
 }
 
 func TestRateLimitPerClient(t *testing.T) {
