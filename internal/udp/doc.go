@@ -28,8 +28,11 @@
 //
 // The table is bounded: a proxy holds at most max_connections sessions
 // (DefaultMaxSessions without it). At the cap, the session least recently
-// active gives its place to a new source if it has been quiet for a
-// second; a session in use is never evicted, so a flood of spoofed source
+// active in the loop the new source's datagrams reach gives its place to
+// it if it has been quiet for a second; when none there has, another loop
+// is asked to end its least recently active one if quiet, and the new
+// source's next datagram takes that place. A session in use is never
+// evicted, so a flood of spoofed source
 // addresses can take the places of idle sessions only, and costs at most
 // the cap in sockets. Datagrams refused (the allow/deny lists, the rate of
 // new sessions per client, the caps) are counted per reason and reported

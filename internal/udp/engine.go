@@ -99,6 +99,9 @@ type Listener struct {
 	// have ended.
 	draining atomic.Bool
 	drops    drops
+	// evictTurn picks the socket asked next to evict a quiet session
+	// for a newcomer that found the cap (see evictElsewhere).
+	evictTurn atomic.Uint32
 }
 
 // Addr is the bound address as logged, with its /udp.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -42,6 +43,9 @@ type lsock struct {
 	// lru lists the socket's sessions, the least recently active first.
 	lru       lruList
 	errLogged int64 // loop clock of the last read error logged
+	// evictAsked: another loop has asked this socket's loop to evict a
+	// quiet session (see evictElsewhere), and it has not done it yet.
+	evictAsked atomic.Bool
 }
 
 // loop is one event loop: an epoll instance, the listener sockets and the

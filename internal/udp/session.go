@@ -159,6 +159,7 @@ func (l *loop) reserve(ls *lsock, p *proxy.Proxy) bool {
 			l.e.active.Done()
 		}
 		if try > 0 || !l.evict(ls) {
+			l.evictElsewhere(ls)
 			return false
 		}
 	}
@@ -192,6 +193,37 @@ func (l *loop) evict(ls *lsock) bool {
 	}
 	l.close(v, observe.StatusLimit, errEvicted)
 	return true
+}
+
+// evictElsewhere asks the loop of another socket of ls's listener, each
+// in turn, to end its least recently active session if it has been quiet
+// for evictQuiet. The cap counts the sessions of every loop, and a loop
+// whose own sessions are all in use, or that has none, must not keep a
+// newcomer out while another holds quiet ones. The datagram that found
+// the cap is dropped; the newcomer's next one finds the place. A socket
+// has at most one request pending, so a flood at the cap costs each loop
+// at most one command per turn.
+func (l *loop) evictElsewhere(ls *lsock) {
+	socks := ls.ln.socks
+	if len(socks) < 2 {
+		return
+	}
+	i := int(ls.ln.evictTurn.Add(1) % uint32(len(socks)))
+	if socks[i] == ls {
+		i = (i + 1) % len(socks)
+	}
+	other := socks[i]
+	if !other.evictAsked.CompareAndSwap(false, true) {
+		return
+	}
+	if !l.e.loops[i].post(func(o *loop) {
+		other.evictAsked.Store(false)
+		if !other.closed {
+			o.evict(other)
+		}
+	}) {
+		other.evictAsked.Store(false)
+	}
 }
 
 func (l *loop) drop(ln *Listener, why dropReason) {

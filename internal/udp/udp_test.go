@@ -490,6 +490,60 @@ func TestSpoofedSourcesBounded(t *testing.T) {
 	}
 }
 
+// TestEvictionAcrossLoops: the cap counts the sessions of every event
+// loop, and a newcomer takes the place of a quiet session wherever it is,
+// also when the loop its datagrams reach has no session of its own to
+// give.
+func TestEvictionAcrossLoops(t *testing.T) {
+	b := startBackend(t, "udp4", "", 1)
+	h := newHarness(t, opts{maxConns: 1}, b.addr())
+	// loopOf opens c's session, finds the loop holding it, and kills it.
+	loopOf := func(c *net.UDPConn) int {
+		t.Helper()
+		if got := mustAsk(t, c, h.addr, "where"); got != "where" {
+			t.Fatal(got)
+		}
+		at := -1
+		for i, l := range h.e.loops {
+			_ = l.call(func(l *loop) error {
+				if len(l.table) == 1 {
+					at = i
+				}
+				return nil
+			})
+		}
+		ss := h.e.Sessions()
+		if at < 0 || len(ss) != 1 || !h.e.Kill(ss[0].ID) {
+			t.Fatalf("sessions %+v, in loop %d: want one", ss, at)
+		}
+		testutil.WaitFor(t, 5*time.Second, "the session killed", func() bool { return h.p.Stats.Active.Load() == 0 })
+		return at
+	}
+	held := client(t, "127.0.0.2:0")
+	x := loopOf(held)
+	var newcomer *net.UDPConn
+	for i := 0; newcomer == nil; i++ {
+		if i == 64 {
+			t.Fatalf("64 sources all reached loop %d", x)
+		}
+		if c := client(t, fmt.Sprintf("127.0.0.%d:0", 3+i)); loopOf(c) != x {
+			newcomer = c
+		}
+	}
+	// held's session fills the cap in loop x; the newcomer's datagrams
+	// reach the other loop, which has none.
+	if got := mustAsk(t, held, h.addr, "held"); got != "held" {
+		t.Fatal(got)
+	}
+	testutil.WaitFor(t, 10*time.Second, "the newcomer served", func() bool {
+		got, _, err := ask(newcomer, h.addr, []byte("new"), 100*time.Millisecond)
+		return err == nil && string(got) == "new"
+	})
+	if l := h.log.Lines("evicted"); len(l) != 1 || !strings.Contains(l[0], held.LocalAddr().String()+" -> ") {
+		t.Fatalf("eviction lines %q: want one, of %s", l, held.LocalAddr())
+	}
+}
+
 func TestAdmission(t *testing.T) {
 	b := startBackend(t, "udp4", "", 1)
 	t.Run("deny", func(t *testing.T) {
