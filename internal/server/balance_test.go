@@ -344,7 +344,8 @@ func TestSurvivorsShareEvenlyThroughTheProxy(t *testing.T) {
 					addrs[i] = testutil.ClosedAddr(t)
 					dead[names[i]] = true
 				}
-				x := testutil.ClosedAddr(t)
+				// Every connection counts: only the test's may come.
+				x := testutil.SecludedAddr(t)
 				p := checked(pjtest.Proxy("web", x, addrs...), "", "")
 				p.Balance = algorithm
 				r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -102,6 +103,25 @@ func StartEcho(t testing.TB) string {
 // bind the same address.
 func ClosedAddr(t testing.TB) string {
 	t.Helper()
+	return reserve(t, [4]byte{127, 0, 0, 1})
+}
+
+// SecludedAddr is ClosedAddr on a loopback address picked at random in
+// 127.1.0.0-127.254.255.255 rather than on 127.0.0.1. Processes on a busy
+// machine dial 127.0.0.1 ports they think are theirs (a health check of a
+// backend long gone, a wait for a server): there one may reach the test's
+// listener. A test that counts every connection its listener takes
+// listens on a secluded address, where only its own connections come.
+func SecludedAddr(t testing.TB) string {
+	t.Helper()
+	ip := [4]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256)), byte(1 + rand.IntN(254))}
+	return reserve(t, ip)
+}
+
+// reserve binds a socket to ip and a port the kernel picks, with
+// SO_REUSEADDR, never listening, until the test ends (see ClosedAddr).
+func reserve(t testing.TB, ip [4]byte) string {
+	t.Helper()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatalf("reserve a port: %v", err)
@@ -110,7 +130,7 @@ func ClosedAddr(t testing.TB) string {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 		t.Fatalf("reserve a port: %v", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: ip}); err != nil {
 		t.Fatalf("reserve a port: %v", err)
 	}
 	sa, err := unix.Getsockname(fd)
@@ -118,7 +138,7 @@ func ClosedAddr(t testing.TB) string {
 	if err != nil || !ok {
 		t.Fatalf("reserve a port: %v (%T)", err, sa)
 	}
-	return "127.0.0.1:" + strconv.Itoa(in.Port)
+	return net.JoinHostPort(net.IP(ip[:]).String(), strconv.Itoa(in.Port))
 }
 
 // Dial connects to addr with a timeout and closes the connection at the end
