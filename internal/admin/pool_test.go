@@ -44,13 +44,17 @@ func startGreeter(t *testing.T) *greeter {
 
 func greeting(n int64) string { return "220 conn " + string(rune('0'+n%10)) + "\r\n" }
 
+// The pool tests count connections and warm ones: each proxy listens on a
+// secluded address, where no stray connection of another process takes a
+// warm connection or, through, tells passive health the backend is up.
+
 // TestPoolGreetingFirstAndCounted: a client through a pool gets the
 // greeting its warm connection received before it came, then its own
 // echo; the take is a hit; warm connections are not active ones; the API
 // and the metrics show the pool.
 func TestPoolGreetingFirstAndCounted(t *testing.T) {
 	g := startGreeter(t)
-	p := pjtest.Proxy("mail", "127.0.0.1:0", g.addr)
+	p := pjtest.Proxy("mail", tu.SecludedAddr(t), g.addr)
 	p.Balance = "least-conn"
 	p.Pool.Size = 2
 	pj := start(t, Options{}, p)
@@ -111,7 +115,7 @@ func TestPoolGreetingFirstAndCounted(t *testing.T) {
 // refilled one), greeting and all.
 func TestPoolClosedWarmConnectionNeverReachesAClient(t *testing.T) {
 	g := startGreeter(t)
-	p := pjtest.Proxy("mail", "127.0.0.1:0", g.addr)
+	p := pjtest.Proxy("mail", tu.SecludedAddr(t), g.addr)
 	p.Pool.Size = 3
 	pj := start(t, Options{}, p)
 	tu.WaitFor(t, 10*time.Second, "the pool to fill", func() bool { return g.accepted.Load() == 3 })
@@ -144,7 +148,7 @@ func TestPoolClosedWarmConnectionNeverReachesAClient(t *testing.T) {
 // the client is served all the same.
 func TestPoolMissDials(t *testing.T) {
 	g := startGreeter(t)
-	p := pjtest.Proxy("mail", "127.0.0.1:0", g.addr)
+	p := pjtest.Proxy("mail", tu.SecludedAddr(t), g.addr)
 	p.Pool.Size = 1
 	pj := start(t, Options{}, p)
 	tu.WaitFor(t, 10*time.Second, "the pool to fill", func() bool {
@@ -176,7 +180,7 @@ func TestPoolMissDials(t *testing.T) {
 // route of the proxy dials.
 func TestPoolPerRoute(t *testing.T) {
 	warmB, coldB := startGreeter(t), startGreeter(t)
-	p := pjtest.Routed("edge", "127.0.0.1:0",
+	p := pjtest.Routed("edge", tu.SecludedAddr(t),
 		pjtest.Route("local", config.Match{Source: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, warmB.addr),
 		pjtest.Route("rest", config.Match{}, coldB.addr))
 	p.Routes[0].Settings.Pool.Size = 1
@@ -217,7 +221,7 @@ func TestPoolBackendTLS(t *testing.T) {
 		_, _ = io.WriteString(tc, greeting(handshakes.Add(1)))
 		tu.Echo(tc)
 	})
-	p := pjtest.Proxy("db", "127.0.0.1:0", ln.Addr().String())
+	p := pjtest.Proxy("db", tu.SecludedAddr(t), ln.Addr().String())
 	p.BackendTLS = &config.BackendTLS{CA: tu.WriteFile(t, "ca.pem", string(ca.PEM))}
 	p.Pool.Size = 1
 	pj := start(t, Options{}, p)
