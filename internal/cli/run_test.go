@@ -188,7 +188,9 @@ func TestBulkBothWaysExactCounts(t *testing.T) {
 	// The backend hashes what it receives while it sends its own stream.
 	type sums struct{ got [32]byte }
 	received := make(chan sums, 1)
-	ln := testutil.Listen(t, "tcp4")
+	// Only pj's connection may reach the backend, and only the test's
+	// pj: a stray one would fill received, and block the real one.
+	ln := testutil.ListenSecluded(t)
 	testutil.Serve(t, ln, func(c net.Conn) {
 		var wg sync.WaitGroup
 		wg.Go(func() {
@@ -202,7 +204,7 @@ func TestBulkBothWaysExactCounts(t *testing.T) {
 		received <- s
 		wg.Wait()
 	})
-	p := start(t, nil, "-p", "127.0.0.1:0:"+ln.Addr().String())
+	p := start(t, nil, "-p", testutil.SecludedAddr(t)+":"+ln.Addr().String())
 	c := testutil.Dial(t, p.addrs[0])
 	go func() {
 		_, _ = io.Copy(c, testutil.NewPattern(1, n))

@@ -97,7 +97,9 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 		p.Clients = o.clients
 	}
 
-	gln, err := net.Listen("tcp4", "127.0.0.1:0")
+	// A secluded address: no stray connection of another process
+	// reaches the tests' listeners and takes the place of theirs.
+	gln, err := net.Listen("tcp4", testutil.SecludedAddr(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +123,7 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 // the test one by one.
 func backendConns(t *testing.T) (string, <-chan *net.TCPConn) {
 	t.Helper()
-	ln := testutil.Listen(t, "tcp4")
+	ln := testutil.ListenSecluded(t)
 	ch := make(chan *net.TCPConn, 16)
 	testutil.Serve(t, ln, func(c net.Conn) {
 		ch <- c.(*net.TCPConn)

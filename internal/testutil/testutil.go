@@ -118,6 +118,19 @@ func SecludedAddr(t testing.TB) string {
 	return reserve(t, ip)
 }
 
+// ListenSecluded listens on tcp4 on a secluded address (see SecludedAddr)
+// until the test ends.
+func ListenSecluded(t testing.TB) net.Listener {
+	t.Helper()
+	addr := SecludedAddr(t)
+	ln, err := net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatalf("listen %s: %v", addr, err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	return ln
+}
+
 // reserve binds a socket to ip and a port the kernel picks, with
 // SO_REUSEADDR, never listening, until the test ends (see ClosedAddr).
 func reserve(t testing.TB, ip [4]byte) string {

@@ -111,7 +111,9 @@ func startProxyPeek(t *testing.T, r *Route, peek int) *proxy {
 		t.Fatal(err)
 	}
 	p.srv = NewServer(l)
-	ln := testutil.Listen(t, "tcp4")
+	// Secluded: the tests count connections, and no stray one of another
+	// process may come.
+	ln := testutil.ListenSecluded(t)
 	p.addr = ln.Addr().String()
 	var ids atomic.Uint64
 	done := make(chan struct{})
@@ -401,7 +403,7 @@ func TestPlainClientToTLSBackend(t *testing.T) {
 
 func TestHandshakeTimeoutForASilentClient(t *testing.T) {
 	p := newPKI(t, "ca")
-	backendLn := testutil.Listen(t, "tcp4")
+	backendLn := testutil.ListenSecluded(t)
 	var reached atomic.Int64
 	testutil.Serve(t, backendLn, func(net.Conn) { reached.Add(1) })
 	r := route(t, backendLn.Addr().String())
