@@ -186,6 +186,9 @@ func TestJSONLogLine(t *testing.T) {
 func TestBulkBothWaysExactCounts(t *testing.T) {
 	const n = 64 << 20
 	// The backend hashes what it receives while it sends its own stream.
+	// Only the connection that carried all n bytes reports: a stray connection
+	// from another process on the machine must neither be taken for pj's nor
+	// block the backend's shutdown.
 	type sums struct{ got [32]byte }
 	received := make(chan sums, 1)
 	// Only pj's connection may reach the backend, and only the test's
@@ -198,10 +201,14 @@ func TestBulkBothWaysExactCounts(t *testing.T) {
 			_ = c.(*net.TCPConn).CloseWrite()
 		})
 		h := sha256.New()
-		_, _ = io.Copy(h, c)
-		var s sums
-		copy(s.got[:], h.Sum(nil))
-		received <- s
+		if got, _ := io.Copy(h, c); got == n {
+			var s sums
+			copy(s.got[:], h.Sum(nil))
+			select {
+			case received <- s:
+			default:
+			}
+		}
 		wg.Wait()
 	})
 	p := start(t, nil, "-p", testutil.SecludedAddr(t)+":"+ln.Addr().String())
@@ -218,8 +225,13 @@ func TestBulkBothWaysExactCounts(t *testing.T) {
 	if [32]byte(h.Sum(nil)) != testutil.PatternSum(2, n) {
 		t.Fatal("backend → client bytes were altered")
 	}
-	if s := <-received; s.got != testutil.PatternSum(1, n) {
-		t.Fatal("client → backend bytes were altered")
+	select {
+	case s := <-received:
+		if s.got != testutil.PatternSum(1, n) {
+			t.Fatal("client → backend bytes were altered")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the backend never received all %d bytes from the client", n)
 	}
 	line := p.log.WaitLines(t, "[ok]", 1)[0]
 	want := " up=" + strconv.Itoa(n) + " down=" + strconv.Itoa(n)
