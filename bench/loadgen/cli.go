@@ -53,11 +53,16 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	lifetime := fs.Duration("lifetime", 2*time.Hour, "exit after this long")
 	connLife := fs.Duration("conn-life", 10*time.Minute, "close any connection older than this")
 	parent := fs.Int("parent", 0, "exit when this process is no longer our parent (0: do not watch)")
+	more := fs.Int("more", 0, "also serve on this many more ports of the -listen host (a pool of many backends)")
+	moreFile := fs.String("more-file", "", "with -more: write those ports to this file, one a line")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if err := loopbackOnly(*listen); err != nil {
 		return err
+	}
+	if *more < 0 || *more > maxMoreListeners || (*more > 0) != (*moreFile != "") {
+		return fmt.Errorf("-more %d: want 0 to %d, and -more-file with it", *more, maxMoreListeners)
 	}
 	ctx, cancel := context.WithTimeout(ctx, *lifetime)
 	defer cancel()
@@ -83,6 +88,19 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		go watchParent(ctx, cancel, *parent)
 	}
 	b := &backend{pat: newPattern(), connLife: *connLife}
+	if *more > 0 {
+		host, _, _ := net.SplitHostPort(*listen)
+		lns, err := serveMore(ctx, b, host, *more, *moreFile)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer func() {
+			for _, l := range lns {
+				l.Close()
+			}
+		}()
+	}
 	// The UDP echo listens on the same port number, for the UDP modes.
 	ufd, _, err := openUDPEcho(port)
 	if err != nil {
@@ -94,6 +112,36 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	err = b.serve(ctx, ln)
 	cancel()
 	return errors.Join(err, <-udpDone)
+}
+
+// maxMoreListeners bounds serve's -more.
+const maxMoreListeners = 5000
+
+// serveMore serves b on n more ports of host, and writes them to file
+// (whole, then renamed, as the port file).
+func serveMore(ctx context.Context, b *backend, host string, n int, file string) ([]net.Listener, error) {
+	lns := make([]net.Listener, 0, n)
+	var text strings.Builder
+	for range n {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, fmt.Errorf("backend: listener %d of -more: %w", len(lns)+1, err)
+		}
+		lns = append(lns, l)
+		fmt.Fprintf(&text, "%d\n", l.Addr().(*net.TCPAddr).Port)
+		go func() { _ = b.serve(ctx, l) }()
+	}
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text.String()), 0o644); err != nil {
+		return lns, fmt.Errorf("backend: -more-file: %w", err)
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		return lns, fmt.Errorf("backend: -more-file: %w", err)
+	}
+	return lns, nil
 }
 
 // watchParent cancels when our parent process changes (we were orphaned).
@@ -335,8 +383,8 @@ func cmdPorts(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *n < 1 || *n > 100 {
-		return fmt.Errorf("-n %d: want 1 to 100", *n)
+	if *n < 1 || *n > 1000 {
+		return fmt.Errorf("-n %d: want 1 to 1000", *n)
 	}
 	lo, hi := portWindow("/proc/sys/net/ipv4/ip_local_port_range")
 	var ports []string
