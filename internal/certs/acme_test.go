@@ -417,3 +417,43 @@ func TestHTTP01ListenerIsSharedAndClosedByTheLastClient(t *testing.T) {
 		t.Fatalf("NewACME on a busy address = %v", err)
 	}
 }
+
+func TestHTTP01TokenOfEitherClientForOneName(t *testing.T) {
+	// Two proxies obtain certificates for one name, each with its own
+	// client and tokens: the CA's request is answered by the one that
+	// holds the token it asks for. (autocert keeps a token in its
+	// storage too, as TOKEN+http-01: that is how the tokens are planted.)
+	addr := testutil.ClosedAddr(t)
+	newACME := func(token string) *ACME {
+		dir := t.TempDir()
+		testutil.WriteFileIn(t, dir, token+"+http-01", []byte(token+".key-authorization"))
+		a, err := NewACME(ACMEOptions{Domains: []string{"app.pj.test"}, Storage: dir, HTTPListen: addr}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(a.Close)
+		return a
+	}
+	newACME("older")
+	newACME("newer")
+	c := &http.Client{Timeout: 5 * time.Second}
+	defer c.CloseIdleConnections()
+	for _, tt := range []struct {
+		token string
+		code  int
+	}{{"older", 200}, {"newer", 200}, {"nobody", 404}} {
+		t.Run(tt.token, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/.well-known/acme-challenge/"+tt.token, nil)
+			req.Host = "app.pj.test"
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.code || tt.code == 200 && string(body) != tt.token+".key-authorization" {
+				t.Fatalf("token %s: %d %q", tt.token, resp.StatusCode, body)
+			}
+		})
+	}
+}

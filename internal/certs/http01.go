@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -95,10 +97,11 @@ func leaveChallengeListener(addr string, a *ACME) {
 	<-cl.done
 }
 
-// serveHTTP hands a request to the newest client whose domains include
-// the request's host: the CA's request for a token that client asked
-// for, or anything else, which is redirected to https. A host no client
-// has gets the newest client's answer: a refusal for a challenge, a
+// serveHTTP hands a request to the clients whose domains include the
+// request's host, newest first. A challenge goes to the first that holds
+// its token (two proxies may obtain certificates for the same name, each
+// with tokens of its own); anything else is redirected to https. A host no
+// client has gets the newest client's answer: a refusal for a challenge, a
 // redirect otherwise.
 func (cl *challengeListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	host := r.Host
@@ -107,23 +110,40 @@ func (cl *challengeListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	host = strings.ToLower(strings.TrimSuffix(host, "."))
 	challengeListeners.Lock()
-	var chosen *ACME
+	var chosen []*ACME
 	for _, c := range slices.Backward(cl.clients) {
 		if c.covers(host) {
-			chosen = c
+			chosen = append(chosen, c)
+		}
+	}
+	if len(chosen) == 0 && len(cl.clients) > 0 {
+		chosen = cl.clients[len(cl.clients)-1:]
+	}
+	challengeListeners.Unlock()
+	switch {
+	case len(chosen) == 0: // closing
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	case len(chosen) == 1 || !strings.HasPrefix(r.URL.Path, challengePath):
+		chosen[0].httpHandler.ServeHTTP(w, r)
+		return
+	}
+	// A token's answer is a few hundred bytes: try each client in turn.
+	var rec *httptest.ResponseRecorder
+	for _, c := range chosen {
+		rec = httptest.NewRecorder()
+		c.httpHandler.ServeHTTP(rec, r)
+		if rec.Code == http.StatusOK {
 			break
 		}
 	}
-	if chosen == nil && len(cl.clients) > 0 {
-		chosen = cl.clients[len(cl.clients)-1]
-	}
-	challengeListeners.Unlock()
-	if chosen == nil { // closing
-		http.Error(w, "shutting down", http.StatusServiceUnavailable)
-		return
-	}
-	chosen.httpHandler.ServeHTTP(w, r)
+	maps.Copy(w.Header(), rec.Header())
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(rec.Body.Bytes())
 }
+
+// challengePath is where the CA asks for http-01 tokens (RFC 8555, 8.3).
+const challengePath = "/.well-known/acme-challenge/"
 
 func unwrapOpErr(err error) error {
 	var oe *net.OpError
