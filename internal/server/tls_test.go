@@ -414,3 +414,54 @@ func TestTLSHalfCloseTimeout(t *testing.T) {
 	r.Logs.WaitLines(t, "[timeout]", 1)
 	r.Logs.WaitLines(t, "half-close timeout: the backend sent nothing for 300ms after the client finished", 1)
 }
+
+func TestTLSBackendFilesReload(t *testing.T) {
+	// backend_tls files are read again like certificates: on SIGHUP, and
+	// with --watch when they change; a bad file keeps what was loaded.
+	p := newPKI(t)
+	other := testutil.NewCA(t, "another CA")
+	backend, _ := tlsEcho(t, p.ca, nil, "backend.test")
+	for _, watch := range []bool{false, true} {
+		name := "SIGHUP"
+		if watch {
+			name = "watch"
+		}
+		t.Run(name, func(t *testing.T) {
+			caFile := testutil.WriteFileIn(t, t.TempDir(), "backend-ca.pem", other.PEM) // the wrong CA
+			x := testutil.ClosedAddr(t)
+			px := pjtest.Proxy("db", x, backend)
+			px.BackendTLS = &config.BackendTLS{ServerName: "backend.test", CA: caFile}
+			cfg := pjtest.Config(px)
+			cfg.Watch = watch
+			r := pjtest.Start(t, cfg, server.Options{})
+			if got := testutil.ReadAll(t, testutil.Dial(t, x)); got != "" {
+				t.Fatalf("read %q through a backend pj cannot verify", got)
+			}
+			r.Logs.WaitLines(t, "[connect_failed]", 1)
+			reload := func() {
+				t.Helper()
+				if !watch {
+					if _, err := r.Reload(cfg); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+
+			testutil.ReplaceFile(t, caFile, p.ca.PEM)
+			reload()
+			if watch {
+				r.Logs.WaitLines(t, "backend_tls files reloaded", 1)
+			}
+			if got := testutil.RoundTrip(t, testutil.Dial(t, x), "verified now"); got != "verified now" {
+				t.Fatalf("echo %q after the CA file was replaced", got)
+			}
+
+			testutil.ReplaceFile(t, caFile, []byte("not a certificate\n"))
+			reload()
+			r.Logs.WaitLines(t, "a backend_tls file could not be loaded; what was loaded before stays in use", 1)
+			if got := testutil.RoundTrip(t, testutil.Dial(t, x), "still verified"); got != "still verified" {
+				t.Fatalf("echo %q after a bad CA file", got)
+			}
+		})
+	}
+}
