@@ -235,6 +235,8 @@ type connectionJSON struct {
 	AgeSeconds float64 `json:"age_seconds"`
 	BytesUp    int64   `json:"bytes_up"`
 	BytesDown  int64   `json:"bytes_down"`
+	TLS        string  `json:"tls,omitempty"`
+	SNI        string  `json:"sni,omitempty"`
 }
 
 // connections lists the open connections, oldest first. ?proxy=NAME keeps
@@ -260,6 +262,7 @@ func (h *handler) connections(w http.ResponseWriter, r *http.Request) {
 			ID: connID(c.ID), Client: c.Client.String(), Proxy: c.Proxy, Listener: c.Listener,
 			Route: c.Route, Backend: c.Backend, Started: c.Started.UTC().Format("2006-01-02T15:04:05.000Z07:00"),
 			AgeSeconds: roundTo(now.Sub(c.Started).Seconds(), 3), BytesUp: c.Up, BytesDown: c.Down,
+			TLS: c.TLS, SNI: c.SNI,
 		})
 	}
 	writeJSON(w, http.StatusOK, out)

@@ -45,7 +45,7 @@ func TestTLSConnectionsInTheAPIAndMetrics(t *testing.T) {
 		conns = p.connections(t)
 		return len(conns) == 1 && conns[0].BytesDown == 10
 	})
-	if cj := conns[0]; cj.Proxy != "secure" || cj.Client != c.LocalAddr().String() {
+	if cj := conns[0]; cj.Proxy != "secure" || cj.Client != c.LocalAddr().String() || cj.TLS != "1.3" || cj.SNI != "app.example.com" {
 		t.Fatalf("connection %+v", cj)
 	}
 	fams := p.metrics(t)

@@ -421,7 +421,7 @@ func (e *Engine) OldestConnections(proxy string, limit int) []ConnInfo {
 					_, _ = l.kernelCount(c) // the kernel's bytes so far
 				}
 				ci := ConnInfo{ID: c.id, Proxy: c.proxy.Name, Client: c.client, Listener: c.ln.addr,
-					Started: c.accepted, Up: c.up.bytes.Load(), Down: c.down.bytes.Load()}
+					Started: c.accepted, Up: c.up.bytes.Load(), Down: c.down.bytes.Load(), SNI: c.sni}
 				if c.route != nil && c.proxy.Routed() {
 					ci.Route = c.route.Name
 				}

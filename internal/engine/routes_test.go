@@ -568,3 +568,21 @@ func TestUntrustedHeaderRefusedWhileChoosing(t *testing.T) {
 	}
 	h.log.WaitLines(t, "[denied]", 1)
 }
+
+// The connection table names the server name a routed connection asked
+// for, as its log line will.
+func TestConnectionsShowTheServerName(t *testing.T) {
+	cert := testutil.SelfSigned(t, "app.example.com")
+	h := routed(t, harnessOpt{}, 5*time.Second,
+		routeTo("app", config.Match{SNI: []string{"app.example.com"}}, tlsLineServer(t, "app", cert.TLS)))
+	c := testutil.Dial(t, h.addr)
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	tc := tls.Client(c, &tls.Config{ServerName: "app.example.com", RootCAs: cert.Pool})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	conns := h.e.Connections()
+	if len(conns) != 1 || conns[0].SNI != "app.example.com" || conns[0].Route != "app" || conns[0].TLS != "" {
+		t.Fatalf("connections %+v, want the one to route app with its sni (and no tls: pj did not terminate it)", conns)
+	}
+}

@@ -72,7 +72,7 @@ func (e *Engine) tlsConnections() []ConnInfo {
 	out := make([]ConnInfo, 0, len(list))
 	for _, t := range list {
 		out = append(out, ConnInfo{ID: t.ID, Proxy: t.Proxy, Route: t.Route, Client: t.Client, Listener: t.Listener,
-			Backend: t.Backend, Started: t.Started, Up: t.Up, Down: t.Down})
+			Backend: t.Backend, Started: t.Started, Up: t.Up, Down: t.Down, TLS: t.TLS, SNI: t.SNI})
 	}
 	return out
 }

@@ -41,6 +41,9 @@ type ConnInfo struct {
 	Backend  string // "" while no backend has answered
 	Started  time.Time
 	Up, Down int64 // bytes delivered so far
+	// TLS is the TLS version pj negotiated with the client, once it
+	// has; SNI the server name of the client's hello, once read.
+	TLS, SNI string
 }
 
 // ConnMessage is the slog message of every connection record; handlers use it

@@ -80,7 +80,7 @@ type session struct {
 	timer      *time.Timer  // the idle and half-close timeouts' one timer
 	timerOff   bool         // the relay is over: arm no more
 	closedBy   side
-	tlsVersion string
+	tlsVersion atomic.Pointer[string] // once the client's handshake is done
 	sni        atomic.Pointer[string]
 }
 
@@ -110,7 +110,8 @@ func (ss *session) phases() (observe.Status, error) {
 			return observe.StatusTLSFailed, err
 		}
 		st := tc.ConnectionState()
-		ss.tlsVersion = certs.VersionName(st.Version)
+		v := certs.VersionName(st.Version)
+		ss.tlsVersion.Store(&v)
 		ss.setSNI(st.ServerName)
 		if st.NegotiatedProtocol == certs.ChallengeProto {
 			// An ACME server validating a tls-alpn-01 challenge: the
@@ -361,11 +362,13 @@ func (ss *session) finish(status observe.Status, err error) {
 		Connect:    ss.connect,
 		ClosedBy:   ss.closedBy.String(),
 		Relay:      "copy",
-		TLS:        ss.tlsVersion,
 		Route:      ss.r.Name,
 	}
 	if p := ss.sni.Load(); p != nil {
 		rec.SNI = *p
+	}
+	if p := ss.tlsVersion.Load(); p != nil {
+		rec.TLS = *p
 	}
 	if rec.ClosedBy == "" {
 		rec.ClosedBy = sidePJ.String()
@@ -396,6 +399,9 @@ func (ss *session) info() ConnInfo {
 	}
 	if p := ss.sni.Load(); p != nil {
 		ci.SNI = *p
+	}
+	if p := ss.tlsVersion.Load(); p != nil {
+		ci.TLS = *p
 	}
 	return ci
 }
