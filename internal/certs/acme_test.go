@@ -351,7 +351,10 @@ func TestACMEClientIsSharedAcrossReloadsAndStopsWithTheLastStore(t *testing.T) {
 			t.Fatal(err)
 		}
 		old.Start()
-		t.Cleanup(old.Close)
+		t.Cleanup(func() {
+			old.Close()
+			old.ACME().wait() // before the storage is removed: it may be writing there
+		})
 		changed := opt
 		other := *opt.ACME
 		other.Email = "new@pj.test"

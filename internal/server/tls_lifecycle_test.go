@@ -2,11 +2,13 @@ package server_test
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,14 +27,15 @@ func TestTLSFailedReloadLeaksNoACMEClient(t *testing.T) {
 	// new proxies were built must neither start a new ACME client nor
 	// take the running one away from the running proxy: once pj stops,
 	// no ACME goroutine may be left.
+	storage := t.TempDir() // removed last, once no ACME goroutine can write there
 	before := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // last: after the backends and pj stopped
+	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // after the backends and pj stopped
 	x := testutil.ClosedAddr(t)
 	busy := testutil.Listen(t, "tcp4").Addr().String()
 	backend, _ := countingEcho(t)
 	acme := func(email string) *config.TLS {
 		return &config.TLS{ACME: &config.ACME{Domains: []string{"app.pj.test"}, Email: email,
-			Directory: "https://" + testutil.ClosedAddr(t) + "/dir", Storage: filepath.Join(t.TempDir(), "acme")}}
+			Directory: "https://" + testutil.ClosedAddr(t) + "/dir", Storage: filepath.Join(storage, email)}}
 	}
 	px := pjtest.Proxy("app", x, backend)
 	px.TLS = acme("ops@pj.test")
@@ -131,9 +134,10 @@ func TestACMEHTTP01ListenerAcrossReloads(t *testing.T) {
 	// removes it.
 	httpAddr := testutil.ClosedAddr(t)
 	backend, _ := countingEcho(t)
+	storage := acmeStorage(t)
 	acme := func(email string) *config.TLS {
 		return &config.TLS{ACME: &config.ACME{Domains: []string{"app.pj.test"}, Email: email,
-			Directory: "https://" + testutil.ClosedAddr(t) + "/dir", Storage: filepath.Join(t.TempDir(), "acme"), HTTPListen: httpAddr}}
+			Directory: "https://" + testutil.ClosedAddr(t) + "/dir", Storage: filepath.Join(storage, email), HTTPListen: httpAddr}}
 	}
 	answers := func() bool {
 		c, err := net.DialTimeout("tcp", httpAddr, 5*time.Second)
@@ -194,4 +198,20 @@ func TestACMEHTTP01ListenerThatCannotBindStopsStartUp(t *testing.T) {
 		t.Fatalf("the proxy's address is still bound after the failed start: %v", err)
 	}
 	_ = ln.Close()
+}
+
+// acmeStorage returns a directory for ACME clients to keep their account
+// and certificates in. Called before pj starts, it is removed only once
+// pj has stopped and every ACME client's goroutine has ended: a client
+// that is stopping may still be writing its account key there.
+func acmeStorage(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		testutil.WaitFor(t, 10*time.Second, "the ACME clients to stop", func() bool {
+			buf := make([]byte, 1<<20)
+			return !bytes.Contains(buf[:runtime.Stack(buf, true)], []byte("certs.(*ACME).obtain"))
+		})
+	})
+	return dir
 }
