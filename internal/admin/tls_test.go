@@ -52,8 +52,13 @@ func TestTLSConnectionsInTheAPIAndMetrics(t *testing.T) {
 	if v := value(t, fams, "pj_tls_handshakes_total", map[string]string{"proxy": "secure", "result": "success"}); v != 1 {
 		t.Errorf("successful handshakes = %v, want 1", v)
 	}
-	if v := value(t, fams, "pj_tls_handshakes_total", map[string]string{"proxy": "secure", "result": "failure"}); v != 1 {
-		t.Errorf("failed handshakes = %v, want 1", v)
+	// Under a parallel go test ./..., another test process may still dial
+	// a port that was its own (a health check, a warm pool of another pj)
+	// and is now this listener's: such a connection, which sends nothing,
+	// is one more failed handshake, and is logged as one.
+	strays := len(p.logs.Lines(`error="TLS handshake: EOF"`))
+	if v := value(t, fams, "pj_tls_handshakes_total", map[string]string{"proxy": "secure", "result": "failure"}); v != float64(1+strays) {
+		t.Errorf("failed handshakes = %v, want 1 (and %d from connections that sent nothing)", v, strays)
 	}
 	exp := value(t, fams, "pj_tls_certificate_expiry_timestamp_seconds", map[string]string{"proxy": "secure", "certificate": dir + "/app.pem"})
 	if exp < float64(time.Now().Unix()) || exp > float64(time.Now().Add(25*time.Hour).Unix()) {
