@@ -22,7 +22,7 @@ ENGINE      ?=
 TEST_ENGINE := $(or $(ENGINE),buildah)
 PLATFORMS   ?= linux/$(shell $(GO) env GOARCH)
 
-.PHONY: build run test vet lint funclen fmt-check race cross fuzz fuzz-long fuzz-short bench soak clean image image-multiarch image-test release-snapshot release-check
+.PHONY: build run test vet lint funclen upgrade-soak fmt-check race cross fuzz fuzz-long fuzz-short bench soak clean image image-multiarch image-test release-snapshot release-check
 
 ## build: a static binary in bin/pj, version stamped from git
 build:
@@ -106,6 +106,10 @@ release-check:
 ## soak: the soak suite at full scale, the real binary under load (about 5 min; see soak/README.md)
 soak:
 	SOAK=full $(GO) test ./soak -run '^TestSoak$$' -count=1 -v -timeout 60m
+
+## upgrade-soak: 1000 established connections moved by two upgrades in a row, keep echoing; prints the pause each saw
+upgrade-soak:
+	PJ_UPGRADE_CONNS=1000 $(GO) test ./cmd/pj -run '^TestUpgradeMovesEstablishedConnections$$' -count=1 -v -timeout 10m
 
 ## bench: pj side by side with HAProxy, nginx and socat (about 7 min; see bench/README.md)
 bench:

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pj-proxy/pj/internal/cli"
 	"github.com/pj-proxy/pj/internal/systemd"
+	"github.com/pj-proxy/pj/internal/upgrade"
 )
 
 func main() {
@@ -41,10 +42,40 @@ func main() {
 		}
 	}()
 
+	// SIGUSR2 upgrades: the binary at the path pj was started from
+	// (read now: once the file is replaced, /proc/self/exe names the old,
+	// deleted one) takes over every listener.
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	upgrades := make(chan struct{}, 1)
+	go func() {
+		for range usr2 {
+			select {
+			case upgrades <- struct{}{}:
+			default: // one pending is enough
+			}
+		}
+	}()
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "" // SIGUSR2 then says why it cannot upgrade
+	}
+
 	// Sockets a service manager passed in (systemd socket activation).
 	inherited := systemd.Listeners()
+	opts := []cli.Option{cli.WithReload(reload), cli.WithInherited(inherited), cli.WithUpgrade(upgrades, exe, os.Args[1:])}
 
-	err := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr, cli.WithReload(reload), cli.WithInherited(inherited))
+	// Started by an upgrade: take the running pj's sockets first.
+	child, err := upgrade.FromEnv()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pj: %v\n", err)
+		os.Exit(1)
+	}
+	if child != nil {
+		opts = append(opts, cli.WithUpgradeChild(child))
+	}
+
+	err = cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr, opts...)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "pj: %v\n", err)
 	}

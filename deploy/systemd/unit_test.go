@@ -52,6 +52,7 @@ func TestServiceDirectives(t *testing.T) {
 	svc := parseUnit(t, "pj.service")["Service"]
 	want := map[string]string{
 		"Type":                    "notify",
+		"NotifyAccess":            "all", // the new process of an upgrade says MAINPID=
 		"ExecStart":               "/usr/bin/pj -c /etc/pj/pj.yaml",
 		"ExecReload":              "/bin/kill -HUP $MAINPID",
 		"DynamicUser":             "yes",

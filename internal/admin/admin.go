@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/observe"
@@ -67,6 +69,10 @@ type Options struct {
 	LogDropped func() uint64
 	// Reload, if set, serves POST /api/v1/reload.
 	Reload Reloader
+	// Socket, if set, is a listening socket for addr handed over by the
+	// pj this one upgrades: Listen serves it instead of binding. Listen
+	// owns it.
+	Socket *os.File
 }
 
 // Handler returns the admin HTTP handler. loopbackOnly says whether the
@@ -402,7 +408,16 @@ type Server struct {
 
 // Listen binds addr and serves the admin handler on it.
 func Listen(addr string, src Source, opt Options) (*Server, error) {
-	raw, err := net.Listen("tcp", addr)
+	var (
+		raw net.Listener
+		err error
+	)
+	if opt.Socket != nil {
+		raw, err = net.FileListener(opt.Socket) // a duplicate
+		_ = opt.Socket.Close()
+	} else {
+		raw, err = net.Listen("tcp", addr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
@@ -449,6 +464,20 @@ func activeConnections(src Source) int64 {
 
 // Addr is the bound address.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Dup returns a duplicate of the listening socket's descriptor, for a pj
+// that takes over (an upgrade). The caller owns it.
+func (s *Server) Dup() (int, error) {
+	fd := -1
+	var derr error
+	if err := s.ln.rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", derr)
+	}
+	return fd, nil
+}
 
 // Close stops the listener, letting requests in flight finish briefly.
 func (s *Server) Close() {

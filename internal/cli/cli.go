@@ -53,6 +53,12 @@ type runEnv struct {
 	listening func([]net.Addr)
 	reload    <-chan struct{}
 	inherited []*os.File
+	// upgrade requests an upgrade (SIGUSR2) to exe, run with args.
+	upgrade <-chan struct{}
+	exe     string
+	args    []string
+	// child is set when an upgrade started this pj.
+	child *upgradeChild
 	// logBatch and logBatches size the log queue: batches of logBatch
 	// bytes, at most logBatches of them waiting for the writer.
 	logBatch, logBatches int

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -55,18 +56,27 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 	log := slog.New(handler)
 	notice.Store(log)
 
-	srv, err := server.New(cfg, server.Options{Logger: log, Inherited: env.inherited})
+	// Started by an upgrade: the running pj's sockets, the admin
+	// listener's apart.
+	child := env.child
+	env.child = nil
+	handed, adminSocket := child.split(cfg.Admin.Listen)
+	srv, err := server.New(cfg, server.Options{Logger: log, Inherited: env.inherited, HandedOver: handed})
 	env.inherited = nil // the server owns them now
 	if err != nil {
-		return fmt.Errorf("start-up failed, nothing is listening: %w", err)
+		if adminSocket != nil {
+			_ = adminSocket.Close()
+		}
+		return child.startFailed(err)
 	}
 	// Reloads asked for through the admin API are made by the loop below,
 	// one at a time with those of SIGHUP and --watch.
 	requests := make(chan reloadRequest)
 	adm := &adminListener{srv: srv, log: log, logDropped: out.Dropped, reload: askReload(ctx, requests)}
+	adm.socket = adminSocket
 	if err := adm.apply(cfg.Admin); err != nil {
 		srv.Close()
-		return fmt.Errorf("start-up failed, nothing is listening: %w", err)
+		return child.startFailed(err)
 	}
 	defer adm.close()
 
@@ -84,30 +94,78 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 		env.listening(srv.Addrs())
 	}
 
+	child.tookOver(log, srv, len(handed)+btoi(adminSocket != nil))
 	notify, stopNotify := notifySystemd(ctx, log, cfg, srv)
 	defer stopNotify()
 
+	// An upgrade ends Serve without the service manager hearing of a
+	// stop: the new process is the service now.
+	serveCtx, stopServing := context.WithCancelCause(ctx)
+	defer stopServing(nil)
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx) }()
+	go func() { served <- srv.Serve(serveCtx) }()
+	up := &upgrader{env: env, srv: srv, adm: adm, log: log, stderr: stderr}
 
-	r := reloader{f: f, env: env, srv: srv, log: log, handler: handler, out: out, current: cfg, admin: adm, notify: notify}
+	r := &reloader{f: f, env: env, srv: srv, log: log, handler: handler, out: out, current: cfg, admin: adm, notify: notify}
+	ev := events{served: served, triggers: triggers, requests: requests, r: r, up: up, w: w,
+		stopNotify: stopNotify, stopServing: stopServing}
+	return ev.run(ctx)
+}
+
+// events is what serve's loop waits on, and what it acts with.
+type events struct {
+	served      <-chan error
+	triggers    <-chan string
+	requests    <-chan reloadRequest
+	r           *reloader
+	up          *upgrader
+	w           *watcher
+	stopNotify  func()
+	stopServing context.CancelCauseFunc
+}
+
+// run handles reloads (SIGHUP, --watch, the admin API) and upgrades
+// (SIGUSR2), one at a time, until Serve returns.
+func (ev *events) run(ctx context.Context) error {
+	r, up, w, log := ev.r, ev.up, ev.w, ev.r.log
 	for {
 		select {
-		case err := <-served:
+		case err := <-ev.served:
 			return err
-		case <-env.reload:
+		case <-r.env.reload:
+			if up.done(log) {
+				continue
+			}
 			r.reload("SIGHUP", nil)
-		case why := <-triggers:
+		case why := <-ev.triggers:
+			if up.done(log) {
+				continue
+			}
 			r.reload(why, nil)
-		case req := <-requests:
-			if req.dryRun {
+		case req := <-ev.requests:
+			if up.handedOver != 0 {
+				req.reply <- closing(req.dryRun)
+			} else if req.dryRun {
 				req.reply <- r.plan()
 			} else {
 				r.reload("admin API", req.reply)
 			}
+		case <-r.env.upgrade:
+			up.start(ctx)
+		case res := <-up.results:
+			if up.finish(res) {
+				// This pj only drains now.
+				w.stop()
+				ev.stopNotify() // the watchdog, and STOPPING= on SIGTERM: the new process is the service now
+				ev.stopServing(fmt.Errorf("upgraded: pid %d serves every listener", res.h.PID))
+				continue
+			}
 		}
-		// The file's own "watch: true" may have been added or removed.
-		w.set(ctx, r.current.Watch)
+		// The file's own "watch: true" may have been added or removed
+		// (the new process watches it after an upgrade).
+		if up.handedOver == 0 {
+			w.set(ctx, r.current.Watch)
+		}
 	}
 }
 
@@ -388,8 +446,11 @@ type adminListener struct {
 	log        *slog.Logger
 	logDropped func() uint64
 	reload     admin.Reloader
-	cfg        config.Admin
-	running    *admin.Server
+	// socket is the admin listener's socket handed over by an upgrade,
+	// used by the first apply if its address is the configuration's.
+	socket  *os.File
+	cfg     config.Admin
+	running *admin.Server
 }
 
 // apply makes the admin listener match c: started, moved, restarted with
@@ -406,8 +467,10 @@ func (a *adminListener) apply(c config.Admin) error {
 			old.Close() // same address: it must be free before binding again
 			a.running = nil
 		}
+		sock := a.socket
+		a.socket = nil
 		s, err := admin.Listen(c.Listen, a.srv, admin.Options{Token: c.Token, Pprof: c.Pprof, Hosts: c.Hosts, Version: version.Get(), Logger: a.log,
-			LogDropped: a.logDropped, Reload: a.reload})
+			LogDropped: a.logDropped, Reload: a.reload, Socket: sock})
 		if err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -23,6 +24,9 @@ type inherited struct {
 	file  *os.File
 	addr  netip.AddrPort
 	inUse bool
+	// key is set for a socket an upgrading pj handed over: it serves the
+	// listener with that key, and no other.
+	key string
 }
 
 // adoptInherited keeps the TCP listening sockets among files and closes
@@ -97,9 +101,15 @@ func socketTCPAddr(fd int) (netip.AddrPort, error) {
 // whatever its family: systemd's ListenStream=8080 is [::]:8080 and
 // accepts IPv4 too. A host name matches the socket of one of its
 // addresses. Port 0 matches nothing.
-func (s *Server) takeInherited(listen string) *inherited {
+func (s *Server) takeInherited(listen, key string) *inherited {
 	if len(s.inherited) == 0 {
 		return nil
+	}
+	for _, in := range s.inherited {
+		if in.key != "" && !in.inUse && in.key == key {
+			in.inUse = true
+			return in
+		}
 	}
 	host, port, err := config.SplitHostPort(listen)
 	if err != nil || port == 0 {
@@ -120,7 +130,7 @@ func (s *Server) takeInherited(listen string) *inherited {
 		}
 	}
 	for _, in := range s.inherited {
-		if in.inUse || in.addr.Port() != port {
+		if in.inUse || in.key != "" || in.addr.Port() != port {
 			continue
 		}
 		if anyIP && in.addr.Addr().IsUnspecified() || containsAddr(ips, in.addr.Addr()) {
@@ -142,8 +152,8 @@ func containsAddr(ips []netip.Addr, a netip.Addr) bool {
 
 // listen returns a listener for the proxy's listen address: an inherited
 // socket with that address, or a newly bound one.
-func (s *Server) listen(lc *net.ListenConfig, pc config.Proxy) (*net.TCPListener, *inherited, error) {
-	if in := s.takeInherited(pc.Listen); in != nil {
+func (s *Server) listen(lc *net.ListenConfig, pc config.Proxy, key string) (*net.TCPListener, *inherited, error) {
+	if in := s.takeInherited(pc.Listen, key); in != nil {
 		ln, err := net.FileListener(in.file) // a duplicate: pj keeps in.file
 		if err == nil {
 			err = setListenerOptions(ln.(*net.TCPListener))
@@ -177,8 +187,15 @@ func setListenerOptions(ln *net.TCPListener) error {
 // releaseInherited makes the inherited socket of a listener that stops
 // serving available to a later reload.
 func (s *Server) releaseInherited(in *inherited) {
-	if in != nil {
-		in.inUse = false
+	if in == nil {
+		return
+	}
+	in.inUse = false
+	if in.key != "" {
+		// A handed-over socket is not kept for later: unserved, its
+		// clients must be refused, not left waiting.
+		_ = in.file.Close()
+		s.inherited = slices.DeleteFunc(s.inherited, func(x *inherited) bool { return x == in })
 	}
 }
 
@@ -199,7 +216,7 @@ func (s *Server) closeInherited() {
 func (s *Server) logUnusedInherited() {
 	var unused []string
 	for _, in := range s.inherited {
-		if !in.inUse {
+		if !in.inUse && in.key == "" {
 			unused = append(unused, in.addr.String())
 		}
 	}

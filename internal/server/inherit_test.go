@@ -33,15 +33,15 @@ func TestInheritedSocketMatchesItsListenAddress(t *testing.T) {
 		t.Run(tt.listen+" "+tt.socket, func(t *testing.T) {
 			in := &inherited{addr: netip.MustParseAddrPort(tt.socket)}
 			s := &Server{log: slog.New(slog.DiscardHandler), inherited: []*inherited{in}}
-			got := s.takeInherited(tt.listen)
+			got := s.takeInherited(tt.listen, "")
 			if (got != nil) != tt.match {
 				t.Fatalf("takeInherited(%q) with a socket at %s = %v, want a match: %v", tt.listen, tt.socket, got, tt.match)
 			}
-			if tt.match && (!in.inUse || s.takeInherited(tt.listen) != nil) {
+			if tt.match && (!in.inUse || s.takeInherited(tt.listen, "") != nil) {
 				t.Fatal("a socket taken is in use and not taken twice")
 			}
 			s.releaseInherited(got)
-			if tt.match && s.takeInherited(tt.listen) != in {
+			if tt.match && s.takeInherited(tt.listen, "") != in {
 				t.Fatal("a released socket can be taken again")
 			}
 		})

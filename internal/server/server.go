@@ -20,6 +20,7 @@ import (
 	"github.com/pj-proxy/pj/internal/engine"
 	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/udp"
+	"github.com/pj-proxy/pj/internal/upgrade"
 )
 
 // KeepAlive is the TCP keepalive of every client connection (backend
@@ -46,6 +47,10 @@ type Options struct {
 	// is served from it instead of binding; the others bind as usual.
 	// The Server owns the files.
 	Inherited []*os.File
+	// HandedOver are the listening sockets of the pj this one upgrades:
+	// each serves the proxy whose listener has its key. The Server owns
+	// them; those no proxy takes are closed.
+	HandedOver []upgrade.Socket
 }
 
 // Server is a set of bound listeners and the engine serving them.
@@ -60,6 +65,7 @@ type Server struct {
 	cfg       config.Config
 	entries   []*entry // in configuration order
 	inherited []*inherited
+	handedUDP map[string][]int // handed-over UDP sockets not yet taken, by key
 	closed    bool
 
 	reloadsOK, reloadsFailed atomic.Uint64
@@ -85,6 +91,7 @@ func New(cfg config.Config, opt Options) (*Server, error) {
 	}
 	s := &Server{log: log, cfg: cfg}
 	s.adoptInherited(opt.Inherited)
+	s.adoptHandedOver(opt.HandedOver)
 	eng, err := engine.New(engine.Options{Logger: log, Loops: opt.Loops, IDs: &s.ids})
 	if err != nil {
 		s.closeInherited()
@@ -96,9 +103,11 @@ func New(cfg config.Config, opt Options) (*Server, error) {
 	if err != nil {
 		s.closeEngines()
 		s.closeInherited()
+		closeFDs(mapValues(s.handedUDP))
 		return nil, err
 	}
 	s.entries = entries
+	s.closeUnusedHandedOver()
 	s.certificates(false)
 	s.logUnusedInherited()
 	return s, nil

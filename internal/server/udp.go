@@ -58,15 +58,20 @@ func (s *Server) closeBound(b bound) {
 
 // bind binds the listen address of pc.
 func (s *Server) bind(lc *net.ListenConfig, pc config.Proxy) (bound, error) {
+	key := listenerKey(pc)
 	addr, network := config.SplitNetwork(pc.Listen)
 	if network != config.UDP {
 		pc.Listen = addr // without its /tcp
-		ln, in, err := s.listen(lc, pc)
+		ln, in, err := s.listen(lc, pc, key)
 		return bound{tcp: ln, from: in}, err
 	}
 	eng, err := s.udpEngine()
 	if err != nil {
 		return bound{}, err
+	}
+	if fds, ok := s.takeHandedUDP(key); ok {
+		socks, err := udp.Adopt(fds)
+		return bound{udp: socks}, err
 	}
 	socks, err := udp.Bind(context.Background(), addr, eng.Loops())
 	return bound{udp: socks}, err

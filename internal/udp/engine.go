@@ -120,9 +120,8 @@ func (ln *Listener) Dropped() map[string]uint64 { return ln.drops.snapshot() }
 // Listen serves the sockets of s, which the engine now owns: socket i is
 // read by loop i.
 func (e *Engine) Listen(s *Sockets, p *proxy.Proxy) (*Listener, error) {
-	if len(s.fds) != len(e.loops) {
-		s.Close()
-		return nil, fmt.Errorf("serve %s/udp: %d sockets for %d event loops", s.local, len(s.fds), len(e.loops))
+	if len(s.fds) == 0 {
+		return nil, fmt.Errorf("serve %s/udp: no socket", s.local)
 	}
 	ln := &Listener{id: e.nextLn.Add(1), addr: s.local.String() + "/udp"}
 	ln.proxy.Store(p)
@@ -131,8 +130,10 @@ func (e *Engine) Listen(s *Sockets, p *proxy.Proxy) (*Listener, error) {
 	}
 	s.fds = nil
 	var errs []error
-	for i, l := range e.loops {
-		ls := ln.socks[i]
+	// One socket per loop as bound; sockets handed over by a process
+	// with more loops share them (a loop serves any number).
+	for i, ls := range ln.socks {
+		l := e.loops[i%len(e.loops)]
 		if err := l.call(func(l *loop) error { return l.addSocket(ls) }); err != nil {
 			errs = append(errs, err)
 		}
