@@ -12,7 +12,7 @@ func (p *Pools) SetDialer(f func(context.Context, netip.AddrPort, time.Duration)
 }
 
 // Refill looks the pools over at once, as a tick does.
-func (p *Pools) Refill() { p.refill() }
+func (p *Pools) Refill() { p.refill(true) }
 
 // Dialing is how many dials to backend are in flight.
 func (p *Pools) Dialing(backend string) int {

@@ -277,25 +277,31 @@ func (p *Pools) tick() time.Duration {
 	return min(max(p.s.MaxAge/4, 10*time.Millisecond), time.Second)
 }
 
-// keepFilled runs until Stop.
+// keepFilled runs until Stop. A tick looks every warm connection over; a
+// take or a finished dial (a kick) only starts the dials that are missing,
+// so that a take costs the same with a pool of 1000 as with one of 1.
 func (p *Pools) keepFilled() {
 	defer p.wg.Done()
 	t := time.NewTicker(p.tick())
 	defer t.Stop()
+	look := true
 	for {
-		p.refill()
+		p.refill(look)
 		select {
 		case <-p.ctx.Done():
 			return
 		case <-t.C:
+			look = true
 		case <-p.kick:
+			look = false
 		}
 	}
 }
 
 // refill matches the pools with the route's backends, drops what expired
-// or closed, and starts the dials each backend needs, MaxDials at most.
-func (p *Pools) refill() {
+// or closed if look is set, and starts the dials each backend needs,
+// MaxDials at most.
+func (p *Pools) refill(look bool) {
 	backends := p.set.Pool().Backends()
 	now := p.now()
 	oldest := now.Add(-p.s.MaxAge)
@@ -313,16 +319,9 @@ func (p *Pools) refill() {
 			p.pools[b.Address] = bp
 		}
 		bp.backend = b
-		kept := bp.idle[:0]
-		for _, w := range bp.idle {
-			if w.made.After(oldest) && w.alive() {
-				kept = append(kept, w)
-			} else {
-				w.close()
-			}
+		if look {
+			bp.drop(oldest)
 		}
-		clear(bp.idle[len(kept):])
-		bp.idle = kept
 		if !b.Eligible() {
 			// Down, drained or unresolved: it takes no client, so it
 			// keeps no connection either.
@@ -418,6 +417,20 @@ func (p *Pools) open(b *balance.Backend) (idle, error) {
 // most 5s.
 func backoff(n int) time.Duration {
 	return min(100*time.Millisecond<<min(n-1, 6), 5*time.Second)
+}
+
+// drop closes the connections made before oldest or found closed.
+func (bp *pool) drop(oldest time.Time) {
+	kept := bp.idle[:0]
+	for _, w := range bp.idle {
+		if w.made.After(oldest) && w.alive() {
+			kept = append(kept, w)
+		} else {
+			w.close()
+		}
+	}
+	clear(bp.idle[len(kept):])
+	bp.idle = kept
 }
 
 func (bp *pool) closeIdle() {
