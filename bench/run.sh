@@ -11,7 +11,8 @@
 #   TARGETS     subset of: direct pj naive haproxy haproxy-splice nginx socat
 #               the TLS terminators pj-tls naive-tls haproxy-tls nginx-tls, and
 #               the routers by server name pj-sni haproxy-sni nginx-sni
-#   MODES       subset of: up down lat1 latC conn idle (TCP), tlsfull tlsresume
+#   MODES       subset of: up down lat1 latC conn connpaced idle (TCP; connpaced is conn
+#               at CONN_RATE connections/s, not in the default MODES), tlsfull tlsresume
 #               tlsbulk (TLS: run against the TLS terminators only, which run
 #               no other mode), sni (run against direct and the routers by
 #               name only, which run no other mode) and udp-64-1 udp-64-1000
@@ -26,7 +27,16 @@
 #   says so in pj-kernel.log); compare it with pj in up and down; not in the default TARGETS)
 #   (target pj-pool: pj with pool: {size: POOL_SIZE} — warm backend connections; compare
 #   it with pj in the conn mode: TARGETS='pj pj-pool' MODES=conn; not in the default TARGETS)
-#   POOL_SIZE   warm connections pj-pool keeps to the backend     (64)
+#   (targets pj-tls-nopool and pj-tls-pool: pj with backend_tls to a TLS backend, a second
+#   loadgen serving the same protocol inside TLS 1.3, without and with pool: {size: POOL_SIZE};
+#   pj-nopool is pj-pool's file without the pool; compare them with
+#   TARGETS='pj-nopool pj-pool pj-tls-nopool pj-tls-pool' MODES='conn connpaced'; not in the
+#   default TARGETS)
+#   BACKEND_DELAY  if set (e.g. 1ms), those four reach their backend through a delay line
+#               (loadgen delay): every byte BACKEND_DELAY later each way, the first not before
+#               a round trip after the connect; tc netem's job, where it is available (off)
+#   POOL_SIZE   warm connections pj-pool and pj-tls-pool keep to the backend (64)
+#   CONN_RATE   connections per second of the connpaced mode       (100)
 #   IDLE_CONNS  connections the idle mode holds                   (3000)
 #   HAPROXY_SPLICE  haproxy-splice's option: auto (splice-auto) or always
 #               (splice-request + splice-response)                 (auto)
@@ -47,13 +57,15 @@ MODES=${MODES:-up down lat1 latC conn sni idle tlsfull tlsresume tlsbulk udp-64-
 PJ_BIN=${PJ_BIN:-}
 PJ_BIN_B=${PJ_BIN_B:-}
 IDLE_CONNS=${IDLE_CONNS:-3000}
+CONN_RATE=${CONN_RATE:-100}
+BACKEND_DELAY=${BACKEND_DELAY:-}
 POOL_SIZE=${POOL_SIZE:-64}
 HAPROXY_SPLICE=${HAPROXY_SPLICE:-auto}
 TARGET_LIFETIME=${TARGET_LIFETIME:-2h}
 GO=${GO:-go}
 
-all_targets="direct pj pj-b pj-acl pj-pool pj-kernel naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls pj-sni haproxy-sni nginx-sni"
-all_modes="up down lat1 latC conn sni idle tlsfull tlsresume tlsbulk udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat"
+all_targets="direct pj pj-b pj-acl pj-nopool pj-pool pj-tls-nopool pj-tls-pool pj-kernel naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls pj-sni haproxy-sni nginx-sni"
+all_modes="up down lat1 latC conn connpaced sni idle tlsfull tlsresume tlsbulk udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat"
 udp_targets="direct pj pj-b nginx socat" # the targets that proxy UDP
 tls_targets="pj-tls naive-tls haproxy-tls nginx-tls"
 tls_modes="tlsfull tlsresume tlsbulk"
@@ -88,6 +100,8 @@ in_list() { # WORD LIST
 
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS=$REPS: want a whole number >= 1"
 [[ $IDLE_CONNS =~ ^[1-9][0-9]*$ ]] || die "IDLE_CONNS=$IDLE_CONNS: want a whole number >= 1"
+[[ -z $BACKEND_DELAY || $BACKEND_DELAY =~ ^[0-9.]+(us|µs|ms|s)$ ]] || die "BACKEND_DELAY=$BACKEND_DELAY: want a duration (1ms)"
+[[ $CONN_RATE =~ ^[1-9][0-9]*$ ]] || die "CONN_RATE=$CONN_RATE: want a whole number >= 1"
 [[ $POOL_SIZE =~ ^[1-9][0-9]*$ ]] || die "POOL_SIZE=$POOL_SIZE: want a whole number >= 1"
 for t in $TARGETS; do in_list "$t" "$all_targets" || die "TARGETS: unknown target '$t' (known: $all_targets)"; done
 for m in $MODES; do in_list "$m" "$all_modes" || die "MODES: unknown mode '$m' (known: $all_modes)"; done
@@ -154,6 +168,8 @@ declare -A upid=() uport=() # the same for a target's UDP process
 declare -A failed_starts=() start_why=() # target -> failed starts so far, the last reason
 max_failed_starts=2
 backend_pid=""
+tls_backend_pid="" # the TLS backend of pj-tls-nopool and pj-tls-pool, if either runs
+delay_pids=()      # the delay lines, with BACKEND_DELAY
 
 # alive PID: the process exists and is not a zombie (a child of this shell
 # that exited stays a zombie until waited for, and kill -0 still succeeds).
@@ -194,6 +210,8 @@ cleanup() {
 	for t in "${!pid[@]}"; do stop_target "$t"; done
 	for t in "${!upid[@]}"; do stop_udp_target "$t"; done
 	[[ -n $backend_pid ]] && stop_pid "$backend_pid" backend
+	[[ -n $tls_backend_pid ]] && stop_pid "$tls_backend_pid" "TLS backend"
+	for t in "${delay_pids[@]}"; do stop_pid "$t" "delay line"; done
 	rm -rf "$tmp"
 	exit "$rc"
 }
@@ -211,7 +229,7 @@ say "building the load generator"
 loadgen="$tmp/loadgen"
 
 uses_pj=""
-for t in pj pj-acl pj-pool pj-kernel pj-tls pj-sni; do in_list "$t" "$TARGETS" && uses_pj=1; done
+for t in pj pj-acl pj-nopool pj-pool pj-tls-nopool pj-tls-pool pj-kernel pj-tls pj-sni; do in_list "$t" "$TARGETS" && uses_pj=1; done
 if [[ -n $uses_pj ]]; then
 	if [[ -n $PJ_BIN ]]; then
 		[[ -x $PJ_BIN ]] || die "PJ_BIN=$PJ_BIN is not an executable file"
@@ -227,7 +245,7 @@ fi
 {
 	echo "date: $stamp"
 	echo "host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
-	echo "knobs: REPS=$REPS DURATION=$DURATION IDLE_CONNS=$IDLE_CONNS POOL_SIZE=$POOL_SIZE HAPROXY_SPLICE=$HAPROXY_SPLICE TARGETS='$TARGETS' MODES='$MODES' PJ_BIN=${PJ_BIN:-built from the tree}"
+	echo "knobs: REPS=$REPS DURATION=$DURATION IDLE_CONNS=$IDLE_CONNS POOL_SIZE=$POOL_SIZE CONN_RATE=$CONN_RATE BACKEND_DELAY=${BACKEND_DELAY:-off} HAPROXY_SPLICE=$HAPROXY_SPLICE TARGETS='$TARGETS' MODES='$MODES' PJ_BIN=${PJ_BIN:-built from the tree}"
 	echo "open files: $(ulimit -n)"
 	if [[ -n $uses_pj ]]; then
 		if [[ -n $PJ_BIN ]]; then
@@ -292,6 +310,60 @@ write_acl_cfg() {
 # the generator trusts its CA and offers only TLS 1.3 and X25519.
 tlsdir="$tmp/tls"
 "$loadgen" cert -dir "$tlsdir" -name bench.pj.test || die "loadgen cert failed"
+
+# pj-tls-nopool and pj-tls-pool originate TLS (backend_tls) to a second
+# backend: the same protocol inside TLS 1.3, with the same certificate.
+if in_list pj-tls-nopool "$TARGETS" || in_list pj-tls-pool "$TARGETS"; then
+	"$loadgen" serve -listen 127.0.0.1:0 -port-file "$tmp/tls-backend.port" -parent $$ -lifetime "$TARGET_LIFETIME" \
+		-tls-cert "$tlsdir/cert.pem" -tls-key "$tlsdir/key.pem" </dev/null >>"$results/tls-backend.log" 2>&1 &
+	tls_backend_pid=$!
+	for ((i = 0; i < 100; i++)); do
+		[[ -s $tmp/tls-backend.port ]] && break
+		alive "$tls_backend_pid" || die "the TLS backend exited at start-up: $(tail -n 3 "$results/tls-backend.log")"
+		sleep 0.1
+	done
+	[[ -s $tmp/tls-backend.port ]] || die "the TLS backend did not report its port within 10s"
+	tls_backend_port=$(<"$tmp/tls-backend.port")
+	say "TLS backend on 127.0.0.1:$tls_backend_port (PID $tls_backend_pid)"
+fi
+
+# start_delay NAME PORT: a delay line to 127.0.0.1:PORT; sets delay_port.
+start_delay() {
+	rm -f "$tmp/$1.port"
+	"$loadgen" delay -to "127.0.0.1:$2" -delay "$BACKEND_DELAY" -port-file "$tmp/$1.port" -parent $$ \
+		-lifetime "$TARGET_LIFETIME" </dev/null >>"$results/$1.log" 2>&1 &
+	delay_pids+=($!)
+	for ((i = 0; i < 100; i++)); do
+		[[ -s $tmp/$1.port ]] && break
+		alive "$!" || die "the delay line $1 exited at start-up: $(tail -n 3 "$results/$1.log")"
+		sleep 0.1
+	done
+	[[ -s $tmp/$1.port ]] || die "the delay line $1 did not report its port within 10s"
+	delay_port=$(<"$tmp/$1.port")
+}
+
+# The backends of the pool comparison: through delay lines with BACKEND_DELAY.
+pool_backend_port=$backend_port
+pool_tls_backend_port=${tls_backend_port:-}
+if [[ -n $BACKEND_DELAY ]]; then
+	start_delay delay "$backend_port"
+	pool_backend_port=$delay_port
+	if [[ -n $pool_tls_backend_port ]]; then
+		start_delay tls-delay "$tls_backend_port"
+		pool_tls_backend_port=$delay_port
+	fi
+	say "delay lines of $BACKEND_DELAY each way: to the backend on $pool_backend_port${pool_tls_backend_port:+, to the TLS backend on $pool_tls_backend_port}"
+fi
+
+write_pj_backend_tls_cfg() { # FILE TARGET: pj-tls-nopool or pj-tls-pool
+	{
+		echo "proxies:"
+		echo "  - listen: \"127.0.0.1:${port[$2]}\""
+		echo "    backends: [\"127.0.0.1:$pool_tls_backend_port\"]"
+		echo "    backend_tls: { server_name: bench.pj.test, ca: \"$tlsdir/ca.pem\" }"
+		[[ $2 == pj-tls-pool ]] && echo "    pool: { size: $POOL_SIZE, max_age: 30s }"
+	} >"$1"
+}
 
 write_pj_tls_cfg() { # FILE
 	cat >"$1" <<EOF
@@ -512,10 +584,14 @@ start_target() {
 		write_acl_cfg "$tmp/pj-acl.yaml"
 		cmd=("$pj" -c "$tmp/pj-acl.yaml")
 		;;
-	pj-pool)
-		printf 'proxies:\n  - listen: "127.0.0.1:%s"\n    backends: ["127.0.0.1:%s"]\n    pool: { size: %s, max_age: 30s }\n' \
-			"${port[pj-pool]}" "$backend_port" "$POOL_SIZE" >"$tmp/pj-pool.yaml"
-		cmd=("$pj" -c "$tmp/pj-pool.yaml")
+	pj-pool | pj-nopool)
+		printf 'proxies:\n  - listen: "127.0.0.1:%s"\n    backends: ["127.0.0.1:%s"]\n' "${port[$t]}" "$pool_backend_port" >"$tmp/$t.yaml"
+		[[ $t == pj-pool ]] && echo "    pool: { size: $POOL_SIZE, max_age: 30s }" >>"$tmp/$t.yaml"
+		cmd=("$pj" -c "$tmp/$t.yaml")
+		;;
+	pj-tls-nopool | pj-tls-pool)
+		write_pj_backend_tls_cfg "$tmp/$t.yaml" "$t"
+		cmd=("$pj" -c "$tmp/$t.yaml")
 		;;
 	haproxy | haproxy-splice)
 		write_haproxy_cfg "$t" "$tmp/$t.cfg"
@@ -667,7 +743,7 @@ run_one() { # REP MODE TARGET
 	fi
 	out=$(timeout 300 "$loadgen" run -mode "$mode" -target "$t" -rep "$rep" \
 		-addr "127.0.0.1:$p" -pids "$pids" -backend-pid "$backend_pid" \
-		-duration "$DURATION" -idle-conns "$IDLE_CONNS" -tls-ca "$tlsdir/ca.pem" 2>>"$results/loadgen.log") || rc=$?
+		-duration "$DURATION" -idle-conns "$IDLE_CONNS" -conn-rate "$CONN_RATE" -tls-ca "$tlsdir/ca.pem" 2>>"$results/loadgen.log") || rc=$?
 	if [[ -z $out ]]; then
 		out="{\"target\":\"$t\",\"mode\":\"$mode\",\"rep\":$rep,\"error\":\"loadgen exited with status $rc and no result; see loadgen.log\"}"
 	fi

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,10 +17,10 @@ import (
 	"time"
 )
 
-// Run runs one sub-command: serve, run, wait or ports.
+// Run runs one sub-command: serve, run, wait, ports, cert or delay.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: loadgen serve|run|wait|ports|cert [flags] (see bench/README.md)")
+		return errors.New("usage: loadgen serve|run|wait|ports|cert|delay [flags] (see bench/README.md)")
 	}
 	switch args[0] {
 	case "serve":
@@ -32,8 +33,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdPorts(args[1:], stdout, stderr)
 	case "cert":
 		return cmdCert(args[1:], stderr)
+	case "delay":
+		return cmdDelay(ctx, args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("unknown sub-command %q: want serve, run, wait, ports or cert", args[0])
+	return fmt.Errorf("unknown sub-command %q: want serve, run, wait, ports, cert or delay", args[0])
 }
 
 // newFlags makes a flag set that reports errors instead of exiting.
@@ -55,8 +58,18 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	parent := fs.Int("parent", 0, "exit when this process is no longer our parent (0: do not watch)")
 	more := fs.Int("more", 0, "also serve on this many more ports of the -listen host (a pool of many backends)")
 	moreFile := fs.String("more-file", "", "with -more: write those ports to this file, one a line")
+	tlsCert := fs.String("tls-cert", "", "serve TLS with this certificate (and -tls-key): a TLS backend, without the UDP echo or -more")
+	tlsKey := fs.String("tls-key", "", "the key of -tls-cert")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var tlsCfg *tls.Config
+	if *tlsCert != "" || *tlsKey != "" {
+		pair, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			return fmt.Errorf("backend: -tls-cert and -tls-key: %w", err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13}
 	}
 	if err := loopbackOnly(*listen); err != nil {
 		return err
@@ -88,6 +101,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		go watchParent(ctx, cancel, *parent)
 	}
 	b := &backend{pat: newPattern(), connLife: *connLife}
+	if tlsCfg != nil {
+		// A TLS backend: the same protocol inside TLS, and no UDP.
+		return b.serve(ctx, tls.NewListener(ln, tlsCfg))
+	}
 	if *more > 0 {
 		host, _, _ := net.SplitHostPort(*listen)
 		lns, err := serveMore(ctx, b, host, *more, *moreFile)
@@ -166,7 +183,7 @@ func watchParent(ctx context.Context, cancel context.CancelFunc, parent int) {
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("run", stderr)
 	cfg := &runConfig{}
-	fs.StringVar(&cfg.mode, "mode", "", "up, down, lat1, latC, conn, sni, idle, udp-lat or udp-SIZE-SESSIONS (udp-64-1000)")
+	fs.StringVar(&cfg.mode, "mode", "", "up, down, lat1, latC, conn, connpaced, sni, idle, udp-lat or udp-SIZE-SESSIONS (udp-64-1000)")
 	fs.StringVar(&cfg.target, "target", "", "the target's name, for the result line")
 	fs.IntVar(&cfg.rep, "rep", 1, "repetition number, for the result line")
 	fs.StringVar(&cfg.addr, "addr", "", "the target's listen address (the backend's for direct); loopback only")
@@ -177,6 +194,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.IntVar(&cfg.latConns, "lat-conns", 32, "persistent connections of latC")
 	fs.IntVar(&cfg.msgSize, "msg-size", 64, "message size of lat1, latC and udp-lat, bytes")
 	fs.IntVar(&cfg.connWorkers, "conn-workers", 8, "workers of conn and sni")
+	fs.IntVar(&cfg.connRate, "conn-rate", 100, "connpaced: connection cycles per second, all workers together")
 	fs.IntVar(&cfg.count, "count", 0, "conn: stop after this many cycles (0: run for -duration)")
 	fs.IntVar(&cfg.idleConns, "idle-conns", 3000, "connections held by idle")
 	fs.DurationVar(&cfg.idleHold, "idle-hold", 0, "idle: hold the connections this long before checking they all still echo")
@@ -230,7 +248,7 @@ func prepareRun(cfg *runConfig, pids, procRoot string) error {
 	if cfg.idleHold < 0 || cfg.idleHold > 10*time.Minute {
 		return fmt.Errorf("-idle-hold %s: want 0 to 10m", cfg.idleHold)
 	}
-	for name, v := range map[string]int{"-streams": cfg.streams, "-lat-conns": cfg.latConns, "-conn-workers": cfg.connWorkers, "-idle-conns": cfg.idleConns} {
+	for name, v := range map[string]int{"-streams": cfg.streams, "-lat-conns": cfg.latConns, "-conn-workers": cfg.connWorkers, "-conn-rate": cfg.connRate, "-idle-conns": cfg.idleConns} {
 		if v < 1 || v > 100000 {
 			return fmt.Errorf("%s %d: want 1 to 100000", name, v)
 		}

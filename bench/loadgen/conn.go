@@ -31,6 +31,20 @@ func runConn(ctx context.Context, cfg *runConfig, r *result) error {
 	return runCycles(ctx, cfg, r, connCycle)
 }
 
+// runConnPaced is runConn at a steady pace, cfg.connRate cycles per
+// second over all workers: a load the target sustains, so the times are a
+// connection's own rather than those of a queue at saturation (what a
+// pool of warm connections buys shows here: at saturation every
+// connection still costs the target a backend connection). A cycle's time
+// starts when its turn comes.
+func runConnPaced(ctx context.Context, cfg *runConfig, r *result) error {
+	t := time.NewTicker(time.Second / time.Duration(cfg.connRate))
+	defer t.Stop()
+	cfg.pace = t.C
+	r.set("conn_rate", cfg.connRate)
+	return runCycles(ctx, cfg, r, connCycle)
+}
+
 // runCycles runs cycle in cfg.connWorkers workers as runConn describes,
 // and reports its figures.
 func runCycles(ctx context.Context, cfg *runConfig, r *result, cycle func(context.Context, *runConfig) error) error {
@@ -56,6 +70,13 @@ func runCycles(ctx context.Context, cfg *runConfig, r *result, cycle func(contex
 			for i := 0; i < maxCycles && time.Now().Before(deadline); i++ {
 				if cfg.count > 0 && claimed.Add(1) > int64(cfg.count) {
 					break
+				}
+				if cfg.pace != nil {
+					select {
+					case <-cfg.pace:
+					case <-time.After(time.Until(deadline)):
+						continue // the loop ends: past the deadline
+					}
 				}
 				t0 := time.Now()
 				if err := cycle(ctx, cfg); err != nil {

@@ -37,6 +37,11 @@ type runConfig struct {
 	latConns    int // latC (lat1 uses 1)
 	msgSize     int // lat1, latC
 	connWorkers int // conn
+	// connRate is connpaced's pace: cycles per second, all workers
+	// together.
+	connRate int
+	// pace, if not nil, gives each cycle of runCycles its turn.
+	pace <-chan time.Time
 	// count, when positive, ends conn after that many cycles (the
 	// duration still bounds it).
 	count     int
@@ -104,6 +109,8 @@ func runMode(ctx context.Context, cfg *runConfig, r *result) error {
 		return runLat(ctx, cfg, r, cfg.latConns)
 	case "conn":
 		return runConn(ctx, cfg, r)
+	case "connpaced":
+		return runConnPaced(ctx, cfg, r)
 	case "sni":
 		return runSNI(ctx, cfg, r)
 	case "idle":
@@ -120,7 +127,7 @@ func runMode(ctx context.Context, cfg *runConfig, r *result) error {
 	if size, sessions, ok := udpMode(cfg.mode); ok {
 		return runUDP(ctx, cfg, r, size, sessions)
 	}
-	return fmt.Errorf("unknown mode %q (want up, down, lat1, latC, conn, sni, idle, tlsfull, tlsresume, tlsbulk, udp-lat or udp-SIZE-SESSIONS)", cfg.mode)
+	return fmt.Errorf("unknown mode %q (want up, down, lat1, latC, conn, connpaced, sni, idle, tlsfull, tlsresume, tlsbulk, udp-lat or udp-SIZE-SESSIONS)", cfg.mode)
 }
 
 // sysCPU is CPU time so far, in seconds, beyond the target's own.

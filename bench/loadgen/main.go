@@ -5,6 +5,7 @@
 //	loadgen run -mode MODE -target NAME -addr A ...  one measurement, one JSON line
 //	loadgen wait -addr A -pid N                      until A answers an echo
 //	loadgen ports -n N                               N free loopback ports
+//	loadgen delay -to A -delay D                     a delay line to A: D each way
 package main
 
 import (

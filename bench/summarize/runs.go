@@ -98,7 +98,7 @@ func figuresOf(mode string) []figure {
 		}
 	case "lat1", "latC":
 		return lat
-	case "conn", "sni":
+	case "conn", "connpaced", "sni":
 		return []figure{
 			{"cps", "connections/s", higher},
 			{"p50_us", "p50 µs", lower},
@@ -140,7 +140,7 @@ func figuresOf(mode string) []figure {
 
 // modeOrder is the order modes appear in the table; others follow in the
 // order first seen.
-var modeOrder = []string{"up", "down", "lat1", "latC", "conn", "sni", "idle", "tlsfull", "tlsresume", "tlsbulk",
+var modeOrder = []string{"up", "down", "lat1", "latC", "conn", "connpaced", "sni", "idle", "tlsfull", "tlsresume", "tlsbulk",
 	"udp-64-1", "udp-64-1000", "udp-1400-1", "udp-1400-1000", "udp-lat"}
 
 // orders returns the modes and targets present, modes in modeOrder and
