@@ -75,6 +75,7 @@ func (c *upgradeChild) tookOver(log *slog.Logger, srv *server.Server, listeners 
 		return
 	}
 	systemd.NewNotifier(log).Send(fmt.Sprintf("MAINPID=%d", os.Getpid()))
+	restored := c.restore(log, srv)
 	var (
 		pauses  []time.Duration
 		pending int64 // bytes in flight that moved with them
@@ -101,7 +102,8 @@ func (c *upgradeChild) tookOver(log *slog.Logger, srv *server.Server, listeners 
 	if err := (*upgrade.Child)(c).Ready(upgrade.ReadyTimeout, adopt); err != nil {
 		log.Warn("upgrade: the old process did not confirm it stopped accepting; serving all the same", "error", err.Error())
 	}
-	attrs := []any{"listeners", listeners, "connections", len(pauses), "bytes_in_flight", pending, "protocol_version", c.Version}
+	attrs := []any{"listeners", listeners, "connections", len(pauses), "bytes_in_flight", pending, "backend_states", restored,
+		"protocol_version", c.Version}
 	if len(pauses) > 0 {
 		slices.Sort(pauses)
 		attrs = append(attrs, "pause_p50", percentile(pauses, 50).String(), "pause_p99", percentile(pauses, 99).String(),
@@ -111,6 +113,20 @@ func (c *upgradeChild) tookOver(log *slog.Logger, srv *server.Server, listeners 
 	if lost > 0 {
 		log.Error("upgrade: connections moved here could not be taken over and were closed", "connections", lost, "error", first.Error())
 	}
+}
+
+// restore gives the backends the states (drain, down, unhealthy) they
+// had in the old process; it returns how many it found.
+func (c *upgradeChild) restore(log *slog.Logger, srv *server.Server) int {
+	if len(c.State) == 0 {
+		return 0
+	}
+	var states []server.BackendState
+	if err := json.Unmarshal(c.State, &states); err != nil {
+		log.Warn("upgrade: the old process's backend states are unreadable; backends start healthy", "error", err.Error())
+		return 0
+	}
+	return srv.RestoreBackendStates(states)
 }
 
 // percentile is the p-th percentile of sorted durations.
@@ -180,6 +196,10 @@ func (u *upgrader) start(ctx context.Context) {
 		h, err := upgrade.Start(ctx, upgrade.Options{
 			Exe: u.env.exe, Args: u.env.args, Env: os.Environ(), Stdout: os.Stdout, Stderr: u.stderr,
 			Sockets: u.sockets,
+			State: func() json.RawMessage {
+				b, _ := json.Marshal(u.srv.BackendStates()) // strings and booleans: it cannot fail
+				return b
+			},
 		})
 		u.results <- upgradeResult{h, err}
 	}()

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/engine"
 	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/udp"
@@ -199,4 +200,57 @@ func (s *Server) AdoptConnection(m engine.Moved, fds []int) (time.Duration, erro
 	}
 	closeFDs(fds)
 	return 0, fmt.Errorf("%w: proxy %s has no route %s with backend %s", engine.ErrCannotAdopt, m.Proxy, m.Route, m.Backend)
+}
+
+// BackendState is a backend's state as an upgrade carries it to the new
+// process.
+type BackendState struct {
+	Proxy   string `json:"proxy"`
+	Route   string `json:"route"`
+	Address string `json:"address"`
+	Admin   string `json:"admin"` // up, drain or down: what the operator said
+	Healthy bool   `json:"healthy"`
+}
+
+// BackendStates returns the state of every backend of every proxy.
+func (s *Server) BackendStates() []BackendState {
+	var out []BackendState
+	for _, v := range s.Proxies() {
+		for _, r := range v.Proxy.Routes {
+			for _, b := range r.Pool().Backends() {
+				out = append(out, BackendState{Proxy: v.Proxy.Name, Route: r.Name, Address: b.Address,
+					Admin: b.Admin().String(), Healthy: b.Healthy()})
+			}
+		}
+	}
+	return out
+}
+
+// RestoreBackendStates gives the backends of the same proxy, route and
+// address the states an upgrading pj had for them; it returns how many
+// it found.
+func (s *Server) RestoreBackendStates(states []BackendState) int {
+	type key struct{ proxy, route, address string }
+	byKey := make(map[key]BackendState, len(states))
+	for _, st := range states {
+		byKey[key{st.Proxy, st.Route, st.Address}] = st
+	}
+	n := 0
+	for _, v := range s.Proxies() {
+		for _, r := range v.Proxy.Routes {
+			for _, b := range r.Pool().Backends() {
+				st, ok := byKey[key{v.Proxy.Name, r.Name, b.Address}]
+				if !ok {
+					continue
+				}
+				admin, err := balance.ParseAdminState(st.Admin)
+				if err != nil {
+					continue
+				}
+				b.Restore(admin, st.Healthy)
+				n++
+			}
+		}
+	}
+	return n
 }

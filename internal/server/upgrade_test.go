@@ -1,9 +1,11 @@
 package server_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
 	"github.com/pj-proxy/pj/internal/testutil/pjtest"
@@ -70,5 +72,30 @@ func TestHandOverSockets(t *testing.T) {
 	}
 	if _, err := old.HandOverSockets(); err == nil {
 		t.Fatal("a server that stopped accepting handed its sockets over again")
+	}
+}
+
+// TestBackendStatesCarryOver: what an operator said of a backend (drain)
+// and what the checks concluded (down) reach the new server.
+func TestBackendStatesCarryOver(t *testing.T) {
+	a, b := testutil.StartEcho(t), testutil.StartEcho(t)
+	cfg := cfgOf(100*time.Millisecond, pjtest.Proxy("web", "127.0.0.1:0", a, b))
+	cfg.Proxies[0].HealthCheck.Interval = 0
+	old := pjtest.Start(t, cfg, server.Options{})
+	backends := old.Proxies()[0].Proxy.Backends()
+	backends[0].SetAdmin(balance.AdminDrain)
+	backends[1].Restore(balance.AdminUp, false)
+
+	next := pjtest.Start(t, cfg, server.Options{})
+	if n := next.RestoreBackendStates(old.BackendStates()); n != 2 {
+		t.Fatalf("restored %d backend states, want 2", n)
+	}
+	got := map[string]string{}
+	for _, be := range next.Proxies()[0].Proxy.Backends() {
+		got[be.Address] = be.StateName() + fmt.Sprint(" healthy=", be.Healthy())
+	}
+	want := map[string]string{a: "drain healthy=true", b: "down healthy=false"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("states %v, want %v", got, want)
 	}
 }

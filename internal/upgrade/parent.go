@@ -4,6 +4,7 @@ package upgrade
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,9 @@ type Options struct {
 	// Sockets returns the sockets to hand over, as duplicates that the
 	// upgrade owns and closes once sent.
 	Sockets func() ([]Socket, error)
+	// State, if set, returns what the child is given beside the sockets
+	// (Child.State).
+	State func() json.RawMessage
 	// Timeout is how long the child may take to serve; 0 is ReadyTimeout.
 	Timeout time.Duration
 }
@@ -144,7 +148,11 @@ func Start(ctx context.Context, o Options) (*Handover, error) {
 	if err != nil {
 		return fail(fmt.Errorf("take the listening sockets: %w", err))
 	}
-	err = sendSockets(c, socks)
+	var state json.RawMessage
+	if o.State != nil {
+		state = o.State()
+	}
+	err = sendSockets(c, socks, state)
 	for _, s := range socks {
 		closeAll(s.FDs) // sent (the child has its own), or given up
 	}
@@ -186,14 +194,14 @@ func handshake(c *conn, deadline time.Time) (int, error) {
 
 // sendSockets sends the sockets in messages of at most MaxFDs
 // descriptors; a socket's descriptors never span two messages.
-func sendSockets(c *conn, socks []Socket) error {
+func sendSockets(c *conn, socks []Socket, state json.RawMessage) error {
 	var (
 		batch []Socket
 		fds   []int
 	)
 	flush := func(last bool) error {
-		err := c.send(message{Type: "sockets", Sockets: batch, Last: last}, fds)
-		batch, fds = nil, nil
+		err := c.send(message{Type: "sockets", Sockets: batch, Last: last, State: state}, fds)
+		batch, fds, state = nil, nil, nil // the state goes once
 		return err
 	}
 	for _, s := range socks {
@@ -230,6 +238,8 @@ type Child struct {
 	// Sockets are the listening sockets handed over; the child owns
 	// their descriptors.
 	Sockets []Socket
+	// State is what the parent gave beside them (Options.State).
+	State json.RawMessage
 }
 
 // FromEnv returns the child's end of an upgrade when pj was started by
@@ -281,6 +291,9 @@ func FromEnv() (*Child, error) {
 			closeAll(fds)
 			ch.close()
 			return nil, fmt.Errorf("upgrade: expected the listening sockets, got %q", m.Type)
+		}
+		if len(m.State) > 0 {
+			ch.State = m.State
 		}
 		for _, s := range m.Sockets {
 			if s.Count < 0 || s.Count > len(fds) {

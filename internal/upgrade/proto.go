@@ -81,7 +81,10 @@ type message struct {
 	Error    string   `json:"error,omitempty"`
 	Sockets  []Socket `json:"sockets,omitempty"`
 	Conns    []Conn   `json:"conns,omitempty"`
-	Last     bool     `json:"last,omitempty"`
+	// State is what the parent's server says of itself beside its
+	// sockets (its backends' states), opaque to the protocol.
+	State json.RawMessage `json:"state,omitempty"`
+	Last  bool            `json:"last,omitempty"`
 }
 
 // conn is one end of the socket pair.
