@@ -20,6 +20,7 @@ import (
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/server"
 	tu "github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
@@ -36,7 +37,7 @@ type pj struct {
 
 func start(t *testing.T, opt Options, proxies ...config.Proxy) *pj {
 	t.Helper()
-	srv := pjtest.Start(t, pjtest.Config(proxies...), server.Options{})
+	srv := pjtest.Start(t, pjconf.Config(proxies...), server.Options{})
 	opt.Logger = srv.Log
 	a, err := Listen("127.0.0.1:0", srv, opt)
 	if err != nil {
@@ -150,7 +151,7 @@ func roundTrips(t *testing.T, addr, msg string, n int) {
 
 func TestHealthAndReadiness(t *testing.T) {
 	echo := tu.StartEcho(t)
-	p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
+	p := start(t, Options{}, pjconf.Proxy("web", "127.0.0.1:0", echo))
 	if code, body := p.get(t, "/healthz"); code != 200 || body != "ok\n" {
 		t.Fatalf("/healthz: %d %q", code, body)
 	}
@@ -167,7 +168,7 @@ func TestHealthAndReadiness(t *testing.T) {
 
 func TestProxiesAndMetricsCountExactly(t *testing.T) {
 	echo := tu.StartEcho(t)
-	p := start(t, Options{Version: "v9.9.9"}, pjtest.Proxy("web", "127.0.0.1:0", echo))
+	p := start(t, Options{Version: "v9.9.9"}, pjconf.Proxy("web", "127.0.0.1:0", echo))
 	addr := p.proxies(t).Proxies[0].Listen
 	roundTrips(t, addr, "12345", 3)
 
@@ -238,9 +239,9 @@ func TestProxiesAndMetricsCountExactly(t *testing.T) {
 // of clients; one without has no such series.
 func TestClientTableMetrics(t *testing.T) {
 	echo := tu.StartEcho(t)
-	limited := pjtest.Proxy("limited", "127.0.0.1:0", echo)
+	limited := pjconf.Proxy("limited", "127.0.0.1:0", echo)
 	limited.MaxConnectionsPerClient = 1
-	p := start(t, Options{}, limited, pjtest.Proxy("open", "127.0.0.1:0", echo))
+	p := start(t, Options{}, limited, pjconf.Proxy("open", "127.0.0.1:0", echo))
 	held := tu.Dial(t, p.srv.Addrs()[0].String())
 	tu.RoundTrip(t, held, "x")
 	refused := tu.Dial(t, p.srv.Addrs()[0].String())
@@ -267,7 +268,7 @@ func TestClientTableMetrics(t *testing.T) {
 
 func TestMetricNamesPassLint(t *testing.T) {
 	echo := tu.StartEcho(t)
-	p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
+	p := start(t, Options{}, pjconf.Proxy("web", "127.0.0.1:0", echo))
 	problems, err := testutil.CollectAndLint(newCollector(p.srv, "test", func() uint64 { return 3 }))
 	if err != nil {
 		t.Fatal(err)
@@ -279,7 +280,7 @@ func TestMetricNamesPassLint(t *testing.T) {
 
 func TestConnectionTableAndKill(t *testing.T) {
 	echo := tu.StartEcho(t)
-	p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
+	p := start(t, Options{}, pjconf.Proxy("web", "127.0.0.1:0", echo))
 	addr := p.proxies(t).Proxies[0].Listen
 	c := tu.Dial(t, addr)
 	if got := tu.RoundTrip(t, c, "0123456789"); got != "0123456789" {
@@ -320,7 +321,7 @@ func TestConnectionTableAndKill(t *testing.T) {
 
 func TestDrainLeavesEstablishedConnectionsAlone(t *testing.T) {
 	a, b := tu.StartEcho(t), tu.StartEcho(t)
-	p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", a, b))
+	p := start(t, Options{}, pjconf.Proxy("web", "127.0.0.1:0", a, b))
 	addr := p.proxies(t).Proxies[0].Listen
 	// Hold one connection to each backend (round-robin: a, then b).
 	held := []net.Conn{tu.Dial(t, addr), tu.Dial(t, addr)}
@@ -372,13 +373,13 @@ func TestDrainLeavesEstablishedConnectionsAlone(t *testing.T) {
 func TestTokenRule(t *testing.T) {
 	echo := tu.StartEcho(t)
 	t.Run("loopback without a token allows changes", func(t *testing.T) {
-		p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
+		p := start(t, Options{}, pjconf.Proxy("web", "127.0.0.1:0", echo))
 		if code, _ := p.do(t, "PUT", "/api/v1/proxies/web/backends/"+echo+"/state", "up", ""); code != 200 {
 			t.Fatalf("PUT: %d", code)
 		}
 	})
 	t.Run("a token is required once set", func(t *testing.T) {
-		p := start(t, Options{Token: "s3cret"}, pjtest.Proxy("web", "127.0.0.1:0", echo))
+		p := start(t, Options{Token: "s3cret"}, pjconf.Proxy("web", "127.0.0.1:0", echo))
 		path := "/api/v1/proxies/web/backends/" + echo + "/state"
 		for token, want := range map[string]int{"": 401, "wrong": 401, "s3cret": 200} {
 			if code, body := p.do(t, "PUT", path, "up", token); code != want {
@@ -396,7 +397,7 @@ func TestTokenRule(t *testing.T) {
 	t.Run("reachable from elsewhere and no token: refused", func(t *testing.T) {
 		// The rule for a non-loopback listener, checked on the handler
 		// itself: tests send no traffic beyond loopback.
-		p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
+		p := start(t, Options{}, pjconf.Proxy("web", "127.0.0.1:0", echo))
 		h := Handler(p.srv, Options{}, false)
 		rec := httptest.NewRecorder()
 		req := httptest.NewRequest("PUT", "/api/v1/proxies/web/backends/"+echo+"/state", strings.NewReader("drain"))
@@ -432,11 +433,11 @@ func TestLoopbackOnly(t *testing.T) {
 
 func TestPprofOnlyWhenAsked(t *testing.T) {
 	echo := tu.StartEcho(t)
-	off := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
+	off := start(t, Options{}, pjconf.Proxy("web", "127.0.0.1:0", echo))
 	if code, _ := off.get(t, "/debug/pprof/"); code != 404 {
 		t.Fatalf("pprof without admin.pprof: %d, want 404", code)
 	}
-	on := start(t, Options{Pprof: true}, pjtest.Proxy("web2", "127.0.0.1:0", echo))
+	on := start(t, Options{Pprof: true}, pjconf.Proxy("web2", "127.0.0.1:0", echo))
 	if code, _ := on.get(t, "/debug/pprof/"); code != 200 {
 		t.Fatalf("pprof with admin.pprof: %d, want 200", code)
 	}
@@ -445,10 +446,10 @@ func TestPprofOnlyWhenAsked(t *testing.T) {
 func TestCountersSurviveReloadAndRemovedSeriesGo(t *testing.T) {
 	echo := tu.StartEcho(t)
 	x, y := tu.ClosedAddr(t), tu.ClosedAddr(t)
-	p := start(t, Options{}, pjtest.Proxy("web", x, echo), pjtest.Proxy("old", y, echo))
+	p := start(t, Options{}, pjconf.Proxy("web", x, echo), pjconf.Proxy("old", y, echo))
 	roundTrips(t, x, "hi", 2)
 	next := config.Default()
-	next.Proxies = []config.Proxy{pjtest.Proxy("web", x, echo)}
+	next.Proxies = []config.Proxy{pjconf.Proxy("web", x, echo)}
 	next.Proxies[0].ConnectTimeout = time.Second // a change, so the proxy is rebuilt
 	if err := next.Validate(); err != nil {
 		t.Fatal(err)
@@ -480,10 +481,10 @@ func TestCountersSurviveReloadAndRemovedSeriesGo(t *testing.T) {
 func TestRoutesInTheAPIAndMetrics(t *testing.T) {
 	ssh, rest := tu.StartEcho(t), tu.StartEcho(t)
 	p := start(t, Options{},
-		pjtest.Routed("edge", "127.0.0.1:0",
-			pjtest.Route("ssh", config.Match{Protocol: "ssh"}, ssh),
-			pjtest.Route("rest", config.Match{}, rest, ssh)),
-		pjtest.Proxy("web", "127.0.0.1:0", rest))
+		pjconf.Routed("edge", "127.0.0.1:0",
+			pjconf.Route("ssh", config.Match{Protocol: "ssh"}, ssh),
+			pjconf.Route("rest", config.Match{}, rest, ssh)),
+		pjconf.Proxy("web", "127.0.0.1:0", rest))
 	addr, web := p.proxies(t).Proxies[0].Listen, p.proxies(t).Proxies[1].Listen
 	roundTrips(t, addr, "SSH-2.0-x\r\n", 2)
 	roundTrips(t, addr, "hello", 1)

@@ -34,6 +34,7 @@ import (
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
@@ -265,10 +266,10 @@ func startPagePJ(t *testing.T) *pagePJ {
 		webBackends: []string{testutil.StartEcho(t), testutil.StartEcho(t)},
 		dbBackends:  []string{testutil.StartEcho(t), testutil.StartEcho(t)},
 	}
-	web := pjtest.Proxy("web", "127.0.0.1:0", pj.webBackends...)
+	web := pjconf.Proxy("web", "127.0.0.1:0", pj.webBackends...)
 	web.Balance = config.WeightedRoundRobin
 	web.Backends[1].Weight = 2
-	db := pjtest.Proxy("db", "127.0.0.1:0", pj.dbBackends...)
+	db := pjconf.Proxy("db", "127.0.0.1:0", pj.dbBackends...)
 	db.Balance = config.LeastConn
 	db.Backends[1].Backup = true
 
@@ -280,16 +281,16 @@ func startPagePJ(t *testing.T) *pagePJ {
 	}
 	dns.SetIPs("cache.test", "127.0.0.1")
 	pj.cacheBackends = []string{net.JoinHostPort("cache.test", port), net.JoinHostPort("gone.test", port)}
-	cache := pjtest.Proxy("cache", "127.0.0.1:0", pj.cacheBackends...)
+	cache := pjconf.Proxy("cache", "127.0.0.1:0", pj.cacheBackends...)
 	cache.Resolver = dns.Addr
 
 	// edge has routes: its backends say which route they serve.
 	pj.edgeBackends = []string{testutil.StartEcho(t), testutil.StartEcho(t)}
-	edge := pjtest.Routed("edge", "127.0.0.1:0",
-		pjtest.Route("ssh", config.Match{Protocol: "ssh"}, pj.edgeBackends[0]),
-		pjtest.Route("rest", config.Match{}, pj.edgeBackends[1]))
+	edge := pjconf.Routed("edge", "127.0.0.1:0",
+		pjconf.Route("ssh", config.Match{Protocol: "ssh"}, pj.edgeBackends[0]),
+		pjconf.Route("rest", config.Match{}, pj.edgeBackends[1]))
 
-	cfg := pjtest.Config(web, db, cache, edge)
+	cfg := pjconf.Config(web, db, cache, edge)
 	cfg.GracePeriod = time.Second
 	srv := pjtest.Start(t, cfg, server.Options{})
 	addrs := srv.Addrs()

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	tu "github.com/pj-proxy/pj/internal/testutil"
-	"github.com/pj-proxy/pj/internal/testutil/pjtest"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 )
 
 // send makes one request to the admin listener with the given Host and
@@ -50,7 +50,7 @@ func (p *pj) port(t *testing.T) string {
 // listener does not know as its own.
 func TestDNSRebindingIsRefused(t *testing.T) {
 	echo := tu.StartEcho(t)
-	p := start(t, Options{Hosts: []string{"pj.example.net"}}, pjtest.Proxy("web", "127.0.0.1:0", echo))
+	p := start(t, Options{Hosts: []string{"pj.example.net"}}, pjconf.Proxy("web", "127.0.0.1:0", echo))
 	port := p.port(t)
 	state := "/api/v1/proxies/web/backends/" + echo + "/state"
 
@@ -94,7 +94,7 @@ func TestDNSRebindingIsRefused(t *testing.T) {
 // address (a form post, or fetch without reading the answer).
 func TestCrossOriginChangesAreRefused(t *testing.T) {
 	echo := tu.StartEcho(t)
-	p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
+	p := start(t, Options{}, pjconf.Proxy("web", "127.0.0.1:0", echo))
 	host := strings.TrimPrefix(p.admin, "http://")
 	state := "/api/v1/proxies/web/backends/" + echo + "/state"
 	tests := []struct {
@@ -141,7 +141,7 @@ func TestCrossOriginChangesAreRefused(t *testing.T) {
 // click meant for the attacker's page would press pj's buttons.
 func TestNothingCanBeFramed(t *testing.T) {
 	echo := tu.StartEcho(t)
-	p := start(t, Options{}, pjtest.Proxy("web", "127.0.0.1:0", echo))
+	p := start(t, Options{}, pjconf.Proxy("web", "127.0.0.1:0", echo))
 	for _, path := range []string{"/", "/index.html", "/app.js", "/api/v1/proxies", "/metrics", "/healthz", "/no-such-page"} {
 		resp, err := http.Get(p.admin + path)
 		if err != nil {

@@ -10,14 +10,14 @@ import (
 
 	"github.com/pj-proxy/pj/internal/config"
 	tu "github.com/pj-proxy/pj/internal/testutil"
-	"github.com/pj-proxy/pj/internal/testutil/pjtest"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 )
 
 func TestTLSConnectionsInTheAPIAndMetrics(t *testing.T) {
 	ca := tu.NewCA(t, "test CA")
 	dir := t.TempDir()
 	cert, key := ca.Issue(t, tu.Leaf{Names: []string{"app.example.com"}})
-	px := pjtest.Proxy("secure", "127.0.0.1:0", tu.StartEcho(t))
+	px := pjconf.Proxy("secure", "127.0.0.1:0", tu.StartEcho(t))
 	px.TLS = &config.TLS{Certificates: []config.Certificate{{
 		Cert: tu.WriteFileIn(t, dir, "app.pem", cert), Key: tu.WriteFileIn(t, dir, "app.key", key)}}}
 	p := start(t, Options{}, px)

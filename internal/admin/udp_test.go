@@ -8,7 +8,7 @@ import (
 	"time"
 
 	tu "github.com/pj-proxy/pj/internal/testutil"
-	"github.com/pj-proxy/pj/internal/testutil/pjtest"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 )
 
 func udpEcho(t *testing.T) string {
@@ -36,7 +36,7 @@ func udpEcho(t *testing.T) string {
 // and can be closed there; its datagrams and the ones refused are counted.
 func TestUDPSessionsMetricsAndKill(t *testing.T) {
 	echo := udpEcho(t)
-	pr := pjtest.Proxy("dns", "127.0.0.1:0/udp", echo)
+	pr := pjconf.Proxy("dns", "127.0.0.1:0/udp", echo)
 	pr.Allow = nil
 	p := start(t, Options{}, pr)
 	listen := p.proxies(t).Proxies[0].Listen

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 )
 
 // rawEcho is a backend made of raw system calls, so that the benchmarks'
@@ -160,8 +161,8 @@ func ptr[T any](p *T) unsafe.Pointer { return unsafe.Pointer(p) }
 func BenchmarkRoutedConnection(b *testing.B) {
 	backend := rawEcho(b)
 	h := routed(b, harnessOpt{logTo: io.Discard, level: "info"}, 5*time.Second,
-		routeTo("other", config.Match{SNI: []string{"other.example.com"}}, "127.0.0.1:1"),
-		routeTo("app", config.Match{SNI: []string{"app.example.com"}}, backend.String()))
+		pjconf.Route("other", config.Match{SNI: []string{"other.example.com"}}, "127.0.0.1:1"),
+		pjconf.Route("app", config.Match{SNI: []string{"app.example.com"}}, backend.String()))
 	hello := clientHello(b, &tls.Config{ServerName: "app.example.com", NextProtos: []string{"h2", "http/1.1"}})
 	sa := sockaddrOf(b, h.addr)
 	buf := make([]byte, len(hello))

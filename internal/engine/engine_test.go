@@ -23,6 +23,7 @@ import (
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 )
 
 func TestMain(m *testing.M) {
@@ -74,14 +75,10 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 	}
 	t.Cleanup(e.Close)
 
-	var cbs []config.Backend
-	for _, b := range backends {
-		cbs = append(cbs, config.Backend{Address: b, Weight: 1})
-	}
 	if o.connect == 0 {
 		o.connect = 5 * time.Second
 	}
-	pc := config.Proxy{Name: "test", Backends: cbs, Settings: config.Default().Defaults}
+	pc := pjconf.Proxy("test", "", backends...)
 	pc.ConnectTimeout, pc.IdleTimeout = o.connect, o.idle
 	pc.Bandwidth.PerConnection = o.bw
 	pc.HalfCloseTimeout = o.half

@@ -23,6 +23,7 @@ import (
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 )
 
 // Routes through the real engine over loopback: real TLS, SSH, HTTP and
@@ -45,14 +46,6 @@ func routed(t testing.TB, o harnessOpt, matchTimeout time.Duration, routes ...co
 		p.Routes = routes
 	}
 	return newHarness(t, o)
-}
-
-func routeTo(name string, m config.Match, backends ...string) config.Route {
-	r := config.Route{Name: name, Match: m}
-	for _, b := range backends {
-		r.Backends = append(r.Backends, config.Backend{Address: b, Weight: 1})
-	}
-	return r
 }
 
 // lineServer is a backend that answers the first line (or chunk) it
@@ -158,9 +151,9 @@ func reframe(t *testing.T, hello []byte, size int) []byte {
 func TestRoutesByServerName(t *testing.T) {
 	cert := testutil.SelfSigned(t, "app.example.com", "*.app.example.com", "www.example.com", "example.com", "other.org")
 	h := routed(t, harnessOpt{}, 5*time.Second,
-		routeTo("app", config.Match{SNI: []string{"app.example.com", "*.app.example.com"}}, tlsLineServer(t, "app", cert.TLS)),
-		routeTo("www", config.Match{SNI: []string{"www.example.com", "Example.COM"}}, tlsLineServer(t, "www", cert.TLS)),
-		routeTo("rest", config.Match{}, tlsLineServer(t, "rest", cert.TLS)),
+		pjconf.Route("app", config.Match{SNI: []string{"app.example.com", "*.app.example.com"}}, tlsLineServer(t, "app", cert.TLS)),
+		pjconf.Route("www", config.Match{SNI: []string{"www.example.com", "Example.COM"}}, tlsLineServer(t, "www", cert.TLS)),
+		pjconf.Route("rest", config.Match{}, tlsLineServer(t, "rest", cert.TLS)),
 	)
 	for i, tc := range []struct {
 		name, route string
@@ -205,8 +198,8 @@ func TestHelloByteByByteOverManyRecords(t *testing.T) {
 		default:
 		}
 	}}, 10*time.Second,
-		routeTo("ssh", config.Match{Protocol: "ssh"}, testutil.ClosedAddr(t)),
-		routeTo("app", config.Match{SNI: []string{"app.example.com"}}, baddr),
+		pjconf.Route("ssh", config.Match{Protocol: "ssh"}, testutil.ClosedAddr(t)),
+		pjconf.Route("app", config.Match{SNI: []string{"app.example.com"}}, baddr),
 	)
 	hello := reframe(t, clientHello(t, &tls.Config{ServerName: "app.example.com"}), 64)
 	if len(hello) < 1500 {
@@ -262,9 +255,9 @@ func TestSSHTLSAndHTTPOnOnePort(t *testing.T) {
 	go func() { _ = srv.Serve(web) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	h := routed(t, harnessOpt{}, 5*time.Second,
-		routeTo("ssh", config.Match{Protocol: "ssh"}, lineServer(t, "ssh")),
-		routeTo("https", config.Match{Protocol: "tls"}, tlsLineServer(t, "https", cert.TLS)),
-		routeTo("http", config.Match{Protocol: "http"}, web.Addr().String()),
+		pjconf.Route("ssh", config.Match{Protocol: "ssh"}, lineServer(t, "ssh")),
+		pjconf.Route("https", config.Match{Protocol: "tls"}, tlsLineServer(t, "https", cert.TLS)),
+		pjconf.Route("http", config.Match{Protocol: "http"}, web.Addr().String()),
 	)
 	t.Run("ssh", func(t *testing.T) {
 		c := testutil.Dial(t, h.addr)
@@ -311,8 +304,8 @@ func TestRealSSHClientIsRouted(t *testing.T) {
 		banner <- line
 	})
 	h := routed(t, harnessOpt{}, 5*time.Second,
-		routeTo("https", config.Match{Protocol: "tls"}, testutil.ClosedAddr(t)),
-		routeTo("ssh", config.Match{Protocol: "ssh"}, ln.Addr().String()),
+		pjconf.Route("https", config.Match{Protocol: "tls"}, testutil.ClosedAddr(t)),
+		pjconf.Route("ssh", config.Match{Protocol: "ssh"}, ln.Addr().String()),
 	)
 	host, port, _ := net.SplitHostPort(h.addr)
 	cmd := exec.CommandContext(t.Context(), ssh, "-F", "/dev/null", "-p", port,
@@ -367,8 +360,8 @@ func TestPostgresBySNIThroughTheEngine(t *testing.T) {
 	db, _ := pgStandIn(t, "db", 'S', cert.TLS)
 	pg, _ := pgStandIn(t, "pg", 'S', cert.TLS)
 	h := routed(t, harnessOpt{}, 5*time.Second,
-		routeTo("db", config.Match{Protocol: "postgres", SNI: []string{"db.example.com"}}, noTLS, db),
-		routeTo("pg", config.Match{Protocol: "postgres"}, pg),
+		pjconf.Route("db", config.Match{Protocol: "postgres", SNI: []string{"db.example.com"}}, noTLS, db),
+		pjconf.Route("pg", config.Match{Protocol: "postgres"}, pg),
 	)
 	// Round robin starts one of the two db clients at the backend that
 	// refuses TLS: it must fail over to the other.
@@ -418,8 +411,8 @@ func TestPsqlThroughTheEngine(t *testing.T) {
 	psql := testutil.LookTool(t, "psql")
 	pg := testutil.StartPostgres(t, testutil.SelfSigned(t, "db.example.com"))
 	h := routed(t, harnessOpt{}, 5*time.Second,
-		routeTo("ssh", config.Match{Protocol: "ssh"}, testutil.ClosedAddr(t)),
-		routeTo("db", config.Match{Protocol: "postgres", SNI: []string{"db.example.com"}}, pg.Addr),
+		pjconf.Route("ssh", config.Match{Protocol: "ssh"}, testutil.ClosedAddr(t)),
+		pjconf.Route("db", config.Match{Protocol: "postgres", SNI: []string{"db.example.com"}}, pg.Addr),
 	)
 	host, port, _ := net.SplitHostPort(h.addr)
 	cmd := exec.CommandContext(t.Context(), psql, "-Atc", "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
@@ -446,9 +439,9 @@ func TestSilentClientGetsTheServerFirstRoute(t *testing.T) {
 		answerLine(c, "smtp")
 	})
 	h := routed(t, harnessOpt{}, 100*time.Millisecond,
-		routeTo("app", config.Match{SNI: []string{"app.example.com"}}, testutil.ClosedAddr(t)),
-		routeTo("office", config.Match{Source: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, testutil.ClosedAddr(t)),
-		routeTo("mail", config.Match{}, smtp.Addr().String()),
+		pjconf.Route("app", config.Match{SNI: []string{"app.example.com"}}, testutil.ClosedAddr(t)),
+		pjconf.Route("office", config.Match{Source: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, testutil.ClosedAddr(t)),
+		pjconf.Route("mail", config.Match{}, smtp.Addr().String()),
 	)
 	c := testutil.Dial(t, h.addr)
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
@@ -475,8 +468,8 @@ func TestSilentClientGetsTheServerFirstRoute(t *testing.T) {
 func TestSourceRouteFirstNeverWaits(t *testing.T) {
 	baddr, conns := backendConns(t)
 	h := routed(t, harnessOpt{}, time.Hour,
-		routeTo("local", config.Match{Source: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, baddr),
-		routeTo("app", config.Match{SNI: []string{"app.example.com"}}, testutil.ClosedAddr(t)),
+		pjconf.Route("local", config.Match{Source: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, baddr),
+		pjconf.Route("app", config.Match{SNI: []string{"app.example.com"}}, testutil.ClosedAddr(t)),
 	)
 	c := testutil.Dial(t, h.addr)
 	backend := accepted(t, conns)
@@ -497,8 +490,8 @@ func TestSourceRouteFirstNeverWaits(t *testing.T) {
 // it asked for, and counted.
 func TestNoRoute(t *testing.T) {
 	h := routed(t, harnessOpt{}, 5*time.Second,
-		routeTo("app", config.Match{SNI: []string{"app.example.com"}}, testutil.ClosedAddr(t)),
-		routeTo("ssh", config.Match{Protocol: "ssh"}, testutil.ClosedAddr(t)),
+		pjconf.Route("app", config.Match{SNI: []string{"app.example.com"}}, testutil.ClosedAddr(t)),
+		pjconf.Route("ssh", config.Match{Protocol: "ssh"}, testutil.ClosedAddr(t)),
 	)
 	c := testutil.Dial(t, h.addr)
 	if _, err := c.Write(clientHello(t, &tls.Config{ServerName: "other.example.com"})); err != nil {
@@ -528,7 +521,7 @@ func TestNoRoute(t *testing.T) {
 func TestPeekedBytesComeFirstAfterTheProxyHeader(t *testing.T) {
 	baddr, conns := backendConns(t)
 	h := routed(t, harnessOpt{change: func(p *config.Proxy) { p.ProxyProtocol = "v1" }}, 5*time.Second,
-		routeTo("http", config.Match{Protocol: "http"}, baddr),
+		pjconf.Route("http", config.Match{Protocol: "http"}, baddr),
 	)
 	c := testutil.Dial(t, h.addr)
 	req := "GET / HTTP/1.1\r\nHost: x\r\n\r\n" + strings.Repeat("b", 40000)
@@ -556,7 +549,7 @@ func TestUntrustedHeaderRefusedWhileChoosing(t *testing.T) {
 	baddr, _ := backendConns(t)
 	h := routed(t, harnessOpt{change: func(p *config.Proxy) {
 		p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: []netip.Prefix{netip.MustParsePrefix("10.9.9.9/32")}}
-	}}, 5*time.Second, routeTo("http", config.Match{Protocol: "http"}, baddr), routeTo("rest", config.Match{}, baddr))
+	}}, 5*time.Second, pjconf.Route("http", config.Match{Protocol: "http"}, baddr), pjconf.Route("rest", config.Match{}, baddr))
 	c := testutil.Dial(t, h.addr)
 	for _, part := range []string{"PRO", "XY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET / HTTP/1.0\r\n\r\n"} {
 		if _, err := io.WriteString(c, part); err != nil && !errors.Is(err, net.ErrClosed) {
@@ -574,7 +567,7 @@ func TestUntrustedHeaderRefusedWhileChoosing(t *testing.T) {
 func TestConnectionsShowTheServerName(t *testing.T) {
 	cert := testutil.SelfSigned(t, "app.example.com")
 	h := routed(t, harnessOpt{}, 5*time.Second,
-		routeTo("app", config.Match{SNI: []string{"app.example.com"}}, tlsLineServer(t, "app", cert.TLS)))
+		pjconf.Route("app", config.Match{SNI: []string{"app.example.com"}}, tlsLineServer(t, "app", cert.TLS)))
 	c := testutil.Dial(t, h.addr)
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	tc := tls.Client(c, &tls.Config{ServerName: "app.example.com", RootCAs: cert.Pool})

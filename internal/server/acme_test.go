@@ -17,6 +17,7 @@ import (
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
@@ -82,12 +83,12 @@ func TestACMEOnARoutedPort(t *testing.T) {
 	x := testutil.ClosedAddr(t)
 	dir, caRoots, mgmt, client := startPebble(t, portOf(t, testutil.ClosedAddr(t)), portOf(t, x), dns.Addr)
 
-	passthrough := pjtest.Route("others", config.Match{SNI: []string{"*.pj.test"}, ALPN: []string{"acme-tls/1"}}, testutil.ClosedAddr(t))
-	app := pjtest.Route("app", config.Match{SNI: []string{domain}}, testutil.StartEcho(t))
-	px := pjtest.Routed("edge", x, passthrough, app)
+	passthrough := pjconf.Route("others", config.Match{SNI: []string{"*.pj.test"}, ALPN: []string{"acme-tls/1"}}, testutil.ClosedAddr(t))
+	app := pjconf.Route("app", config.Match{SNI: []string{domain}}, testutil.StartEcho(t))
+	px := pjconf.Routed("edge", x, passthrough, app)
 	px.Routes[1].TLS = &config.TLS{ACME: &config.ACME{Domains: []string{domain}, Email: "ops@pj.test",
 		Directory: dir, CARoots: caRoots, Storage: filepath.Join(t.TempDir(), "acme")}}
-	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
+	r := pjtest.Start(t, pjconf.Config(px), server.Options{})
 	r.Logs.WaitLines(t, "ACME certificate ready", 1)
 
 	c, err := dialTLS(t, x, domain, pebbleRoots(t, client, mgmt))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
@@ -38,7 +39,7 @@ func startCounted(t *testing.T) *counted {
 // shutdown closes the rest.
 func TestReloadKeepsAPoolAndClosesRemovedBackends(t *testing.T) {
 	a, b := startCounted(t), startCounted(t)
-	p := pjtest.Proxy("db", testutil.ClosedAddr(t), a.addr, b.addr)
+	p := pjconf.Proxy("db", testutil.ClosedAddr(t), a.addr, b.addr)
 	p.Pool.Size = 2
 	p.HealthCheck.Interval = 0
 	srv := pjtest.Start(t, cfgOf(time.Second, p), server.Options{})

@@ -15,6 +15,7 @@ import (
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
@@ -51,7 +52,7 @@ func closedByPJ(t *testing.T, c net.Conn) bool {
 func TestUntrustedHeaderIsRefusedHoweverItIsSplit(t *testing.T) {
 	echo, received := recordingEcho(t)
 	x := testutil.ClosedAddr(t)
-	p := pjtest.Proxy("untrusting", x, echo)
+	p := pjconf.Proxy("untrusting", x, echo)
 	p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("10.0.0.0/8")}
 	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 
@@ -132,7 +133,7 @@ func v2Header(t *testing.T, tlvs []byte, crc bool) []byte {
 func TestProxyV2TLVsAreValidated(t *testing.T) {
 	echo, received := recordingEcho(t)
 	x := testutil.ClosedAddr(t)
-	p := pjtest.Proxy("trusting", x, echo)
+	p := pjconf.Proxy("trusting", x, echo)
 	p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("127.0.0.0/8")}
 	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 

@@ -14,6 +14,7 @@ import (
 	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
@@ -28,7 +29,7 @@ func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
 	a1, a2 := testutil.Identify(t, "a1"), testutil.Identify(t, "a2")
 	echo := testutil.StartEcho(t)
 	x, y, z := testutil.ClosedAddr(t), testutil.ClosedAddr(t), testutil.ClosedAddr(t)
-	r := pjtest.Start(t, cfgOf(time.Minute, pjtest.Proxy("web", x, a1), pjtest.Proxy("legacy", y, echo)), server.Options{})
+	r := pjtest.Start(t, cfgOf(time.Minute, pjconf.Proxy("web", x, a1), pjconf.Proxy("legacy", y, echo)), server.Options{})
 
 	// A long connection through the proxy that will be removed.
 	long := testutil.Dial(t, y)
@@ -59,7 +60,7 @@ func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
 			}
 		})
 	}
-	next := cfgOf(time.Minute, pjtest.Proxy("web", x, a2), pjtest.Proxy("cache", z, echo))
+	next := cfgOf(time.Minute, pjconf.Proxy("web", x, a2), pjconf.Proxy("cache", z, echo))
 	what, err := r.Reload(next)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +75,7 @@ func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
 		if i%2 == 1 {
 			b = a1
 		}
-		if _, err := r.Reload(cfgOf(time.Minute, pjtest.Proxy("web", x, b), pjtest.Proxy("cache", z, echo))); err != nil {
+		if _, err := r.Reload(cfgOf(time.Minute, pjconf.Proxy("web", x, b), pjconf.Proxy("cache", z, echo))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -109,10 +110,10 @@ func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
 
 func TestReloadUnchangedIsANoop(t *testing.T) {
 	x := testutil.ClosedAddr(t)
-	cfg := cfgOf(time.Minute, pjtest.Proxy("web", x, testutil.Identify(t, "a")))
+	cfg := cfgOf(time.Minute, pjconf.Proxy("web", x, testutil.Identify(t, "a")))
 	r := pjtest.Start(t, cfg, server.Options{})
 	before := r.Addrs()
-	again := cfgOf(time.Minute, pjtest.Proxy("web", x, cfg.Proxies[0].Backends[0].Address))
+	again := cfgOf(time.Minute, pjconf.Proxy("web", x, cfg.Proxies[0].Backends[0].Address))
 	what, err := r.Reload(again)
 	if err != nil || what != "no changes" {
 		t.Fatalf("Reload = %q, %v; want no changes", what, err)
@@ -125,11 +126,11 @@ func TestReloadUnchangedIsANoop(t *testing.T) {
 func TestReloadThatCannotBindChangesNothing(t *testing.T) {
 	x, fresh := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
 	busy := testutil.Listen(t, "tcp4").Addr().String()
-	r := pjtest.Start(t, cfgOf(time.Minute, pjtest.Proxy("web", x, testutil.Identify(t, "old"))), server.Options{})
+	r := pjtest.Start(t, cfgOf(time.Minute, pjconf.Proxy("web", x, testutil.Identify(t, "old"))), server.Options{})
 	bad := cfgOf(time.Minute,
-		pjtest.Proxy("web", x, testutil.Identify(t, "new")),
-		pjtest.Proxy("fresh", fresh, testutil.Identify(t, "fresh")),
-		pjtest.Proxy("clash", busy, testutil.Identify(t, "clash")))
+		pjconf.Proxy("web", x, testutil.Identify(t, "new")),
+		pjconf.Proxy("fresh", fresh, testutil.Identify(t, "fresh")),
+		pjconf.Proxy("clash", busy, testutil.Identify(t, "clash")))
 	if _, err := r.Reload(bad); err == nil || !strings.Contains(err.Error(), busy) || !strings.Contains(err.Error(), "nothing changed") {
 		t.Fatalf("Reload = %v; want a failure naming %s", err, busy)
 	}
@@ -150,14 +151,14 @@ func TestReloadThatCannotBindChangesNothing(t *testing.T) {
 func TestRemovedProxyIsCutAfterTheGracePeriod(t *testing.T) {
 	x, y := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
 	echo := testutil.StartEcho(t)
-	r := pjtest.Start(t, cfgOf(50*time.Millisecond, pjtest.Proxy("stays", x, echo), pjtest.Proxy("goes", y, echo)), server.Options{})
+	r := pjtest.Start(t, cfgOf(50*time.Millisecond, pjconf.Proxy("stays", x, echo), pjconf.Proxy("goes", y, echo)), server.Options{})
 	stays, goes := testutil.Dial(t, x), testutil.Dial(t, y)
 	for _, c := range []net.Conn{stays, goes} {
 		if got := testutil.RoundTrip(t, c, "hi"); got != "hi" {
 			t.Fatal(got)
 		}
 	}
-	if _, err := r.Reload(cfgOf(50*time.Millisecond, pjtest.Proxy("stays", x, echo))); err != nil {
+	if _, err := r.Reload(cfgOf(50*time.Millisecond, pjconf.Proxy("stays", x, echo))); err != nil {
 		t.Fatal(err)
 	}
 	_ = goes.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -172,13 +173,13 @@ func TestRemovedProxyIsCutAfterTheGracePeriod(t *testing.T) {
 func TestBackendStateSurvivesReload(t *testing.T) {
 	x := testutil.ClosedAddr(t)
 	a, b := testutil.Identify(t, "a"), testutil.Identify(t, "b")
-	r := pjtest.Start(t, cfgOf(time.Minute, pjtest.Proxy("web", x, a)), server.Options{})
+	r := pjtest.Start(t, cfgOf(time.Minute, pjconf.Proxy("web", x, a)), server.Options{})
 	for range 3 {
 		if _, err := testutil.Ask(x); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := r.Reload(cfgOf(time.Minute, pjtest.Proxy("web", x, a, b))); err != nil {
+	if _, err := r.Reload(cfgOf(time.Minute, pjconf.Proxy("web", x, a, b))); err != nil {
 		t.Fatal(err)
 	}
 	totals := map[string]uint64{}
@@ -205,7 +206,7 @@ func TestReloadDuringADNSOutageKeepsTheLastAddresses(t *testing.T) {
 	for _, name := range []string{"web.pj.test:" + itoa(port), "_web._tcp.pj.test"} {
 		t.Run(name, func(t *testing.T) {
 			x := testutil.ClosedAddr(t)
-			p := pjtest.Proxy("web", x, name)
+			p := pjconf.Proxy("web", x, name)
 			p.Resolver = dns.Addr
 			p.HealthCheck.Interval = 0
 			r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
@@ -240,9 +241,9 @@ func TestReloadOfTheLogLevelTouchesNoPool(t *testing.T) {
 	testutil.Serve(t, ln, func(c net.Conn) { _, _ = io.WriteString(c, "web") })
 	dns.SetIPs("web.pj.test", "127.0.0.1")
 	x, y := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
-	p := pjtest.Proxy("web", x, "web.pj.test:"+itoa(ln.Addr().(*net.TCPAddr).Port))
+	p := pjconf.Proxy("web", x, "web.pj.test:"+itoa(ln.Addr().(*net.TCPAddr).Port))
 	p.Resolver = dns.Addr
-	other := pjtest.Proxy("other", y, ln.Addr().String())
+	other := pjconf.Proxy("other", y, ln.Addr().String())
 	cfg := cfgOf(time.Minute, p, other)
 	r := pjtest.Start(t, cfg, server.Options{})
 	before := map[string]*proxy.Proxy{}
@@ -299,9 +300,9 @@ func sendAndAsk(t *testing.T, addr, msg string) string {
 func TestReloadOfRoutesKeepsTheStateOfRoutesThatStay(t *testing.T) {
 	x := testutil.ClosedAddr(t)
 	ssh, rest, web := testutil.StartEcho(t), testutil.StartEcho(t), testutil.StartEcho(t)
-	before := pjtest.Routed("edge", x,
-		pjtest.Route("ssh", config.Match{Protocol: "ssh"}, ssh),
-		pjtest.Route("rest", config.Match{}, rest))
+	before := pjconf.Routed("edge", x,
+		pjconf.Route("ssh", config.Match{Protocol: "ssh"}, ssh),
+		pjconf.Route("rest", config.Match{}, rest))
 	r := pjtest.Start(t, cfgOf(time.Minute, before), server.Options{})
 	if got := sendAndAsk(t, x, "SSH-2.0-x\r\n"); got != "SSH-2.0-x\r\n" {
 		t.Fatalf("through route ssh: %q", got)
@@ -309,10 +310,10 @@ func TestReloadOfRoutesKeepsTheStateOfRoutesThatStay(t *testing.T) {
 	if err := r.SetBackendState("edge", ssh, balance.AdminDrain); err != nil {
 		t.Fatal(err)
 	}
-	after := pjtest.Routed("edge", x,
-		pjtest.Route("ssh", config.Match{Protocol: "ssh"}, ssh),
-		pjtest.Route("web", config.Match{Protocol: "http"}, web),
-		pjtest.Route("rest", config.Match{}, rest))
+	after := pjconf.Routed("edge", x,
+		pjconf.Route("ssh", config.Match{Protocol: "ssh"}, ssh),
+		pjconf.Route("web", config.Match{Protocol: "http"}, web),
+		pjconf.Route("rest", config.Match{}, rest))
 	what, err := r.Reload(cfgOf(time.Minute, after))
 	if err != nil || !strings.Contains(what, "edge: routes changed") {
 		t.Fatalf("reload: %q, %v", what, err)

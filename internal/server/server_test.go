@@ -14,6 +14,7 @@ import (
 
 	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
@@ -30,7 +31,7 @@ func TestAcceptedAndDialledSocketsKeepAlive(t *testing.T) {
 		backendSide <- c
 		_, _ = io.Copy(io.Discard, c)
 	})
-	s := pjtest.Start(t, pjtest.Config(pjtest.Proxy("", "127.0.0.1:0", ln.Addr().String())), server.Options{})
+	s := pjtest.Start(t, pjconf.Config(pjconf.Proxy("", "127.0.0.1:0", ln.Addr().String())), server.Options{})
 	c := testutil.Dial(t, s.Addrs()[0].String())
 	<-backendSide
 	found := 0

@@ -13,6 +13,7 @@ import (
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
@@ -52,9 +53,9 @@ func TestTLSTerminatesAndChoosesTheCertificateByName(t *testing.T) {
 	app, db := p.cert(t, "app", "app.example.com"), p.cert(t, "db", "db.example.com", "*.db.example.com")
 	backend, _ := countingEcho(t)
 	x := testutil.ClosedAddr(t)
-	px := pjtest.Proxy("edge", x, backend)
+	px := pjconf.Proxy("edge", x, backend)
 	px.TLS = &config.TLS{Certificates: []config.Certificate{app, db}}
-	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
+	r := pjtest.Start(t, pjconf.Config(px), server.Options{})
 
 	for _, tc := range []struct{ ask, want string }{
 		{"app.example.com", "app.example.com"},
@@ -99,9 +100,9 @@ func TestTLSRequiresClientCertificates(t *testing.T) {
 	p := newPKI(t)
 	backend, reached := countingEcho(t)
 	x := testutil.ClosedAddr(t)
-	px := pjtest.Proxy("mtls", x, backend)
+	px := pjconf.Proxy("mtls", x, backend)
 	px.TLS = &config.TLS{Certificates: []config.Certificate{p.cert(t, "app", "app.example.com")}, ClientCA: p.caFile(t)}
-	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
+	r := pjtest.Start(t, pjconf.Config(px), server.Options{})
 
 	t.Run("with a certificate", func(t *testing.T) {
 		c, err := dialTLS(t, x, "app.example.com", p.ca.Pool(), p.ca.KeyPair(t, testutil.Leaf{Client: true}))
@@ -137,10 +138,10 @@ func TestTLSCutsASilentClientAtTheHandshakeTimeout(t *testing.T) {
 	p := newPKI(t)
 	backend, reached := countingEcho(t)
 	x := testutil.ClosedAddr(t)
-	px := pjtest.Proxy("silent", x, backend)
+	px := pjconf.Proxy("silent", x, backend)
 	px.ConnectTimeout = 300 * time.Millisecond
 	px.TLS = &config.TLS{Certificates: []config.Certificate{p.cert(t, "app", "app.example.com")}}
-	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
+	r := pjtest.Start(t, pjconf.Config(px), server.Options{})
 
 	c := testutil.Dial(t, x)
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -186,13 +187,13 @@ func TestTLSOriginatesToBackends(t *testing.T) {
 	backend, handshakes := tlsEcho(t, p.ca, p.ca, "backend.test")
 	cc, ck := p.ca.Issue(t, testutil.Leaf{Client: true})
 	good, wrongCA := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
-	pg := pjtest.Proxy("good", good, backend)
+	pg := pjconf.Proxy("good", good, backend)
 	pg.BackendTLS = &config.BackendTLS{ServerName: "backend.test", CA: p.caFile(t),
 		Cert: testutil.WriteFileIn(t, p.dir, "client.pem", cc), Key: testutil.WriteFileIn(t, p.dir, "client.key", ck)}
-	pw := pjtest.Proxy("wrong-ca", wrongCA, backend)
+	pw := pjconf.Proxy("wrong-ca", wrongCA, backend)
 	pw.BackendTLS = &config.BackendTLS{ServerName: "backend.test",
 		CA: testutil.WriteFileIn(t, p.dir, "other.pem", other.PEM)}
-	r := pjtest.Start(t, pjtest.Config(pg, pw), server.Options{})
+	r := pjtest.Start(t, pjconf.Config(pg, pw), server.Options{})
 
 	t.Run("verified", func(t *testing.T) {
 		c := testutil.Dial(t, good)
@@ -220,10 +221,10 @@ func TestTLSReencrypts(t *testing.T) {
 	backendCA := testutil.NewCA(t, "backend CA")
 	backend, handshakes := tlsEcho(t, backendCA, nil, "backend.test")
 	x := testutil.ClosedAddr(t)
-	px := pjtest.Proxy("re", x, backend)
+	px := pjconf.Proxy("re", x, backend)
 	px.TLS = &config.TLS{Certificates: []config.Certificate{p.cert(t, "app", "app.example.com")}}
 	px.BackendTLS = &config.BackendTLS{ServerName: "backend.test", CA: testutil.WriteFileIn(t, p.dir, "backend-ca.pem", backendCA.PEM)}
-	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
+	r := pjtest.Start(t, pjconf.Config(px), server.Options{})
 
 	c, err := dialTLS(t, x, "app.example.com", p.ca.Pool())
 	if err != nil {
@@ -245,11 +246,11 @@ func TestTLSPassthroughRouteBesideATerminatingRoute(t *testing.T) {
 	plain, _ := countingEcho(t)
 	db, dbHandshakes := tlsEcho(t, dbCA, nil, "db.example.com")
 	x := testutil.ClosedAddr(t)
-	app := pjtest.Route("app", config.Match{SNI: []string{"app.example.com"}}, plain)
-	pass := pjtest.Route("db", config.Match{SNI: []string{"db.example.com"}}, db)
-	px := pjtest.Routed("edge", x, app, pass)
+	app := pjconf.Route("app", config.Match{SNI: []string{"app.example.com"}}, plain)
+	pass := pjconf.Route("db", config.Match{SNI: []string{"db.example.com"}}, db)
+	px := pjconf.Routed("edge", x, app, pass)
 	px.Routes[0].TLS = &config.TLS{Certificates: []config.Certificate{p.cert(t, "app", "app.example.com")}}
-	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
+	r := pjtest.Start(t, pjconf.Config(px), server.Options{})
 
 	t.Run("terminated", func(t *testing.T) {
 		c, err := dialTLS(t, x, "app.example.com", p.ca.Pool())
@@ -303,9 +304,9 @@ func TestTLSCertificatesReload(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			x := testutil.ClosedAddr(t)
-			px := pjtest.Proxy("app", x, backend)
+			px := pjconf.Proxy("app", x, backend)
 			px.TLS = &config.TLS{Certificates: []config.Certificate{first}}
-			cfg := pjtest.Config(px)
+			cfg := pjconf.Config(px)
 			cfg.Watch = watch
 			r := pjtest.Start(t, cfg, server.Options{})
 			before := serial(t, x)
@@ -349,9 +350,9 @@ func TestTLSConnectionsAreCutWhenTheGracePeriodEnds(t *testing.T) {
 	p := newPKI(t)
 	backend, _ := countingEcho(t)
 	x := testutil.ClosedAddr(t)
-	px := pjtest.Proxy("app", x, backend)
+	px := pjconf.Proxy("app", x, backend)
 	px.TLS = &config.TLS{Certificates: []config.Certificate{p.cert(t, "app", "app.example.com")}}
-	cfg := pjtest.Config(px)
+	cfg := pjconf.Config(px)
 	cfg.GracePeriod = 200 * time.Millisecond
 	r := pjtest.Start(t, cfg, server.Options{})
 	c, err := dialTLS(t, x, "app.example.com", p.ca.Pool())
@@ -383,10 +384,10 @@ func TestTLSHalfCloseTimeout(t *testing.T) {
 	p := newPKI(t)
 	ln := testutil.Listen(t, "tcp4")
 	x := testutil.ClosedAddr(t)
-	px := pjtest.Proxy("edge", x, ln.Addr().String())
+	px := pjconf.Proxy("edge", x, ln.Addr().String())
 	px.TLS = &config.TLS{Certificates: []config.Certificate{p.cert(t, "app", "app.example.com")}}
 	px.HalfCloseTimeout = 300 * time.Millisecond
-	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
+	r := pjtest.Start(t, pjconf.Config(px), server.Options{})
 
 	c, err := dialTLS(t, x, "app.example.com", p.ca.Pool())
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
@@ -38,7 +39,7 @@ func udpEcho(t *testing.T, prefix string) string {
 }
 
 func udpProxy(name, listen string, idle time.Duration, backends ...string) config.Proxy {
-	p := pjtest.Proxy(name, listen, backends...)
+	p := pjconf.Proxy(name, listen, backends...)
 	p.IdleTimeout = idle
 	p.HealthCheck.Interval = 0
 	return p
@@ -77,7 +78,7 @@ func (u *udpClient) ask(addr net.Addr, msg string, wait time.Duration) string {
 func TestUDPProxyServesAndLists(t *testing.T) {
 	echo := udpEcho(t, "")
 	tcpEcho := testutil.StartEcho(t)
-	r := pjtest.Start(t, cfgOf(100*time.Millisecond, udpProxy("dns", "127.0.0.1:0/udp", time.Minute, echo), pjtest.Proxy("web", "127.0.0.1:0", tcpEcho)), server.Options{Loops: 2})
+	r := pjtest.Start(t, cfgOf(100*time.Millisecond, udpProxy("dns", "127.0.0.1:0/udp", time.Minute, echo), pjconf.Proxy("web", "127.0.0.1:0", tcpEcho)), server.Options{Loops: 2})
 	addr := r.Addrs()[0]
 	c := newUDPClient(t)
 	if got := c.ask(addr, "hello", 5*time.Second); got != "hello" {
@@ -146,13 +147,13 @@ func TestUDPReloadKeepsSocketAndSessions(t *testing.T) {
 func TestUDPRemovedProxyDrains(t *testing.T) {
 	a := udpEcho(t, "")
 	web := testutil.StartEcho(t)
-	r := pjtest.Start(t, cfgOf(time.Minute, udpProxy("dns", "127.0.0.1:0/udp", 400*time.Millisecond, a), pjtest.Proxy("web", "127.0.0.1:0", web)), server.Options{Loops: 2})
+	r := pjtest.Start(t, cfgOf(time.Minute, udpProxy("dns", "127.0.0.1:0/udp", 400*time.Millisecond, a), pjconf.Proxy("web", "127.0.0.1:0", web)), server.Options{Loops: 2})
 	addr := r.Addrs()[0]
 	old := newUDPClient(t)
 	if got := old.ask(addr, "1", 5*time.Second); got != "1" {
 		t.Fatal(got)
 	}
-	if _, err := r.Reload(cfgOf(time.Minute, pjtest.Proxy("web", "127.0.0.1:0", web))); err != nil {
+	if _, err := r.Reload(cfgOf(time.Minute, pjconf.Proxy("web", "127.0.0.1:0", web))); err != nil {
 		t.Fatal(err)
 	}
 	if got := old.ask(addr, "2", 5*time.Second); got != "2" {
@@ -205,7 +206,7 @@ func TestTCPAndUDPOnOnePort(t *testing.T) {
 	tcpEcho, udpBackend := testutil.StartEcho(t), udpEcho(t, "udp:")
 	port := netip.MustParseAddrPort(testutil.ClosedAddr(t)).Port()
 	at := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String()
-	r := pjtest.Start(t, cfgOf(100*time.Millisecond, pjtest.Proxy(at, at, tcpEcho), udpProxy(at+"/udp", at+"/udp", time.Minute, udpBackend)), server.Options{Loops: 2})
+	r := pjtest.Start(t, cfgOf(100*time.Millisecond, pjconf.Proxy(at, at, tcpEcho), udpProxy(at+"/udp", at+"/udp", time.Minute, udpBackend)), server.Options{Loops: 2})
 	if got := newUDPClient(t).ask(net.UDPAddrFromAddrPort(netip.MustParseAddrPort(at)), "q", 5*time.Second); got != "udp:q" {
 		t.Fatalf("UDP: %q", got)
 	}

@@ -13,9 +13,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 )
 
 // TestSendRunKeepsBoundaries drives the send path to a backend directly:
@@ -185,8 +185,7 @@ func TestRepliesMerged(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { closeFD(bfd) })
-	p, err := proxy.Build(context.Background(), config.Proxy{Name: "t", Backends: []config.Backend{{Address: backend.LocalAddr().String(), Weight: 1}},
-		Settings: config.Default().Defaults}, nil, nil)
+	p, err := proxy.Build(context.Background(), pjconf.Proxy("t", "", backend.LocalAddr().String()), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

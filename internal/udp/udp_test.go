@@ -18,10 +18,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pj-proxy/pj/internal/admission"
-	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -144,11 +144,7 @@ func newHarness(t testing.TB, o opts, backends ...string) *harness {
 
 func buildProxy(t testing.TB, o opts, backends ...string) *proxy.Proxy {
 	t.Helper()
-	var cbs []config.Backend
-	for _, b := range backends {
-		cbs = append(cbs, config.Backend{Address: b, Weight: 1})
-	}
-	pc := config.Proxy{Name: "dns", Backends: cbs, Settings: config.Default().Defaults}
+	pc := pjconf.Proxy("dns", "", backends...)
 	pc.IdleTimeout = o.idle
 	if pc.IdleTimeout == 0 {
 		pc.IdleTimeout = 30 * time.Second

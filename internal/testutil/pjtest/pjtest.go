@@ -1,6 +1,6 @@
-// Package pjtest runs pj's server in-process for tests: one way to build a
-// proxy and one way to serve a configuration, for every package whose
-// tests need a running pj.
+// Package pjtest runs pj's server in-process for tests: one way to serve
+// a configuration (built with pjconf), for every package whose tests need
+// a running pj.
 package pjtest
 
 import (
@@ -12,46 +12,17 @@ import (
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 )
 
-// Proxy is a proxy named name ("" names it after its address) listening on
-// listen and relaying to backends (weight 1 each), with the built-in
-// settings.
-func Proxy(name, listen string, backends ...string) config.Proxy {
-	p := config.Proxy{Name: name, Listen: listen, Settings: config.Default().Defaults}
-	for _, b := range backends {
-		p.Backends = append(p.Backends, config.Backend{Address: b, Weight: 1})
-	}
-	return p
-}
-
-// Routed is a proxy named name listening on listen whose connections go
-// to routes, with the built-in settings: each route's are the proxy's.
-func Routed(name, listen string, routes ...config.Route) config.Proxy {
-	p := config.Proxy{Name: name, Listen: listen, Settings: config.Default().Defaults}
-	for _, r := range routes {
-		r.Settings = p.Settings
-		p.Routes = append(p.Routes, r)
-	}
-	return p
-}
-
-// Route is a route named name that takes what m matches to backends
-// (weight 1 each).
-func Route(name string, m config.Match, backends ...string) config.Route {
-	r := config.Route{Name: name, Match: m}
-	for _, b := range backends {
-		r.Backends = append(r.Backends, config.Backend{Address: b, Weight: 1})
-	}
-	return r
-}
-
-// Config is the built-in configuration with proxies.
-func Config(proxies ...config.Proxy) config.Config {
-	c := config.Default()
-	c.Proxies = proxies
-	return c
-}
+// The configuration builders, under this package's name too, so that a
+// test that serves pj needs one import.
+var (
+	Proxy  = pjconf.Proxy
+	Routed = pjconf.Routed
+	Route  = pjconf.Route
+	Config = pjconf.Config
+)
 
 // Server is a pj server serving in-process.
 type Server struct {
