@@ -88,7 +88,7 @@ func (l *loop) admit(c *conn) {
 
 // refuse closes c at once: nothing was sent to it, no backend contacted.
 func (l *loop) refuse(c *conn, err error) {
-	c.closedBy = sidePJ
+	c.closedBy = observe.SidePJ
 	l.close(c, statusOf(err), err)
 }
 
@@ -106,7 +106,7 @@ func (l *loop) readHeader(c *conn) {
 	case e == unix.EAGAIN || e == unix.EINTR:
 		return // more will come: edge-triggered epoll reports it
 	case e != 0:
-		l.abort(c, sideError(sideClient, e))
+		l.abort(c, sideError(observe.SideClient, e))
 		return
 	case n == 0:
 		l.refuse(c, fmt.Errorf("%w: the peer closed before sending one", errNoHeader))
@@ -121,7 +121,7 @@ func (l *loop) readHeader(c *conn) {
 		return // incomplete: wait for the rest
 	}
 	if got, err := sysRead(int(c.cfd), buf[:size]); err != nil || got != size {
-		l.abort(c, sideError(sideClient, fmt.Errorf("consume the PROXY header: %d bytes, %v", got, err)))
+		l.abort(c, sideError(observe.SideClient, fmt.Errorf("consume the PROXY header: %d bytes, %v", got, err)))
 		return
 	}
 	if h.Command.IsProxy() {

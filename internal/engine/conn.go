@@ -40,28 +40,6 @@ const (
 	bHup
 )
 
-// side names who ended a connection, for closed_by.
-type side uint8
-
-const (
-	sideNone side = iota
-	sideClient
-	sideBackend
-	sidePJ
-)
-
-func (s side) String() string {
-	switch s {
-	case sideClient:
-		return "client"
-	case sideBackend:
-		return "backend"
-	case sidePJ:
-		return "pj"
-	}
-	return ""
-}
-
 // conn is one client connection. It is small on purpose: an idle
 // connection costs this struct and its two sockets, nothing else.
 type conn struct {
@@ -72,7 +50,7 @@ type conn struct {
 	ready    uint8
 	queued   bool // in the loop's pending list
 	spliced  bool // some bytes moved with splice(2)
-	closedBy side
+	closedBy observe.Side
 
 	ln       *Listener
 	proxy    *proxy.Proxy
@@ -116,7 +94,7 @@ func (l *loop) openConn(fd int, ln *Listener, p *proxy.Proxy, client netip.AddrP
 	l.link(c)
 	if err := l.register(fd, c.gen); err != nil {
 		// Not in the table yet: close's bookkeeping applies all the same.
-		c.closedBy = sidePJ
+		c.closedBy = observe.SidePJ
 		l.close(c, observe.StatusError, err)
 		return
 	}
@@ -367,7 +345,7 @@ func (l *loop) handle(c *conn, fd int, events uint32) {
 	}
 	if c.state == stateHeader {
 		if events&unix.EPOLLERR != 0 {
-			l.abort(c, sideError(sideClient, evloop.SocketError(fd)))
+			l.abort(c, sideError(observe.SideClient, evloop.SocketError(fd)))
 			return
 		}
 		l.readHeader(c)
@@ -375,7 +353,7 @@ func (l *loop) handle(c *conn, fd int, events uint32) {
 	}
 	if c.state == statePeek {
 		if events&unix.EPOLLERR != 0 {
-			l.abort(c, sideError(sideClient, evloop.SocketError(fd)))
+			l.abort(c, sideError(observe.SideClient, evloop.SocketError(fd)))
 			return
 		}
 		l.peekRead(c)
@@ -389,7 +367,7 @@ func (l *loop) handle(c *conn, fd int, events uint32) {
 			l.connectEvent(c, events)
 		case events&unix.EPOLLERR != 0:
 			// The client gave up (reset) before a backend answered.
-			l.abort(c, sideError(sideClient, evloop.SocketError(fd)))
+			l.abort(c, sideError(observe.SideClient, evloop.SocketError(fd)))
 		}
 		return
 	}
@@ -456,7 +434,7 @@ func (l *loop) timerFired(c *conn) {
 		}
 		if half := int64(c.route.HalfCloseTimeout); half > 0 && c.halfAt > 0 && l.now-max(c.lastActive, c.halfAt) >= half {
 			l.abort(c, fmt.Errorf("%w: the %s sent nothing for %s after the %s finished",
-				ErrHalfCloseTimeout, c.openSide(), c.route.HalfCloseTimeout, c.openSide().other()))
+				ErrHalfCloseTimeout, c.openSide(), c.route.HalfCloseTimeout, c.openSide().Other()))
 			return
 		}
 		l.armRelay(c)
@@ -486,18 +464,11 @@ func (l *loop) armRelay(c *conn) {
 }
 
 // openSide names the side whose direction is still open.
-func (c *conn) openSide() side {
+func (c *conn) openSide() observe.Side {
 	if c.up.done {
-		return sideBackend
+		return observe.SideBackend
 	}
-	return sideClient
-}
-
-func (s side) other() side {
-	if s == sideClient {
-		return sideBackend
-	}
-	return sideClient
+	return observe.SideClient
 }
 
 // abort ends a connection before both directions finished.
@@ -506,12 +477,12 @@ func (l *loop) abort(c *conn, err error) {
 		return
 	}
 	status := statusOf(err)
-	var se *sideErr
-	if errors.As(err, &se) && c.closedBy == sideNone {
-		c.closedBy = se.side
+	var se *observe.SideError
+	if errors.As(err, &se) && c.closedBy == observe.SideNone {
+		c.closedBy = se.Side
 	}
-	if c.closedBy == sideNone {
-		c.closedBy = sidePJ
+	if c.closedBy == observe.SideNone {
+		c.closedBy = observe.SidePJ
 	}
 	if status == observe.StatusReset && IsReset(err) || l.inFlight(c) {
 		// Pass a reset on as a reset; and cut with a reset whenever
@@ -614,7 +585,7 @@ func (l *loop) logConn(c *conn, status observe.Status, err error) {
 		rec.Connect = time.Duration(c.connectDur)
 	}
 	if rec.ClosedBy == "" {
-		rec.ClosedBy = sidePJ.String() // it never got as far as a side ending
+		rec.ClosedBy = observe.SidePJ.String() // it never got as far as a side ending
 	}
 	if c.spliced {
 		rec.Relay = modeSplice
@@ -651,21 +622,12 @@ func (l *loop) recoverConn(c *conn) {
 	}
 }
 
-// sideErr is an error on one socket of a connection.
-type sideErr struct {
-	side side
-	err  error
-}
-
-func sideError(s side, err error) error {
+func sideError(s observe.Side, err error) error {
 	if err == nil {
 		err = unix.ECONNRESET
 	}
-	return &sideErr{side: s, err: err}
+	return &observe.SideError{Side: s, Err: err}
 }
-
-func (e *sideErr) Error() string { return e.side.String() + ": " + e.err.Error() }
-func (e *sideErr) Unwrap() error { return e.err }
 
 // sendHeader writes the PROXY protocol header to the backend that just
 // answered, before any byte of the client's. The socket's buffer is empty,
@@ -677,7 +639,7 @@ func (l *loop) sendHeader(c *conn) error {
 	}
 	n, err := sysWrite(int(c.bfd), hdr)
 	if err != nil && err != unix.EAGAIN {
-		return sideError(sideBackend, os.NewSyscallError("write", err))
+		return sideError(observe.SideBackend, os.NewSyscallError("write", err))
 	}
 	if n < len(hdr) {
 		c.up.spill = append([]byte(nil), hdr[max(n, 0):]...)

@@ -165,7 +165,7 @@ func (e *Engine) Listen(fd int, addr string, p *proxy.Proxy) (*Listener, error) 
 	ln.proxy.Store(p)
 	var errs []error
 	for _, l := range e.loops {
-		if err := l.call(func(l *loop) error { return l.addListener(ln) }); err != nil {
+		if err := l.poll.Call(l, func(l *loop) error { return l.addListener(ln) }); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -186,7 +186,7 @@ func (e *Engine) CloseListener(ln *Listener) {
 		return
 	}
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error { l.removeListener(ln); return nil })
+		_ = l.poll.Call(l, func(l *loop) error { l.removeListener(ln); return nil })
 	}
 	e.drain(ln)
 	_ = unix.Close(ln.fd) // no loop refers to it any more
@@ -227,7 +227,7 @@ func (e *Engine) drain(ln *Listener) {
 		}
 		target.load.Add(1)
 		client := addrPort(&rsa)
-		if !target.post(func(t *loop) { t.openConn(fd, ln, p, client) }) {
+		if !target.poll.Post(func(t *loop) { t.openConn(fd, ln, p, client) }) {
 			target.load.Add(-1)
 			closeFD(fd)
 			e.unreserve(p)
@@ -289,7 +289,7 @@ func (e *Engine) release(p *proxy.Proxy) {
 func (e *Engine) ResumeCapped() {
 	for _, l := range e.loops {
 		if l.resuming.CompareAndSwap(false, true) {
-			l.post((*loop).resumeCapped)
+			l.poll.Post((*loop).resumeCapped)
 		}
 	}
 }
@@ -308,7 +308,7 @@ func (e *Engine) logCapped(ln *Listener, what string, limit int64) {
 // Cut closes every open connection; cause is logged as its end.
 func (e *Engine) Cut(cause error) {
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error { l.cut(nil, cause); return nil })
+		_ = l.poll.Call(l, func(l *loop) error { l.cut(nil, cause); return nil })
 	}
 	e.tls.Cut("", cause)
 }
@@ -318,7 +318,7 @@ func (e *Engine) Cut(cause error) {
 // removed proxy is over.
 func (e *Engine) CutListener(ln *Listener, cause error) {
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error { l.cut(ln, cause); return nil })
+		_ = l.poll.Call(l, func(l *loop) error { l.cut(ln, cause); return nil })
 	}
 	e.tls.Cut(ln.addr, cause)
 }
@@ -411,7 +411,7 @@ func (e *Engine) Connections() []ConnInfo { return e.OldestConnections("", -1) }
 func (e *Engine) OldestConnections(proxy string, limit int) []ConnInfo {
 	var out []ConnInfo
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error {
+		_ = l.poll.Call(l, func(l *loop) error {
 			n := 0
 			for c := l.oldest; c != nil && (limit < 0 || n < limit); c = c.newer {
 				if proxy != "" && c.proxy.Name != proxy {
@@ -453,10 +453,10 @@ func (e *Engine) OldestConnections(proxy string, limit int) []ConnInfo {
 func (e *Engine) Kill(id uint64) bool {
 	found := false
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error {
+		_ = l.poll.Call(l, func(l *loop) error {
 			for fd, c := range l.conns {
 				if c != nil && c.cfd == int32(fd) && c.id == id && c.state != stateClosed {
-					c.closedBy = sidePJ
+					c.closedBy = observe.SidePJ
 					l.abort(c, ErrKilled)
 					found = true
 				}

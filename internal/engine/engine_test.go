@@ -440,7 +440,7 @@ func TestConnectionsSpreadOverLoops(t *testing.T) {
 	}
 	for _, l := range h.e.loops {
 		owned := 0
-		_ = l.call(func(l *loop) error { owned = l.open(); return nil })
+		_ = l.poll.Call(l, func(l *loop) error { owned = l.open(); return nil })
 		if owned < n/len(h.e.loops)-2 {
 			t.Errorf("loop %d owns %d of %d connections; want about %d", l.id, owned, n, n/len(h.e.loops))
 		}

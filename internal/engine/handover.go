@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/balance"
+	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
 )
 
@@ -106,7 +107,7 @@ func (e *Engine) Reattach(d Detached) error {
 func (e *Engine) Detach(max int) []Detached {
 	var out []Detached
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error {
+		_ = l.poll.Call(l, func(l *loop) error {
 			for c := l.oldest; c != nil && len(out) < max; {
 				next := c.newer
 				if d, ok := l.detach(c); ok {
@@ -246,7 +247,7 @@ func (e *Engine) Adopt(m Moved, fds []int, ln *Listener, p *proxy.Proxy, r *prox
 	c := &conn{
 		id: e.nextID.Add(1), cfd: int32(fds[0]), bfd: int32(fds[1]), state: stateRelay,
 		ln: ln, proxy: p, route: r, backend: b, client: client, sni: m.SNI, accepted: m.Accepted,
-		counted: true, reached: true, connectDur: m.ConnectNS, spliced: m.Spliced, closedBy: side(m.ClosedBy),
+		counted: true, reached: true, connectDur: m.ConnectNS, spliced: m.Spliced, closedBy: observe.Side(m.ClosedBy),
 		// Every end may move: the first turn finds out.
 		ready: cReadable | cWritable | bReadable | bWritable,
 	}
@@ -285,7 +286,7 @@ func (e *Engine) Adopt(m Moved, fds []int, ln *Listener, p *proxy.Proxy, r *prox
 	}
 	target.load.Add(1)
 	lastActive, halfAt := m.LastActive, m.HalfAt
-	if !target.post(func(l *loop) { l.adopt(c, lastActive, halfAt) }) {
+	if !target.poll.Post(func(l *loop) { l.adopt(c, lastActive, halfAt) }) {
 		target.load.Add(-1)
 		c.state = stateClosed
 		closeFD(int(c.cfd))
@@ -312,7 +313,7 @@ func (l *loop) adopt(c *conn, lastActive, halfAt time.Time) {
 	l.link(c)
 	for _, fd := range [...]int32{c.cfd, c.bfd} {
 		if err := l.register(int(fd), c.gen); err != nil {
-			c.closedBy = sidePJ
+			c.closedBy = observe.SidePJ
 			l.abort(c, err)
 			return
 		}

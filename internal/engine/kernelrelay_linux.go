@@ -308,9 +308,9 @@ func (l *loop) kernelStart(c *conn) bool {
 // error, or the end of a stream.
 func (l *loop) kernelEvent(c *conn, fd int, events uint32) {
 	if events&unix.EPOLLERR != 0 {
-		s := sideBackend
+		s := observe.SideBackend
 		if int32(fd) == c.cfd {
-			s = sideClient
+			s = observe.SideClient
 		}
 		l.abort(c, sideError(s, evloop.SocketError(fd)))
 		return
@@ -362,19 +362,19 @@ func (l *loop) kernelCheck(c *conn) {
 			pending = true // the kernel has not passed every byte on yet
 			continue
 		}
-		other, srcSide, dst := &c.down, sideClient, c.bfd
+		other, srcSide, dst := &c.down, observe.SideClient, c.bfd
 		if i == 1 {
-			other, srcSide, dst = &c.up, sideBackend, c.cfd
+			other, srcSide, dst = &c.up, observe.SideBackend, c.cfd
 		}
 		if !other.done {
 			if err := shutdownWrite(int(dst)); err != nil {
-				l.abort(c, sideError(srcSide.other(), err))
+				l.abort(c, sideError(srcSide.Other(), err))
 				return
 			}
 			c.halfAt = l.now
 		}
 		d.done = true
-		if c.closedBy == sideNone {
+		if c.closedBy == observe.SideNone {
 			c.closedBy = srcSide
 		}
 	}
@@ -428,7 +428,7 @@ func (l *loop) kernelTimer(c *conn) {
 	}
 	if half := int64(c.route.HalfCloseTimeout); half > 0 && c.halfAt > 0 && l.now-max(c.lastActive, c.halfAt) >= half {
 		l.abort(c, fmt.Errorf("%w: the %s sent nothing for %s after the %s finished",
-			ErrHalfCloseTimeout, c.openSide(), c.route.HalfCloseTimeout, c.openSide().other()))
+			ErrHalfCloseTimeout, c.openSide(), c.route.HalfCloseTimeout, c.openSide().Other()))
 		return
 	}
 	l.kernelCheck(c)

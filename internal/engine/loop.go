@@ -432,7 +432,7 @@ func (l *loop) place(fd int, ln *Listener, p *proxy.Proxy, client netip.AddrPort
 		}
 	}
 	target.load.Add(1)
-	if target != l && target.post(func(t *loop) { t.openConn(fd, ln, p, client) }) {
+	if target != l && target.poll.Post(func(t *loop) { t.openConn(fd, ln, p, client) }) {
 		return
 	}
 	if target != l { // that loop has exited: keep the connection here
@@ -557,16 +557,9 @@ func (l *loop) resume(c *conn) {
 
 // --- commands from other goroutines ---
 
-// post queues f to run on the loop; it reports false if the loop is gone.
-func (l *loop) post(f func(*loop)) bool { return l.poll.Post(f) }
-
-// call runs f on the loop and waits for its result. On a loop that has
-// exited, f runs on the caller: nothing else touches the loop any more.
-func (l *loop) call(f func(*loop) error) error { return l.poll.Call(l, f) }
-
 // stop makes the loop exit once it owns no connection.
 func (l *loop) stop() {
-	l.post(func(l *loop) { l.stopping = true })
+	l.poll.Post(func(l *loop) { l.stopping = true })
 	<-l.poll.Exited()
 }
 

@@ -101,7 +101,7 @@ func (l *loop) peekRead(c *conn) {
 		case err == unix.EAGAIN:
 			c.ready &^= cReadable
 		case err != nil:
-			l.abort(c, sideError(sideClient, os.NewSyscallError("read", err)))
+			l.abort(c, sideError(observe.SideClient, os.NewSyscallError("read", err)))
 			return
 		case n == 0:
 			pk.eof = true
@@ -165,9 +165,9 @@ func (l *loop) reply(c *conn, b []byte) {
 	n, err := sysWrite(int(c.cfd), b)
 	switch {
 	case err != nil && err != unix.EAGAIN:
-		l.abort(c, sideError(sideClient, os.NewSyscallError("write", err)))
+		l.abort(c, sideError(observe.SideClient, os.NewSyscallError("write", err)))
 	case n < len(b):
-		l.abort(c, sideError(sideClient, fmt.Errorf("write the answer to its request: %d of %d bytes", max(n, 0), len(b))))
+		l.abort(c, sideError(observe.SideClient, fmt.Errorf("write the answer to its request: %d of %d bytes", max(n, 0), len(b))))
 	}
 }
 
@@ -183,7 +183,7 @@ func (l *loop) decided(c *conn, dec route.Decision) {
 		}
 	}
 	if dec.Route == route.NoRoute {
-		c.closedBy = sidePJ
+		c.closedBy = observe.SidePJ
 		l.close(c, observe.StatusNoRoute, errNoRoute)
 		return
 	}
@@ -304,7 +304,7 @@ func (l *loop) sendPeeked(c *conn) error {
 			n, err = 0, nil
 		}
 		if err != nil {
-			return sideError(sideBackend, os.NewSyscallError("write", err))
+			return sideError(observe.SideBackend, os.NewSyscallError("write", err))
 		}
 		l.delivered(c, &c.up, n)
 		rest = rest[n:]

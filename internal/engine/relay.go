@@ -34,23 +34,23 @@ type dir struct {
 // bits say that each end can move.
 type flow struct {
 	d        *dir
-	src, dst int   // descriptors: bytes are read from src, written to dst
-	readable uint8 // src has data or its end to read
-	hup      uint8 // src has sent its FIN
-	writable uint8 // dst can take more bytes
-	from, to side  // who src and dst are, for closed_by and errors
+	src, dst int          // descriptors: bytes are read from src, written to dst
+	readable uint8        // src has data or its end to read
+	hup      uint8        // src has sent its FIN
+	writable uint8        // dst can take more bytes
+	from, to observe.Side // who src and dst are, for closed_by and errors
 }
 
 // upstream is c's direction from the client to the backend.
 func (c *conn) upstream() flow {
 	return flow{d: &c.up, src: int(c.cfd), dst: int(c.bfd),
-		readable: cReadable, hup: cHup, writable: bWritable, from: sideClient, to: sideBackend}
+		readable: cReadable, hup: cHup, writable: bWritable, from: observe.SideClient, to: observe.SideBackend}
 }
 
 // downstream is c's direction from the backend to the client.
 func (c *conn) downstream() flow {
 	return flow{d: &c.down, src: int(c.bfd), dst: int(c.cfd),
-		readable: bReadable, hup: bHup, writable: cWritable, from: sideBackend, to: sideClient}
+		readable: bReadable, hup: bHup, writable: cWritable, from: observe.SideBackend, to: observe.SideClient}
 }
 
 // relay moves whatever both directions can move now.
@@ -189,7 +189,7 @@ func (l *loop) passFIN(c *conn, f *flow) error {
 		}
 	}
 	f.d.done = true
-	if c.closedBy == sideNone {
+	if c.closedBy == observe.SideNone {
 		c.closedBy = f.from
 	}
 	if !other.done {

@@ -24,7 +24,7 @@ import (
 func (e *Engine) timerCount() int {
 	n := 0
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error { n += len(l.timers); return nil })
+		_ = l.poll.Call(l, func(l *loop) error { n += len(l.timers); return nil })
 	}
 	return n
 }
@@ -96,7 +96,7 @@ type listenerView struct {
 
 func (l *loop) viewListener(ln *Listener) listenerView {
 	var v listenerView
-	_ = l.call(func(l *loop) error {
+	_ = l.poll.Call(l, func(l *loop) error {
 		st := l.listeners[ln.fd]
 		v.known = st != nil && st.ln == ln
 		v.capped = v.known && st.mode == lnCapped
@@ -132,7 +132,7 @@ func TestCappedListenerIsNotWatchedWhenAPauseEnds(t *testing.T) {
 		}
 		return false
 	})
-	_ = capped.call(func(l *loop) error { l.pauseListeners(unix.EMFILE); return nil })
+	_ = capped.poll.Call(capped, func(l *loop) error { l.pauseListeners(unix.EMFILE); return nil })
 	testutil.WaitFor(t, 5*time.Second, "the pause to end", func() bool { return !capped.viewListener(h.ln).paused })
 	if v := capped.viewListener(h.ln); v.registered || !v.capped {
 		t.Fatalf("after the pause, with the cap still reached: %+v; want capped and out of the epoll set", v)
@@ -162,7 +162,7 @@ func TestRemovedListenerLeavesNoStateBehind(t *testing.T) {
 		return false
 	})
 	for _, l := range h.e.loops {
-		_ = l.call(func(l *loop) error { l.pauseListeners(unix.EMFILE); return nil })
+		_ = l.poll.Call(l, func(l *loop) error { l.pauseListeners(unix.EMFILE); return nil })
 	}
 	h.e.CloseListener(h.ln)
 	for _, l := range h.e.loops {
@@ -262,7 +262,7 @@ func TestOscillatingShortageLogsOnceWithACount(t *testing.T) {
 	h := newHarness(t, harnessOpt{}, testutil.StartEcho(t))
 	for range rounds {
 		for _, l := range h.e.loops {
-			_ = l.call(func(l *loop) error { l.pauseListeners(unix.EMFILE); return nil })
+			_ = l.poll.Call(l, func(l *loop) error { l.pauseListeners(unix.EMFILE); return nil })
 		}
 		c := testutil.Dial(t, h.addr) // accepted once a pause ends
 		if got := testutil.RoundTrip(t, c, "x"); got != "x" {
@@ -312,7 +312,7 @@ func TestBandwidthBudgetIsSpentOnlyOnBytesMoved(t *testing.T) {
 	}
 	var tokens float64 = -1
 	for _, l := range h.e.loops {
-		_ = l.call(func(l *loop) error {
+		_ = l.poll.Call(l, func(l *loop) error {
 			if c := l.oldest; c != nil && c.up.budget != nil {
 				tokens = c.up.budget.tokens // as of its last refill: never more than now
 			}
@@ -372,7 +372,7 @@ func holdLoops(t *testing.T, e *Engine) (release func()) {
 	var held sync.WaitGroup
 	for _, l := range e.loops {
 		held.Add(1)
-		l.post(func(*loop) { held.Done(); <-ch })
+		l.poll.Post(func(*loop) { held.Done(); <-ch })
 	}
 	held.Wait()
 	var once sync.Once

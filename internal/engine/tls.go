@@ -28,7 +28,7 @@ func (l *loop) handOff(c *conn, r *proxy.Route) {
 	// epoll first.
 	if _, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(l.poll.FD()), unix.EPOLL_CTL_DEL, uintptr(fd),
 		uintptr(unsafe.Pointer(&l.ev)), 0, 0); e != 0 {
-		l.abort(c, sideError(sidePJ, os.NewSyscallError("epoll_ctl", e)))
+		l.abort(c, sideError(observe.SidePJ, os.NewSyscallError("epoll_ctl", e)))
 		return
 	}
 	c.state = stateClosed
@@ -54,7 +54,7 @@ func (l *loop) handOff(c *conn, r *proxy.Route) {
 		// loop logs its own.
 		p.Stats.Conns[observe.StatusIndex(observe.StatusError)].Add(1)
 		p.Stats.Duration.Observe(l.wall.Sub(c.accepted))
-		c.closedBy = sidePJ
+		c.closedBy = observe.SidePJ
 		l.logConn(c, observe.StatusError, err)
 		done()
 		return

@@ -22,7 +22,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b 
 // direction is one half of a relay.
 type direction struct {
 	src, dst         net.Conn
-	srcSide, dstSide side
+	srcSide, dstSide observe.Side
 	bytes            *atomic.Int64  // delivered to dst, for the record and the API
 	total            *atomic.Uint64 // the proxy's counter of this direction
 }
@@ -38,12 +38,12 @@ func (ss *session) relay() (observe.Status, error) {
 		ss.arm(idle)
 	}
 	defer ss.disarm()
-	up := &direction{src: front, dst: back, srcSide: sideClient, dstSide: sideBackend, bytes: &ss.up, total: &ss.r.Stats.BytesUp}
-	down := &direction{src: back, dst: front, srcSide: sideBackend, dstSide: sideClient, bytes: &ss.down, total: &ss.r.Stats.BytesDown}
+	up := &direction{src: front, dst: back, srcSide: observe.SideClient, dstSide: observe.SideBackend, bytes: &ss.up, total: &ss.r.Stats.BytesUp}
+	down := &direction{src: back, dst: front, srcSide: observe.SideBackend, dstSide: observe.SideClient, bytes: &ss.down, total: &ss.r.Stats.BytesDown}
 
 	errs := make(chan error, 2)
 	var ended atomic.Int32
-	first := func(s side) (last bool) {
+	first := func(s observe.Side) (last bool) {
 		n := ended.Add(1)
 		if n == 1 {
 			ss.firstEnd.Store(int32(s))
@@ -67,11 +67,11 @@ func (ss *session) relay() (observe.Status, error) {
 	if c := ss.causeErr(); c != nil {
 		return statusOf(c), c
 	}
-	ss.closedBy = side(ss.firstEnd.Load())
+	ss.closedBy = observe.Side(ss.firstEnd.Load())
 	if err != nil {
-		var se *sideErr
+		var se *observe.SideError
 		if errors.As(err, &se) {
-			ss.closedBy = se.side
+			ss.closedBy = se.Side
 		}
 		return observe.StatusReset, err
 	}
@@ -80,7 +80,7 @@ func (ss *session) relay() (observe.Status, error) {
 
 // copyUp and copyDown are the two directions, named so that a goroutine
 // dump says which is which.
-func (ss *session) copyUp(d *direction, ended func(side) bool) error {
+func (ss *session) copyUp(d *direction, ended func(observe.Side) bool) error {
 	err := ss.pump(d, ended)
 	if err != nil {
 		ss.fail(err)
@@ -88,12 +88,14 @@ func (ss *session) copyUp(d *direction, ended func(side) bool) error {
 	return err
 }
 
-func (ss *session) copyDown(d *direction, ended func(side) bool) error { return ss.pump(d, ended) }
+func (ss *session) copyDown(d *direction, ended func(observe.Side) bool) error {
+	return ss.pump(d, ended)
+}
 
 // pump moves bytes from d.src to d.dst until the source ends, then passes
 // the end on (half-close: a TLS close_notify and a FIN) and returns nil;
 // or returns the error that stopped it.
-func (ss *session) pump(d *direction, ended func(side) bool) error {
+func (ss *session) pump(d *direction, ended func(observe.Side) bool) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -105,7 +107,7 @@ func (ss *session) pump(d *direction, ended func(side) bool) error {
 			d.bytes.Add(int64(w))
 			d.total.Add(uint64(w))
 			if werr != nil {
-				return &sideErr{side: d.dstSide, err: werr}
+				return &observe.SideError{Side: d.dstSide, Err: werr}
 			}
 			ss.touch()
 		}
@@ -116,12 +118,12 @@ func (ss *session) pump(d *direction, ended func(side) bool) error {
 			// the end it is told of is a courtesy, and failing to tell
 			// it is no failure of the connection.
 			if err := closeWrite(d.dst); err != nil && !errors.Is(err, net.ErrClosed) && !last {
-				return &sideErr{side: d.dstSide, err: err}
+				return &observe.SideError{Side: d.dstSide, Err: err}
 			}
 			return nil
 		}
 		if rerr != nil {
-			return &sideErr{side: d.srcSide, err: rerr}
+			return &observe.SideError{Side: d.srcSide, Err: rerr}
 		}
 	}
 }
@@ -164,12 +166,12 @@ func (ss *session) timerCheck() {
 		if at := time.Duration(ss.halfAt.Load()); at > 0 {
 			quiet := now - max(last, at)
 			if quiet >= half {
-				open := sideBackend
-				if side(ss.firstEnd.Load()) == sideBackend {
-					open = sideClient
+				open := observe.SideBackend
+				if observe.Side(ss.firstEnd.Load()) == observe.SideBackend {
+					open = observe.SideClient
 				}
 				ss.abort(fmt.Errorf("%w: the %s sent nothing for %s after the %s finished",
-					ErrHalfCloseTimeout, open, half, side(ss.firstEnd.Load())))
+					ErrHalfCloseTimeout, open, half, observe.Side(ss.firstEnd.Load())))
 				return
 			}
 			if next < 0 || half-quiet < next {

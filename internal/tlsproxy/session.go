@@ -19,37 +19,6 @@ import (
 	"github.com/pj-proxy/pj/internal/observe"
 )
 
-// side names who ended a connection, for closed_by.
-type side uint8
-
-const (
-	sideNone side = iota
-	sideClient
-	sideBackend
-	sidePJ
-)
-
-func (s side) String() string {
-	switch s {
-	case sideClient:
-		return "client"
-	case sideBackend:
-		return "backend"
-	case sidePJ:
-		return "pj"
-	}
-	return ""
-}
-
-// sideErr is an error on one side of a connection.
-type sideErr struct {
-	side side
-	err  error
-}
-
-func (e *sideErr) Error() string { return e.side.String() + ": " + e.err.Error() }
-func (e *sideErr) Unwrap() error { return e.err }
-
 // session is one handed-over connection.
 type session struct {
 	srv   *Server
@@ -79,7 +48,7 @@ type session struct {
 	timerMu    sync.Mutex   // guards timer and timerOff
 	timer      *time.Timer  // the idle and half-close timeouts' one timer
 	timerOff   bool         // the relay is over: arm no more
-	closedBy   side
+	closedBy   observe.Side
 	tlsVersion atomic.Pointer[string] // once the client's handshake is done
 	sni        atomic.Pointer[string]
 }
@@ -116,7 +85,7 @@ func (ss *session) phases() (observe.Status, error) {
 		if st.NegotiatedProtocol == certs.ChallengeProto {
 			// An ACME server validating a tls-alpn-01 challenge: the
 			// handshake was the whole answer.
-			ss.closedBy = sidePJ
+			ss.closedBy = observe.SidePJ
 			_ = tc.Close()
 			return observe.StatusOK, nil
 		}
@@ -371,7 +340,7 @@ func (ss *session) finish(status observe.Status, err error) {
 		rec.TLS = *p
 	}
 	if rec.ClosedBy == "" {
-		rec.ClosedBy = sidePJ.String()
+		rec.ClosedBy = observe.SidePJ.String()
 	}
 	switch {
 	case b != nil:

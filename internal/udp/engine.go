@@ -134,7 +134,7 @@ func (e *Engine) Listen(s *Sockets, p *proxy.Proxy) (*Listener, error) {
 	// with more loops share them (a loop serves any number).
 	for i, ls := range ln.socks {
 		l := e.loops[i%len(e.loops)]
-		if err := l.call(func(l *loop) error { return l.addSocket(ls) }); err != nil {
+		if err := l.poll.Call(l, func(l *loop) error { return l.addSocket(ls) }); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -151,7 +151,7 @@ func (e *Engine) Listen(s *Sockets, p *proxy.Proxy) (*Listener, error) {
 func (e *Engine) Drain(ln *Listener) {
 	ln.draining.Store(true)
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error { l.drained(ln); return nil })
+		_ = l.poll.Call(l, func(l *loop) error { l.drained(ln); return nil })
 	}
 }
 
@@ -159,7 +159,7 @@ func (e *Engine) Drain(ln *Listener) {
 func (e *Engine) CloseListener(ln *Listener, cause error) {
 	ln.draining.Store(true)
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error { l.cut(ln, cause); l.drained(ln); return nil })
+		_ = l.poll.Call(l, func(l *loop) error { l.cut(ln, cause); l.drained(ln); return nil })
 	}
 }
 
@@ -182,7 +182,7 @@ func (e *Engine) SetMaxConnections(n int) { e.maxSessions.Store(int64(n)) }
 // Cut ends every session with cause.
 func (e *Engine) Cut(cause error) {
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error { l.cut(nil, cause); return nil })
+		_ = l.poll.Call(l, func(l *loop) error { l.cut(nil, cause); return nil })
 	}
 }
 
@@ -190,7 +190,7 @@ func (e *Engine) Cut(cause error) {
 // loops.
 func (e *Engine) Close() {
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error {
+		_ = l.poll.Call(l, func(l *loop) error {
 			l.cut(nil, ErrShutdown)
 			for _, ls := range l.socks {
 				l.closeSocket(ls)
@@ -224,7 +224,7 @@ type SessionInfo struct {
 func (e *Engine) Sessions() []SessionInfo {
 	var out []SessionInfo
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error {
+		_ = l.poll.Call(l, func(l *loop) error {
 			for _, s := range l.table {
 				si := SessionInfo{ID: s.id, Proxy: s.proxy.Name, Client: s.key.addrPort(), Listener: s.ls.ln.addr,
 					Started: s.started, Up: s.up.bytes, Down: s.down.bytes, DgramsUp: s.up.dgrams, DgramsDn: s.down.dgrams}
@@ -243,7 +243,7 @@ func (e *Engine) Sessions() []SessionInfo {
 func (e *Engine) Kill(id uint64) bool {
 	found := false
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error {
+		_ = l.poll.Call(l, func(l *loop) error {
 			for _, s := range l.table {
 				if s.id == id {
 					l.close(s, StatusOf(ErrKilled), ErrKilled)

@@ -149,7 +149,7 @@ func TestCoalescedReplies(t *testing.T) {
 	})
 	coalesced := 0
 	for _, l := range h.e.loops {
-		_ = l.call(func(l *loop) error { coalesced += l.coalesced; return nil })
+		_ = l.poll.Call(l, func(l *loop) error { coalesced += l.coalesced; return nil })
 	}
 	if coalesced == 0 {
 		t.Fatal("the replies were not read coalesced: GRO is off on the backend socket")

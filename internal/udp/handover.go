@@ -34,7 +34,7 @@ func (ln *Listener) Dup() ([]int, error) {
 func (e *Engine) HandOver(ln *Listener) {
 	ln.draining.Store(true)
 	for _, l := range e.loops {
-		_ = l.call(func(l *loop) error {
+		_ = l.poll.Call(l, func(l *loop) error {
 			for _, ls := range l.socks {
 				if ls.ln == ln && !ls.closed {
 					// The descriptor stays open for the replies.

@@ -727,14 +727,9 @@ func (l *loop) splitGSO(ls *lsock, i int) {
 
 // --- commands from other goroutines ---
 
-func (l *loop) post(f func(*loop)) bool { return l.poll.Post(f) }
-
-// call runs f on the loop and waits for its result; on a loop that has
-// exited, f runs on the caller.
-func (l *loop) call(f func(*loop) error) error { return l.poll.Call(l, f) }
-
+// stop makes the loop exit once it owns no session.
 func (l *loop) stop() {
-	l.post(func(l *loop) { l.stopping = true })
+	l.poll.Post(func(l *loop) { l.stopping = true })
 	<-l.poll.Exited()
 }
 

@@ -216,7 +216,7 @@ func (l *loop) evictElsewhere(ls *lsock) {
 	if !other.evictAsked.CompareAndSwap(false, true) {
 		return
 	}
-	if !l.e.loops[i].post(func(o *loop) {
+	if !l.e.loops[i].poll.Post(func(o *loop) {
 		other.evictAsked.Store(false)
 		if !other.closed {
 			o.evict(other)

@@ -510,7 +510,7 @@ func TestEvictionAcrossLoops(t *testing.T) {
 		}
 		at := -1
 		for i, l := range h.e.loops {
-			_ = l.call(func(l *loop) error {
+			_ = l.poll.Call(l, func(l *loop) error {
 				if len(l.table) == 1 {
 					at = i
 				}
