@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/pj-proxy/pj/internal/ilist"
 )
 
 // Verdict is the answer of Clients.Admit.
@@ -56,7 +58,7 @@ type shard struct {
 	m  map[key]*entry
 	// idle lists the entries without open connections, the one idle the
 	// longest first: eviction looks at the head only.
-	idle     idleList
+	idle     ilist.List[entry, *entry]
 	capacity int
 	// counters for Stats, under mu (sharded like the rest: no shared
 	// cache line between event loops).
@@ -78,11 +80,12 @@ type entry struct {
 	lim   rate.Limiter // its bucket; unused without a rate limit
 	key   key
 	count int32 // open connections; always 0 without a cap
-	// prev and next link the entry in its shard's idle list while count is
-	// 0; inIdle says it is there.
-	prev, next *entry
-	inIdle     bool
+	// idle is the entry's place in its shard's idle list, where it is
+	// while count is 0.
+	idle ilist.Links[entry]
 }
+
+func (e *entry) Links() *ilist.Links[entry] { return &e.idle }
 
 // NewClients returns the per-client state of one proxy: a rate of new
 // connections per second and per client with its burst (perSecond 0: no
@@ -161,20 +164,20 @@ func (c *Clients) Admit(addr netip.Addr, now time.Time) Verdict {
 // admit applies the bucket and the cap to e, under s.mu.
 func (c *Clients) admit(s *shard, e *entry, now time.Time) Verdict {
 	if c.limit != 0 && !e.lim.AllowN(now, 1) {
-		if e.inIdle {
-			s.idle.moveToBack(e) // active: the last to evict
+		if s.idle.Contains(e) {
+			s.idle.MoveToBack(e) // active: the last to evict
 		}
 		return RateLimited
 	}
 	if c.max == 0 {
-		s.idle.moveToBack(e)
+		s.idle.MoveToBack(e)
 		return OK
 	}
 	if e.count >= c.max {
 		return OverLimit
 	}
 	if e.count == 0 {
-		s.idle.remove(e)
+		s.idle.Remove(e)
 	}
 	e.count++
 	return OK
@@ -185,7 +188,7 @@ func (c *Clients) admit(s *shard, e *entry, now time.Time) Verdict {
 func (c *Clients) add(s *shard, k key, now time.Time) *entry {
 	full := len(s.m) >= s.capacity
 	var e *entry
-	if old := s.idle.head; old != nil {
+	if old := s.idle.Front(); old != nil {
 		// The entry idle the longest goes if it holds nothing, or if
 		// the shard is full (then its client is forgiven: a reset).
 		refilled := c.refilled(old, now)
@@ -194,7 +197,7 @@ func (c *Clients) add(s *shard, k key, now time.Time) *entry {
 				s.resets++
 			}
 			s.evictions++
-			s.idle.remove(old)
+			s.idle.Remove(old)
 			delete(s.m, old.key)
 			e = old
 		}
@@ -210,7 +213,7 @@ func (c *Clients) add(s *shard, k key, now time.Time) *entry {
 		c.fill(&e.lim)
 	}
 	s.m[k] = e
-	s.idle.pushBack(e)
+	s.idle.PushBack(e)
 	return e
 }
 
@@ -245,7 +248,7 @@ func (c *Clients) Release(addr netip.Addr) {
 	s.mu.Lock()
 	if e := s.m[k]; e != nil && e.count > 0 {
 		if e.count--; e.count == 0 {
-			s.idle.pushBack(e)
+			s.idle.PushBack(e)
 		}
 	}
 	s.mu.Unlock()
@@ -291,40 +294,4 @@ func (c *Clients) Stats() ClientStats {
 		s.mu.Unlock()
 	}
 	return st
-}
-
-// idleList is an intrusive doubly linked list of entries: O(1) to append,
-// remove and move, with no allocation.
-type idleList struct{ head, tail *entry }
-
-func (l *idleList) pushBack(e *entry) {
-	e.prev, e.next, e.inIdle = l.tail, nil, true
-	if l.tail != nil {
-		l.tail.next = e
-	} else {
-		l.head = e
-	}
-	l.tail = e
-}
-
-func (l *idleList) remove(e *entry) {
-	if e.prev != nil {
-		e.prev.next = e.next
-	} else {
-		l.head = e.next
-	}
-	if e.next != nil {
-		e.next.prev = e.prev
-	} else {
-		l.tail = e.prev
-	}
-	e.prev, e.next, e.inIdle = nil, nil, false
-}
-
-func (l *idleList) moveToBack(e *entry) {
-	if l.tail == e {
-		return
-	}
-	l.remove(e)
-	l.pushBack(e)
 }

@@ -26,7 +26,7 @@ func (c *Clients) Hold(addr netip.Addr) {
 		}
 	}
 	if e.count == 0 {
-		s.idle.remove(e)
+		s.idle.Remove(e)
 	}
 	e.count++
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/pj-proxy/pj/internal/admission"
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/evloop"
+	"github.com/pj-proxy/pj/internal/ilist"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
 )
@@ -69,17 +70,19 @@ type conn struct {
 	backend  *balance.Backend
 	err      error // last connect error
 
-	counted      bool              // backend.Active includes this connection
-	reached      bool              // the backend answered
-	connectDur   int64             // nanoseconds from accept to connected
-	lastActive   int64             // loop clock of the last byte moved
-	halfAt       int64             // loop clock when the first direction ended; 0: both open
-	older, newer *conn             // neighbours in the loop's list, by age
-	timer        [timerKinds]int32 // 1 + the position of each timer in the loop's heap; 0: not armed
+	counted    bool              // backend.Active includes this connection
+	reached    bool              // the backend answered
+	connectDur int64             // nanoseconds from accept to connected
+	lastActive int64             // loop clock of the last byte moved
+	halfAt     int64             // loop clock when the first direction ended; 0: both open
+	byAge      ilist.Links[conn] // its place in the loop's list, by age
+	timer      [timerKinds]int32 // 1 + the position of each timer in the loop's heap; 0: not armed
 
 	up, down dir
 	kern     *kernelConn // the kernel relays the bytes (kernel_relay); nil: pj does
 }
+
+func (c *conn) Links() *ilist.Links[conn] { return &c.byAge }
 
 // ErrConnectTimeout ends a connect attempt that got no answer in time.
 var ErrConnectTimeout = errors.New("connect timeout")
@@ -91,7 +94,7 @@ func (l *loop) openConn(fd int, ln *Listener, p *proxy.Proxy, client netip.AddrP
 		id: l.e.nextID.Add(1), gen: l.nextGen(), cfd: int32(fd), bfd: -1,
 		ln: ln, proxy: p, client: client, accepted: l.wall,
 	}
-	l.link(c)
+	l.byAge.PushBack(c)
 	if err := l.register(fd, c.gen); err != nil {
 		// Not in the table yet: close's bookkeeping applies all the same.
 		c.closedBy = observe.SidePJ

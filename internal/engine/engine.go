@@ -31,6 +31,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/evloop"
+	"github.com/pj-proxy/pj/internal/ilist"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/tlsproxy"
@@ -413,7 +414,7 @@ func (e *Engine) OldestConnections(proxy string, limit int) []ConnInfo {
 	for _, l := range e.loops {
 		_ = l.poll.Call(l, func(l *loop) error {
 			n := 0
-			for c := l.oldest; c != nil && (limit < 0 || n < limit); c = c.newer {
+			for c := l.byAge.Front(); c != nil && (limit < 0 || n < limit); c = ilist.Next(c) {
 				if proxy != "" && c.proxy.Name != proxy {
 					continue
 				}

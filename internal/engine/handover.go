@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/balance"
+	"github.com/pj-proxy/pj/internal/ilist"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
 )
@@ -108,8 +109,8 @@ func (e *Engine) Detach(max int) []Detached {
 	var out []Detached
 	for _, l := range e.loops {
 		_ = l.poll.Call(l, func(l *loop) error {
-			for c := l.oldest; c != nil && len(out) < max; {
-				next := c.newer
+			for c := l.byAge.Front(); c != nil && len(out) < max; {
+				next := ilist.Next(c)
 				if d, ok := l.detach(c); ok {
 					out = append(out, d)
 				}
@@ -310,7 +311,7 @@ func (l *loop) adopt(c *conn, lastActive, halfAt time.Time) {
 	if !halfAt.IsZero() {
 		c.halfAt = max(l.loopAt(halfAt), 1)
 	}
-	l.link(c)
+	l.byAge.PushBack(c)
 	for _, fd := range [...]int32{c.cfd, c.bfd} {
 		if err := l.register(int(fd), c.gen); err != nil {
 			c.closedBy = observe.SidePJ

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/evloop"
+	"github.com/pj-proxy/pj/internal/ilist"
 	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/route"
 )
@@ -52,13 +53,12 @@ type loop struct {
 	rsa unix.RawSockaddrAny
 	buf []byte
 
-	conns     []*conn // by descriptor; both sockets of a connection point to it
-	oldest    *conn   // the connections the loop owns, in the order it opened them
-	newest    *conn
-	listeners map[int]*lnState // by descriptor
-	paused    int              // listeners in lnPaused
-	resuming  atomic.Bool      // a resumeCapped command is queued
-	load      atomic.Int64     // connections owned, and handed over but not yet opened
+	conns     []*conn                 // by descriptor; both sockets of a connection point to it
+	byAge     ilist.List[conn, *conn] // the connections the loop owns, in the order it opened them (of their IDs)
+	listeners map[int]*lnState        // by descriptor
+	paused    int                     // listeners in lnPaused
+	resuming  atomic.Bool             // a resumeCapped command is queued
+	load      atomic.Int64            // connections owned, and handed over but not yet opened
 	gen       uint32
 	wall      time.Time // time of the current iteration
 	now       int64     // monotonic nanoseconds of the current iteration
@@ -256,37 +256,11 @@ func (l *loop) nextGen() uint32 {
 	return l.gen
 }
 
-// link appends a connection to the loop's list, which is in the order of
-// their IDs: IDs are given out as connections are opened.
-func (l *loop) link(c *conn) {
-	c.older = l.newest
-	if l.newest != nil {
-		l.newest.newer = c
-	} else {
-		l.oldest = c
-	}
-	l.newest = c
-}
-
-func (l *loop) unlink(c *conn) {
-	if c.older != nil {
-		c.older.newer = c.newer
-	} else if l.oldest == c {
-		l.oldest = c.newer
-	}
-	if c.newer != nil {
-		c.newer.older = c.older
-	} else if l.newest == c {
-		l.newest = c.older
-	}
-	c.older, c.newer = nil, nil
-}
-
 // forget drops what the loop keeps about a connection it no longer owns
 // (closed, or handed to the TLS path): its timers and its place in the
 // list. Its descriptors are the caller's business.
 func (l *loop) forget(c *conn) {
-	l.unlink(c)
+	l.byAge.Remove(c)
 	l.timers.stop(c, timerDeadline)
 	l.timers.stop(c, timerThrottle)
 }

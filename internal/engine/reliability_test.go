@@ -313,7 +313,7 @@ func TestBandwidthBudgetIsSpentOnlyOnBytesMoved(t *testing.T) {
 	var tokens float64 = -1
 	for _, l := range h.e.loops {
 		_ = l.poll.Call(l, func(l *loop) error {
-			if c := l.oldest; c != nil && c.up.budget != nil {
+			if c := l.byAge.Front(); c != nil && c.up.budget != nil {
 				tokens = c.up.budget.tokens // as of its last refill: never more than now
 			}
 			return nil

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/evloop"
+	"github.com/pj-proxy/pj/internal/ilist"
 	"github.com/pj-proxy/pj/internal/observe"
 )
 
@@ -41,7 +42,7 @@ type lsock struct {
 	wildcard bool
 	closed   bool
 	// lru lists the socket's sessions, the least recently active first.
-	lru       lruList
+	lru       ilist.List[session, *session]
 	errLogged int64 // loop clock of the last read error logged
 	// evictAsked: another loop has asked this socket's loop to evict a
 	// quiet session (see evictElsewhere), and it has not done it yet.
@@ -218,7 +219,7 @@ func (l *loop) addSocket(ls *lsock) error {
 // no session.
 func (l *loop) drained(ln *Listener) {
 	for _, ls := range l.socks {
-		if ls.ln == ln && ls.lru.head == nil {
+		if ls.ln == ln && ls.lru.Empty() {
 			l.closeSocket(ls)
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/pj-proxy/pj/internal/admission"
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/evloop"
+	"github.com/pj-proxy/pj/internal/ilist"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
 )
@@ -76,9 +77,10 @@ type session struct {
 	lastActive int64 // loop clock of the last datagram either way
 	timerAt    int64
 	heapIdx    int
-	prev, next *session // the socket's LRU list
-	inLRU      bool
+	lru        ilist.Links[session] // the socket's LRU list
 }
+
+func (s *session) Links() *ilist.Links[session] { return &s.lru }
 
 type counts struct{ bytes, dgrams int64 }
 
@@ -129,7 +131,7 @@ func (l *loop) open(ls *lsock, k key, slot int) *session {
 	s.order = p.Routes[0].Pool().Start(addr) // a UDP proxy has one route
 	s.lastActive = l.now
 	l.table[k] = s
-	ls.lru.pushBack(s)
+	ls.lru.PushBack(s)
 	if !l.attach(s) {
 		return nil
 	}
@@ -187,7 +189,7 @@ func (l *loop) unreserve(p *proxy.Proxy) {
 // evict ends the least recently active session of ls, if it has been
 // quiet long enough, to make room for a new one.
 func (l *loop) evict(ls *lsock) bool {
-	v := ls.lru.head
+	v := ls.lru.Front()
 	if v == nil || l.now-v.lastActive < int64(evictQuiet) {
 		return false
 	}
@@ -348,7 +350,7 @@ func (l *loop) setFD(fd int, s *session) {
 
 func (l *loop) touch(s *session) {
 	s.lastActive = l.now
-	s.ls.lru.moveToBack(s)
+	s.ls.lru.MoveToBack(s)
 }
 
 // close ends s: its socket, its places in the tables, its counts, and
@@ -359,7 +361,7 @@ func (l *loop) close(s *session, status observe.Status, err error) {
 	}
 	s.state = stateClosed
 	delete(l.table, s.key)
-	s.ls.lru.remove(s)
+	s.ls.lru.Remove(s)
 	l.timers.remove(s)
 	l.detach(s)
 	if s.clients != nil {
@@ -373,7 +375,7 @@ func (l *loop) close(s *session, status observe.Status, err error) {
 	}
 	st.Active.Add(-1)
 	l.e.active.Done()
-	if ls := s.ls; ls.ln.draining.Load() && ls.lru.head == nil {
+	if ls := s.ls; ls.ln.draining.Load() && ls.lru.Empty() {
 		l.closeSocket(ls)
 	}
 	if l.cur == s {
@@ -447,44 +449,6 @@ func isRefused(err error) bool {
 }
 
 // --- the LRU list and the timer heap ---
-
-// lruList is an intrusive doubly linked list of sessions.
-type lruList struct{ head, tail *session }
-
-func (q *lruList) pushBack(s *session) {
-	s.prev, s.next, s.inLRU = q.tail, nil, true
-	if q.tail != nil {
-		q.tail.next = s
-	} else {
-		q.head = s
-	}
-	q.tail = s
-}
-
-func (q *lruList) remove(s *session) {
-	if !s.inLRU {
-		return
-	}
-	if s.prev != nil {
-		s.prev.next = s.next
-	} else {
-		q.head = s.next
-	}
-	if s.next != nil {
-		s.next.prev = s.prev
-	} else {
-		q.tail = s.prev
-	}
-	s.prev, s.next, s.inLRU = nil, nil, false
-}
-
-func (q *lruList) moveToBack(s *session) {
-	if q.tail == s || !s.inLRU {
-		return
-	}
-	q.remove(s)
-	q.pushBack(s)
-}
 
 // timerHeap is a binary min-heap of sessions by timerAt. A session has at
 // most one entry, and leaves the heap when it closes, so the heap never
