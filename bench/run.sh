@@ -474,14 +474,16 @@ backend be
 EOF
 }
 
-# write_nginx_sni_conf DIR: nginx routing the same two names with
-# ssl_preread.
-write_nginx_sni_conf() {
+# nginx_head DIR NAME COMMENT: the start of an nginx.conf for pj's
+# benchmark, up to its stream block: the stream module, the workers (as
+# root, nginx's workers switch to "nobody" unless told otherwise: keep
+# them as the user running the benchmark), the pid file in DIR, errors to
+# NAME-error.log. COMMENT heads the file. DIR/logs must exist.
+nginx_head() {
 	local user=""
 	((EUID == 0)) && user="user $(id -un) $(id -gn);"
-	mkdir -p "$1/logs"
-	cat >"$1/nginx.conf" <<EOF
-# nginx stream proxy for pj's benchmark, routed by the ClientHello's name.
+	cat <<EOF
+# $3
 load_module $nginx_stream_module;
 $user
 daemon off;
@@ -489,10 +491,20 @@ master_process on;
 worker_processes 2;
 worker_rlimit_nofile 20000;
 pid $1/nginx.pid;
-error_log $results/nginx-sni-error.log warn;
+error_log $results/$2-error.log warn;
 events {
     worker_connections 10000;
 }
+EOF
+}
+
+# write_nginx_sni_conf DIR: nginx routing the same two names with
+# ssl_preread.
+write_nginx_sni_conf() {
+	mkdir -p "$1/logs"
+	{
+		nginx_head "$1" nginx-sni "nginx stream proxy for pj's benchmark, routed by the ClientHello's name."
+		cat <<EOF
 stream {
     map \$ssl_preread_server_name \$sni_backend {
         other.example.com 127.0.0.1:1;
@@ -510,14 +522,11 @@ stream {
     }
 }
 EOF
+	} >"$1/nginx.conf"
 }
 
 write_nginx_conf() { # DIR TARGET: nginx (plain) or nginx-tls
-	local user="" server
-	# As root, nginx's workers switch to "nobody" unless told otherwise;
-	# keep them as the user running the benchmark.
-	((EUID == 0)) && user="user $(id -un) $(id -gn);"
-	mkdir -p "$1/logs"
+	local server
 	if [[ $2 == nginx-tls ]]; then
 		# Terminate TLS 1.3 (X25519, the ECDSA P-256 certificate) and
 		# relay plaintext; tickets and a session cache let tlsresume
@@ -532,20 +541,10 @@ write_nginx_conf() { # DIR TARGET: nginx (plain) or nginx-tls
 	else
 		server="listen 127.0.0.1:${port[nginx]};"
 	fi
-	cat >"$1/nginx.conf" <<EOF
-# $2: nginx stream proxy for pj's benchmark; the stream module logs nothing
-# by default, so only errors are written.
-load_module $nginx_stream_module;
-$user
-daemon off;
-master_process on;
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid $1/nginx.pid;
-error_log $results/$2-error.log warn;
-events {
-    worker_connections 10000;
-}
+	mkdir -p "$1/logs"
+	{
+		nginx_head "$1" "$2" "$2: nginx stream proxy for pj's benchmark; the stream module logs nothing by default, so only errors are written."
+		cat <<EOF
 stream {
     server {
         $server
@@ -559,6 +558,7 @@ stream {
     }
 }
 EOF
+	} >"$1/nginx.conf"
 }
 
 # start_target NAME: start it, wait until an echo through it works. On
@@ -657,23 +657,10 @@ start_target() {
 }
 
 write_nginx_udp_conf() { # DIR
-	local user=""
-	((EUID == 0)) && user="user $(id -un) $(id -gn);"
 	mkdir -p "$1/logs"
-	cat >"$1/nginx.conf" <<EOF
-# nginx stream proxy of UDP for pj's benchmark: a socket per worker
-# (reuseport), sessions that last until the run ends, nothing logged.
-load_module $nginx_stream_module;
-$user
-daemon off;
-master_process on;
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid $1/nginx.pid;
-error_log $results/nginx-udp-error.log warn;
-events {
-    worker_connections 10000;
-}
+	{
+		nginx_head "$1" nginx-udp "nginx stream proxy of UDP for pj's benchmark: a socket per worker (reuseport), sessions that last until the run ends, nothing logged."
+		cat <<EOF
 stream {
     server {
         listen 127.0.0.1:${uport[nginx]} udp reuseport;
@@ -682,6 +669,7 @@ stream {
     }
 }
 EOF
+	} >"$1/nginx.conf"
 }
 
 stop_udp_target() {
