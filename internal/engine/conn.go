@@ -195,7 +195,7 @@ func (l *loop) dial(c *conn) bool {
 		}
 		return false
 	}
-	err = connectTo(fd, b.Addr, &l.rsa)
+	err = evloop.Connect(fd, b.Addr, &l.rsa)
 	if err != nil && err != unix.EINPROGRESS {
 		closeFD(fd)
 		c.err = fmt.Errorf("connect to %s: %w", b.Address, err)

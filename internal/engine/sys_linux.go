@@ -7,6 +7,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pj-proxy/pj/internal/evloop"
 )
 
 // The engine calls the kernel directly, without the net package, so that a
@@ -45,34 +47,6 @@ func ntohs(p uint16) uint16 {
 	return uint16(b[0])<<8 | uint16(b[1])
 }
 
-// connectTo starts a non-blocking connect of fd to ap; it returns
-// EINPROGRESS when the handshake goes on in the background.
-func connectTo(fd int, ap netip.AddrPort, rsa *unix.RawSockaddrAny) error {
-	*rsa = unix.RawSockaddrAny{}
-	port := ap.Port()
-	var n uintptr
-	if ap.Addr().Is4() {
-		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
-		sa.Family = unix.AF_INET
-		sa.Addr = ap.Addr().As4()
-		pb := (*[2]byte)(unsafe.Pointer(&sa.Port))
-		pb[0], pb[1] = byte(port>>8), byte(port)
-		n = unix.SizeofSockaddrInet4
-	} else {
-		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
-		sa.Family = unix.AF_INET6
-		sa.Addr = ap.Addr().As16()
-		pb := (*[2]byte)(unsafe.Pointer(&sa.Port))
-		pb[0], pb[1] = byte(port>>8), byte(port)
-		n = unix.SizeofSockaddrInet6
-	}
-	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(rsa)), n)
-	if e != 0 {
-		return e
-	}
-	return nil
-}
-
 // KeepAlive is the TCP keepalive of the sockets a listener accepts
 // (SetListenerOptions). Backend sockets keep the kernel's timers: see
 // newBackendSocket.
@@ -88,15 +62,10 @@ type KeepAlive struct {
 // cost more than anything else pj does to connect, and backends are
 // watched by health checks besides.
 func newBackendSocket(ap netip.AddrPort) (int, error) {
-	family := unix.AF_INET6
-	if ap.Addr().Is4() {
-		family = unix.AF_INET
+	fd, err := evloop.Socket(ap, unix.SOCK_STREAM)
+	if err != nil {
+		return -1, err
 	}
-	r, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if e != 0 {
-		return -1, os.NewSyscallError("socket", e)
-	}
-	fd := int(r)
 	one := int32(1)
 	for _, opt := range [...]struct{ level, name int }{{unix.IPPROTO_TCP, unix.TCP_NODELAY}, {unix.SOL_SOCKET, unix.SO_KEEPALIVE}} {
 		if _, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(opt.level), uintptr(opt.name),

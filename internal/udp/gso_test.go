@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pj-proxy/pj/internal/evloop"
 	"github.com/pj-proxy/pj/internal/proxy"
 	"github.com/pj-proxy/pj/internal/testutil"
 	"github.com/pj-proxy/pj/internal/testutil/pjconf"
@@ -191,7 +192,7 @@ func TestRepliesMerged(t *testing.T) {
 	}
 	s := &session{fd: bfd, ls: &lsock{ln: &Listener{}, fd: lfd}, proxy: p, backend: p.Backends()[0], heapIdx: -1}
 	var rsa unix.RawSockaddrAny
-	n := sockaddr(client.LocalAddr().(*net.UDPAddr).AddrPort(), &rsa)
+	n := evloop.Sockaddr(client.LocalAddr().(*net.UDPAddr).AddrPort(), &rsa)
 	s.name = *(*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
 	s.namelen = uint32(n)
 

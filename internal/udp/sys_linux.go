@@ -6,6 +6,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pj-proxy/pj/internal/evloop"
 )
 
 // The data path calls the kernel directly, like the TCP engine's: every
@@ -173,26 +175,6 @@ func ntohs(p uint16) uint16 {
 	return uint16(b[0])<<8 | uint16(b[1])
 }
 
-// sockaddr writes ap into rsa and returns its length.
-func sockaddr(ap netip.AddrPort, rsa *unix.RawSockaddrAny) uintptr {
-	*rsa = unix.RawSockaddrAny{}
-	port := ap.Port()
-	if ap.Addr().Is4() {
-		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
-		sa.Family = unix.AF_INET
-		sa.Addr = ap.Addr().As4()
-		pb := (*[2]byte)(unsafe.Pointer(&sa.Port))
-		pb[0], pb[1] = byte(port>>8), byte(port)
-		return unix.SizeofSockaddrInet4
-	}
-	sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
-	sa.Family = unix.AF_INET6
-	sa.Addr = ap.Addr().As16()
-	pb := (*[2]byte)(unsafe.Pointer(&sa.Port))
-	pb[0], pb[1] = byte(port>>8), byte(port)
-	return unix.SizeofSockaddrInet6
-}
-
 // --- control messages ---
 
 var cmsgHdrLen = unix.CmsgLen(0)
@@ -299,25 +281,19 @@ func putSegment(b []byte, size int) int {
 // kernel then delivers only ap's datagrams to it, and an ICMP port
 // unreachable from ap becomes ECONNREFUSED on it. gro asks for UDP GRO.
 func newBackendSocket(ap netip.AddrPort, rsa *unix.RawSockaddrAny, gro bool) (int, error) {
-	family := unix.AF_INET6
-	if ap.Addr().Is4() {
-		family = unix.AF_INET
+	fd, err := evloop.Socket(ap, unix.SOCK_DGRAM)
+	if err != nil {
+		return -1, err
 	}
-	r, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if e != 0 {
-		return -1, os.NewSyscallError("socket", e)
-	}
-	fd := int(r)
 	if gro {
 		one := int32(1)
 		// Refused by kernels before 5.0: then datagrams come one by one.
 		_, _, _ = unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.IPPROTO_UDP, unix.UDP_GRO,
 			uintptr(unsafe.Pointer(&one)), 4, 0)
 	}
-	n := sockaddr(ap, rsa)
-	if _, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(rsa)), n); e != 0 {
+	if err := evloop.Connect(fd, ap, rsa); err != nil {
 		closeFD(fd)
-		return -1, os.NewSyscallError("connect", e)
+		return -1, os.NewSyscallError("connect", err)
 	}
 	return fd, nil
 }
