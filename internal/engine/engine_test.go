@@ -116,6 +116,16 @@ func newHarness(t testing.TB, o harnessOpt, backends ...string) *harness {
 	return &harness{e: e, ln: ln, addr: addr, log: logs}
 }
 
+// relayed is a harness with one backend and a connection through it:
+// the client's end and the backend's.
+func relayed(t *testing.T, o harnessOpt) (h *harness, client, backend *net.TCPConn) {
+	t.Helper()
+	baddr, conns := backendConns(t)
+	h = newHarness(t, o, baddr)
+	client = testutil.Dial(t, h.addr)
+	return h, client, accepted(t, conns)
+}
+
 // backendConns serves a listener whose accepted connections are handed to
 // the test one by one.
 func backendConns(t *testing.T) (string, <-chan *net.TCPConn) {
@@ -172,10 +182,7 @@ func TestHalfCloseAnswerAfterEOF(t *testing.T) {
 }
 
 func TestBackendCloseReachesClient(t *testing.T) {
-	baddr, conns := backendConns(t)
-	h := newHarness(t, harnessOpt{}, baddr)
-	client := testutil.Dial(t, h.addr)
-	backend := accepted(t, conns)
+	h, client, backend := relayed(t, harnessOpt{})
 	if _, err := io.WriteString(backend, "bye"); err != nil {
 		t.Fatal(err)
 	}
@@ -190,10 +197,7 @@ func TestBackendCloseReachesClient(t *testing.T) {
 
 func TestBulkBothWaysIsSplicedAndIntact(t *testing.T) {
 	const n = 16 << 20
-	baddr, conns := backendConns(t)
-	h := newHarness(t, harnessOpt{}, baddr)
-	client := testutil.Dial(t, h.addr)
-	backend := accepted(t, conns)
+	h, client, backend := relayed(t, harnessOpt{})
 	var wg sync.WaitGroup
 	var upSum [32]byte
 	wg.Go(func() {
@@ -239,10 +243,7 @@ func TestSmallMessagesAreCopied(t *testing.T) {
 }
 
 func TestResetPassesOn(t *testing.T) {
-	baddr, conns := backendConns(t)
-	h := newHarness(t, harnessOpt{}, baddr)
-	client := testutil.Dial(t, h.addr)
-	backend := accepted(t, conns)
+	h, client, backend := relayed(t, harnessOpt{})
 	// A byte through proves pj has seen the connect complete: a reset
 	// before that would be a failed connect, answered with a plain close.
 	if _, err := io.WriteString(client, "x"); err != nil {

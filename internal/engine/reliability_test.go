@@ -294,10 +294,7 @@ func TestBandwidthBudgetIsSpentOnlyOnBytesMoved(t *testing.T) {
 		burst = rate / 4 // newBucket's
 		sent  = 100 << 10
 	)
-	baddr, conns := backendConns(t)
-	h := newHarness(t, harnessOpt{bw: rate}, baddr)
-	client := testutil.Dial(t, h.addr)
-	backend := accepted(t, conns)
+	h, client, backend := relayed(t, harnessOpt{bw: rate})
 	go func() {
 		msg := make([]byte, 4<<10)
 		for range sent / len(msg) {
@@ -334,10 +331,7 @@ func TestBandwidthCapIsReachedWithSmallMessages(t *testing.T) {
 		total = 1 << 20
 		burst = rate / 4 // newBucket's
 	)
-	baddr, conns := backendConns(t)
-	h := newHarness(t, harnessOpt{bw: rate}, baddr)
-	client := testutil.Dial(t, h.addr)
-	backend := accepted(t, conns)
+	_, client, backend := relayed(t, harnessOpt{bw: rate})
 	go func() {
 		msg := make([]byte, 4<<10)
 		for sent := 0; sent < total; sent += len(msg) {
@@ -385,10 +379,7 @@ func TestDataBeforeAResetIsDelivered(t *testing.T) {
 	// The backend answers and resets at once; pj sees the data and the
 	// error in one event. The answer must reach the client before the
 	// reset does.
-	baddr, conns := backendConns(t)
-	h := newHarness(t, harnessOpt{}, baddr)
-	client := testutil.Dial(t, h.addr)
-	backend := accepted(t, conns)
+	h, client, backend := relayed(t, harnessOpt{})
 	if _, err := io.WriteString(client, "q"); err != nil { // relayed: pj has seen the connect complete
 		t.Fatal(err)
 	}
@@ -428,10 +419,7 @@ func TestCutWithBytesInFlightResets(t *testing.T) {
 		{"killed while idle", false, func(h *harness) { killAll(h.e) }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			baddr, conns := backendConns(t)
-			h := newHarness(t, harnessOpt{}, baddr)
-			client := testutil.Dial(t, h.addr)
-			backend := accepted(t, conns)
+			h, client, backend := relayed(t, harnessOpt{})
 			if tc.busy {
 				// The backend sends more than the sockets hold; the client
 				// reads nothing yet.
@@ -539,10 +527,7 @@ func TestHalfCloseTimeout(t *testing.T) {
 	// backend's direction has been silent that long (status timeout);
 	// bytes in that direction keep it open.
 	const half = 400 * time.Millisecond
-	baddr, conns := backendConns(t)
-	h := newHarness(t, harnessOpt{half: half}, baddr)
-	client := testutil.Dial(t, h.addr)
-	backend := accepted(t, conns)
+	h, client, backend := relayed(t, harnessOpt{half: half})
 	if _, err := io.WriteString(client, "request"); err != nil {
 		t.Fatal(err)
 	}
@@ -575,10 +560,7 @@ func TestHalfCloseTimeout(t *testing.T) {
 }
 
 func TestHalfCloseTimeoutZeroArmsNothing(t *testing.T) {
-	baddr, conns := backendConns(t)
-	h := newHarness(t, harnessOpt{}, baddr)
-	client := testutil.Dial(t, h.addr)
-	backend := accepted(t, conns)
+	h, client, backend := relayed(t, harnessOpt{})
 	_ = client.CloseWrite()
 	if got := testutil.ReadAll(t, backend); got != "" {
 		t.Fatalf("backend read %q", got)
