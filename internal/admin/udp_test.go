@@ -3,7 +3,6 @@ package admin
 import (
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -11,25 +10,10 @@ import (
 	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 )
 
+// udpEcho starts a UDP backend that answers every datagram with itself.
 func udpEcho(t *testing.T) string {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
-		}
-	})
-	t.Cleanup(func() { _ = c.Close(); wg.Wait() })
-	return c.LocalAddr().String()
+	return tu.ServeUDP(t, func(b []byte) []byte { return b }).String()
 }
 
 // TestUDPSessionsMetricsAndKill: a UDP session is in the connection table

@@ -11,36 +11,12 @@ import (
 	"time"
 
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/testutil"
 )
 
-// udpServer answers every datagram with reply(datagram); a nil reply
-// answers nothing.
-func udpServer(t *testing.T, reply func([]byte) []byte) netip.AddrPort {
-	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			if out := reply(buf[:n]); out != nil {
-				_, _ = c.WriteToUDPAddrPort(out, from)
-			}
-		}
-	})
-	t.Cleanup(func() { _ = c.Close(); wg.Wait() })
-	return c.LocalAddr().(*net.UDPAddr).AddrPort()
-}
-
 func TestUDPProbe(t *testing.T) {
-	echo := udpServer(t, func(b []byte) []byte { return append([]byte{0xab, 0xcd, 0x81}, b...) })
-	silent := udpServer(t, func([]byte) []byte { return nil })
+	echo := testutil.ServeUDP(t, func(b []byte) []byte { return append([]byte{0xab, 0xcd, 0x81}, b...) })
+	silent := testutil.ServeUDP(t, func([]byte) []byte { return nil })
 	closed := func() netip.AddrPort {
 		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {

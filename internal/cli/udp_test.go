@@ -8,36 +8,22 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/pj-proxy/pj/internal/testutil"
 )
 
 // dnsBackend answers every datagram with its first two bytes (a DNS
 // transaction id), 0x81 0x80 and the rest: a stand-in for a DNS server.
 func dnsBackend(t *testing.T) string {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		buf := make([]byte, 1<<16)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			if n < 2 {
-				continue
-			}
-			reply := append([]byte{buf[0], buf[1], 0x81, 0x80}, buf[2:n]...)
-			_, _ = c.WriteToUDPAddrPort(reply, from)
+	return testutil.ServeUDP(t, func(b []byte) []byte {
+		if len(b) < 2 {
+			return nil
 		}
-	})
-	t.Cleanup(func() { _ = c.Close(); wg.Wait() })
-	return c.LocalAddr().String()
+		return append([]byte{b[0], b[1], 0x81, 0x80}, b[2:]...)
+	}).String()
 }
 
 func query(t *testing.T, addr string, id byte) []byte {

@@ -4,7 +4,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,23 +18,7 @@ import (
 // with prefix and the datagram.
 func udpEcho(t *testing.T, prefix string) string {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		buf := make([]byte, 1<<16)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = c.WriteToUDPAddrPort(append([]byte(prefix), buf[:n]...), from)
-		}
-	})
-	t.Cleanup(func() { _ = c.Close(); wg.Wait() })
-	return c.LocalAddr().String()
+	return testutil.ServeUDP(t, func(b []byte) []byte { return append([]byte(prefix), b...) }).String()
 }
 
 func udpProxy(name, listen string, idle time.Duration, backends ...string) config.Proxy {
