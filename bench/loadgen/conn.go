@@ -54,19 +54,12 @@ func runCycles(ctx context.Context, cfg *runConfig, r *result, cycle func(contex
 	}
 	start := time.Now()
 	deadline := start.Add(cfg.duration)
-	type outcome struct {
-		samples    []time.Duration
-		errors     int
-		errorTimes []int64 // Unix milliseconds
-		firstErr   error
-		end        time.Time
-	}
-	outs := make([]outcome, cfg.connWorkers)
+	outs := make([]tally, cfg.connWorkers)
 	var claimed atomic.Int64 // cycles begun, against cfg.count
 	var wg sync.WaitGroup
 	for w := range outs {
 		wg.Go(func() {
-			o := outcome{samples: make([]time.Duration, 0, 1<<12)}
+			o := newTally()
 			for i := 0; i < maxCycles && time.Now().Before(deadline); i++ {
 				if cfg.count > 0 && claimed.Add(1) > int64(cfg.count) {
 					break
@@ -80,14 +73,7 @@ func runCycles(ctx context.Context, cfg *runConfig, r *result, cycle func(contex
 				}
 				t0 := time.Now()
 				if err := cycle(ctx, cfg); err != nil {
-					o.errors++
-					if len(o.errorTimes) < maxErrorTimes {
-						o.errorTimes = append(o.errorTimes, time.Now().UnixMilli())
-					}
-					if o.firstErr == nil {
-						o.firstErr = err
-					}
-					time.Sleep(errorPause)
+					o.fail(err)
 					continue
 				}
 				o.samples = append(o.samples, time.Since(t0))
@@ -102,26 +88,12 @@ func runCycles(ctx context.Context, cfg *runConfig, r *result, cycle func(contex
 		return err
 	}
 
-	var all []time.Duration
-	var nerr int
-	var firstErr error
-	errorTimes := []int64{}
-	end := start
-	for _, o := range outs {
-		all = append(all, o.samples...)
-		nerr += o.errors
-		errorTimes = append(errorTimes, o.errorTimes...)
-		if firstErr == nil {
-			firstErr = o.firstErr
-		}
-		if o.end.After(end) {
-			end = o.end
-		}
-	}
+	t := sum(outs, start)
+	all, nerr, firstErr := t.samples, t.errors, t.firstErr
 	if len(all) == 0 {
 		return fmt.Errorf("no connection cycle completed (%d failed, the first: %w)", nerr, firstErr)
 	}
-	elapsed := end.Sub(start).Seconds()
+	elapsed := t.end.Sub(start).Seconds()
 	l := summarise(all)
 	cpu := after - before
 	r.set("cps", float64(len(all))/elapsed)
@@ -136,9 +108,53 @@ func runCycles(ctx context.Context, cfg *runConfig, r *result, cycle func(contex
 	if firstErr != nil {
 		r.set("first_error", firstErr.Error())
 	}
-	slices.Sort(errorTimes)
-	r.set("error_times_unix_ms", errorTimes[:min(len(errorTimes), maxErrorTimes)])
+	r.set("error_times_unix_ms", t.errorTimes[:min(len(t.errorTimes), maxErrorTimes)])
 	return nil
+}
+
+// tally is what the workers of a cycling mode (conn, sni, tlsfull,
+// tlsresume) saw: the time each completed cycle took, and the failures.
+type tally struct {
+	samples    []time.Duration
+	errors     int
+	errorTimes []int64 // Unix milliseconds of the first maxErrorTimes failures
+	firstErr   error
+	end        time.Time // when the worker stopped
+}
+
+func newTally() tally { return tally{samples: make([]time.Duration, 0, 1<<12)} }
+
+// fail records a failed cycle, then pauses: a failing target is not
+// hammered.
+func (o *tally) fail(err error) {
+	o.errors++
+	if len(o.errorTimes) < maxErrorTimes {
+		o.errorTimes = append(o.errorTimes, time.Now().UnixMilli())
+	}
+	if o.firstErr == nil {
+		o.firstErr = err
+	}
+	time.Sleep(errorPause)
+}
+
+// sum adds up the workers' tallies of a run that started at start: the
+// first error of the first worker that had one, failure times in order,
+// and the last worker's end.
+func sum(outs []tally, start time.Time) tally {
+	t := tally{errorTimes: []int64{}, end: start}
+	for _, o := range outs {
+		t.samples = append(t.samples, o.samples...)
+		t.errors += o.errors
+		t.errorTimes = append(t.errorTimes, o.errorTimes...)
+		if t.firstErr == nil {
+			t.firstErr = o.firstErr
+		}
+		if o.end.After(t.end) {
+			t.end = o.end
+		}
+	}
+	slices.Sort(t.errorTimes)
+	return t
 }
 
 // connCycle is one connect → 1-byte echo → close.

@@ -64,18 +64,12 @@ func runTLSHandshakes(ctx context.Context, cfg *runConfig, r *result, resume boo
 	}
 	start := time.Now()
 	deadline := start.Add(cfg.duration)
-	type outcome struct {
-		samples  []time.Duration
-		resumed  int
-		errors   int
-		firstErr error
-		end      time.Time
-	}
-	outs := make([]outcome, cfg.connWorkers)
+	outs := make([]tally, cfg.connWorkers)
+	resumedBy := make([]int, cfg.connWorkers)
 	var wg sync.WaitGroup
 	for w := range outs {
 		wg.Go(func() {
-			o := outcome{samples: make([]time.Duration, 0, 1<<12)}
+			o := newTally()
 			var cache tls.ClientSessionCache
 			if resume {
 				cache = tls.NewLRUClientSessionCache(1)
@@ -85,15 +79,11 @@ func runTLSHandshakes(ctx context.Context, cfg *runConfig, r *result, resume boo
 				t0 := time.Now()
 				did, err := tlsCycle(ctx, cfg, tc)
 				if err != nil {
-					o.errors++
-					if o.firstErr == nil {
-						o.firstErr = err
-					}
-					time.Sleep(errorPause)
+					o.fail(err)
 					continue
 				}
 				if did {
-					o.resumed++
+					resumedBy[w]++
 				}
 				o.samples = append(o.samples, time.Since(t0))
 			}
@@ -106,20 +96,11 @@ func runTLSHandshakes(ctx context.Context, cfg *runConfig, r *result, resume boo
 	if err != nil {
 		return err
 	}
-	var all []time.Duration
-	var nerr, resumed int
-	var firstErr error
-	end := start
-	for _, o := range outs {
-		all = append(all, o.samples...)
-		nerr += o.errors
-		resumed += o.resumed
-		if firstErr == nil {
-			firstErr = o.firstErr
-		}
-		if o.end.After(end) {
-			end = o.end
-		}
+	t := sum(outs, start)
+	all, nerr, firstErr := t.samples, t.errors, t.firstErr
+	resumed := 0
+	for _, n := range resumedBy {
+		resumed += n
 	}
 	if len(all) == 0 {
 		return fmt.Errorf("no handshake completed (%d failed, the first: %w)", nerr, firstErr)
@@ -127,7 +108,7 @@ func runTLSHandshakes(ctx context.Context, cfg *runConfig, r *result, resume boo
 	if resume && resumed < len(all)-cfg.connWorkers {
 		return fmt.Errorf("only %d of %d handshakes resumed: the target does not resume TLS 1.3 sessions", resumed, len(all))
 	}
-	elapsed := end.Sub(start).Seconds()
+	elapsed := t.end.Sub(start).Seconds()
 	l := summarise(all)
 	cpu := after - before
 	r.set("hps", float64(len(all))/elapsed)
