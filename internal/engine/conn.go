@@ -450,6 +450,16 @@ func (l *loop) timerFired(c *conn) {
 // push the deadline back when it fires, so the data path never touches
 // the timer.
 func (l *loop) armRelay(c *conn) {
+	if at := c.relayDeadline(); at >= 0 {
+		l.arm(c, at)
+		return
+	}
+	l.disarm(c)
+}
+
+// relayDeadline is when a relaying connection's idle or half-close
+// timeout ends, whichever comes first (loop clock); -1: never.
+func (c *conn) relayDeadline() int64 {
 	at := int64(-1)
 	if idle := int64(c.route.IdleTimeout); idle > 0 {
 		at = c.lastActive + idle
@@ -459,11 +469,7 @@ func (l *loop) armRelay(c *conn) {
 			at = h
 		}
 	}
-	if at < 0 {
-		l.disarm(c)
-		return
-	}
-	l.arm(c, at)
+	return at
 }
 
 // openSide names the side whose direction is still open.

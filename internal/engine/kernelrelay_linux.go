@@ -392,15 +392,7 @@ func (l *loop) kernelCheck(c *conn) {
 // kernelArm sets c's timer: the idle and half-close timeouts as armRelay
 // sets them, or sooner a check for a source's last bytes.
 func (l *loop) kernelArm(c *conn) {
-	at := int64(-1)
-	if idle := int64(c.route.IdleTimeout); idle > 0 {
-		at = c.lastActive + idle
-	}
-	if half := int64(c.route.HalfCloseTimeout); half > 0 && c.halfAt > 0 {
-		if h := max(c.lastActive, c.halfAt) + half; at < 0 || h < at {
-			at = h
-		}
-	}
+	at := c.relayDeadline()
 	if w := c.kern.wait; w > 0 {
 		if t := l.now + int64(w); at < 0 || t < at {
 			at = t
