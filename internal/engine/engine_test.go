@@ -126,6 +126,37 @@ func relayed(t *testing.T, o harnessOpt) (h *harness, client, backend *net.TCPCo
 	return h, client, accepted(t, conns)
 }
 
+// exchange sends up (pattern 1 of n bytes, or what is left of it) from
+// client and pattern 2 of n bytes from backend, each followed by a FIN,
+// and fails the test unless each end received the other's pattern whole,
+// in order.
+func exchange(t *testing.T, client, backend *net.TCPConn, up io.Reader, n int64) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var upSum [32]byte
+	wg.Go(func() {
+		_, _ = io.Copy(client, up)
+		_ = client.CloseWrite()
+	})
+	wg.Go(func() {
+		_, _ = io.Copy(backend, testutil.NewPattern(2, n))
+		_ = backend.CloseWrite()
+	})
+	wg.Go(func() {
+		hash := sha256.New()
+		_ = backend.SetReadDeadline(time.Now().Add(60 * time.Second))
+		_, _ = io.Copy(hash, backend)
+		copy(upSum[:], hash.Sum(nil))
+	})
+	hash := sha256.New()
+	_ = client.SetReadDeadline(time.Now().Add(60 * time.Second))
+	_, _ = io.Copy(hash, client)
+	wg.Wait()
+	if [32]byte(hash.Sum(nil)) != testutil.PatternSum(2, n) || upSum != testutil.PatternSum(1, n) {
+		t.Fatal("bytes were altered, lost or reordered in transit")
+	}
+}
+
 // backendConns serves a listener whose accepted connections are handed to
 // the test one by one.
 func backendConns(t *testing.T) (string, <-chan *net.TCPConn) {
@@ -198,28 +229,7 @@ func TestBackendCloseReachesClient(t *testing.T) {
 func TestBulkBothWaysIsSplicedAndIntact(t *testing.T) {
 	const n = 16 << 20
 	h, client, backend := relayed(t, harnessOpt{})
-	var wg sync.WaitGroup
-	var upSum [32]byte
-	wg.Go(func() {
-		_, _ = io.Copy(client, testutil.NewPattern(1, n))
-		_ = client.CloseWrite()
-	})
-	wg.Go(func() {
-		_, _ = io.Copy(backend, testutil.NewPattern(2, n))
-		_ = backend.CloseWrite()
-	})
-	wg.Go(func() {
-		hash := sha256.New()
-		_, _ = io.Copy(hash, backend)
-		copy(upSum[:], hash.Sum(nil))
-	})
-	hash := sha256.New()
-	_ = client.SetReadDeadline(time.Now().Add(60 * time.Second))
-	_, _ = io.Copy(hash, client)
-	wg.Wait()
-	if [32]byte(hash.Sum(nil)) != testutil.PatternSum(2, n) || upSum != testutil.PatternSum(1, n) {
-		t.Fatal("bytes were altered in transit")
-	}
+	exchange(t, client, backend, testutil.NewPattern(1, n), n)
 	line := h.log.WaitLines(t, "[ok]", 1)[0]
 	if !strings.Contains(line, "up=16777216 down=16777216 ") || !strings.HasSuffix(line, "relay=splice") {
 		t.Fatalf("log line %q: want exact counts and relay=splice", line)

@@ -3,12 +3,10 @@
 package engine
 
 import (
-	"crypto/sha256"
 	"errors"
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -48,29 +46,7 @@ func TestKernelRelayMovesBytesIntactBothWays(t *testing.T) {
 	}
 	close(sent)
 	backend := accepted(t, conns)
-	var wg sync.WaitGroup
-	var upSum [32]byte
-	wg.Go(func() {
-		_, _ = io.Copy(client, up)
-		_ = client.CloseWrite()
-	})
-	wg.Go(func() {
-		_, _ = io.Copy(backend, testutil.NewPattern(2, n))
-		_ = backend.CloseWrite()
-	})
-	wg.Go(func() {
-		hash := sha256.New()
-		_ = backend.SetReadDeadline(time.Now().Add(60 * time.Second))
-		_, _ = io.Copy(hash, backend)
-		copy(upSum[:], hash.Sum(nil))
-	})
-	hash := sha256.New()
-	_ = client.SetReadDeadline(time.Now().Add(60 * time.Second))
-	_, _ = io.Copy(hash, client)
-	wg.Wait()
-	if [32]byte(hash.Sum(nil)) != testutil.PatternSum(2, n) || upSum != testutil.PatternSum(1, n) {
-		t.Fatal("bytes were altered, lost or reordered in transit")
-	}
+	exchange(t, client, backend, up, n)
 	line := h.log.WaitLines(t, "[ok]", 1)[0]
 	if !strings.Contains(line, "up=16777216 down=16777216 ") || !strings.HasSuffix(line, "relay=kernel") {
 		t.Fatalf("log line %q: want exact counts and relay=kernel", line)
@@ -83,10 +59,7 @@ func TestKernelRelayPassesHalfCloseOn(t *testing.T) {
 	// the backend sees the end of it and answers after it. (The first
 	// bytes have moved before the FIN is sent: the kernel has the
 	// connection by then.)
-	baddr, conns := backendConns(t)
-	h := newHarness(t, harnessOpt{change: kernelRelayOn}, baddr)
-	client := testutil.Dial(t, h.addr)
-	backend := accepted(t, conns)
+	h, client, backend := relayed(t, harnessOpt{change: kernelRelayOn})
 	if _, err := io.WriteString(client, "req"); err != nil {
 		t.Fatal(err)
 	}
@@ -161,10 +134,7 @@ func echoAfterEOF(t *testing.T) string {
 
 func TestKernelRelayCountsInTheConnectionTable(t *testing.T) {
 	needKernel(t)
-	baddr, conns := backendConns(t)
-	h := newHarness(t, harnessOpt{change: kernelRelayOn}, baddr)
-	client := testutil.Dial(t, h.addr)
-	backend := accepted(t, conns)
+	h, client, backend := relayed(t, harnessOpt{change: kernelRelayOn})
 	if _, err := client.Write(make([]byte, 5000)); err != nil {
 		t.Fatal(err)
 	}
@@ -192,10 +162,7 @@ func TestKernelRelayIdleTimeout(t *testing.T) {
 	// Bytes the kernel moves keep the connection open; silence in both
 	// directions for the idle timeout ends it.
 	const idle = 400 * time.Millisecond
-	baddr, conns := backendConns(t)
-	h := newHarness(t, harnessOpt{idle: idle, change: kernelRelayOn}, baddr)
-	client := testutil.Dial(t, h.addr)
-	backend := accepted(t, conns)
+	h, client, backend := relayed(t, harnessOpt{idle: idle, change: kernelRelayOn})
 	tick := time.NewTicker(idle / 8)
 	defer tick.Stop()
 	buf := make([]byte, 1)
