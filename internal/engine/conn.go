@@ -431,17 +431,25 @@ func (l *loop) timerFired(c *conn) {
 			return
 		}
 		l.e.faultAt("idle")
-		if idle := int64(c.route.IdleTimeout); idle > 0 && l.now-c.lastActive >= idle {
-			l.abort(c, ErrIdleTimeout)
-			return
+		if !l.relayTimedOut(c) {
+			l.armRelay(c)
 		}
-		if half := int64(c.route.HalfCloseTimeout); half > 0 && c.halfAt > 0 && l.now-max(c.lastActive, c.halfAt) >= half {
-			l.abort(c, fmt.Errorf("%w: the %s sent nothing for %s after the %s finished",
-				ErrHalfCloseTimeout, c.openSide(), c.route.HalfCloseTimeout, c.openSide().Other()))
-			return
-		}
-		l.armRelay(c)
 	}
+}
+
+// relayTimedOut ends c if its idle or its half-close timeout is over, and
+// reports whether it did.
+func (l *loop) relayTimedOut(c *conn) bool {
+	if idle := int64(c.route.IdleTimeout); idle > 0 && l.now-c.lastActive >= idle {
+		l.abort(c, ErrIdleTimeout)
+		return true
+	}
+	if half := int64(c.route.HalfCloseTimeout); half > 0 && c.halfAt > 0 && l.now-max(c.lastActive, c.halfAt) >= half {
+		l.abort(c, fmt.Errorf("%w: the %s sent nothing for %s after the %s finished",
+			ErrHalfCloseTimeout, c.openSide(), c.route.HalfCloseTimeout, c.openSide().Other()))
+		return true
+	}
+	return false
 }
 
 // armRelay sets a relaying connection's deadline: the idle timeout from

@@ -414,13 +414,7 @@ func (l *loop) kernelTimer(c *conn) {
 		l.abort(c, err)
 		return
 	}
-	if idle := int64(c.route.IdleTimeout); idle > 0 && l.now-c.lastActive >= idle {
-		l.abort(c, ErrIdleTimeout)
-		return
-	}
-	if half := int64(c.route.HalfCloseTimeout); half > 0 && c.halfAt > 0 && l.now-max(c.lastActive, c.halfAt) >= half {
-		l.abort(c, fmt.Errorf("%w: the %s sent nothing for %s after the %s finished",
-			ErrHalfCloseTimeout, c.openSide(), c.route.HalfCloseTimeout, c.openSide().Other()))
+	if l.relayTimedOut(c) {
 		return
 	}
 	l.kernelCheck(c)
