@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
@@ -35,7 +34,6 @@ const (
 	// use are bounded by the directions moving bulk data at this instant.
 	maxIdlePipes = 8
 
-	yieldEvery     = 2 * time.Millisecond
 	minAcceptDelay = 5 * time.Millisecond
 	maxAcceptDelay = time.Second
 )
@@ -67,7 +65,6 @@ type loop struct {
 	peeks     []*peek       // spare buffers of connections choosing a route
 	dec       route.Decider // the first call of every connection's decision
 	pending   []*conn       // connections with work left after their budget
-	yielded   int64         // loop clock of the last runtime.Gosched
 	stopping  bool
 }
 
@@ -138,14 +135,7 @@ func (l *loop) iterate() (over bool) {
 	}
 	l.runPending()
 	l.runTimers()
-	if l.poll.Busy() && l.now-l.yielded > int64(yieldEvery) {
-		// A busy loop never blocks where the scheduler sees it; yielding
-		// now and then spares it the forced preemption (a signal) that
-		// the runtime sends a goroutine running for 10ms, and lets the
-		// system monitor sleep.
-		l.yielded = l.now
-		runtime.Gosched()
-	}
+	l.poll.Yield(l.now)
 	return l.stopping && l.open() == 0
 }
 

@@ -3,7 +3,9 @@ package evloop
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -18,7 +20,8 @@ type Poller[L any] struct {
 	fd     int    // the epoll instance
 	wake   int    // the eventfd
 	events []unix.EpollEvent
-	busy   bool // the last wait returned events
+	busy   bool  // the last wait returned events
+	yield  int64 // when the loop last yielded (its clock, nanoseconds)
 
 	mu       sync.Mutex
 	cmds     []func(L)
@@ -95,6 +98,21 @@ func (p *Poller[L]) Wait(ms int) ([]unix.EpollEvent, error) {
 	}
 	p.busy = n > 0
 	return p.events[:n], err
+}
+
+// yieldEvery is how often a busy loop yields its processor.
+const yieldEvery = int64(2 * time.Millisecond)
+
+// Yield lets the Go scheduler run other goroutines if the loop has been
+// busy for a while; now is the loop's clock (nanoseconds). A busy loop
+// never blocks where the scheduler sees it; yielding now and then spares
+// it the forced preemption (a signal) that the runtime sends a goroutine
+// running for 10ms, and lets the system monitor sleep.
+func (p *Poller[L]) Yield(now int64) {
+	if p.busy && now-p.yield > yieldEvery {
+		p.yield = now
+		runtime.Gosched()
+	}
 }
 
 // epollWaitRaw is epoll_wait made as a raw system call: the Go scheduler

@@ -5,7 +5,6 @@ package udp
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
@@ -29,8 +28,6 @@ const (
 	// event, so that a chatty backend cannot starve the others (the
 	// socket is level-triggered: what is left is reported again).
 	perSession = 16
-
-	yieldEvery = 2 * time.Millisecond
 )
 
 // lsock is one socket of a listener, owned by one loop, with the sessions
@@ -75,11 +72,10 @@ type loop struct {
 	rsa    unix.RawSockaddrAny
 	ev     unix.EpollEvent
 
-	cur     *session // the session being handled, for recover
-	wall    time.Time
-	now     int64
-	yielded int64
-	noGSO   bool // a GSO send failed: send datagram by datagram
+	cur   *session // the session being handled, for recover
+	wall  time.Time
+	now   int64
+	noGSO bool // a GSO send failed: send datagram by datagram
 	// coalesced counts reads that UDP GRO coalesced, merged the replies
 	// sent as one GSO message (for tests).
 	coalesced, merged int
@@ -133,12 +129,7 @@ func (l *loop) run() {
 		}
 		l.flush()
 		l.runTimers()
-		if l.poll.Busy() && l.now-l.yielded > int64(yieldEvery) {
-			// See the TCP engine's loop: a busy loop yields now and
-			// then rather than be preempted by a signal.
-			l.yielded = l.now
-			runtime.Gosched()
-		}
+		l.poll.Yield(l.now)
 		if l.stopping && len(l.table) == 0 {
 			return
 		}
