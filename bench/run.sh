@@ -376,28 +376,41 @@ proxies:
 EOF
 }
 
-write_haproxy_tls_cfg() { # FILE
-	cat >"$1" <<EOF
-# haproxy-tls for pj's benchmark: terminate TLS 1.3 (X25519, the ECDSA
-# P-256 certificate), relay plaintext, no logging. Session tickets are on
-# by default, so tlsresume resumes.
+# haproxy_head COMMENT [GLOBAL]: the start of a haproxy.cfg for pj's
+# benchmark, up to its frontend: COMMENT on top, two threads, the
+# connection caps, TCP mode and its timeouts; GLOBAL adds lines to the
+# global section.
+haproxy_head() {
+	cat <<EOF
+# $1
 global
     nbthread 2
+    # Room for idle's connections plus conn's churn. haproxy sizes its
+    # descriptor limit from this (2 per connection, plus pipes for splice)
+    # and refuses to start above the hard limit (20000 here).
     maxconn 6000
-    ssl-default-bind-options ssl-min-ver TLSv1.3
-    ssl-default-bind-curves X25519
+${2:-}
 defaults
     mode tcp
     timeout connect 5s
     timeout client 1h
     timeout server 1h
     maxconn 6000
+EOF
+}
+
+write_haproxy_tls_cfg() { # FILE
+	{
+		haproxy_head "haproxy-tls for pj's benchmark: terminate TLS 1.3 (X25519, the ECDSA P-256 certificate), relay plaintext, no logging. Session tickets are on by default, so tlsresume resumes." \
+			$'    ssl-default-bind-options ssl-min-ver TLSv1.3\n    ssl-default-bind-curves X25519'
+		cat <<EOF
 frontend fe
     bind 127.0.0.1:${port[haproxy-tls]} ssl crt $tlsdir/bundle.pem
     default_backend be
 backend be
     server backend 127.0.0.1:$backend_port
 EOF
+	} >"$1"
 }
 
 write_haproxy_cfg() { # TARGET FILE
@@ -406,20 +419,9 @@ write_haproxy_cfg() { # TARGET FILE
 		splice="    option splice-auto"
 		[[ $HAPROXY_SPLICE == always ]] && splice=$'    option splice-request\n    option splice-response'
 	fi
-	cat >"$2" <<EOF
-# $1 for pj's benchmark: plain TCP relay, no logging.
-global
-    nbthread 2
-    # Room for idle's connections plus conn's churn. haproxy sizes its
-    # descriptor limit from this (2 per connection, plus pipes for splice)
-    # and refuses to start above the hard limit (20000 here).
-    maxconn 6000
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-    maxconn 6000
+	{
+		haproxy_head "$1 for pj's benchmark: plain TCP relay, no logging."
+		cat <<EOF
 $splice
 frontend fe
     bind 127.0.0.1:${port[$1]}
@@ -427,6 +429,7 @@ frontend fe
 backend be
     server backend 127.0.0.1:$backend_port
 EOF
+	} >"$2"
 }
 
 # write_pj_sni_cfg FILE: pj on port[pj-sni] with two routes by server name,
@@ -450,17 +453,9 @@ EOF
 # write_haproxy_sni_cfg FILE: haproxy routing the same two names with
 # req.ssl_sni, as its documentation does it.
 write_haproxy_sni_cfg() {
-	cat >"$1" <<EOF
-# haproxy-sni for pj's benchmark: TCP routed by the ClientHello's name.
-global
-    nbthread 2
-    maxconn 6000
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-    maxconn 6000
+	{
+		haproxy_head "haproxy-sni for pj's benchmark: TCP routed by the ClientHello's name."
+		cat <<EOF
 frontend fe
     bind 127.0.0.1:${port[haproxy-sni]}
     tcp-request inspect-delay 5s
@@ -472,6 +467,7 @@ backend other
 backend be
     server backend 127.0.0.1:$backend_port
 EOF
+	} >"$1"
 }
 
 # nginx_head DIR NAME COMMENT: the start of an nginx.conf for pj's
