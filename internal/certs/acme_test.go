@@ -2,15 +2,12 @@ package certs
 
 import (
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,95 +16,6 @@ import (
 
 	"github.com/pj-proxy/pj/internal/testutil"
 )
-
-// pebble is Let's Encrypt's test ACME server (Debian package "pebble"),
-// run on loopback for one test. It validates challenges for real: it
-// resolves the domain with the test's DNS server (every name is
-// 127.0.0.1) and connects to the test's listeners on httpPort (http-01)
-// and tlsPort (tls-alpn-01).
-type pebble struct {
-	dir     string // the ACME directory URL
-	caRoots string // PEM file of the CA of pebble's own HTTPS listener
-	mgmt    string // management listener, HOST:PORT
-	client  *http.Client
-	out     *testutil.Buffer
-}
-
-func startPebble(t *testing.T, httpPort, tlsPort int, dnsAddr string) *pebble {
-	t.Helper()
-	bin, err := exec.LookPath("pebble")
-	if err != nil {
-		if os.Getenv("PJ_REQUIRE_PEBBLE") != "" {
-			t.Fatal("pebble is not installed, and PJ_REQUIRE_PEBBLE is set: apt-get install pebble")
-		}
-		t.Skip("pebble (Let's Encrypt's test ACME server) is not installed: apt-get install pebble to run the ACME tests")
-	}
-	dir := t.TempDir()
-	ca := testutil.NewCA(t, "pebble's HTTPS CA")
-	c, k := ca.Issue(t, testutil.Leaf{Names: []string{"localhost"}, IPs: []string{"127.0.0.1"}})
-	listen, mgmt := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
-	cfg := map[string]any{"pebble": map[string]any{
-		"listenAddress":                  listen,
-		"managementListenAddress":        mgmt,
-		"certificate":                    testutil.WriteFileIn(t, dir, "pebble.pem", c),
-		"privateKey":                     testutil.WriteFileIn(t, dir, "pebble.key", k),
-		"httpPort":                       httpPort,
-		"tlsPort":                        tlsPort,
-		"ocspResponderURL":               "",
-		"externalAccountBindingRequired": false,
-	}}
-	b, _ := json.Marshal(cfg)
-	cfgFile := testutil.WriteFileIn(t, dir, "pebble-config.json", b)
-
-	p := &pebble{dir: "https://" + listen + "/dir", caRoots: testutil.WriteFileIn(t, dir, "pebble-ca.pem", ca.PEM), mgmt: mgmt, out: &testutil.Buffer{}}
-	p.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}}
-	cmd := exec.Command(bin, "-config", cfgFile, "-dnsserver", dnsAddr)
-	// No artificial pause before validating; no nonces refused at random
-	// (a client must cope with them, but a test needs to be repeatable);
-	// no authorisation reused, so every order is validated anew.
-	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start pebble: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		p.client.CloseIdleConnections()
-		if t.Failed() {
-			t.Logf("pebble's output:\n%s", p.out.String())
-		}
-	})
-	testutil.WaitFor(t, 20*time.Second, "pebble to listen", func() bool {
-		resp, err := p.client.Get(p.dir)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return p
-}
-
-// roots returns the root that pebble issues under (made anew at each
-// start), from its management listener.
-func (p *pebble) roots(t *testing.T) *x509.CertPool {
-	t.Helper()
-	resp, err := p.client.Get("https://" + p.mgmt + "/roots/0")
-	if err != nil {
-		t.Fatalf("get pebble's root: %v", err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		t.Fatalf("pebble's root is not PEM: %q", b)
-	}
-	return pool
-}
 
 func port(t *testing.T, addr string) int {
 	t.Helper()
@@ -137,10 +45,10 @@ func TestACMEIssuesWithTLSALPN01AndKeepsItOnDisk(t *testing.T) {
 	dns := testutil.StartDNS(t)
 	dns.SetIPs(domain, "127.0.0.1")
 	tlsLn := testutil.Listen(t, "tcp4")
-	pb := startPebble(t, port(t, testutil.ClosedAddr(t)), port(t, tlsLn.Addr().String()), dns.Addr)
+	pb := testutil.StartPebble(t, port(t, testutil.ClosedAddr(t)), port(t, tlsLn.Addr().String()), dns.Addr)
 	storage := filepath.Join(t.TempDir(), "acme")
 	opt := ServerOptions{ALPN: []string{"http/1.1"}, ACME: &ACMEOptions{
-		Domains: []string{domain}, Email: "ops@pj.test", Directory: pb.dir, CARoots: pb.caRoots, Storage: storage,
+		Domains: []string{domain}, Email: "ops@pj.test", Directory: pb.Dir, CARoots: pb.CARoots, Storage: storage,
 	}}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	s, err := NewStore(opt, log, nil)
@@ -155,7 +63,7 @@ func TestACMEIssuesWithTLSALPN01AndKeepsItOnDisk(t *testing.T) {
 	s.Close()
 	s.ACME().wait()
 
-	roots := pb.roots(t)
+	roots := pb.Roots(t)
 	st, err := shake2(tlsLn.Addr().String(), &tls.Config{ServerName: domain, RootCAs: roots, NextProtos: []string{"http/1.1"}})
 	if err != nil {
 		t.Fatalf("a client that trusts pebble's root refuses the certificate: %v", err)
@@ -195,9 +103,9 @@ func TestACMEFallsBackToHTTP01(t *testing.T) {
 	dns := testutil.StartDNS(t)
 	dns.SetIPs(domain, "127.0.0.1")
 	httpAddr := testutil.ClosedAddr(t)
-	pb := startPebble(t, port(t, httpAddr), port(t, testutil.ClosedAddr(t)), dns.Addr)
+	pb := testutil.StartPebble(t, port(t, httpAddr), port(t, testutil.ClosedAddr(t)), dns.Addr)
 	s, err := NewStore(ServerOptions{ACME: &ACMEOptions{
-		Domains: []string{domain}, Directory: pb.dir, CARoots: pb.caRoots, Storage: t.TempDir(), HTTPListen: httpAddr,
+		Domains: []string{domain}, Directory: pb.Dir, CARoots: pb.CARoots, Storage: t.TempDir(), HTTPListen: httpAddr,
 	}}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -228,7 +136,7 @@ func TestACMEFallsBackToHTTP01(t *testing.T) {
 
 	tlsLn := testutil.Listen(t, "tcp4")
 	serveHandshakes(t, tlsLn, s.TLSConfig())
-	if _, err := shake2(tlsLn.Addr().String(), &tls.Config{ServerName: domain, RootCAs: pb.roots(t)}); err != nil {
+	if _, err := shake2(tlsLn.Addr().String(), &tls.Config{ServerName: domain, RootCAs: pb.Roots(t)}); err != nil {
 		t.Fatalf("the certificate obtained with http-01 is refused: %v", err)
 	}
 }
