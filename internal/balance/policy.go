@@ -123,10 +123,16 @@ func entry(schedule []int32, k int) int {
 // turns of the ineligible ones before it, in one compare-and-swap, so
 // that no concurrent Pick can take the same turn. A failed swap means
 // another Pick advanced the cycle: the scan starts again from there, at
-// most casTries times (then the backend last found is used: a turn of
-// unevenness, never a wrong backend). The scan looks at most m entries
-// (it stops at the first eligible one, so about m / eligible entries):
-// skipping is O(m), paid only while backends are out.
+// most casTries times. The scan looks at most m entries (it stops at the
+// first eligible one, so about m / eligible entries): skipping is O(m),
+// paid only while backends are out.
+//
+// When the swaps keep failing (event loops picking at once fail all
+// casTries often: tens of times in 12 000 picks), skip claims turns one
+// at a time instead, each with an add that cannot fail, so the turn it
+// returns is still its own. That is bounded too (casTries × m turns);
+// past it, which only backends going out meanwhile make likely, the first
+// eligible backend is used: a turn of unevenness, never a wrong backend.
 func (c *cycle) skip(backends []*Backend, m int, schedule []int32) int {
 	if firstEligible(backends, 0) < 0 {
 		return -1 // O(n), and it spares a scan of the whole schedule
@@ -155,7 +161,13 @@ func (c *cycle) skip(backends []*Backend, m int, schedule []int32) int {
 	if found < 0 {
 		return firstEligible(backends, 0)
 	}
-	return found
+	for range casTries * m {
+		i := c.next.Add(1) - 1
+		if j := entry(schedule, int(i%uint64(m))); backends[j].Eligible() {
+			return j
+		}
+	}
+	return firstEligible(backends, 0)
 }
 
 // firstEligible returns the first eligible backend from start round the
