@@ -49,10 +49,6 @@ func (s *Server) Plan(cfg config.Config) ([]Change, error) {
 			cut[name] += e.ln.Proxy().Stats.Active.Load()
 		}
 	}
-	listens := map[string]string{}
-	for _, e := range s.entries {
-		listens[e.key] = e.addr.String()
-	}
 
 	var added, removed, changed []Change
 	seen := map[string]bool{}
@@ -70,7 +66,7 @@ func (s *Server) Plan(cfg config.Config) ([]Change, error) {
 	for i, e := range s.entries {
 		name := s.cfg.Proxies[i].Name
 		if !seen[name] {
-			removed = append(removed, Change{Action: "remove", Proxy: name, Listen: listens[e.key], Cut: cut[name]})
+			removed = append(removed, Change{Action: "remove", Proxy: name, Listen: e.addr.String(), Cut: cut[name]})
 		}
 	}
 	out := append(append(added, removed...), changed...)
