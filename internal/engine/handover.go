@@ -166,10 +166,6 @@ func (l *loop) detach(c *conn) (Detached, bool) {
 		}
 		d.spill = nil
 	}
-	if c.peek != nil {
-		l.putPeek(c.peek)
-		c.peek = nil
-	}
 	l.load.Add(-1)
 	c.backend.Active.Add(-1)
 	if c.clients != nil {
