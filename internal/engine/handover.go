@@ -229,8 +229,8 @@ var ErrCannotAdopt = errors.New("cannot take over the connection")
 // client and backend sockets, then a pipe per direction with pending
 // bytes, all owned by the engine from now on (closed on error). The
 // connection goes on as it was, over every cap: counted by its proxy, its
-// backend (least-conn) and its client's cap. It returns the pause the
-// connection saw, from its detaching to its registration here.
+// backend (least-conn) and its client's cap. The connection joins the
+// least loaded loop after Adopt returns.
 func (e *Engine) Adopt(m Moved, fds []int, ln *Listener, p *proxy.Proxy, r *proxy.Route, b *balance.Backend) error {
 	if len(fds) != m.FDs() {
 		closeFDs(fds)
