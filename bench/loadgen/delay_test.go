@@ -15,25 +15,8 @@ import (
 
 func TestDelayLine(t *testing.T) {
 	backend := startBackend(t)
-	portFile := filepath.Join(t.TempDir(), "port")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
 	const d = 20 * time.Millisecond
-	go func() {
-		done <- Run(ctx, []string{"delay", "-to", backend, "-delay", d.String(), "-port-file", portFile}, io.Discard, io.Discard)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("delay: %v", err)
-		}
-	})
-	var port string
-	testutil.WaitFor(t, 10*time.Second, "the delay line's port file", func() bool {
-		b, _ := os.ReadFile(portFile)
-		port = strings.TrimSpace(string(b))
-		return port != ""
-	})
+	port := startServing(t, "delay", "-to", backend, "-delay", d.String())
 	c, err := net.Dial("tcp", "127.0.0.1:"+port)
 	if err != nil {
 		t.Fatal(err)
@@ -73,4 +56,30 @@ func TestDelayLineRefusesBadFlags(t *testing.T) {
 			t.Errorf("%q: no error", args)
 		}
 	}
+}
+
+// startServing runs the loadgen command args (one that serves until its
+// context ends: serve, delay) until the test ends, and returns the port it
+// wrote to its -port-file.
+func startServing(t *testing.T, args ...string) string {
+	t.Helper()
+	portFile := filepath.Join(t.TempDir(), "port")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, append(args, "-port-file", portFile), io.Discard, io.Discard)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: %v", args[0], err)
+		}
+	})
+	var port string
+	testutil.WaitFor(t, 10*time.Second, args[0]+"'s port file", func() bool {
+		b, _ := os.ReadFile(portFile)
+		port = strings.TrimSpace(string(b))
+		return port != ""
+	})
+	return port
 }

@@ -5,13 +5,9 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
-	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/pj-proxy/pj/internal/testutil"
 )
 
 func TestConnPacedKeepsItsRate(t *testing.T) {
@@ -38,25 +34,8 @@ func TestServeTLS(t *testing.T) {
 	if err := Run(context.Background(), []string{"cert", "-dir", dir}, io.Discard, &errb); err != nil {
 		t.Fatalf("cert: %v %s", err, errb.String())
 	}
-	portFile := filepath.Join(dir, "port")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, []string{"serve", "-listen", "127.0.0.1:0", "-port-file", portFile,
-			"-tls-cert", filepath.Join(dir, "cert.pem"), "-tls-key", filepath.Join(dir, "key.pem")}, io.Discard, io.Discard)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	var port string
-	testutil.WaitFor(t, 10*time.Second, "the backend's port file", func() bool {
-		b, _ := os.ReadFile(portFile)
-		port = strings.TrimSpace(string(b))
-		return port != ""
-	})
+	port := startServing(t, "serve", "-listen", "127.0.0.1:0",
+		"-tls-cert", filepath.Join(dir, "cert.pem"), "-tls-key", filepath.Join(dir, "key.pem"))
 	roots, err := loadRoots(filepath.Join(dir, "ca.pem"))
 	if err != nil {
 		t.Fatal(err)
