@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -276,7 +277,7 @@ func FromEnv() (*Child, error) {
 	case m.Type == "refuse":
 		c.close()
 		return nil, fmt.Errorf("upgrade refused by the running pj: %s", m.Error)
-	case m.Type != "start" || common(Versions, []int{m.Version}) == 0:
+	case m.Type != "start" || !slices.Contains(Versions, m.Version):
 		c.close()
 		return nil, fmt.Errorf("upgrade: the running pj chose %q version %d; this one speaks %v", m.Type, m.Version, Versions)
 	}
