@@ -63,22 +63,9 @@ type kernelProg struct {
 	prog             *ebpf.Program
 }
 
-// kernelLoad is the program's loading, done once per process.
-type kernelLoad struct {
-	once sync.Once
-	k    *kernelProg
-	err  error
-}
-
-var kernel = new(kernelLoad)
-
 // loadKernel loads the program and its maps once per process; the error
 // says why the kernel relay cannot be used here.
-func loadKernel() (*kernelProg, error) {
-	k := kernel
-	k.once.Do(func() { k.k, k.err = newKernelProg() })
-	return k.k, k.err
-}
+var loadKernel = sync.OnceValues(newKernelProg)
 
 func newKernelProg() (*kernelProg, error) {
 	spec := func(name string) *ebpf.MapSpec {

@@ -187,11 +187,9 @@ func TestKernelRelayIdleTimeout(t *testing.T) {
 func TestKernelRelayFallsBackWhenItCannotLoad(t *testing.T) {
 	// A kernel (or a process) that refuses the program: the connections
 	// are relayed by pj, and why is logged once.
-	failed := &kernelLoad{err: errors.New("operation not permitted")}
-	failed.once.Do(func() {})
-	saved := kernel
-	kernel = failed
-	t.Cleanup(func() { kernel = saved })
+	saved := loadKernel
+	loadKernel = func() (*kernelProg, error) { return nil, errors.New("operation not permitted") }
+	t.Cleanup(func() { loadKernel = saved })
 	h := newHarness(t, harnessOpt{change: kernelRelayOn}, testutil.StartEcho(t))
 	for range 2 {
 		c := testutil.Dial(t, h.addr)
