@@ -470,7 +470,7 @@ func Dial(ctx context.Context, addr netip.AddrPort, timeout time.Duration) (int,
 		return -1, err
 	}
 	if derr != nil {
-		return -1, errors.Join(errors.New("dup"), derr)
+		return -1, fmt.Errorf("keep the connection to %s open: %w (raise pj's descriptor limit, e.g. LimitNOFILE)", addr, derr)
 	}
 	return fd, nil
 }
