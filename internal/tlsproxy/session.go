@@ -55,7 +55,7 @@ type session struct {
 
 func newSession(s *Server, h Handoff) *session {
 	ss := &session{srv: s, h: h, r: h.Route, start: time.Now()}
-	ss.ctx, ss.cancel = context.WithCancel(background)
+	ss.ctx, ss.cancel = context.WithCancel(context.Background())
 	ss.client = &clientConn{Conn: h.Conn, peeked: h.Peeked, sess: ss}
 	ss.front = ss.client
 	return ss

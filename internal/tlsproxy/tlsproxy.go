@@ -15,7 +15,6 @@
 package tlsproxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -247,9 +246,6 @@ func statusOf(cause error) observe.Status {
 	}
 	return observe.StatusReset
 }
-
-// background is the context of dials that belong to no request.
-var background = context.Background()
 
 // FromFD turns a connected TCP socket's descriptor into a net.Conn served
 // by Go's poller: what the engine calls to hand a connection over. It
