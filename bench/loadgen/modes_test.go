@@ -49,16 +49,6 @@ func startRelay(t *testing.T, backend string, fn tamper) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns = append(conns, c)
-		mu.Unlock()
-	}
 	pump := func(dst, src *net.TCPConn, toBackend bool) {
 		buf := make([]byte, 32<<10)
 		var off int64
@@ -77,21 +67,37 @@ func startRelay(t *testing.T, backend string, fn tamper) string {
 			}
 		}
 	}
+	return serveForwards(t, ln, backend,
+		func(c, b net.Conn) { pump(b.(*net.TCPConn), c.(*net.TCPConn), true) },
+		func(c, b net.Conn) { pump(c.(*net.TCPConn), b.(*net.TCPConn), false) })
+}
+
+// serveForwards accepts clients on ln until the test ends, connects each
+// to backend and runs up and down (each given the client, then the
+// backend) for the two directions. It returns ln's address; the test's
+// cleanup closes every connection and waits for the directions to end.
+func serveForwards(t *testing.T, ln net.Listener, backend string, up, down func(c, b net.Conn)) string {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
 	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			track(c)
 			b, err := net.Dial("tcp", backend)
 			if err != nil {
 				c.Close()
 				continue
 			}
-			track(b)
-			wg.Go(func() { pump(b.(*net.TCPConn), c.(*net.TCPConn), true) })
-			wg.Go(func() { pump(c.(*net.TCPConn), b.(*net.TCPConn), false) })
+			mu.Lock()
+			conns = append(conns, c, b)
+			mu.Unlock()
+			wg.Go(func() { up(c, b) })
+			wg.Go(func() { down(c, b) })
 		}
 	})
 	t.Cleanup(func() {

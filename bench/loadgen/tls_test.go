@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 )
 
@@ -26,43 +25,15 @@ func startTLSTerminator(t *testing.T, dir, backend string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b, err := net.Dial("tcp", backend)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, c, b)
-			mu.Unlock()
-			wg.Go(func() {
-				_, _ = io.Copy(b, c)
-				_ = b.(*net.TCPConn).CloseWrite()
-			})
-			wg.Go(func() {
-				_, _ = io.Copy(c, b)
-				_ = c.(*tls.Conn).CloseWrite()
-			})
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
+	return serveForwards(t, ln, backend,
+		func(c, b net.Conn) {
+			_, _ = io.Copy(b, c)
+			_ = b.(*net.TCPConn).CloseWrite()
+		},
+		func(c, b net.Conn) {
+			_, _ = io.Copy(c, b)
+			_ = c.(*tls.Conn).CloseWrite()
+		})
 }
 
 func TestTLSModes(t *testing.T) {
