@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/pj-proxy/pj/internal/engine"
 	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/systemd"
@@ -48,7 +46,7 @@ func (c *upgradeChild) split(adminListen string) (proxies []upgrade.Socket, admi
 		case so.Key == adminKey(adminListen) && len(so.FDs) == 1:
 			admin = os.NewFile(uintptr(so.FDs[0]), "admin listener")
 		case strings.HasPrefix(so.Key, "admin "):
-			closeFDs(so.FDs) // the file moved the admin listener
+			upgrade.CloseFDs(so.FDs) // the file moved the admin listener
 		default:
 			proxies = append(proxies, so)
 		}
@@ -85,7 +83,7 @@ func (c *upgradeChild) tookOver(log *slog.Logger, srv *server.Server, listeners 
 	adopt := func(uc upgrade.Conn) {
 		var m engine.Moved
 		if err := json.Unmarshal(uc.State, &m); err != nil {
-			closeFDs(uc.FDs)
+			upgrade.CloseFDs(uc.FDs)
 			lost++
 			first = cmp.Or(first, err)
 			return
@@ -143,12 +141,6 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-func closeFDs(fds []int) {
-	for _, fd := range fds {
-		_ = unix.Close(fd) // unused, never served
-	}
 }
 
 // upgrader runs one upgrade at a time, from the serve loop.
@@ -215,7 +207,7 @@ func (u *upgrader) sockets() ([]upgrade.Socket, error) {
 		fd, err := a.Dup()
 		if err != nil {
 			for _, so := range socks {
-				closeFDs(so.FDs)
+				upgrade.CloseFDs(so.FDs)
 			}
 			return nil, fmt.Errorf("admin listener: %w", err)
 		}
@@ -272,7 +264,7 @@ func (u *upgrader) moveConnections(h *upgrade.Handover) (moved, kept int) {
 	}
 	for i, d := range detached {
 		if i < sent {
-			closeFDs(d.FD) // the new process has its own
+			upgrade.CloseFDs(d.FD) // the new process has its own
 			continue
 		}
 		if err := u.srv.Reattach(d); err != nil {

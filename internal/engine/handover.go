@@ -15,6 +15,7 @@ import (
 	"github.com/pj-proxy/pj/internal/ilist"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
+	"github.com/pj-proxy/pj/internal/upgrade"
 )
 
 // Dup returns a duplicate of the listening socket's descriptor, for a
@@ -191,7 +192,7 @@ func pending(c *conn, fds []int) (up, down MovedDir, out []int, ok bool) {
 		case len(d.spill) > 0:
 			r, err := spillPipe(d.spill)
 			if err != nil {
-				closeFDs(made)
+				upgrade.CloseFDs(made)
 				return up, down, nil, false
 			}
 			made = append(made, r)
@@ -233,12 +234,12 @@ var ErrCannotAdopt = errors.New("cannot take over the connection")
 // least loaded loop after Adopt returns.
 func (e *Engine) Adopt(m Moved, fds []int, ln *Listener, p *proxy.Proxy, r *proxy.Route, b *balance.Backend) error {
 	if len(fds) != m.FDs() {
-		closeFDs(fds)
+		upgrade.CloseFDs(fds)
 		return fmt.Errorf("%w: %d descriptors, want %d", ErrCannotAdopt, len(fds), m.FDs())
 	}
 	client, err := netip.ParseAddrPort(m.Client)
 	if err != nil {
-		closeFDs(fds)
+		upgrade.CloseFDs(fds)
 		return fmt.Errorf("%w: client %q: %v", ErrCannotAdopt, m.Client, err)
 	}
 	c := &conn{
@@ -260,7 +261,7 @@ func (e *Engine) Adopt(m Moved, fds []int, ln *Listener, p *proxy.Proxy, r *prox
 			closeFD(fds[next])
 			fds[next] = -1
 			if err != nil {
-				closeFDs(fds)
+				upgrade.CloseFDs(fds)
 				return fmt.Errorf("%w: its pending bytes: %v", ErrCannotAdopt, err)
 			}
 			x.d.spill = spill
@@ -344,12 +345,4 @@ func readPipe(fd, n int) ([]byte, error) {
 		got += k
 	}
 	return buf, nil
-}
-
-func closeFDs(fds []int) {
-	for _, fd := range fds {
-		if fd >= 0 {
-			closeFD(fd)
-		}
-	}
 }

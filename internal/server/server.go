@@ -103,7 +103,7 @@ func New(cfg config.Config, opt Options) (*Server, error) {
 	if err != nil {
 		s.closeEngines()
 		s.closeInherited()
-		closeFDs(mapValues(s.handedUDP))
+		upgrade.CloseFDs(mapValues(s.handedUDP))
 		return nil, err
 	}
 	s.entries = entries

@@ -93,7 +93,7 @@ func (s *Server) adoptHandedOver(socks []upgrade.Socket) {
 			continue
 		}
 		if len(so.FDs) != 1 {
-			closeFDs(so.FDs)
+			upgrade.CloseFDs(so.FDs)
 			s.log.Warn("ignoring a handed-over listener without one socket", "key", so.Key, "sockets", len(so.FDs))
 			continue
 		}
@@ -132,18 +132,12 @@ func (s *Server) closeUnusedHandedOver() {
 	s.inherited = kept
 	for key, fds := range s.handedUDP {
 		unused = append(unused, key)
-		closeFDs(fds)
+		upgrade.CloseFDs(fds)
 	}
 	s.handedUDP = nil
 	if len(unused) > 0 {
 		s.log.Warn("upgrade: handed-over listeners that no proxy of the configuration has; they close when the old process stops",
 			"listeners", strings.Join(unused, ","))
-	}
-}
-
-func closeFDs(fds []int) {
-	for _, fd := range fds {
-		_ = unix.Close(fd) // nothing to do about a failed close of an unused socket
 	}
 }
 
@@ -181,7 +175,7 @@ func (s *Server) AdoptConnection(m engine.Moved, fds []int) (time.Duration, erro
 	}
 	s.mu.Unlock()
 	if p == nil {
-		closeFDs(fds)
+		upgrade.CloseFDs(fds)
 		return 0, fmt.Errorf("%w: no TCP proxy named %s here", engine.ErrCannotAdopt, m.Proxy)
 	}
 	for _, r := range p.Routes {
@@ -195,7 +189,7 @@ func (s *Server) AdoptConnection(m engine.Moved, fds []int) (time.Duration, erro
 			}
 		}
 	}
-	closeFDs(fds)
+	upgrade.CloseFDs(fds)
 	return 0, fmt.Errorf("%w: proxy %s has no route %s with backend %s", engine.ErrCannotAdopt, m.Proxy, m.Route, m.Backend)
 }
 

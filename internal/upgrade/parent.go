@@ -155,13 +155,13 @@ func Start(ctx context.Context, o Options) (*Handover, error) {
 	}
 	err = sendSockets(c, socks, state)
 	for _, s := range socks {
-		closeAll(s.FDs) // sent (the child has its own), or given up
+		CloseFDs(s.FDs) // sent (the child has its own), or given up
 	}
 	if err != nil {
 		return fail(err)
 	}
 	m, extra, err := c.recv(deadline)
-	closeAll(extra)
+	CloseFDs(extra)
 	switch {
 	case err != nil:
 		return fail(fmt.Errorf("waiting for it to serve: %w", err))
@@ -177,7 +177,7 @@ func Start(ctx context.Context, o Options) (*Handover, error) {
 // both speak.
 func handshake(c *conn, deadline time.Time) (int, error) {
 	hello, extra, err := c.recv(deadline)
-	closeAll(extra)
+	CloseFDs(extra)
 	if err != nil {
 		return 0, fmt.Errorf("waiting for its hello: %w", err)
 	}
@@ -268,7 +268,7 @@ func FromEnv() (*Child, error) {
 		return nil, fmt.Errorf("upgrade: %w", err)
 	}
 	m, extra, err := c.recv(deadline)
-	closeAll(extra)
+	CloseFDs(extra)
 	if err != nil {
 		c.close()
 		return nil, fmt.Errorf("upgrade: waiting for the running pj: %w", err)
@@ -289,7 +289,7 @@ func FromEnv() (*Child, error) {
 			return nil, fmt.Errorf("upgrade: receiving the listening sockets: %w", err)
 		}
 		if m.Type != "sockets" {
-			closeAll(fds)
+			CloseFDs(fds)
 			ch.close()
 			return nil, fmt.Errorf("upgrade: expected the listening sockets, got %q", m.Type)
 		}
@@ -298,14 +298,14 @@ func FromEnv() (*Child, error) {
 		}
 		for _, s := range m.Sockets {
 			if s.Count < 0 || s.Count > len(fds) {
-				closeAll(fds)
+				CloseFDs(fds)
 				ch.close()
 				return nil, errors.New("upgrade: a message with fewer descriptors than it announces")
 			}
 			s.FDs, fds = fds[:s.Count:s.Count], fds[s.Count:]
 			ch.Sockets = append(ch.Sockets, s)
 		}
-		closeAll(fds) // any the headers did not announce
+		CloseFDs(fds) // any the headers did not announce
 		if m.Last {
 			return ch, nil
 		}
@@ -315,7 +315,7 @@ func FromEnv() (*Child, error) {
 // close closes the channel and every socket not taken.
 func (ch *Child) close() {
 	for _, s := range ch.Sockets {
-		closeAll(s.FDs)
+		CloseFDs(s.FDs)
 	}
 	ch.Sockets = nil
 	ch.c.close()
@@ -343,20 +343,20 @@ func (ch *Child) Ready(timeout time.Duration, adopt func(Conn)) error {
 		}
 		switch m.Type {
 		case "done":
-			closeAll(fds)
+			CloseFDs(fds)
 			return nil
 		case "conns":
 			for _, c := range m.Conns {
 				if c.Count < 0 || c.Count > len(fds) {
-					closeAll(fds)
+					CloseFDs(fds)
 					return errors.New("a message with fewer descriptors than it announces")
 				}
 				c.FDs, fds = fds[:c.Count:c.Count], fds[c.Count:]
 				adopt(c)
 			}
-			closeAll(fds)
+			CloseFDs(fds)
 		default:
-			closeAll(fds)
+			CloseFDs(fds)
 			return fmt.Errorf("expected connections or done, got %q", m.Type)
 		}
 	}

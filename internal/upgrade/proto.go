@@ -160,19 +160,19 @@ func (c *conn) recv(deadline time.Time) (message, []int, error) {
 	}
 	files, ferr := parseRights(oob[:oobn])
 	if n == 0 {
-		closeAll(files)
+		CloseFDs(files)
 		return m, nil, errors.New("the other process closed the channel")
 	}
 	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
-		closeAll(files)
+		CloseFDs(files)
 		return m, nil, errors.New("a message too large for the channel")
 	}
 	if ferr != nil {
-		closeAll(files)
+		CloseFDs(files)
 		return m, nil, ferr
 	}
 	if err := json.Unmarshal(buf[:n], &m); err != nil {
-		closeAll(files)
+		CloseFDs(files)
 		return m, nil, fmt.Errorf("a malformed message: %w", err)
 	}
 	return m, files, nil
@@ -197,10 +197,13 @@ func parseRights(oob []byte) ([]int, error) {
 	return out, nil
 }
 
-// closeAll closes descriptors nobody will use.
-func closeAll(fds []int) {
+// CloseFDs closes descriptors nobody will use; it skips negative ones.
+// There is nothing to do about a failed close of an unused descriptor.
+func CloseFDs(fds []int) {
 	for _, fd := range fds {
-		_ = unix.Close(fd)
+		if fd >= 0 {
+			_ = unix.Close(fd)
+		}
 	}
 }
 

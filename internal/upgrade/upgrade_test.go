@@ -57,7 +57,7 @@ func child(mode string) int {
 		}
 	}
 	fmt.Printf("sockets=%d version=%d\n", len(ch.Sockets), ch.Version)
-	if err := ch.Ready(10*time.Second, func(c Conn) { closeAll(c.FDs) }); err != nil {
+	if err := ch.Ready(10*time.Second, func(c Conn) { CloseFDs(c.FDs) }); err != nil {
 		fmt.Fprintln(os.Stderr, "ready:", err)
 		return 1
 	}
