@@ -59,35 +59,53 @@ func (h *Handover) Done() error {
 // descriptors. The caller closes the descriptors afterwards. It returns
 // how many were sent: those after a failure were not.
 func (h *Handover) SendConns(conns []Conn) (int, error) {
-	sent, start, fds := 0, 0, 0
-	flush := func(end int) error {
-		if end == start {
+	return inBatches(conns, func(batch []Conn, fds []int, _ bool) error {
+		if len(batch) == 0 {
 			return nil
 		}
-		batch := conns[start:end]
-		var all []int
-		for i := range batch {
-			batch[i].Count = len(batch[i].FDs)
-			all = append(all, batch[i].FDs...)
+		return h.c.send(message{Type: "conns", Conns: batch}, fds)
+	})
+}
+
+// carrier is what travels with descriptors: a Socket or a Conn.
+type carrier[T any] interface {
+	*T
+	// count sets the item's Count and returns its descriptors.
+	count() []int
+	// what names the item in errors.
+	what() string
+}
+
+func (s *Socket) count() []int { s.Count = len(s.FDs); return s.FDs }
+func (s *Socket) what() string { return "listener " + s.Key }
+func (c *Conn) count() []int   { c.Count = len(c.FDs); return c.FDs }
+func (c *Conn) what() string   { return "a connection" }
+
+// inBatches hands send the items in runs of at most MaxFDs descriptors in
+// all, an item's never split between two runs, with those descriptors;
+// last marks the final run, which may be empty. It returns how many items
+// went in the runs sent.
+func inBatches[T any, P carrier[T]](items []T, send func(batch []T, fds []int, last bool) error) (int, error) {
+	start := 0
+	var fds []int
+	for i := range items {
+		it := P(&items[i])
+		own := it.count()
+		if len(own) > MaxFDs {
+			return start, fmt.Errorf("%s has %d descriptors, more than the %d one message carries", it.what(), len(own), MaxFDs)
 		}
-		if err := h.c.send(message{Type: "conns", Conns: batch}, all); err != nil {
-			return err
-		}
-		sent, start, fds = end, end, 0
-		return nil
-	}
-	for i, c := range conns {
-		if len(c.FDs) > MaxFDs {
-			return sent, fmt.Errorf("a connection with %d descriptors", len(c.FDs))
-		}
-		if fds+len(c.FDs) > MaxFDs {
-			if err := flush(i); err != nil {
-				return sent, err
+		if len(fds)+len(own) > MaxFDs {
+			if err := send(items[start:i], fds, false); err != nil {
+				return start, err
 			}
+			start, fds = i, nil
 		}
-		fds += len(c.FDs)
+		fds = append(fds, own...)
 	}
-	return sent, flush(len(conns))
+	if err := send(items[start:], fds, true); err != nil {
+		return start, err
+	}
+	return len(items), nil
 }
 
 // Start starts the new binary, hands it the sockets and returns once it
@@ -196,29 +214,12 @@ func handshake(c *conn, deadline time.Time) (int, error) {
 // sendSockets sends the sockets in messages of at most MaxFDs
 // descriptors; a socket's descriptors never span two messages.
 func sendSockets(c *conn, socks []Socket, state json.RawMessage) error {
-	var (
-		batch []Socket
-		fds   []int
-	)
-	flush := func(last bool) error {
+	_, err := inBatches(socks, func(batch []Socket, fds []int, last bool) error {
 		err := c.send(message{Type: "sockets", Sockets: batch, Last: last, State: state}, fds)
-		batch, fds, state = nil, nil, nil // the state goes once
+		state = nil // the state goes once
 		return err
-	}
-	for _, s := range socks {
-		if len(s.FDs) > MaxFDs {
-			return fmt.Errorf("listener %s has %d sockets, more than one message carries", s.Key, len(s.FDs))
-		}
-		if len(fds)+len(s.FDs) > MaxFDs {
-			if err := flush(false); err != nil {
-				return err
-			}
-		}
-		s.Count = len(s.FDs)
-		batch = append(batch, s)
-		fds = append(fds, s.FDs...)
-	}
-	return flush(true)
+	})
+	return err
 }
 
 // withoutVar returns env without the variable name.

@@ -178,3 +178,66 @@ func TestHighestCommonVersion(t *testing.T) {
 		}
 	}
 }
+
+// pair returns the two ends of a channel, closed when the test ends.
+func pair(t *testing.T) (*conn, *conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := &conn{fd: fds[0]}, &conn{fd: fds[1]}
+	t.Cleanup(func() { a.close(); b.close() })
+	return a, b
+}
+
+func TestConnsTravelInBatches(t *testing.T) {
+	// Connections of one descriptor each: full messages of MaxFDs, then
+	// the rest, every connection with its own descriptor.
+	for _, n := range []int{0, 1, MaxFDs, MaxFDs + 1, 2*MaxFDs + 5} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			a, b := pair(t)
+			conns := make([]Conn, n)
+			for i := range conns {
+				conns[i] = Conn{State: []byte(fmt.Sprint(i)), FDs: []int{a.fd}}
+			}
+			errc := make(chan error, 1)
+			go func() {
+				sent, err := (&Handover{c: a}).SendConns(conns)
+				if err == nil && sent != n {
+					err = fmt.Errorf("sent %d of %d", sent, n)
+				}
+				errc <- err
+			}()
+			got := 0
+			for got < n {
+				m, fds, err := b.recv(time.Now().Add(10 * time.Second))
+				if err != nil {
+					t.Fatal(err)
+				}
+				CloseFDs(fds)
+				if len(fds) > MaxFDs || len(m.Conns) != len(fds) {
+					t.Fatalf("a message of %d connections with %d descriptors", len(m.Conns), len(fds))
+				}
+				for _, c := range m.Conns {
+					if string(c.State) != fmt.Sprint(got) || c.Count != 1 {
+						t.Fatalf("connection %d came as %s with %d descriptors", got, c.State, c.Count)
+					}
+					got++
+				}
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestSendConnsNamesTheLimit(t *testing.T) {
+	a, _ := pair(t)
+	fds := make([]int, MaxFDs+1)
+	_, err := (&Handover{c: a}).SendConns([]Conn{{FDs: fds}})
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprint(MaxFDs)) {
+		t.Fatalf("err %v; want one that names the limit, %d descriptors", err, MaxFDs)
+	}
+}
