@@ -44,7 +44,8 @@ const EnvFD = "PJ_UPGRADE_FD"
 // SCM_MAX_FD.
 const MaxFDs = 253
 
-// maxMessage bounds a message's JSON header.
+// maxMessage bounds a message's JSON header: send refuses a longer one,
+// and recv reads into a buffer of this size.
 const maxMessage = 1 << 20
 
 // ReadyTimeout is how long the parent waits for the child to serve.
@@ -89,7 +90,8 @@ type message struct {
 
 // conn is one end of the socket pair.
 type conn struct {
-	fd int
+	fd       int
+	buf, oob []byte // recv's, made by its first call and reused
 }
 
 // send writes m with files beside it (at most MaxFDs).
@@ -100,6 +102,9 @@ func (c *conn) send(m message, fds []int) error {
 	}
 	if len(fds) > MaxFDs {
 		return fmt.Errorf("send %s: %d descriptors, at most %d per message", m.Type, len(fds), MaxFDs)
+	}
+	if len(b) > maxMessage {
+		return fmt.Errorf("send %s: a header of %d bytes, at most %d per message", m.Type, len(b), maxMessage)
 	}
 	var oob []byte
 	if len(fds) > 0 {
@@ -143,8 +148,10 @@ func (c *conn) recv(deadline time.Time) (message, []int, error) {
 		}
 		break
 	}
-	buf := make([]byte, maxMessage)
-	oob := make([]byte, unix.CmsgSpace(MaxFDs*4))
+	if c.buf == nil {
+		c.buf, c.oob = make([]byte, maxMessage), make([]byte, unix.CmsgSpace(MaxFDs*4))
+	}
+	buf, oob := c.buf, c.oob
 	var (
 		n, oobn, flags int
 		err            error

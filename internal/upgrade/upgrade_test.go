@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -239,5 +240,36 @@ func TestSendConnsNamesTheLimit(t *testing.T) {
 	_, err := (&Handover{c: a}).SendConns([]Conn{{FDs: fds}})
 	if err == nil || !strings.Contains(err.Error(), fmt.Sprint(MaxFDs)) {
 		t.Fatalf("err %v; want one that names the limit, %d descriptors", err, MaxFDs)
+	}
+}
+
+func TestReceiveReusesItsBuffer(t *testing.T) {
+	// An upgrade that moves many connections receives many messages: each
+	// must not cost a buffer of the largest message the channel carries.
+	a, b := pair(t)
+	const msgs = 32
+	errc := make(chan error, 1)
+	go func() {
+		for range msgs {
+			if err := a.send(message{Type: "conns"}, nil); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range msgs {
+		if _, _, err := b.recv(time.Now().Add(10 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 2*maxMessage {
+		t.Fatalf("%d messages allocated %d bytes; want at most %d", msgs, got, 2*maxMessage)
 	}
 }
