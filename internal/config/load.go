@@ -1,7 +1,6 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -111,14 +110,14 @@ func Load(path string, lookupEnv func(string) (string, bool), overrides ...Overr
 // key), wrong types, bad values, unset variables — is reported at once, in
 // a *ValidationError whose Problems read "name:LINE: KEY.PATH: what".
 func Decode(name string, data []byte, lookupEnv func(string) (string, bool), overrides ...Override) (Config, error) {
-	parse, err := fileFormat(name)
+	f, err := fileFormat(name)
 	if err != nil {
 		return Config{}, err
 	}
 	if lookupEnv == nil {
 		lookupEnv = os.LookupEnv
 	}
-	root, treeProblems, err := parse(data)
+	root, treeProblems, err := f.tree(data)
 	if err != nil {
 		var se *syntaxError
 		if !errors.As(err, &se) {
@@ -175,23 +174,50 @@ func (dec *decoded) settings(own *patch[Settings], overrides []Override) Setting
 	return s
 }
 
-// fileFormat returns the parser for a file's extension.
-func fileFormat(name string) (func([]byte) (*node, problems, error), error) {
+// fileFormat returns the format of a file, by its extension.
+func fileFormat(name string) (format, error) {
 	switch ext := strings.ToLower(filepath.Ext(name)); ext {
 	case ".yaml", ".yml":
-		return yamlTree, nil
+		// Values begin after a line end, a comma, a bracket, a brace, a
+		// colon, a dash or a question mark.
+		return format{name: "YAML", separators: "\n,[{:-?", parse: yamlTree}, nil
 	case ".toml":
-		return func(data []byte) (*node, problems, error) {
-			return tomlTree(bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))) // a UTF-8 byte order mark
-		}, nil
+		// Values begin after a line end, a comma, a bracket, a brace or
+		// an equals sign; the parts of a dotted key after a dot.
+		return format{name: "TOML", separators: "\n,[{=.", parse: tomlTree}, nil
 	default:
 		what := "no extension"
 		if ext != "" {
 			what = "the extension " + ext
 		}
-		return nil, &ValidationError{Problems: []string{fmt.Sprintf(
+		return format{}, &ValidationError{Problems: []string{fmt.Sprintf(
 			"%s: cannot tell the format from %s: pj reads YAML (.yaml, .yml) and TOML (.toml) files", name, what)}}
 	}
+}
+
+// A format is a language of configuration files and its parser into a
+// tree. Problems that are not syntax errors (a key given twice) are
+// returned beside the tree; a syntax error is the error, with no tree.
+type format struct {
+	name       string // "YAML"
+	separators string // the bytes after which a value can begin
+	parse      func(data []byte) (*node, problems, error)
+}
+
+// tree parses data. A document with more separators than maxSeparators
+// is refused before the parser sees it. The parsers report their errors
+// by panicking and recovering inside; anything else that escapes one is
+// a bug of the library, which must not take pj down during a reload.
+func (f format) tree(data []byte) (root *node, ps problems, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			root, ps, err = nil, problems{}, &syntaxError{msg: fmt.Sprintf("the %s parser failed: %v", f.name, v)}
+		}
+	}()
+	if err := checkSeparators(data, f.separators); err != nil {
+		return nil, problems{}, err
+	}
+	return f.parse(data)
 }
 
 // ReadFile reads a configuration file: a regular file (or a link to one)

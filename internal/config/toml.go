@@ -1,8 +1,8 @@
 package config
 
 import (
+	"bytes"
 	"errors"
-	"fmt"
 	"sort"
 	"strings"
 
@@ -13,19 +13,10 @@ import (
 // it keeps the byte range of every key and value, which become lines.
 // The parser checks syntax only; the rules about tables (a table defined
 // twice, a key set twice, an inline table extended) are checked here.
-func tomlTree(data []byte) (root *node, ps problems, err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			root, ps, err = nil, problems{}, &syntaxError{msg: fmt.Sprintf("the TOML parser failed: %v", v)}
-		}
-	}()
-	// Values begin after a line end, a comma, a bracket, a brace or an
-	// equals sign; the parts of a dotted key after a dot.
-	if err := checkSeparators(data, "\n,[{=."); err != nil {
-		return nil, problems{}, err
-	}
+func tomlTree(data []byte) (*node, problems, error) {
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf")) // a UTF-8 byte order mark
 	b := tomlBuilder{data: data, lines: lineStarts(data), meta: map[*node]*tomlTable{}}
-	root = b.table(1, nil)
+	root := b.table(1, nil)
 	cur := root
 	p := unstable.Parser{}
 	p.Reset(data)

@@ -3,7 +3,6 @@ package config
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"io"
 	"regexp"
 	"slices"
@@ -13,23 +12,9 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// yamlTree parses a YAML document into a tree. Problems that are not
-// syntax errors (a key given twice) are returned beside the tree; a syntax
-// error is the error, with no tree.
-func yamlTree(data []byte) (root *node, ps problems, err error) {
-	// The parser reports its errors by panicking and recovering inside;
-	// anything else that escapes it is a bug of the library, which must
-	// not take pj down during a reload.
-	defer func() {
-		if v := recover(); v != nil {
-			root, ps, err = nil, problems{}, &syntaxError{msg: fmt.Sprintf("the YAML parser failed: %v", v)}
-		}
-	}()
-	// Values begin after a line end, a comma, a bracket, a brace, a colon,
-	// a dash or a question mark.
-	if err := checkSeparators(data, "\n,[{:-?"); err != nil {
-		return nil, problems{}, err
-	}
+// yamlTree parses a YAML document into a tree (format.tree says what it
+// returns).
+func yamlTree(data []byte) (*node, problems, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	switch err := dec.Decode(&doc); {
@@ -55,7 +40,7 @@ func yamlTree(data []byte) (root *node, ps problems, err error) {
 		}
 		top = doc.Content[0]
 	}
-	root = c.convert(top, nil, 0)
+	root := c.convert(top, nil, 0)
 	if root.kind == kindNull { // a file of comments, or "~"
 		root = &node{kind: kindMap, line: root.line}
 	}
