@@ -38,6 +38,16 @@ func withProxies(t *testing.T, mappings ...string) config.Config {
 	return c
 }
 
+// oneProxy makes a configuration of the proxy of one mapping, with what
+// set changes in it.
+func oneProxy(m string, set func(p *config.Proxy)) func(*testing.T, *config.Config) {
+	return func(t *testing.T, c *config.Config) {
+		p := mapping(t, m)
+		set(&p)
+		c.Proxies = []config.Proxy{p}
+	}
+}
+
 // problems runs Validate and returns its problems, checking the error's
 // shape on the way.
 func problems(t *testing.T, c *config.Config) []string {
@@ -268,13 +278,9 @@ func TestValidateProblems(t *testing.T) {
 			want: []string{"connect timeout 0s: must be positive", "-p 0.0.0.0:80:b:80: connect timeout -1s: must be positive"},
 		},
 		{
-			name: "negative proxy connect timeout",
-			mutate: func(t *testing.T, c *config.Config) {
-				p := mapping(t, "0.0.0.0:80:b:80")
-				p.ConnectTimeout = -5 * time.Second
-				c.Proxies = []config.Proxy{p}
-			},
-			want: []string{"-p 0.0.0.0:80:b:80: connect timeout -5s: must be positive"},
+			name:   "negative proxy connect timeout",
+			mutate: oneProxy("0.0.0.0:80:b:80", func(p *config.Proxy) { p.ConnectTimeout = -5 * time.Second }),
+			want:   []string{"-p 0.0.0.0:80:b:80: connect timeout -5s: must be positive"},
 		},
 		{
 			name:   "negative default idle timeout",
@@ -282,22 +288,14 @@ func TestValidateProblems(t *testing.T) {
 			want:   []string{"idle timeout -1s: must not be negative"},
 		},
 		{
-			name: "negative proxy idle timeout",
-			mutate: func(t *testing.T, c *config.Config) {
-				p := mapping(t, "0.0.0.0:80:b:80")
-				p.IdleTimeout = -time.Millisecond
-				c.Proxies = []config.Proxy{p}
-			},
-			want: []string{"-p 0.0.0.0:80:b:80: idle timeout -1ms: must not be negative"},
+			name:   "negative proxy idle timeout",
+			mutate: oneProxy("0.0.0.0:80:b:80", func(p *config.Proxy) { p.IdleTimeout = -time.Millisecond }),
+			want:   []string{"-p 0.0.0.0:80:b:80: idle timeout -1ms: must not be negative"},
 		},
 		{
-			name: "bad proxy balance",
-			mutate: func(t *testing.T, c *config.Config) {
-				p := mapping(t, "0.0.0.0:80:b:80")
-				p.Balance = "fastest"
-				c.Proxies = []config.Proxy{p}
-			},
-			want: []string{`-p 0.0.0.0:80:b:80: balance "fastest": expected round-robin`},
+			name:   "bad proxy balance",
+			mutate: oneProxy("0.0.0.0:80:b:80", func(p *config.Proxy) { p.Balance = "fastest" }),
+			want:   []string{`-p 0.0.0.0:80:b:80: balance "fastest": expected round-robin`},
 		},
 		{
 			name: "bad default balance is reported once, not per proxy",

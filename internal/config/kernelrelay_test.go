@@ -1,17 +1,13 @@
 package config_test
 
 import (
-	"slices"
-	"strings"
 	"testing"
+
+	"github.com/pj-proxy/pj/internal/config"
 )
 
 func TestKernelRelayKey(t *testing.T) {
-	tests := []struct {
-		name, text string
-		want       []string // problems; none for a valid file
-		on         bool
-	}{
+	testKey(t, func(p config.Proxy) bool { return p.KernelRelay }, []keyCase[bool]{
 		{"on", "proxies:\n  - listen: 0.0.0.0:9000\n    backends: [b:9000]\n    kernel_relay: true\n", nil, true},
 		{"inherited from the defaults", "defaults: { kernel_relay: true }\nproxies:\n  - listen: 0.0.0.0:9000\n    backends: [b:9000]\n", nil, true},
 		{"off by default", "proxies:\n  - listen: 0.0.0.0:9000\n    backends: [b:9000]\n", nil, false},
@@ -24,25 +20,6 @@ func TestKernelRelayKey(t *testing.T) {
 		{"on UDP", "proxies:\n  - name: dns\n    listen: 0.0.0.0:53/udp\n    backends: [b:53]\n    kernel_relay: true\n",
 			[]string{`pj.yaml:2: proxy "dns": kernel_relay: applies to TCP proxies only; a UDP proxy relays datagrams as they are`}, false},
 		{"not a boolean", "proxies:\n  - listen: 0.0.0.0:9000\n    backends: [b:9000]\n    kernel_relay: yes please\n",
-			[]string{`kernel_relay`}, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c, got := load(t, tt.text)
-			if tt.want == nil {
-				if len(got) > 0 {
-					t.Fatalf("problems %q, want none", got)
-				}
-				if on := c.Proxies[0].KernelRelay; on != tt.on {
-					t.Errorf("kernel_relay %v, want %v", on, tt.on)
-				}
-				return
-			}
-			for _, w := range tt.want {
-				if !slices.ContainsFunc(got, func(p string) bool { return strings.Contains(p, w) }) {
-					t.Errorf("problems\n  %s\nwant one with\n  %s", strings.Join(got, "\n  "), w)
-				}
-			}
-		})
-	}
+			[]string{`pj.yaml:4: proxies[0].kernel_relay: expected true or false, got a string`}, false},
+	})
 }

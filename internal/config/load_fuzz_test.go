@@ -23,38 +23,37 @@ import (
 // The seeds are the test files of load_test.go and the examples; more
 // live in testdata/fuzz, including anything the fuzzer has found.
 func FuzzLoadYAML(f *testing.F) {
-	seedLoad(f, ".yaml", fullYAML, []string{
+	fuzzLoad(f, "pj.yaml", fullYAML, []string{
 		"", "log: {format: json}\n", "proxies:\n  - listen: :0\n    backends: [a:1, {address: b:1, weight: 2}]\n",
 		"a: &a\n  b: *a\n", "defaults: &d {idle_timeout: 1m}\nproxies: [{<<: *d, listen: ':1', backends: ['a:1']}]\n",
 		"admin: {token: '${TOKEN}$$'}\n", "- 1\n", "proxies:\n  - listen: [\n",
 	})
-	f.Fuzz(func(t *testing.T, text string) {
-		testutil.WithinBudget(t, func() { checkDecode(t, "pj.yaml", text) })
-	})
 }
 
 func FuzzLoadTOML(f *testing.F) {
-	seedLoad(f, ".toml", fullTOML, []string{
+	fuzzLoad(f, "pj.toml", fullTOML, []string{
 		"", "[log]\nformat = \"json\"\n", "[[proxies]]\nlisten = \":0\"\n[[proxies.backends]]\naddress = \"a:1\"\n",
 		"a.b.c = 1\n[a.b]\n", "[defaults]\nhealth_check = { interval = \"1s\" }\n[defaults.health_check]\n",
 		"admin.token = '${TOKEN}$$'\n", "x = 1979-05-27T07:32:00Z\n", "proxies = [{listen = \":1\", backends = [\"a:1\"]}]\n",
 	})
-	f.Fuzz(func(t *testing.T, text string) {
-		testutil.WithinBudget(t, func() { checkDecode(t, "pj.toml", text) })
-	})
 }
 
-func seedLoad(f *testing.F, ext, full string, more []string) {
+// fuzzLoad seeds f with full, more and the examples of the file's
+// format, and fuzzes Decode of a file of that name.
+func fuzzLoad(f *testing.F, name, full string, more []string) {
 	f.Add(full)
 	for _, s := range more {
 		f.Add(s)
 	}
-	examples, _ := filepath.Glob(filepath.Join("..", "..", "examples", "*"+ext))
+	examples, _ := filepath.Glob(filepath.Join("..", "..", "examples", "*"+filepath.Ext(name)))
 	for _, path := range examples {
 		if b, err := os.ReadFile(path); err == nil {
 			f.Add(string(b))
 		}
 	}
+	f.Fuzz(func(t *testing.T, text string) {
+		testutil.WithinBudget(t, func() { checkDecode(t, name, text) })
+	})
 }
 
 func checkDecode(t *testing.T, name, text string) {

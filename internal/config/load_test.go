@@ -823,11 +823,7 @@ proxies:
 // Validate finds after decoding: they name the file and the line of the
 // proxy.
 func TestLoadValidates(t *testing.T) {
-	tests := []struct {
-		name string
-		yaml string
-		want []string
-	}{
+	testLoadProblems(t, []fileCase{
 		{
 			name: "duplicate listen, empty backends, duplicate names",
 			yaml: `proxies:
@@ -874,11 +870,29 @@ proxies:
 				`pj.yaml:6: proxy "0.0.0.0:80": accept_proxy_protocol: trusted lists no address ranges; list those of the load balancers whose PROXY headers pj may believe`,
 			},
 		},
-	}
+	})
+}
+
+// loadFile writes text as pj.yaml in a directory of its own, which
+// becomes the working directory, and loads it by that name.
+func loadFile(t *testing.T, text string) (config.Config, error) {
+	t.Helper()
+	t.Chdir(filepath.Dir(testutil.WriteFile(t, "pj.yaml", text)))
+	return config.Load("pj.yaml", env(nil))
+}
+
+// fileCase is a YAML file and every problem Load must report of it, in
+// order.
+type fileCase struct {
+	name, yaml string
+	want       []string
+}
+
+func testLoadProblems(t *testing.T, tests []fileCase) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Chdir(filepath.Dir(testutil.WriteFile(t, "pj.yaml", tt.yaml)))
-			_, err := config.Load("pj.yaml", env(nil))
+			_, err := loadFile(t, tt.yaml)
 			if got := problemsOf(t, err); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("problems\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(tt.want, "\n  "))
 			}

@@ -1,8 +1,6 @@
 package config_test
 
 import (
-	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -10,11 +8,7 @@ import (
 )
 
 func TestPoolKeys(t *testing.T) {
-	tests := []struct {
-		name, text string
-		want       []string // problems; none for a valid file
-		pool       config.Pool
-	}{
+	testKey(t, func(p config.Proxy) config.Pool { return p.Pool }, []keyCase[config.Pool]{
 		{"a pool with its defaults", "proxies:\n  - listen: 0.0.0.0:25\n    backends: [b:25]\n    pool: { size: 4 }\n",
 			nil, config.Pool{Size: 4, MaxAge: 30 * time.Second}},
 		{"inherited from the defaults", "defaults: { pool: { size: 2, max_age: 8s } }\nproxies:\n  - listen: 0.0.0.0:3306\n    backends: [b:3306]\n",
@@ -31,24 +25,5 @@ func TestPoolKeys(t *testing.T) {
 			nil, config.Pool{Size: 1, MaxAge: 30 * time.Second}},
 		{"on UDP", "proxies:\n  - name: dns\n    listen: 0.0.0.0:53/udp\n    backends: [b:53]\n    pool: { size: 1 }\n",
 			[]string{`pj.yaml:2: proxy "dns": pool: applies to TCP proxies only; a UDP proxy relays datagrams as they are (a UDP session has no connection to open ahead)`}, config.Pool{}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c, got := load(t, tt.text)
-			if tt.want == nil {
-				if len(got) > 0 {
-					t.Fatalf("problems %q, want none", got)
-				}
-				if p := c.Proxies[0].Pool; p != tt.pool {
-					t.Errorf("pool %+v, want %+v", p, tt.pool)
-				}
-				return
-			}
-			for _, w := range tt.want {
-				if !slices.ContainsFunc(got, func(p string) bool { return strings.HasSuffix(p, w) }) {
-					t.Errorf("problems\n  %s\nwant one ending\n  %s", strings.Join(got, "\n  "), w)
-				}
-			}
-		})
-	}
+	})
 }

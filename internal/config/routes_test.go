@@ -283,3 +283,36 @@ func TestMatchDescribe(t *testing.T) {
 		}
 	}
 }
+
+// keyCase is a file that sets a key: the problems it must have, or for
+// a valid file the value its first proxy ends up with.
+type keyCase[T comparable] struct {
+	name, text string
+	want       []string // the ends of its problems; nil for a valid file
+	value      T
+}
+
+// testKey loads each case, and checks its problems or, for a valid file,
+// the value of its first proxy that of reads.
+func testKey[T comparable](t *testing.T, of func(config.Proxy) T, tests []keyCase[T]) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, got := load(t, tt.text)
+			if tt.want == nil {
+				if len(got) > 0 {
+					t.Fatalf("problems %q, want none", got)
+				}
+				if v := of(c.Proxies[0]); v != tt.value {
+					t.Errorf("value %+v, want %+v", v, tt.value)
+				}
+				return
+			}
+			for _, w := range tt.want {
+				if !slices.ContainsFunc(got, func(p string) bool { return strings.HasSuffix(p, w) }) {
+					t.Errorf("problems\n  %s\nwant one ending\n  %s", strings.Join(got, "\n  "), w)
+				}
+			}
+		})
+	}
+}

@@ -1,14 +1,11 @@
 package config_test
 
 import (
-	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pj-proxy/pj/internal/config"
-	"github.com/pj-proxy/pj/internal/testutil"
 )
 
 func TestUDPProxies(t *testing.T) {
@@ -28,8 +25,7 @@ proxies:
     backends: ["10.0.0.9:514", "10.0.0.10:514"]
     idle_timeout: 2m
 `
-	t.Chdir(filepath.Dir(testutil.WriteFile(t, "pj.yaml", yaml)))
-	c, err := config.Load("pj.yaml", env(nil))
+	c, err := loadFile(t, yaml)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,11 +52,7 @@ proxies:
 }
 
 func TestUDPProblems(t *testing.T) {
-	tests := []struct {
-		name string
-		yaml string
-		want []string
-	}{
+	testLoadProblems(t, []fileCase{
 		{
 			name: "an unknown transport",
 			yaml: `proxies: [{ listen: "0.0.0.0:53/sctp", backends: [a:53] }]`,
@@ -124,14 +116,5 @@ func TestUDPProblems(t *testing.T) {
 `,
 			want: []string{`pj.yaml:4: proxies[0].health_check.send_hex: "xyz" is not hexadecimal bytes (write e.g. "abcd 0100"): encoding/hex: invalid byte: U+0078 'x'`},
 		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Chdir(filepath.Dir(testutil.WriteFile(t, "pj.yaml", tt.yaml)))
-			_, err := config.Load("pj.yaml", env(nil))
-			if got := problemsOf(t, err); !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("problems\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(tt.want, "\n  "))
-			}
-		})
-	}
+	})
 }
