@@ -31,7 +31,43 @@ var serial atomic.Int64
 func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
 	key := newKey(t)
-	tmpl := &x509.Certificate{
+	der, cert := selfSign(t, authority(name), key)
+	return &CA{Cert: cert, Key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// Cert is a self-signed certificate for some DNS names, valid for a day,
+// in every form a test needs.
+type Cert struct {
+	TLS     tls.Certificate
+	Pool    *x509.CertPool // trusts it
+	CertPEM []byte
+	KeyPEM  []byte
+}
+
+// SelfSigned makes a Cert for names (the first is also its common name):
+// its own authority, for a server whose clients trust that one
+// certificate (PostgreSQL's sslrootcert).
+func SelfSigned(t testing.TB, names ...string) Cert {
+	t.Helper()
+	key := newKey(t)
+	tmpl := authority(names[0])
+	tmpl.DNSNames = names
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	der, leaf := selfSign(t, tmpl, key)
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return Cert{
+		TLS:     tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf},
+		Pool:    pool,
+		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		KeyPEM:  encodeKey(t, key),
+	}
+}
+
+// authority is the template of a CA named name, valid from an hour ago
+// for a day.
+func authority(name string) *x509.Certificate {
+	return &x509.Certificate{
 		SerialNumber:          big.NewInt(serial.Add(1)),
 		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             time.Now().Add(-time.Hour),
@@ -40,15 +76,20 @@ func NewCA(t testing.TB, name string) *CA {
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 	}
+}
+
+// selfSign signs tmpl with key and returns the certificate, DER and parsed.
+func selfSign(t testing.TB, tmpl *x509.Certificate, key *ecdsa.PrivateKey) ([]byte, *x509.Certificate) {
+	t.Helper()
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatalf("create CA %s: %v", name, err)
+		t.Fatalf("self-sign %s: %v", tmpl.Subject.CommonName, err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &CA{Cert: cert, Key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+	return der, cert
 }
 
 // Pool returns a pool holding only the CA.
@@ -101,12 +142,7 @@ func (ca *CA) Issue(t testing.TB, l Leaf) (certPEM, keyPEM []byte) {
 	if err != nil {
 		t.Fatalf("issue %v: %v", l.Names, err)
 	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), encodeKey(t, key)
 }
 
 // KeyPair is Issue as a tls.Certificate.
@@ -127,6 +163,16 @@ func newKey(t testing.TB) *ecdsa.PrivateKey {
 		t.Fatal(err)
 	}
 	return key
+}
+
+// encodeKey is key in PKCS #8, PEM encoded.
+func encodeKey(t testing.TB, key *ecdsa.PrivateKey) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
 
 // WriteFileIn writes data to dir/name and returns the path: for files that
