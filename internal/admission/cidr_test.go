@@ -7,16 +7,8 @@ import (
 	"testing"
 
 	"github.com/pj-proxy/pj/internal/admission"
+	"github.com/pj-proxy/pj/internal/testutil"
 )
-
-func prefixes(t testing.TB, ss ...string) []netip.Prefix {
-	t.Helper()
-	ps := make([]netip.Prefix, len(ss))
-	for i, s := range ss {
-		ps[i] = netip.MustParsePrefix(s)
-	}
-	return ps
-}
 
 func TestCIDRSetContains(t *testing.T) {
 	tests := []struct {
@@ -139,7 +131,7 @@ func TestCIDRSetContains(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := admission.NewCIDRSet(prefixes(t, tt.prefixes...))
+			s := admission.NewCIDRSet(testutil.Prefixes(tt.prefixes...))
 			for _, a := range tt.in {
 				if !s.Contains(netip.MustParseAddr(a)) {
 					t.Errorf("%v does not contain %s", tt.prefixes, a)
@@ -170,7 +162,7 @@ func TestCIDRSetEdges(t *testing.T) {
 		t.Errorf("an invalid prefix was not skipped: Len() = %d", s.Len())
 	}
 	// The caller's slice is not reordered: the set works on a copy.
-	in := prefixes(t, "10.0.2.0/24", "10.0.1.0/24")
+	in := testutil.Prefixes("10.0.2.0/24", "10.0.1.0/24")
 	admission.NewCIDRSet(in)
 	if in[0].String() != "10.0.2.0/24" {
 		t.Errorf("NewCIDRSet changed its argument: %v", in)
@@ -331,7 +323,7 @@ func TestACL(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			acl := admission.NewACL(prefixes(t, tt.allow...), prefixes(t, tt.deny...))
+			acl := admission.NewACL(testutil.Prefixes(tt.allow...), testutil.Prefixes(tt.deny...))
 			for _, a := range tt.allowed {
 				if !acl.Allowed(netip.MustParseAddr(a)) {
 					t.Errorf("%s refused", a)
@@ -351,7 +343,7 @@ func TestACLEdges(t *testing.T) {
 	if !acl.Allowed(netip.MustParseAddr("10.0.0.1")) {
 		t.Error("a nil ACL refuses")
 	}
-	if admission.NewACL(nil, prefixes(t, "10.0.0.0/8")).Allowed(netip.Addr{}) {
+	if admission.NewACL(nil, testutil.Prefixes("10.0.0.0/8")).Allowed(netip.Addr{}) {
 		t.Error("the zero Addr is allowed by a deny list")
 	}
 	// An allow list that was given but holds nothing valid fails closed.
@@ -386,7 +378,7 @@ func TestACLMatchesLinearScan(t *testing.T) {
 }
 
 func TestLookupsDoNotAllocate(t *testing.T) {
-	ps := prefixes(t, "10.0.0.0/8", "2001:db8::/32", "::ffff:192.168.0.0/112")
+	ps := testutil.Prefixes("10.0.0.0/8", "2001:db8::/32", "::ffff:192.168.0.0/112")
 	s := admission.NewCIDRSet(ps)
 	acl := admission.NewACL(ps[:1], ps[1:])
 	addrs := []netip.Addr{

@@ -77,6 +77,29 @@ func rawDial(b *testing.B, sa *unix.SockaddrInet4) int {
 	return fd
 }
 
+// rawRoundTrip writes msg to fd and reads as many bytes back into buf.
+func rawRoundTrip(b *testing.B, fd int, msg, buf []byte) {
+	if _, err := unix.Write(fd, msg); err != nil {
+		b.Fatal(err)
+	}
+	for got := 0; got < len(msg); {
+		n, err := unix.Read(fd, buf[got:len(msg)])
+		if n <= 0 || err != nil {
+			b.Fatal(n, err)
+		}
+		got += n
+	}
+}
+
+// rawHangUp half-closes fd, expects the end of the answer, and closes fd.
+func rawHangUp(b *testing.B, fd int, buf []byte) {
+	_ = unix.Shutdown(fd, unix.SHUT_WR)
+	if n, _ := unix.Read(fd, buf); n != 0 {
+		b.Fatal("no EOF")
+	}
+	_ = unix.Close(fd)
+}
+
 func sockaddrOf(b *testing.B, addr string) *unix.SockaddrInet4 {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
@@ -109,17 +132,8 @@ func benchConnections(b *testing.B, idle time.Duration) {
 	b.ReportAllocs()
 	for b.Loop() {
 		fd := rawDial(b, sa)
-		if _, err := unix.Write(fd, one); err != nil {
-			b.Fatal(err)
-		}
-		if n, err := unix.Read(fd, buf); n != 1 || err != nil {
-			b.Fatal(n, err)
-		}
-		_ = unix.Shutdown(fd, unix.SHUT_WR)
-		if n, _ := unix.Read(fd, buf); n != 0 {
-			b.Fatal("no EOF")
-		}
-		_ = unix.Close(fd)
+		rawRoundTrip(b, fd, one, buf)
+		rawHangUp(b, fd, buf)
 	}
 }
 
@@ -134,16 +148,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 	buf := make([]byte, 64)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := unix.Write(fd, msg); err != nil {
-			b.Fatal(err)
-		}
-		for got := 0; got < len(msg); {
-			n, err := unix.Read(fd, buf[got:])
-			if n <= 0 || err != nil {
-				b.Fatal(n, err)
-			}
-			got += n
-		}
+		rawRoundTrip(b, fd, msg, buf)
 	}
 }
 
@@ -169,20 +174,7 @@ func BenchmarkRoutedConnection(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		fd := rawDial(b, sa)
-		if _, err := unix.Write(fd, hello); err != nil {
-			b.Fatal(err)
-		}
-		for got := 0; got < len(hello); {
-			n, err := unix.Read(fd, buf[got:])
-			if n <= 0 || err != nil {
-				b.Fatal(n, err)
-			}
-			got += n
-		}
-		_ = unix.Shutdown(fd, unix.SHUT_WR)
-		if n, _ := unix.Read(fd, buf); n != 0 {
-			b.Fatal("no EOF")
-		}
-		_ = unix.Close(fd)
+		rawRoundTrip(b, fd, hello, buf)
+		rawHangUp(b, fd, buf)
 	}
 }

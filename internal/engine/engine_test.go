@@ -157,6 +157,36 @@ func exchange(t *testing.T, client, backend *net.TCPConn, up io.Reader, n int64)
 	}
 }
 
+// answerAfterFIN is the rest of an exchange whose client has sent its
+// request and half-closed: backend must read want and the end, and its
+// answer, sent after that, must reach the client, and then its FIN.
+func answerAfterFIN(t *testing.T, client, backend *net.TCPConn, want string) {
+	t.Helper()
+	if got := testutil.ReadAll(t, backend); got != want {
+		t.Fatalf("backend read %q, want %q", got, want)
+	}
+	if _, err := io.WriteString(backend, "response after EOF"); err != nil {
+		t.Fatalf("backend write after the client's FIN: %v", err)
+	}
+	_ = backend.CloseWrite()
+	if got := testutil.ReadAll(t, client); got != "response after EOF" {
+		t.Fatalf("client read %q", got)
+	}
+}
+
+// wantLine waits for the first log line with tag (a status as "[ok]", or
+// a message) and fails the test unless it holds every one of wants.
+func (h *harness) wantLine(t *testing.T, tag string, wants ...string) string {
+	t.Helper()
+	line := h.log.WaitLines(t, tag, 1)[0]
+	for _, want := range wants {
+		if !strings.Contains(line, want) {
+			t.Fatalf("log line %q lacks %q", line, want)
+		}
+	}
+	return line
+}
+
 // backendConns serves a listener whose accepted connections are handed to
 // the test one by one.
 func backendConns(t *testing.T) (string, <-chan *net.TCPConn) {
@@ -195,21 +225,8 @@ func TestHalfCloseAnswerAfterEOF(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = client.CloseWrite()
-	backend := accepted(t, conns)
-	if got := testutil.ReadAll(t, backend); got != "request" {
-		t.Fatalf("backend read %q", got)
-	}
-	if _, err := io.WriteString(backend, "response after EOF"); err != nil {
-		t.Fatalf("backend write after the client's FIN: %v", err)
-	}
-	_ = backend.CloseWrite()
-	if got := testutil.ReadAll(t, client); got != "response after EOF" {
-		t.Fatalf("client read %q", got)
-	}
-	line := h.log.WaitLines(t, "[ok]", 1)[0]
-	if !strings.Contains(line, "up=7 down=18") {
-		t.Fatalf("log line %q", line)
-	}
+	answerAfterFIN(t, client, accepted(t, conns), "request")
+	h.wantLine(t, "[ok]", "up=7 down=18 ")
 }
 
 func TestBackendCloseReachesClient(t *testing.T) {
@@ -397,12 +414,8 @@ func TestPanicCostsOneConnectionOnly(t *testing.T) {
 		t.Fatalf("the next connection got %q", got)
 	}
 	testutil.WaitFor(t, 5*time.Second, "the panic to be counted", func() bool { return h.e.Panics() == 1 })
-	line := h.log.WaitLines(t, "panic while handling a connection", 1)[0]
-	for _, want := range []string{"injected fault", "goroutine", "engine.(*loop).openConn"} {
-		if !strings.Contains(line, want) {
-			t.Fatalf("panic log %q lacks %q (it must carry the stack)", line, want)
-		}
-	}
+	// The panic's line carries the stack.
+	h.wantLine(t, "panic while handling a connection", "injected fault", "goroutine", "engine.(*loop).openConn")
 	h.log.WaitLines(t, "[error]", 1)
 }
 

@@ -70,22 +70,8 @@ func TestKernelRelayPassesHalfCloseOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = client.CloseWrite()
-	if got := testutil.ReadAll(t, backend); got != "uest" {
-		t.Fatalf("backend read %q", got)
-	}
-	if _, err := io.WriteString(backend, "response after EOF"); err != nil {
-		t.Fatalf("backend write after the client's FIN: %v", err)
-	}
-	_ = backend.CloseWrite()
-	if got := testutil.ReadAll(t, client); got != "response after EOF" {
-		t.Fatalf("client read %q", got)
-	}
-	line := h.log.WaitLines(t, "[ok]", 1)[0]
-	for _, want := range []string{"up=7 down=18 ", "closed_by=client", "relay=kernel"} {
-		if !strings.Contains(line, want) {
-			t.Fatalf("log line %q: want %q", line, want)
-		}
-	}
+	answerAfterFIN(t, client, backend, "uest")
+	h.wantLine(t, "[ok]", "up=7 down=18 ", "closed_by=client", "relay=kernel")
 }
 
 func TestKernelRelayLeavesAnEndedClientToPJ(t *testing.T) {
@@ -163,25 +149,11 @@ func TestKernelRelayIdleTimeout(t *testing.T) {
 	// directions for the idle timeout ends it.
 	const idle = 400 * time.Millisecond
 	h, client, backend := relayed(t, harnessOpt{idle: idle, change: kernelRelayOn})
-	tick := time.NewTicker(idle / 8)
-	defer tick.Stop()
-	buf := make([]byte, 1)
-	for end := time.Now().Add(3 * idle); time.Now().Before(end); <-tick.C {
-		if _, err := io.WriteString(client, "."); err != nil {
-			t.Fatal(err)
-		}
-		_ = backend.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.ReadFull(backend, buf); err != nil {
-			t.Fatalf("the connection ended while the client was still sending: %v", err)
-		}
-	}
+	testutil.Trickle(t, client, backend, idle/8, 3*idle)
 	if got := testutil.ReadAll(t, client); got != "" {
 		t.Fatalf("read %q", got)
 	}
-	line := h.log.WaitLines(t, "[timeout]", 1)[0]
-	if !strings.Contains(line, "relay=kernel") {
-		t.Fatalf("log line %q: want relay=kernel", line)
-	}
+	h.wantLine(t, "[timeout]", "relay=kernel")
 }
 
 func TestKernelRelayFallsBackWhenItCannotLoad(t *testing.T) {

@@ -238,10 +238,7 @@ func TestPanicOnEveryPathCostsOneConnection(t *testing.T) {
 				tc.drive(t, c)
 			}
 			h.log.WaitLines(t, "injected fault at "+tc.point, 1)
-			line := h.log.WaitLines(t, "[error]", 1)[0]
-			if !strings.Contains(line, "panic: injected fault") {
-				t.Fatalf("log line %q", line)
-			}
+			h.wantLine(t, "[error]", "panic: injected fault")
 			if n := h.e.Panics(); n != 1 {
 				t.Fatalf("%d panics counted", n)
 			}
@@ -536,27 +533,13 @@ func TestHalfCloseTimeout(t *testing.T) {
 		t.Fatalf("backend read %q", got)
 	}
 	// An answer trickles for several timeouts: the connection stays.
-	tick := time.NewTicker(half / 10)
-	defer tick.Stop()
-	buf := make([]byte, 1)
-	for end := time.Now().Add(2 * half); time.Now().Before(end); <-tick.C {
-		if _, err := io.WriteString(backend, "."); err != nil {
-			t.Fatal(err)
-		}
-		_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.ReadFull(client, buf); err != nil {
-			t.Fatalf("the connection ended while the backend was still answering: %v", err)
-		}
-	}
+	testutil.Trickle(t, backend, client, half/10, 2*half)
 	// Then the backend hangs: the connection ends, with a FIN (nothing
 	// is in flight).
 	if got := testutil.ReadAll(t, client); got != "" {
 		t.Fatalf("read %q", got)
 	}
-	line := h.log.WaitLines(t, "[timeout]", 1)[0]
-	if !strings.Contains(line, "half-close timeout") {
-		t.Fatalf("log line %q: want the half-close timeout named", line)
-	}
+	h.wantLine(t, "[timeout]", "half-close timeout")
 }
 
 func TestHalfCloseTimeoutZeroArmsNothing(t *testing.T) {

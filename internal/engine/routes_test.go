@@ -10,7 +10,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -72,8 +71,7 @@ func tlsLineServer(t *testing.T, name string, cert tls.Certificate) string {
 	t.Helper()
 	ln := testutil.Listen(t, "tcp4")
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
-	testutil.Serve(t, ln, func(c net.Conn) {
-		tc := tls.Server(c, cfg)
+	testutil.ServeTLS(t, ln, cfg, func(tc *tls.Conn) {
 		answerLine(tc, name)
 		_ = tc.CloseWrite()
 	})
@@ -238,26 +236,19 @@ func TestHelloByteByByteOverManyRecords(t *testing.T) {
 	}
 	_ = backend.Close()
 	testutil.ReadAll(t, c)
-	line := h.log.WaitLines(t, "[ok]", 1)[0]
-	if !strings.Contains(line, "route=app sni=app.example.com") || !strings.Contains(line, " up="+strconv.Itoa(len(hello)+5)+" ") {
-		t.Fatalf("log line %q: want route=app, sni and every byte counted up", line)
-	}
+	// Every byte is counted up.
+	h.wantLine(t, "[ok]", "route=app sni=app.example.com", " up="+strconv.Itoa(len(hello)+5)+" ")
 }
 
 // SSH, TLS and HTTP clients share one port: each goes where its first
 // bytes say.
 func TestSSHTLSAndHTTPOnOnePort(t *testing.T) {
 	cert := testutil.SelfSigned(t, "app.example.com")
-	web := testutil.Listen(t, "tcp4")
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = io.WriteString(w, "web")
-	}), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(web) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	web := testutil.ServeHTTP(t, "web")
 	h := routed(t, harnessOpt{}, 5*time.Second,
 		pjconf.Route("ssh", config.Match{Protocol: "ssh"}, lineServer(t, "ssh")),
 		pjconf.Route("https", config.Match{Protocol: "tls"}, tlsLineServer(t, "https", cert.TLS)),
-		pjconf.Route("http", config.Match{Protocol: "http"}, web.Addr().String()),
+		pjconf.Route("http", config.Match{Protocol: "http"}, web),
 	)
 	t.Run("ssh", func(t *testing.T) {
 		c := testutil.Dial(t, h.addr)
@@ -276,14 +267,7 @@ func TestSSHTLSAndHTTPOnOnePort(t *testing.T) {
 		}
 	})
 	t.Run("http", func(t *testing.T) {
-		client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-		res, err := client.Get("http://" + h.addr + "/")
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(res.Body)
-		_ = res.Body.Close()
-		if string(body) != "web" {
+		if body := testutil.Get(t, "http://"+h.addr+"/"); body != "web" {
 			t.Fatalf("body %q", body)
 		}
 	})
@@ -423,10 +407,7 @@ func TestPsqlThroughTheEngine(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "t" {
 		t.Fatalf("psql through pj: %v\n%s\nlog:\n%s", err, out, h.log)
 	}
-	line := h.log.WaitLines(t, "route=db", 1)[0]
-	if !strings.Contains(line, "sni=db.example.com") {
-		t.Fatalf("log line %q", line)
-	}
+	h.wantLine(t, "route=db", "sni=db.example.com")
 }
 
 // A client that sends nothing (the server speaks first, as in SMTP) is
@@ -500,12 +481,7 @@ func TestNoRoute(t *testing.T) {
 	if got := testutil.ReadAll(t, c); got != "" {
 		t.Fatalf("read %q", got)
 	}
-	line := h.log.WaitLines(t, "[no_route]", 1)[0]
-	for _, want := range []string{" -> - [no_route]", "sni=other.example.com", "closed_by=pj", "no route of the proxy takes the connection"} {
-		if !strings.Contains(line, want) {
-			t.Fatalf("log line %q lacks %q", line, want)
-		}
-	}
+	line := h.wantLine(t, "[no_route]", " -> - [no_route]", "sni=other.example.com", "closed_by=pj", "no route of the proxy takes the connection")
 	if strings.Contains(line, "route=") {
 		t.Fatalf("log line %q names a route", line)
 	}
@@ -538,9 +514,7 @@ func TestPeekedBytesComeFirstAfterTheProxyHeader(t *testing.T) {
 	}
 	_ = backend.Close()
 	testutil.ReadAll(t, c)
-	if line := h.log.WaitLines(t, "[ok]", 1)[0]; !strings.Contains(line, "up=40027 ") {
-		t.Fatalf("log line %q", line)
-	}
+	h.wantLine(t, "[ok]", "up=40027 ")
 }
 
 // A peer that is not trusted to send a PROXY protocol header is refused

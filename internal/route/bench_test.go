@@ -3,6 +3,8 @@ package route
 import (
 	"net/netip"
 	"testing"
+
+	"github.com/pj-proxy/pj/internal/testutil"
 )
 
 // BenchmarkDecide is the cost of routing one connection: a Reset, then
@@ -28,7 +30,7 @@ func BenchmarkDecide(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			table := tab
 			if tc.pieces == nil {
-				table = mustTable(b, Match{Source: prefixes(b, "10.0.0.0/8")}, Match{})
+				table = mustTable(b, Match{Source: testutil.Prefixes("10.0.0.0/8")}, Match{})
 			}
 			var buf []byte
 			for _, p := range tc.pieces {

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"slices"
@@ -351,22 +350,10 @@ func TestSSHClient(t *testing.T) {
 
 // net/http's client: a request line.
 func TestHTTPClient(t *testing.T) {
-	ln := testutil.Listen(t, "tcp4")
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = io.WriteString(w, "web")
-	}), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
 	tab := mustTable(t, Match{Protocol: ProtocolSSH}, Match{Protocol: ProtocolHTTP})
-	front := startFront(t, tab, 5*time.Second, "", ln.Addr().String())
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	res, err := client.Get("http://" + front.addr + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(res.Body)
-	_ = res.Body.Close()
-	if dec := front.next(t); dec.Route != 1 || dec.Protocol != ProtocolHTTP || string(body) != "web" {
+	front := startFront(t, tab, 5*time.Second, "", testutil.ServeHTTP(t, "web"))
+	body := testutil.Get(t, "http://"+front.addr+"/")
+	if dec := front.next(t); dec.Route != 1 || dec.Protocol != ProtocolHTTP || body != "web" {
 		t.Fatalf("decision %+v, body %q", dec, body)
 	}
 }
@@ -374,7 +361,7 @@ func TestHTTPClient(t *testing.T) {
 // A client that sends nothing (the server speaks first, as in SMTP) goes,
 // after the match timeout, to the first route that needs no bytes.
 func TestSilentClient(t *testing.T) {
-	tab := mustTable(t, Match{SNI: []string{"app.example.com"}}, Match{Source: prefixes(t, "10.0.0.0/8")}, Match{})
+	tab := mustTable(t, Match{SNI: []string{"app.example.com"}}, Match{Source: testutil.Prefixes("10.0.0.0/8")}, Match{})
 	front := startFront(t, tab, 50*time.Millisecond)
 	c := testutil.Dial(t, front.addr)
 	if dec := front.next(t); dec.Route != 2 {

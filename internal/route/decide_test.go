@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/pj-proxy/pj/internal/testutil"
 )
 
 // step is one call of Decide: the bytes that arrived since the last call
@@ -80,7 +82,7 @@ func edgeTable(t *testing.T) *Table {
 		Match{Protocol: ProtocolSSH},
 		Match{Protocol: ProtocolHTTP},
 		Match{ALPN: []string{"h2"}},
-		Match{Source: prefixes(t, "10.1.0.0/16")},
+		Match{Source: testutil.Prefixes("10.1.0.0/16")},
 		Match{},
 	)
 }
@@ -193,7 +195,7 @@ func TestDecideMaxPeek(t *testing.T) {
 }
 
 func TestDecideNoRoute(t *testing.T) {
-	tab := mustTable(t, Match{Protocol: ProtocolSSH}, Match{Source: prefixes(t, "10.0.0.0/8")})
+	tab := mustTable(t, Match{Protocol: ProtocolSSH}, Match{Source: testutil.Prefixes("10.0.0.0/8")})
 	drive(t, tab, "192.0.2.1", []step{{add: []byte("GET / HTTP/1.0\r\n"), route: NoRoute}}, want{proto: ProtocolHTTP})
 	drive(t, tab, "192.0.2.1", []step{{more: true}, {timedOut: true, route: NoRoute}}, want{})
 	drive(t, tab, "10.0.0.1", []step{{add: []byte("GET / HTTP/1.0\r\n"), route: 1}}, want{proto: ProtocolHTTP})
@@ -209,14 +211,14 @@ func TestDecideWithoutBytes(t *testing.T) {
 		route   int // on the first call, or -2 for "wait"
 	}{
 		{"one route, no match", []Match{{}}, "192.0.2.1", false, 0},
-		{"source routes, then the default", []Match{{Source: prefixes(t, "10.0.0.0/8")}, {}}, "192.0.2.1", false, 1},
-		{"source route holds", []Match{{Source: prefixes(t, "10.0.0.0/8")}, {}}, "10.9.9.9", false, 0},
-		{"source only, none holds", []Match{{Source: prefixes(t, "10.0.0.0/8")}}, "192.0.2.1", false, NoRoute},
+		{"source routes, then the default", []Match{{Source: testutil.Prefixes("10.0.0.0/8")}, {}}, "192.0.2.1", false, 1},
+		{"source route holds", []Match{{Source: testutil.Prefixes("10.0.0.0/8")}, {}}, "10.9.9.9", false, 0},
+		{"source only, none holds", []Match{{Source: testutil.Prefixes("10.0.0.0/8")}}, "192.0.2.1", false, NoRoute},
 		{"default first, sni after", []Match{{}, {SNI: []string{"a.example"}}}, "192.0.2.1", false, 0},
 		{"sni first", []Match{{SNI: []string{"a.example"}}, {}}, "192.0.2.1", true, -2},
-		{"source holds before sni", []Match{{Source: prefixes(t, "10.0.0.0/8")}, {SNI: []string{"a.example"}}}, "10.0.0.1", true, 0},
-		{"source fails before sni", []Match{{Source: prefixes(t, "10.0.0.0/8")}, {SNI: []string{"a.example"}}}, "192.0.2.1", true, -2},
-		{"sni behind a source filter", []Match{{Source: prefixes(t, "10.0.0.0/8"), SNI: []string{"a.example"}}, {}}, "192.0.2.1", true, 1},
+		{"source holds before sni", []Match{{Source: testutil.Prefixes("10.0.0.0/8")}, {SNI: []string{"a.example"}}}, "10.0.0.1", true, 0},
+		{"source fails before sni", []Match{{Source: testutil.Prefixes("10.0.0.0/8")}, {SNI: []string{"a.example"}}}, "192.0.2.1", true, -2},
+		{"sni behind a source filter", []Match{{Source: testutil.Prefixes("10.0.0.0/8"), SNI: []string{"a.example"}}, {}}, "192.0.2.1", true, 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -240,7 +242,7 @@ func TestDecideWithoutBytes(t *testing.T) {
 // An IPv4 client seen through an IPv6 socket (::ffff:a.b.c.d) is the IPv4
 // client for source ranges.
 func TestDecideMappedSource(t *testing.T) {
-	tab := mustTable(t, Match{Source: prefixes(t, "10.1.0.0/16")}, Match{})
+	tab := mustTable(t, Match{Source: testutil.Prefixes("10.1.0.0/16")}, Match{})
 	drive(t, tab, "::ffff:10.1.2.3", []step{{route: 0}}, want{})
 	drive(t, tab, "2001:db8::1", []step{{route: 1}}, want{})
 }
@@ -248,7 +250,7 @@ func TestDecideMappedSource(t *testing.T) {
 // Every given matcher must hold.
 func TestDecideAllMatchersHold(t *testing.T) {
 	tab := mustTable(t,
-		Match{SNI: []string{"app.example.com"}, ALPN: []string{"h2"}, Protocol: ProtocolTLS, Source: prefixes(t, "10.0.0.0/8")},
+		Match{SNI: []string{"app.example.com"}, ALPN: []string{"h2"}, Protocol: ProtocolTLS, Source: testutil.Prefixes("10.0.0.0/8")},
 		Match{},
 	)
 	h2 := realHello(t, helloSpec{sni: "app.example.com", alpn: []string{"h2"}})

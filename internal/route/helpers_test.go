@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -171,13 +170,4 @@ func mustTable(tb testing.TB, matches ...Match) *Table {
 		tb.Fatal(err)
 	}
 	return t
-}
-
-func prefixes(tb testing.TB, s ...string) []netip.Prefix {
-	tb.Helper()
-	out := make([]netip.Prefix, len(s))
-	for i, x := range s {
-		out[i] = netip.MustParsePrefix(x)
-	}
-	return out
 }

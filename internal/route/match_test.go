@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/pj-proxy/pj/internal/testutil"
 )
 
 func TestSNIPatterns(t *testing.T) {
@@ -91,7 +93,7 @@ func TestRuleErrors(t *testing.T) {
 	for _, m := range []Match{
 		{Protocol: ProtocolTLS, SNI: []string{"a.example"}, ALPN: []string{"h2"}},
 		{Protocol: ProtocolPostgres, SNI: []string{"db.example"}},
-		{Source: prefixes(t, "10.0.0.0/8", "::1/128")},
+		{Source: testutil.Prefixes("10.0.0.0/8", "::1/128")},
 	} {
 		if _, err := NewTable([]Match{m}); err != nil {
 			t.Errorf("NewTable(%+v) = %v", m, err)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -58,20 +57,12 @@ func countingEcho(t *testing.T) (string, *atomic.Int64) {
 	return ln.Addr().String(), &n
 }
 
-func prefixes(ss ...string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, s := range ss {
-		out = append(out, netip.MustParsePrefix(s))
-	}
-	return out
-}
-
 func TestAllowDeny(t *testing.T) {
 	echo, reached := countingEcho(t)
 	x := testutil.ClosedAddr(t)
 	p := pjtest.Proxy("web", x, echo)
-	p.Allow = prefixes("127.0.0.0/29")
-	p.Deny = prefixes("127.0.0.3/32")
+	p.Allow = testutil.Prefixes("127.0.0.0/29")
+	p.Deny = testutil.Prefixes("127.0.0.3/32")
 	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 	for _, tc := range []struct {
 		src  string
@@ -104,7 +95,7 @@ func TestDualStackListenerMatchesIPv4Rules(t *testing.T) {
 	// known to be free on 127.0.0.1).
 	port := strconv.Itoa(reservedAnyPort(t))
 	p := pjtest.Proxy("web", ":"+port, echo)
-	p.Deny = prefixes("127.0.0.4/32")
+	p.Deny = testutil.Prefixes("127.0.0.4/32")
 	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 	if served(t, from(t, "127.0.0.4", "127.0.0.1:"+port)) {
 		t.Fatal("a denied IPv4 client got through a dual-stack listener")
@@ -304,10 +295,10 @@ func TestProxyProtocolAccepted(t *testing.T) {
 	echo, _ := countingEcho(t)
 	trusted, untrusted := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
 	pt := pjtest.Proxy("trusting", trusted, echo)
-	pt.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("127.0.0.0/8")}
-	pt.Deny = prefixes("198.51.100.0/24")
+	pt.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: testutil.Prefixes("127.0.0.0/8")}
+	pt.Deny = testutil.Prefixes("198.51.100.0/24")
 	pu := pjtest.Proxy("untrusting", untrusted, echo)
-	pu.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("10.0.0.0/8")}
+	pu.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: testutil.Prefixes("10.0.0.0/8")}
 	r := pjtest.Start(t, cfgOf(time.Minute, pt, pu), server.Options{})
 
 	// A trusted peer's header gives the client address everywhere.
@@ -368,7 +359,7 @@ func TestTwoChainedInstancesKeepTheClientAddress(t *testing.T) {
 	backend := headerEcho(t)
 	front, inner := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
 	p2 := pjtest.Proxy("inner", inner, backend)
-	p2.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("127.0.0.1/32")}
+	p2.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: testutil.Prefixes("127.0.0.1/32")}
 	p2.ProxyProtocol = "v1"
 	second := pjtest.Start(t, cfgOf(time.Minute, p2), server.Options{})
 	p1 := pjtest.Proxy("front", front, inner)

@@ -53,7 +53,7 @@ func TestUntrustedHeaderIsRefusedHoweverItIsSplit(t *testing.T) {
 	echo, received := recordingEcho(t)
 	x := testutil.ClosedAddr(t)
 	p := pjconf.Proxy("untrusting", x, echo)
-	p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("10.0.0.0/8")}
+	p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: testutil.Prefixes("10.0.0.0/8")}
 	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 
 	header := "PROXY TCP4 6.6.6.6 127.0.0.1 51234 8080\r\n"
@@ -134,7 +134,7 @@ func TestProxyV2TLVsAreValidated(t *testing.T) {
 	echo, received := recordingEcho(t)
 	x := testutil.ClosedAddr(t)
 	p := pjconf.Proxy("trusting", x, echo)
-	p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: prefixes("127.0.0.0/8")}
+	p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: testutil.Prefixes("127.0.0.0/8")}
 	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
 
 	authority := append([]byte{0x02, 0x00, 0x0b}, "example.net"...)

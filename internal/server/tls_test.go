@@ -399,12 +399,7 @@ func TestTLSHalfCloseTimeout(t *testing.T) {
 	if err := c.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
-	backend, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = backend.Close() })
+	backend := testutil.Accept(t, ln)
 	if got := testutil.ReadAll(t, backend); got != "request" {
 		t.Fatalf("backend read %q", got)
 	}

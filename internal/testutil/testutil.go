@@ -6,10 +6,13 @@ package testutil
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -75,6 +78,36 @@ func Serve(t testing.TB, ln net.Listener, handle func(net.Conn)) {
 		mu.Unlock()
 		wg.Wait()
 	})
+}
+
+// ServeTLS is Serve for TLS servers with cfg: handle gets each connection
+// once its handshake is done (a failed handshake is dropped), with 30 s to
+// serve it.
+func ServeTLS(t testing.TB, ln net.Listener, cfg *tls.Config, handle func(*tls.Conn)) {
+	t.Helper()
+	Serve(t, ln, func(c net.Conn) {
+		tc := tls.Server(c, cfg)
+		_ = tc.SetDeadline(time.Now().Add(30 * time.Second))
+		if tc.Handshake() != nil {
+			return
+		}
+		handle(tc)
+	})
+}
+
+// Accept waits up to 10 s for ln's next connection and closes it at the
+// end of the test.
+func Accept(t testing.TB, ln net.Listener) net.Conn {
+	t.Helper()
+	if d, ok := ln.(interface{ SetDeadline(time.Time) error }); ok {
+		_ = d.SetDeadline(time.Now().Add(10 * time.Second))
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("accept on %s: %v", ln.Addr(), err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
 }
 
 // Echo writes back everything it reads; at the client's end of stream it
@@ -179,6 +212,34 @@ func RoundTrip(t testing.TB, c net.Conn, msg string) string {
 		t.Fatalf("read back %d bytes: %v", len(msg), err)
 	}
 	return string(buf)
+}
+
+// Trickle writes a byte to from every period for d, and reads each at
+// to: a connection that carries a trickle is not idle, and the test fails
+// if it ends meanwhile.
+func Trickle(t testing.TB, from, to net.Conn, period, d time.Duration) {
+	t.Helper()
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	buf := make([]byte, 1)
+	for end := time.Now().Add(d); time.Now().Before(end); <-tick.C {
+		if _, err := io.WriteString(from, "."); err != nil {
+			t.Fatalf("the connection ended while a trickle was still sent: %v", err)
+		}
+		_ = to.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(to, buf); err != nil {
+			t.Fatalf("the connection ended while a trickle was still sent: %v", err)
+		}
+	}
+}
+
+// Prefixes parses CIDR prefixes, as a test writes them.
+func Prefixes(ss ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(ss))
+	for i, s := range ss {
+		out[i] = netip.MustParsePrefix(s)
+	}
+	return out
 }
 
 // WaitFor polls cond until it is true, failing the test with what after
@@ -326,6 +387,36 @@ func Ask(addr string) (string, error) {
 		return "", errors.New("closed without a byte")
 	}
 	return string(b), nil
+}
+
+// ServeHTTP starts an HTTP server on tcp4 loopback that answers every
+// request with body, until the test ends, and returns its address.
+func ServeHTTP(t testing.TB, body string) string {
+	t.Helper()
+	ln := Listen(t, "tcp4")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, body)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return ln.Addr().String()
+}
+
+// Get fetches url on a connection of its own, within 10 s, and returns
+// the body of a 200 answer.
+func Get(t testing.TB, url string) string {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	res, err := client.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s, %q, %v", url, res.Status, body, err)
+	}
+	return string(body)
 }
 
 // ReadAll reads c to its end of stream within 10 s.

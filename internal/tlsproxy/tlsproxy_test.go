@@ -57,6 +57,29 @@ func (p *pki) terminator(opt certs.ServerOptions) *Terminator {
 	return NewTerminator(s, nil)
 }
 
+// app is a terminator of opt serving app.example.com.
+func (p *pki) app(opt certs.ServerOptions) *Terminator {
+	opt.Certificates = []certs.Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}
+	return p.terminator(opt)
+}
+
+// echoApp is a CA and a route to an echo backend that terminates TLS
+// for app.example.com.
+func echoApp(t *testing.T) (*pki, *Route) {
+	t.Helper()
+	p := newPKI(t, "ca")
+	r := route(t, testutil.StartEcho(t))
+	r.Terminate = p.app(certs.ServerOptions{})
+	return p, r
+}
+
+// dialApp opens a TLS connection to addr as a client of app.example.com
+// that trusts the CA.
+func (p *pki) dialApp(t *testing.T, addr string) *tls.Conn {
+	t.Helper()
+	return tlsDial(t, addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool()})
+}
+
 func dialer(t *testing.T, opt certs.ClientOptions) *Dialer {
 	t.Helper()
 	c, err := certs.NewClient(opt, nil, nil)
@@ -216,12 +239,7 @@ func tlsDial(t *testing.T, addr string, cfg *tls.Config) *tls.Conn {
 func startTLSEcho(t *testing.T, cfg *tls.Config) string {
 	t.Helper()
 	ln := testutil.Listen(t, "tcp4")
-	testutil.Serve(t, ln, func(c net.Conn) {
-		tc := tls.Server(c, cfg)
-		_ = tc.SetDeadline(time.Now().Add(30 * time.Second))
-		if tc.Handshake() != nil {
-			return
-		}
+	testutil.ServeTLS(t, ln, cfg, func(tc *tls.Conn) {
 		if st := tc.ConnectionState(); st.NegotiatedProtocol != "" {
 			_, _ = io.WriteString(tc, "alpn="+st.NegotiatedProtocol+";")
 		}
@@ -235,12 +253,10 @@ func startTLSEcho(t *testing.T, cfg *tls.Config) string {
 }
 
 func TestTerminateToPlainBackendHalfCloseAndRecord(t *testing.T) {
-	p := newPKI(t, "ca")
-	r := route(t, testutil.StartEcho(t))
-	r.Terminate = p.terminator(certs.ServerOptions{Certificates: []certs.Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}})
+	p, r := echoApp(t)
 	px := startProxy(t, r)
 
-	c := tlsDial(t, px.addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool()})
+	c := p.dialApp(t, px.addr)
 	if got := testutil.RoundTrip(t, c, "hello"); got != "hello" {
 		t.Fatalf("echo %q", got)
 	}
@@ -276,12 +292,12 @@ func TestBulkBytesAreExact(t *testing.T) {
 	bp := newPKI(t, "backend ca")
 	backendCert := bp.ca.KeyPair(t, testutil.Leaf{Names: []string{"localhost"}, IPs: []string{"127.0.0.1"}})
 	r := route(t, startTLSEcho(t, &tls.Config{Certificates: []tls.Certificate{backendCert}}))
-	r.Terminate = p.terminator(certs.ServerOptions{Certificates: []certs.Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}})
+	r.Terminate = p.app(certs.ServerOptions{})
 	r.Originate = dialer(t, certs.ClientOptions{CA: bp.caFile()})
 	px := startProxy(t, r)
 
 	const n = 8 << 20
-	c := tlsDial(t, px.addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool()})
+	c := p.dialApp(t, px.addr)
 	errc := make(chan error, 1)
 	go func() {
 		_, err := io.Copy(c, testutil.NewPattern(7, n))
@@ -338,10 +354,10 @@ func TestOriginateVerifiesTheBackend(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := route(t, tt.backend)
-			r.Terminate = p.terminator(certs.ServerOptions{Certificates: []certs.Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}})
+			r.Terminate = p.app(certs.ServerOptions{})
 			r.Originate = dialer(t, tt.opt)
 			px := startProxy(t, r)
-			c := tlsDial(t, px.addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool()})
+			c := p.dialApp(t, px.addr)
 			if tt.ok {
 				_, _ = io.WriteString(c, "ping")
 				_ = c.CloseWrite()
@@ -366,7 +382,7 @@ func TestALPNIsPassedToTheBackend(t *testing.T) {
 		NextProtos:   []string{"h2", "http/1.1"},
 	})
 	r := route(t, backend)
-	r.Terminate = p.terminator(certs.ServerOptions{Certificates: []certs.Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}, ALPN: []string{"h2", "http/1.1"}})
+	r.Terminate = p.app(certs.ServerOptions{ALPN: []string{"h2", "http/1.1"}})
 	r.Originate = dialer(t, certs.ClientOptions{InsecureSkipVerify: true})
 	px := startProxy(t, r)
 	c := tlsDial(t, px.addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool(), NextProtos: []string{"http/1.1"}})
@@ -408,7 +424,7 @@ func TestHandshakeTimeoutForASilentClient(t *testing.T) {
 	testutil.Serve(t, backendLn, func(net.Conn) { reached.Add(1) })
 	r := route(t, backendLn.Addr().String())
 	r.ConnectTimeout = 200 * time.Millisecond
-	r.Terminate = p.terminator(certs.ServerOptions{Certificates: []certs.Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}})
+	r.Terminate = p.app(certs.ServerOptions{})
 	px := startProxy(t, r)
 
 	c := testutil.Dial(t, px.addr) // and says nothing
@@ -480,25 +496,21 @@ func TestFailedHandshakesAreLoggedWithTheReason(t *testing.T) {
 func TestPeekedBytesAreReadFirst(t *testing.T) {
 	// A route decider read the start of the ClientHello before the
 	// hand-over; the handshake still sees the whole hello.
-	p := newPKI(t, "ca")
-	r := route(t, testutil.StartEcho(t))
-	r.Terminate = p.terminator(certs.ServerOptions{Certificates: []certs.Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}})
+	p, r := echoApp(t)
 	px := startProxyPeek(t, r, 100)
-	c := tlsDial(t, px.addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool()})
+	c := p.dialApp(t, px.addr)
 	if got := testutil.RoundTrip(t, c, "peeked"); got != "peeked" {
 		t.Fatalf("echo %q", got)
 	}
 }
 
 func TestIdleTimeoutKillAndTable(t *testing.T) {
-	p := newPKI(t, "ca")
-	r := route(t, testutil.StartEcho(t))
-	r.Terminate = p.terminator(certs.ServerOptions{Certificates: []certs.Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}})
+	p, r := echoApp(t)
 	r.IdleTimeout = 300 * time.Millisecond
 	px := startProxy(t, r)
 
 	// Idle: traffic keeps it open, silence closes it.
-	c := tlsDial(t, px.addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool()})
+	c := p.dialApp(t, px.addr)
 	for range 3 {
 		testutil.RoundTrip(t, c, "tick")
 	}
@@ -509,7 +521,7 @@ func TestIdleTimeoutKillAndTable(t *testing.T) {
 
 	// Kill, after the table shows the connection.
 	r.IdleTimeout = 0
-	c2 := tlsDial(t, px.addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool()})
+	c2 := p.dialApp(t, px.addr)
 	testutil.RoundTrip(t, c2, "hi")
 	var id uint64
 	testutil.WaitFor(t, 5*time.Second, "the connection in the table", func() bool {
@@ -535,7 +547,7 @@ func TestIdleTimeoutKillAndTable(t *testing.T) {
 
 func TestFailoverAndNoBackend(t *testing.T) {
 	p := newPKI(t, "ca")
-	term := p.terminator(certs.ServerOptions{Certificates: []certs.Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}})
+	term := p.app(certs.ServerOptions{})
 	cfg := &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool()}
 
 	r := route(t, testutil.ClosedAddr(t), testutil.StartEcho(t))
@@ -561,11 +573,9 @@ func TestFailoverAndNoBackend(t *testing.T) {
 }
 
 func TestCutEndsEveryConnectionAsShutdown(t *testing.T) {
-	p := newPKI(t, "ca")
-	r := route(t, testutil.StartEcho(t))
-	r.Terminate = p.terminator(certs.ServerOptions{Certificates: []certs.Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}})
+	p, r := echoApp(t)
 	px := startProxy(t, r)
-	c := tlsDial(t, px.addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool()})
+	c := p.dialApp(t, px.addr)
 	testutil.RoundTrip(t, c, "x")
 	px.srv.Cut(px.addr, nil)
 	wantFields(t, px.line(t, 1), "[shutdown]")
@@ -636,7 +646,7 @@ func TestHalfCloseTimeout(t *testing.T) {
 	// hung named); bytes in that direction keep it open.
 	const half = 500 * time.Millisecond
 	p := newPKI(t, "ca")
-	term := p.terminator(certs.ServerOptions{Certificates: []certs.Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}})
+	term := p.app(certs.ServerOptions{})
 	tests := []struct {
 		name           string
 		clientFinishes bool // else the backend finishes first
@@ -653,16 +663,11 @@ func TestHalfCloseTimeout(t *testing.T) {
 			r.HalfCloseTimeout = half
 			px := startProxy(t, r)
 
-			client := tlsDial(t, px.addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool()})
+			client := p.dialApp(t, px.addr)
 			if _, err := io.WriteString(client, "request"); err != nil {
 				t.Fatal(err)
 			}
-			_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
-			backend, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = backend.Close() })
+			backend := testutil.Accept(t, ln)
 			_ = backend.SetDeadline(time.Now().Add(30 * time.Second))
 			if _, err := io.ReadFull(backend, make([]byte, len("request"))); err != nil {
 				t.Fatal(err)
@@ -687,21 +692,10 @@ func TestHalfCloseTimeout(t *testing.T) {
 					t.Fatalf("client read %q", got)
 				}
 			}
-			tick := time.NewTicker(half / 10)
-			defer tick.Stop()
-			buf := make([]byte, 1)
-			for end := time.Now().Add(2 * half); time.Now().Before(end); <-tick.C {
-				if _, err := io.WriteString(talker, "."); err != nil {
-					t.Fatal(err)
-				}
-				_ = listener.SetReadDeadline(time.Now().Add(10 * time.Second))
-				if _, err := io.ReadFull(listener, buf); err != nil {
-					t.Fatalf("the connection ended while the open side was still sending: %v", err)
-				}
-			}
+			testutil.Trickle(t, talker, listener, half/10, 2*half)
 			// Then it hangs: the connection ends.
 			_ = listener.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if _, err := listener.Read(buf); err == nil || testutil.IsTimeout(err) {
+			if _, err := listener.Read(make([]byte, 1)); err == nil || testutil.IsTimeout(err) {
 				t.Fatalf("read after the hang = %v, want the connection closed", err)
 			}
 			wantFields(t, px.line(t, 1), "[timeout]", "half-close timeout: "+tt.want)

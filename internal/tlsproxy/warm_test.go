@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,12 +32,7 @@ func startGreeter(t *testing.T, cfg *tls.Config) *greeter {
 	g := &greeter{}
 	ln := testutil.Listen(t, "tcp4")
 	g.addr = ln.Addr().String()
-	testutil.Serve(t, ln, func(c net.Conn) {
-		tc := tls.Server(c, cfg)
-		_ = tc.SetDeadline(time.Now().Add(30 * time.Second))
-		if tc.Handshake() != nil {
-			return
-		}
+	testutil.ServeTLS(t, ln, cfg, func(tc *tls.Conn) {
 		n := g.handshakes.Add(1)
 		g.mu.Lock()
 		g.conns = append(g.conns, tc)
@@ -156,7 +150,7 @@ func TestWarmTLSIsNotUsedForANegotiatedProtocol(t *testing.T) {
 	bp := newPKI(t, "backend ca")
 	g := startGreeter(t, backendConfig(t, bp, "h2"))
 	r := warmRoute(t, g, 1, bp)
-	r.Terminate = p.terminator(certs.ServerOptions{Certificates: []certs.Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}, ALPN: []string{"h2"}})
+	r.Terminate = p.app(certs.ServerOptions{ALPN: []string{"h2"}})
 	px := startProxy(t, r)
 
 	c := tlsDial(t, px.addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool(), NextProtos: []string{"h2"}})
