@@ -30,32 +30,12 @@ func main() {
 	}()
 
 	// SIGHUP reloads the configuration file.
-	hups := make(chan os.Signal, 1)
-	signal.Notify(hups, syscall.SIGHUP)
-	reload := make(chan struct{}, 1)
-	go func() {
-		for range hups {
-			select {
-			case reload <- struct{}{}:
-			default: // one reload pending is enough: it reads the newest file
-			}
-		}
-	}()
+	reload := coalesced(syscall.SIGHUP)
 
 	// SIGUSR2 upgrades: the binary at the path pj was started from
 	// (read now: once the file is replaced, /proc/self/exe names the old,
 	// deleted one) takes over every listener.
-	usr2 := make(chan os.Signal, 1)
-	signal.Notify(usr2, syscall.SIGUSR2)
-	upgrades := make(chan struct{}, 1)
-	go func() {
-		for range usr2 {
-			select {
-			case upgrades <- struct{}{}:
-			default: // one pending is enough
-			}
-		}
-	}()
+	upgrades := coalesced(syscall.SIGUSR2)
 	exe, err := os.Executable()
 	if err != nil {
 		exe = "" // SIGUSR2 then says why it cannot upgrade
@@ -80,4 +60,22 @@ func main() {
 		fmt.Fprintf(os.Stderr, "pj: %v\n", err)
 	}
 	os.Exit(cli.ExitCode(err))
+}
+
+// coalesced returns a channel that receives one value for sig, however
+// many times sig arrives before it is read: one reload (or upgrade)
+// pending is enough, since it reads the newest file.
+func coalesced(sig os.Signal) <-chan struct{} {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, sig)
+	out := make(chan struct{}, 1)
+	go func() {
+		for range sigs {
+			select {
+			case out <- struct{}{}:
+			default: // one pending is enough
+			}
+		}
+	}()
+	return out
 }

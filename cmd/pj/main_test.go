@@ -1,17 +1,15 @@
 package main
 
 // These tests run the real pj binary, built once in TestMain, as a user
-// would: signals, exit statuses, descriptors and stderr are those of a
-// separate process.
+// would (internal/testutil/pjproc): signals, exit statuses, descriptors
+// and stderr are those of a separate process.
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,133 +18,17 @@ import (
 	"time"
 
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjproc"
 )
 
-var pjBin string
+func TestMain(m *testing.M) { os.Exit(pjproc.Main(m)) }
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "pj-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	pjBin = filepath.Join(dir, "pj")
-	build := exec.Command("go", "build", "-o", pjBin, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build pj:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// proc is a running pj process.
-type proc struct {
-	cmd    *exec.Cmd
-	stderr *testutil.Buffer
-	addrs  []string
-	exited chan struct{}
-	err    error // Wait's result, valid once exited is closed
-}
-
-// startPJ runs pj with args (through sh when shell is set, for ulimit) and
-// waits until it has logged one listening line per mapping.
-func startPJ(t *testing.T, listeners int, shell string, args ...string) *proc {
+// startPJ starts cmd, a pj, and waits until it listens on n addresses,
+// which it returns.
+func startPJ(t *testing.T, n int, cmd *exec.Cmd) (*pjproc.Proc, []string) {
 	t.Helper()
-	var cmd *exec.Cmd
-	if shell != "" {
-		cmd = exec.Command("sh", append([]string{"-c", shell + `; exec "$0" "$@"`, pjBin}, args...)...)
-	} else {
-		cmd = exec.Command(pjBin, args...)
-	}
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // no stray PJ_* variables
-	return startCmd(t, cmd, listeners)
-}
-
-// startCmd starts cmd, a pj process with its environment set, and waits
-// until it has logged listeners listening lines.
-func startCmd(t *testing.T, cmd *exec.Cmd, listeners int) *proc {
-	t.Helper()
-	p := &proc{cmd: cmd, stderr: new(testutil.Buffer), exited: make(chan struct{})}
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-p.exited
-		if t.Failed() {
-			t.Logf("pj stderr (last lines):\n%s", tail(p.stderr.String(), 40))
-		}
-	})
-	testutil.WaitFor(t, 10*time.Second, "pj to listen", func() bool {
-		select {
-		case <-p.exited:
-			t.Fatalf("pj exited before listening: %v\n%s", p.err, tail(p.stderr.String(), 40))
-		default:
-		}
-		return len(p.stderr.Lines("INFO listening")) >= listeners
-	})
-	for _, l := range p.stderr.Lines("INFO listening") {
-		_, after, _ := strings.Cut(l, "address=")
-		addr, _, _ := strings.Cut(after, " ")
-		p.addrs = append(p.addrs, addr)
-	}
-	return p
-}
-
-func (p *proc) pid() string { return strconv.Itoa(p.cmd.Process.Pid) }
-
-func (p *proc) signal(t *testing.T, sig os.Signal) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// exitCode waits for the process to end and returns its exit status.
-func (p *proc) exitCode(t *testing.T) int {
-	t.Helper()
-	select {
-	case <-p.exited:
-	case <-time.After(20 * time.Second):
-		t.Fatal("pj did not exit within 20s")
-	}
-	var ee *exec.ExitError
-	if errors.As(p.err, &ee) {
-		return ee.ExitCode()
-	}
-	if p.err != nil {
-		t.Fatal(p.err)
-	}
-	return 0
-}
-
-// run runs pj to completion and returns its exit status, stdout and stderr.
-func run(t *testing.T, args ...string) (int, string, string) {
-	t.Helper()
-	cmd := exec.Command(pjBin, args...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	done := make(chan error, 1)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { done <- cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		t.Fatalf("pj %v did not exit within 10s", args)
-	}
-	return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
+	p := pjproc.Start(t, cmd)
+	return p, p.WaitListening(t, n)
 }
 
 func TestExitStatusesAndMessages(t *testing.T) {
@@ -170,7 +52,7 @@ func TestExitStatusesAndMessages(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			code, stdout, stderr := run(t, tt.args...)
+			code, stdout, stderr := pjproc.Run(t, pjproc.Command(tt.args...))
 			if code != tt.code {
 				t.Fatalf("exit %d, want %d; stderr:\n%s", code, tt.code, stderr)
 			}
@@ -187,56 +69,48 @@ func TestExitStatusesAndMessages(t *testing.T) {
 	}
 }
 
-func TestSIGTERMDrainsThenExitsZero(t *testing.T) {
-	p := startPJ(t, 1, "", "-p", "127.0.0.1:0:"+testutil.StartEcho(t))
-	c := testutil.Dial(t, p.addrs[0])
-	if got := testutil.RoundTrip(t, c, "before"); got != "before" {
-		t.Fatal(got)
-	}
-	p.signal(t, syscall.SIGTERM)
-	p.stderr.WaitLines(t, "shutting down", 1)
-	if nc, err := net.DialTimeout("tcp", p.addrs[0], 2*time.Second); err == nil {
-		_ = nc.Close()
-		t.Fatal("pj accepted a connection after SIGTERM")
-	}
-	if got := testutil.RoundTrip(t, c, "during"); got != "during" {
-		t.Fatalf("the established connection broke during the drain: %q", got)
-	}
-	_ = c.Close()
-	if code := p.exitCode(t); code != 0 {
-		t.Fatalf("exit %d, want 0", code)
-	}
-	if l := p.stderr.Lines("[ok]"); len(l) != 1 || !strings.Contains(l[0], "up=12 down=12") {
-		t.Fatalf("connection lines %q", l)
-	}
-}
-
-func TestGracePeriodExpiryExitsZero(t *testing.T) {
-	p := startPJ(t, 1, "", "-p", "127.0.0.1:0:"+testutil.StartEcho(t), "--grace-period", "100ms")
-	c := testutil.Dial(t, p.addrs[0])
-	if got := testutil.RoundTrip(t, c, "held"); got != "held" {
-		t.Fatal(got)
-	}
-	p.signal(t, syscall.SIGINT)
-	if code := p.exitCode(t); code != 0 {
-		t.Fatalf("exit %d, want 0", code)
-	}
-	if l := p.stderr.Lines("[shutdown]"); len(l) != 1 {
-		t.Fatalf("want one [shutdown] line, stderr:\n%s", p.stderr)
-	}
-}
-
-func TestSecondSignalExitsOneAtOnce(t *testing.T) {
-	p := startPJ(t, 1, "", "-p", "127.0.0.1:0:"+testutil.StartEcho(t), "--grace-period", "1h")
-	c := testutil.Dial(t, p.addrs[0])
-	if got := testutil.RoundTrip(t, c, "held"); got != "held" {
-		t.Fatal(got)
-	}
-	p.signal(t, syscall.SIGTERM)
-	p.stderr.WaitLines(t, "shutting down", 1)
-	p.signal(t, syscall.SIGTERM)
-	if code := p.exitCode(t); code != 1 {
-		t.Fatalf("exit %d, want 1", code)
+func TestShutdownBySignal(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		grace string
+		sig   syscall.Signal
+		// shuttingDown runs once pj has begun to shut down; c is a
+		// connection established before.
+		shuttingDown func(t *testing.T, p *pjproc.Proc, addr string, c net.Conn)
+		code         int
+		// The connection's log line: its status and byte counts.
+		status, counts string
+	}{
+		{"SIGTERM drains, then exits 0", "1m", syscall.SIGTERM, func(t *testing.T, p *pjproc.Proc, addr string, c net.Conn) {
+			testutil.CheckDraining(t, addr, c)
+			_ = c.Close()
+		}, 0, "[ok]", "up=12 down=12"},
+		{"the grace period's end exits 0", "100ms", syscall.SIGINT, nil, 0, "[shutdown]", "up=6 down=6"},
+		{"a second signal exits 1 at once", "1h", syscall.SIGTERM, func(t *testing.T, p *pjproc.Proc, addr string, c net.Conn) {
+			p.Signal(t, syscall.SIGTERM)
+		}, 1, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, addrs := startPJ(t, 1, pjproc.Command("-p", "127.0.0.1:0:"+testutil.StartEcho(t), "--grace-period", tc.grace))
+			c := testutil.Dial(t, addrs[0])
+			if got := testutil.RoundTrip(t, c, "before"); got != "before" {
+				t.Fatal(got)
+			}
+			p.Signal(t, tc.sig)
+			p.Stderr.WaitLines(t, "shutting down", 1)
+			if tc.shuttingDown != nil {
+				tc.shuttingDown(t, p, addrs[0], c)
+			}
+			if code := p.ExitCode(t); code != tc.code {
+				t.Fatalf("exit %d, want %d", code, tc.code)
+			}
+			if tc.status == "" {
+				return
+			}
+			if l := p.Stderr.Lines(tc.status); len(l) != 1 || !strings.Contains(l[0], tc.counts) {
+				t.Fatalf("connection lines %q, want one %s line with %s", l, tc.status, tc.counts)
+			}
+		})
 	}
 }
 
@@ -246,8 +120,9 @@ func TestDescriptorsDoNotLinger(t *testing.T) {
 	// must hold about as many descriptors as it did before: no pipes left
 	// waiting for a garbage collection, no sockets leaked.
 	const total, parallel = 3000, 200
-	p := startPJ(t, 1, "", "-p", "127.0.0.1:0:"+testutil.StartEcho(t))
-	base := testutil.OpenFDs(t, p.pid())
+	p, addrs := startPJ(t, 1, pjproc.Command("-p", "127.0.0.1:0:"+testutil.StartEcho(t)))
+	pid := strconv.Itoa(p.Pid())
+	base := testutil.OpenFDs(t, pid)
 
 	small := strings.Repeat("x", 1<<10)
 	bulk := strings.Repeat("y", 128<<10) // past the 64 KiB buffer: spliced through pipes
@@ -258,7 +133,7 @@ func TestDescriptorsDoNotLinger(t *testing.T) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			c, err := net.DialTimeout("tcp", p.addrs[0], 10*time.Second)
+			c, err := net.DialTimeout("tcp", addrs[0], 10*time.Second)
 			if err != nil {
 				failures.Store(i, err)
 				return
@@ -284,13 +159,13 @@ func TestDescriptorsDoNotLinger(t *testing.T) {
 		t.Errorf("connection %v: %v", k, v)
 		return true
 	})
-	p.stderr.WaitLines(t, "[ok]", total)
+	p.Stderr.WaitLines(t, "[ok]", total)
 	// Spare pipes (at most 8 per event loop, two descriptors each) may stay
 	// for reuse.
 	const slack = 2*16 + 2
 	var n int
 	testutil.WaitFor(t, 10*time.Second, "descriptors to return to the idle level", func() bool {
-		n = testutil.OpenFDs(t, p.pid())
+		n = testutil.OpenFDs(t, pid)
 		return n <= base+slack
 	})
 	t.Logf("descriptors: %d before, %d after %d connections", base, n, total)
@@ -302,19 +177,42 @@ func TestRunningOutOfDescriptors(t *testing.T) {
 	// wait instead of failing it, stop accepting meanwhile, and serve
 	// everyone again as soon as descriptors are free.
 	echo := testutil.StartEcho(t)
-	p := startPJ(t, 1, "ulimit -n 40", "-p", "127.0.0.1:0:"+echo)
-	var held []net.Conn
-	defer func() {
-		for _, c := range held {
-			_ = c.Close()
-		}
-	}()
-	var waiting net.Conn
-	for i := 0; i < 40 && waiting == nil; i++ {
-		c, err := net.DialTimeout("tcp", p.addrs[0], 5*time.Second)
+	p, addrs := startPJ(t, 1, pjproc.Shell("ulimit -n 40", "-p", "127.0.0.1:0:"+echo))
+	held, waiting := exhaust(t, addrs[0])
+	line := p.Stderr.WaitLines(t, "too many open files", 1)[0]
+	if !strings.Contains(line, "ulimit") {
+		t.Fatalf("the line %q does not say what to do", line)
+	}
+	for _, c := range held {
+		_ = c.Close()
+	}
+	// The waiting client is served now, within the connect timeout.
+	_ = waiting.SetDeadline(time.Now().Add(4 * time.Second))
+	if _, err := io.ReadFull(waiting, make([]byte, 1)); err != nil {
+		t.Fatalf("the waiting client was not served once descriptors were free: %v", err)
+	}
+	_ = waiting.Close()
+	c := testutil.Dial(t, addrs[0])
+	if got := testutil.RoundTrip(t, c, "back"); got != "back" {
+		t.Fatalf("a new connection got %q", got)
+	}
+	if n := len(p.Stderr.Lines("[connect_failed]")); n != 0 {
+		t.Fatalf("%d clients failed; they should have waited", n)
+	}
+}
+
+// exhaust connects to addr, a proxy to an echo backend, until pj runs
+// out of descriptors: until a connection's byte is not echoed within
+// 500 ms. It returns the connections relayed before and the one left
+// waiting; the test closes them all when it ends.
+func exhaust(t *testing.T, addr string) (relayed []net.Conn, waiting net.Conn) {
+	t.Helper()
+	for i := range 40 {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {
 			t.Fatalf("dial %d: %v", i, err) // the kernel queues it even when pj cannot accept
 		}
+		t.Cleanup(func() { _ = c.Close() })
 		// A round trip proves the connection is relayed before the next.
 		_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
 		if _, err := io.WriteString(c, "x"); err != nil {
@@ -324,42 +222,10 @@ func TestRunningOutOfDescriptors(t *testing.T) {
 			if !testutil.IsTimeout(err) {
 				t.Fatalf("connection %d failed instead of waiting: %v", i, err)
 			}
-			waiting = c
-			continue
+			return relayed, c
 		}
-		held = append(held, c)
+		relayed = append(relayed, c)
 	}
-	if waiting == nil {
-		t.Fatal("40 connections were relayed with 40 descriptors: the limit did not apply")
-	}
-	line := p.stderr.WaitLines(t, "too many open files", 1)[0]
-	if !strings.Contains(line, "ulimit") {
-		t.Fatalf("the line %q does not say what to do", line)
-	}
-	for _, c := range held {
-		_ = c.Close()
-	}
-	held = nil
-	// The waiting client is served now, within the connect timeout.
-	_ = waiting.SetDeadline(time.Now().Add(4 * time.Second))
-	if _, err := io.ReadFull(waiting, make([]byte, 1)); err != nil {
-		t.Fatalf("the waiting client was not served once descriptors were free: %v", err)
-	}
-	_ = waiting.Close()
-	c := testutil.Dial(t, p.addrs[0])
-	if got := testutil.RoundTrip(t, c, "back"); got != "back" {
-		t.Fatalf("a new connection got %q", got)
-	}
-	if n := len(p.stderr.Lines("[connect_failed]")); n != 0 {
-		t.Fatalf("%d clients failed; they should have waited", n)
-	}
-}
-
-// tail returns the last n lines of s.
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	t.Fatal("40 connections were relayed: the descriptor limit did not apply")
+	return nil, nil
 }

@@ -7,132 +7,66 @@ package main
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjproc"
 )
 
-// upgradable is a pj whose stderr is a pipe the processes it upgrades to
-// inherit: every generation logs into one buffer.
-type upgradable struct {
-	first  *exec.Cmd
-	stderr *testutil.Buffer
-	exited chan struct{}
-	err    error
-	mu     sync.Mutex
-	pids   []int // every generation, oldest first
-}
-
-func startUpgradable(t *testing.T, exe string, env []string, listeners int, args ...string) *upgradable {
+// startUpgradable starts exe, a pj, with args and waits until it listens
+// on n addresses. The processes it upgrades to inherit its stderr: every
+// generation logs into the one p.Stderr.
+func startUpgradable(t *testing.T, exe string, n int, args ...string) *pjproc.Proc {
 	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &upgradable{stderr: new(testutil.Buffer), exited: make(chan struct{})}
-	copied := make(chan struct{})
-	go func() {
-		defer close(copied)
-		_, _ = io.Copy(u.stderr, r)
-	}()
-	cmd := exec.Command(exe, args...)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	cmd.Stderr = w // an *os.File: Wait does not wait for the pipe's other writers
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	_ = w.Close()
-	u.first = cmd
-	u.pids = []int{cmd.Process.Pid}
-	go func() {
-		u.err = cmd.Wait()
-		close(u.exited)
-	}()
-	t.Cleanup(func() {
-		u.mu.Lock()
-		pids := append([]int(nil), u.pids...)
-		u.mu.Unlock()
-		for _, pid := range pids {
-			_ = syscall.Kill(pid, syscall.SIGKILL) // each a pj this test started
-		}
-		<-u.exited
-		for _, pid := range pids[1:] {
-			waitGone(t, pid)
-		}
-		_ = r.Close()
-		<-copied
-		if t.Failed() {
-			t.Logf("pj stderr (last lines):\n%s", tail(u.stderr.String(), 60))
-		}
-	})
-	testutil.WaitFor(t, 10*time.Second, "pj to listen", func() bool {
-		select {
-		case <-u.exited:
-			t.Fatalf("pj exited before listening: %v\n%s", u.err, tail(u.stderr.String(), 40))
-		default:
-		}
-		return len(u.stderr.Lines("INFO listening")) >= listeners
-	})
-	return u
+	cmd := pjproc.Command(args...)
+	cmd.Path, cmd.Args[0] = exe, exe
+	p, _ := startPJ(t, n, cmd)
+	return p
 }
 
 var handedOverTo = regexp.MustCompile(`the new process serves every listener.* pid=(\d+)`)
 
-// upgrade sends SIGUSR2 to the newest generation and returns the new
+// upgradeNewest sends SIGUSR2 to the newest generation of p and returns the new
 // one's pid once the old one has handed over.
-func (u *upgradable) upgrade(t *testing.T) int {
+func upgradeNewest(t *testing.T, p *pjproc.Proc) int {
 	t.Helper()
-	u.mu.Lock()
-	pid, n := u.pids[len(u.pids)-1], len(u.pids)
-	u.mu.Unlock()
+	pids := p.Pids()
+	pid, n := pids[len(pids)-1], len(pids)
 	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
-	lines := u.stderr.WaitLines(t, "the new process serves every listener", n)
+	lines := p.Stderr.WaitLines(t, "the new process serves every listener", n)
 	m := handedOverTo.FindStringSubmatch(lines[n-1])
 	if m == nil {
 		t.Fatalf("no pid in %q", lines[n-1])
 	}
 	next, _ := strconv.Atoi(m[1])
-	u.mu.Lock()
-	u.pids = append(u.pids, next)
-	u.mu.Unlock()
-	u.stderr.WaitLines(t, "upgrade: took over every listener", n)
+	p.Adopt(next)
+	p.Stderr.WaitLines(t, "upgrade: took over every listener", n)
 	return next
 }
 
-// waitGone waits until process pid has exited (and been reaped by
-// whichever process it was reparented to).
-func waitGone(t *testing.T, pid int) {
-	t.Helper()
-	testutil.WaitFor(t, 20*time.Second, fmt.Sprintf("pid %d to exit", pid), func() bool {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return true
-		}
-		// A zombie has exited; only its parent's wait is missing.
-		m := regexp.MustCompile(`\) (\S)`).FindSubmatch(b)
-		return m != nil && string(m[1]) == "Z"
-	})
-}
-
-// connectLoop makes connections (connect, one echo, close) from a few
-// clients until stop is closed, at most max each, and returns the
-// failures and the number served.
-func connectLoop(addr string, stop <-chan struct{}) func() ([]error, int) {
-	const clients, max = 4, 3000
+// connectLoop runs clients clients, each calling try (with a message of
+// its own) at most max times, until stop is closed (never if nil). The
+// func it returns waits for them and returns the failures and the number
+// of tries that succeeded.
+func connectLoop(clients, max int, stop <-chan struct{}, try func(msg string) error) func() ([]error, int) {
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex
@@ -147,7 +81,7 @@ func connectLoop(addr string, stop <-chan struct{}) func() ([]error, int) {
 					return
 				default:
 				}
-				err := echoOnce(addr, fmt.Sprintf("c%d-%d", i, j))
+				err := try(fmt.Sprintf("c%d-%d", i, j))
 				mu.Lock()
 				if err != nil {
 					failures = append(failures, err)
@@ -228,23 +162,22 @@ func TestUpgradeRefusesNothingAndKeepsConnections(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	x, y := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
 	path := filepath.Join(t.TempDir(), "pj.yaml")
-	writeAtomically(t, path, fmt.Sprintf(`grace_period: 1m
+	testutil.WriteAtomically(t, path, fmt.Sprintf(`grace_period: 1m
 admin: { listen: "127.0.0.1:0" }
 proxies:
   - { name: web, listen: %q, backends: [%q] }
   - { name: other, listen: %q, backends: [%q] }
   - { name: ephemeral, listen: "127.0.0.1:0", backends: [%q] }
 `, x, echo, y, echo, echo))
-	u := startUpgradable(t, pjBin, []string{"NOTIFY_SOCKET=" + ns.path}, 3, "-c", path)
-	admin := (&proc{stderr: u.stderr}).adminAddr(t)
+	cmd := pjproc.Command("-c", path)
+	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+ns.path)
+	u, _ := startPJ(t, 3, cmd)
+	admin := u.Address(t, "admin listening")
 	ephemeral := ""
-	for _, l := range u.stderr.Lines("INFO listening proxy=ephemeral") {
-		ephemeral = regexp.MustCompile(`address=(\S+)`).FindStringSubmatch(l)[1]
+	for _, l := range u.Stderr.Lines("INFO listening proxy=ephemeral") {
+		ephemeral = testutil.LogField(l, "address")
 	}
-	pings := 0
-	if m := fields(ns.next(t, &pings)); m["READY"] != "1" {
-		t.Fatalf("first notification %v, want READY=1", m)
-	}
+	ns.expect(t, "first notification", "READY=1")
 
 	// Established before the upgrade: an idle one and a stream.
 	idle := testutil.Dial(t, x)
@@ -256,17 +189,17 @@ proxies:
 	streamed := stream(testutil.Dial(t, y), 7, n, between)
 
 	stop := make(chan struct{})
-	loop := connectLoop(x, stop)
+	loop := connectLoop(4, 3000, stop, func(msg string) error { return echoOnce(x, msg) })
 	// Some connections before, during and after.
 	testutil.WaitFor(t, 10*time.Second, "connections before the upgrade", func() bool {
-		return len(u.stderr.Lines("-> "+x+" -> ")) >= 20
+		return len(u.Stderr.Lines("-> "+x+" -> ")) >= 20
 	})
-	first := u.first.Process.Pid
-	second := u.upgrade(t)
+	first := u.Pid()
+	second := upgradeNewest(t, u)
 	close(between)
-	afterUpgrade := len(u.stderr.Lines("-> " + x + " -> "))
+	afterUpgrade := len(u.Stderr.Lines("-> " + x + " -> "))
 	testutil.WaitFor(t, 10*time.Second, "connections after the upgrade", func() bool {
-		return len(u.stderr.Lines("-> "+x+" -> ")) >= afterUpgrade+20
+		return len(u.Stderr.Lines("-> "+x+" -> ")) >= afterUpgrade+20
 	})
 	close(stop)
 	failures, served := loop()
@@ -320,29 +253,25 @@ proxies:
 	if got := testutil.RoundTrip(t, idle, "after"); got != "after" {
 		t.Fatalf("the idle connection after the upgrade: %q", got)
 	}
-	took := u.stderr.WaitLines(t, "took over every listener and the established connections", 1)[0]
+	took := u.Stderr.WaitLines(t, "took over every listener and the established connections", 1)[0]
 	if m := regexp.MustCompile(` connections=(\d+) `).FindStringSubmatch(took); m == nil || m[1] == "0" {
 		t.Fatalf("the new process took over no connection: %q", took)
 	}
 	t.Log(took)
-	select {
-	case <-u.exited:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the old process did not exit once it had moved its connections")
-	}
-	if u.err != nil {
-		t.Fatalf("the old process (pid %d): %v, want exit status 0", first, u.err)
+	// The old process exits once it has moved its connections.
+	if err := u.Wait(t, 20*time.Second); err != nil {
+		t.Fatalf("the old process (pid %d): %v, want exit status 0", first, err)
 	}
 
 	// The moved stream's line, logged by the new process when it ended,
 	// counts its bytes from the start.
-	u.stderr.WaitLines(t, fmt.Sprintf("up=%d down=%d", n, n), 1)
+	u.Stderr.WaitLines(t, fmt.Sprintf("up=%d down=%d", n, n), 1)
 
 	// A second upgrade, from the new process: the idle connection moves
 	// again.
 	_ = idle.SetDeadline(time.Now().Add(time.Minute))
-	third := u.upgrade(t)
-	waitGone(t, second)
+	third := upgradeNewest(t, u)
+	pjproc.WaitGone(t, second)
 	if err := echoOnce(x, "third"); err != nil {
 		t.Fatalf("after the second upgrade: %v", err)
 	}
@@ -377,12 +306,12 @@ func TestFailedUpgradeChangesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	real, err := os.ReadFile(pjBin)
+	real, err := os.ReadFile(pjproc.Bin("pj"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	install(real)
-	u := startUpgradable(t, exe, nil, 1, "-p", x+":"+echo, "--grace-period", "1m")
+	u := startUpgradable(t, exe, 1, "-p", x+":"+echo, "--grace-period", "1m")
 	idle := testutil.Dial(t, x)
 	if got := testutil.RoundTrip(t, idle, "before"); got != "before" {
 		t.Fatal(got)
@@ -404,10 +333,8 @@ func TestFailedUpgradeChangesNothing(t *testing.T) {
 				}
 			}
 			install([]byte(tc.script))
-			if err := syscall.Kill(u.first.Process.Pid, syscall.SIGUSR2); err != nil {
-				t.Fatal(err)
-			}
-			lines := u.stderr.WaitLines(t, "upgrade failed; this pj goes on serving", i+1)
+			u.Signal(t, syscall.SIGUSR2)
+			lines := u.Stderr.WaitLines(t, "upgrade failed; this pj goes on serving", i+1)
 			if !regexp.MustCompile(regexp.QuoteMeta(tc.want)).MatchString(lines[i]) {
 				t.Fatalf("the failure says %q, want %q", lines[i], tc.want)
 			}
@@ -419,17 +346,207 @@ func TestFailedUpgradeChangesNothing(t *testing.T) {
 			}
 		})
 	}
-	if n := len(u.stderr.Lines("stopped accepting")); n != 0 {
+	if n := len(u.Stderr.Lines("stopped accepting")); n != 0 {
 		t.Fatal("a failed upgrade stopped the old process from accepting")
 	}
 
 	// The real binary back in place, the upgrade works.
 	install(real)
-	u.upgrade(t)
+	upgradeNewest(t, u)
 	if err := echoOnce(x, "new"); err != nil {
 		t.Fatalf("after the upgrade: %v", err)
 	}
 	if got := testutil.RoundTrip(t, idle, "old"); got != "old" {
 		t.Fatalf("the established connection after the upgrade: %q", got)
+	}
+}
+
+// upgradeConns is how many established connections
+// TestUpgradeMovesEstablishedConnections moves: PJ_UPGRADE_CONNS, or a
+// number the default test run makes quickly (make upgrade-soak moves
+// 1000, and prints the pause they saw).
+func upgradeConns(t *testing.T) int {
+	if v := os.Getenv("PJ_UPGRADE_CONNS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("PJ_UPGRADE_CONNS=%q: want a positive number", v)
+		}
+		return n
+	}
+	return 200
+}
+
+var tookOverLine = regexp.MustCompile(` connections=(\d+) .*pause_p50=(\S+) pause_p99=(\S+) pause_max=(\S+)`)
+
+func TestUpgradeMovesEstablishedConnections(t *testing.T) {
+	n := upgradeConns(t)
+	echo := testutil.StartEcho(t)
+	x := testutil.ClosedAddr(t)
+	u, _ := startPJ(t, 1, pjproc.Command("-p", x+":"+echo, "--grace-period", "1m"))
+
+	conns := make([]*net.TCPConn, n)
+	for i := range conns {
+		conns[i] = testutil.Dial(t, x)
+		_ = conns[i].SetDeadline(time.Now().Add(2 * time.Minute))
+		if err := roundTrip(conns[i], fmt.Sprintf("before %d", i)); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+	}
+	for round := 1; round <= 2; round++ {
+		upgradeNewest(t, u)
+		lines := u.Stderr.WaitLines(t, "took over every listener and the established connections", round)
+		m := tookOverLine.FindStringSubmatch(lines[round-1])
+		if m == nil || m[1] != strconv.Itoa(n) {
+			t.Fatalf("upgrade %d: want %d connections taken over, got %q", round, n, lines[round-1])
+		}
+		t.Logf("upgrade %d: %d connections moved; pause per connection p50 %s, p99 %s, max %s", round, n, m[2], m[3], m[4])
+		for i, c := range conns {
+			if err := roundTrip(c, fmt.Sprintf("after upgrade %d, %d", round, i)); err != nil {
+				t.Fatalf("upgrade %d: connection %d: %v", round, i, err)
+			}
+		}
+	}
+	// The first process exits once it has moved its connections.
+	if err := u.Wait(t, 20*time.Second); err != nil {
+		t.Fatalf("the first process: %v, want exit status 0", err)
+	}
+}
+
+func roundTrip(c net.Conn, msg string) error {
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return err
+	}
+	buf := make([]byte, len(msg))
+	if _, err := readFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != msg {
+		return fmt.Errorf("echoed %q, want %q", buf, msg)
+	}
+	return nil
+}
+
+func readFull(c net.Conn, buf []byte) (int, error) {
+	got := 0
+	for got < len(buf) {
+		k, err := c.Read(buf[got:])
+		got += k
+		if err != nil {
+			return got, err
+		}
+	}
+	return got, nil
+}
+
+func TestUpgradeLeavesTLSConnectionsToTheOldProcess(t *testing.T) {
+	echo := testutil.StartEcho(t)
+	x := testutil.ClosedAddr(t)
+	cert := testutil.SelfSigned(t, "app.test")
+	dir := t.TempDir()
+	certFile := testutil.WriteFileIn(t, dir, "app.pem", cert.CertPEM)
+	keyFile := testutil.WriteFileIn(t, dir, "app.key", cert.KeyPEM)
+	path := filepath.Join(dir, "pj.yaml")
+	testutil.WriteAtomically(t, path, fmt.Sprintf(`grace_period: 1m
+proxies:
+  - name: app
+    listen: %q
+    tls: { certificates: [{ cert: %q, key: %q }] }
+    backends: [%q]
+`, x, certFile, keyFile, echo))
+	u, _ := startPJ(t, 1, pjproc.Command("-c", path))
+
+	dial := func() *tls.Conn {
+		t.Helper()
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", x,
+			&tls.Config{ServerName: "app.test", RootCAs: cert.Pool})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		_ = c.SetDeadline(time.Now().Add(time.Minute))
+		return c
+	}
+	old := dial()
+	if err := roundTrip(old, "before"); err != nil {
+		t.Fatal(err)
+	}
+	upgradeNewest(t, u)
+	line := u.Stderr.Lines("the new process serves every listener")[0]
+	if !regexp.MustCompile(` moved=0 active=1`).MatchString(line) {
+		t.Fatalf("the TLS connection must stay with the old process: %q", line)
+	}
+	// It goes on there; new ones go to the new process.
+	if err := roundTrip(old, "after"); err != nil {
+		t.Fatalf("the TLS connection after the upgrade: %v", err)
+	}
+	if err := roundTrip(dial(), "new"); err != nil {
+		t.Fatalf("a new TLS connection: %v", err)
+	}
+	select {
+	case <-u.Exited():
+		t.Fatal("the old process exited while it still relayed a TLS connection")
+	default:
+	}
+	_ = old.Close()
+	// The old process exits once its TLS connection has ended.
+	if err := u.Wait(t, 20*time.Second); err != nil {
+		t.Fatalf("the old process: %v, want exit status 0", err)
+	}
+}
+
+func TestUpgradeKeepsBackendStates(t *testing.T) {
+	a1, a2 := testutil.Identify(t, "a1"), testutil.Identify(t, "a2")
+	x := testutil.ClosedAddr(t)
+	path := filepath.Join(t.TempDir(), "pj.yaml")
+	testutil.WriteAtomically(t, path, fmt.Sprintf(`admin: { listen: "127.0.0.1:0" }
+proxies:
+  - { name: web, listen: %q, backends: [%q, %q], health_check: { interval: 0s } }
+`, x, a1, a2))
+	u, _ := startPJ(t, 1, pjproc.Command("-c", path))
+	admin := u.Address(t, "admin listening")
+
+	req, err := http.NewRequest(http.MethodPut, "http://"+admin+"/api/v1/proxies/web/backends/"+a2+"/state", strings.NewReader("drain"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("drain %s: %s", a2, resp.Status)
+	}
+
+	upgradeNewest(t, u)
+	line := u.Stderr.WaitLines(t, "took over every listener", 1)[0]
+	if !strings.Contains(line, "backend_states=2") {
+		t.Fatalf("the new process restored no backend state: %q", line)
+	}
+	code, body, err := adminGet(admin, "/api/v1/proxies")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /api/v1/proxies from the new process: %d %v", code, err)
+	}
+	var out struct {
+		Proxies []struct {
+			Backends []struct {
+				Address, State string
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &out); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, b := range out.Proxies[0].Backends {
+		got[b.Address] = b.State
+	}
+	if got[a1] != "up" || got[a2] != "drain" {
+		t.Fatalf("backend states after the upgrade %v; want %s up and %s drain, as before", got, a1, a2)
+	}
+	for range 4 {
+		if got, err := testutil.Ask(x); err != nil || got != "a1" {
+			t.Fatalf("after the upgrade a drained backend answered: %q %v", got, err)
+		}
 	}
 }

@@ -3,9 +3,6 @@ package systemd
 import (
 	"context"
 	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -16,34 +13,8 @@ import (
 // datagrams sent to it.
 func fakeManager(t *testing.T) <-chan string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "pjsd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	path := filepath.Join(dir, "notify")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, msgs := testutil.ListenNotify(t)
 	t.Setenv("NOTIFY_SOCKET", path)
-	msgs := make(chan string, 256)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			select {
-			case msgs <- string(buf[:n]):
-			default:
-			}
-		}
-	}()
-	t.Cleanup(func() { _ = conn.Close(); <-done })
 	return msgs
 }
 
