@@ -2,29 +2,23 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"sync"
 	"time"
 )
 
-// runBulk measures throughput: cfg.streams connections carry the pattern
-// client → backend (up) or backend → client (down) for cfg.duration. The
-// first stream is verified byte for byte at its receiving end; the others
-// are only counted, to keep the generator's own CPU low (it shares the
-// cores with the target).
-func runBulk(ctx context.Context, cfg *runConfig, r *result, up bool) error {
-	conns := make([]*net.TCPConn, cfg.streams)
-	defer closeAll(conns)
-	for i := range conns {
-		c, err := cfg.dial(ctx)
-		if err != nil {
-			return fmt.Errorf("open stream %d: %w", i, err)
-		}
-		conns[i] = c
+// runBulk measures throughput: cfg.streams connections made by dial carry
+// the pattern client → backend (up) or backend → client (down) for
+// cfg.duration. The first stream is verified byte for byte at its
+// receiving end; the others are only counted, to keep the generator's own
+// CPU low (it shares the cores with the target). tlsbulk is up with the
+// TLS modes' dial.
+func runBulk(ctx context.Context, cfg *runConfig, r *result, dial func(context.Context) (net.Conn, error), up bool) error {
+	conns, err := openConns(ctx, cfg.streams, "stream", dial, func(i int, c net.Conn) error {
 		hdr := []byte{hdrSource}
 		if up {
 			verify := byte(0)
@@ -37,44 +31,30 @@ func runBulk(ctx context.Context, cfg *runConfig, r *result, up bool) error {
 			return err
 		}
 		if _, err := c.Write(hdr); err != nil {
-			return fmt.Errorf("open stream %d: write header: %w", i, err)
+			return fmt.Errorf("write header: %w", err)
 		}
-	}
-
-	before, err := cfg.cpuSeconds()
+		return nil
+	})
 	if err != nil {
 		return err
 	}
+	defer closeAll(conns)
+
 	sysBefore, err := cfg.systemCPU()
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	deadline := start.Add(cfg.duration)
-	type outcome struct {
-		bytes int64
-		end   time.Time
-		err   error
-	}
-	outs := make([]outcome, len(conns))
-	var wg sync.WaitGroup
-	for i, c := range conns {
-		wg.Go(func() {
-			var o outcome
+	moved := make([]int64, len(conns))
+	w, err := cfg.measure(func(deadline time.Time) error {
+		return onEach(conns, "stream", func(i int, c net.Conn) (err error) {
 			if up {
-				o.bytes, o.err = upload(c, cfg.pat, deadline)
+				moved[i], err = upload(c, cfg.pat, deadline)
 			} else {
-				o.bytes, o.err = download(c, cfg.pat, i == 0, deadline)
+				moved[i], err = download(c, cfg.pat, i == 0, deadline)
 			}
-			o.end = time.Now()
-			if o.err != nil {
-				o.err = fmt.Errorf("stream %d: %w", i, o.err)
-			}
-			outs[i] = o
+			return err
 		})
-	}
-	wg.Wait()
-	after, err := cfg.cpuSeconds()
+	})
 	if err != nil {
 		return err
 	}
@@ -84,55 +64,44 @@ func runBulk(ctx context.Context, cfg *runConfig, r *result, up bool) error {
 	}
 
 	var total int64
-	end := start
-	var errs []error
-	for _, o := range outs {
-		total += o.bytes
-		if o.end.After(end) {
-			end = o.end
-		}
-		errs = append(errs, o.err)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return err
+	for _, n := range moved {
+		total += n
 	}
 	if total == 0 {
 		return errors.New("no byte went through in the measured time")
 	}
 	// Up ends when the backend has confirmed the last byte, so the time
 	// includes draining the proxy's buffers; down ends at the deadline.
-	elapsed := end.Sub(start).Seconds()
 	gib := float64(total) / (1 << 30)
-	cpu := after - before
-	r.set("gbps", float64(total)*8/elapsed/1e9)
-	r.setCPU("cpu_s_per_gib", cpu/gib, cfg.measured())
+	r.set("gbps", float64(total)*8/w.seconds()/1e9)
+	r.setCPU("cpu_s_per_gib", w.cpu/gib, cfg.measured())
 	r.set("run_cpu_s_per_gib", (sysAfter.run-sysBefore.run)/gib)
 	r.set("machine_cpu_s_per_gib", (sysAfter.machine-sysBefore.machine)/gib)
 	r.set("bytes", total)
 	r.set("streams", len(conns))
-	r.set("elapsed_s", elapsed)
-	r.setCPU("cpu_s", cpu, cfg.measured())
+	r.setWindow(cfg, w)
 	return nil
 }
 
-// halfCloser is a connection that can end its sending side alone: a
-// *net.TCPConn, or a *tls.Conn for tlsbulk.
-type halfCloser interface {
-	net.Conn
-	CloseWrite() error
-}
-
 // upload writes the pattern until deadline, half-closes, and checks the
-// backend's count and verdict. It returns the bytes sent.
-func upload(c halfCloser, pat *pattern, deadline time.Time) (int64, error) {
-	if err := c.SetWriteDeadline(deadline); err != nil {
+// backend's count and verdict. It returns the bytes sent. A write that a
+// deadline cuts would leave half a record on a TLS connection and break
+// it, so there the clock is checked between whole writes instead and the
+// deadline only bounds a stuck target.
+func upload(c net.Conn, pat *pattern, deadline time.Time) (int64, error) {
+	_, whole := c.(*tls.Conn)
+	cut := deadline
+	if whole {
+		cut = deadline.Add(replyWait)
+	}
+	if err := c.SetWriteDeadline(cut); err != nil {
 		return 0, err
 	}
 	var off int64
-	for {
+	for time.Now().Before(deadline) {
 		n, err := c.Write(pat.at(off, chunkSize))
 		off += int64(n)
-		if isTimeout(err) {
+		if isTimeout(err) && !whole {
 			break
 		}
 		if err != nil {
@@ -144,8 +113,12 @@ func upload(c halfCloser, pat *pattern, deadline time.Time) (int64, error) {
 
 // confirmUpload half-closes c after off bytes and checks the backend's
 // count and verdict.
-func confirmUpload(c halfCloser, off int64) (int64, error) {
-	if err := c.CloseWrite(); err != nil {
+func confirmUpload(c net.Conn, off int64) (int64, error) {
+	hc, ok := c.(interface{ CloseWrite() error })
+	if !ok {
+		return off, fmt.Errorf("a %T cannot half-close", c)
+	}
+	if err := hc.CloseWrite(); err != nil {
 		return off, fmt.Errorf("half-close after %d bytes: %w", off, err)
 	}
 	if err := c.SetReadDeadline(time.Now().Add(replyWait)); err != nil {
@@ -168,7 +141,7 @@ func confirmUpload(c halfCloser, off int64) (int64, error) {
 
 // download reads until deadline, checking every byte against the pattern
 // if verify. It returns the bytes received.
-func download(c *net.TCPConn, pat *pattern, verify bool, deadline time.Time) (int64, error) {
+func download(c net.Conn, pat *pattern, verify bool, deadline time.Time) (int64, error) {
 	if err := c.SetReadDeadline(deadline); err != nil {
 		return 0, err
 	}

@@ -86,13 +86,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	port := ln.Addr().(*net.TCPAddr).Port
 	fmt.Fprintf(stdout, "backend listening on %s\n", ln.Addr())
 	if *portFile != "" {
-		// Written whole, then renamed: a reader never sees half a number.
-		tmp := *portFile + ".tmp"
-		if err := os.WriteFile(tmp, []byte(strconv.Itoa(port)+"\n"), 0o644); err != nil {
-			ln.Close()
-			return fmt.Errorf("backend: port file: %w", err)
-		}
-		if err := os.Rename(tmp, *portFile); err != nil {
+		if err := writeWhole(*portFile, strconv.Itoa(port)+"\n"); err != nil {
 			ln.Close()
 			return fmt.Errorf("backend: port file: %w", err)
 		}
@@ -134,8 +128,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // maxMoreListeners bounds serve's -more.
 const maxMoreListeners = 5000
 
-// serveMore serves b on n more ports of host, and writes them to file
-// (whole, then renamed, as the port file).
+// serveMore serves b on n more ports of host, and writes them to file.
 func serveMore(ctx context.Context, b *backend, host string, n int, file string) ([]net.Listener, error) {
 	lns := make([]net.Listener, 0, n)
 	var text strings.Builder
@@ -151,14 +144,20 @@ func serveMore(ctx context.Context, b *backend, host string, n int, file string)
 		fmt.Fprintf(&text, "%d\n", l.Addr().(*net.TCPAddr).Port)
 		go func() { _ = b.serve(ctx, l) }()
 	}
-	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, []byte(text.String()), 0o644); err != nil {
-		return lns, fmt.Errorf("backend: -more-file: %w", err)
-	}
-	if err := os.Rename(tmp, file); err != nil {
+	if err := writeWhole(file, text.String()); err != nil {
 		return lns, fmt.Errorf("backend: -more-file: %w", err)
 	}
 	return lns, nil
+}
+
+// writeWhole writes text to a file beside file, then renames it to file:
+// a reader never sees half of it.
+func writeWhole(file, text string) error {
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, file)
 }
 
 // watchParent cancels when our parent process changes (we were orphaned).
@@ -193,9 +192,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.IntVar(&cfg.streams, "streams", 4, "parallel streams of up and down")
 	fs.IntVar(&cfg.latConns, "lat-conns", 32, "persistent connections of latC")
 	fs.IntVar(&cfg.msgSize, "msg-size", 64, "message size of lat1, latC and udp-lat, bytes")
-	fs.IntVar(&cfg.connWorkers, "conn-workers", 8, "workers of conn and sni")
-	fs.IntVar(&cfg.connRate, "conn-rate", 100, "connpaced: connection cycles per second, all workers together")
-	fs.IntVar(&cfg.count, "count", 0, "conn: stop after this many cycles (0: run for -duration)")
+	fs.IntVar(&cfg.connWorkers, "conn-workers", 8, "workers of the cycling modes: conn, connpaced, sni, tlsfull and tlsresume")
+	fs.BoolVar(&cfg.pace, "pace", false, "cycling modes: start the cycles at -conn-rate (connpaced is conn -pace)")
+	fs.IntVar(&cfg.connRate, "conn-rate", 100, "with -pace: cycles per second, all workers together")
+	fs.IntVar(&cfg.count, "count", 0, "cycling modes: stop after this many cycles (0: run for -duration)")
 	fs.IntVar(&cfg.idleConns, "idle-conns", 3000, "connections held by idle")
 	fs.DurationVar(&cfg.idleHold, "idle-hold", 0, "idle: hold the connections this long before checking they all still echo")
 	fs.StringVar(&cfg.tlsName, "tls-name", "bench.pj.test", "server name of the TLS modes")
@@ -244,6 +244,12 @@ func prepareRun(cfg *runConfig, pids, procRoot string) error {
 	}
 	if cfg.count < 0 || cfg.count > 1<<30 {
 		return fmt.Errorf("-count %d: want 0 to %d", cfg.count, 1<<30)
+	}
+	if cfg.mode == "connpaced" {
+		cfg.pace = true
+	}
+	if (cfg.count > 0 || cfg.pace) && !cycling(cfg.mode) {
+		return fmt.Errorf("-count and -pace apply to the modes that cycle connections (conn, connpaced, sni, tlsfull, tlsresume), not to %s", cfg.mode)
 	}
 	if cfg.idleHold < 0 || cfg.idleHold > 10*time.Minute {
 		return fmt.Errorf("-idle-hold %s: want 0 to 10m", cfg.idleHold)
@@ -332,13 +338,16 @@ func cmdWait(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		cfg.tlsRoots = roots
 	}
-	var hello, answer []byte
-	if *sni {
-		var err error
-		if hello, err = clientHello(); err != nil {
+	cy := cycler{dial: cfg.dial, exchange: echoByte('w')}
+	switch {
+	case *sni:
+		hello, err := clientHello()
+		if err != nil {
 			return err
 		}
-		answer = tlsAnswer(newPattern())
+		cy.exchange = helloExchange(hello, tlsAnswer(newPattern()))
+	case cfg.tlsRoots != nil:
+		cy.dial = cfg.tlsDialer(nil)
 	}
 	limit := time.Now().Add(*timeout)
 	last := errors.New("no try yet")
@@ -346,28 +355,14 @@ func cmdWait(ctx context.Context, args []string, stderr io.Writer) error {
 		if *pid > 0 && !alive(*pid) {
 			return fmt.Errorf("process %d exited before %s answered (last try: %v)", *pid, *addr, last)
 		}
-		var c net.Conn
 		var err error
-		switch {
-		case *udp:
-			if err = udpEchoOnce(*addr, 100*time.Millisecond); err == nil {
-				return nil
-			}
-		case *sni:
-			if err = sniCycle(ctx, cfg, hello, answer); err == nil {
-				return nil
-			}
-		case cfg.tlsRoots != nil:
-			c, err = cfg.dialTLS(ctx, cfg.tlsClientConfig(nil))
-		default:
-			c, err = cfg.dial(ctx)
+		if *udp {
+			err = udpEchoOnce(*addr, 100*time.Millisecond)
+		} else {
+			err = cy.cycle(ctx)
 		}
-		if err == nil && c != nil {
-			err = tinyEcho(c, 'w')
-			c.Close()
-			if err == nil {
-				return nil
-			}
+		if err == nil {
+			return nil
 		}
 		last = err
 		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {

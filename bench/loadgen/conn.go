@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -16,110 +17,169 @@ const (
 	maxCycles = 1 << 24 // per worker
 	// errorPause keeps a worker whose target refuses from spinning.
 	errorPause = 10 * time.Millisecond
-	// cycleTimeout bounds one connect-echo-close cycle.
+	// cycleTimeout bounds one cycle's exchange.
 	cycleTimeout = 5 * time.Second
 	// maxErrorTimes bounds how many failure times a run reports.
 	maxErrorTimes = 1000
 )
 
-// runConn measures connection set-up and tear-down: cfg.connWorkers workers
-// each loop connect → send 1 byte → read its echo → close for cfg.duration,
-// or until cfg.count cycles (when positive) have been made. The time of
-// every failed cycle is reported (error_times_unix_ms, the first
+// The cycling modes (conn, connpaced, sni, tlsfull, tlsresume) measure
+// connection set-up and tear-down: cfg.connWorkers workers each loop
+// connect → exchange → close for cfg.duration, or until cfg.count cycles
+// (when positive) have begun. With cfg.pace the cycles start at
+// cfg.connRate per second over all workers: a load the target sustains,
+// so the times are a connection's own rather than those of a queue at
+// saturation (what a pool of warm connections buys shows there: at
+// saturation every connection still costs the target a backend
+// connection); a cycle's time then starts when its turn comes. The time
+// of every failed cycle is reported (error_times_unix_ms, the first
 // maxErrorTimes), so that a caller can tell when the failures happened.
-func runConn(ctx context.Context, cfg *runConfig, r *result) error {
-	return runCycles(ctx, cfg, r, connCycle)
+
+// cycling reports whether mode is one of the cycling modes: those that
+// take -count and -pace.
+func cycling(mode string) bool {
+	return slices.Contains([]string{"conn", "connpaced", "sni", "tlsfull", "tlsresume"}, mode)
 }
 
-// runConnPaced is runConn at a steady pace, cfg.connRate cycles per
-// second over all workers: a load the target sustains, so the times are a
-// connection's own rather than those of a queue at saturation (what a
-// pool of warm connections buys shows here: at saturation every
-// connection still costs the target a backend connection). A cycle's time
-// starts when its turn comes.
-func runConnPaced(ctx context.Context, cfg *runConfig, r *result) error {
-	t := time.NewTicker(time.Second / time.Duration(cfg.connRate))
-	defer t.Stop()
-	cfg.pace = t.C
-	r.set("conn_rate", cfg.connRate)
-	return runCycles(ctx, cfg, r, connCycle)
+// A cycler is how a worker makes its cycles: dial opens a connection to
+// the target (its handshake included), exchange does a cycle's bytes on
+// it.
+type cycler struct {
+	dial     func(context.Context) (net.Conn, error)
+	exchange func(net.Conn) error
 }
 
-// runCycles runs cycle in cfg.connWorkers workers as runConn describes,
-// and reports its figures.
-func runCycles(ctx context.Context, cfg *runConfig, r *result, cycle func(context.Context, *runConfig) error) error {
-	before, err := cfg.cpuSeconds()
+// cycle makes one cycle: dial, the exchange within cycleTimeout, close.
+func (cy cycler) cycle(ctx context.Context) error {
+	c, err := cy.dial(ctx)
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	deadline := start.Add(cfg.duration)
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(cycleTimeout)); err != nil {
+		return err
+	}
+	if err := cy.exchange(c); err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// echoByte is the exchange of conn and of the TLS handshake modes: one
+// byte, and its echo.
+func echoByte(b byte) func(net.Conn) error {
+	return func(c net.Conn) error {
+		if _, err := c.Write([]byte{b}); err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+		var got [1]byte
+		if _, err := io.ReadFull(c, got[:]); err != nil {
+			return fmt.Errorf("read the echo: %w", err)
+		}
+		if got[0] != b {
+			return errors.New("the echo came back altered")
+		}
+		return nil
+	}
+}
+
+// cycleFigures names what a cycling mode reports.
+type cycleFigures struct {
+	rate   string // cycles per second
+	cpu    string // the target's CPU seconds per 1000 cycles
+	done   string // cycles completed
+	cycles string // what a cycle is, for an error
+}
+
+var (
+	connFigures      = cycleFigures{"cps", "cpu_s_per_1k_conn", "conns_ok", "connection cycle"}
+	handshakeFigures = cycleFigures{"hps", "cpu_s_per_1k_hs", "handshakes", "handshake"}
+)
+
+// runConn is conn and connpaced: connect → 1 byte → its echo → close.
+func runConn(ctx context.Context, cfg *runConfig, r *result) error {
+	_, err := runCycles(ctx, cfg, r, connFigures, func() cycler {
+		return cycler{dial: cfg.dial, exchange: echoByte('c')}
+	})
+	return err
+}
+
+// runCycles runs cfg.connWorkers workers, each making its cycles with the
+// cycler newCycler gives it, as the cycling modes do; it reports their
+// figures and returns how many cycles completed.
+func runCycles(ctx context.Context, cfg *runConfig, r *result, names cycleFigures, newCycler func() cycler) (int, error) {
+	if cfg.pace {
+		r.set("conn_rate", cfg.connRate)
+	}
 	outs := make([]tally, cfg.connWorkers)
 	var claimed atomic.Int64 // cycles begun, against cfg.count
-	var wg sync.WaitGroup
-	for w := range outs {
-		wg.Go(func() {
-			o := newTally()
-			for i := 0; i < maxCycles && time.Now().Before(deadline); i++ {
-				if cfg.count > 0 && claimed.Add(1) > int64(cfg.count) {
-					break
-				}
-				if cfg.pace != nil {
-					select {
-					case <-cfg.pace:
-					case <-time.After(time.Until(deadline)):
-						continue // the loop ends: past the deadline
+	w, err := cfg.measure(func(deadline time.Time) error {
+		var pace <-chan time.Time // the turns, from the window's start
+		if cfg.pace {
+			t := time.NewTicker(time.Second / time.Duration(cfg.connRate))
+			defer t.Stop()
+			pace = t.C
+		}
+		var wg sync.WaitGroup
+		for i := range outs {
+			wg.Go(func() {
+				cy := newCycler()
+				o := newTally()
+				for n := 0; n < maxCycles && time.Now().Before(deadline); n++ {
+					if cfg.count > 0 && claimed.Add(1) > int64(cfg.count) {
+						break
 					}
+					if pace != nil {
+						select {
+						case <-pace:
+						case <-time.After(time.Until(deadline)):
+							continue // the loop ends: past the deadline
+						}
+					}
+					t0 := time.Now()
+					if err := cy.cycle(ctx); err != nil {
+						o.fail(err)
+						continue
+					}
+					o.samples = append(o.samples, time.Since(t0))
 				}
-				t0 := time.Now()
-				if err := cycle(ctx, cfg); err != nil {
-					o.fail(err)
-					continue
-				}
-				o.samples = append(o.samples, time.Since(t0))
-			}
-			o.end = time.Now()
-			outs[w] = o
-		})
-	}
-	wg.Wait()
-	after, err := cfg.cpuSeconds()
+				outs[i] = o
+			})
+		}
+		wg.Wait()
+		return nil
+	})
 	if err != nil {
-		return err
+		return 0, err
 	}
-
-	t := sum(outs, start)
-	all, nerr, firstErr := t.samples, t.errors, t.firstErr
-	if len(all) == 0 {
-		return fmt.Errorf("no connection cycle completed (%d failed, the first: %w)", nerr, firstErr)
+	t := sum(outs)
+	n := len(t.samples)
+	if n == 0 {
+		return 0, fmt.Errorf("no %s completed (%d failed, the first: %w)", names.cycles, t.errors, t.firstErr)
 	}
-	elapsed := t.end.Sub(start).Seconds()
-	l := summarise(all)
-	cpu := after - before
-	r.set("cps", float64(len(all))/elapsed)
+	l := summarise(t.samples)
+	r.set(names.rate, float64(n)/w.seconds())
 	r.set("p50_us", l.p50)
 	r.set("p99_us", l.p99)
-	r.set("errors", nerr)
-	r.setCPU("cpu_s_per_1k_conn", cpu*1000/float64(len(all)), cfg.measured())
-	r.set("conns_ok", len(all))
+	r.set("errors", t.errors)
+	r.setCPU(names.cpu, w.cpu*1000/float64(n), cfg.measured())
+	r.set(names.done, n)
 	r.set("workers", cfg.connWorkers)
-	r.set("elapsed_s", elapsed)
-	r.setCPU("cpu_s", cpu, cfg.measured())
-	if firstErr != nil {
-		r.set("first_error", firstErr.Error())
+	r.setWindow(cfg, w)
+	if t.firstErr != nil {
+		r.set("first_error", t.firstErr.Error())
 	}
 	r.set("error_times_unix_ms", t.errorTimes[:min(len(t.errorTimes), maxErrorTimes)])
-	return nil
+	return n, nil
 }
 
-// tally is what the workers of a cycling mode (conn, sni, tlsfull,
-// tlsresume) saw: the time each completed cycle took, and the failures.
+// tally is what a worker of a cycling mode saw: the time each completed
+// cycle took, and the failures.
 type tally struct {
 	samples    []time.Duration
 	errors     int
 	errorTimes []int64 // Unix milliseconds of the first maxErrorTimes failures
 	firstErr   error
-	end        time.Time // when the worker stopped
 }
 
 func newTally() tally { return tally{samples: make([]time.Duration, 0, 1<<12)} }
@@ -137,11 +197,10 @@ func (o *tally) fail(err error) {
 	time.Sleep(errorPause)
 }
 
-// sum adds up the workers' tallies of a run that started at start: the
-// first error of the first worker that had one, failure times in order,
-// and the last worker's end.
-func sum(outs []tally, start time.Time) tally {
-	t := tally{errorTimes: []int64{}, end: start}
+// sum adds up the workers' tallies: the first error of the first worker
+// that had one, and failure times in order.
+func sum(outs []tally) tally {
+	t := tally{errorTimes: []int64{}}
 	for _, o := range outs {
 		t.samples = append(t.samples, o.samples...)
 		t.errors += o.errors
@@ -149,33 +208,7 @@ func sum(outs []tally, start time.Time) tally {
 		if t.firstErr == nil {
 			t.firstErr = o.firstErr
 		}
-		if o.end.After(t.end) {
-			t.end = o.end
-		}
 	}
 	slices.Sort(t.errorTimes)
 	return t
-}
-
-// connCycle is one connect → 1-byte echo → close.
-func connCycle(ctx context.Context, cfg *runConfig) error {
-	c, err := cfg.dial(ctx)
-	if err != nil {
-		return fmt.Errorf("connect: %w", err)
-	}
-	defer c.Close()
-	if err := c.SetDeadline(time.Now().Add(cycleTimeout)); err != nil {
-		return err
-	}
-	if _, err := c.Write([]byte{'c'}); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	var b [1]byte
-	if _, err := io.ReadFull(c, b[:]); err != nil {
-		return fmt.Errorf("read the echo: %w", err)
-	}
-	if b[0] != 'c' {
-		return errors.New("the echo came back altered")
-	}
-	return c.Close()
 }

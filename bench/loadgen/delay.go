@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -59,13 +58,7 @@ func cmdDelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "delay line on %s to %s, %s each way\n", ln.Addr(), *to, *delay)
 	if *portFile != "" {
-		tmp := *portFile + ".tmp"
-		port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port) + "\n"
-		if err := os.WriteFile(tmp, []byte(port), 0o644); err != nil {
-			ln.Close()
-			return fmt.Errorf("delay: port file: %w", err)
-		}
-		if err := os.Rename(tmp, *portFile); err != nil {
+		if err := writeWhole(*portFile, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)+"\n"); err != nil {
 			ln.Close()
 			return fmt.Errorf("delay: port file: %w", err)
 		}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -36,14 +37,13 @@ type runConfig struct {
 	streams     int // up, down
 	latConns    int // latC (lat1 uses 1)
 	msgSize     int // lat1, latC
-	connWorkers int // conn
-	// connRate is connpaced's pace: cycles per second, all workers
-	// together.
+	connWorkers int // the cycling modes
+	// pace starts the cycling modes' cycles at connRate per second, all
+	// workers together (connpaced is conn with pace).
+	pace     bool
 	connRate int
-	// pace, if not nil, gives each cycle of runCycles its turn.
-	pace <-chan time.Time
-	// count, when positive, ends conn after that many cycles (the
-	// duration still bounds it).
+	// count, when positive, ends a cycling mode after that many cycles
+	// (the duration still bounds it).
 	count     int
 	idleConns int // idle
 	// idleHold is how long idle holds its connections, after measuring,
@@ -74,13 +74,43 @@ func (cfg *runConfig) cpuSeconds() (float64, error) {
 }
 
 // dial opens a TCP connection to the target.
-func (cfg *runConfig) dial(ctx context.Context) (*net.TCPConn, error) {
+func (cfg *runConfig) dial(ctx context.Context) (net.Conn, error) {
 	d := net.Dialer{Timeout: dialTimeout}
 	c, err := d.DialContext(ctx, "tcp", cfg.addr)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("connect: %w", err)
 	}
-	return c.(*net.TCPConn), nil
+	return c, nil
+}
+
+// window is a run's measured period, and the target's CPU seconds in it
+// (0 for direct).
+type window struct {
+	start, end time.Time
+	cpu        float64
+}
+
+func (w window) seconds() float64 { return w.end.Sub(w.start).Seconds() }
+
+// measure runs work over a window of cfg.duration, reading the target's
+// CPU before and after it; work gets the window's deadline, and the
+// window ends when work returns.
+func (cfg *runConfig) measure(work func(deadline time.Time) error) (window, error) {
+	before, err := cfg.cpuSeconds()
+	if err != nil {
+		return window{}, err
+	}
+	w := window{start: time.Now()}
+	if err := work(w.start.Add(cfg.duration)); err != nil {
+		return window{}, err
+	}
+	w.end = time.Now()
+	after, err := cfg.cpuSeconds()
+	if err != nil {
+		return window{}, err
+	}
+	w.cpu = after - before
+	return w, nil
 }
 
 // isTimeout reports whether err is a deadline passing: the normal end of a
@@ -88,7 +118,7 @@ func (cfg *runConfig) dial(ctx context.Context) (*net.TCPConn, error) {
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // closeAll closes every non-nil connection.
-func closeAll(conns []*net.TCPConn) {
+func closeAll(conns []net.Conn) {
 	for _, c := range conns {
 		if c != nil {
 			c.Close()
@@ -96,21 +126,54 @@ func closeAll(conns []*net.TCPConn) {
 	}
 }
 
+// openConns opens n connections with dial and readies each with ready (a
+// header, a warm-up); what names one in errors. On an error it closes
+// those it opened.
+func openConns(ctx context.Context, n int, what string, dial func(context.Context) (net.Conn, error), ready func(i int, c net.Conn) error) ([]net.Conn, error) {
+	conns := make([]net.Conn, 0, n)
+	for i := range n {
+		c, err := dial(ctx)
+		if err == nil {
+			conns = append(conns, c)
+			err = ready(i, c)
+		}
+		if err != nil {
+			closeAll(conns)
+			return nil, fmt.Errorf("open %s %d: %w", what, i, err)
+		}
+	}
+	return conns, nil
+}
+
+// onEach runs f on every connection at once and waits for all; it
+// returns their errors, each naming its connection (what, as openConns).
+func onEach(conns []net.Conn, what string, f func(i int, c net.Conn) error) error {
+	errs := make([]error, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Go(func() {
+			if err := f(i, c); err != nil {
+				errs[i] = fmt.Errorf("%s %d: %w", what, i, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // runMode runs cfg.mode and fills r with its figures.
 func runMode(ctx context.Context, cfg *runConfig, r *result) error {
 	switch cfg.mode {
 	case "up":
-		return runBulk(ctx, cfg, r, true)
+		return runBulk(ctx, cfg, r, cfg.dial, true)
 	case "down":
-		return runBulk(ctx, cfg, r, false)
+		return runBulk(ctx, cfg, r, cfg.dial, false)
 	case "lat1":
 		return runLat(ctx, cfg, r, 1)
 	case "latC":
 		return runLat(ctx, cfg, r, cfg.latConns)
-	case "conn":
+	case "conn", "connpaced":
 		return runConn(ctx, cfg, r)
-	case "connpaced":
-		return runConnPaced(ctx, cfg, r)
 	case "sni":
 		return runSNI(ctx, cfg, r)
 	case "idle":
@@ -122,7 +185,7 @@ func runMode(ctx context.Context, cfg *runConfig, r *result) error {
 	case "tlsresume":
 		return runTLSHandshakes(ctx, cfg, r, true)
 	case "tlsbulk":
-		return runTLSBulk(ctx, cfg, r)
+		return runBulk(ctx, cfg, r, cfg.tlsDialer(nil), true)
 	}
 	if size, sessions, ok := udpMode(cfg.mode); ok {
 		return runUDP(ctx, cfg, r, size, sessions)

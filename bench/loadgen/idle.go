@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -41,12 +40,12 @@ func runIdle(ctx context.Context, cfg *runConfig, r *result) error {
 	}
 	backendBefore := cfg.backendFDs()
 
-	conns := make([]*net.TCPConn, want)
+	conns := make([]net.Conn, want)
 	defer closeAll(conns)
 	opened, openErr := forEachParallel(want, func(i int) error {
 		c, err := cfg.dial(ctx)
 		if err != nil {
-			return fmt.Errorf("connect: %w", err)
+			return err
 		}
 		conns[i] = c
 		return tinyEcho(c, 'i')
@@ -132,20 +131,13 @@ func runIdle(ctx context.Context, cfg *runConfig, r *result) error {
 	return nil
 }
 
-// tinyEcho sends one byte and reads it back.
+// tinyEcho sends one byte and reads it back, within replyWait.
 func tinyEcho(c net.Conn, b byte) error {
 	if err := c.SetDeadline(time.Now().Add(replyWait)); err != nil {
 		return err
 	}
-	if _, err := c.Write([]byte{b}); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	var got [1]byte
-	if _, err := io.ReadFull(c, got[:]); err != nil {
-		return fmt.Errorf("read the echo: %w", err)
-	}
-	if got[0] != b {
-		return fmt.Errorf("the echo came back altered")
+	if err := echoByte(b)(c); err != nil {
+		return err
 	}
 	return c.SetDeadline(time.Time{})
 }

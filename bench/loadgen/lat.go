@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"slices"
-	"sync"
 	"time"
 )
 
@@ -26,69 +25,37 @@ func runLat(ctx context.Context, cfg *runConfig, r *result, n int) error {
 	if cfg.msgSize < 16 {
 		return fmt.Errorf("message size %d: want at least 16 bytes", cfg.msgSize)
 	}
-	conns := make([]*net.TCPConn, n)
-	defer closeAll(conns)
-	for i := range conns {
-		c, err := cfg.dial(ctx)
-		if err != nil {
-			return fmt.Errorf("open connection %d: %w", i, err)
-		}
-		conns[i] = c
-	}
 	// Warm up: the proxy has dialled the backend and every buffer and
 	// code path is touched before the clock starts.
-	for i, c := range conns {
+	conns, err := openConns(ctx, n, "connection", cfg.dial, func(_ int, c net.Conn) error {
 		if err := pingPong(c, cfg.msgSize, warmRounds, time.Now().Add(replyWait), nil); err != nil {
-			return fmt.Errorf("warm up connection %d: %w", i, err)
+			return fmt.Errorf("warm up: %w", err)
 		}
-	}
-
-	before, err := cfg.cpuSeconds()
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	deadline := start.Add(cfg.duration)
+	defer closeAll(conns)
+
 	samples := make([][]time.Duration, n)
-	ends := make([]time.Time, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i, c := range conns {
-		wg.Go(func() {
-			s := make([]time.Duration, 0, 1<<14)
-			errs[i] = pingPong(c, cfg.msgSize, maxRequests, deadline, &s)
-			if errs[i] != nil {
-				errs[i] = fmt.Errorf("connection %d: %w", i, errs[i])
-			}
-			samples[i], ends[i] = s, time.Now()
+	w, err := cfg.measure(func(deadline time.Time) error {
+		return onEach(conns, "connection", func(i int, c net.Conn) error {
+			samples[i] = make([]time.Duration, 0, 1<<14)
+			return pingPong(c, cfg.msgSize, maxRequests, deadline, &samples[i])
 		})
-	}
-	wg.Wait()
-	after, err := cfg.cpuSeconds()
+	})
 	if err != nil {
 		return err
 	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-
 	all := slices.Concat(samples...)
 	if len(all) == 0 {
 		return errors.New("no request completed")
 	}
-	elapsed := slices.MaxFunc(ends, time.Time.Compare).Sub(start).Seconds()
-	l := summarise(all)
-	cpu := after - before
-	r.set("p50_us", l.p50)
-	r.set("p99_us", l.p99)
-	r.set("p999_us", l.p999)
-	r.set("rps", float64(len(all))/elapsed)
-	r.setCPU("cpu_us_per_req", cpu*1e6/float64(len(all)), cfg.measured())
-	r.set("requests", len(all))
+	r.setLatency(cfg, all, w)
 	r.set("conns", n)
 	r.set("msg_bytes", cfg.msgSize)
-	r.set("elapsed_s", elapsed)
-	r.setCPU("cpu_s", cpu, cfg.measured())
+	r.setWindow(cfg, w)
 	return nil
 }
 
@@ -97,7 +64,7 @@ func runLat(ctx context.Context, cfg *runConfig, r *result, n int) error {
 // and an echo that differs is an error. With samples set it records each
 // round trip, and stops at the deadline; without, the rounds are a warm-up
 // that must all complete before it.
-func pingPong(c *net.TCPConn, size, rounds int, deadline time.Time, samples *[]time.Duration) error {
+func pingPong(c net.Conn, size, rounds int, deadline time.Time, samples *[]time.Duration) error {
 	if err := c.SetDeadline(deadline.Add(replyWait)); err != nil {
 		return err
 	}

@@ -435,6 +435,10 @@ func TestRunRefuses(t *testing.T) {
 		{"-mode", "up", "-addr", "127.0.0.1:1", "-streams", "0"},
 		{"-mode", "up", "-addr", "127.0.0.1:1", "-pids", "x"},
 		{"-mode", "conn", "-addr", "127.0.0.1:1", "-count", "-1"},
+		{"-mode", "up", "-addr", "127.0.0.1:1", "-count", "5"},
+		{"-mode", "tlsbulk", "-addr", "127.0.0.1:1", "-count", "5"},
+		{"-mode", "lat1", "-addr", "127.0.0.1:1", "-pace"},
+		{"-mode", "udp-lat", "-addr", "127.0.0.1:1", "-pace"},
 		{"-mode", "idle", "-addr", "127.0.0.1:1", "-idle-hold", "11m"},
 	} {
 		if _, err := runLine(t, args...); err == nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"time"
 )
 
 // result is one run's JSON line. Keys keep the order they were set in, so
@@ -36,6 +37,26 @@ func (r *result) setCPU(key string, v float64, measured bool) {
 		return
 	}
 	r.set(key, v)
+}
+
+// setWindow records the measured window's length and the target's CPU
+// seconds in it.
+func (r *result) setWindow(cfg *runConfig, w window) {
+	r.set("elapsed_s", w.seconds())
+	r.setCPU("cpu_s", w.cpu, cfg.measured())
+}
+
+// setLatency records round trips: their percentiles, how many a second,
+// and the target's CPU per request.
+func (r *result) setLatency(cfg *runConfig, samples []time.Duration, w window) {
+	l := summarise(samples)
+	n := float64(len(samples))
+	r.set("p50_us", l.p50)
+	r.set("p99_us", l.p99)
+	r.set("p999_us", l.p999)
+	r.set("rps", n/w.seconds())
+	r.setCPU("cpu_us_per_req", w.cpu*1e6/n, cfg.measured())
+	r.set("requests", len(samples))
 }
 
 // round keeps six significant digits: enough for any figure here, and the

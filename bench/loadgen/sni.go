@@ -71,32 +71,28 @@ func runSNI(ctx context.Context, cfg *runConfig, r *result) error {
 	}
 	answer := tlsAnswer(cfg.pat)
 	r.set("hello_bytes", len(hello))
-	return runCycles(ctx, cfg, r, func(ctx context.Context, cfg *runConfig) error {
-		return sniCycle(ctx, cfg, hello, answer)
+	_, err = runCycles(ctx, cfg, r, connFigures, func() cycler {
+		return cycler{dial: cfg.dial, exchange: helloExchange(hello, answer)}
 	})
+	return err
 }
 
-// sniCycle is one connect → ClientHello → canned answer → close.
-func sniCycle(ctx context.Context, cfg *runConfig, hello, answer []byte) error {
-	c, err := cfg.dial(ctx)
-	if err != nil {
-		return fmt.Errorf("connect: %w", err)
+// helloExchange is the exchange of sni: the ClientHello, and the canned
+// answer.
+func helloExchange(hello, answer []byte) func(net.Conn) error {
+	return func(c net.Conn) error {
+		if _, err := c.Write(hello); err != nil {
+			return fmt.Errorf("write the ClientHello: %w", err)
+		}
+		got := make([]byte, len(answer))
+		if _, err := io.ReadFull(c, got); err != nil {
+			return fmt.Errorf("read the answer: %w", err)
+		}
+		if !bytes.Equal(got, answer) {
+			return errors.New("the answer came back altered")
+		}
+		return nil
 	}
-	defer c.Close()
-	if err := c.SetDeadline(time.Now().Add(cycleTimeout)); err != nil {
-		return err
-	}
-	if _, err := c.Write(hello); err != nil {
-		return fmt.Errorf("write the ClientHello: %w", err)
-	}
-	got := make([]byte, len(answer))
-	if _, err := io.ReadFull(c, got); err != nil {
-		return fmt.Errorf("read the answer: %w", err)
-	}
-	if !bytes.Equal(got, answer) {
-		return errors.New("the answer came back altered")
-	}
-	return c.Close()
 }
 
 // answerHello reads the rest of the ClientHello record that first starts

@@ -13,9 +13,10 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
-	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,227 +26,71 @@ import (
 // offers only X25519 and TLS 1.3, so every target does the same work.
 //
 //	tlsfull    workers loop connect → full handshake → 1-byte echo → close
+//	           (a cycling mode, as conn)
 //	tlsresume  the same, resuming a session each time after a worker's first
-//	tlsbulk    cfg.streams connections upload the pattern, as up does
+//	tlsbulk    up through TLS connections
 
-// tlsClientConfig is the client side of the TLS modes; cache, if not nil,
-// lets handshakes resume.
-func (cfg *runConfig) tlsClientConfig(cache tls.ClientSessionCache) *tls.Config {
-	return &tls.Config{
+// tlsDialer returns the dial of the TLS modes: connect, and complete a
+// handshake within dialTimeout as the client described above. Each
+// dialer has a client configuration of its own; cache, if not nil, lets
+// its handshakes resume.
+func (cfg *runConfig) tlsDialer(cache tls.ClientSessionCache) func(context.Context) (net.Conn, error) {
+	tc := &tls.Config{
 		ServerName:         cfg.tlsName,
 		RootCAs:            cfg.tlsRoots,
 		MinVersion:         tls.VersionTLS13,
 		CurvePreferences:   []tls.CurveID{tls.X25519},
 		ClientSessionCache: cache,
 	}
+	return func(ctx context.Context) (net.Conn, error) {
+		raw, err := cfg.dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		c := tls.Client(raw, tc)
+		hctx, cancel := context.WithTimeout(ctx, dialTimeout)
+		defer cancel()
+		if err := c.HandshakeContext(hctx); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("TLS handshake: %w", err)
+		}
+		return c, nil
+	}
 }
 
-// dialTLS connects and completes a handshake within dialTimeout.
-func (cfg *runConfig) dialTLS(ctx context.Context, tc *tls.Config) (*tls.Conn, error) {
-	raw, err := cfg.dial(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("connect: %w", err)
-	}
-	c := tls.Client(raw, tc)
-	hctx, cancel := context.WithTimeout(ctx, dialTimeout)
-	defer cancel()
-	if err := c.HandshakeContext(hctx); err != nil {
-		raw.Close()
-		return nil, fmt.Errorf("TLS handshake: %w", err)
-	}
-	return c, nil
-}
-
-// runTLSHandshakes is tlsfull (resume false) and tlsresume.
+// runTLSHandshakes is tlsfull (resume false) and tlsresume: the cycles of
+// conn, each with a handshake. Reading the echo also reads the session
+// ticket that follows the server's handshake in TLS 1.3.
 func runTLSHandshakes(ctx context.Context, cfg *runConfig, r *result, resume bool) error {
-	before, err := cfg.cpuSeconds()
+	var resumed atomic.Int64
+	done, err := runCycles(ctx, cfg, r, handshakeFigures, func() cycler {
+		var cache tls.ClientSessionCache
+		if resume {
+			cache = tls.NewLRUClientSessionCache(1)
+		}
+		echo := echoByte('c')
+		return cycler{
+			dial: cfg.tlsDialer(cache),
+			exchange: func(c net.Conn) error {
+				if err := echo(c); err != nil {
+					return err
+				}
+				if t, ok := c.(*tls.Conn); ok && t.ConnectionState().DidResume {
+					resumed.Add(1)
+				}
+				return nil
+			},
+		}
+	})
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	deadline := start.Add(cfg.duration)
-	outs := make([]tally, cfg.connWorkers)
-	resumedBy := make([]int, cfg.connWorkers)
-	var wg sync.WaitGroup
-	for w := range outs {
-		wg.Go(func() {
-			o := newTally()
-			var cache tls.ClientSessionCache
-			if resume {
-				cache = tls.NewLRUClientSessionCache(1)
-			}
-			tc := cfg.tlsClientConfig(cache)
-			for i := 0; i < maxCycles && time.Now().Before(deadline); i++ {
-				t0 := time.Now()
-				did, err := tlsCycle(ctx, cfg, tc)
-				if err != nil {
-					o.fail(err)
-					continue
-				}
-				if did {
-					resumedBy[w]++
-				}
-				o.samples = append(o.samples, time.Since(t0))
-			}
-			o.end = time.Now()
-			outs[w] = o
-		})
-	}
-	wg.Wait()
-	after, err := cfg.cpuSeconds()
-	if err != nil {
-		return err
-	}
-	t := sum(outs, start)
-	all, nerr, firstErr := t.samples, t.errors, t.firstErr
-	resumed := 0
-	for _, n := range resumedBy {
-		resumed += n
-	}
-	if len(all) == 0 {
-		return fmt.Errorf("no handshake completed (%d failed, the first: %w)", nerr, firstErr)
-	}
-	if resume && resumed < len(all)-cfg.connWorkers {
-		return fmt.Errorf("only %d of %d handshakes resumed: the target does not resume TLS 1.3 sessions", resumed, len(all))
-	}
-	elapsed := t.end.Sub(start).Seconds()
-	l := summarise(all)
-	cpu := after - before
-	r.set("hps", float64(len(all))/elapsed)
-	r.set("p50_us", l.p50)
-	r.set("p99_us", l.p99)
-	r.set("errors", nerr)
-	r.setCPU("cpu_s_per_1k_hs", cpu*1000/float64(len(all)), cfg.measured())
-	r.set("handshakes", len(all))
-	r.set("resumed", resumed)
-	r.set("workers", cfg.connWorkers)
-	r.set("elapsed_s", elapsed)
-	r.setCPU("cpu_s", cpu, cfg.measured())
-	if firstErr != nil {
-		r.set("first_error", firstErr.Error())
+	r.set("resumed", resumed.Load())
+	// A worker's first handshake cannot resume.
+	if n := int(resumed.Load()); resume && n < done-cfg.connWorkers {
+		return fmt.Errorf("only %d of %d handshakes resumed: the target does not resume TLS 1.3 sessions", n, done)
 	}
 	return nil
-}
-
-// tlsCycle is one connect → handshake → 1-byte echo → close; it reports
-// whether the handshake resumed a session.
-func tlsCycle(ctx context.Context, cfg *runConfig, tc *tls.Config) (bool, error) {
-	c, err := cfg.dialTLS(ctx, tc)
-	if err != nil {
-		return false, err
-	}
-	defer c.Close()
-	if err := c.SetDeadline(time.Now().Add(cycleTimeout)); err != nil {
-		return false, err
-	}
-	if _, err := c.Write([]byte{'c'}); err != nil {
-		return false, fmt.Errorf("write: %w", err)
-	}
-	// Reading the echo also reads the session ticket that follows the
-	// server's handshake in TLS 1.3.
-	var b [1]byte
-	if _, err := io.ReadFull(c, b[:]); err != nil {
-		return false, fmt.Errorf("read the echo: %w", err)
-	}
-	if b[0] != 'c' {
-		return false, errors.New("the echo came back altered")
-	}
-	return c.ConnectionState().DidResume, nil
-}
-
-// runTLSBulk is tlsbulk: up through TLS connections.
-func runTLSBulk(ctx context.Context, cfg *runConfig, r *result) error {
-	conns := make([]*tls.Conn, cfg.streams)
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-	}()
-	tc := cfg.tlsClientConfig(nil)
-	for i := range conns {
-		c, err := cfg.dialTLS(ctx, tc)
-		if err != nil {
-			return fmt.Errorf("open stream %d: %w", i, err)
-		}
-		conns[i] = c
-		verify := byte(0)
-		if i == 0 {
-			verify = 1
-		}
-		if err := c.SetWriteDeadline(time.Now().Add(dialTimeout)); err != nil {
-			return err
-		}
-		if _, err := c.Write([]byte{hdrSink, verify}); err != nil {
-			return fmt.Errorf("open stream %d: write header: %w", i, err)
-		}
-	}
-	before, err := cfg.cpuSeconds()
-	if err != nil {
-		return err
-	}
-	start := time.Now()
-	deadline := start.Add(cfg.duration)
-	bytes := make([]int64, len(conns))
-	ends := make([]time.Time, len(conns))
-	errs := make([]error, len(conns))
-	var wg sync.WaitGroup
-	for i, c := range conns {
-		wg.Go(func() {
-			bytes[i], errs[i] = uploadTLS(c, cfg.pat, deadline)
-			ends[i] = time.Now()
-			if errs[i] != nil {
-				errs[i] = fmt.Errorf("stream %d: %w", i, errs[i])
-			}
-		})
-	}
-	wg.Wait()
-	after, err := cfg.cpuSeconds()
-	if err != nil {
-		return err
-	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	var total int64
-	end := start
-	for i := range conns {
-		total += bytes[i]
-		if ends[i].After(end) {
-			end = ends[i]
-		}
-	}
-	if total == 0 {
-		return errors.New("no byte went through in the measured time")
-	}
-	elapsed := end.Sub(start).Seconds()
-	cpu := after - before
-	r.set("gbps", float64(total)*8/elapsed/1e9)
-	r.setCPU("cpu_s_per_gib", cpu/(float64(total)/(1<<30)), cfg.measured())
-	r.set("bytes", total)
-	r.set("streams", len(conns))
-	r.set("elapsed_s", elapsed)
-	r.setCPU("cpu_s", cpu, cfg.measured())
-	return nil
-}
-
-// uploadTLS is upload for TLS: a write cut by a deadline would leave half
-// a record on the wire and break the connection, so the clock is checked
-// between whole writes instead (the deadline only bounds a stuck target).
-func uploadTLS(c *tls.Conn, pat *pattern, deadline time.Time) (int64, error) {
-	if err := c.SetWriteDeadline(deadline.Add(replyWait)); err != nil {
-		return 0, err
-	}
-	var off int64
-	for time.Now().Before(deadline) {
-		n, err := c.Write(pat.at(off, chunkSize))
-		off += int64(n)
-		if err != nil {
-			return off, fmt.Errorf("write after %d bytes: %w", off, err)
-		}
-	}
-	return confirmUpload(c, off)
 }
 
 // cmdCert writes what the TLS targets serve and the generator trusts: a CA

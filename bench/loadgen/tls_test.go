@@ -82,3 +82,50 @@ func TestTLSModes(t *testing.T) {
 		}
 	})
 }
+
+// TestCyclingModesHonourCountAndPace runs every cycling mode, the TLS
+// ones through a terminator, with -count alone and with -pace: each stops
+// at its count, and a paced one cannot start its cycles faster than its
+// rate.
+func TestCyclingModesHonourCountAndPace(t *testing.T) {
+	dir := t.TempDir()
+	if err := Run(context.Background(), []string{"cert", "-dir", dir}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	backend := startBackend(t)
+	terminator := startTLSTerminator(t, dir, backend)
+	for _, tt := range []struct {
+		mode, addr, done string
+	}{
+		{"conn", backend, "conns_ok"},
+		{"sni", backend, "conns_ok"},
+		{"tlsfull", terminator, "handshakes"},
+		{"tlsresume", terminator, "handshakes"},
+	} {
+		common := []string{"-mode", tt.mode, "-target", "t", "-addr", tt.addr, "-duration", "1m", "-conn-workers", "3",
+			"-tls-ca", filepath.Join(dir, "ca.pem")}
+		t.Run(tt.mode+" -count", func(t *testing.T) {
+			m, err := runLine(t, append(common, "-count", "7")...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m[tt.done] != 7.0 || m["errors"] != 0.0 {
+				t.Fatalf("%s = %v, errors = %v, want 7 and 0 (line %v)", tt.done, m[tt.done], m["errors"], m)
+			}
+		})
+		t.Run(tt.mode+" -pace", func(t *testing.T) {
+			// 5 cycles at 20 a second: the fifth starts 250 ms after
+			// the first tick could come, however fast the target is.
+			m, err := runLine(t, append(common, "-count", "5", "-pace", "-conn-rate", "20")...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m[tt.done] != 5.0 || m["conn_rate"] != 20.0 {
+				t.Fatalf("%s = %v, conn_rate = %v, want 5 and 20 (line %v)", tt.done, m[tt.done], m["conn_rate"], m)
+			}
+			if s, _ := m["elapsed_s"].(float64); s < 0.25 {
+				t.Fatalf("5 cycles at 20/s took %vs, less than 0.25s: not paced (line %v)", s, m)
+			}
+		})
+	}
+}

@@ -202,34 +202,19 @@ func runUDP(ctx context.Context, cfg *runConfig, r *result, size, sessions int) 
 	warmEnd := time.Now().Add(udpWarmMax)
 	minEnd := time.Now().Add(udpMinWarm)
 	g.start()
-	for time.Now().Before(warmEnd) && (g.answered < sessions || time.Now().Before(minEnd)) {
-		if err := g.step(); err != nil {
-			return fmt.Errorf("warm-up: %w", err)
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+	err = g.run(ctx, func() bool {
+		return time.Now().Before(warmEnd) && (g.answered < sessions || time.Now().Before(minEnd))
+	})
+	if err != nil {
+		return fmt.Errorf("warm-up: %w", err)
 	}
 	if g.answered < sessions {
 		return fmt.Errorf("warm-up: only %d of %d sessions answered within %s", g.answered, sessions, udpWarmMax)
 	}
 	g.echoes, g.lost, g.sent = 0, 0, 0
-	before, err := cfg.cpuSeconds()
-	if err != nil {
-		return err
-	}
-	start := time.Now()
-	deadline := start.Add(cfg.duration)
-	for time.Now().Before(deadline) {
-		if err := g.step(); err != nil {
-			return err
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-	}
-	elapsed := time.Since(start).Seconds()
-	after, err := cfg.cpuSeconds()
+	w, err := cfg.measure(func(deadline time.Time) error {
+		return g.run(ctx, func() bool { return time.Now().Before(deadline) })
+	})
 	if err != nil {
 		return err
 	}
@@ -237,15 +222,13 @@ func runUDP(ctx context.Context, cfg *runConfig, r *result, size, sessions int) 
 		return errors.New("no echo came back")
 	}
 	relayed := float64(2 * g.echoes) // each echo is a datagram each way
-	cpu := after - before
-	r.set("dgrams_per_s", relayed/elapsed)
-	r.setCPU("cpu_s_per_mdgram", cpu*1e6/relayed, cfg.measured())
+	r.set("dgrams_per_s", relayed/w.seconds())
+	r.setCPU("cpu_s_per_mdgram", w.cpu*1e6/relayed, cfg.measured())
 	r.set("loss_pct", 100*float64(g.lost)/float64(max(g.sent, 1)))
 	r.set("echoes", g.echoes)
 	r.set("sessions", sessions)
 	r.set("dgram_bytes", size)
-	r.set("elapsed_s", elapsed)
-	r.setCPU("cpu_s", cpu, cfg.measured())
+	r.setWindow(cfg, w)
 	return nil
 }
 
@@ -358,6 +341,19 @@ func (g *udpGen) sendNext() {
 	}
 }
 
+// run steps while more says so, or until ctx ends.
+func (g *udpGen) run(ctx context.Context, more func() bool) error {
+	for more() {
+		if err := g.step(); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
 // step waits for echoes and answers each with a new datagram; after a
 // silence the datagrams in flight count as lost and are sent anew.
 func (g *udpGen) step() error {
@@ -460,44 +456,31 @@ func runUDPLat(ctx context.Context, cfg *runConfig, r *result) error {
 			return fmt.Errorf("warm-up echo %d: %v (lost: %v)", seq, err, !ok)
 		}
 	}
-	before, err := cfg.cpuSeconds()
-	if err != nil {
-		return err
-	}
-	start := time.Now()
-	deadline := start.Add(cfg.duration)
 	samples := make([]time.Duration, 0, 1<<16)
-	for seq := uint64(warmRounds); time.Now().Before(deadline) && ctx.Err() == nil; seq++ {
-		rtt, ok, err := round(seq)
-		if err != nil {
-			return fmt.Errorf("echo %d: %w", seq, err)
+	w, err := cfg.measure(func(deadline time.Time) error {
+		for seq := uint64(warmRounds); time.Now().Before(deadline) && ctx.Err() == nil; seq++ {
+			rtt, ok, err := round(seq)
+			if err != nil {
+				return fmt.Errorf("echo %d: %w", seq, err)
+			}
+			if !ok {
+				lost++
+				continue
+			}
+			samples = append(samples, rtt)
 		}
-		if !ok {
-			lost++
-			continue
-		}
-		samples = append(samples, rtt)
-	}
-	elapsed := time.Since(start).Seconds()
-	after, err := cfg.cpuSeconds()
+		return nil
+	})
 	if err != nil {
 		return err
 	}
 	if len(samples) == 0 {
 		return errors.New("no echo came back")
 	}
-	l := summarise(samples)
-	cpu := after - before
-	r.set("p50_us", l.p50)
-	r.set("p99_us", l.p99)
-	r.set("p999_us", l.p999)
-	r.set("rps", float64(len(samples))/elapsed)
-	r.setCPU("cpu_us_per_req", cpu*1e6/float64(len(samples)), cfg.measured())
-	r.set("requests", len(samples))
+	r.setLatency(cfg, samples, w)
 	r.set("lost", lost)
 	r.set("msg_bytes", size)
-	r.set("elapsed_s", elapsed)
-	r.setCPU("cpu_s", cpu, cfg.measured())
+	r.setWindow(cfg, w)
 	return nil
 }
 
