@@ -17,16 +17,22 @@ func TestDelayLine(t *testing.T) {
 	backend := startBackend(t)
 	const d = 20 * time.Millisecond
 	port := startServing(t, "delay", "-to", backend, "-delay", d.String())
+	start := time.Now()
 	c, err := net.Dial("tcp", "127.0.0.1:"+port)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	// The first exchange waits for the connect's round trip too: 3 × d
-	// at least; the next, one round trip.
+	// The first exchange waits for the connect's round trip too: nothing
+	// reaches the backend before 2 × d after the delay line accepted,
+	// which may be before Dial returns here, so its 3 × d count from
+	// before the connect. The next takes one round trip.
 	for i, least := range []time.Duration{3 * d, 2 * d} {
 		t0 := time.Now()
+		if i == 0 {
+			t0 = start
+		}
 		msg := []byte{'a' + byte(i), 'z'}
 		if _, err := c.Write(msg); err != nil {
 			t.Fatal(err)
