@@ -169,10 +169,9 @@ func parseHello(msg []byte) (sni string, alpn []string, ok bool) {
 		switch typ {
 		case extServerName:
 			var names reader
-			if sawSNI || !data.prefixed16(&names) || len(names) == 0 || len(data) != 0 {
+			if !data.onlyList16(&names, &sawSNI) {
 				return "", nil, false
 			}
-			sawSNI = true
 			for len(names) > 0 {
 				var nameType uint8
 				var name reader
@@ -189,10 +188,9 @@ func parseHello(msg []byte) (sni string, alpn []string, ok bool) {
 			}
 		case extALPN:
 			var protos reader
-			if sawALPN || !data.prefixed16(&protos) || len(protos) == 0 || len(data) != 0 {
+			if !data.onlyList16(&protos, &sawALPN) {
 				return "", nil, false
 			}
-			sawALPN = true
 			for len(protos) > 0 {
 				var proto reader
 				if !protos.prefixed8(&proto) || len(proto) == 0 {
@@ -251,6 +249,17 @@ func (r *reader) prefixed8(v *reader) bool {
 func (r *reader) prefixed16(v *reader) bool {
 	var n uint16
 	return r.u16(&n) && r.bytes(int(n), v)
+}
+
+// onlyList16 reads into v the whole of an extension's body, one non-empty
+// list with a 16-bit length. seen is whether the extension came before:
+// a hello may not repeat one.
+func (r *reader) onlyList16(v *reader, seen *bool) bool {
+	if *seen || !r.prefixed16(v) || len(*v) == 0 || len(*r) != 0 {
+		return false
+	}
+	*seen = true
+	return true
 }
 
 func (r *reader) skip8() bool {
