@@ -31,16 +31,11 @@ func probe(ctx context.Context, b *Backend, hc config.HealthCheck, version byte)
 	if hc.Datagrams {
 		return probeUDP(ctx, b, hc)
 	}
-	ctx, cancel := context.WithTimeout(ctx, hc.Timeout)
-	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", b.Addr.String())
+	c, err := dialProbe(ctx, "tcp", b, hc.Timeout)
 	if err != nil {
-		return probeError("connect", err, hc.Timeout)
+		return err
 	}
 	defer c.Close()
-	deadline, _ := ctx.Deadline()
-	_ = c.SetDeadline(deadline) // on a fresh connection this cannot fail
 	if hc.SendProxy && version != 0 {
 		// A check has no client: the header says so (v2 LOCAL, v1
 		// UNKNOWN), as HAProxy's check-send-proxy does.
@@ -67,22 +62,32 @@ func probe(ctx context.Context, b *Backend, hc config.HealthCheck, version byte)
 	return nil
 }
 
+// dialProbe opens a probe's connection to b (for UDP, a socket connected
+// to it), with the whole probe's timeout as its deadline.
+func dialProbe(ctx context.Context, network string, b *Backend, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, network, b.Addr.String())
+	if err != nil {
+		return nil, probeError("connect", err, timeout)
+	}
+	deadline, _ := ctx.Deadline()
+	_ = c.SetDeadline(deadline) // on a fresh socket this cannot fail
+	return c, nil
+}
+
 // probeUDP checks a UDP backend: it sends the check's payload as one
 // datagram, from a socket connected to the backend, and waits for a reply
 // that starts with what the check expects (any reply, if it expects
 // nothing). An ICMP port unreachable fails it at once: "connection
 // refused".
 func probeUDP(ctx context.Context, b *Backend, hc config.HealthCheck) error {
-	ctx, cancel := context.WithTimeout(ctx, hc.Timeout)
-	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "udp", b.Addr.String())
+	c, err := dialProbe(ctx, "udp", b, hc.Timeout)
 	if err != nil {
-		return probeError("connect", err, hc.Timeout)
+		return err
 	}
 	defer c.Close()
-	deadline, _ := ctx.Deadline()
-	_ = c.SetDeadline(deadline) // on a fresh socket this cannot fail
 	send, expect := hc.Payload()
 	if _, err := c.Write(send); err != nil {
 		return probeError("send", err, hc.Timeout)
