@@ -179,45 +179,42 @@ func appendConn(b []byte, c *Conn, debug bool) []byte {
 	b = strconv.AppendInt(b, c.Up, 10)
 	b = append(b, " down="...)
 	b = strconv.AppendInt(b, c.Down, 10)
-	if c.Proxy != "" && c.Proxy != c.Listener {
-		b = append(b, " proxy="...)
-		b = appendString(b, c.Proxy)
+	if c.Proxy != c.Listener {
+		b = appendField(b, KeyProxy, c.Proxy)
 	}
-	if c.Route != "" {
-		b = append(b, " route="...)
-		b = appendString(b, c.Route)
-	}
+	b = appendField(b, KeyRoute, c.Route)
 	if c.Datagrams {
 		b = append(b, " datagrams_up="...)
 		b = strconv.AppendInt(b, c.DatagramsUp, 10)
 		b = append(b, " datagrams_down="...)
 		b = strconv.AppendInt(b, c.DatagramsDown, 10)
 	}
-	if c.TLS != "" {
-		b = append(b, " tls="...)
-		b = appendString(b, c.TLS)
-	}
-	if c.SNI != "" {
-		b = append(b, " sni="...)
-		b = appendString(b, c.SNI)
-	}
+	b = appendField(b, KeyTLS, c.TLS)
+	b = appendField(b, KeySNI, c.SNI)
 	if c.Connect > 0 {
 		b = append(b, " connect="...)
 		b = AppendDuration(b, c.Connect)
 	}
-	if c.ClosedBy != "" {
-		b = append(b, " closed_by="...)
-		b = appendString(b, c.ClosedBy)
-	}
+	b = appendField(b, KeyClosedBy, c.ClosedBy)
 	if c.Err != nil {
 		b = append(b, " error="...)
 		b = appendString(b, c.Err.Error())
 	}
-	if debug && c.Relay != "" {
-		b = append(b, " relay="...)
-		b = appendString(b, c.Relay)
+	if debug {
+		b = appendField(b, KeyRelay, c.Relay)
 	}
 	return b
+}
+
+// appendField writes " key=value" when value is set.
+func appendField(b []byte, key, value string) []byte {
+	if value == "" {
+		return b
+	}
+	b = append(b, ' ')
+	b = append(b, key...)
+	b = append(b, '=')
+	return appendString(b, value)
 }
 
 // connOf reads back the connection of a record connRecord made; debug is

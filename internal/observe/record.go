@@ -135,34 +135,34 @@ func connRecord(c *Conn, debug bool) slog.Record {
 		slog.Int64(KeyBytesDown, c.Down),
 		slog.String(KeyProxy, c.Proxy),
 	)
-	if c.Route != "" {
-		a = append(a, slog.String(KeyRoute, c.Route))
-	}
+	a = appendText(a, KeyRoute, c.Route)
 	if c.Datagrams {
 		a = append(a, slog.Int64(KeyDatagramsUp, c.DatagramsUp), slog.Int64(KeyDatagramsDown, c.DatagramsDown))
 	}
-	if c.TLS != "" {
-		a = append(a, slog.String(KeyTLS, c.TLS))
-	}
-	if c.SNI != "" {
-		a = append(a, slog.String(KeySNI, c.SNI))
-	}
+	a = appendText(a, KeyTLS, c.TLS)
+	a = appendText(a, KeySNI, c.SNI)
 	if c.Connect > 0 {
 		a = append(a, slog.Duration(KeyConnect, c.Connect))
 	}
-	if c.ClosedBy != "" {
-		a = append(a, slog.String(KeyClosedBy, c.ClosedBy))
-	}
+	a = appendText(a, KeyClosedBy, c.ClosedBy)
 	if c.Err != nil {
 		a = append(a, slog.String(KeyError, c.Err.Error()))
 	}
-	if c.Relay != "" && debug {
+	if debug {
 		// With --log-level debug an operator can see that splice is used.
-		a = append(a, slog.String(KeyRelay, c.Relay))
+		a = appendText(a, KeyRelay, c.Relay)
 	}
 	r := slog.NewRecord(c.Accepted, slog.LevelInfo, ConnMessage, 0)
 	r.AddAttrs(a...)
 	return r
+}
+
+// appendText adds the attribute key when value is set.
+func appendText(a []slog.Attr, key, value string) []slog.Attr {
+	if value == "" {
+		return a
+	}
+	return append(a, slog.String(key, value))
 }
 
 // Keys of the connection record, as JSON shows them.
