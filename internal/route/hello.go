@@ -169,38 +169,51 @@ func parseHello(msg []byte) (sni string, alpn []string, ok bool) {
 		switch typ {
 		case extServerName:
 			var names reader
-			if !data.onlyList16(&names, &sawSNI) {
+			if !data.onlyList16(&names, &sawSNI) || !serverName(names, &sni) {
 				return "", nil, false
-			}
-			for len(names) > 0 {
-				var nameType uint8
-				var name reader
-				if !names.u8(&nameType) || !names.prefixed16(&name) || len(name) == 0 {
-					return "", nil, false
-				}
-				if nameType != 0 { // not a host_name
-					continue
-				}
-				if sni != "" || name[len(name)-1] == '.' {
-					return "", nil, false
-				}
-				sni = string(name)
 			}
 		case extALPN:
 			var protos reader
-			if !data.onlyList16(&protos, &sawALPN) {
+			if !data.onlyList16(&protos, &sawALPN) || !protocols(protos, &alpn) {
 				return "", nil, false
-			}
-			for len(protos) > 0 {
-				var proto reader
-				if !protos.prefixed8(&proto) || len(proto) == 0 {
-					return "", nil, false
-				}
-				alpn = append(alpn, string(proto))
 			}
 		}
 	}
 	return sni, alpn, true
+}
+
+// serverName reads a server_name list (RFC 6066 3) into sni: its one
+// host name, which may not end in a dot; names of other types are
+// skipped.
+func serverName(list reader, sni *string) bool {
+	for len(list) > 0 {
+		var nameType uint8
+		var name reader
+		if !list.u8(&nameType) || !list.prefixed16(&name) || len(name) == 0 {
+			return false
+		}
+		if nameType != 0 { // not a host_name
+			continue
+		}
+		if *sni != "" || name[len(name)-1] == '.' {
+			return false
+		}
+		*sni = string(name)
+	}
+	return true
+}
+
+// protocols reads a protocol_name_list (RFC 7301 3.1) into alpn: names
+// of 1 to 255 bytes.
+func protocols(list reader, alpn *[]string) bool {
+	for len(list) > 0 {
+		var proto reader
+		if !list.prefixed8(&proto) || len(proto) == 0 {
+			return false
+		}
+		*alpn = append(*alpn, string(proto))
+	}
+	return true
 }
 
 // reader reads big-endian fields from the front of a byte slice; each
