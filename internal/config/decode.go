@@ -285,6 +285,21 @@ func (d *decoder) duration(n *node, path string) (time.Duration, bool) {
 	return v, true
 }
 
+// strAs reads a string and turns it into the value kept with as, which
+// says why it refuses one ("" when it does not).
+func (d *decoder) strAs(n *node, path string, as func(s string) (v, why string)) (string, bool) {
+	s, ok := d.str(n, path)
+	if !ok {
+		return "", false
+	}
+	v, why := as(s)
+	if why != "" {
+		d.problemf(n.line, path, "%s", why)
+		return "", false
+	}
+	return v, true
+}
+
 // enum reads one of values; what names the kind of value in messages.
 func (d *decoder) enum(n *node, path, what string, values []string, foldCase bool) (string, bool) {
 	s, ok := d.str(n, path)
@@ -374,33 +389,28 @@ func readList[T any](d *decoder, n *node, path, want string, parse func(string) 
 // interface) and port 0 (ephemeral); a backend needs both.
 // srvOK admits an SRV name (backends only).
 func (d *decoder) address(n *node, path string, listen, srvOK bool) (string, bool) {
-	s, ok := d.str(n, path)
-	if !ok {
-		return "", false
-	}
-	example := "10.0.0.1:80"
-	if listen {
-		example = "0.0.0.0:8080"
-	}
-	if srvOK && IsSRV(s) {
-		return s, true // an SRV name: its records give the ports
-	}
-	if srvOK {
-		example += ", or an SRV name such as _http._tcp.web.example"
-	}
-	host, port, err := SplitHostPort(s)
-	switch {
-	case err != nil:
-		d.problemf(n.line, path, "%s (expected HOST:PORT, e.g. %s)", unwrapAddress(err), example)
-		return "", false
-	case !listen && host == "":
-		d.problemf(n.line, path, "%q has no host (expected HOST:PORT, e.g. %s)", s, example)
-		return "", false
-	case !listen && port == 0:
-		d.problemf(n.line, path, "%q: port 0 is not a port one can connect to", s)
-		return "", false
-	}
-	return JoinHostPort(host, port), true
+	return d.strAs(n, path, func(s string) (string, string) {
+		example := "10.0.0.1:80"
+		if listen {
+			example = "0.0.0.0:8080"
+		}
+		if srvOK && IsSRV(s) {
+			return s, "" // an SRV name: its records give the ports
+		}
+		if srvOK {
+			example += ", or an SRV name such as _http._tcp.web.example"
+		}
+		host, port, err := SplitHostPort(s)
+		switch {
+		case err != nil:
+			return "", fmt.Sprintf("%s (expected HOST:PORT, e.g. %s)", unwrapAddress(err), example)
+		case !listen && host == "":
+			return "", fmt.Sprintf("%q has no host (expected HOST:PORT, e.g. %s)", s, example)
+		case !listen && port == 0:
+			return "", fmt.Sprintf("%q: port 0 is not a port one can connect to", s)
+		}
+		return JoinHostPort(host, port), ""
+	})
 }
 
 // file decodes the whole file.

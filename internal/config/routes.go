@@ -105,13 +105,7 @@ var proxyListenerKeys = func() []setting[Settings] {
 
 // routeKeys are a route's own keys, beside the settings it may override.
 var routeKeys = []setting[Route]{
-	def("name", func(r *Route) *string { return &r.Name }, text()).
-		rule(func(s string) string {
-			if s == "" {
-				return "must not be empty (leave it out to name the route after its proxy and position, as in edge#2)"
-			}
-			return ""
-		}),
+	def("name", func(r *Route) *string { return &r.Name }, givenName("name the route after its proxy and position, as in edge#2")),
 	object("match", func(r *Route) *Match { return &r.Match }),
 	def("match.sni", func(r *Route) *[]string { return &r.Match.SNI },
 		names(`a list of server names such as ["app.example.com", "*.example.com"]`, func(s string) string {

@@ -378,13 +378,7 @@ func (b *BackendTLS) describe() string {
 
 // proxyKeys are a proxy's own keys, beside the settings it may override.
 var proxyKeys = []setting[Proxy]{
-	def("name", func(p *Proxy) *string { return &p.Name }, text()).
-		rule(func(s string) string {
-			if s == "" {
-				return "must not be empty (leave it out to name the proxy after its listen address)"
-			}
-			return ""
-		}),
+	def("name", func(p *Proxy) *string { return &p.Name }, givenName("name the proxy after its listen address")),
 	def("listen", func(p *Proxy) *string { return &p.Listen }, listenAddress()),
 	def("backends", func(p *Proxy) *[]Backend { return &p.Backends }, value[[]Backend]{read: (*decoder).backends}),
 }

@@ -65,6 +65,19 @@ func size(rule func(int64) string) value[int64] {
 // text is any string.
 func text() value[string] { return value[string]{read: (*decoder).str} }
 
+// givenName is a name that may be left out, for one made as leftOut
+// says, but not written empty.
+func givenName(leftOut string) value[string] {
+	v := text()
+	v.check = func(s string) string {
+		if s == "" {
+			return "must not be empty (leave it out to " + leftOut + ")"
+		}
+		return ""
+	}
+	return v
+}
+
 // boolean is true or false.
 func boolean() value[bool] { return value[bool]{read: (*decoder).boolean} }
 
@@ -98,25 +111,21 @@ func address(listen bool) value[string] {
 func listenAddress() value[string] {
 	return value[string]{
 		read: func(d *decoder, n *node, path string) (string, bool) {
-			s, ok := d.str(n, path)
-			if !ok {
-				return "", false
-			}
-			addr, network := SplitNetwork(s)
-			if i := strings.LastIndexByte(s, '/'); i >= 0 && addr == s {
-				d.problemf(n.line, path, "%q: the transport after / must be udp or tcp (expected HOST:PORT or HOST:PORT/udp, e.g. 0.0.0.0:53/udp)", s)
-				return "", false
-			}
-			host, port, err := SplitHostPort(addr)
-			if err != nil {
-				d.problemf(n.line, path, "%s (expected HOST:PORT, e.g. 0.0.0.0:8080)", unwrapAddress(err))
-				return "", false
-			}
-			out := JoinHostPort(host, port)
-			if network == UDP {
-				out += "/" + UDP
-			}
-			return out, true
+			return d.strAs(n, path, func(s string) (string, string) {
+				addr, network := SplitNetwork(s)
+				if i := strings.LastIndexByte(s, '/'); i >= 0 && addr == s {
+					return "", fmt.Sprintf("%q: the transport after / must be udp or tcp (expected HOST:PORT or HOST:PORT/udp, e.g. 0.0.0.0:53/udp)", s)
+				}
+				host, port, err := SplitHostPort(addr)
+				if err != nil {
+					return "", unwrapAddress(err) + " (expected HOST:PORT, e.g. 0.0.0.0:8080)"
+				}
+				out := JoinHostPort(host, port)
+				if network == UDP {
+					out += "/" + UDP
+				}
+				return out, ""
+			})
 		},
 		check: func(s string) string {
 			if _, _, err := SplitHostPort(listenHostPort(s)); err != nil {
@@ -132,16 +141,13 @@ func listenAddress() value[string] {
 func hexBytes() value[string] {
 	return value[string]{
 		read: func(d *decoder, n *node, path string) (string, bool) {
-			s, ok := d.str(n, path)
-			if !ok {
-				return "", false
-			}
-			s = strings.ToLower(strings.NewReplacer(" ", "", ":", "", "\t", "").Replace(s))
-			if _, err := hex.DecodeString(s); err != nil {
-				d.problemf(n.line, path, "%q is not hexadecimal bytes (write e.g. \"abcd 0100\"): %v", s, err)
-				return "", false
-			}
-			return s, true
+			return d.strAs(n, path, func(s string) (string, string) {
+				s = strings.ToLower(strings.NewReplacer(" ", "", ":", "", "\t", "").Replace(s))
+				if _, err := hex.DecodeString(s); err != nil {
+					return "", fmt.Sprintf("%q is not hexadecimal bytes (write e.g. \"abcd 0100\"): %v", s, err)
+				}
+				return s, ""
+			})
 		},
 		check: func(s string) string {
 			if _, err := hex.DecodeString(s); err != nil {
