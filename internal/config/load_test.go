@@ -326,54 +326,49 @@ func TestDecodeEmptyFileIsTheDefaults(t *testing.T) {
 // what is wanted, in the order of the lines.
 func TestDecodeProblems(t *testing.T) {
 	tests := []struct {
-		name     string
-		yaml     string
-		yamlWant []string
-		toml     string
-		tomlWant []string
-		vars     map[string]string
+		name, yaml, toml string
+		// want are the problems of both files, each after its file name
+		// ("3: defaults.x: unknown key"); where the two differ,
+		// yamlWant and tomlWant are each file's, whole.
+		want               []string
+		yamlWant, tomlWant []string
+		vars               map[string]string
 	}{
 		{
-			name:     "unknown top-level key",
-			yaml:     "log: {}\ndefualts: {}\n",
-			yamlWant: []string{"pj.yaml:2: defualts: unknown key (did you mean defaults?)"},
-			toml:     "[log]\n[defualts]\n",
-			tomlWant: []string{"pj.toml:2: defualts: unknown key (did you mean defaults?)"},
+			name: "unknown top-level key",
+			yaml: "log: {}\ndefualts: {}\n",
+			want: []string{"2: defualts: unknown key (did you mean defaults?)"},
+			toml: "[log]\n[defualts]\n",
 		},
 		{
-			name:     "unknown key far from any",
-			yaml:     "colour: blue\n",
-			yamlWant: []string{"pj.yaml:1: colour: unknown key (valid here: admin, defaults, grace_period, log, max_connections, proxies, watch)"},
-			toml:     "colour = \"blue\"\n",
-			tomlWant: []string{"pj.toml:1: colour: unknown key (valid here: admin, defaults, grace_period, log, max_connections, proxies, watch)"},
+			name: "unknown key far from any",
+			yaml: "colour: blue\n",
+			want: []string{"1: colour: unknown key (valid here: admin, defaults, grace_period, log, max_connections, proxies, watch)"},
+			toml: "colour = \"blue\"\n",
 		},
 		{
-			name:     "proxy for proxies",
-			yaml:     "proxy: []\n",
-			yamlWant: []string{"pj.yaml:1: proxy: unknown key (did you mean proxies?)"},
-			toml:     "proxy = []\n",
-			tomlWant: []string{"pj.toml:1: proxy: unknown key (did you mean proxies?)"},
+			name: "proxy for proxies",
+			yaml: "proxy: []\n",
+			want: []string{"1: proxy: unknown key (did you mean proxies?)"},
+			toml: "proxy = []\n",
 		},
 		{
-			name:     "a setting at the top level",
-			yaml:     "connect_timeout: 5s\n",
-			yamlWant: []string{"pj.yaml:1: connect_timeout: unknown key (connect_timeout goes under defaults (for every proxy) or in a proxy)"},
-			toml:     "connect_timeout = \"5s\"\n",
-			tomlWant: []string{"pj.toml:1: connect_timeout: unknown key (connect_timeout goes under defaults (for every proxy) or in a proxy)"},
+			name: "a setting at the top level",
+			yaml: "connect_timeout: 5s\n",
+			want: []string{"1: connect_timeout: unknown key (connect_timeout goes under defaults (for every proxy) or in a proxy)"},
+			toml: "connect_timeout = \"5s\"\n",
 		},
 		{
-			name:     "unknown key in defaults",
-			yaml:     "defaults:\n  balance: round-robin\n  conect_timeout: 5s\n",
-			yamlWant: []string{"pj.yaml:3: defaults.conect_timeout: unknown key (did you mean connect_timeout?)"},
-			toml:     "[defaults]\nbalance = \"round-robin\"\nconect_timeout = \"5s\"\n",
-			tomlWant: []string{"pj.toml:3: defaults.conect_timeout: unknown key (did you mean connect_timeout?)"},
+			name: "unknown key in defaults",
+			yaml: "defaults:\n  balance: round-robin\n  conect_timeout: 5s\n",
+			want: []string{"3: defaults.conect_timeout: unknown key (did you mean connect_timeout?)"},
+			toml: "[defaults]\nbalance = \"round-robin\"\nconect_timeout = \"5s\"\n",
 		},
 		{
-			name:     "a proxy key in defaults",
-			yaml:     "defaults:\n  listen: 0.0.0.0:80\n",
-			yamlWant: []string{"pj.yaml:2: defaults.listen: unknown key (listen is set in each proxy, not in defaults)"},
-			toml:     "[defaults]\nlisten = \"0.0.0.0:80\"\n",
-			tomlWant: []string{"pj.toml:2: defaults.listen: unknown key (listen is set in each proxy, not in defaults)"},
+			name: "a proxy key in defaults",
+			yaml: "defaults:\n  listen: 0.0.0.0:80\n",
+			want: []string{"2: defaults.listen: unknown key (listen is set in each proxy, not in defaults)"},
+			toml: "[defaults]\nlisten = \"0.0.0.0:80\"\n",
 		},
 		{
 			name: "unknown key in a proxy",
@@ -507,22 +502,22 @@ defaults:
   max_connections: -5
   resolver: "10.0.0.53"
 `,
-			yamlWant: []string{
-				`pj.yaml:1: grace_period: -1s must not be negative (0s turns it off)`,
-				`pj.yaml:2: log.format: "xml" is not a log format; expected text or json`,
-				`pj.yaml:2: log.level: "loud" is not a log level; expected debug, info, warn or error`,
-				`pj.yaml:4: defaults.connect_timeout: "fast" is not a duration (write e.g. 500ms, 5s, 1m30s)`,
-				`pj.yaml:5: defaults.idle_timeout: expected a duration string such as "5s", got a number`,
-				`pj.yaml:6: defaults.balance: "roundrobin" is not a balance algorithm (did you mean round-robin?)`,
-				`pj.yaml:7: defaults.proxy_protocol: "v3" is not a PROXY protocol version; expected v1 or v2`,
-				`pj.yaml:8: defaults.deny[0]: "10.0.0.0/33" is not an address range (write e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)`,
-				`pj.yaml:8: defaults.deny[1]: "fe80::1%eth0" is not an address range (write e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)`,
-				`pj.yaml:9: defaults.bandwidth.per_connection: "10 parsecs" is not a size (write e.g. 10MiB, 500KiB, 1GB or a number of bytes)`,
-				`pj.yaml:10: defaults.health_check.rise: 0 must be at least 1`,
-				`pj.yaml:10: defaults.health_check.fall: -1 must be at least 1`,
-				`pj.yaml:10: defaults.health_check.timeout: 0s must be positive`,
-				`pj.yaml:11: defaults.max_connections: -5 must not be negative (0 means no cap)`,
-				`pj.yaml:12: defaults.resolver: "10.0.0.53": missing :PORT after the host (expected HOST:PORT, e.g. 10.0.0.1:80)`,
+			want: []string{
+				`1: grace_period: -1s must not be negative (0s turns it off)`,
+				`2: log.format: "xml" is not a log format; expected text or json`,
+				`2: log.level: "loud" is not a log level; expected debug, info, warn or error`,
+				`4: defaults.connect_timeout: "fast" is not a duration (write e.g. 500ms, 5s, 1m30s)`,
+				`5: defaults.idle_timeout: expected a duration string such as "5s", got a number`,
+				`6: defaults.balance: "roundrobin" is not a balance algorithm (did you mean round-robin?)`,
+				`7: defaults.proxy_protocol: "v3" is not a PROXY protocol version; expected v1 or v2`,
+				`8: defaults.deny[0]: "10.0.0.0/33" is not an address range (write e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)`,
+				`8: defaults.deny[1]: "fe80::1%eth0" is not an address range (write e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)`,
+				`9: defaults.bandwidth.per_connection: "10 parsecs" is not a size (write e.g. 10MiB, 500KiB, 1GB or a number of bytes)`,
+				`10: defaults.health_check.rise: 0 must be at least 1`,
+				`10: defaults.health_check.fall: -1 must be at least 1`,
+				`10: defaults.health_check.timeout: 0s must be positive`,
+				`11: defaults.max_connections: -5 must not be negative (0 means no cap)`,
+				`12: defaults.resolver: "10.0.0.53": missing :PORT after the host (expected HOST:PORT, e.g. 10.0.0.1:80)`,
 			},
 			toml: `grace_period = "-1s"
 log = { format = "xml", level = "loud" }
@@ -537,23 +532,6 @@ health_check = { rise = 0, fall = -1, timeout = "0s" }
 max_connections = -5
 resolver = "10.0.0.53"
 `,
-			tomlWant: []string{
-				`pj.toml:1: grace_period: -1s must not be negative (0s turns it off)`,
-				`pj.toml:2: log.format: "xml" is not a log format; expected text or json`,
-				`pj.toml:2: log.level: "loud" is not a log level; expected debug, info, warn or error`,
-				`pj.toml:4: defaults.connect_timeout: "fast" is not a duration (write e.g. 500ms, 5s, 1m30s)`,
-				`pj.toml:5: defaults.idle_timeout: expected a duration string such as "5s", got a number`,
-				`pj.toml:6: defaults.balance: "roundrobin" is not a balance algorithm (did you mean round-robin?)`,
-				`pj.toml:7: defaults.proxy_protocol: "v3" is not a PROXY protocol version; expected v1 or v2`,
-				`pj.toml:8: defaults.deny[0]: "10.0.0.0/33" is not an address range (write e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)`,
-				`pj.toml:8: defaults.deny[1]: "fe80::1%eth0" is not an address range (write e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32)`,
-				`pj.toml:9: defaults.bandwidth.per_connection: "10 parsecs" is not a size (write e.g. 10MiB, 500KiB, 1GB or a number of bytes)`,
-				`pj.toml:10: defaults.health_check.rise: 0 must be at least 1`,
-				`pj.toml:10: defaults.health_check.fall: -1 must be at least 1`,
-				`pj.toml:10: defaults.health_check.timeout: 0s must be positive`,
-				`pj.toml:11: defaults.max_connections: -5 must not be negative (0 means no cap)`,
-				`pj.toml:12: defaults.resolver: "10.0.0.53": missing :PORT after the host (expected HOST:PORT, e.g. 10.0.0.1:80)`,
-			},
 		},
 		{
 			name: "bad addresses, missing keys, weight 0",
@@ -604,36 +582,28 @@ defaults:
   idle_timeout: "${IDLE"
   max_connections: ${MAX}
 `,
-			yamlWant: []string{
-				`pj.yaml:2: admin.token: environment variable PJ_ADMIN_TOKEN is not set`,
-				`pj.yaml:4: defaults.connect_timeout: "fast" is not a duration (write e.g. 500ms, 5s, 1m30s)`,
-				`pj.yaml:5: defaults.resolver: "${DNS:-10.0.0.53:53}": ${DNS:-10.0.0.53:53} is not a variable reference: write ${NAME}, NAME made of letters, digits and _ (no defaults or other shell forms; $$ is a literal $)`,
-				`pj.yaml:6: defaults.idle_timeout: "${IDLE": ${ is not closed by } (write $$ for a literal $)`,
-				`pj.yaml:7: defaults.max_connections: "lots" is not a whole number`,
-			},
-			toml: `admin.token = "${PJ_ADMIN_TOKEN}"
-
+			toml: `# the token comes from the environment
+admin.token = "${PJ_ADMIN_TOKEN}"
 [defaults]
 connect_timeout = "${TIMEOUT}"
 resolver = "${DNS:-10.0.0.53:53}"
 idle_timeout = "${IDLE"
 max_connections = "${MAX}"
 `,
-			tomlWant: []string{
-				`pj.toml:1: admin.token: environment variable PJ_ADMIN_TOKEN is not set`,
-				`pj.toml:4: defaults.connect_timeout: "fast" is not a duration (write e.g. 500ms, 5s, 1m30s)`,
-				`pj.toml:5: defaults.resolver: "${DNS:-10.0.0.53:53}": ${DNS:-10.0.0.53:53} is not a variable reference: write ${NAME}, NAME made of letters, digits and _ (no defaults or other shell forms; $$ is a literal $)`,
-				`pj.toml:6: defaults.idle_timeout: "${IDLE": ${ is not closed by } (write $$ for a literal $)`,
-				`pj.toml:7: defaults.max_connections: "lots" is not a whole number`,
+			want: []string{
+				`2: admin.token: environment variable PJ_ADMIN_TOKEN is not set`,
+				`4: defaults.connect_timeout: "fast" is not a duration (write e.g. 500ms, 5s, 1m30s)`,
+				`5: defaults.resolver: "${DNS:-10.0.0.53:53}": ${DNS:-10.0.0.53:53} is not a variable reference: write ${NAME}, NAME made of letters, digits and _ (no defaults or other shell forms; $$ is a literal $)`,
+				`6: defaults.idle_timeout: "${IDLE": ${ is not closed by } (write $$ for a literal $)`,
+				`7: defaults.max_connections: "lots" is not a whole number`,
 			},
 			vars: map[string]string{"TIMEOUT": "fast", "MAX": "lots"},
 		},
 		{
-			name:     "a key set twice",
-			yaml:     "defaults:\n  connect_timeout: 1s\n  idle_timeout: 1m\n  connect_timeout: 2s\n",
-			yamlWant: []string{"pj.yaml:4: defaults.connect_timeout: set twice (first on line 2)"},
-			toml:     "[defaults]\nconnect_timeout = \"1s\"\nidle_timeout = \"1m\"\nconnect_timeout = \"2s\"\n",
-			tomlWant: []string{"pj.toml:4: defaults.connect_timeout: set twice (first on line 2)"},
+			name: "a key set twice",
+			yaml: "defaults:\n  connect_timeout: 1s\n  idle_timeout: 1m\n  connect_timeout: 2s\n",
+			want: []string{"4: defaults.connect_timeout: set twice (first on line 2)"},
+			toml: "[defaults]\nconnect_timeout = \"1s\"\nidle_timeout = \"1m\"\nconnect_timeout = \"2s\"\n",
 		},
 		{
 			name:     "syntax error",
@@ -657,6 +627,11 @@ max_connections = "${MAX}"
 				name, text string
 				want       []string
 			}{{"pj.yaml", tt.yaml, tt.yamlWant}, {"pj.toml", tt.toml, tt.tomlWant}} {
+				if f.want == nil {
+					for _, w := range tt.want {
+						f.want = append(f.want, f.name+":"+w)
+					}
+				}
 				got := decodeProblems(t, f.name, f.text, tt.vars)
 				if !reflect.DeepEqual(got, f.want) {
 					t.Errorf("%s: problems\n  %s\nwant\n  %s", f.name, strings.Join(got, "\n  "), strings.Join(f.want, "\n  "))

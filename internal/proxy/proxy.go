@@ -74,20 +74,18 @@ type Proxy struct {
 }
 
 // Route is one destination of a proxy: its backends and the settings of
-// the connections it takes.
+// the connections it takes. A setting is read from the embedded Settings
+// as configured (r.IdleTimeout); the fields of Route itself are what pj
+// builds from them, and the few that share a setting's name (TLS,
+// Bandwidth, ProxyProtocol) stand for it in the form the data path uses.
 type Route struct {
+	config.Settings
 	Name     string
-	Balance  string
 	Backends *balance.Set
 	// Match says what the route takes, as pj check says it ("sni
 	// app.example.com; protocol tls"); empty for the one route of a proxy
 	// configured without routes.
-	Match          string
-	ConnectTimeout time.Duration
-	IdleTimeout    time.Duration
-	// HalfCloseTimeout ends a connection whose one direction has ended
-	// when the other has been silent this long; 0: never.
-	HalfCloseTimeout time.Duration
+	Match string
 	// Health has the rise and fall that passive checks (failed
 	// connects) use too.
 	Health config.HealthCheck
@@ -106,9 +104,6 @@ type Route struct {
 	// Warm holds connections to the backends opened before clients need
 	// them; nil when the route has no pool.
 	Warm *warm.Pools
-	// KernelRelay hands the route's connections to the kernel once their
-	// backend answers (where the kernel lets pj do so).
-	KernelRelay bool
 }
 
 // Pool is the route's current pool of backends.
@@ -203,18 +198,14 @@ func buildRoute(ctx context.Context, proxyName, name, match string, backends []c
 		return nil, err
 	}
 	r := &Route{
-		Name:             name,
-		Balance:          s.Balance,
-		Backends:         set,
-		Match:            match,
-		ConnectTimeout:   s.ConnectTimeout,
-		IdleTimeout:      s.IdleTimeout,
-		HalfCloseTimeout: s.HalfCloseTimeout,
-		Health:           s.HealthCheck,
-		Bandwidth:        s.Bandwidth.PerConnection,
-		ProxyProtocol:    s.ProxyVersion(),
-		Taken:            taken,
-		KernelRelay:      s.KernelRelay,
+		Settings:      s,
+		Name:          name,
+		Backends:      set,
+		Match:         match,
+		Health:        s.HealthCheck,
+		Bandwidth:     s.Bandwidth.PerConnection,
+		ProxyProtocol: s.ProxyVersion(),
+		Taken:         taken,
 	}
 	if s.TLS != nil || s.BackendTLS != nil {
 		var prevTLS *tlsproxy.Route
