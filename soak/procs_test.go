@@ -20,38 +20,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pj-proxy/pj/internal/testutil/pjproc"
 )
-
-// bins are the binaries under test, built once by TestMain.
-var bins struct {
-	dir, pj, loadgen string
-}
-
-// build compiles pj and bench/loadgen, as they are in the work tree, into
-// a temporary directory. PJ_BIN names a pj binary to soak instead.
-func build() error {
-	dir, err := os.MkdirTemp("", "pj-soak-")
-	if err != nil {
-		return err
-	}
-	bins.dir = dir
-	bins.pj, bins.loadgen = filepath.Join(dir, "pj"), filepath.Join(dir, "loadgen")
-	targets := map[string]string{bins.pj: "../cmd/pj", bins.loadgen: "../bench/loadgen"}
-	if given := os.Getenv("PJ_BIN"); given != "" {
-		if bins.pj, err = filepath.Abs(given); err != nil {
-			return err
-		}
-		delete(targets, filepath.Join(dir, "pj"))
-	}
-	for out, pkg := range targets {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
-		}
-	}
-	return nil
-}
 
 // raiseFileLimit lifts this process's soft descriptor limit to the hard
 // one: the test holds one end of every idle connection. (Go raises its own
@@ -68,67 +39,30 @@ func raiseFileLimit() (uint64, error) {
 
 // process is a child process: pj or a loadgen backend.
 type process struct {
-	name   string
-	cmd    *exec.Cmd
-	log    string // its stderr, a file
-	exited chan struct{}
-	err    error // Wait's result, once exited is closed
+	*pjproc.Proc
+	name string
+	log  string // its stdout and stderr, a file
 }
 
-// start runs bin with args, stderr to a file in dir, and stops it (by its
-// pid) at the end of the test unless it has exited. Pdeathsig ends it
-// should the test process die first.
-func start(t *testing.T, name, bin string, args ...string) *process {
+// start runs cmd, its stdout and stderr to a file in the test's directory,
+// until the test ends (pjproc.Start).
+func start(t *testing.T, name string, cmd *exec.Cmd) *process {
 	t.Helper()
 	logPath := filepath.Join(t.TempDir(), name+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // no stray PJ_* variables
+	defer f.Close() // the process has its own
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		_ = f.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	p := &process{name: name, cmd: cmd, log: logPath, exited: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		_ = f.Close()
-		close(p.exited)
-	}()
-	t.Cleanup(func() { p.kill() })
-	return p
-}
-
-func (p *process) pid() int { return p.cmd.Process.Pid }
-
-// kill ends the process at once and waits for it.
-func (p *process) kill() {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.exited
-}
-
-// signal sends sig to the process.
-func (p *process) signal(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("signal %s to %s: %v", sig, p.name, err)
-	}
+	return &process{Proc: pjproc.Start(t, cmd), name: name, log: logPath}
 }
 
 // ports returns n free loopback ports below the ephemeral range, where the
 // million client connections of a run do not take them.
 func ports(t *testing.T, n int) []string {
 	t.Helper()
-	out, err := exec.Command(bins.loadgen, "ports", "-n", strconv.Itoa(n)).Output()
+	out, err := exec.Command(pjproc.Bin("loadgen"), "ports", "-n", strconv.Itoa(n)).Output()
 	if err != nil {
 		t.Fatalf("loadgen ports: %v", err)
 	}
@@ -144,34 +78,39 @@ func ports(t *testing.T, n int) []string {
 func backend(t *testing.T, name, port string) *process {
 	t.Helper()
 	addr := "127.0.0.1:" + port
-	p := start(t, name, bins.loadgen, "serve", "-listen", addr, "-lifetime", "1h",
+	cmd := exec.Command(pjproc.Bin("loadgen"), "serve", "-listen", addr, "-lifetime", "1h",
 		"-parent", strconv.Itoa(os.Getpid()))
-	wait(t, p, addr)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	p := start(t, name, cmd)
+	waitEcho(t, p, addr)
 	return p
 }
 
-// wait waits until addr answers an echo, failing at once if p exits.
-func wait(t *testing.T, p *process, addr string) {
+// waitEcho waits until addr answers an echo, failing at once if p exits.
+func waitEcho(t *testing.T, p *process, addr string) {
 	t.Helper()
-	cmd := exec.Command(bins.loadgen, "wait", "-addr", addr, "-pid", strconv.Itoa(p.pid()), "-timeout", "20s")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		log, _ := os.ReadFile(p.log)
-		t.Fatalf("%s on %s: %v: %s\n%s's output:\n%s", p.name, addr, err, b, p.name, log[max(0, len(log)-4096):])
-	}
+	p.WaitFor(t, 20*time.Second, addr+" to echo through "+p.name, func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return echo(c, 'w', time.Second) == nil
+	})
 }
 
 // pj runs the pj binary with args and waits until addr (its first
 // listener) relays an echo.
 func pj(t *testing.T, addr string, args ...string) *process {
 	t.Helper()
-	p := start(t, "pj", bins.pj, args...)
-	wait(t, p, addr)
+	p := start(t, "pj", pjproc.Command(args...))
+	waitEcho(t, p, addr)
 	return p
 }
 
 // loadgen runs one loadgen measurement and returns its JSON line.
 func loadgen(ctx context.Context, args ...string) (map[string]any, error) {
-	cmd := exec.CommandContext(ctx, bins.loadgen, append([]string{"run"}, args...)...)
+	cmd := exec.CommandContext(ctx, pjproc.Bin("loadgen"), append([]string{"run"}, args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -274,22 +213,6 @@ func backendStates(addr string) (map[string]string, error) {
 	return out, nil
 }
 
-// waitUntil polls cond every 10 ms until it holds, and returns when it
-// first did; after timeout it fails the test with what.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Time {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		<-tick.C
-	}
-	return time.Now()
-}
-
 // echo sends one byte on c and reads it back within d.
 func echo(c net.Conn, b byte, d time.Duration) error {
 	if err := c.SetDeadline(time.Now().Add(d)); err != nil {
@@ -306,19 +229,6 @@ func echo(c net.Conn, b byte, d time.Duration) error {
 		return fmt.Errorf("echoed %q, want %q", got[0], b)
 	}
 	return c.SetDeadline(time.Time{})
-}
-
-// writeFile replaces path's content at once (write, then rename), as an
-// editor or a configuration manager does.
-func writeFile(t *testing.T, path, text string) {
-	t.Helper()
-	tmp := path + ".new"
-	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // background runs f in a goroutine; the returned func waits for it.

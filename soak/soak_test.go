@@ -13,6 +13,9 @@ import (
 	"testing"
 	"text/tabwriter"
 	"time"
+
+	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjproc"
 )
 
 // scale is how hard one run pushes. The short scale runs in `make test`
@@ -73,17 +76,12 @@ var fileLimit uint64
 
 func TestMain(m *testing.M) {
 	lim, err := raiseFileLimit()
-	if err == nil {
-		fileLimit = lim
-		err = build()
-	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
-	_ = os.RemoveAll(bins.dir)
-	os.Exit(code)
+	fileLimit = lim
+	os.Exit(pjproc.Main(m, "github.com/pj-proxy/pj/bench/loadgen"))
 }
 
 // row is one line of the table a run prints.
@@ -194,7 +192,7 @@ func shortConnections(t *testing.T, sc scale) {
 		n int
 		u usage
 	}
-	base := measure(t, p.pid())
+	base := measure(t, p.Pid())
 	samples := []sample{{0, base}}
 	ctx := ctxFor(t, 30*time.Minute)
 	var elapsed float64
@@ -206,11 +204,11 @@ func shortConnections(t *testing.T, sc scale) {
 		if err != nil || num(m, "errors") != 0 || num(m, "conns_ok") != float64(n) {
 			r.figures = fmt.Sprintf("%v of %s connections failed after %s: %v %v (at %v)", num(m, "errors"), count(n), count(done), err, m["first_error"], m["error_times_unix_ms"])
 			t.Fatalf("%s\nkernel TCP counters (whole namespace) in that step: %s; pj now holds %d descriptors\npj's log lines other than ok connections:\n%s\n(pj's log is kept: %s)",
-				r.figures, counterDelta(kernel, tcpCounters()), measure(t, p.pid()).fds, strings.Join(unusualLines(p.log, 20), "\n"), keep(t, p))
+				r.figures, counterDelta(kernel, tcpCounters()), measure(t, p.Pid()).fds, strings.Join(unusualLines(p.log, 20), "\n"), keep(t, p))
 		}
 		done += n
 		elapsed += num(m, "elapsed_s")
-		samples = append(samples, sample{done, settledFDs(t, p.pid(), base.fds+fdSlack)})
+		samples = append(samples, sample{done, settledFDs(t, p.Pid(), base.fds+fdSlack)})
 	}
 	ref := samples[len(samples)*2/5] // 40% of the way
 	last := samples[len(samples)-1]
@@ -239,7 +237,7 @@ func idleConnections(t *testing.T, sc scale) {
 	listen := "127.0.0.1:" + ps[1]
 	p := pj(t, listen, "-p", listen+":127.0.0.1:"+ps[0])
 	m, err := loadgen(ctxFor(t, 10*time.Minute), "-mode", "idle", "-target", "pj", "-addr", listen,
-		"-pids", strconv.Itoa(p.pid()), "-backend-pid", strconv.Itoa(be.pid()),
+		"-pids", strconv.Itoa(p.Pid()), "-backend-pid", strconv.Itoa(be.Pid()),
 		"-idle-conns", strconv.Itoa(sc.idleConns), "-idle-hold", sc.idleHold.String())
 	if err != nil {
 		r.figures = err.Error()
@@ -283,7 +281,7 @@ func reloadsUnderLoad(t *testing.T, sc scale) {
 	backendAddr, listen, extra, admin := "127.0.0.1:"+ps[0], "127.0.0.1:"+ps[1], "127.0.0.1:"+ps[2], "127.0.0.1:"+ps[3]
 	backend(t, "backend", ps[0])
 	path := t.TempDir() + "/pj.yaml"
-	writeFile(t, path, reloadConfig(0, listen, extra, backendAddr, admin))
+	testutil.WriteAtomically(t, path, reloadConfig(0, listen, extra, backendAddr, admin))
 	p := pj(t, listen, "-c", path)
 
 	loadFor := time.Duration(sc.reloads+2)*sc.reloadEvery + 2*time.Second
@@ -307,15 +305,15 @@ func reloadsUnderLoad(t *testing.T, sc scale) {
 		ml, errl = loadgen(ctx, "-mode", "latC", "-target", "pj", "-addr", listen, "-lat-conns", "32", "-duration", loadFor.String())
 		ended()
 	})
-	waitUntil(t, time.Minute, "the persistent connections to be open", func() bool {
+	testutil.WaitFor(t, time.Minute, "the persistent connections to be open", func() bool {
 		v, err := metric(admin, "pj_active_connections", `proxy="web"`)
 		return err == nil && v >= 32
 	})
 	start := time.Now()
 	for i := 1; i <= sc.reloads; i++ {
-		writeFile(t, path, reloadConfig(i, listen, extra, backendAddr, admin))
-		p.signal(t, syscall.SIGHUP)
-		waitUntil(t, 30*time.Second, fmt.Sprintf("reload %d to be applied", i), func() bool {
+		testutil.WriteAtomically(t, path, reloadConfig(i, listen, extra, backendAddr, admin))
+		p.Signal(t, syscall.SIGHUP)
+		testutil.WaitFor(t, 30*time.Second, fmt.Sprintf("reload %d to be applied", i), func() bool {
 			v, err := metric(admin, "pj_config_reloads_total", `result="success"`)
 			return err == nil && v >= float64(i)
 		})
@@ -362,7 +360,7 @@ func backendKills(t *testing.T, sc scale) {
 		backends[i] = backend(t, fmt.Sprintf("backend%d", i), ps[i])
 	}
 	path := t.TempDir() + "/pj.yaml"
-	writeFile(t, path, fmt.Sprintf(`admin: { listen: %q }
+	testutil.WriteAtomically(t, path, fmt.Sprintf(`admin: { listen: %q }
 proxies:
   - name: web
     listen: %q
@@ -378,9 +376,9 @@ proxies:
 		return s[addr]
 	}
 	for _, a := range addrs {
-		waitUntil(t, 10*time.Second, a+" to be up", func() bool { return state(a) == "up" })
+		testutil.WaitFor(t, 10*time.Second, a+" to be up", func() bool { return state(a) == "up" })
 	}
-	base := measure(t, p.pid())
+	base := measure(t, p.Pid())
 
 	ctx := ctxFor(t, sc.killLoad+5*time.Minute)
 	var m map[string]any
@@ -394,18 +392,19 @@ proxies:
 	var catchUp time.Duration
 	for k := 0; time.Since(loadStart)+sc.downFor+sc.upFor < sc.killLoad; k++ {
 		i := k % len(backends)
-		backends[i].kill()
+		backends[i].Kill()
 		w := window{kill: time.Now()}
-		w.down = waitUntil(t, 10*time.Second, addrs[i]+" to be marked down", func() bool { return state(addrs[i]) == "down" })
+		testutil.WaitFor(t, 10*time.Second, addrs[i]+" to be marked down", func() bool { return state(addrs[i]) == "down" })
+		w.down = time.Now()
 		windows = append(windows, w)
 		catchUp = max(catchUp, w.down.Sub(w.kill))
 		<-time.After(sc.downFor) // how long the backend stays dead
 		backends[i] = backend(t, fmt.Sprintf("backend%d", i), ps[i])
-		waitUntil(t, 10*time.Second, addrs[i]+" to be marked up", func() bool { return state(addrs[i]) == "up" })
+		testutil.WaitFor(t, 10*time.Second, addrs[i]+" to be marked up", func() bool { return state(addrs[i]) == "up" })
 		<-time.After(sc.upFor)
 	}
 	waitLoad()
-	after := settledFDs(t, p.pid(), base.fds+fdSlack)
+	after := settledFDs(t, p.Pid(), base.fds+fdSlack)
 
 	// A failure is excused if it happened between a kill and the moment
 	// the API showed the backend down (plus the 10 ms of polling).
@@ -463,7 +462,7 @@ func sigtermUnderLoad(t *testing.T, sc scale) {
 		}
 		held[i] = c
 	}
-	base := measure(t, p.pid())
+	base := measure(t, p.Pid())
 	ctx := ctxFor(t, sc.grace+5*time.Minute)
 	var m map[string]any
 	var lerr error
@@ -471,11 +470,11 @@ func sigtermUnderLoad(t *testing.T, sc scale) {
 		m, lerr = loadgen(ctx, "-mode", "latC", "-target", "pj", "-addr", listen, "-lat-conns", strconv.Itoa(busy), "-duration", sc.termLoad.String())
 	})
 	// Every connection is through to the backend: two descriptors each.
-	waitUntil(t, time.Minute, "the persistent connections to be open", func() bool {
-		return measure(t, p.pid()).fds >= base.fds+2*busy
+	testutil.WaitFor(t, time.Minute, "the persistent connections to be open", func() bool {
+		return measure(t, p.Pid()).fds >= base.fds+2*busy
 	})
 	term := time.Now()
-	p.signal(t, syscall.SIGTERM)
+	p.Signal(t, syscall.SIGTERM)
 	waitLoad()
 
 	// Just before the grace period ends, every idle connection answers.
@@ -488,34 +487,25 @@ func sigtermUnderLoad(t *testing.T, sc scale) {
 		}
 	}
 	checkedAt := time.Since(term)
-	select {
-	case <-p.exited:
-	case <-time.After(sc.grace + 30*time.Second):
-		t.Fatalf("pj did not exit within %s of SIGTERM", sc.grace+30*time.Second)
-	}
+	exitErr := p.Wait(t, sc.grace+30*time.Second)
 	exitedAt := time.Since(term)
 	cut := 0
 	for _, c := range held {
 		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		if _, err := c.Read(make([]byte, 1)); err != nil && !isTimeout(err) {
+		if _, err := c.Read(make([]byte, 1)); err != nil && !testutil.IsTimeout(err) {
 			cut++
 		}
 	}
 	status := "exit 0"
-	if p.err != nil {
-		status = p.err.Error()
+	if exitErr != nil {
+		status = exitErr.Error()
 	}
 	r.figures = fmt.Sprintf("%s requests on the busy connections after SIGTERM, %s; %d of %d idle answered at %s; cut and exited at %s (%s); %d cut",
 		count(int(num(m, "requests"))), errText(lerr), answered, idle, checkedAt.Round(10*time.Millisecond),
 		exitedAt.Round(10*time.Millisecond), status, cut)
-	r.ok = lerr == nil && answered == idle && cut == idle && p.err == nil &&
+	r.ok = lerr == nil && answered == idle && cut == idle && exitErr == nil &&
 		exitedAt >= sc.grace-100*time.Millisecond && exitedAt < sc.grace+5*time.Second
 	if !r.ok {
 		t.Errorf("SIGTERM under load: %s", r.figures)
 	}
-}
-
-func isTimeout(err error) bool {
-	ne, ok := err.(net.Error)
-	return ok && ne.Timeout()
 }
