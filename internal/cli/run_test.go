@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/testutil"
@@ -102,17 +101,6 @@ func (p *instance) stop(t *testing.T) error {
 	}
 }
 
-// echoOnce sends msg through addr, half-closes, and returns the reply.
-func echoOnce(t *testing.T, addr, msg string) string {
-	t.Helper()
-	c := testutil.Dial(t, addr)
-	if _, err := io.WriteString(c, msg); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.CloseWrite()
-	return testutil.ReadAll(t, c)
-}
-
 var textLine = regexp.MustCompile(`^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] (\S+) -> (\S+) -> (\S+) \[(\w+)\] duration=(\S+) up=(\d+) down=(\d+)(.*)$`)
 
 func TestEchoAndTextLogLine(t *testing.T) {
@@ -156,7 +144,7 @@ func TestEchoAndTextLogLine(t *testing.T) {
 func TestJSONLogLine(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	p := start(t, nil, "-p", "127.0.0.1:0:"+echo, "--log-format", "json")
-	if got := echoOnce(t, p.addrs[0], "0123456789"); got != "0123456789" {
+	if got := testutil.Exchange(t, p.addrs[0], "0123456789"); got != "0123456789" {
 		t.Fatalf("echo = %q", got)
 	}
 	line := p.log.WaitLines(t, `"msg":"connection"`, 1)[0]
@@ -247,7 +235,7 @@ func TestSeveralMappingsInOneProcess(t *testing.T) {
 		t.Fatalf("listeners = %v", p.addrs)
 	}
 	for i, want := range []string{"alpha", "beta"} {
-		if got := echoOnce(t, p.addrs[i], ""); got != want {
+		if got := testutil.Exchange(t, p.addrs[i], ""); got != want {
 			t.Fatalf("listener %d answered %q, want %q", i, got, want)
 		}
 	}
@@ -264,7 +252,7 @@ func TestIPv6BothSides(t *testing.T) {
 	if !strings.HasPrefix(p.addrs[0], "[::1]:") {
 		t.Fatalf("bound %s, want [::1]:port", p.addrs[0])
 	}
-	if got := echoOnce(t, p.addrs[0], "six"); got != "six" {
+	if got := testutil.Exchange(t, p.addrs[0], "six"); got != "six" {
 		t.Fatalf("echo over IPv6 = %q", got)
 	}
 	line := p.log.WaitLines(t, "[ok]", 1)[0]
@@ -277,7 +265,7 @@ func TestHostnamesOnBothSides(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	_, port, _ := net.SplitHostPort(echo)
 	p := start(t, nil, "-p", "localhost:0:localhost:"+port)
-	if got := echoOnce(t, p.addrs[0], "by name"); got != "by name" {
+	if got := testutil.Exchange(t, p.addrs[0], "by name"); got != "by name" {
 		t.Fatalf("echo through a named backend = %q", got)
 	}
 	// The name was resolved: the line shows the address that answered.
@@ -333,13 +321,13 @@ func TestUnreachableBackendClosesClientAndServingGoesOn(t *testing.T) {
 	if !strings.Contains(lines[0], "-> "+dead+" [connect_failed]") || !strings.Contains(lines[0], "connection refused") {
 		t.Fatalf("log line %q: want the dead backend and the reason", lines[0])
 	}
-	if got := echoOnce(t, p.addrs[1], "still here"); got != "still here" {
+	if got := testutil.Exchange(t, p.addrs[1], "still here"); got != "still here" {
 		t.Fatalf("the other mapping answered %q", got)
 	}
 }
 
 func TestConnectTimeoutBoundsABlackHoledBackend(t *testing.T) {
-	hole := blackHole(t)
+	hole := testutil.BlackHole(t)
 	p := start(t, nil, "-p", "127.0.0.1:0:"+hole, "--connect-timeout", "200ms")
 	c := testutil.Dial(t, p.addrs[0])
 	// The client must be closed after the connect timeout (200ms), long
@@ -359,7 +347,7 @@ func TestFailoverWithinTheClientConnection(t *testing.T) {
 	alive := testutil.Identify(t, "alive")
 	p := start(t, nil, "-p", "127.0.0.1:0:"+dead+","+alive)
 	for i := range 6 {
-		if got := echoOnce(t, p.addrs[0], ""); got != "alive" {
+		if got := testutil.Exchange(t, p.addrs[0], ""); got != "alive" {
 			t.Fatalf("connection %d got %q: the client saw the dead backend", i, got)
 		}
 	}
@@ -377,7 +365,7 @@ func TestRoundRobin(t *testing.T) {
 	p := start(t, nil, "-p", "127.0.0.1:0:"+strings.Join(backends, ","))
 	counts := map[string]int{}
 	for range 9 {
-		counts[echoOnce(t, p.addrs[0], "")]++
+		counts[testutil.Exchange(t, p.addrs[0], "")]++
 	}
 	for _, n := range names {
 		if counts[n] != 3 {
@@ -436,62 +424,53 @@ func TestIdleTimeoutThroughTheProxy(t *testing.T) {
 	}
 }
 
-func TestGracefulDrain(t *testing.T) {
-	p := start(t, nil, "-p", "127.0.0.1:0:"+testutil.StartEcho(t), "--grace-period", "1m")
-	c := testutil.Dial(t, p.addrs[0])
-	if got := testutil.RoundTrip(t, c, "before"); got != "before" {
-		t.Fatal(got)
+func TestShutdown(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		grace string
+		// shuttingDown runs once pj has begun to shut down; c is a
+		// connection established before.
+		shuttingDown func(t *testing.T, p *instance, c *net.TCPConn)
+		// The connection's log line: its status and byte counts.
+		status, counts string
+	}{
+		{"drains established connections", "1m", func(t *testing.T, p *instance, c *net.TCPConn) {
+			testutil.CheckDraining(t, p.addrs[0], c)
+			// Run returns once the last connection has ended.
+			_ = c.CloseWrite()
+			testutil.ReadAll(t, c)
+		}, "[ok]", "up=12 down=12"},
+		{"the grace period's end cuts connections", "50ms", func(t *testing.T, p *instance, c *net.TCPConn) {
+			if got := testutil.ReadAll(t, c); got != "" {
+				t.Fatalf("read %q", got)
+			}
+			p.log.WaitLines(t, "grace period over", 1)
+		}, "[shutdown]", "up=6 down=6"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := start(t, nil, "-p", "127.0.0.1:0:"+testutil.StartEcho(t), "--grace-period", tc.grace)
+			c := testutil.Dial(t, p.addrs[0])
+			if got := testutil.RoundTrip(t, c, "before"); got != "before" {
+				t.Fatal(got)
+			}
+			p.cancel(errors.New("SIGTERM received"))
+			p.log.WaitLines(t, "shutting down", 1)
+			tc.shuttingDown(t, p, c)
+			if err := p.stop(t); err != nil {
+				t.Fatalf("Run = %v, want nil (exit 0)", err)
+			}
+			if l := p.log.WaitLines(t, tc.status, 1); !strings.Contains(l[0], tc.counts) {
+				t.Fatalf("log line %q, want %s", l[0], tc.counts)
+			}
+		})
 	}
-	p.cancel(errors.New("SIGTERM received"))
-	p.log.WaitLines(t, "shutting down", 1)
-	// New connections are refused at once...
-	if nc, err := net.DialTimeout("tcp", p.addrs[0], 2*time.Second); err == nil {
-		_ = nc.Close()
-		t.Fatal("a new connection was accepted after shutdown began")
-	}
-	// ...while the established one goes on.
-	if got := testutil.RoundTrip(t, c, "during"); got != "during" {
-		t.Fatalf("established connection broke during the drain: %q", got)
-	}
-	_ = c.CloseWrite()
-	testutil.ReadAll(t, c)
-	select {
-	case err := <-p.done:
-		p.done <- err
-		if err != nil {
-			t.Fatalf("Run = %v, want nil after a drain", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("pj did not stop once its last connection ended")
-	}
-	if l := p.log.WaitLines(t, "[ok]", 1); !strings.Contains(l[0], "up=12 down=12") {
-		t.Fatalf("log line %q", l[0])
-	}
-}
-
-func TestGracePeriodExpiryCutsConnections(t *testing.T) {
-	p := start(t, nil, "-p", "127.0.0.1:0:"+testutil.StartEcho(t), "--grace-period", "50ms")
-	c := testutil.Dial(t, p.addrs[0])
-	if got := testutil.RoundTrip(t, c, "held"); got != "held" {
-		t.Fatal(got)
-	}
-	if err := p.stop(t); err != nil {
-		t.Fatalf("Run = %v, want nil (exit 0) after the grace period", err)
-	}
-	if got := testutil.ReadAll(t, c); got != "" {
-		t.Fatalf("read %q", got)
-	}
-	if l := p.log.WaitLines(t, "[shutdown]", 1); !strings.Contains(l[0], "up=4 down=4") {
-		t.Fatalf("log line %q", l[0])
-	}
-	p.log.WaitLines(t, "grace period over", 1)
 }
 
 func TestLogLevels(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	t.Run("warn hides connection lines", func(t *testing.T) {
 		p := start(t, nil, "-p", "127.0.0.1:0:"+echo, "--log-level", "warn")
-		echoOnce(t, p.addrs[0], "x")
+		testutil.Exchange(t, p.addrs[0], "x")
 		_ = p.stop(t)
 		if strings.Contains(p.log.String(), "[ok]") || strings.Contains(p.log.String(), "INFO") {
 			t.Fatalf("info records at level warn:\n%s", p.log)
@@ -503,13 +482,13 @@ func TestLogLevels(t *testing.T) {
 		// copied through user space; a small message is copied (cheaper
 		// than a pipe round trip for a few bytes).
 		bulk := strings.Repeat("b", 1<<20)
-		if got := echoOnce(t, p.addrs[0], bulk); got != bulk {
+		if got := testutil.Exchange(t, p.addrs[0], bulk); got != bulk {
 			t.Fatal("bulk echo mismatch")
 		}
 		if l := p.log.WaitLines(t, "[ok]", 1); !strings.HasSuffix(l[0], " relay=splice") {
 			t.Fatalf("log line %q: want relay=splice", l[0])
 		}
-		echoOnce(t, p.addrs[0], "x")
+		testutil.Exchange(t, p.addrs[0], "x")
 		if l := p.log.WaitLines(t, "[ok]", 2); !strings.HasSuffix(l[1], "closed_by=client relay=copy") || !strings.Contains(l[1], "up=1 down=1 ") {
 			t.Fatalf("log line %q: want relay=copy", l[1])
 		}
@@ -520,14 +499,14 @@ func TestEnvironmentVariables(t *testing.T) {
 	a, b := testutil.Identify(t, "a"), testutil.Identify(t, "b")
 	t.Run("PJ_PROXY holds several mappings", func(t *testing.T) {
 		p := start(t, map[string]string{"PJ_PROXY": "127.0.0.1:0:" + a + ";\n 127.0.0.1:0:" + b + "\n"})
-		if len(p.addrs) != 2 || echoOnce(t, p.addrs[0], "") != "a" || echoOnce(t, p.addrs[1], "") != "b" {
+		if len(p.addrs) != 2 || testutil.Exchange(t, p.addrs[0], "") != "a" || testutil.Exchange(t, p.addrs[1], "") != "b" {
 			t.Fatalf("listeners %v", p.addrs)
 		}
 	})
 	t.Run("a flag wins over its variable", func(t *testing.T) {
 		p := start(t, map[string]string{"PJ_PROXY": "127.0.0.1:0:" + a, "PJ_LOG_FORMAT": "json"},
 			"-p", "127.0.0.1:0:"+b, "--log-format", "text")
-		if len(p.addrs) != 1 || echoOnce(t, p.addrs[0], "") != "b" {
+		if len(p.addrs) != 1 || testutil.Exchange(t, p.addrs[0], "") != "b" {
 			t.Fatal("PJ_PROXY was used although -p was given")
 		}
 		if strings.Contains(p.log.String(), "{") {
@@ -536,7 +515,7 @@ func TestEnvironmentVariables(t *testing.T) {
 	})
 	t.Run("variables set flags", func(t *testing.T) {
 		p := start(t, map[string]string{"PJ_PROXY": "127.0.0.1:0:" + a, "PJ_LOG_FORMAT": "json", "PJ_IDLE_TIMEOUT": "1h"})
-		echoOnce(t, p.addrs[0], "")
+		testutil.Exchange(t, p.addrs[0], "")
 		p.log.WaitLines(t, `"status":"ok"`, 1)
 	})
 }
@@ -634,48 +613,11 @@ func TestOriginalExamplesParse(t *testing.T) {
 	}
 }
 
-// blackHole returns a loopback address whose SYNs are never answered: a
-// listening socket with a backlog of 0 whose accept queue is already full,
-// so the kernel drops further SYNs and a connect hangs until its timeout.
-func blackHole(t *testing.T) string {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
-	// Fill the accept queue; the connections that get in are never accepted.
-	for i := 0; i < 8; i++ {
-		c, err := net.DialTimeout("tcp4", addr, 100*time.Millisecond)
-		if err != nil {
-			if testutil.IsTimeout(err) {
-				return addr // the queue is full: SYNs are being dropped
-			}
-			t.Fatalf("fill accept queue: %v", err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-	}
-	t.Fatal("could not fill the accept queue of a backlog-0 listener")
-	return ""
-}
-
 func TestAdminFlagAndTokenVariable(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	p := start(t, map[string]string{"PJ_ADMIN_TOKEN": "t0ken"}, "-p", "127.0.0.1:0:"+echo, "--admin", "127.0.0.1:0")
 	line := p.log.WaitLines(t, "INFO admin listening", 1)[0]
-	_, after, _ := strings.Cut(line, "address=")
-	addr, _, _ := strings.Cut(after, " ")
+	addr := testutil.LogField(line, "address")
 	if !strings.Contains(line, "token=true") {
 		t.Fatalf("admin line %q: PJ_ADMIN_TOKEN was not used", line)
 	}
@@ -698,14 +640,7 @@ func TestWatchKeyInTheFile(t *testing.T) {
 	x := testutil.ClosedAddr(t)
 	path := filepath.Join(t.TempDir(), "pj.yaml")
 	write := func(backend string) {
-		tmp := path + ".new"
-		body := fmt.Sprintf("watch: true\nproxies:\n  - name: web\n    listen: %q\n    backends: [%q]\n", x, backend)
-		if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			t.Fatal(err)
-		}
+		testutil.WriteAtomically(t, path, fmt.Sprintf("watch: true\nproxies:\n  - name: web\n    listen: %q\n    backends: [%q]\n", x, backend))
 	}
 	write(a)
 	p := start(t, nil, "-c", path)
@@ -742,8 +677,7 @@ func TestAdminHostsFromTheFile(t *testing.T) {
 	status := func(host string) int {
 		t.Helper()
 		line := inst.log.Lines("INFO admin listening")
-		_, after, _ := strings.Cut(line[len(line)-1], "address=")
-		addr, _, _ := strings.Cut(after, " ")
+		addr := testutil.LogField(line[len(line)-1], "address")
 		req, _ := http.NewRequest("GET", "http://"+addr+"/metrics", nil)
 		req.Host = host
 		resp, err := http.DefaultClient.Do(req)
