@@ -6,18 +6,15 @@
 package container_test
 
 import (
-	"bufio"
 	"encoding/json"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/pj-proxy/pj/internal/testutil"
+	"github.com/pj-proxy/pj/internal/testutil/pjproc"
 )
 
 // image returns the image under test and the engine that runs it.
@@ -97,53 +94,10 @@ func TestImageVersion(t *testing.T) {
 func TestImageProxiesARoundTrip(t *testing.T) {
 	c := newContainer(t)
 	backend := testutil.StartEcho(t)
-	cmd := c.command("--proxy", "127.0.0.1:0:"+backend)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-
+	p := pjproc.Start(t, c.command("--proxy", "127.0.0.1:0:"+backend))
 	// pj logs the port it bound; the chroot shares this machine's
 	// network, so the test reaches it on loopback.
-	addrs := make(chan string, 1)
-	var (
-		mu  sync.Mutex
-		log strings.Builder
-	)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			mu.Lock()
-			log.WriteString(line + "\n")
-			mu.Unlock()
-			if _, after, ok := strings.Cut(line, "INFO listening "); ok {
-				_, a, _ := strings.Cut(after, "address=")
-				a, _, _ = strings.Cut(a, " ")
-				addrs <- a
-			}
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-	}()
-	var addr string
-	select {
-	case addr = <-addrs:
-	case <-exited:
-		mu.Lock()
-		defer mu.Unlock()
-		t.Fatalf("pj in the image exited before listening:\n%s", log.String())
-	case <-time.After(30 * time.Second):
-		t.Fatal("pj in the image did not listen within 30s")
-	}
+	addr := p.WaitListening(t, 1)[0]
 
 	conn := testutil.Dial(t, addr)
 	if got := testutil.RoundTrip(t, conn, "through the image"); got != "through the image" {
@@ -151,11 +105,7 @@ func TestImageProxiesARoundTrip(t *testing.T) {
 	}
 	_ = conn.Close()
 	// The connection's log line comes from inside the image.
-	testutil.WaitFor(t, 10*time.Second, "the connection's log line", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return strings.Contains(log.String(), "-> "+backend+" [ok]")
-	})
+	p.Stderr.WaitLines(t, "-> "+backend+" [ok]", 1)
 }
 
 // TestImageConfiguration checks what the Dockerfile promises: pj as the
