@@ -70,13 +70,13 @@ type conn struct {
 	backend  *balance.Backend
 	err      error // last connect error
 
-	counted    bool              // backend.Active includes this connection
-	reached    bool              // the backend answered
-	connectDur int64             // nanoseconds from accept to connected
-	lastActive int64             // loop clock of the last byte moved
-	halfAt     int64             // loop clock when the first direction ended; 0: both open
-	byAge      ilist.Links[conn] // its place in the loop's list, by age
-	timer      [timerKinds]int32 // 1 + the position of each timer in the loop's heap; 0: not armed
+	counted    bool                    // backend.Active includes this connection
+	reached    bool                    // the backend answered
+	connectDur int64                   // nanoseconds from accept to connected
+	lastActive int64                   // loop clock of the last byte moved
+	halfAt     int64                   // loop clock when the first direction ended; 0: both open
+	byAge      ilist.Links[conn]       // its place in the loop's list, by age
+	timer      [timerKinds]evloop.Slot // each timer's place in the loop's heap
 
 	up, down dir
 	kern     *kernelConn // the kernel relays the bytes (kernel_relay); nil: pj does

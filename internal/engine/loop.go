@@ -60,7 +60,7 @@ type loop struct {
 	gen       uint32
 	wall      time.Time // time of the current iteration
 	now       int64     // monotonic nanoseconds of the current iteration
-	timers    timerHeap
+	timers    evloop.Timers[*conn]
 	pipes     []pipe
 	peeks     []*peek       // spare buffers of connections choosing a route
 	dec       route.Decider // the first call of every connection's decision
@@ -165,8 +165,8 @@ func (l *loop) waitMillis() int {
 		return 0
 	}
 	next := int64(-1)
-	if len(l.timers) > 0 {
-		next = l.timers[0].at
+	if _, at, ok := l.timers.First(); ok {
+		next = at
 	}
 	if l.paused > 0 {
 		for _, st := range l.listeners {
@@ -251,8 +251,8 @@ func (l *loop) nextGen() uint32 {
 // list. Its descriptors are the caller's business.
 func (l *loop) forget(c *conn) {
 	l.byAge.Remove(c)
-	l.timers.stop(c, timerDeadline)
-	l.timers.stop(c, timerThrottle)
+	l.timers.Stop(&c.timer[timerDeadline])
+	l.timers.Stop(&c.timer[timerThrottle])
 }
 
 // open counts the connections the loop owns.
@@ -451,27 +451,48 @@ func (l *loop) resumeListeners() {
 
 // --- timers and deferred work ---
 
+// A connection has a timer of each kind.
+type timerKind uint8
+
+const (
+	timerDeadline timerKind = iota // connect, header, idle and half-close timeouts
+	timerThrottle                  // the bandwidth wake-up
+	timerKinds
+)
+
+// setTimer arms c's timer of kind at at, or moves it there.
+func (l *loop) setTimer(c *conn, kind timerKind, at int64) {
+	l.timers.Set(&c.timer[kind], c, at)
+}
+
 // arm sets c's deadline (connect, header, idle or half-close timeout).
-func (l *loop) arm(c *conn, at int64) { l.timers.set(c, timerDeadline, at) }
+func (l *loop) arm(c *conn, at int64) { l.setTimer(c, timerDeadline, at) }
 
 // disarm cancels c's deadline.
-func (l *loop) disarm(c *conn) { l.timers.stop(c, timerDeadline) }
+func (l *loop) disarm(c *conn) { l.timers.Stop(&c.timer[timerDeadline]) }
 
 // throttle wakes c at when, after its bandwidth budget ran out.
 func (l *loop) throttle(c *conn, when int64) {
-	if at, ok := l.timers.armed(c, timerThrottle); ok && at <= when {
+	if at, ok := l.timers.Armed(&c.timer[timerThrottle]); ok && at <= when {
 		return // an earlier wake-up is armed
 	}
-	l.timers.set(c, timerThrottle, when)
+	l.setTimer(c, timerThrottle, when)
 }
 
 func (l *loop) runTimers() {
 	if l.paused > 0 {
 		l.resumeListeners()
 	}
-	for len(l.timers) > 0 && l.timers[0].at <= l.now {
-		t := l.timers.pop()
-		l.fire(t.c, t.kind)
+	for {
+		c, slot, ok := l.timers.PopDue(l.now)
+		if !ok {
+			return
+		}
+		kind := timerDeadline // which of c's timers: the slot says
+		if slot == &c.timer[timerThrottle] {
+			kind = timerThrottle
+		}
+		l.fire(c, kind)
 	}
 }
 

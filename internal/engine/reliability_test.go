@@ -24,7 +24,7 @@ import (
 func (e *Engine) timerCount() int {
 	n := 0
 	for _, l := range e.loops {
-		_ = l.poll.Call(l, func(l *loop) error { n += len(l.timers); return nil })
+		_ = l.poll.Call(l, func(l *loop) error { n += l.timers.Len(); return nil })
 	}
 	return n
 }

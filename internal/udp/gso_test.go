@@ -190,7 +190,7 @@ func TestRepliesMerged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &session{fd: bfd, ls: &lsock{ln: &Listener{}, fd: lfd}, proxy: p, backend: p.Backends()[0], heapIdx: -1}
+	s := &session{fd: bfd, ls: &lsock{ln: &Listener{}, fd: lfd}, proxy: p, backend: p.Backends()[0]}
 	var rsa unix.RawSockaddrAny
 	n := evloop.Sockaddr(client.LocalAddr().(*net.UDPAddr).AddrPort(), &rsa)
 	s.name = *(*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))

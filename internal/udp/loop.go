@@ -57,7 +57,7 @@ type loop struct {
 	socks  map[int]*lsock
 	table  map[key]*session
 	byFD   []*session // sessions by backend descriptor
-	timers timerHeap
+	timers evloop.Timers[*session]
 	spare  []*session // closed sessions kept for reuse
 	gen    uint32
 
@@ -143,10 +143,11 @@ func (l *loop) tick() {
 }
 
 func (l *loop) waitMillis() int {
-	if len(l.timers) == 0 {
+	_, at, ok := l.timers.First()
+	if !ok {
 		return -1
 	}
-	d := l.timers[0].timerAt - l.e.now()
+	d := at - l.e.now()
 	if d <= 0 {
 		return 0
 	}

@@ -74,9 +74,8 @@ type session struct {
 	queued    int // replies queued for the client, not yet sent
 	up, down  counts
 
-	lastActive int64 // loop clock of the last datagram either way
-	timerAt    int64
-	heapIdx    int
+	lastActive int64                // loop clock of the last datagram either way
+	timer      evloop.Slot          // its idle timer's place in the loop's heap
 	lru        ilist.Links[session] // the socket's LRU list
 }
 
@@ -136,8 +135,7 @@ func (l *loop) open(ls *lsock, k key, slot int) *session {
 		return nil
 	}
 	if idle := p.Routes[0].IdleTimeout; idle > 0 {
-		s.timerAt = l.now + int64(idle)
-		l.timers.push(s)
+		l.timers.Set(&s.timer, s, l.now+int64(idle))
 	}
 	return s
 }
@@ -247,7 +245,7 @@ func (l *loop) newSession() *session {
 	if l.gen == 0 { // 0 marks listening sockets and the eventfd
 		l.gen = 1
 	}
-	s.gen, s.fd, s.heapIdx = l.gen, -1, -1
+	s.gen, s.fd = l.gen, -1
 	return s
 }
 
@@ -362,7 +360,7 @@ func (l *loop) close(s *session, status observe.Status, err error) {
 	s.state = stateClosed
 	delete(l.table, s.key)
 	s.ls.lru.Remove(s)
-	l.timers.remove(s)
+	l.timers.Stop(&s.timer)
 	l.detach(s)
 	if s.clients != nil {
 		s.clients.Release(s.key.addrPort().Addr())
@@ -421,12 +419,14 @@ func (l *loop) logSession(s *session, status observe.Status, err error) {
 // runTimers ends the sessions whose idle timeout has passed; a session
 // that moved a datagram since its timer was set is set again.
 func (l *loop) runTimers() {
-	for len(l.timers) > 0 && l.timers[0].timerAt <= l.now {
-		s := l.timers[0]
+	for {
+		s, at, ok := l.timers.First()
+		if !ok || at > l.now {
+			return
+		}
 		idle := int64(s.proxy.Routes[0].IdleTimeout)
 		if due := s.lastActive + idle; due > l.now {
-			s.timerAt = due
-			l.timers.fix(0)
+			l.timers.Set(&s.timer, s, due)
 			continue
 		}
 		l.cur = s
@@ -446,76 +446,4 @@ func (l *loop) runTimers() {
 func isRefused(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) ||
 		errors.Is(err, syscall.ENETUNREACH)
-}
-
-// --- the LRU list and the timer heap ---
-
-// timerHeap is a binary min-heap of sessions by timerAt. A session has at
-// most one entry, and leaves the heap when it closes, so the heap never
-// holds more than the sessions open (a DNS proxy ends most sessions long
-// before their timeout).
-type timerHeap []*session
-
-func (h *timerHeap) push(s *session) {
-	*h = append(*h, s)
-	s.heapIdx = len(*h) - 1
-	h.up(s.heapIdx)
-}
-
-func (h *timerHeap) remove(s *session) {
-	i := s.heapIdx
-	if i < 0 {
-		return
-	}
-	q := *h
-	last := len(q) - 1
-	if i != last {
-		h.swap(i, last)
-	}
-	q[last] = nil
-	*h = q[:last]
-	s.heapIdx = -1
-	if i != last {
-		h.fix(i)
-	}
-}
-
-func (h *timerHeap) fix(i int) {
-	if !h.down(i) {
-		h.up(i)
-	}
-}
-
-func (h timerHeap) swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx, h[j].heapIdx = i, j
-}
-
-func (h timerHeap) up(i int) {
-	for i > 0 {
-		p := (i - 1) / 2
-		if h[p].timerAt <= h[i].timerAt {
-			return
-		}
-		h.swap(p, i)
-		i = p
-	}
-}
-
-func (h timerHeap) down(i int) bool {
-	start := i
-	for {
-		l, r, m := 2*i+1, 2*i+2, i
-		if l < len(h) && h[l].timerAt < h[m].timerAt {
-			m = l
-		}
-		if r < len(h) && h[r].timerAt < h[m].timerAt {
-			m = r
-		}
-		if m == i {
-			return i > start
-		}
-		h.swap(m, i)
-		i = m
-	}
 }
