@@ -328,7 +328,7 @@ func (e *Engine) CutListener(ln *Listener, cause error) {
 func (e *Engine) Close() {
 	e.Cut(ErrShutdown)
 	for _, l := range e.loops {
-		l.stop()
+		l.poll.Stop()
 	}
 	e.tls.Wait()
 }

@@ -65,7 +65,6 @@ type loop struct {
 	peeks     []*peek       // spare buffers of connections choosing a route
 	dec       route.Decider // the first call of every connection's decision
 	pending   []*conn       // connections with work left after their budget
-	stopping  bool
 }
 
 // lnMode is what a loop does with a listener. A listener is in one mode
@@ -136,7 +135,7 @@ func (l *loop) iterate() (over bool) {
 	l.runPending()
 	l.runTimers()
 	l.poll.Yield(l.now)
-	return l.stopping && l.open() == 0
+	return l.poll.Stopping() && l.open() == 0
 }
 
 // recoverLoop is the last guard: a panic outside any one connection's
@@ -178,11 +177,7 @@ func (l *loop) waitMillis() int {
 	if next < 0 {
 		return -1
 	}
-	d := next - l.e.now()
-	if d <= 0 {
-		return 0
-	}
-	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+	return evloop.WaitMillis(next, l.e.now())
 }
 
 func (l *loop) dispatch(ev *unix.EpollEvent) {
@@ -541,12 +536,6 @@ func (l *loop) resume(c *conn) {
 }
 
 // --- commands from other goroutines ---
-
-// stop makes the loop exit once it owns no connection.
-func (l *loop) stop() {
-	l.poll.Post(func(l *loop) { l.stopping = true })
-	<-l.poll.Exited()
-}
 
 // cut ends the loop's connections accepted by ln (every connection if ln
 // is nil) with cause.

@@ -22,6 +22,7 @@ type Poller[L any] struct {
 	events []unix.EpollEvent
 	busy   bool  // the last wait returned events
 	yield  int64 // when the loop last yielded (its clock, nanoseconds)
+	stop   bool  // Stop was called (the loop's goroutine reads it)
 
 	mu       sync.Mutex
 	cmds     []func(L)
@@ -199,3 +200,14 @@ func (p *Poller[L]) Close() {
 
 // Exited returns a channel closed once the loop has exited (Close).
 func (p *Poller[L]) Exited() <-chan struct{} { return p.exited }
+
+// Stop tells the loop to exit once it holds nothing (Stopping reports
+// true from then on) and waits until it has.
+func (p *Poller[L]) Stop() {
+	p.Post(func(L) { p.stop = true })
+	<-p.exited
+}
+
+// Stopping reports whether the loop was told to stop; only the loop's
+// goroutine calls it.
+func (p *Poller[L]) Stopping() bool { return p.stop }

@@ -1,5 +1,7 @@
 package evloop
 
+import "time"
+
 // Timers is a binary min-heap of an event loop's deadlines. Each timer
 // lives in a Slot of what it times (a connection, a session), where the
 // heap keeps the timer's place: a deadline that moves is fixed in place,
@@ -15,6 +17,16 @@ type timer[T any] struct {
 	at   int64 // the loop's clock
 	slot *Slot
 	v    T
+}
+
+// WaitMillis is how long a loop whose clock reads now may wait for a
+// deadline at: whole milliseconds, rounded up, and 0 once it has passed.
+func WaitMillis(at, now int64) int {
+	d := at - now
+	if d <= 0 {
+		return 0
+	}
+	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 }
 
 // Len is how many timers are armed.

@@ -3,6 +3,7 @@ package evloop
 import (
 	"math/rand/v2"
 	"testing"
+	"time"
 )
 
 func TestTimersAgainstAModel(t *testing.T) {
@@ -63,6 +64,24 @@ func TestTimersAgainstAModel(t *testing.T) {
 		}
 		if _, _, ok := h.PopDue(-1); ok {
 			t.Fatalf("step %d: a timer was due before every deadline", step)
+		}
+	}
+}
+
+func TestWaitMillis(t *testing.T) {
+	const ms = int64(time.Millisecond)
+	for _, tc := range []struct {
+		at, now int64
+		want    int
+	}{
+		{at: 5 * ms, now: 5 * ms, want: 0},
+		{at: 5 * ms, now: 6 * ms, want: 0},
+		{at: 5*ms + 1, now: 5 * ms, want: 1},
+		{at: 7 * ms, now: 5 * ms, want: 2},
+		{at: 7*ms + 1, now: 5 * ms, want: 3},
+	} {
+		if got := WaitMillis(tc.at, tc.now); got != tc.want {
+			t.Errorf("WaitMillis(%d, %d) = %d, want %d", tc.at, tc.now, got, tc.want)
 		}
 	}
 }

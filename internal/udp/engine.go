@@ -197,7 +197,7 @@ func (e *Engine) Close() {
 			}
 			return nil
 		})
-		l.stop()
+		l.poll.Stop()
 	}
 }
 

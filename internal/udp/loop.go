@@ -79,8 +79,6 @@ type loop struct {
 	// coalesced counts reads that UDP GRO coalesced, merged the replies
 	// sent as one GSO message (for tests).
 	coalesced, merged int
-
-	stopping bool
 }
 
 // txEntry is the session a queued reply belongs to, to count it once sent.
@@ -130,7 +128,7 @@ func (l *loop) run() {
 		l.flush()
 		l.runTimers()
 		l.poll.Yield(l.now)
-		if l.stopping && len(l.table) == 0 {
+		if l.poll.Stopping() && len(l.table) == 0 {
 			return
 		}
 	}
@@ -147,11 +145,7 @@ func (l *loop) waitMillis() int {
 	if !ok {
 		return -1
 	}
-	d := at - l.e.now()
-	if d <= 0 {
-		return 0
-	}
-	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+	return evloop.WaitMillis(at, l.e.now())
 }
 
 func (l *loop) dispatch(ev *unix.EpollEvent) {
@@ -719,12 +713,6 @@ func (l *loop) splitGSO(ls *lsock, i int) {
 }
 
 // --- commands from other goroutines ---
-
-// stop makes the loop exit once it owns no session.
-func (l *loop) stop() {
-	l.poll.Post(func(l *loop) { l.stopping = true })
-	<-l.poll.Exited()
-}
 
 // cut ends the loop's sessions of ln (every session if ln is nil).
 func (l *loop) cut(ln *Listener, cause error) {
