@@ -35,22 +35,14 @@ func readRuns(r io.Reader) ([]run, error) {
 			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
 		rn := run{figures: make(map[string]float64)}
+		texts := map[string]*string{"target": &rn.target, "mode": &rn.mode, "error": &rn.err, "skipped": &rn.skipped, "warning": &rn.warning}
 		for k, v := range m {
 			switch v := v.(type) {
 			case float64:
 				rn.figures[k] = v
 			case string:
-				switch k {
-				case "target":
-					rn.target = v
-				case "mode":
-					rn.mode = v
-				case "error":
-					rn.err = v
-				case "skipped":
-					rn.skipped = v
-				case "warning":
-					rn.warning = v
+				if p, ok := texts[k]; ok {
+					*p = v
 				}
 			}
 		}
@@ -88,45 +80,34 @@ func figuresOf(mode string) []figure {
 		{"rps", "requests/s", higher},
 		{"cpu_us_per_req", "target CPU µs/request", lower},
 	}
+	bulk := []figure{
+		{"gbps", "Gbit/s", higher},
+		{"cpu_s_per_gib", "target CPU s/GiB", lower},
+		{"run_cpu_s_per_gib", "run CPU s/GiB", lower},
+		{"machine_cpu_s_per_gib", "machine CPU s/GiB", lower},
+	}
+	// cycles are the figures of a cycling mode: its rate, the times and
+	// failures of its cycles, and the target's CPU per 1000.
+	cycles := func(rate, cpu figure) []figure {
+		return []figure{rate, {"p50_us", "p50 µs", lower}, {"p99_us", "p99 µs", lower}, {"errors", "errors", lower}, cpu}
+	}
 	switch mode {
 	case "up", "down":
-		return []figure{
-			{"gbps", "Gbit/s", higher},
-			{"cpu_s_per_gib", "target CPU s/GiB", lower},
-			{"run_cpu_s_per_gib", "run CPU s/GiB", lower},
-			{"machine_cpu_s_per_gib", "machine CPU s/GiB", lower},
-		}
-	case "lat1", "latC":
+		return bulk
+	case "lat1", "latC", "udp-lat":
 		return lat
 	case "conn", "connpaced", "sni":
-		return []figure{
-			{"cps", "connections/s", higher},
-			{"p50_us", "p50 µs", lower},
-			{"p99_us", "p99 µs", lower},
-			{"errors", "errors", lower},
-			{"cpu_s_per_1k_conn", "target CPU s/1000 conns", lower},
-		}
+		return cycles(figure{"cps", "connections/s", higher}, figure{"cpu_s_per_1k_conn", "target CPU s/1000 conns", lower})
 	case "tlsfull", "tlsresume":
-		return []figure{
-			{"hps", "handshakes/s", higher},
-			{"p50_us", "p50 µs", lower},
-			{"p99_us", "p99 µs", lower},
-			{"errors", "errors", lower},
-			{"cpu_s_per_1k_hs", "target CPU s/1000 handshakes", lower},
-		}
+		return cycles(figure{"hps", "handshakes/s", higher}, figure{"cpu_s_per_1k_hs", "target CPU s/1000 handshakes", lower})
 	case "tlsbulk":
-		return []figure{
-			{"gbps", "Gbit/s", higher},
-			{"cpu_s_per_gib", "target CPU s/GiB", lower},
-		}
+		return bulk[:2]
 	case "idle":
 		return []figure{
 			{"kib_per_conn", "KiB/conn", lower},
 			{"fds_per_conn", "fds/conn", lower},
 			{"held", "conns held", higher},
 		}
-	case "udp-lat":
-		return lat
 	}
 	if isUDP(mode) {
 		return []figure{
