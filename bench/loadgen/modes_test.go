@@ -376,25 +376,9 @@ func TestNothingMoves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	var held []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			held = append(held, c)
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-		for _, c := range held {
-			c.Close()
-		}
-	})
-	_, err = runLine(t, "-mode", "down", "-target", "hole", "-addr", ln.Addr().String(), "-duration", "100ms")
+	hold := func(c, b net.Conn) {} // the test's clean-up closes both
+	hole := serveForwards(t, ln, startBackend(t), hold, hold)
+	_, err = runLine(t, "-mode", "down", "-target", "hole", "-addr", hole, "-duration", "100ms")
 	if err == nil || !strings.Contains(err.Error(), "no byte arrived") {
 		t.Errorf("down: err = %v, want \"no byte arrived\"", err)
 	}

@@ -82,27 +82,45 @@ func TestParseStatErrors(t *testing.T) {
 	}
 }
 
-// fakeProc builds a proc file system with the given stat lines, and for
-// each pid in fds that many entries under fd/ and an smaps_rollup with
-// pss[pid] kB.
-func fakeProc(t *testing.T, stats map[int]string, fds map[int]int, pss map[int]int64) procFS {
+// fakeProc builds a proc file system of three process trees: 100 is an
+// nginx master with two workers (one named with a space and parentheses);
+// 200 is socat with a child and a grandchild; 300 is an unrelated process
+// whose child 301 must never count. Each has a stat line, entries under
+// fd/ and an smaps_rollup.
+func fakeProc(t *testing.T) procFS {
 	t.Helper()
+	procs := []struct {
+		pid  int
+		stat string
+		fds  int
+		pss  int64
+	}{
+		{1, statLine(1, "init", 0, 1000, 1000, 0, 0), 3, 10},
+		{100, statLine(100, "nginx", 1, 5, 5, 7, 3), 7, 1000},
+		{101, statLine(101, "nginx: worker (a)", 100, 40, 60, 0, 0), 9, 234},
+		{102, statLine(102, ") S 100 (", 100, 1, 2, 0, 0), 2, 66},
+		{200, statLine(200, "socat", 1, 10, 0, 50, 50), 5, 500},
+		{201, statLine(201, "socat", 200, 3, 3, 1, 1), 5, 50},
+		{202, statLine(202, "socat", 201, 2, 2, 0, 0), 5, 50},
+		{300, statLine(300, "other", 1, 500, 500, 0, 0), 100, 99999},
+		{301, statLine(301, "other", 300, 500, 500, 0, 0), 100, 99999},
+	}
 	root := t.TempDir()
-	for pid, line := range stats {
-		dir := filepath.Join(root, strconv.Itoa(pid))
+	for _, p := range procs {
+		dir := filepath.Join(root, strconv.Itoa(p.pid))
 		if err := os.MkdirAll(filepath.Join(dir, "fd"), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(line), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(p.stat), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		for i := range fds[pid] {
+		for i := range p.fds {
 			if err := os.WriteFile(filepath.Join(dir, "fd", strconv.Itoa(i)), nil, 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}
 		rollup := "00400000-7ffd000 ---p 00000000 00:00 0 [rollup]\nRss:  9999 kB\nPss:  " +
-			strconv.FormatInt(pss[pid], 10) + " kB\nPss_Anon: 1 kB\n"
+			strconv.FormatInt(p.pss, 10) + " kB\nPss_Anon: 1 kB\n"
 		if err := os.WriteFile(filepath.Join(dir, "smaps_rollup"), []byte(rollup), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -115,21 +133,7 @@ func fakeProc(t *testing.T, stats map[int]string, fds map[int]int, pss map[int]i
 }
 
 func TestTreeTicks(t *testing.T) {
-	// 100 is an nginx master with two workers (one named with a space
-	// and parentheses); 200 is socat with a child and a grandchild;
-	// 300 is an unrelated process whose child 301 must not count.
-	p := fakeProc(t, map[int]string{
-		1:   statLine(1, "init", 0, 1000, 1000, 0, 0),
-		100: statLine(100, "nginx", 1, 5, 5, 7, 3),
-		101: statLine(101, "nginx: worker (a)", 100, 40, 60, 0, 0),
-		102: statLine(102, ") S 100 (", 100, 1, 2, 0, 0),
-		200: statLine(200, "socat", 1, 10, 0, 50, 50),
-		201: statLine(201, "socat", 200, 3, 3, 1, 1),
-		202: statLine(202, "socat", 201, 2, 2, 0, 0),
-		300: statLine(300, "other", 1, 500, 500, 0, 0),
-		301: statLine(301, "other", 300, 500, 500, 0, 0),
-	}, nil, nil)
-	all, err := p.readAll()
+	all, err := fakeProc(t).readAll()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,26 +193,25 @@ func TestTreeTicksChildReaped(t *testing.T) {
 }
 
 func TestMeasure(t *testing.T) {
-	p := fakeProc(t, map[int]string{
-		1:  statLine(1, "init", 0, 0, 0, 0, 0),
-		50: statLine(50, "nginx", 1, 1, 1, 0, 0),
-		51: statLine(51, "nginx", 50, 2, 2, 0, 0),
-		60: statLine(60, "other", 1, 9, 9, 0, 0),
-	}, map[int]int{50: 7, 51: 9, 60: 100}, map[int]int64{50: 1000, 51: 234, 60: 99999})
-	u, err := p.measure([]int{50}, true, true)
-	if err != nil {
-		t.Fatal(err)
+	p := fakeProc(t)
+	tests := []struct {
+		name     string
+		fds, pss bool
+		want     usage
+	}{
+		{"descriptors and memory", true, true, usage{ticks: 123, procs: 3, fds: 7 + 9 + 2, pssKiB: 1000 + 234 + 66}},
+		{"CPU only", false, false, usage{ticks: 123, procs: 3}},
 	}
-	want := usage{ticks: 6, procs: 2, fds: 16, pssKiB: 1234}
-	if u != want {
-		t.Errorf("measure = %+v, want %+v", u, want)
-	}
-	u, err = p.measure([]int{50}, false, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := (usage{ticks: 6, procs: 2}); u != want {
-		t.Errorf("measure without memory = %+v, want %+v", u, want)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u, err := p.measure([]int{100}, tt.fds, tt.pss)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u != tt.want {
+				t.Errorf("measure = %+v, want %+v", u, tt.want)
+			}
+		})
 	}
 }
 
