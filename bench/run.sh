@@ -45,16 +45,13 @@
 # its PID on exit, and each also ends by itself after TARGET_LIFETIME.
 set -euo pipefail
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/.." && pwd)
-# haproxy and nginx live in /usr/sbin, which a user's PATH may lack.
-PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" bench
 
 REPS=${REPS:-3}
 DURATION=${DURATION:-4s}
 TARGETS=${TARGETS:-direct pj${PJ_BIN_B:+ pj-b} naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls pj-sni haproxy-sni nginx-sni}
 MODES=${MODES:-up down lat1 latC conn sni idle tlsfull tlsresume tlsbulk udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat}
-PJ_BIN=${PJ_BIN:-}
 PJ_BIN_B=${PJ_BIN_B:-}
 IDLE_CONNS=${IDLE_CONNS:-3000}
 CONN_RATE=${CONN_RATE:-100}
@@ -62,7 +59,6 @@ BACKEND_DELAY=${BACKEND_DELAY:-}
 POOL_SIZE=${POOL_SIZE:-64}
 HAPROXY_SPLICE=${HAPROXY_SPLICE:-auto}
 TARGET_LIFETIME=${TARGET_LIFETIME:-2h}
-GO=${GO:-go}
 
 all_targets="direct pj pj-b pj-acl pj-nopool pj-pool pj-tls-nopool pj-tls-pool pj-kernel naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls pj-sni haproxy-sni nginx-sni"
 all_modes="up down lat1 latC conn connpaced sni idle tlsfull tlsresume tlsbulk udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat"
@@ -84,12 +80,6 @@ pairs() {
 }
 nginx_stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
 
-say() { printf 'bench: %s\n' "$*" >&2; }
-die() {
-	say "$*"
-	exit 1
-}
-
 in_list() { # WORD LIST
 	local w
 	for w in $2; do [[ $w == "$1" ]] && return 0; done
@@ -98,11 +88,8 @@ in_list() { # WORD LIST
 
 # --- knobs -------------------------------------------------------------------
 
-[[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS=$REPS: want a whole number >= 1"
-[[ $IDLE_CONNS =~ ^[1-9][0-9]*$ ]] || die "IDLE_CONNS=$IDLE_CONNS: want a whole number >= 1"
+want_count REPS IDLE_CONNS CONN_RATE POOL_SIZE
 [[ -z $BACKEND_DELAY || $BACKEND_DELAY =~ ^[0-9.]+(us|µs|ms|s)$ ]] || die "BACKEND_DELAY=$BACKEND_DELAY: want a duration (1ms)"
-[[ $CONN_RATE =~ ^[1-9][0-9]*$ ]] || die "CONN_RATE=$CONN_RATE: want a whole number >= 1"
-[[ $POOL_SIZE =~ ^[1-9][0-9]*$ ]] || die "POOL_SIZE=$POOL_SIZE: want a whole number >= 1"
 for t in $TARGETS; do in_list "$t" "$all_targets" || die "TARGETS: unknown target '$t' (known: $all_targets)"; done
 for m in $MODES; do in_list "$m" "$all_modes" || die "MODES: unknown mode '$m' (known: $all_modes)"; done
 [[ $HAPROXY_SPLICE == auto || $HAPROXY_SPLICE == always ]] || die "HAPROXY_SPLICE=$HAPROXY_SPLICE: want auto or always"
@@ -147,21 +134,14 @@ fi
 
 # Descriptors: idle holds IDLE_CONNS connections, so the generator, the
 # backend and each proxy need that many or twice that many.
-hard=$(ulimit -Hn)
-[[ $hard == unlimited ]] && hard=1048576
-ulimit -n "$hard" || say "could not raise the open-files limit to $hard"
+raise_open_files
 need=$((2 * IDLE_CONNS + 256))
 if (($(ulimit -n) < need)); then
 	say "warning: open-files limit $(ulimit -n) is below the $need that IDLE_CONNS=$IDLE_CONNS needs; idle will fail"
 fi
 
 started=$(date +%s)
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-results="$here/results/$stamp"
-mkdir -p "$results"
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/pj-bench.XXXXXX")
-raw="$results/raw.jsonl"
-: >"$raw"
+new_results ""
 
 declare -A pid=() port=() # target -> PID of its process (or wrapper), listen port
 declare -A upid=() uport=() # the same for a target's UDP process
@@ -171,38 +151,16 @@ backend_pid=""
 tls_backend_pid="" # the TLS backend of pj-tls-nopool and pj-tls-pool, if either runs
 delay_pids=()      # the delay lines, with BACKEND_DELAY
 
-# alive PID: the process exists and is not a zombie (a child of this shell
-# that exited stays a zombie until waited for, and kill -0 still succeeds).
-alive() {
-	local stat
-	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-	stat=${stat##*) }
-	[[ ${stat%% *} != Z ]]
+# stop_in MAP TARGET NAME: stop the process MAP[TARGET] (MAP is pid or
+# upid), if there is one, and forget it.
+stop_in() {
+	local -n procs=$1
+	[[ -n ${procs[$2]:-} ]] || return 0
+	stop_pid "${procs[$2]}" "$3"
+	unset "procs[$2]"
 }
-
-# stop_pid PID NAME: SIGTERM, up to 10 s to exit, then SIGKILL.
-stop_pid() {
-	local p=$1 name=$2 i
-	if alive "$p"; then
-		kill -TERM "$p" 2>/dev/null || true
-		for ((i = 0; i < 100; i++)); do
-			alive "$p" || break
-			sleep 0.1
-		done
-		if alive "$p"; then
-			say "$name (PID $p) did not stop within 10s of SIGTERM: sending SIGKILL"
-			kill -KILL "$p" 2>/dev/null || true
-		fi
-	fi
-	wait "$p" 2>/dev/null || true
-}
-
-stop_target() {
-	local t=$1
-	[[ -n ${pid[$t]:-} ]] || return 0
-	stop_pid "${pid[$t]}" "$t"
-	unset "pid[$t]"
-}
+stop_target() { stop_in pid "$1" "$1"; }
+stop_udp_target() { stop_in upid "$1" "$1 (UDP)"; }
 
 cleanup() {
 	local rc=$? t
@@ -223,24 +181,11 @@ trap 'say "terminated"; exit 143' TERM
 
 say "results in ${results#"$root"/}"
 say "building the load generator"
-(cd "$root" && "$GO" build -o "$tmp/loadgen" ./bench/loadgen && "$GO" build -o "$tmp/summarize" ./bench/summarize &&
-	"$GO" build -o "$tmp/naive" ./bench/naive) ||
-	die "building bench/loadgen, bench/summarize or bench/naive failed"
-loadgen="$tmp/loadgen"
+build_tools
 
 uses_pj=""
 for t in pj pj-acl pj-nopool pj-pool pj-tls-nopool pj-tls-pool pj-kernel pj-tls pj-sni; do in_list "$t" "$TARGETS" && uses_pj=1; done
-if [[ -n $uses_pj ]]; then
-	if [[ -n $PJ_BIN ]]; then
-		[[ -x $PJ_BIN ]] || die "PJ_BIN=$PJ_BIN is not an executable file"
-		pj=$(cd "$(dirname "$PJ_BIN")" && pwd)/$(basename "$PJ_BIN")
-	else
-		say "building pj from $root"
-		(cd "$root" && CGO_ENABLED=0 "$GO" build -trimpath -o "$tmp/pj" ./cmd/pj) ||
-			die "building pj failed; fix the tree, or set PJ_BIN to a pj binary to benchmark"
-		pj="$tmp/pj"
-	fi
-fi
+if [[ -n $uses_pj ]]; then pick_pj; fi
 
 {
 	echo "date: $stamp"
@@ -266,12 +211,7 @@ fi
 "$loadgen" serve -listen 127.0.0.1:0 -port-file "$tmp/backend.port" -parent $$ -lifetime "$TARGET_LIFETIME" \
 	</dev/null >>"$results/backend.log" 2>&1 &
 backend_pid=$!
-for ((i = 0; i < 100; i++)); do
-	[[ -s $tmp/backend.port ]] && break
-	alive "$backend_pid" || die "the backend exited at start-up: $(tail -n 3 "$results/backend.log")"
-	sleep 0.1
-done
-[[ -s $tmp/backend.port ]] || die "the backend did not report its port within 10s"
+wait_file "$tmp/backend.port" "$backend_pid" "the backend" "$results/backend.log"
 backend_port=$(<"$tmp/backend.port")
 say "backend on 127.0.0.1:$backend_port (PID $backend_pid)"
 
@@ -317,12 +257,7 @@ if in_list pj-tls-nopool "$TARGETS" || in_list pj-tls-pool "$TARGETS"; then
 	"$loadgen" serve -listen 127.0.0.1:0 -port-file "$tmp/tls-backend.port" -parent $$ -lifetime "$TARGET_LIFETIME" \
 		-tls-cert "$tlsdir/cert.pem" -tls-key "$tlsdir/key.pem" </dev/null >>"$results/tls-backend.log" 2>&1 &
 	tls_backend_pid=$!
-	for ((i = 0; i < 100; i++)); do
-		[[ -s $tmp/tls-backend.port ]] && break
-		alive "$tls_backend_pid" || die "the TLS backend exited at start-up: $(tail -n 3 "$results/tls-backend.log")"
-		sleep 0.1
-	done
-	[[ -s $tmp/tls-backend.port ]] || die "the TLS backend did not report its port within 10s"
+	wait_file "$tmp/tls-backend.port" "$tls_backend_pid" "the TLS backend" "$results/tls-backend.log"
 	tls_backend_port=$(<"$tmp/tls-backend.port")
 	say "TLS backend on 127.0.0.1:$tls_backend_port (PID $tls_backend_pid)"
 fi
@@ -333,12 +268,7 @@ start_delay() {
 	"$loadgen" delay -to "127.0.0.1:$2" -delay "$BACKEND_DELAY" -port-file "$tmp/$1.port" -parent $$ \
 		-lifetime "$TARGET_LIFETIME" </dev/null >>"$results/$1.log" 2>&1 &
 	delay_pids+=($!)
-	for ((i = 0; i < 100; i++)); do
-		[[ -s $tmp/$1.port ]] && break
-		alive "$!" || die "the delay line $1 exited at start-up: $(tail -n 3 "$results/$1.log")"
-		sleep 0.1
-	done
-	[[ -s $tmp/$1.port ]] || die "the delay line $1 did not report its port within 10s"
+	wait_file "$tmp/$1.port" "$!" "the delay line $1" "$results/$1.log"
 	delay_port=$(<"$tmp/$1.port")
 }
 
@@ -666,13 +596,6 @@ stream {
 }
 EOF
 	} >"$1/nginx.conf"
-}
-
-stop_udp_target() {
-	local t=$1
-	[[ -n ${upid[$t]:-} ]] || return 0
-	stop_pid "${upid[$t]}" "$t (UDP)"
-	unset "upid[$t]"
 }
 
 # start_udp_target NAME: start its UDP process, wait until an echo through

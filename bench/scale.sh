@@ -16,48 +16,26 @@
 #   PJ_BIN      benchmark this pj binary instead of building one from the tree
 set -euo pipefail
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/.." && pwd)
-PATH="$PATH:/usr/local/go/bin"
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" scale
 REPS=${REPS:-3}
 DURATION=${DURATION:-3s}
 HELD=${HELD:-9000}
 OVER=${OVER:-16000}
-PJ_BIN=${PJ_BIN:-}
-GO=${GO:-go}
 proxies=100 pool=1000
 
-say() { printf 'scale: %s\n' "$*" >&2; }
-die() {
-	say "$*"
-	exit 1
-}
-[[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS=$REPS: want a whole number >= 1"
-[[ $HELD =~ ^[1-9][0-9]*$ ]] || die "HELD=$HELD: want a whole number >= 1"
-[[ $OVER =~ ^[1-9][0-9]*$ ]] || die "OVER=$OVER: want a whole number >= 1"
+want_count REPS HELD OVER
 command -v curl >/dev/null || die "curl is needed to time the connection table: apt-get install -y curl"
 
-hard=$(ulimit -Hn)
-[[ $hard == unlimited ]] && hard=1048576
-ulimit -n "$hard" || true
+raise_open_files
 say "open-files limit $(ulimit -n) per process: pj holds 2 per connection, so at most about $((($(ulimit -n) - 100) / 2)) connections"
 
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-results="$here/results/scale-$stamp"
-mkdir -p "$results"
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/pj-scale.XXXXXX")
-raw="$results/raw.jsonl"
-: >"$raw"
+new_results scale
 declare -a pids=()
 cleanup() {
 	local rc=$? p
 	trap - EXIT INT TERM
-	for p in "${pids[@]}"; do
-		kill -TERM "$p" 2>/dev/null || true
-	done
-	for p in "${pids[@]}"; do
-		wait "$p" 2>/dev/null || true
-	done
+	for p in "${pids[@]}"; do stop_pid "$p" "PID $p"; done
 	rm -rf "$tmp"
 	exit "$rc"
 }
@@ -65,26 +43,16 @@ trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT
 trap 'say "terminated"; exit 143' TERM
 
-(cd "$root" && "$GO" build -o "$tmp/loadgen" ./bench/loadgen && "$GO" build -o "$tmp/summarize" ./bench/summarize) ||
-	die "building bench/loadgen or bench/summarize failed"
-loadgen="$tmp/loadgen"
-if [[ -n $PJ_BIN ]]; then
-	pj=$PJ_BIN
-else
-	(cd "$root" && CGO_ENABLED=0 "$GO" build -trimpath -o "$tmp/pj" ./cmd/pj) || die "building pj failed"
-	pj="$tmp/pj"
-fi
+build_tools
+pick_pj
 
 # The backend: one port, and $pool more for the pool.
 "$loadgen" serve -port-file "$tmp/backend.port" -more "$pool" -more-file "$tmp/pool.ports" \
 	-parent $$ -lifetime 1h </dev/null >>"$results/backend.log" 2>&1 &
 backend_pid=$!
 pids+=("$backend_pid")
-for ((i = 0; i < 100; i++)); do
-	[[ -s $tmp/backend.port && -s $tmp/pool.ports ]] && break
-	sleep 0.1
-done
-[[ -s $tmp/pool.ports ]] || die "the backend did not start: $(tail -n 3 "$results/backend.log")"
+wait_file "$tmp/backend.port" "$backend_pid" "the backend" "$results/backend.log"
+wait_file "$tmp/pool.ports" "$backend_pid" "the backend" "$results/backend.log"
 backend=$(<"$tmp/backend.port")
 
 read -r -a ports <<<"$("$loadgen" ports -n $((proxies + 2)))"
@@ -103,17 +71,20 @@ many=("${ports[@]:2}") # many[0]: the pool of $pool; many[1..]: one backend each
 	done
 } >"$tmp/many.yaml"
 
-start() { # NAME ADDR ARGS...: start pj, wait until an echo through ADDR works
-	local name=$1 addr=$2
-	shift 2
+# start VAR NAME ADDR ARGS...: start pj, wait until an echo through ADDR
+# works; its PID goes to VAR and to pids (so not in a subshell, which
+# would lose it and leave pj running after the clean-up).
+start() {
+	local -n started=$1
+	local name=$2 addr=$3
+	shift 3
 	timeout -k 5 1h "$pj" "$@" </dev/null >>"$results/$name.log" 2>&1 &
-	local p=$!
-	pids+=("$p")
-	"$loadgen" wait -addr "$addr" -pid "$p" -timeout 30s >&2 || die "$name did not start: $(tail -n 3 "$results/$name.log")"
-	echo "$p"
+	started=$!
+	pids+=("$started")
+	"$loadgen" wait -addr "$addr" -pid "$started" -timeout 30s >&2 || die "$name did not start: $(tail -n 3 "$results/$name.log")"
 }
-one=$(start pj "127.0.0.1:$single" --proxy "127.0.0.1:$single:127.0.0.1:$backend" --admin "127.0.0.1:$admin")
-big=$(start pj-100 "127.0.0.1:${many[1]}" -c "$tmp/many.yaml")
+start one pj "127.0.0.1:$single" --proxy "127.0.0.1:$single:127.0.0.1:$backend" --admin "127.0.0.1:$admin"
+start big pj-100 "127.0.0.1:${many[1]}" -c "$tmp/many.yaml"
 # The pool's backends are checked every 2 s; wait until pj has them all up.
 "$loadgen" wait -addr "127.0.0.1:${many[0]}" -pid "$big" -timeout 30s >&2 || die "the pool proxy does not answer"
 
@@ -176,7 +147,8 @@ wait "$idle_pid" || true
 say "over the limit: $OVER connections asked of pj at once, for 60 s (those beyond its descriptors wait in the accept queue)"
 timeout 60 "$loadgen" run -mode idle -target pj -addr "127.0.0.1:$single" -pids "$one" -idle-conns "$OVER" \
 	>/dev/null 2>>"$results/loadgen.log" || true
-most=$(grep -o 'connections=[0-9]*' "$results/pj.log" | cut -d= -f2 | sort -n | tail -n 1)
+# No line at all when pj was never short of descriptors (a small OVER).
+most=$(grep -o 'connections=[0-9]*' "$results/pj.log" | cut -d= -f2 | sort -n | tail -n 1) || true
 echo "{\"target\":\"pj\",\"mode\":\"over\",\"asked\":$OVER,\"held_most\":${most:-0},\"shortage_lines\":$(grep -c 'too many open files' "$results/pj.log"),\"accepting_again_lines\":$(grep -c 'accepting again' "$results/pj.log")}" >>"$raw"
 grep -E "too many open files|accepting again" "$results/pj.log" | tail -n 2 | cut -c1-240 | sed 's/^/  pj: /' >&2 || true
 
