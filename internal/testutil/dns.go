@@ -26,29 +26,8 @@ type DNS struct {
 // StartDNS starts a DNS server; it stops at the end of the test.
 func StartDNS(t testing.TB) *DNS {
 	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen udp: %v", err)
-	}
-	d := &DNS{Addr: pc.LocalAddr().String(), ips: map[string][]netip.Addr{}, srvs: map[string][]net.SRV{}}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return // closed
-			}
-			if resp := d.answer(buf[:n]); resp != nil {
-				_, _ = pc.WriteTo(resp, from)
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		_ = pc.Close()
-		<-done
-	})
+	d := &DNS{ips: map[string][]netip.Addr{}, srvs: map[string][]net.SRV{}}
+	d.Addr = ServeUDP(t, d.answer).String()
 	return d
 }
 

@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 	"unsafe"
@@ -88,17 +89,7 @@ func TestSendRunKeepsBoundaries(t *testing.T) {
 			if want == nil {
 				want = tc.slots
 			}
-			buf := make([]byte, 1<<16)
-			for i, w := range want {
-				_ = recv.SetReadDeadline(time.Now().Add(5 * time.Second))
-				m, err := recv.Read(buf)
-				if err != nil {
-					t.Fatalf("datagram %d: %v", i, err)
-				}
-				if !bytes.Equal(buf[:m], w) {
-					t.Fatalf("datagram %d: %d bytes of %q, want %d of %q", i, m, buf[0], len(w), w[0])
-				}
-			}
+			wantDatagrams(t, recv, want)
 		})
 	}
 }
@@ -108,42 +99,18 @@ func TestSendRunKeepsBoundaries(t *testing.T) {
 // client must still get each reply whole and alone, and the session counts
 // each.
 func TestCoalescedReplies(t *testing.T) {
-	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			_, from, err := srv.ReadFromUDP(buf)
-			if err != nil {
-				return
-			}
-			payload := append(append(fill('1', 300), fill('2', 300)...), fill('3', 120)...)
-			oob := make([]byte, unix.CmsgSpace(2))
-			putSegment(oob, 300)
-			_, _, _ = srv.WriteMsgUDP(payload, oob, from)
-		}
-	}()
-	t.Cleanup(func() { _ = srv.Close(); <-done })
-	h := newHarness(t, opts{}, srv.LocalAddr().String())
+	srv := testutil.HandleUDP(t, func(c *net.UDPConn, _ []byte, from netip.AddrPort) {
+		payload := append(append(fill('1', 300), fill('2', 300)...), fill('3', 120)...)
+		oob := make([]byte, unix.CmsgSpace(2))
+		putSegment(oob, 300)
+		_, _, _ = c.WriteMsgUDPAddrPort(payload, oob, from)
+	})
+	h := newHarness(t, opts{}, srv.String())
 	c := client(t, "127.0.0.1:0")
 	if _, err := c.WriteToUDPAddrPort([]byte("go"), h.addr); err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 1<<16)
-	for i, w := range [][]byte{fill('1', 300), fill('2', 300), fill('3', 120)} {
-		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		m, err := c.Read(buf)
-		if err != nil {
-			t.Fatalf("reply %d: %v", i, err)
-		}
-		if !bytes.Equal(buf[:m], w) {
-			t.Fatalf("reply %d: %d bytes of %q, want %d of %q", i, m, buf[0], len(w), w[0])
-		}
-	}
+	wantDatagrams(t, c, [][]byte{fill('1', 300), fill('2', 300), fill('3', 120)})
 	testutil.WaitFor(t, 5*time.Second, "three datagrams counted", func() bool {
 		ss := h.e.Sessions()
 		return len(ss) == 1 && ss[0].DgramsDn == 3 && ss[0].Down == 720
@@ -216,19 +183,26 @@ func TestRepliesMerged(t *testing.T) {
 	if l.merged == 0 {
 		t.Fatal("the replies were not merged into a GSO message")
 	}
-	buf := make([]byte, 1<<16)
-	for i, w := range want {
-		_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
-		m, err := client.Read(buf)
-		if err != nil {
-			t.Fatalf("reply %d: %v", i, err)
-		}
-		if !bytes.Equal(buf[:m], w) {
-			t.Fatalf("reply %d: %d bytes of %q, want %d of %q", i, m, buf[0], len(w), w[0])
-		}
-	}
+	wantDatagrams(t, client, want)
 	if s.down.dgrams != 5 || s.down.bytes != 2870 {
 		t.Fatalf("counted %d datagrams, %d bytes; want 5, 2870", s.down.dgrams, s.down.bytes)
+	}
+}
+
+// wantDatagrams reads a datagram for each of want from c, each within
+// 5 s, and fails the test unless each is its want, whole and alone.
+func wantDatagrams(t *testing.T, c *net.UDPConn, want [][]byte) {
+	t.Helper()
+	buf := make([]byte, 1<<16)
+	for i, w := range want {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		m, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		if !bytes.Equal(buf[:m], w) {
+			t.Fatalf("datagram %d: %d bytes of %q, want %d of %q", i, m, buf[0], len(w), w[0])
+		}
 	}
 }
 
