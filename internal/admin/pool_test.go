@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,29 +16,14 @@ import (
 	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
-// greeter is a backend that greets each connection with its number, as
-// an SMTP or SSH server greets first, then echoes.
-type greeter struct {
-	addr     string
-	accepted atomic.Int64
-	mu       sync.Mutex
-	conns    []net.Conn
-}
-
-func startGreeter(t *testing.T) *greeter {
+// startGreeter starts a backend that greets each connection with its
+// number, as an SMTP or SSH server greets first, then echoes.
+func startGreeter(t *testing.T) *tu.Counted {
 	t.Helper()
-	g := &greeter{}
-	ln := tu.Listen(t, "tcp4")
-	g.addr = ln.Addr().String()
-	tu.Serve(t, ln, func(c net.Conn) {
-		n := g.accepted.Add(1)
-		g.mu.Lock()
-		g.conns = append(g.conns, c)
-		g.mu.Unlock()
+	return tu.StartCounted(t, func(c net.Conn, n int64) {
 		_, _ = io.WriteString(c, greeting(n))
 		tu.Echo(c)
 	})
-	return g
 }
 
 func greeting(n int64) string { return "220 conn " + string(rune('0'+n%10)) + "\r\n" }
@@ -54,7 +38,7 @@ func greeting(n int64) string { return "220 conn " + string(rune('0'+n%10)) + "\
 // and the metrics show the pool.
 func TestPoolGreetingFirstAndCounted(t *testing.T) {
 	g := startGreeter(t)
-	p := pjtest.Proxy("mail", tu.SecludedAddr(t), g.addr)
+	p := pjtest.Proxy("mail", tu.SecludedAddr(t), g.Addr)
 	p.Balance = "least-conn"
 	p.Pool.Size = 2
 	pj := start(t, Options{}, p)
@@ -91,8 +75,8 @@ func TestPoolGreetingFirstAndCounted(t *testing.T) {
 	waitPool(2) // refilled
 	// The backend counts a connection when its accept returns, which may
 	// be after pj's connect did.
-	tu.WaitFor(t, 10*time.Second, "the backend to accept the refill", func() bool { return g.accepted.Load() >= 3 })
-	if n := g.accepted.Load(); n != 3 {
+	tu.WaitFor(t, 10*time.Second, "the backend to accept the refill", func() bool { return g.Accepted.Load() >= 3 })
+	if n := g.Accepted.Load(); n != 3 {
 		t.Errorf("backend accepted %d connections, want 3", n)
 	}
 	fams := pj.metrics(t)
@@ -102,10 +86,10 @@ func TestPoolGreetingFirstAndCounted(t *testing.T) {
 	if v := value(t, fams, "pj_pool_takes_total", map[string]string{"proxy": "mail", "result": "miss"}); v != 0 {
 		t.Errorf("misses %v, want 0", v)
 	}
-	if v := value(t, fams, "pj_pool_idle_connections", map[string]string{"proxy": "mail", "backend": g.addr}); v != 2 {
+	if v := value(t, fams, "pj_pool_idle_connections", map[string]string{"proxy": "mail", "backend": g.Addr}); v != 2 {
 		t.Errorf("idle %v, want 2", v)
 	}
-	if v := value(t, fams, "pj_backend_active_connections", map[string]string{"proxy": "mail", "backend": g.addr}); v != 1 {
+	if v := value(t, fams, "pj_backend_active_connections", map[string]string{"proxy": "mail", "backend": g.Addr}); v != 1 {
 		t.Errorf("active %v, want 1: the client's, not the warm ones", v)
 	}
 }
@@ -115,20 +99,16 @@ func TestPoolGreetingFirstAndCounted(t *testing.T) {
 // refilled one), greeting and all.
 func TestPoolClosedWarmConnectionNeverReachesAClient(t *testing.T) {
 	g := startGreeter(t)
-	p := pjtest.Proxy("mail", tu.SecludedAddr(t), g.addr)
+	p := pjtest.Proxy("mail", tu.SecludedAddr(t), g.Addr)
 	p.Pool.Size = 3
 	pj := start(t, Options{}, p)
-	tu.WaitFor(t, 10*time.Second, "the pool to fill", func() bool { return g.accepted.Load() == 3 })
+	tu.WaitFor(t, 10*time.Second, "the pool to fill", func() bool { return g.Accepted.Load() == 3 })
 	tu.WaitFor(t, 10*time.Second, "the backend to hold 3", func() bool {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		return len(g.conns) == 3
+		return len(g.Conns()) == 3
 	})
-	g.mu.Lock()
-	for _, c := range g.conns {
+	for _, c := range g.Conns() {
 		_ = c.Close()
 	}
-	g.mu.Unlock()
 	for range 3 {
 		c := tu.Dial(t, pj.srv.Addr(0))
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -148,7 +128,7 @@ func TestPoolClosedWarmConnectionNeverReachesAClient(t *testing.T) {
 // the client is served all the same.
 func TestPoolMissDials(t *testing.T) {
 	g := startGreeter(t)
-	p := pjtest.Proxy("mail", tu.SecludedAddr(t), g.addr)
+	p := pjtest.Proxy("mail", tu.SecludedAddr(t), g.Addr)
 	p.Pool.Size = 1
 	pj := start(t, Options{}, p)
 	tu.WaitFor(t, 10*time.Second, "the pool to fill", func() bool {
@@ -181,16 +161,16 @@ func TestPoolMissDials(t *testing.T) {
 func TestPoolPerRoute(t *testing.T) {
 	warmB, coldB := startGreeter(t), startGreeter(t)
 	p := pjtest.Routed("edge", tu.SecludedAddr(t),
-		pjtest.Route("local", config.Match{Source: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, warmB.addr),
-		pjtest.Route("rest", config.Match{}, coldB.addr))
+		pjtest.Route("local", config.Match{Source: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, warmB.Addr),
+		pjtest.Route("rest", config.Match{}, coldB.Addr))
 	p.Routes[0].Settings.Pool.Size = 1
 	pj := start(t, Options{}, p)
 	tu.WaitFor(t, 10*time.Second, "the route's pool to fill", func() bool {
 		rs := pj.proxies(t).Proxies[0].Routes
 		return rs[0].Backends[0].Pool != nil && rs[0].Backends[0].Pool.Idle == 1
 	})
-	if b := pj.proxies(t).Proxies[0].Routes[1].Backends[0]; b.Pool != nil || coldB.accepted.Load() != 0 {
-		t.Errorf("the route without a pool shows %+v and its backend accepted %d, want no pool and 0", b.Pool, coldB.accepted.Load())
+	if b := pj.proxies(t).Proxies[0].Routes[1].Backends[0]; b.Pool != nil || coldB.Accepted.Load() != 0 {
+		t.Errorf("the route without a pool shows %+v and its backend accepted %d, want no pool and 0", b.Pool, coldB.Accepted.Load())
 	}
 	c := tu.Dial(t, pj.srv.Addr(0))
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -212,12 +192,7 @@ func TestPoolBackendTLS(t *testing.T) {
 	cfg := &tls.Config{Certificates: []tls.Certificate{ca.KeyPair(t, tu.Leaf{Names: []string{"localhost"}, IPs: []string{"127.0.0.1"}})}}
 	var handshakes atomic.Int64
 	ln := tu.Listen(t, "tcp4")
-	tu.Serve(t, ln, func(c net.Conn) {
-		tc := tls.Server(c, cfg)
-		_ = tc.SetDeadline(time.Now().Add(30 * time.Second))
-		if tc.Handshake() != nil {
-			return
-		}
+	tu.ServeTLS(t, ln, cfg, func(tc *tls.Conn) {
 		_, _ = io.WriteString(tc, greeting(handshakes.Add(1)))
 		tu.Echo(tc)
 	})

@@ -1,9 +1,6 @@
 package server_test
 
 import (
-	"io"
-	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,33 +10,13 @@ import (
 	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
-// counted is a backend that counts the connections it accepts and those
-// that pj closed.
-type counted struct {
-	addr             string
-	accepted, closed atomic.Int64
-}
-
-func startCounted(t *testing.T) *counted {
-	t.Helper()
-	b := &counted{}
-	ln := testutil.Listen(t, "tcp4")
-	b.addr = ln.Addr().String()
-	testutil.Serve(t, ln, func(c net.Conn) {
-		b.accepted.Add(1)
-		_, _ = io.Copy(io.Discard, c)
-		b.closed.Add(1)
-	})
-	return b
-}
-
 // TestReloadKeepsAPoolAndClosesRemovedBackends: a reload that changes
 // a pooled proxy's other settings and removes one backend keeps the warm
 // connections of the backend that stays and closes the removed one's;
 // shutdown closes the rest.
 func TestReloadKeepsAPoolAndClosesRemovedBackends(t *testing.T) {
-	a, b := startCounted(t), startCounted(t)
-	p := pjconf.Proxy("db", testutil.ClosedAddr(t), a.addr, b.addr)
+	a, b := testutil.StartCounted(t, nil), testutil.StartCounted(t, nil)
+	p := pjconf.Proxy("db", testutil.ClosedAddr(t), a.Addr, b.Addr)
 	p.Pool.Size = 2
 	p.HealthCheck.Interval = 0
 	srv := pjtest.Start(t, cfgOf(time.Second, p), server.Options{})
@@ -54,11 +31,11 @@ func TestReloadKeepsAPoolAndClosesRemovedBackends(t *testing.T) {
 	if _, err := srv.Reload(cfgOf(time.Second, p)); err != nil {
 		t.Fatal(err)
 	}
-	testutil.WaitFor(t, 10*time.Second, "the removed backend's warm connections to be closed", func() bool { return b.closed.Load() == 2 })
+	testutil.WaitFor(t, 10*time.Second, "the removed backend's warm connections to be closed", func() bool { return b.Ended.Load() == 2 })
 	if n := idle(0); n != 2 {
 		t.Errorf("the kept backend has %d warm connections after the reload, want the same 2", n)
 	}
-	if n, c := a.accepted.Load(), a.closed.Load(); n != 2 || c != 0 {
+	if n, c := a.Accepted.Load(), a.Ended.Load(); n != 2 || c != 0 {
 		t.Errorf("the kept backend accepted %d and saw %d closed; want 2 and 0", n, c)
 	}
 
@@ -68,11 +45,11 @@ func TestReloadKeepsAPoolAndClosesRemovedBackends(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, 10*time.Second, "the old pool's connections to be replaced", func() bool {
-		return a.closed.Load() == 2 && a.accepted.Load() == 4 && idle(0) == 2
+		return a.Ended.Load() == 2 && a.Accepted.Load() == 4 && idle(0) == 2
 	})
 
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	testutil.WaitFor(t, 10*time.Second, "shutdown to close every warm connection", func() bool { return a.closed.Load() == 4 })
+	testutil.WaitFor(t, 10*time.Second, "shutdown to close every warm connection", func() bool { return a.Ended.Load() == 4 })
 }

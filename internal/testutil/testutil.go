@@ -15,9 +15,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,6 +80,46 @@ func Serve(t testing.TB, ln net.Listener, handle func(net.Conn)) {
 		mu.Unlock()
 		wg.Wait()
 	})
+}
+
+// Counted is a loopback backend that counts and keeps the connections it
+// accepts, for tests that count what pj opened and closed (warm pools,
+// reloads).
+type Counted struct {
+	Addr     string
+	Accepted atomic.Int64 // connections accepted
+	Ended    atomic.Int64 // connections served to their end
+	mu       sync.Mutex
+	conns    []net.Conn
+}
+
+// StartCounted starts a Counted backend on tcp4 loopback. serve serves
+// each connection, given its number (from 1); a nil serve reads to the
+// end and answers nothing.
+func StartCounted(t testing.TB, serve func(c net.Conn, n int64)) *Counted {
+	t.Helper()
+	if serve == nil {
+		serve = func(c net.Conn, _ int64) { _, _ = io.Copy(io.Discard, c) }
+	}
+	b := &Counted{}
+	ln := Listen(t, "tcp4")
+	b.Addr = ln.Addr().String()
+	Serve(t, ln, func(c net.Conn) {
+		n := b.Accepted.Add(1)
+		b.mu.Lock()
+		b.conns = append(b.conns, c)
+		b.mu.Unlock()
+		serve(c, n)
+		b.Ended.Add(1)
+	})
+	return b
+}
+
+// Conns returns the connections accepted so far, in order.
+func (b *Counted) Conns() []net.Conn {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.conns)
 }
 
 // ServeTLS is Serve for TLS servers with cfg: handle gets each connection
@@ -365,9 +407,16 @@ func IsTimeout(err error) bool {
 // closes; it returns the backend's address.
 func Identify(t testing.TB, name string) string {
 	t.Helper()
+	return IdentifyListener(t, name).Addr().String()
+}
+
+// IdentifyListener is Identify returning the backend's listener, for a
+// test that closes it to take the backend down.
+func IdentifyListener(t testing.TB, name string) net.Listener {
+	t.Helper()
 	ln := Listen(t, "tcp4")
 	Serve(t, ln, func(c net.Conn) { _, _ = io.WriteString(c, name) })
-	return ln.Addr().String()
+	return ln
 }
 
 // Ask connects to addr and returns what the backend says before it

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,42 +18,16 @@ import (
 	"github.com/pj-proxy/pj/internal/warm"
 )
 
-// backend is a loopback server that keeps every connection it accepts,
-// sends each its greeting, and counts them.
-type backend struct {
-	addr     string
-	mu       sync.Mutex
-	conns    []net.Conn
-	accepted atomic.Int64
-	ended    atomic.Int64 // connections pj closed (EOF seen)
-}
-
-func startBackend(t *testing.T, greeting string) *backend {
+// startBackend starts a backend that sends each connection greeting and
+// then reads it to the end (pj closes it).
+func startBackend(t *testing.T, greeting string) *testutil.Counted {
 	t.Helper()
-	b := &backend{}
-	ln := testutil.Listen(t, "tcp4")
-	b.addr = ln.Addr().String()
-	testutil.Serve(t, ln, func(c net.Conn) {
-		b.accepted.Add(1)
-		b.mu.Lock()
-		b.conns = append(b.conns, c)
-		b.mu.Unlock()
+	return testutil.StartCounted(t, func(c net.Conn, _ int64) {
 		if greeting != "" {
 			_, _ = io.WriteString(c, greeting)
 		}
 		_, _ = io.Copy(io.Discard, c)
-		b.ended.Add(1)
 	})
-	return b
-}
-
-// closeAll closes the connections accepted so far but the last keep.
-func (b *backend) closeAll(keep int) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, c := range b.conns[:len(b.conns)-keep] {
-		_ = c.Close()
-	}
 }
 
 type pools struct {
@@ -117,12 +90,12 @@ func readFD(t *testing.T, fd int, n int) string {
 
 func TestTakeHitAndMiss(t *testing.T) {
 	b := startBackend(t, "220 ready\r\n")
-	p := newPools(t, settings(2, time.Minute), b.addr)
+	p := newPools(t, settings(2, time.Minute), b.Addr)
 	if fd := p.Take(p.backend(0)); fd >= 0 {
 		t.Fatalf("Take before Start = %d, want -1 (a miss)", fd)
 	}
 	p.Start()
-	waitIdle(t, p, b.addr, 2)
+	waitIdle(t, p, b.Addr, 2)
 	fd := p.Take(p.backend(0))
 	if fd < 0 {
 		t.Fatal("Take from a full pool missed")
@@ -138,35 +111,32 @@ func TestTakeHitAndMiss(t *testing.T) {
 	}
 	// The pool fills again. (The backend counts a connection when its
 	// accept returns, which may be after pj's connect did.)
-	waitIdle(t, p, b.addr, 2)
-	testutil.WaitFor(t, 5*time.Second, "the backend to accept the replacement", func() bool { return b.accepted.Load() >= 3 })
-	if n := b.accepted.Load(); n != 3 {
+	waitIdle(t, p, b.Addr, 2)
+	testutil.WaitFor(t, 5*time.Second, "the backend to accept the replacement", func() bool { return b.Accepted.Load() >= 3 })
+	if n := b.Accepted.Load(); n != 3 {
 		t.Errorf("backend accepted %d connections, want 3 (2, then 1 replacing the taken one)", n)
 	}
 }
 
 func TestClosedByBackendIsDiscarded(t *testing.T) {
 	b := startBackend(t, "")
-	p := newPools(t, settings(3, time.Minute), b.addr)
+	p := newPools(t, settings(3, time.Minute), b.Addr)
 	p.SetDialer(func(ctx context.Context, a netip.AddrPort, d time.Duration) (int, error) {
-		if b.accepted.Load() >= 3 {
+		if b.Accepted.Load() >= 3 {
 			return -1, errors.New("no more, for this test")
 		}
 		return warm.Dial(ctx, a, d)
 	})
 	p.Start()
-	waitIdle(t, p, b.addr, 3)
+	waitIdle(t, p, b.Addr, 3)
 	testutil.WaitFor(t, 5*time.Second, "the backend to see 3 connections", func() bool {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		return len(b.conns) == 3
+		return len(b.Conns()) == 3
 	})
 	// The backend closes two of them (whichever Take would try first).
-	b.mu.Lock()
-	survivor := b.conns[0]
-	_ = b.conns[1].Close()
-	_ = b.conns[2].Close()
-	b.mu.Unlock()
+	conns := b.Conns()
+	survivor := conns[0]
+	_ = conns[1].Close()
+	_ = conns[2].Close()
 	// Take skips the closed ones (or a refill dropped them first) and
 	// gives the survivor.
 	fd := -1
@@ -186,7 +156,7 @@ func TestClosedByBackendIsDiscarded(t *testing.T) {
 	// Those Take did not look at are dropped by the next refill.
 	testutil.WaitFor(t, 5*time.Second, "the closed connections to be dropped", func() bool {
 		p.Refill()
-		return p.Idle(b.addr) == 0
+		return p.Idle(b.Addr) == 0
 	})
 }
 
@@ -205,15 +175,13 @@ func TestAlive(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := startBackend(t, tt.greeting)
-			fd, err := warm.Dial(context.Background(), netip.MustParseAddrPort(b.addr), 5*time.Second)
+			fd, err := warm.Dial(context.Background(), netip.MustParseAddrPort(b.Addr), 5*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer unix.Close(fd)
 			testutil.WaitFor(t, 5*time.Second, "the backend to accept", func() bool {
-				b.mu.Lock()
-				defer b.mu.Unlock()
-				return len(b.conns) == 1
+				return len(b.Conns()) == 1
 			})
 			if tt.greeting != "" {
 				testutil.WaitFor(t, 5*time.Second, "the greeting", func() bool {
@@ -223,7 +191,7 @@ func TestAlive(t *testing.T) {
 				})
 			}
 			if tt.closed {
-				b.closeAll(0)
+				_ = b.Conns()[0].Close()
 			}
 			if tt.want {
 				if !warm.Alive(fd) {
@@ -238,18 +206,18 @@ func TestAlive(t *testing.T) {
 
 func TestMaxAgeReplaces(t *testing.T) {
 	b := startBackend(t, "")
-	p := newPools(t, settings(2, 50*time.Millisecond), b.addr)
+	p := newPools(t, settings(2, 50*time.Millisecond), b.Addr)
 	p.Start()
 	// The first two expire, are closed, and are replaced.
 	testutil.WaitFor(t, 10*time.Second, "the first connections to be replaced", func() bool {
-		return b.ended.Load() >= 2 && b.accepted.Load() >= 4
+		return b.Ended.Load() >= 2 && b.Accepted.Load() >= 4
 	})
-	waitIdle(t, p, b.addr, 2)
+	waitIdle(t, p, b.Addr, 2)
 }
 
 func TestRefillIsBounded(t *testing.T) {
 	b := startBackend(t, "")
-	p := newPools(t, settings(10, time.Minute), b.addr)
+	p := newPools(t, settings(10, time.Minute), b.Addr)
 	var inFlight, peak atomic.Int64
 	release := make(chan struct{})
 	p.SetDialer(func(ctx context.Context, a netip.AddrPort, d time.Duration) (int, error) {
@@ -274,57 +242,57 @@ func TestRefillIsBounded(t *testing.T) {
 	for range 5 {
 		p.Refill()
 	}
-	if n := p.Dialing(b.addr); n != warm.MaxDials {
+	if n := p.Dialing(b.Addr); n != warm.MaxDials {
 		t.Fatalf("%d dials in flight, want %d", n, warm.MaxDials)
 	}
 	close(release)
-	waitIdle(t, p, b.addr, 10)
+	waitIdle(t, p, b.Addr, 10)
 	if got := peak.Load(); got > warm.MaxDials {
 		t.Errorf("at most %d dials were in flight at once, want at most %d", got, warm.MaxDials)
 	}
-	if n := b.accepted.Load(); n != 10 {
+	if n := b.Accepted.Load(); n != 10 {
 		t.Errorf("backend accepted %d connections, want 10", n)
 	}
 }
 
 func TestDownBackendIsNotRefilled(t *testing.T) {
 	b := startBackend(t, "")
-	p := newPools(t, settings(2, time.Minute), b.addr)
+	p := newPools(t, settings(2, time.Minute), b.Addr)
 	p.Start()
-	waitIdle(t, p, b.addr, 2)
+	waitIdle(t, p, b.Addr, 2)
 	// Health checks mark it down (fall 1).
 	be := p.backend(0)
 	be.Observe(balance.Result{Err: errors.New("check failed")}, 1, 1)
 	p.Refill()
-	if n := p.Idle(b.addr); n != 0 {
+	if n := p.Idle(b.Addr); n != 0 {
 		t.Errorf("idle %d for a down backend, want 0 (closed)", n)
 	}
-	testutil.WaitFor(t, 5*time.Second, "the backend to see its warm connections closed", func() bool { return b.ended.Load() == 2 })
+	testutil.WaitFor(t, 5*time.Second, "the backend to see its warm connections closed", func() bool { return b.Ended.Load() == 2 })
 	for range 5 {
 		p.Refill()
 		if fd := p.Take(be); fd >= 0 {
 			t.Fatal("Take gave a connection to a down backend")
 		}
 	}
-	if n, d := b.accepted.Load(), p.Dialing(b.addr); n != 2 || d != 0 {
+	if n, d := b.Accepted.Load(), p.Dialing(b.Addr); n != 2 || d != 0 {
 		t.Errorf("accepted %d, dialling %d while down; want 2 and 0", n, d)
 	}
 	// Up again: refilled.
 	be.Observe(balance.Result{OK: true, Passive: true}, 1, 1)
-	waitIdle(t, p, b.addr, 2)
+	waitIdle(t, p, b.Addr, 2)
 }
 
 func TestAdoptAndStop(t *testing.T) {
 	a, b := startBackend(t, ""), startBackend(t, "")
-	old := newPools(t, settings(2, time.Minute), a.addr, b.addr)
+	old := newPools(t, settings(2, time.Minute), a.Addr, b.Addr)
 	old.Start()
-	waitIdle(t, old, a.addr, 2)
-	waitIdle(t, old, b.addr, 2)
+	waitIdle(t, old, a.Addr, 2)
+	waitIdle(t, old, b.Addr, 2)
 
 	// The successor keeps a, drops b.
 	cs := config.Default().Defaults
 	cs.HealthCheck.Interval = 0
-	set, err := balance.NewSet(context.Background(), "test", []config.Backend{{Address: a.addr, Weight: 1}}, cs, nil, nil)
+	set, err := balance.NewSet(context.Background(), "test", []config.Backend{{Address: a.Addr, Weight: 1}}, cs, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,24 +301,24 @@ func TestAdoptAndStop(t *testing.T) {
 	t.Cleanup(next.Stop)
 	next.Start()
 	old.Stop()
-	if n := next.Idle(a.addr); n != 2 {
+	if n := next.Idle(a.Addr); n != 2 {
 		t.Errorf("the successor holds %d of a's connections, want the 2 it took over", n)
 	}
-	testutil.WaitFor(t, 5*time.Second, "b's warm connections to be closed", func() bool { return b.ended.Load() == 2 })
-	if n, e := a.accepted.Load(), a.ended.Load(); n != 2 || e != 0 {
+	testutil.WaitFor(t, 5*time.Second, "b's warm connections to be closed", func() bool { return b.Ended.Load() == 2 })
+	if n, e := a.Accepted.Load(), a.Ended.Load(); n != 2 || e != 0 {
 		t.Errorf("a accepted %d and saw %d closed; want 2 and 0", n, e)
 	}
 	next.Stop()
-	testutil.WaitFor(t, 5*time.Second, "a's warm connections to be closed at stop", func() bool { return a.ended.Load() == 2 })
+	testutil.WaitFor(t, 5*time.Second, "a's warm connections to be closed at stop", func() bool { return a.Ended.Load() == 2 })
 }
 
 func TestTakeConnOfAPlainPool(t *testing.T) {
 	// The TLS path takes plain warm connections as a net.Conn (a route
 	// that terminates TLS and relays plain TCP to its backends).
 	b := startBackend(t, "220 ready\r\n")
-	p := newPools(t, settings(1, time.Minute), b.addr)
+	p := newPools(t, settings(1, time.Minute), b.Addr)
 	p.Start()
-	waitIdle(t, p, b.addr, 1)
+	waitIdle(t, p, b.Addr, 1)
 	c := p.TakeConn(p.backend(0))
 	if c == nil {
 		t.Fatal("TakeConn from a full pool missed")
@@ -389,10 +357,10 @@ func TestChangedTLSStartsAfresh(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			old := newPools(t, tt.old, b.addr)
+			old := newPools(t, tt.old, b.Addr)
 			old.Start()
-			waitIdle(t, old, b.addr, 1)
-			accepted := b.accepted.Load()
+			waitIdle(t, old, b.Addr, 1)
+			accepted := b.Accepted.Load()
 			var h, m atomic.Uint64
 			next := warm.New(old.set, tt.next, &h, &m, nil, old.Pools)
 			t.Cleanup(next.Stop)
@@ -402,7 +370,7 @@ func TestChangedTLSStartsAfresh(t *testing.T) {
 			})
 			next.Start()
 			old.Stop()
-			if got := next.Idle(b.addr) == 1 && b.accepted.Load() == accepted; got != tt.kept {
+			if got := next.Idle(b.Addr) == 1 && b.Accepted.Load() == accepted; got != tt.kept {
 				t.Errorf("the successor kept the warm connection: %v, want %v", got, tt.kept)
 			}
 		})
