@@ -1,9 +1,6 @@
 package engine
 
 import (
-	"encoding/binary"
-	"hash/crc32"
-	"net"
 	"testing"
 
 	proxyproto "github.com/pires/go-proxyproto"
@@ -33,27 +30,10 @@ func FuzzProxyHeader(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	v2 := func(tlvs []byte, crc bool) []byte {
-		h := proxyproto.HeaderProxyFromAddrs(2,
-			&net.TCPAddr{IP: net.IPv4(203, 0, 113, 7).To4(), Port: 51234},
-			&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1).To4(), Port: 8080})
-		b, _ := h.Format()
-		at := -1
-		if crc {
-			at = len(b) + len(tlvs) + 3
-			tlvs = append(tlvs, 0x03, 0, 4, 0, 0, 0, 0)
-		}
-		b = append(b, tlvs...)
-		binary.BigEndian.PutUint16(b[14:16], uint16(len(b)-16))
-		if at >= 0 {
-			binary.BigEndian.PutUint32(b[at:], crc32.Checksum(b, castagnoli))
-		}
-		return b
-	}
-	f.Add(v2(nil, false))
-	f.Add(v2([]byte{0x02, 0, 3, 'a', '.', 'b'}, true))
-	f.Add(v2([]byte{0x20, 0, 11, 0x01, 0, 0, 0, 0, 0x21, 0, 3, '1', '.', '3'}, false))
-	f.Add(v2([]byte{0x02, 0, 32, 'a'}, false))
+	f.Add(testutil.ProxyV2(f, nil, false))
+	f.Add(testutil.ProxyV2(f, []byte{0x02, 0, 3, 'a', '.', 'b'}, true))
+	f.Add(testutil.ProxyV2(f, []byte{0x20, 0, 11, 0x01, 0, 0, 0, 0, 0x21, 0, 3, '1', '.', '3'}, false))
+	f.Add(testutil.ProxyV2(f, []byte{0x02, 0, 32, 'a'}, false))
 
 	f.Fuzz(func(t *testing.T, b []byte) {
 		testutil.WithinBudget(t, func() { checkHeader(t, b) })

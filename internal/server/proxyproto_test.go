@@ -1,8 +1,6 @@
 package server_test
 
 import (
-	"encoding/binary"
-	"hash/crc32"
 	"io"
 	"net"
 	"strings"
@@ -13,10 +11,7 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 
 	"github.com/pj-proxy/pj/internal/config"
-	"github.com/pj-proxy/pj/internal/server"
 	"github.com/pj-proxy/pj/internal/testutil"
-	"github.com/pj-proxy/pj/internal/testutil/pjconf"
-	"github.com/pj-proxy/pj/internal/testutil/pjtest"
 )
 
 // recordingEcho is an echo server that counts the bytes it received.
@@ -51,10 +46,9 @@ func closedByPJ(t *testing.T, c net.Conn) bool {
 
 func TestUntrustedHeaderIsRefusedHoweverItIsSplit(t *testing.T) {
 	echo, received := recordingEcho(t)
-	x := testutil.ClosedAddr(t)
-	p := pjconf.Proxy("untrusting", x, echo)
-	p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: testutil.Prefixes("10.0.0.0/8")}
-	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
+	r, x := startOne(t, "untrusting", func(p *config.Proxy) {
+		p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: testutil.Prefixes("10.0.0.0/8")}
+	}, echo)
 
 	header := "PROXY TCP4 6.6.6.6 127.0.0.1 51234 8080\r\n"
 	v2 := string(proxyproto.SIGV2)
@@ -105,54 +99,28 @@ func TestUntrustedHeaderIsRefusedHoweverItIsSplit(t *testing.T) {
 	}
 }
 
-// v2Header builds a PROXY protocol v2 header from 203.0.113.7:51234 to
-// 127.0.0.1:8080 with the given TLVs (raw bytes), and fills in a CRC32c
-// TLV (type 0x03) when crc is true.
-func v2Header(t *testing.T, tlvs []byte, crc bool) []byte {
-	t.Helper()
-	h := proxyproto.HeaderProxyFromAddrs(2,
-		&net.TCPAddr{IP: net.ParseIP("203.0.113.7").To4(), Port: 51234},
-		&net.TCPAddr{IP: net.ParseIP("127.0.0.1").To4(), Port: 8080})
-	b, err := h.Format()
-	if err != nil {
-		t.Fatal(err)
-	}
-	crcAt := -1
-	if crc {
-		crcAt = len(b) + len(tlvs) + 3
-		tlvs = append(tlvs, 0x03, 0x00, 0x04, 0, 0, 0, 0)
-	}
-	b = append(b, tlvs...)
-	binary.BigEndian.PutUint16(b[14:16], uint16(len(b)-16))
-	if crcAt >= 0 {
-		binary.BigEndian.PutUint32(b[crcAt:], crc32.Checksum(b, crc32.MakeTable(crc32.Castagnoli)))
-	}
-	return b
-}
-
 func TestProxyV2TLVsAreValidated(t *testing.T) {
 	echo, received := recordingEcho(t)
-	x := testutil.ClosedAddr(t)
-	p := pjconf.Proxy("trusting", x, echo)
-	p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: testutil.Prefixes("127.0.0.0/8")}
-	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
+	r, x := startOne(t, "trusting", func(p *config.Proxy) {
+		p.AcceptProxyProtocol = &config.AcceptProxyProtocol{Trusted: testutil.Prefixes("127.0.0.0/8")}
+	}, echo)
 
 	authority := append([]byte{0x02, 0x00, 0x0b}, "example.net"...)
-	badCRC := v2Header(t, nil, true)
+	badCRC := testutil.ProxyV2(t, nil, true)
 	badCRC[len(badCRC)-1] ^= 0xff
-	shortCRC := v2Header(t, []byte{0x03, 0x00, 0x02, 0xab, 0xcd}, false)
-	truncated := v2Header(t, []byte{0x02, 0x00, 0x20, 'a', 'b'}, false) // says 32 bytes, has 2
+	shortCRC := testutil.ProxyV2(t, []byte{0x03, 0x00, 0x02, 0xab, 0xcd}, false)
+	truncated := testutil.ProxyV2(t, []byte{0x02, 0x00, 0x20, 'a', 'b'}, false) // says 32 bytes, has 2
 	// An SSL TLV whose sub-TLV says 200 bytes and has 3.
-	badSSL := v2Header(t, []byte{0x20, 0x00, 0x0b, 0x01, 0, 0, 0, 0, 0x21, 0x00, 0xc8, '1', '.', '3'}, false)
+	badSSL := testutil.ProxyV2(t, []byte{0x20, 0x00, 0x0b, 0x01, 0, 0, 0, 0, 0x21, 0x00, 0xc8, '1', '.', '3'}, false)
 
 	for _, tc := range []struct {
 		name   string
 		header []byte
 		ok     bool
 	}{
-		{"no TLVs", v2Header(t, nil, false), true},
-		{"an authority", v2Header(t, authority, false), true},
-		{"a right CRC32c", v2Header(t, authority, true), true},
+		{"no TLVs", testutil.ProxyV2(t, nil, false), true},
+		{"an authority", testutil.ProxyV2(t, authority, false), true},
+		{"a right CRC32c", testutil.ProxyV2(t, authority, true), true},
 		{"a wrong CRC32c", badCRC, false},
 		{"a CRC32c of 2 bytes", shortCRC, false},
 		{"a truncated TLV", truncated, false},
