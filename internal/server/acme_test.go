@@ -32,8 +32,15 @@ func TestACMEOnARoutedPort(t *testing.T) {
 	px.Routes[1].TLS = &config.TLS{ACME: &config.ACME{Domains: []string{domain}, Email: "ops@pj.test",
 		Directory: pb.Dir, CARoots: pb.CARoots, Storage: filepath.Join(t.TempDir(), "acme")}}
 	r := pjtest.Start(t, pjconf.Config(px), server.Options{})
-	r.Logs.WaitLines(t, "ACME certificate ready", 1)
+	wantIssued(t, r, x, domain, pb)
+	r.Logs.WaitLines(t, "route=app", 1)
+}
 
+// wantIssued waits for pj to have its certificate for domain, then has a
+// client that trusts pebble's root through x to the echo behind it.
+func wantIssued(t *testing.T, r *pjtest.Server, x, domain string, pb *testutil.Pebble) {
+	t.Helper()
+	r.Logs.WaitLines(t, "ACME certificate ready", 1)
 	c, err := dialTLS(t, x, domain, pb.Roots(t))
 	if err != nil {
 		t.Fatalf("a client that trusts pebble's root refuses pj's certificate: %v", err)
@@ -41,7 +48,6 @@ func TestACMEOnARoutedPort(t *testing.T) {
 	if got := testutil.RoundTrip(t, c, "issued"); got != "issued" {
 		t.Fatalf("echo %q", got)
 	}
-	r.Logs.WaitLines(t, "route=app", 1)
 }
 
 func portOf(t *testing.T, addr string) int {
@@ -74,15 +80,7 @@ func TestACMEHTTP01(t *testing.T) {
 		Directory: pb.Dir, CARoots: pb.CARoots, Storage: filepath.Join(t.TempDir(), "acme"), HTTPListen: httpAddr}}
 	r := pjtest.Start(t, pjtest.Config(px), server.Options{})
 	r.Logs.WaitLines(t, "answering ACME http-01 challenges", 1)
-	r.Logs.WaitLines(t, "ACME certificate ready", 1)
-
-	c, err := dialTLS(t, x, domain, pb.Roots(t))
-	if err != nil {
-		t.Fatalf("a client that trusts pebble's root refuses pj's certificate: %v", err)
-	}
-	if got := testutil.RoundTrip(t, c, "issued"); got != "issued" {
-		t.Fatalf("echo %q", got)
-	}
+	wantIssued(t, r, x, domain, pb)
 
 	plain := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	defer plain.CloseIdleConnections()

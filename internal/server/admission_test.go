@@ -59,11 +59,10 @@ func countingEcho(t *testing.T) (string, *atomic.Int64) {
 
 func TestAllowDeny(t *testing.T) {
 	echo, reached := countingEcho(t)
-	x := testutil.ClosedAddr(t)
-	p := pjtest.Proxy("web", x, echo)
-	p.Allow = testutil.Prefixes("127.0.0.0/29")
-	p.Deny = testutil.Prefixes("127.0.0.3/32")
-	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
+	r, x := startOne(t, "web", func(p *config.Proxy) {
+		p.Allow = testutil.Prefixes("127.0.0.0/29")
+		p.Deny = testutil.Prefixes("127.0.0.3/32")
+	}, echo)
 	for _, tc := range []struct {
 		src  string
 		want bool
@@ -142,10 +141,9 @@ func reservedAnyPort(t *testing.T) int {
 
 func TestRateLimitPerClient(t *testing.T) {
 	echo := testutil.StartEcho(t)
-	x := testutil.ClosedAddr(t)
-	p := pjtest.Proxy("web", x, echo)
-	p.RateLimit = config.RateLimit{PerClient: 0.5, Burst: 2} // a token every 2 s
-	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
+	r, x := startOne(t, "web", func(p *config.Proxy) {
+		p.RateLimit = config.RateLimit{PerClient: 0.5, Burst: 2} // a token every 2 s
+	}, echo)
 	got := []bool{
 		served(t, from(t, "127.0.0.6", x)),
 		served(t, from(t, "127.0.0.6", x)),
@@ -162,10 +160,9 @@ func TestRateLimitPerClient(t *testing.T) {
 
 func TestConnectionCapPerClient(t *testing.T) {
 	echo := testutil.StartEcho(t)
-	x := testutil.ClosedAddr(t)
-	p := pjtest.Proxy("web", x, echo)
-	p.MaxConnectionsPerClient = 2
-	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
+	r, x := startOne(t, "web", func(p *config.Proxy) {
+		p.MaxConnectionsPerClient = 2
+	}, echo)
 	a, b := from(t, "127.0.0.8", x), from(t, "127.0.0.8", x)
 	if !served(t, a) || !served(t, b) {
 		t.Fatal("the first two connections of a client were refused")
@@ -185,10 +182,9 @@ func TestConnectionCapPerClient(t *testing.T) {
 
 func TestMaxConnectionsQueueInTheKernel(t *testing.T) {
 	echo := testutil.StartEcho(t)
-	x := testutil.ClosedAddr(t)
-	p := pjtest.Proxy("web", x, echo)
-	p.MaxConnections = 2
-	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
+	r, x := startOne(t, "web", func(p *config.Proxy) {
+		p.MaxConnections = 2
+	}, echo)
 	held := []net.Conn{testutil.Dial(t, x), testutil.Dial(t, x)}
 	for _, c := range held {
 		if !served(t, c) {
@@ -413,10 +409,9 @@ func TestBandwidthCap(t *testing.T) {
 	// a timing race.
 	const size, rate = 200 << 10, 100 << 10
 	echo := testutil.StartEcho(t)
-	x := testutil.ClosedAddr(t)
-	p := pjtest.Proxy("slow", x, echo)
-	p.Bandwidth.PerConnection = rate
-	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
+	r, x := startOne(t, "slow", func(p *config.Proxy) {
+		p.Bandwidth.PerConnection = rate
+	}, echo)
 	c := testutil.Dial(t, x)
 	start := time.Now()
 	go func() {

@@ -69,9 +69,8 @@ func activeOn(r *pjtest.Server, proxy string) int64 {
 }
 
 func TestHealthChecksTakeABackendOutAndBringItBack(t *testing.T) {
-	lnA := testutil.Listen(t, "tcp4")
+	lnA := testutil.IdentifyListener(t, "a")
 	a := lnA.Addr().String()
-	testutil.Serve(t, lnA, func(c net.Conn) { _, _ = io.WriteString(c, "a") })
 	b := testutil.Identify(t, "b")
 	x := testutil.ClosedAddr(t)
 	r := pjtest.Start(t, cfgOf(time.Minute, checked(pjtest.Proxy("web", x, a, b), "", "")), server.Options{})
@@ -113,10 +112,9 @@ func TestHealthChecksTakeABackendOutAndBringItBack(t *testing.T) {
 func TestNoClientFailsWhileOneOfThreeBackendsIsDead(t *testing.T) {
 	dead := testutil.ClosedAddr(t)
 	b, c := testutil.Identify(t, "b"), testutil.Identify(t, "c")
-	x := testutil.ClosedAddr(t)
-	p := pjtest.Proxy("web", x, b, dead, c)
-	p.HealthCheck.Interval = 0 // passive checks only
-	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
+	r, x := startOne(t, "web", func(p *config.Proxy) {
+		p.HealthCheck.Interval = 0 // passive checks only
+	}, b, dead, c)
 	const clients, each = 4, 50
 	var wg sync.WaitGroup
 	errs := make(chan error, clients*each)
@@ -142,21 +140,28 @@ func TestNoClientFailsWhileOneOfThreeBackendsIsDead(t *testing.T) {
 }
 
 func TestBackupsOnlyWhenNoPrimaryIsHealthy(t *testing.T) {
-	lnA := testutil.Listen(t, "tcp4")
+	lnA := testutil.IdentifyListener(t, "a")
 	a := lnA.Addr().String()
-	testutil.Serve(t, lnA, func(c net.Conn) { _, _ = io.WriteString(c, "a") })
 	spare := testutil.Identify(t, "spare")
 	x := testutil.ClosedAddr(t)
 	p := checked(pjtest.Proxy("web", x, a, spare), "", "")
 	p.Backends[1].Backup = true
 	r := pjtest.Start(t, cfgOf(time.Minute, p), server.Options{})
-	if got := askMany(t, x, 5); got["a"] != 5 {
-		t.Fatalf("answers %v: a backup must not be used while a primary is healthy", got)
+	failOver(t, r, x, "web", lnA, "a")
+}
+
+// failOver has the proxy's address x answered by primary alone (the
+// backend behind ln) while it is up, and by the backup "spare" alone once
+// ln is closed and the proxy has seen primary go down.
+func failOver(t *testing.T, r *pjtest.Server, x, proxy string, ln net.Listener, primary string) {
+	t.Helper()
+	if got := askMany(t, x, 4); got[primary] != 4 {
+		t.Fatalf("answers %v: want only %s while it is up; a backup is not used then", got, primary)
 	}
-	_ = lnA.Close()
-	r.Logs.WaitLines(t, "of web is down", 1)
-	if got := askMany(t, x, 5); got["spare"] != 5 {
-		t.Fatalf("answers %v with the primary down, want the backup", got)
+	_ = ln.Close()
+	r.Logs.WaitLines(t, "of "+proxy+" is down", 1)
+	if got := askMany(t, x, 4); got["spare"] != 4 {
+		t.Fatalf("answers %v with %s down, want the backup", got, primary)
 	}
 }
 
@@ -248,8 +253,7 @@ func TestDNSChangesMoveConnections(t *testing.T) {
 
 func TestSRVRecordsGiveBackendsAndBackups(t *testing.T) {
 	dns := testutil.StartDNS(t)
-	lnMain := testutil.Listen(t, "tcp4")
-	testutil.Serve(t, lnMain, func(c net.Conn) { _, _ = io.WriteString(c, "main") })
+	lnMain := testutil.IdentifyListener(t, "main")
 	spare := testutil.Identify(t, "spare")
 	mainPort := lnMain.Addr().(*net.TCPAddr).Port
 	_, sparePort, _ := net.SplitHostPort(spare)
@@ -266,14 +270,9 @@ func TestSRVRecordsGiveBackendsAndBackups(t *testing.T) {
 	if len(bs) != 2 || bs[0].Weight != 5 || bs[0].Backup || !bs[1].Backup {
 		t.Fatalf("backends from SRV: %+v", bs)
 	}
-	if got := askMany(t, x, 3); got["main"] != 3 {
-		t.Fatalf("answers %v, want the priority-10 target", got)
-	}
-	_ = lnMain.Close()
-	r.Logs.WaitLines(t, "of app is down", 1)
-	if got := askMany(t, x, 3); got["spare"] != 3 {
-		t.Fatalf("answers %v with the main target down, want the higher priority number as a backup", got)
-	}
+	// The priority-10 target is the primary; the higher priority number
+	// is a backup.
+	failOver(t, r, x, "app", lnMain, "main")
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }

@@ -25,6 +25,17 @@ func cfgOf(grace time.Duration, proxies ...config.Proxy) config.Config {
 	return c
 }
 
+// startOne serves one proxy, named name, on a reserved loopback address,
+// to backends, set up by change, with a minute's grace. It returns the
+// server and the proxy's address.
+func startOne(t *testing.T, name string, change func(*config.Proxy), backends ...string) (*pjtest.Server, string) {
+	t.Helper()
+	x := testutil.ClosedAddr(t)
+	p := pjtest.Proxy(name, x, backends...)
+	change(&p)
+	return pjtest.Start(t, cfgOf(time.Minute, p), server.Options{}), x
+}
+
 func TestReloadRefusesNothingAndCutsNothing(t *testing.T) {
 	a1, a2 := testutil.Identify(t, "a1"), testutil.Identify(t, "a2")
 	echo := testutil.StartEcho(t)
@@ -196,8 +207,7 @@ func TestBackendStateSurvivesReload(t *testing.T) {
 // turning them into backends that fail every connection.
 func TestReloadDuringADNSOutageKeepsTheLastAddresses(t *testing.T) {
 	dns := testutil.StartDNS(t)
-	ln := testutil.Listen(t, "tcp4")
-	testutil.Serve(t, ln, func(c net.Conn) { _, _ = io.WriteString(c, "web") })
+	ln := testutil.IdentifyListener(t, "web")
 	port := ln.Addr().(*net.TCPAddr).Port
 	dns.SetIPs("web.pj.test", "127.0.0.1")
 	dns.SetIPs("srv-target.pj.test", "127.0.0.1")
@@ -237,8 +247,7 @@ func TestReloadDuringADNSOutageKeepsTheLastAddresses(t *testing.T) {
 // no health check restarted.
 func TestReloadOfTheLogLevelTouchesNoPool(t *testing.T) {
 	dns := testutil.StartDNS(t)
-	ln := testutil.Listen(t, "tcp4")
-	testutil.Serve(t, ln, func(c net.Conn) { _, _ = io.WriteString(c, "web") })
+	ln := testutil.IdentifyListener(t, "web")
 	dns.SetIPs("web.pj.test", "127.0.0.1")
 	x, y := testutil.ClosedAddr(t), testutil.ClosedAddr(t)
 	p := pjconf.Proxy("web", x, "web.pj.test:"+itoa(ln.Addr().(*net.TCPAddr).Port))
