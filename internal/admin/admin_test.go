@@ -103,6 +103,36 @@ func (p *pj) metrics(t *testing.T) map[string]*dto.MetricFamily {
 }
 
 // value returns the value of the series of family name with the labels.
+// onlyConnection waits until the connection table holds one connection,
+// down bytes sent to its client, and returns it.
+func (p *pj) onlyConnection(t *testing.T, down int64) connectionJSON {
+	t.Helper()
+	var conns []connectionJSON
+	tu.WaitFor(t, 10*time.Second, "the connection in the table", func() bool {
+		conns = p.connections(t)
+		return len(conns) == 1 && conns[0].BytesDown == down
+	})
+	return conns[0]
+}
+
+// series is a metric's name and labels, and the value it must have.
+type series struct {
+	name   string
+	labels map[string]string
+	want   float64
+}
+
+// wantSeries fails the test for every one of ss whose value in fams is
+// not its want.
+func wantSeries(t *testing.T, fams map[string]*dto.MetricFamily, ss []series) {
+	t.Helper()
+	for _, s := range ss {
+		if got := value(t, fams, s.name, s.labels); got != s.want {
+			t.Errorf("%s%v = %v, want %v", s.name, s.labels, got, s.want)
+		}
+	}
+}
+
 func value(t *testing.T, fams map[string]*dto.MetricFamily, name string, labels map[string]string) float64 {
 	t.Helper()
 	fam, ok := fams[name]
@@ -197,11 +227,7 @@ func TestProxiesAndMetricsCountExactly(t *testing.T) {
 	}
 
 	fams := p.metrics(t)
-	for _, c := range []struct {
-		name   string
-		labels map[string]string
-		want   float64
-	}{
+	wantSeries(t, fams, []series{
 		{"pj_connections_total", map[string]string{"proxy": "web", "status": "ok"}, 3},
 		{"pj_connections_total", map[string]string{"proxy": "web", "status": "reset"}, 0},
 		{"pj_active_connections", map[string]string{"proxy": "web"}, 2},
@@ -215,11 +241,7 @@ func TestProxiesAndMetricsCountExactly(t *testing.T) {
 		{"pj_config_reloads_total", map[string]string{"result": "success"}, 0},
 		{"pj_build_info", map[string]string{"version": "v9.9.9"}, 1},
 		{"pj_panics_total", nil, 0},
-	} {
-		if got := value(t, fams, c.name, c.labels); got != c.want {
-			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
-		}
-	}
+	})
 	for _, name := range []string{"go_goroutines", "process_open_fds"} {
 		if _, ok := fams[name]; !ok {
 			t.Errorf("no %s: the Go and process collectors must be there", name)
@@ -286,12 +308,7 @@ func TestConnectionTableAndKill(t *testing.T) {
 	if got := tu.RoundTrip(t, c, "0123456789"); got != "0123456789" {
 		t.Fatal(got)
 	}
-	var conns []connectionJSON
-	tu.WaitFor(t, 10*time.Second, "the connection in the table", func() bool {
-		conns = p.connections(t)
-		return len(conns) == 1 && conns[0].BytesDown == 10
-	})
-	cj := conns[0]
+	cj := p.onlyConnection(t, 10)
 	if cj.Client != c.LocalAddr().String() || cj.Proxy != "web" || cj.Listener != addr || cj.Backend != echo ||
 		cj.BytesUp != 10 || !strings.HasPrefix(cj.ID, "c") || cj.AgeSeconds < 0 {
 		t.Fatalf("connection %+v", cj)
@@ -518,12 +535,7 @@ func TestRoutesInTheAPIAndMetrics(t *testing.T) {
 		t.Fatalf("connections %+v: want the held one, on route ssh", conns)
 	}
 
-	fams := p.metrics(t)
-	for _, c := range []struct {
-		name   string
-		labels map[string]string
-		want   float64
-	}{
+	wantSeries(t, p.metrics(t), []series{
 		{"pj_route_connections_total", map[string]string{"proxy": "edge", "route": "ssh"}, 3},
 		{"pj_route_connections_total", map[string]string{"proxy": "edge", "route": "rest"}, 1},
 		{"pj_route_connections_total", map[string]string{"proxy": "web", "route": "web"}, 1},
@@ -533,11 +545,7 @@ func TestRoutesInTheAPIAndMetrics(t *testing.T) {
 		{"pj_backend_active_connections", map[string]string{"proxy": "edge", "route": "ssh", "backend": ssh}, 1},
 		{"pj_backend_up", map[string]string{"proxy": "web", "route": "web", "backend": rest}, 1},
 		{"pj_backend_connect_seconds", map[string]string{"proxy": "edge", "route": "ssh", "backend": ssh}, 3},
-	} {
-		if got := value(t, fams, c.name, c.labels); got != c.want {
-			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
-		}
-	}
+	})
 
 	// Draining the backend in every route of edge that has it leaves
 	// route ssh with none: pj is not ready, and says which route.

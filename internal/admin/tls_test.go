@@ -40,12 +40,8 @@ func TestTLSConnectionsInTheAPIAndMetrics(t *testing.T) {
 	if got := tu.RoundTrip(t, c, "0123456789"); got != "0123456789" {
 		t.Fatal(got)
 	}
-	var conns []connectionJSON
-	tu.WaitFor(t, 10*time.Second, "the TLS connection in the table", func() bool {
-		conns = p.connections(t)
-		return len(conns) == 1 && conns[0].BytesDown == 10
-	})
-	if cj := conns[0]; cj.Proxy != "secure" || cj.Client != c.LocalAddr().String() || cj.TLS != "1.3" || cj.SNI != "app.example.com" {
+	cj := p.onlyConnection(t, 10)
+	if cj.Proxy != "secure" || cj.Client != c.LocalAddr().String() || cj.TLS != "1.3" || cj.SNI != "app.example.com" {
 		t.Fatalf("connection %+v", cj)
 	}
 	fams := p.metrics(t)
@@ -65,7 +61,7 @@ func TestTLSConnectionsInTheAPIAndMetrics(t *testing.T) {
 		t.Errorf("expiry %v, want within the certificate's day", exp)
 	}
 
-	if code, body := p.do(t, "DELETE", "/api/v1/connections/"+conns[0].ID, "", ""); code != 204 {
+	if code, body := p.do(t, "DELETE", "/api/v1/connections/"+cj.ID, "", ""); code != 204 {
 		t.Fatalf("DELETE: %d %s", code, body)
 	}
 	if b, err := io.ReadAll(c); len(b) != 0 || err != nil && !strings.Contains(err.Error(), "reset") {

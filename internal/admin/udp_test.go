@@ -41,31 +41,18 @@ func TestUDPSessionsMetricsAndKill(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var conns []connectionJSON
-	tu.WaitFor(t, 10*time.Second, "the session in the table", func() bool {
-		conns = p.connections(t)
-		return len(conns) == 1 && conns[0].BytesDown == 12
-	})
-	if cj := conns[0]; cj.Client != c.LocalAddr().String() || cj.Listener != listen || cj.Backend != echo || cj.BytesUp != 12 {
+	cj := p.onlyConnection(t, 12)
+	if cj.Client != c.LocalAddr().String() || cj.Listener != listen || cj.Backend != echo || cj.BytesUp != 12 {
 		t.Fatalf("session %+v", cj)
 	}
-	fams := p.metrics(t)
-	for _, m := range []struct {
-		name   string
-		labels map[string]string
-		want   float64
-	}{
+	wantSeries(t, p.metrics(t), []series{
 		{"pj_udp_datagrams_total", map[string]string{"proxy": "dns", "direction": "up"}, 3},
 		{"pj_udp_datagrams_total", map[string]string{"proxy": "dns", "direction": "down"}, 3},
 		{"pj_udp_dropped_datagrams_total", map[string]string{"proxy": "dns", "reason": "denied"}, 0},
 		{"pj_bytes_total", map[string]string{"proxy": "dns", "direction": "up"}, 12},
 		{"pj_active_connections", map[string]string{"proxy": "dns"}, 1},
-	} {
-		if got := value(t, fams, m.name, m.labels); got != m.want {
-			t.Errorf("%s%v = %v, want %v", m.name, m.labels, got, m.want)
-		}
-	}
-	if code, body := p.do(t, "DELETE", "/api/v1/connections/"+conns[0].ID, "", ""); code != 204 {
+	})
+	if code, body := p.do(t, "DELETE", "/api/v1/connections/"+cj.ID, "", ""); code != 204 {
 		t.Fatalf("DELETE: %d %s", code, body)
 	}
 	line := p.logs.WaitLines(t, "[killed]", 1)[0]
