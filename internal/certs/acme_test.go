@@ -28,15 +28,13 @@ func port(t *testing.T, addr string) int {
 }
 
 // serveHandshakes completes TLS handshakes with cfg on ln until the test
-// ends, and writes "ok" on each connection.
+// ends, and greets each connection as serveTLS does.
 func serveHandshakes(t *testing.T, ln net.Listener, cfg *tls.Config) {
-	testutil.Serve(t, ln, func(c net.Conn) {
-		tc := tls.Server(c, cfg)
-		_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
-		if tc.Handshake() != nil || tc.ConnectionState().NegotiatedProtocol == ChallengeProto {
+	testutil.ServeTLS(t, ln, cfg, func(tc *tls.Conn) {
+		if tc.ConnectionState().NegotiatedProtocol == ChallengeProto {
 			return // a challenge ends with the handshake
 		}
-		_, _ = io.WriteString(tc, "ok")
+		_, _ = io.WriteString(tc, "hello\n")
 	})
 }
 
@@ -64,7 +62,7 @@ func TestACMEIssuesWithTLSALPN01AndKeepsItOnDisk(t *testing.T) {
 	s.ACME().wait()
 
 	roots := pb.Roots(t)
-	st, err := shake2(tlsLn.Addr().String(), &tls.Config{ServerName: domain, RootCAs: roots, NextProtos: []string{"http/1.1"}})
+	st, err := shake(tlsLn.Addr().String(), &tls.Config{ServerName: domain, RootCAs: roots, NextProtos: []string{"http/1.1"}})
 	if err != nil {
 		t.Fatalf("a client that trusts pebble's root refuses the certificate: %v", err)
 	}
@@ -136,7 +134,7 @@ func TestACMEFallsBackToHTTP01(t *testing.T) {
 
 	tlsLn := testutil.Listen(t, "tcp4")
 	serveHandshakes(t, tlsLn, s.TLSConfig())
-	if _, err := shake2(tlsLn.Addr().String(), &tls.Config{ServerName: domain, RootCAs: pb.Roots(t)}); err != nil {
+	if _, err := shake(tlsLn.Addr().String(), &tls.Config{ServerName: domain, RootCAs: pb.Roots(t)}); err != nil {
 		t.Fatalf("the certificate obtained with http-01 is refused: %v", err)
 	}
 }
@@ -154,7 +152,7 @@ func TestACMEHandshakeBeforeTheCertificateFailsAtOnce(t *testing.T) {
 	ln := testutil.Listen(t, "tcp4")
 	serveHandshakes(t, ln, s.TLSConfig())
 	start := time.Now()
-	_, err = shake2(ln.Addr().String(), &tls.Config{ServerName: "slow.pj.test", InsecureSkipVerify: true}) //nolint:gosec // no certificate is expected
+	_, err = shake(ln.Addr().String(), &tls.Config{ServerName: "slow.pj.test", InsecureSkipVerify: true}) //nolint:gosec // no certificate is expected
 	if err == nil {
 		t.Fatal("a handshake succeeded without a certificate")
 	}
@@ -193,22 +191,6 @@ func TestIsChallengeAndWants(t *testing.T) {
 			}
 		})
 	}
-}
-
-// shake2 is shake without a test: it completes a handshake and reads the
-// server's "ok".
-func shake2(addr string, cfg *tls.Config) (tls.ConnectionState, error) {
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
-	if err != nil {
-		return tls.ConnectionState{}, err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 2)
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return c.ConnectionState(), err
-	}
-	return c.ConnectionState(), nil
 }
 
 func TestACMEClientIsSharedAcrossReloadsAndStopsWithTheLastStore(t *testing.T) {

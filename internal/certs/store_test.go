@@ -48,16 +48,11 @@ func (p *pki) pair(base string, l testutil.Leaf) Pair {
 }
 
 // serveTLS runs a TLS server with cfg on loopback: each connection, once
-// its handshake is done, gets its certificate's first name written back.
+// its handshake is done, is greeted with "hello\n".
 func serveTLS(t *testing.T, cfg *tls.Config) string {
 	t.Helper()
 	ln := testutil.Listen(t, "tcp4")
-	testutil.Serve(t, ln, func(c net.Conn) {
-		tc := tls.Server(c, cfg)
-		_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
-		if err := tc.Handshake(); err != nil {
-			return
-		}
+	testutil.ServeTLS(t, ln, cfg, func(tc *tls.Conn) {
 		_, _ = io.WriteString(tc, "hello\n")
 		_, _ = io.Copy(io.Discard, tc)
 	})
@@ -65,9 +60,8 @@ func serveTLS(t *testing.T, cfg *tls.Config) string {
 }
 
 // shake connects to addr with cfg and returns the connection state, or the
-// handshake's error.
-func shake(t *testing.T, addr string, cfg *tls.Config) (tls.ConnectionState, error) {
-	t.Helper()
+// handshake's error, once it has read the server's greeting.
+func shake(addr string, cfg *tls.Config) (tls.ConnectionState, error) {
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	c, err := tls.DialWithDialer(d, "tcp", addr, cfg)
 	if err != nil {
@@ -88,7 +82,7 @@ func shake(t *testing.T, addr string, cfg *tls.Config) (tls.ConnectionState, err
 // for a hello with serverName.
 func served(t *testing.T, addr string, roots *x509.CertPool, serverName string) string {
 	t.Helper()
-	st, err := shake(t, addr, &tls.Config{ServerName: serverName, RootCAs: roots, InsecureSkipVerify: true}) //nolint:gosec // the test looks at which certificate came
+	st, err := shake(addr, &tls.Config{ServerName: serverName, RootCAs: roots, InsecureSkipVerify: true}) //nolint:gosec // the test looks at which certificate came
 	if err != nil {
 		t.Fatalf("handshake for %q: %v", serverName, err)
 	}
@@ -142,7 +136,7 @@ func TestVerifiedHandshake(t *testing.T) {
 	p := newPKI(t)
 	s := newStore(t, ServerOptions{Certificates: []Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}})
 	addr := serveTLS(t, s.TLSConfig())
-	st, err := shake(t, addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool()})
+	st, err := shake(addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +176,7 @@ func TestMutualTLS(t *testing.T) {
 					}
 					return &tt.certs[0], nil
 				}}
-			_, err := shake(t, addr, cfg)
+			_, err := shake(addr, cfg)
 			if tt.ok && err != nil {
 				t.Fatalf("refused: %v", err)
 			}
@@ -206,14 +200,14 @@ func TestMinVersionAndALPN(t *testing.T) {
 	t.Run("a TLS 1.2 client is refused", func(t *testing.T) {
 		c := base()
 		c.MaxVersion = tls.VersionTLS12
-		if _, err := shake(t, addr, c); err == nil || !strings.Contains(err.Error(), "protocol version") {
+		if _, err := shake(addr, c); err == nil || !strings.Contains(err.Error(), "protocol version") {
 			t.Fatalf("handshake = %v, want a protocol version alert", err)
 		}
 	})
 	t.Run("the server's preference wins", func(t *testing.T) {
 		c := base()
 		c.NextProtos = []string{"http/1.1", "h2"}
-		st, err := shake(t, addr, c)
+		st, err := shake(addr, c)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -224,12 +218,12 @@ func TestMinVersionAndALPN(t *testing.T) {
 	t.Run("a client that offers no protocol of the list is refused", func(t *testing.T) {
 		c := base()
 		c.NextProtos = []string{"imap"}
-		if _, err := shake(t, addr, c); err == nil {
+		if _, err := shake(addr, c); err == nil {
 			t.Fatal("handshake succeeded")
 		}
 	})
 	t.Run("a client that offers none at all is served", func(t *testing.T) {
-		if _, err := shake(t, addr, base()); err != nil {
+		if _, err := shake(addr, base()); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -240,13 +234,13 @@ func TestMinVersion12AllowsBoth(t *testing.T) {
 	s := newStore(t, ServerOptions{Certificates: []Pair{p.pair("app", testutil.Leaf{Names: []string{"app.example.com"}})}, MinVersion: "1.2"})
 	addr := serveTLS(t, s.TLSConfig())
 	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
-		st, err := shake(t, addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool(), MaxVersion: v})
+		st, err := shake(addr, &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool(), MaxVersion: v})
 		if err != nil || st.Version != v {
 			t.Errorf("client of at most %s: version %s, %v", VersionName(v), VersionName(st.Version), err)
 		}
 	}
 	old := &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool(), MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11} //nolint:gosec // the point of the test
-	if _, err := shake(t, addr, old); err == nil {
+	if _, err := shake(addr, old); err == nil {
 		t.Error("a TLS 1.1 client was served")
 	}
 }
@@ -254,7 +248,7 @@ func TestMinVersion12AllowsBoth(t *testing.T) {
 // serial returns the serial number of the certificate shown for name.
 func serialFor(t *testing.T, addr string, roots *x509.CertPool, name string) string {
 	t.Helper()
-	st, err := shake(t, addr, &tls.Config{ServerName: name, RootCAs: roots})
+	st, err := shake(addr, &tls.Config{ServerName: name, RootCAs: roots})
 	if err != nil {
 		t.Fatalf("handshake: %v", err)
 	}
@@ -348,11 +342,7 @@ func mustKey(t *testing.T, p *pki) []byte {
 func echoTLS(t *testing.T, cfg *tls.Config) string {
 	t.Helper()
 	ln := testutil.Listen(t, "tcp4")
-	testutil.Serve(t, ln, func(c net.Conn) {
-		tc := tls.Server(c, cfg)
-		if err := tc.Handshake(); err != nil {
-			return
-		}
+	testutil.ServeTLS(t, ln, cfg, func(tc *tls.Conn) {
 		_, _ = io.WriteString(tc, "hello\n")
 		_, _ = io.Copy(tc, tc)
 	})
@@ -462,7 +452,7 @@ func TestClientCAReloadKeepsOldOnBadFile(t *testing.T) {
 	if err := s.Reload(); !errors.Is(err, ErrNoCert) {
 		t.Fatalf("Reload = %v, want ErrNoCert", err)
 	}
-	if _, err := shake(t, addr, cfg); err != nil {
+	if _, err := shake(addr, cfg); err != nil {
 		t.Fatalf("after a bad client_ca the old one should still accept: %v", err)
 	}
 	next := testutil.NewCA(t, "next clients")
@@ -470,11 +460,11 @@ func TestClientCAReloadKeepsOldOnBadFile(t *testing.T) {
 	if err := s.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := shake(t, addr, cfg); err == nil {
+	if _, err := shake(addr, cfg); err == nil {
 		t.Fatal("a client of the replaced CA is still accepted")
 	}
 	cfg.Certificates = []tls.Certificate{next.KeyPair(t, testutil.Leaf{Client: true})}
-	if _, err := shake(t, addr, cfg); err != nil {
+	if _, err := shake(addr, cfg); err != nil {
 		t.Fatalf("a client of the new CA is refused: %v", err)
 	}
 }
@@ -532,13 +522,13 @@ func TestClientsResumeAcrossReloads(t *testing.T) {
 	s := newStore(t, opt)
 	addr := serveTLS(t, s.TLSConfig())
 	cfg := &tls.Config{ServerName: "app.example.com", RootCAs: p.ca.Pool(), ClientSessionCache: tls.NewLRUClientSessionCache(4)}
-	if st, err := shake(t, addr, cfg); err != nil || st.DidResume {
+	if st, err := shake(addr, cfg); err != nil || st.DidResume {
 		t.Fatalf("first handshake: resumed %v, %v", st.DidResume, err)
 	}
 	if err := s.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := shake(t, addr, cfg); err != nil || !st.DidResume {
+	if st, err := shake(addr, cfg); err != nil || !st.DidResume {
 		t.Fatalf("after Reload: resumed %v, %v", st.DidResume, err)
 	}
 	// A configuration reload builds a new store over the old one; the
@@ -551,7 +541,7 @@ func TestClientsResumeAcrossReloads(t *testing.T) {
 	if s2.TLSConfig() != s.TLSConfig() {
 		t.Fatal("the new store has a listener config of its own")
 	}
-	if st, err := shake(t, addr, cfg); err != nil || !st.DidResume {
+	if st, err := shake(addr, cfg); err != nil || !st.DidResume {
 		t.Fatalf("after a new store: resumed %v, %v", st.DidResume, err)
 	}
 }
