@@ -25,6 +25,18 @@ var shareTolerance = map[string]float64{
 	config.SourceHash:         0.25,
 }
 
+// withDown is four equal backends, those in down set down by hand, and
+// a policy of algorithm over them.
+func withDown(t *testing.T, algorithm string, down []int) ([]*Backend, Policy) {
+	t.Helper()
+	bs := equal(4)
+	p := mustPolicy(t, algorithm, bs)
+	for _, i := range down {
+		bs[i].SetAdmin(AdminDown)
+	}
+	return bs, p
+}
+
 // TestSurvivorsShareEvenly checks every policy's fairness claim where it
 // matters most: when backends are out, the ones left share the
 // connections evenly, whichever are out. Connections are short (every
@@ -36,11 +48,7 @@ func TestSurvivorsShareEvenly(t *testing.T) {
 	for _, algorithm := range config.Balances {
 		for _, down := range downSets {
 			t.Run(fmt.Sprintf("%s/down%v", algorithm, down), func(t *testing.T) {
-				bs := equal(4)
-				p := mustPolicy(t, algorithm, bs)
-				for _, i := range down {
-					bs[i].SetAdmin(AdminDown)
-				}
+				bs, p := withDown(t, algorithm, down)
 				got := make([]int, len(bs))
 				for k := range picks {
 					got[p.Pick(bs, clients[k])]++
@@ -73,11 +81,7 @@ func TestTurnsGoRoundTheSurvivors(t *testing.T) {
 	for _, algorithm := range []string{config.RoundRobin, config.WeightedRoundRobin, config.LeastConn} {
 		for _, down := range downSets {
 			t.Run(fmt.Sprintf("%s/down%v", algorithm, down), func(t *testing.T) {
-				bs := equal(4)
-				p := mustPolicy(t, algorithm, bs)
-				for _, i := range down {
-					bs[i].SetAdmin(AdminDown)
-				}
+				bs, p := withDown(t, algorithm, down)
 				survivors := len(bs) - len(down)
 				var seq []int
 				for range 10 * survivors {

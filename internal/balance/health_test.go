@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -53,23 +52,13 @@ func TestUDPProbe(t *testing.T) {
 
 // TestTCPProbeHex: send_hex and expect_hex work for TCP checks too.
 func TestTCPProbeHex(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	ln := testutil.Listen(t, "tcp4")
+	testutil.Serve(t, ln, func(c net.Conn) {
 		buf := make([]byte, 2)
 		if _, err := io.ReadFull(c, buf); err == nil && string(buf) == "\x00\x01" {
 			_, _ = c.Write([]byte("\x02\x03ok"))
 		}
 	})
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
 	ap := ln.Addr().(*net.TCPAddr).AddrPort()
 	b := &Backend{Address: ap.String(), Addr: ap, State: newState()}
 	hc := config.HealthCheck{Timeout: 5 * time.Second, SendHex: "0001", ExpectHex: "0203"}
