@@ -395,10 +395,21 @@ type valuer struct{ v string }
 
 func (v valuer) LogValue() slog.Value { return slog.StringValue(v.v) }
 
+// wraps are a handler's WithAttrs and WithGroup calls.
+type wraps []func(slog.Handler) slog.Handler
+
+func withAttrs(as ...slog.Attr) func(slog.Handler) slog.Handler {
+	return func(h slog.Handler) slog.Handler { return h.WithAttrs(as) }
+}
+
+func withGroup(name string) func(slog.Handler) slog.Handler {
+	return func(h slog.Handler) slog.Handler { return h.WithGroup(name) }
+}
+
 func TestTextHandlerRecords(t *testing.T) {
 	tests := []struct {
 		name  string
-		wrap  func(h slog.Handler) slog.Handler
+		wrap  wraps // applied in order
 		level slog.Level
 		msg   string
 		attrs []slog.Attr
@@ -447,83 +458,23 @@ func TestTextHandlerRecords(t *testing.T) {
 		{name: "group without a key is inlined", msg: "m", attrs: []slog.Attr{slog.Group("", slog.Int("x", 1))}, want: "INFO m x=1"},
 		{name: "LogValuer in a group is resolved", msg: "m", attrs: []slog.Attr{slog.Group("g", slog.Any("k", valuer{"v"}))}, want: "INFO m g.k=v"},
 
-		{
-			name: "WithAttrs come first",
-			wrap: func(h slog.Handler) slog.Handler {
-				return h.WithAttrs([]slog.Attr{slog.Int("a", 1), slog.String("s", "x y")})
-			},
-			msg: "m", attrs: []slog.Attr{slog.Int("b", 2)},
-			want: `INFO m a=1 s="x y" b=2`,
-		},
-		{
-			name: "WithAttrs twice",
-			wrap: func(h slog.Handler) slog.Handler {
-				return h.WithAttrs([]slog.Attr{slog.Int("a", 1)}).WithAttrs([]slog.Attr{slog.Int("c", 3)})
-			},
-			msg: "m", attrs: []slog.Attr{slog.Int("b", 2)},
-			want: "INFO m a=1 c=3 b=2",
-		},
-		{
-			name: "WithAttrs resolves",
-			wrap: func(h slog.Handler) slog.Handler { return h.WithAttrs([]slog.Attr{slog.Any("k", valuer{"replaced"})}) },
-			msg:  "m",
-			want: "INFO m k=replaced",
-		},
-		{
-			name: "WithGroup prefixes record keys",
-			wrap: func(h slog.Handler) slog.Handler { return h.WithGroup("g") },
-			msg:  "m", attrs: []slog.Attr{slog.String("k", "v")},
-			want: "INFO m g.k=v",
-		},
-		{
-			name: "WithGroup twice",
-			wrap: func(h slog.Handler) slog.Handler { return h.WithGroup("g").WithGroup("h") },
-			msg:  "m", attrs: []slog.Attr{slog.String("k", "v")},
-			want: "INFO m g.h.k=v",
-		},
-		{
-			name: "WithGroup then group attribute",
-			wrap: func(h slog.Handler) slog.Handler { return h.WithGroup("g") },
-			msg:  "m", attrs: []slog.Attr{slog.Group("req", slog.Int("id", 7))},
-			want: "INFO m g.req.id=7",
-		},
-		{
-			name: "WithAttrs before WithGroup are not in the group",
-			wrap: func(h slog.Handler) slog.Handler {
-				return h.WithAttrs([]slog.Attr{slog.Int("a", 1)}).WithGroup("g")
-			},
-			msg: "m", attrs: []slog.Attr{slog.String("k", "v")},
-			want: "INFO m a=1 g.k=v",
-		},
-		{
-			name: "WithAttrs after WithGroup are in the group",
-			wrap: func(h slog.Handler) slog.Handler {
-				return h.WithGroup("g").WithAttrs([]slog.Attr{slog.Int("a", 1)})
-			},
-			msg: "m", attrs: []slog.Attr{slog.String("k", "v")},
-			want: "INFO m g.a=1 g.k=v",
-		},
-		{
-			name: "WithGroup with an empty name does nothing",
-			wrap: func(h slog.Handler) slog.Handler { return h.WithGroup("") },
-			msg:  "m", attrs: []slog.Attr{slog.String("k", "v")},
-			want: "INFO m k=v",
-		},
-		{
-			name: "a group with nothing in it shows nothing",
-			wrap: func(h slog.Handler) slog.Handler {
-				return h.WithAttrs([]slog.Attr{slog.Int("a", 1)}).WithGroup("g")
-			},
-			msg:  "m",
-			want: "INFO m a=1",
-		},
+		{name: "WithAttrs come first", wrap: wraps{withAttrs(slog.Int("a", 1), slog.String("s", "x y"))}, msg: "m", attrs: []slog.Attr{slog.Int("b", 2)}, want: `INFO m a=1 s="x y" b=2`},
+		{name: "WithAttrs twice", wrap: wraps{withAttrs(slog.Int("a", 1)), withAttrs(slog.Int("c", 3))}, msg: "m", attrs: []slog.Attr{slog.Int("b", 2)}, want: "INFO m a=1 c=3 b=2"},
+		{name: "WithAttrs resolves", wrap: wraps{withAttrs(slog.Any("k", valuer{"replaced"}))}, msg: "m", want: "INFO m k=replaced"},
+		{name: "WithGroup prefixes record keys", wrap: wraps{withGroup("g")}, msg: "m", attrs: []slog.Attr{slog.String("k", "v")}, want: "INFO m g.k=v"},
+		{name: "WithGroup twice", wrap: wraps{withGroup("g"), withGroup("h")}, msg: "m", attrs: []slog.Attr{slog.String("k", "v")}, want: "INFO m g.h.k=v"},
+		{name: "WithGroup then group attribute", wrap: wraps{withGroup("g")}, msg: "m", attrs: []slog.Attr{slog.Group("req", slog.Int("id", 7))}, want: "INFO m g.req.id=7"},
+		{name: "WithAttrs before WithGroup are not in the group", wrap: wraps{withAttrs(slog.Int("a", 1)), withGroup("g")}, msg: "m", attrs: []slog.Attr{slog.String("k", "v")}, want: "INFO m a=1 g.k=v"},
+		{name: "WithAttrs after WithGroup are in the group", wrap: wraps{withGroup("g"), withAttrs(slog.Int("a", 1))}, msg: "m", attrs: []slog.Attr{slog.String("k", "v")}, want: "INFO m g.a=1 g.k=v"},
+		{name: "WithGroup with an empty name does nothing", wrap: wraps{withGroup("")}, msg: "m", attrs: []slog.Attr{slog.String("k", "v")}, want: "INFO m k=v"},
+		{name: "a group with nothing in it shows nothing", wrap: wraps{withAttrs(slog.Int("a", 1)), withGroup("g")}, msg: "m", want: "INFO m a=1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var buf bytes.Buffer
 			var h slog.Handler = observe.NewTextHandler(&buf, slog.LevelDebug)
-			if tt.wrap != nil {
-				h = tt.wrap(h)
+			for _, w := range tt.wrap {
+				h = w(h)
 			}
 			r := slog.NewRecord(accepted, tt.level, tt.msg, 0)
 			r.AddAttrs(tt.attrs...)
