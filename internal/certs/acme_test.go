@@ -9,23 +9,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pj-proxy/pj/internal/testutil"
 )
-
-func port(t *testing.T, addr string) int {
-	t.Helper()
-	_, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, _ := strconv.Atoi(p)
-	return n
-}
 
 // serveHandshakes completes TLS handshakes with cfg on ln until the test
 // ends, and greets each connection as serveTLS does.
@@ -40,10 +29,8 @@ func serveHandshakes(t *testing.T, ln net.Listener, cfg *tls.Config) {
 
 func TestACMEIssuesWithTLSALPN01AndKeepsItOnDisk(t *testing.T) {
 	const domain = "app.pj.test"
-	dns := testutil.StartDNS(t)
-	dns.SetIPs(domain, "127.0.0.1")
 	tlsLn := testutil.Listen(t, "tcp4")
-	pb := testutil.StartPebble(t, port(t, testutil.ClosedAddr(t)), port(t, tlsLn.Addr().String()), dns.Addr)
+	pb := testutil.PebbleFor(t, domain, testutil.ClosedAddr(t), tlsLn.Addr().String())
 	storage := filepath.Join(t.TempDir(), "acme")
 	opt := ServerOptions{ALPN: []string{"http/1.1"}, ACME: &ACMEOptions{
 		Domains: []string{domain}, Email: "ops@pj.test", Directory: pb.Dir, CARoots: pb.CARoots, Storage: storage,
@@ -98,10 +85,8 @@ func TestACMEFallsBackToHTTP01(t *testing.T) {
 	// Pebble's tls-alpn-01 port has nothing behind it here, so the
 	// challenge that works is http-01, answered on HTTPListen.
 	const domain = "web.pj.test"
-	dns := testutil.StartDNS(t)
-	dns.SetIPs(domain, "127.0.0.1")
 	httpAddr := testutil.ClosedAddr(t)
-	pb := testutil.StartPebble(t, port(t, httpAddr), port(t, testutil.ClosedAddr(t)), dns.Addr)
+	pb := testutil.PebbleFor(t, domain, httpAddr, testutil.ClosedAddr(t))
 	s, err := NewStore(ServerOptions{ACME: &ACMEOptions{
 		Domains: []string{domain}, Directory: pb.Dir, CARoots: pb.CARoots, Storage: t.TempDir(), HTTPListen: httpAddr,
 	}}, nil, nil)
@@ -113,18 +98,7 @@ func TestACMEFallsBackToHTTP01(t *testing.T) {
 	testutil.WaitFor(t, 60*time.Second, "the ACME certificate", func() bool { return s.ACME().Ready(domain) })
 
 	// Any other request is sent to https.
-	noRedirect := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/shop?item=1", nil)
-	req.Host = domain
-	resp, err := noRedirect.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	noRedirect.CloseIdleConnections()
-	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusFound || loc != "https://"+domain+"/shop?item=1" {
-		t.Errorf("GET /shop: %d to %q, want a redirect to https", resp.StatusCode, loc)
-	}
+	testutil.WantHTTPSRedirect(t, httpAddr, domain, "/shop?item=1")
 	s.Close()
 	s.ACME().wait()
 	if c, err := net.DialTimeout("tcp", httpAddr, 5*time.Second); err == nil {

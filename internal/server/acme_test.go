@@ -1,12 +1,8 @@
 package server_test
 
 import (
-	"net"
-	"net/http"
 	"path/filepath"
-	"strconv"
 	"testing"
-	"time"
 
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/server"
@@ -21,10 +17,8 @@ import (
 // the certificate pebble issued.
 func TestACMEOnARoutedPort(t *testing.T) {
 	const domain = "app.pj.test"
-	dns := testutil.StartDNS(t)
-	dns.SetIPs(domain, "127.0.0.1")
 	x := testutil.ClosedAddr(t)
-	pb := testutil.StartPebble(t, portOf(t, testutil.ClosedAddr(t)), portOf(t, x), dns.Addr)
+	pb := testutil.PebbleFor(t, domain, testutil.ClosedAddr(t), x)
 
 	passthrough := pjconf.Route("others", config.Match{SNI: []string{"*.pj.test"}, ALPN: []string{"acme-tls/1"}}, testutil.ClosedAddr(t))
 	app := pjconf.Route("app", config.Match{SNI: []string{domain}}, testutil.StartEcho(t))
@@ -50,29 +44,14 @@ func wantIssued(t *testing.T, r *pjtest.Server, x, domain string, pb *testutil.P
 	}
 }
 
-func portOf(t *testing.T, addr string) int {
-	t.Helper()
-	_, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := strconv.Atoi(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
 // TestACMEHTTP01 has pj obtain a certificate from pebble with the http-01
 // challenge alone: nothing answers on pebble's tls-alpn-01 port, and pj
 // answers pebble's HTTP request on its http_listen address. That address
 // also sends every other request to https.
 func TestACMEHTTP01(t *testing.T) {
 	const domain = "web.pj.test"
-	dns := testutil.StartDNS(t)
-	dns.SetIPs(domain, "127.0.0.1")
 	httpAddr := testutil.ClosedAddr(t)
-	pb := testutil.StartPebble(t, portOf(t, httpAddr), portOf(t, testutil.ClosedAddr(t)), dns.Addr)
+	pb := testutil.PebbleFor(t, domain, httpAddr, testutil.ClosedAddr(t))
 
 	x := testutil.ClosedAddr(t)
 	px := pjtest.Proxy("web", x, testutil.StartEcho(t))
@@ -82,16 +61,6 @@ func TestACMEHTTP01(t *testing.T) {
 	r.Logs.WaitLines(t, "answering ACME http-01 challenges", 1)
 	wantIssued(t, r, x, domain, pb)
 
-	plain := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	defer plain.CloseIdleConnections()
-	req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/cart", nil)
-	req.Host = domain
-	resp, err := plain.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusFound || loc != "https://"+domain+"/cart" {
-		t.Errorf("GET /cart on the http-01 listener: %d to %q, want a redirect to https", resp.StatusCode, loc)
-	}
+	// Every other request on the http-01 listener is sent to https.
+	testutil.WantHTTPSRedirect(t, httpAddr, domain, "/cart")
 }

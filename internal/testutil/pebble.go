@@ -5,9 +5,11 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -81,6 +83,51 @@ func StartPebble(t testing.TB, httpPort, tlsPort int, dnsAddr string) *Pebble {
 		return resp.StatusCode == http.StatusOK
 	})
 	return p
+}
+
+// PebbleFor runs pebble for one domain: a DNS server of the test's
+// resolves domain to 127.0.0.1, and pebble validates http-01 on the port
+// of httpAddr and tls-alpn-01 on the port of tlsAddr (loopback addresses
+// the test listens on, or reserved ones where nothing answers).
+func PebbleFor(t testing.TB, domain, httpAddr, tlsAddr string) *Pebble {
+	t.Helper()
+	dns := StartDNS(t)
+	dns.SetIPs(domain, "127.0.0.1")
+	return StartPebble(t, portOf(t, httpAddr), portOf(t, tlsAddr), dns.Addr)
+}
+
+func portOf(t testing.TB, addr string) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatalf("the port of %s: %v", addr, err)
+	}
+	return n
+}
+
+// WantHTTPSRedirect fails the test unless a GET of path for host at addr
+// (an ACME http-01 listener) is redirected to https://host+path.
+func WantHTTPSRedirect(t testing.TB, addr, host, path string) {
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = host
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusFound || loc != "https://"+host+path {
+		t.Errorf("GET %s on %s: %d to %q, want a redirect to https", path, addr, resp.StatusCode, loc)
+	}
 }
 
 // Roots returns the root that pebble issues under (made anew at each
