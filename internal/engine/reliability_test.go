@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -172,27 +171,6 @@ func TestRemovedListenerLeavesNoStateBehind(t *testing.T) {
 	}
 }
 
-// silentBackend returns a loopback address whose accept queue is full, so
-// that a connect to it gets no answer: its SYNs are dropped.
-func silentBackend(t *testing.T) string {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil { // a queue of one
-		t.Fatal(err)
-	}
-	sa, _ := unix.Getsockname(fd)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
-	testutil.Dial(t, addr) // fills the queue
-	return addr
-}
-
 func TestPanicOnEveryPathCostsOneConnection(t *testing.T) {
 	// A panic wherever the loop handles a connection (its timers, a
 	// failover, a throttled direction, work left for a later turn) closes
@@ -208,7 +186,7 @@ func TestPanicOnEveryPathCostsOneConnection(t *testing.T) {
 		{point: "idle", opt: harnessOpt{idle: 50 * time.Millisecond},
 			drive: func(t *testing.T, c *net.TCPConn) { testutil.RoundTrip(t, c, "x") }},
 		{point: "connect_timeout", opt: harnessOpt{connect: 100 * time.Millisecond},
-			backends: func(t *testing.T) []string { return []string{silentBackend(t)} }},
+			backends: func(t *testing.T) []string { return []string{testutil.SilentAddr(t)} }},
 		{point: "failover",
 			backends: func(t *testing.T) []string { return []string{testutil.ClosedAddr(t)} }},
 		{point: "throttle", opt: harnessOpt{bw: 16 << 10},

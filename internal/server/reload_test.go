@@ -292,17 +292,6 @@ func TestReloadOfTheLogLevelTouchesNoPool(t *testing.T) {
 	}
 }
 
-// sendAndAsk sends msg through addr, half-closes, and returns the answer.
-func sendAndAsk(t *testing.T, addr, msg string) string {
-	t.Helper()
-	c := testutil.Dial(t, addr)
-	if _, err := io.WriteString(c, msg); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.CloseWrite()
-	return testutil.ReadAll(t, c)
-}
-
 // A reload that changes a proxy's routes serves new connections by the
 // new routes at once; a route that keeps its name keeps its backends'
 // health and administrative state, and its counters.
@@ -313,7 +302,7 @@ func TestReloadOfRoutesKeepsTheStateOfRoutesThatStay(t *testing.T) {
 		pjconf.Route("ssh", config.Match{Protocol: "ssh"}, ssh),
 		pjconf.Route("rest", config.Match{}, rest))
 	r := pjtest.Start(t, cfgOf(time.Minute, before), server.Options{})
-	if got := sendAndAsk(t, x, "SSH-2.0-x\r\n"); got != "SSH-2.0-x\r\n" {
+	if got := testutil.SendAndRead(t, x, "SSH-2.0-x\r\n"); got != "SSH-2.0-x\r\n" {
 		t.Fatalf("through route ssh: %q", got)
 	}
 	if err := r.SetBackendState("edge", ssh, balance.AdminDrain); err != nil {
@@ -338,10 +327,10 @@ func TestReloadOfRoutesKeepsTheStateOfRoutesThatStay(t *testing.T) {
 	}
 	// The drained backend takes no new client: route ssh has nothing
 	// left, so an SSH client is closed; an HTTP client takes the new route.
-	if got := sendAndAsk(t, x, "GET / HTTP/1.0\r\n\r\n"); got != "GET / HTTP/1.0\r\n\r\n" {
+	if got := testutil.SendAndRead(t, x, "GET / HTTP/1.0\r\n\r\n"); got != "GET / HTTP/1.0\r\n\r\n" {
 		t.Fatalf("through the new route web: %q", got)
 	}
-	if got := sendAndAsk(t, x, "SSH-2.0-y\r\n"); got != "" {
+	if got := testutil.SendAndRead(t, x, "SSH-2.0-y\r\n"); got != "" {
 		t.Fatalf("through route ssh, whose only backend is drained: %q", got)
 	}
 	r.Logs.WaitLines(t, "route=web", 1)

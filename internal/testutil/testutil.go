@@ -206,6 +206,28 @@ func ListenSecluded(t testing.TB) net.Listener {
 	return ln
 }
 
+// SilentAddr returns a loopback address that never answers a connect,
+// until the test ends: a socket listening with an accept queue already
+// full, so the kernel drops the SYNs that come.
+func SilentAddr(t testing.TB) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil { // a queue of one
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
+	Dial(t, addr) // fills the queue
+	return addr
+}
+
 // reserve binds a socket to ip and a port the kernel picks, with
 // SO_REUSEADDR, never listening, until the test ends (see ClosedAddr).
 func reserve(t testing.TB, ip [4]byte) string {
@@ -466,6 +488,18 @@ func Get(t testing.TB, url string) string {
 		t.Fatalf("GET %s: %s, %q, %v", url, res.Status, body, err)
 	}
 	return string(body)
+}
+
+// SendAndRead sends msg to addr, half-closes, and returns the answer,
+// read to its end within 10 s.
+func SendAndRead(t testing.TB, addr, msg string) string {
+	t.Helper()
+	c := Dial(t, addr)
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.CloseWrite()
+	return ReadAll(t, c)
 }
 
 // ReadAll reads c to its end of stream within 10 s.
