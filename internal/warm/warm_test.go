@@ -250,6 +250,9 @@ func TestRefillIsBounded(t *testing.T) {
 	if got := peak.Load(); got > warm.MaxDials {
 		t.Errorf("at most %d dials were in flight at once, want at most %d", got, warm.MaxDials)
 	}
+	// A connection is idle in the pool once its connect is done, which
+	// may be before the backend's accept returns.
+	testutil.WaitFor(t, 5*time.Second, "the backend to accept 10", func() bool { return b.Accepted.Load() >= 10 })
 	if n := b.Accepted.Load(); n != 10 {
 		t.Errorf("backend accepted %d connections, want 10", n)
 	}
