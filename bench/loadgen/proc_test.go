@@ -68,17 +68,20 @@ func TestParseStatRealKernelLine(t *testing.T) {
 }
 
 func TestParseStatErrors(t *testing.T) {
-	for _, line := range []string{
-		"",
-		"1234 pj S 1",
-		"1234 (pj) S 1 2 3",
-		"x (pj) S 1 1234 1234 0 -1 4194560 1130 0 0 0 57 31 2 3",
-		"1234 (pj) S 1 1234 1234 0 -1 4194560 1130 0 0 0 5x 31 2 3",
-		"1234 (pj) S y 1234 1234 0 -1 4194560 1130 0 0 0 57 31 2 3",
-	} {
-		if _, err := parseStat(line); err == nil {
-			t.Errorf("parseStat(%q) succeeded, want an error", line)
-		}
+	tests := []struct{ name, line string }{
+		{"empty", ""},
+		{"no parentheses around the name", "1234 pj S 1"},
+		{"too few fields", "1234 (pj) S 1 2 3"},
+		{"a pid that is not a number", "x (pj) S 1 1234 1234 0 -1 4194560 1130 0 0 0 57 31 2 3"},
+		{"a utime that is not a number", "1234 (pj) S 1 1234 1234 0 -1 4194560 1130 0 0 0 5x 31 2 3"},
+		{"a ppid that is not a number", "1234 (pj) S y 1234 1234 0 -1 4194560 1130 0 0 0 57 31 2 3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := parseStat(tt.line); err == nil {
+				t.Errorf("parseStat(%q) succeeded, want an error", tt.line)
+			}
+		})
 	}
 }
 
