@@ -77,6 +77,13 @@ func Bind(ctx context.Context, addr string, n int) (*Sockets, error) {
 		}
 		s.fds = append(s.fds, fd)
 	}
+	return s.ready()
+}
+
+// ready returns s once its sockets of a wildcard address are asked for
+// the address each datagram came to (wantPktinfo); on failure, it closes
+// them all.
+func (s *Sockets) ready() (*Sockets, error) {
 	if s.wildcard {
 		for _, fd := range s.fds {
 			if err := wantPktinfo(fd, s.family); err != nil {

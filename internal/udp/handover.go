@@ -63,13 +63,5 @@ func Adopt(fds []int) (*Sockets, error) {
 		return nil, err
 	}
 	s.fds = fds
-	if s.wildcard {
-		for _, fd := range s.fds {
-			if err := wantPktinfo(fd, s.family); err != nil {
-				s.Close()
-				return nil, err
-			}
-		}
-	}
-	return s, nil
+	return s.ready()
 }
