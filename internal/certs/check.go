@@ -84,13 +84,7 @@ func CheckServer(opt ServerOptions, sni []string, now time.Time) []Finding {
 		}
 	}
 	if opt.ClientCA != "" {
-		if _, certs, err := LoadPool("client_ca", opt.ClientCA); err != nil {
-			fs.add(Error, "tls %s", err)
-		} else {
-			for _, c := range certs {
-				validity(&fs, fmt.Sprintf("tls client_ca %s: CA %q", opt.ClientCA, c.Subject.CommonName), c.NotBefore, c.NotAfter, now)
-			}
-		}
+		checkCAs(&fs, "tls ", "client_ca", opt.ClientCA, now)
 	}
 	var acmeDomains map[string]bool
 	if a := opt.ACME; a != nil {
@@ -148,13 +142,7 @@ func namesText(names []string) string {
 func CheckClient(opt ClientOptions, now time.Time) []Finding {
 	var fs findings
 	if opt.CA != "" {
-		if _, certs, err := LoadPool("backend_tls ca", opt.CA); err != nil {
-			fs.add(Error, "%s", err)
-		} else {
-			for _, c := range certs {
-				validity(&fs, fmt.Sprintf("backend_tls ca %s: CA %q", opt.CA, c.Subject.CommonName), c.NotBefore, c.NotAfter, now)
-			}
-		}
+		checkCAs(&fs, "", "backend_tls ca", opt.CA, now)
 	}
 	switch {
 	case opt.Cert != "" && opt.Key == "":
@@ -177,6 +165,20 @@ func CheckClient(opt ClientOptions, now time.Time) []Finding {
 		fs.add(Warning, "%s", msg)
 	}
 	return fs
+}
+
+// checkCAs reads a CA file as the store does, role as LoadPool takes it
+// and prefix what the findings say before the role ("tls "), and warns
+// about each CA outside its validity period.
+func checkCAs(fs *findings, prefix, role, file string, now time.Time) {
+	_, certs, err := LoadPool(role, file)
+	if err != nil {
+		fs.add(Error, "%s%s", prefix, err)
+		return
+	}
+	for _, c := range certs {
+		validity(fs, fmt.Sprintf("%s%s %s: CA %q", prefix, role, file, c.Subject.CommonName), c.NotBefore, c.NotAfter, now)
+	}
 }
 
 // validity warns about a certificate outside its validity period.
