@@ -324,7 +324,7 @@ func (l *loop) connectFailed(c *conn) {
 	status := observe.StatusConnectFailed
 	if c.backend == nil {
 		status = observe.StatusNoBackend
-		c.err = errors.New("no backend is eligible")
+		c.err = balance.ErrNoBackend
 	}
 	l.close(c, status, c.err)
 }

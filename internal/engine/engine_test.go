@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/admission"
+	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/config"
 	"github.com/pj-proxy/pj/internal/observe"
 	"github.com/pj-proxy/pj/internal/proxy"
@@ -498,4 +499,12 @@ func TestClientTableStaysBoundedUnderAFloodOfSources(t *testing.T) {
 	if st := clients.Stats(); st.Evictions == 0 {
 		t.Fatalf("stats %+v: a flood of %d sources must have evicted idle clients", st, sources)
 	}
+}
+
+func TestNoEligibleBackendSaysWhereToLook(t *testing.T) {
+	baddr, _ := backendConns(t)
+	h := newHarness(t, harnessOpt{}, baddr)
+	h.ln.Proxy().Backends()[0].SetAdmin(balance.AdminDrain)
+	testutil.Dial(t, h.addr)
+	h.wantLine(t, "[no_backend]", "no backend is eligible", "status page", "GET /api/v1/proxies")
 }

@@ -174,7 +174,7 @@ func (ss *session) reach(alpn []string) (net.Conn, error) {
 		b := order.Next()
 		if b == nil {
 			if ss.tried == nil {
-				return nil, errors.New("no backend is eligible")
+				return nil, balance.ErrNoBackend
 			}
 			return nil, lastErr
 		}

@@ -570,6 +570,17 @@ func TestFailoverAndNoBackend(t *testing.T) {
 		t.Fatalf("read %q", got)
 	}
 	wantFields(t, px2.line(t, 1), "-> "+dead+" [connect_failed]", "connection refused")
+
+	// Its only backend drained: the log line says where to look.
+	r3 := route(t, testutil.StartEcho(t))
+	r3.Terminate = term
+	r3.Backends.Pool().Backends()[0].SetAdmin(balance.AdminDrain)
+	px3 := startProxy(t, r3)
+	c = tlsDial(t, px3.addr, cfg)
+	if got, _ := io.ReadAll(c); len(got) != 0 {
+		t.Fatalf("read %q", got)
+	}
+	wantFields(t, px3.line(t, 1), "[no_backend]", "no backend is eligible", "status page", "GET /api/v1/proxies")
 }
 
 func TestCutEndsEveryConnectionAsShutdown(t *testing.T) {

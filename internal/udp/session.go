@@ -298,7 +298,7 @@ func (l *loop) exhausted(s *session) {
 	}
 	err := s.err
 	if err == nil {
-		err = errors.New("no backend is eligible")
+		err = balance.ErrNoBackend
 	}
 	l.close(s, observe.StatusConnectFailed, fmt.Errorf("%w: %w", errNoBackendLeft, err))
 }
