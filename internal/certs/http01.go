@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/net/netutil"
+
+	"github.com/pj-proxy/pj/internal/evloop"
 )
 
 // The HTTP listeners of ACME's http-01 challenge, by address. Several ACME
@@ -56,7 +58,7 @@ func joinChallengeListener(addr string, a *ACME) error {
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("tls acme http_listen %s: %w%s", addr, unwrapOpErr(err), bindHint(err))
+		return fmt.Errorf("tls acme http_listen %s: %w%s", addr, evloop.UnwrapOp(err), bindHint(err))
 	}
 	cl := &challengeListener{addr: addr, clients: []*ACME{a}, done: make(chan struct{})}
 	cl.srv = &http.Server{
@@ -144,14 +146,6 @@ func (cl *challengeListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 // challengePath is where the CA asks for http-01 tokens (RFC 8555, 8.3).
 const challengePath = "/.well-known/acme-challenge/"
-
-func unwrapOpErr(err error) error {
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		return oe.Err
-	}
-	return err
-}
 
 // bindHint says what to do about a listener that cannot be bound.
 func bindHint(err error) string {

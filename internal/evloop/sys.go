@@ -2,6 +2,7 @@ package evloop
 
 import (
 	"errors"
+	"net"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -17,6 +18,16 @@ func SocketError(fd int) error {
 		return unix.Errno(v)
 	}
 	return nil
+}
+
+// UnwrapOp drops a *net.OpError's wrapping (the operation, the
+// addresses), for an error whose message names them already.
+func UnwrapOp(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return oe.Err
+	}
+	return err
 }
 
 // IsShortage reports whether err means the process or the kernel ran out

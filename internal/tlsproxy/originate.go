@@ -12,6 +12,7 @@ import (
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/certs"
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/evloop"
 )
 
 // Dialer originates TLS to backends with a certs.Client's trust and
@@ -34,7 +35,7 @@ func (d *Dialer) Dial(ctx context.Context, b *balance.Backend, alpn []string) (*
 	var nd net.Dialer
 	raw, err := nd.DialContext(ctx, "tcp", b.Addr.String())
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", b.Address, unwrapOp(err))
+		return nil, fmt.Errorf("connect to %s: %w", b.Address, evloop.UnwrapOp(err))
 	}
 	deadline, _ := ctx.Deadline()
 	tc, err := d.handshake(raw, BackendHost(b), alpn, deadline)
@@ -60,7 +61,7 @@ func (d *Dialer) handshake(raw net.Conn, host string, alpn []string, deadline ti
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil, errors.New("handshake not completed in time")
 		}
-		return nil, unwrapOp(err)
+		return nil, evloop.UnwrapOp(err)
 	}
 	return tc, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pj-proxy/pj/internal/balance"
 	"github.com/pj-proxy/pj/internal/certs"
+	"github.com/pj-proxy/pj/internal/evloop"
 	"github.com/pj-proxy/pj/internal/observe"
 )
 
@@ -230,7 +231,7 @@ func (ss *session) dial(b *balance.Backend, timeout time.Duration, alpn []string
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", b.Addr.String())
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", b.Address, unwrapOp(err))
+		return nil, fmt.Errorf("connect to %s: %w", b.Address, evloop.UnwrapOp(err))
 	}
 	deadline, _ := ctx.Deadline()
 	if ss.r.ProxyProtocol != 0 {
@@ -248,15 +249,6 @@ func (ss *session) dial(b *balance.Backend, timeout time.Duration, alpn []string
 		return nil, fmt.Errorf("TLS to %s: %w", b.Address, err)
 	}
 	return tc, nil
-}
-
-// unwrapOp drops the *net.OpError's repetition of the addresses.
-func unwrapOp(err error) error {
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		return oe.Err
-	}
-	return err
 }
 
 func (ss *session) sendHeader(c net.Conn, deadline time.Time) error {

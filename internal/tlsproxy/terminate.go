@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pj-proxy/pj/internal/certs"
+	"github.com/pj-proxy/pj/internal/evloop"
 )
 
 // Terminator completes clients' TLS handshakes with a store's
@@ -61,7 +62,7 @@ func (t *Terminator) handshake(c net.Conn, timeout time.Duration) (*tls.Conn, er
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil, fmt.Errorf("TLS handshake: not completed within %s", timeout)
 		}
-		return nil, fmt.Errorf("TLS handshake: %w", unwrapOp(err))
+		return nil, fmt.Errorf("TLS handshake: %w", evloop.UnwrapOp(err))
 	}
 	t.stats.Success.Add(1)
 	return tc, nil
