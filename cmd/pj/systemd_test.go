@@ -5,6 +5,7 @@ package main
 // sockets passed in as systemd passes them (LISTEN_FDS, LISTEN_PID).
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -33,31 +34,43 @@ func listenNotify(t *testing.T) *notifySocket {
 	return &notifySocket{path: path, msgs: msgs}
 }
 
-// expect reads the next notification that is not a watchdog ping and
-// fails the test (saying when) unless it has every field of want
-// ("READY=1"); it returns the notification's fields.
-func (ns *notifySocket) expect(t *testing.T, when string, want ...string) map[string]string {
+// waitFor gives see every notification, in order, until see returns true;
+// it fails the test if that takes more than 10 s.
+func (ns *notifySocket) waitFor(t *testing.T, what string, see func(msg string) bool) {
 	t.Helper()
 	deadline := time.After(10 * time.Second)
 	for {
 		select {
 		case m := <-ns.msgs:
-			if m == "WATCHDOG=1" {
-				ns.pings++
-				continue
+			if see(m) {
+				return
 			}
-			f := fields(m)
-			for _, w := range want {
-				if k, v, _ := strings.Cut(w, "="); f[k] != v {
-					t.Fatalf("%s: notification %q, want %s", when, m, strings.Join(want, " and "))
-				}
-			}
-			return f
 		case <-deadline:
-			t.Fatalf("%s: no notification within 10s, want %s", when, strings.Join(want, " and "))
-			return nil
+			t.Fatalf("timed out after 10s waiting for %s", what)
 		}
 	}
+}
+
+// expect reads the next notification that is not a watchdog ping and
+// fails the test (saying when) unless it has every field of want
+// ("READY=1"); it returns the notification's fields.
+func (ns *notifySocket) expect(t *testing.T, when string, want ...string) map[string]string {
+	t.Helper()
+	var f map[string]string
+	ns.waitFor(t, fmt.Sprintf("%s: a notification %s", when, strings.Join(want, " and ")), func(m string) bool {
+		if m == "WATCHDOG=1" {
+			ns.pings++
+			return false
+		}
+		f = fields(m)
+		for _, w := range want {
+			if k, v, _ := strings.Cut(w, "="); f[k] != v {
+				t.Fatalf("%s: notification %q, want %s", when, m, strings.Join(want, " and "))
+			}
+		}
+		return true
+	})
+	return f
 }
 
 // fields parses "A=1\nB=2".
@@ -124,18 +137,12 @@ func TestNotifyReadyReloadStoppingAndWatchdog(t *testing.T) {
 	}
 
 	// The watchdog is pinged every 100 ms while pj runs.
-	testutil.WaitFor(t, 10*time.Second, "three watchdog pings", func() bool {
-		for {
-			select {
-			case m := <-ns.msgs:
-				if m != "WATCHDOG=1" {
-					t.Fatalf("unexpected notification %q", m)
-				}
-				ns.pings++
-			default:
-				return ns.pings >= 3
-			}
+	ns.waitFor(t, "three watchdog pings", func(m string) bool {
+		if m != "WATCHDOG=1" {
+			t.Fatalf("unexpected notification %q", m)
 		}
+		ns.pings++
+		return ns.pings >= 3
 	})
 
 	p.Signal(t, syscall.SIGTERM)

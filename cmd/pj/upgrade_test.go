@@ -98,6 +98,8 @@ func connectLoop(clients, max int, stop <-chan struct{}, try func(msg string) er
 	}
 }
 
+// echoOnce connects to addr, an echo backend through pj, and checks one
+// round trip of msg.
 func echoOnce(addr, msg string) error {
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -105,6 +107,11 @@ func echoOnce(addr, msg string) error {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return roundTrip(c, msg)
+}
+
+// roundTrip writes msg to c, an echo, and checks that it comes back.
+func roundTrip(c net.Conn, msg string) error {
 	if _, err := io.WriteString(c, msg); err != nil {
 		return err
 	}
@@ -210,21 +217,13 @@ proxies:
 
 	// The new process is the service's main process now.
 	mainPID := ""
-	testutil.WaitFor(t, 10*time.Second, "MAINPID= from the new process", func() bool {
-		for {
-			select {
-			case m := <-ns.msgs:
-				f := fields(m)
-				if f["STOPPING"] == "1" {
-					t.Fatalf("the old process told the service manager it stops: %q", m)
-				}
-				if v, ok := f["MAINPID"]; ok {
-					mainPID = v
-				}
-			default:
-				return mainPID != ""
-			}
+	ns.waitFor(t, "MAINPID= from the new process", func(m string) bool {
+		f := fields(m)
+		if f["STOPPING"] == "1" {
+			t.Fatalf("the old process told the service manager it stops: %q", m)
 		}
+		mainPID = f["MAINPID"]
+		return mainPID != ""
 	})
 	if mainPID != strconv.Itoa(second) {
 		t.Fatalf("MAINPID=%s, want the new process's pid %d", mainPID, second)
@@ -278,17 +277,8 @@ proxies:
 	if got := testutil.RoundTrip(t, idle, "again"); got != "again" {
 		t.Fatalf("the idle connection after the second upgrade: %q", got)
 	}
-	testutil.WaitFor(t, 10*time.Second, "MAINPID= from the third process", func() bool {
-		for {
-			select {
-			case m := <-ns.msgs:
-				if fields(m)["MAINPID"] == strconv.Itoa(third) {
-					return true
-				}
-			default:
-				return false
-			}
-		}
+	ns.waitFor(t, "MAINPID= from the third process", func(m string) bool {
+		return fields(m)["MAINPID"] == strconv.Itoa(third)
 	})
 }
 
@@ -410,32 +400,6 @@ func TestUpgradeMovesEstablishedConnections(t *testing.T) {
 	if err := u.Wait(t, 20*time.Second); err != nil {
 		t.Fatalf("the first process: %v, want exit status 0", err)
 	}
-}
-
-func roundTrip(c net.Conn, msg string) error {
-	if _, err := c.Write([]byte(msg)); err != nil {
-		return err
-	}
-	buf := make([]byte, len(msg))
-	if _, err := readFull(c, buf); err != nil {
-		return err
-	}
-	if string(buf) != msg {
-		return fmt.Errorf("echoed %q, want %q", buf, msg)
-	}
-	return nil
-}
-
-func readFull(c net.Conn, buf []byte) (int, error) {
-	got := 0
-	for got < len(buf) {
-		k, err := c.Read(buf[got:])
-		got += k
-		if err != nil {
-			return got, err
-		}
-	}
-	return got, nil
 }
 
 func TestUpgradeLeavesTLSConnectionsToTheOldProcess(t *testing.T) {
