@@ -75,11 +75,11 @@ func stderrOf(err error) string {
 
 func TestImageVersion(t *testing.T) {
 	c := newContainer(t)
-	out, err := c.command("-V").Output()
-	if err != nil {
-		t.Fatalf("pj -V in the image: %v (%s)", err, stderrOf(err))
+	code, out, errOut := pjproc.Run(t, c.command("-V"))
+	if code != 0 {
+		t.Fatalf("pj -V in the image: exit %d (%s)", code, errOut)
 	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if want := "pj " + os.Getenv("PJ_IMAGE_VERSION"); len(lines) != 5 || !strings.HasPrefix(lines[0], want) {
 		t.Fatalf("pj -V printed %q, want 5 lines, the first %q", out, want)
 	}
