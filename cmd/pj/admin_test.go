@@ -79,7 +79,7 @@ func TestAdminAnswersWhenDescriptorsRunOut(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	p, addrs := startPJ(t, 1, pjproc.Shell("ulimit -n 40", "-p", "127.0.0.1:0:"+echo, "--admin", "127.0.0.1:0"))
 	admin := p.Address(t, "admin listening")
-	exhaust(t, addrs[0])
+	exhaust(t, p, addrs[0])
 	p.Stderr.WaitLines(t, "too many open files", 1)
 
 	for _, path := range []string{"/metrics", "/api/v1/proxies", "/healthz", "/metrics"} {
