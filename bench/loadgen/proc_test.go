@@ -27,19 +27,35 @@ func statLine(pid int, comm string, ppid int, utime, stime, cutime, cstime int64
 	return strings.Join(f, " ") + "\n"
 }
 
+// TestParseStat parses the lines statLine makes for awkward command
+// names, and refuses malformed lines.
 func TestParseStat(t *testing.T) {
 	tests := []struct {
 		name, comm string
+		bad        bool
+		line       string // with bad: the line to refuse
 	}{
-		{"plain", "haproxy"},
-		{"space", "nginx: worker"},
-		{"parentheses", "(sd-pam)"},
-		{"close paren then fields-like text", "a) S 1 2 3 (b"},
-		{"only a close paren", ")"},
-		{"empty", ""},
+		{name: "plain", comm: "haproxy"},
+		{name: "space", comm: "nginx: worker"},
+		{name: "parentheses", comm: "(sd-pam)"},
+		{name: "close paren then fields-like text", comm: "a) S 1 2 3 (b"},
+		{name: "only a close paren", comm: ")"},
+		{name: "empty name", comm: ""},
+		{name: "empty line", bad: true, line: ""},
+		{name: "no parentheses around the name", bad: true, line: "1234 pj S 1"},
+		{name: "too few fields", bad: true, line: "1234 (pj) S 1 2 3"},
+		{name: "a pid that is not a number", bad: true, line: "x (pj) S 1 1234 1234 0 -1 4194560 1130 0 0 0 57 31 2 3"},
+		{name: "a utime that is not a number", bad: true, line: "1234 (pj) S 1 1234 1234 0 -1 4194560 1130 0 0 0 5x 31 2 3"},
+		{name: "a ppid that is not a number", bad: true, line: "1234 (pj) S y 1234 1234 0 -1 4194560 1130 0 0 0 57 31 2 3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.bad {
+				if s, err := parseStat(tt.line); err == nil {
+					t.Fatalf("parseStat(%q) = %+v, want an error", tt.line, s)
+				}
+				return
+			}
 			s, err := parseStat(statLine(4242, tt.comm, 17, 11, 22, 33, 44))
 			if err != nil {
 				t.Fatal(err)
@@ -64,24 +80,6 @@ func TestParseStatRealKernelLine(t *testing.T) {
 	}
 	if s.pid != 1234 || s.ppid != 1 || s.utime != 57 || s.stime != 31 || s.cutime != 2 || s.cstime != 3 {
 		t.Errorf("got %+v", s)
-	}
-}
-
-func TestParseStatErrors(t *testing.T) {
-	tests := []struct{ name, line string }{
-		{"empty", ""},
-		{"no parentheses around the name", "1234 pj S 1"},
-		{"too few fields", "1234 (pj) S 1 2 3"},
-		{"a pid that is not a number", "x (pj) S 1 1234 1234 0 -1 4194560 1130 0 0 0 57 31 2 3"},
-		{"a utime that is not a number", "1234 (pj) S 1 1234 1234 0 -1 4194560 1130 0 0 0 5x 31 2 3"},
-		{"a ppid that is not a number", "1234 (pj) S y 1234 1234 0 -1 4194560 1130 0 0 0 57 31 2 3"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if _, err := parseStat(tt.line); err == nil {
-				t.Errorf("parseStat(%q) succeeded, want an error", tt.line)
-			}
-		})
 	}
 }
 
