@@ -288,7 +288,7 @@ func TestWatchNeedsAConfigFile(t *testing.T) {
 		args []string
 	}{{nil, []string{"--watch", "-c", file}}, {map[string]string{"PJ_WATCH": "true", "PJ_CONFIG": file}, nil}} {
 		p := start(t, tt.env, tt.args...)
-		if got := testutil.Exchange(t, p.addrs[0], "watched"); got != "watched" {
+		if got := testutil.SendAndRead(t, p.addrs[0], "watched"); got != "watched" {
 			t.Fatalf("echo = %q", got)
 		}
 	}

@@ -144,7 +144,7 @@ func TestEchoAndTextLogLine(t *testing.T) {
 func TestJSONLogLine(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	p := start(t, nil, "-p", "127.0.0.1:0:"+echo, "--log-format", "json")
-	if got := testutil.Exchange(t, p.addrs[0], "0123456789"); got != "0123456789" {
+	if got := testutil.SendAndRead(t, p.addrs[0], "0123456789"); got != "0123456789" {
 		t.Fatalf("echo = %q", got)
 	}
 	line := p.log.WaitLines(t, `"msg":"connection"`, 1)[0]
@@ -235,7 +235,7 @@ func TestSeveralMappingsInOneProcess(t *testing.T) {
 		t.Fatalf("listeners = %v", p.addrs)
 	}
 	for i, want := range []string{"alpha", "beta"} {
-		if got := testutil.Exchange(t, p.addrs[i], ""); got != want {
+		if got := testutil.SendAndRead(t, p.addrs[i], ""); got != want {
 			t.Fatalf("listener %d answered %q, want %q", i, got, want)
 		}
 	}
@@ -252,7 +252,7 @@ func TestIPv6BothSides(t *testing.T) {
 	if !strings.HasPrefix(p.addrs[0], "[::1]:") {
 		t.Fatalf("bound %s, want [::1]:port", p.addrs[0])
 	}
-	if got := testutil.Exchange(t, p.addrs[0], "six"); got != "six" {
+	if got := testutil.SendAndRead(t, p.addrs[0], "six"); got != "six" {
 		t.Fatalf("echo over IPv6 = %q", got)
 	}
 	line := p.log.WaitLines(t, "[ok]", 1)[0]
@@ -265,7 +265,7 @@ func TestHostnamesOnBothSides(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	_, port, _ := net.SplitHostPort(echo)
 	p := start(t, nil, "-p", "localhost:0:localhost:"+port)
-	if got := testutil.Exchange(t, p.addrs[0], "by name"); got != "by name" {
+	if got := testutil.SendAndRead(t, p.addrs[0], "by name"); got != "by name" {
 		t.Fatalf("echo through a named backend = %q", got)
 	}
 	// The name was resolved: the line shows the address that answered.
@@ -321,13 +321,13 @@ func TestUnreachableBackendClosesClientAndServingGoesOn(t *testing.T) {
 	if !strings.Contains(lines[0], "-> "+dead+" [connect_failed]") || !strings.Contains(lines[0], "connection refused") {
 		t.Fatalf("log line %q: want the dead backend and the reason", lines[0])
 	}
-	if got := testutil.Exchange(t, p.addrs[1], "still here"); got != "still here" {
+	if got := testutil.SendAndRead(t, p.addrs[1], "still here"); got != "still here" {
 		t.Fatalf("the other mapping answered %q", got)
 	}
 }
 
 func TestConnectTimeoutBoundsABlackHoledBackend(t *testing.T) {
-	hole := testutil.BlackHole(t)
+	hole := testutil.SilentAddr(t)
 	p := start(t, nil, "-p", "127.0.0.1:0:"+hole, "--connect-timeout", "200ms")
 	c := testutil.Dial(t, p.addrs[0])
 	// The client must be closed after the connect timeout (200ms), long
@@ -347,7 +347,7 @@ func TestFailoverWithinTheClientConnection(t *testing.T) {
 	alive := testutil.Identify(t, "alive")
 	p := start(t, nil, "-p", "127.0.0.1:0:"+dead+","+alive)
 	for i := range 6 {
-		if got := testutil.Exchange(t, p.addrs[0], ""); got != "alive" {
+		if got := testutil.SendAndRead(t, p.addrs[0], ""); got != "alive" {
 			t.Fatalf("connection %d got %q: the client saw the dead backend", i, got)
 		}
 	}
@@ -365,7 +365,7 @@ func TestRoundRobin(t *testing.T) {
 	p := start(t, nil, "-p", "127.0.0.1:0:"+strings.Join(backends, ","))
 	counts := map[string]int{}
 	for range 9 {
-		counts[testutil.Exchange(t, p.addrs[0], "")]++
+		counts[testutil.SendAndRead(t, p.addrs[0], "")]++
 	}
 	for _, n := range names {
 		if counts[n] != 3 {
@@ -470,7 +470,7 @@ func TestLogLevels(t *testing.T) {
 	echo := testutil.StartEcho(t)
 	t.Run("warn hides connection lines", func(t *testing.T) {
 		p := start(t, nil, "-p", "127.0.0.1:0:"+echo, "--log-level", "warn")
-		testutil.Exchange(t, p.addrs[0], "x")
+		testutil.SendAndRead(t, p.addrs[0], "x")
 		_ = p.stop(t)
 		if strings.Contains(p.log.String(), "[ok]") || strings.Contains(p.log.String(), "INFO") {
 			t.Fatalf("info records at level warn:\n%s", p.log)
@@ -482,13 +482,13 @@ func TestLogLevels(t *testing.T) {
 		// copied through user space; a small message is copied (cheaper
 		// than a pipe round trip for a few bytes).
 		bulk := strings.Repeat("b", 1<<20)
-		if got := testutil.Exchange(t, p.addrs[0], bulk); got != bulk {
+		if got := testutil.SendAndRead(t, p.addrs[0], bulk); got != bulk {
 			t.Fatal("bulk echo mismatch")
 		}
 		if l := p.log.WaitLines(t, "[ok]", 1); !strings.HasSuffix(l[0], " relay=splice") {
 			t.Fatalf("log line %q: want relay=splice", l[0])
 		}
-		testutil.Exchange(t, p.addrs[0], "x")
+		testutil.SendAndRead(t, p.addrs[0], "x")
 		if l := p.log.WaitLines(t, "[ok]", 2); !strings.HasSuffix(l[1], "closed_by=client relay=copy") || !strings.Contains(l[1], "up=1 down=1 ") {
 			t.Fatalf("log line %q: want relay=copy", l[1])
 		}
@@ -499,14 +499,14 @@ func TestEnvironmentVariables(t *testing.T) {
 	a, b := testutil.Identify(t, "a"), testutil.Identify(t, "b")
 	t.Run("PJ_PROXY holds several mappings", func(t *testing.T) {
 		p := start(t, map[string]string{"PJ_PROXY": "127.0.0.1:0:" + a + ";\n 127.0.0.1:0:" + b + "\n"})
-		if len(p.addrs) != 2 || testutil.Exchange(t, p.addrs[0], "") != "a" || testutil.Exchange(t, p.addrs[1], "") != "b" {
+		if len(p.addrs) != 2 || testutil.SendAndRead(t, p.addrs[0], "") != "a" || testutil.SendAndRead(t, p.addrs[1], "") != "b" {
 			t.Fatalf("listeners %v", p.addrs)
 		}
 	})
 	t.Run("a flag wins over its variable", func(t *testing.T) {
 		p := start(t, map[string]string{"PJ_PROXY": "127.0.0.1:0:" + a, "PJ_LOG_FORMAT": "json"},
 			"-p", "127.0.0.1:0:"+b, "--log-format", "text")
-		if len(p.addrs) != 1 || testutil.Exchange(t, p.addrs[0], "") != "b" {
+		if len(p.addrs) != 1 || testutil.SendAndRead(t, p.addrs[0], "") != "b" {
 			t.Fatal("PJ_PROXY was used although -p was given")
 		}
 		if strings.Contains(p.log.String(), "{") {
@@ -515,7 +515,7 @@ func TestEnvironmentVariables(t *testing.T) {
 	})
 	t.Run("variables set flags", func(t *testing.T) {
 		p := start(t, map[string]string{"PJ_PROXY": "127.0.0.1:0:" + a, "PJ_LOG_FORMAT": "json", "PJ_IDLE_TIMEOUT": "1h"})
-		testutil.Exchange(t, p.addrs[0], "")
+		testutil.SendAndRead(t, p.addrs[0], "")
 		p.log.WaitLines(t, `"status":"ok"`, 1)
 	})
 }

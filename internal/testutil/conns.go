@@ -1,14 +1,10 @@
 package testutil
 
 import (
-	"io"
 	"net"
 	"os"
-	"strconv"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Connects reports whether a connection to addr is established within
@@ -21,18 +17,6 @@ func Connects(addr string) bool {
 	}
 	_ = c.Close()
 	return true
-}
-
-// Exchange connects to addr, sends msg, half-closes and returns all the
-// other end says until its end of stream.
-func Exchange(t testing.TB, addr, msg string) string {
-	t.Helper()
-	c := Dial(t, addr)
-	if _, err := io.WriteString(c, msg); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.CloseWrite()
-	return ReadAll(t, c)
 }
 
 // WriteAtomically replaces the file at path by renaming a new one over
@@ -60,40 +44,4 @@ func CheckDraining(t testing.TB, addr string, c net.Conn) {
 	if got := RoundTrip(t, c, "during"); got != "during" {
 		t.Fatalf("the established connection broke during the drain: %q", got)
 	}
-}
-
-// BlackHole returns a loopback address whose SYNs are never answered: a
-// listening socket with a backlog of 0 whose accept queue is already full,
-// so the kernel drops further SYNs and a connect hangs until its timeout.
-func BlackHole(t testing.TB) string {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
-	// Fill the accept queue; the connections that get in are never accepted.
-	for range 8 {
-		c, err := net.DialTimeout("tcp4", addr, 100*time.Millisecond)
-		if err != nil {
-			if IsTimeout(err) {
-				return addr // the queue is full: SYNs are being dropped
-			}
-			t.Fatalf("fill accept queue: %v", err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-	}
-	t.Fatal("could not fill the accept queue of a backlog-0 listener")
-	return ""
 }
