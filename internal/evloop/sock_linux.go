@@ -43,14 +43,18 @@ func Sockaddr(ap netip.AddrPort, rsa *unix.RawSockaddrAny) uintptr {
 		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
 		sa.Family = unix.AF_INET
 		sa.Addr = ap.Addr().As4()
-		pb := (*[2]byte)(unsafe.Pointer(&sa.Port))
-		pb[0], pb[1] = byte(port>>8), byte(port)
+		putPort(&sa.Port, port)
 		return unix.SizeofSockaddrInet4
 	}
 	sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
 	sa.Family = unix.AF_INET6
 	sa.Addr = ap.Addr().As16()
-	pb := (*[2]byte)(unsafe.Pointer(&sa.Port))
-	pb[0], pb[1] = byte(port>>8), byte(port)
+	putPort(&sa.Port, port)
 	return unix.SizeofSockaddrInet6
+}
+
+// putPort writes port in network order.
+func putPort(p *uint16, port uint16) {
+	pb := (*[2]byte)(unsafe.Pointer(p))
+	pb[0], pb[1] = byte(port>>8), byte(port)
 }

@@ -92,24 +92,18 @@ func (m *msgs) control(i int) []byte {
 	return m.ctrl[i*ctrlSize : i*ctrlSize+int(m.hdrs[i].Hdr.Controllen)]
 }
 
-func recvmmsg(fd int, hdrs []unix.Mmsghdr) (int, error) {
-	for {
-		n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])),
-			uintptr(len(hdrs)), unix.MSG_DONTWAIT, 0, 0)
-		if e == 0 {
-			return int(n), nil
-		}
-		if e != unix.EINTR {
-			return 0, e
-		}
-	}
-}
+// recvmmsg receives into the messages of hdrs; it returns how many came.
+func recvmmsg(fd int, hdrs []unix.Mmsghdr) (int, error) { return mmsg(unix.SYS_RECVMMSG, fd, hdrs) }
 
 // sendmmsg sends the messages of hdrs; it returns how many went, and the
 // error of the first that did not if none went.
-func sendmmsg(fd int, hdrs []unix.Mmsghdr) (int, error) {
+func sendmmsg(fd int, hdrs []unix.Mmsghdr) (int, error) { return mmsg(unix.SYS_SENDMMSG, fd, hdrs) }
+
+// mmsg makes the system call trap, recvmmsg or sendmmsg, over hdrs
+// without blocking, again when a signal interrupts it.
+func mmsg(trap uintptr, fd int, hdrs []unix.Mmsghdr) (int, error) {
 	for {
-		n, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])),
+		n, _, e := unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])),
 			uintptr(len(hdrs)), unix.MSG_DONTWAIT, 0, 0)
 		if e == 0 {
 			return int(n), nil
