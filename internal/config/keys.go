@@ -34,6 +34,12 @@ type keyInfo struct {
 	usage string // the flag's help
 	env   string // for a key without a flag: the variable that sets it
 	zero  string // what 0 means ("0 means no cap"), told with a range problem
+	// listener marks a setting that acts before a route is chosen (at
+	// accept, or while choosing): a route cannot set it.
+	listener bool
+	// only is the one transport the setting applies to (TCP or UDP), ""
+	// for both; onlyWhy is said, too, to a proxy of the other that sets it.
+	only, onlyWhy string
 }
 
 // label names the key in a problem of Validate, which may come from the
@@ -44,6 +50,19 @@ func (k *keyInfo) label() string {
 		return strings.ReplaceAll(k.flag, "-", " ")
 	}
 	return strings.ReplaceAll(k.name, ".", " ")
+}
+
+// wrongTransport is the problem of a proxy that sets the key while its
+// transport is the other one.
+func (k *keyInfo) wrongTransport() string {
+	if k.only == UDP {
+		return "applies to UDP proxies only (a listen address ending in /udp)"
+	}
+	msg := "applies to TCP proxies only; a UDP proxy relays datagrams as they are"
+	if k.onlyWhy != "" {
+		msg += " (" + k.onlyWhy + ")"
+	}
+	return msg
 }
 
 // parent is the path of the object the key is in, "" at the top.
@@ -131,6 +150,20 @@ func (k *key[O, T]) alwaysShown(show func(T) string) *key[O, T] {
 // of range: "must not be negative (0 means no cap)".
 func (k *key[O, T]) zeroMeans(what string) *key[O, T] {
 	k.zero = what
+	return k
+}
+
+// forListener marks a setting that acts before a route is chosen, which
+// a route cannot set.
+func (k *key[O, T]) forListener() *key[O, T] {
+	k.listener = true
+	return k
+}
+
+// onlyFor says the setting applies to proxies of one transport (TCP or
+// UDP); why, if not "", says more to a proxy of the other that sets it.
+func (k *key[O, T]) onlyFor(network, why string) *key[O, T] {
+	k.only, k.onlyWhy = network, why
 	return k
 }
 

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"reflect"
 	"strings"
 )
 
@@ -39,29 +38,22 @@ func listenHostPort(listen string) string {
 // defaults (which serve both kinds of proxy) is left alone.
 func (p *Proxy) transportProblems(defaults *Settings) []string {
 	var problems []string
-	own := func(differs bool, key, why string) {
-		if differs {
-			problems = append(problems, key+": "+why)
+	network := TCP
+	if p.IsUDP() {
+		network = UDP
+		p.HealthCheck.Datagrams = true
+		if p.IdleTimeout == 0 {
+			p.IdleTimeout = UDPIdleTimeout
 		}
 	}
-	if !p.IsUDP() {
-		own(p.UDP != defaults.UDP, "udp", "applies to UDP proxies only (a listen address ending in /udp)")
+	for _, k := range settingKeys {
+		if i := k.info(); i.only != "" && i.only != network && k.differs(&p.Settings, defaults) {
+			problems = append(problems, i.name+": "+i.wrongTransport())
+		}
+	}
+	if network == TCP {
 		return problems
 	}
-	p.HealthCheck.Datagrams = true
-	if p.IdleTimeout == 0 {
-		p.IdleTimeout = UDPIdleTimeout
-	}
-	const tcpOnly = "applies to TCP proxies only; a UDP proxy relays datagrams as they are"
-	own(p.MatchTimeout != defaults.MatchTimeout, "match_timeout", tcpOnly)
-	own(p.ProxyProtocol != defaults.ProxyProtocol, "proxy_protocol", tcpOnly)
-	own(p.AcceptProxyProtocol != nil && !reflect.DeepEqual(p.AcceptProxyProtocol, defaults.AcceptProxyProtocol),
-		"accept_proxy_protocol", tcpOnly+" (admission keys apply to each datagram's source address)")
-	own(p.Bandwidth != defaults.Bandwidth, "bandwidth", tcpOnly)
-	own(p.Pool != defaults.Pool, "pool", tcpOnly+" (a UDP session has no connection to open ahead)")
-	own(p.KernelRelay != defaults.KernelRelay, "kernel_relay", tcpOnly)
-	own(p.TLS != nil && !reflect.DeepEqual(p.TLS, defaults.TLS), "tls", tcpOnly+" (pj does not speak DTLS)")
-	own(p.BackendTLS != nil && !reflect.DeepEqual(p.BackendTLS, defaults.BackendTLS), "backend_tls", tcpOnly+" (pj does not speak DTLS)")
 	hc := p.HealthCheck
 	if hc.Explicit && hc.Interval > 0 && hc.Send == "" && hc.SendHex == "" {
 		problems = append(problems, "health_check: a UDP backend is checked with a datagram and its reply: "+

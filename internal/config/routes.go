@@ -68,16 +68,13 @@ func (m Match) any() bool {
 	return len(m.SNI) > 0 || len(m.ALPN) > 0 || m.Protocol != "" || len(m.Source) > 0
 }
 
-// listenerKeys are the settings a route cannot set: they act before any
-// route is chosen, at accept (admission) or while choosing.
-var listenerKeys = []string{
-	"max_connections", "max_connections_per_client", "allow", "deny", "rate_limit",
-	"accept_proxy_protocol", "match_timeout",
-}
-
+// isListenerKey reports whether the setting name is, or is inside, one
+// that a route cannot set (declared forListener).
 func isListenerKey(name string) bool {
 	top, _, _ := strings.Cut(name, ".")
-	return slices.Contains(listenerKeys, top)
+	return slices.ContainsFunc(settingKeys, func(k setting[Settings]) bool {
+		return k.info().name == top && k.info().listener
+	})
 }
 
 // routeSettingKeys are the settings a route may set.

@@ -104,17 +104,22 @@ var settingKeys = []setting[Settings]{
 		shown(func(s string) string { return "DNS server " + s }),
 
 	def("max_connections", func(s *Settings) *int { return &s.MaxConnections }, count(notNegative)).
+		forListener().
 		zeroMeans("0 means no cap").
 		shown(func(n int) string { return fmt.Sprintf("at most %d connections", n) }),
 	def("max_connections_per_client", func(s *Settings) *int { return &s.MaxConnectionsPerClient }, count(notNegative)).
+		forListener().
 		zeroMeans("0 means no cap").
 		shown(func(n int) string { return fmt.Sprintf("at most %d connections per client", n) }),
 	def("allow", func(s *Settings) *[]netip.Prefix { return &s.Allow }, prefixes()).
+		forListener().
 		shown(func(l []netip.Prefix) string { return ifAny(l, "allow ") }),
 	def("deny", func(s *Settings) *[]netip.Prefix { return &s.Deny }, prefixes()).
+		forListener().
 		shown(func(l []netip.Prefix) string { return ifAny(l, "deny ") }),
 
 	object("rate_limit", func(s *Settings) *RateLimit { return &s.RateLimit }).
+		forListener().
 		rule(func(r RateLimit) string {
 			if r.PerClient > 0 && r.Burst < 1 {
 				return "burst must be at least 1 when per_client is set"
@@ -131,16 +136,19 @@ var settingKeys = []setting[Settings]{
 	def("rate_limit.per_client", func(s *Settings) *float64 { return &s.RateLimit.PerClient }, rate(notNegative)),
 	def("rate_limit.burst", func(s *Settings) *int { return &s.RateLimit.Burst }, count(notNegative)),
 
-	object("bandwidth", func(s *Settings) *Bandwidth { return &s.Bandwidth }),
+	object("bandwidth", func(s *Settings) *Bandwidth { return &s.Bandwidth }).
+		onlyFor(TCP, ""),
 	def("bandwidth.per_connection", func(s *Settings) *int64 { return &s.Bandwidth.PerConnection }, size(notNegative)).
 		zeroMeans("0 means no cap").
 		shown(func(n int64) string { return "at most " + bytesText(n) + "/s each way per connection" }),
 
 	def("proxy_protocol", func(s *Settings) *string { return &s.ProxyProtocol },
 		choice[string]{what: "PROXY protocol version", values: []string{"v1", "v2"}, orNone: true}.value()).
+		onlyFor(TCP, "").
 		shown(func(v string) string { return "PROXY protocol " + v + " to backends" }),
 	// The object's presence turns the feature on; its keys fill it in.
 	object("accept_proxy_protocol", func(s *Settings) **AcceptProxyProtocol { return &s.AcceptProxyProtocol }).
+		forListener().onlyFor(TCP, "admission keys apply to each datagram's source address").
 		onSet(func(s *Settings) {
 			if s.AcceptProxyProtocol == nil {
 				s.AcceptProxyProtocol = &AcceptProxyProtocol{}
@@ -161,9 +169,11 @@ var settingKeys = []setting[Settings]{
 	}, prefixes()),
 
 	def("match_timeout", func(s *Settings) *time.Duration { return &s.MatchTimeout }, duration(positive)).
+		forListener().onlyFor(TCP, "").
 		shown(func(d time.Duration) string { return "match timeout " + durationText(d) }),
 
 	object("pool", func(s *Settings) *Pool { return &s.Pool }).
+		onlyFor(TCP, "a UDP session has no connection to open ahead").
 		shown(func(p Pool) string {
 			if p.Size == 0 {
 				return ""
@@ -181,6 +191,7 @@ var settingKeys = []setting[Settings]{
 	def("pool.max_age", func(s *Settings) *time.Duration { return &s.Pool.MaxAge }, duration(positive)),
 
 	def("kernel_relay", func(s *Settings) *bool { return &s.KernelRelay }, boolean()).
+		onlyFor(TCP, "").
 		withFlag("kernel-relay", "relay bytes inside the kernel (BPF sockhash redirect) once a backend answers; "+
 			"needs CAP_BPF and CAP_NET_ADMIN, falls back to splice").
 		shown(func(on bool) string {
@@ -190,7 +201,8 @@ var settingKeys = []setting[Settings]{
 			return "bytes relayed in the kernel"
 		}),
 
-	object("udp", func(s *Settings) *UDPSettings { return &s.UDP }),
+	object("udp", func(s *Settings) *UDPSettings { return &s.UDP }).
+		onlyFor(UDP, ""),
 	def("udp.responses", func(s *Settings) *int { return &s.UDP.Responses }, count(notNegative)).
 		zeroMeans("0 ends sessions by idle_timeout alone").
 		shown(func(n int) string {
@@ -202,6 +214,7 @@ var settingKeys = []setting[Settings]{
 
 	// The object's presence turns termination on; its keys fill it in.
 	object("tls", func(s *Settings) **TLS { return &s.TLS }).
+		onlyFor(TCP, "pj does not speak DTLS").
 		onSet(func(s *Settings) {
 			if s.TLS == nil {
 				s.TLS = &TLS{}
@@ -283,6 +296,7 @@ var settingKeys = []setting[Settings]{
 	def("tls.acme.http_listen", acmeText(func(a *ACME) *string { return &a.HTTPListen }), address(true)),
 
 	object("backend_tls", func(s *Settings) **BackendTLS { return &s.BackendTLS }).
+		onlyFor(TCP, "pj does not speak DTLS").
 		onSet(func(s *Settings) {
 			if s.BackendTLS == nil {
 				s.BackendTLS = &BackendTLS{}

@@ -78,15 +78,17 @@ func TestUDPProblems(t *testing.T) {
     listen: "0.0.0.0:53/udp"
     backends: [a:53]
     proxy_protocol: v1
+    accept_proxy_protocol: { trusted: ["10.0.0.0/8"] }
     match_timeout: 2s
     bandwidth: { per_connection: 1MiB }
     health_check: { interval: 1s }
 `,
 			want: []string{
 				`pj.yaml:2: proxy "web": udp: applies to UDP proxies only (a listen address ending in /udp)`,
-				`pj.yaml:6: proxy "dns": match_timeout: applies to TCP proxies only; a UDP proxy relays datagrams as they are`,
-				`pj.yaml:6: proxy "dns": proxy_protocol: applies to TCP proxies only; a UDP proxy relays datagrams as they are`,
 				`pj.yaml:6: proxy "dns": bandwidth: applies to TCP proxies only; a UDP proxy relays datagrams as they are`,
+				`pj.yaml:6: proxy "dns": proxy_protocol: applies to TCP proxies only; a UDP proxy relays datagrams as they are`,
+				`pj.yaml:6: proxy "dns": accept_proxy_protocol: applies to TCP proxies only; a UDP proxy relays datagrams as they are (admission keys apply to each datagram's source address)`,
+				`pj.yaml:6: proxy "dns": match_timeout: applies to TCP proxies only; a UDP proxy relays datagrams as they are`,
 				`pj.yaml:6: proxy "dns": health_check: a UDP backend is checked with a datagram and its reply: set send (or send_hex), and expect (or expect_hex) to check what comes back; or interval: 0s for no active checks`,
 			},
 		},
