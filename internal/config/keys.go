@@ -121,6 +121,17 @@ func object[O, T any](name string, field func(*O) *T) *key[O, T] {
 	return &key[O, T]{keyInfo: keyInfo{name: name}, field: field}
 }
 
+// optional declares an object whose presence turns a feature on: its
+// value is a pointer, nil while the object is absent, which writing the
+// object creates and its keys fill in.
+func optional[O, T any](name string, field func(*O) **T) *key[O, *T] {
+	return object(name, field).onSet(func(o *O) {
+		if f := field(o); f != nil && *f == nil {
+			*f = new(T)
+		}
+	})
+}
+
 // withFlag gives the key a command-line flag (and so a PJ_ variable).
 func (k *key[O, T]) withFlag(name, usage string) *key[O, T] {
 	k.flag, k.usage = name, usage

@@ -147,13 +147,8 @@ var settingKeys = []setting[Settings]{
 		onlyFor(TCP, "").
 		shown(func(v string) string { return "PROXY protocol " + v + " to backends" }),
 	// The object's presence turns the feature on; its keys fill it in.
-	object("accept_proxy_protocol", func(s *Settings) **AcceptProxyProtocol { return &s.AcceptProxyProtocol }).
+	optional("accept_proxy_protocol", func(s *Settings) **AcceptProxyProtocol { return &s.AcceptProxyProtocol }).
 		forListener().onlyFor(TCP, "admission keys apply to each datagram's source address").
-		onSet(func(s *Settings) {
-			if s.AcceptProxyProtocol == nil {
-				s.AcceptProxyProtocol = &AcceptProxyProtocol{}
-			}
-		}).
 		rule(func(a *AcceptProxyProtocol) string {
 			if a != nil && len(a.Trusted) == 0 {
 				return "trusted lists no address ranges; list those of the load balancers whose PROXY headers pj may believe"
@@ -161,12 +156,7 @@ var settingKeys = []setting[Settings]{
 			return ""
 		}).
 		shown(func(a *AcceptProxyProtocol) string { return "PROXY protocol accepted from " + prefixText(a.Trusted) }),
-	def("accept_proxy_protocol.trusted", func(s *Settings) *[]netip.Prefix {
-		if s.AcceptProxyProtocol == nil {
-			return nil
-		}
-		return &s.AcceptProxyProtocol.Trusted
-	}, prefixes()),
+	def("accept_proxy_protocol.trusted", inside(acceptOf, func(a *AcceptProxyProtocol) *[]netip.Prefix { return &a.Trusted }), prefixes()),
 
 	def("match_timeout", func(s *Settings) *time.Duration { return &s.MatchTimeout }, duration(positive)).
 		forListener().onlyFor(TCP, "").
@@ -213,13 +203,8 @@ var settingKeys = []setting[Settings]{
 		}),
 
 	// The object's presence turns termination on; its keys fill it in.
-	object("tls", func(s *Settings) **TLS { return &s.TLS }).
+	optional("tls", func(s *Settings) **TLS { return &s.TLS }).
 		onlyFor(TCP, "pj does not speak DTLS").
-		onSet(func(s *Settings) {
-			if s.TLS == nil {
-				s.TLS = &TLS{}
-			}
-		}).
 		rule(func(t *TLS) string {
 			if t != nil && len(t.Certificates) == 0 && t.ACME == nil {
 				return "no certificates: list certificates ({cert, key} files) or configure acme"
@@ -227,46 +212,18 @@ var settingKeys = []setting[Settings]{
 			return ""
 		}).
 		shown(func(t *TLS) string { return t.describe() }),
-	def("tls.certificates", func(s *Settings) *[]Certificate {
-		if s.TLS == nil {
-			return nil
-		}
-		return &s.TLS.Certificates
-	}, value[[]Certificate]{read: (*decoder).certificates, clone: slices.Clone[[]Certificate]}),
-	def("tls.client_ca", func(s *Settings) *string {
-		if s.TLS == nil {
-			return nil
-		}
-		return &s.TLS.ClientCA
-	}, text()),
-	def("tls.min_version", func(s *Settings) *string {
-		if s.TLS == nil {
-			return nil
-		}
-		return &s.TLS.MinVersion
-	}, choice[string]{what: "TLS version", values: []string{"1.2", "1.3"}, orNone: true}.value()),
-	def("tls.alpn", func(s *Settings) *[]string {
-		if s.TLS == nil {
-			return nil
-		}
-		return &s.TLS.ALPN
-	}, names(`a list of ALPN protocol names such as ["h2", "http/1.1"]`, func(s string) string {
+	def("tls.certificates", inside(tlsOf, func(t *TLS) *[]Certificate { return &t.Certificates }),
+		value[[]Certificate]{read: (*decoder).certificates, clone: slices.Clone[[]Certificate]}),
+	def("tls.client_ca", inside(tlsOf, func(t *TLS) *string { return &t.ClientCA }), text()),
+	def("tls.min_version", inside(tlsOf, func(t *TLS) *string { return &t.MinVersion }),
+		choice[string]{what: "TLS version", values: []string{"1.2", "1.3"}, orNone: true}.value()),
+	def("tls.alpn", inside(tlsOf, func(t *TLS) *[]string { return &t.ALPN }), names(`a list of ALPN protocol names such as ["h2", "http/1.1"]`, func(s string) string {
 		if s == "" || len(s) > 255 {
 			return fmt.Sprintf("%q is not an ALPN protocol name (1 to 255 bytes)", s)
 		}
 		return ""
 	})),
-	object("tls.acme", func(s *Settings) **ACME {
-		if s.TLS == nil {
-			return nil
-		}
-		return &s.TLS.ACME
-	}).
-		onSet(func(s *Settings) {
-			if s.TLS != nil && s.TLS.ACME == nil {
-				s.TLS.ACME = &ACME{}
-			}
-		}).
+	optional("tls.acme", inside(tlsOf, func(t *TLS) **ACME { return &t.ACME })).
 		rule(func(a *ACME) string {
 			switch {
 			case a == nil:
@@ -278,30 +235,20 @@ var settingKeys = []setting[Settings]{
 			}
 			return ""
 		}),
-	def("tls.acme.domains", func(s *Settings) *[]string {
-		if s.TLS == nil || s.TLS.ACME == nil {
-			return nil
-		}
-		return &s.TLS.ACME.Domains
-	}, names(`a list of host names such as ["app.example.com"]`, func(s string) string {
+	def("tls.acme.domains", inside(acmeOf, func(a *ACME) *[]string { return &a.Domains }), names(`a list of host names such as ["app.example.com"]`, func(s string) string {
 		if err := checkHost(s); err != nil || s == "" || looksNumeric(s) {
 			return fmt.Sprintf("%q is not a host name", s)
 		}
 		return ""
 	})),
-	def("tls.acme.email", acmeText(func(a *ACME) *string { return &a.Email }), text()),
-	def("tls.acme.directory", acmeText(func(a *ACME) *string { return &a.Directory }), text()),
-	def("tls.acme.ca_roots", acmeText(func(a *ACME) *string { return &a.CARoots }), text()),
-	def("tls.acme.storage", acmeText(func(a *ACME) *string { return &a.Storage }), text()),
-	def("tls.acme.http_listen", acmeText(func(a *ACME) *string { return &a.HTTPListen }), address(true)),
+	def("tls.acme.email", inside(acmeOf, func(a *ACME) *string { return &a.Email }), text()),
+	def("tls.acme.directory", inside(acmeOf, func(a *ACME) *string { return &a.Directory }), text()),
+	def("tls.acme.ca_roots", inside(acmeOf, func(a *ACME) *string { return &a.CARoots }), text()),
+	def("tls.acme.storage", inside(acmeOf, func(a *ACME) *string { return &a.Storage }), text()),
+	def("tls.acme.http_listen", inside(acmeOf, func(a *ACME) *string { return &a.HTTPListen }), address(true)),
 
-	object("backend_tls", func(s *Settings) **BackendTLS { return &s.BackendTLS }).
+	optional("backend_tls", func(s *Settings) **BackendTLS { return &s.BackendTLS }).
 		onlyFor(TCP, "pj does not speak DTLS").
-		onSet(func(s *Settings) {
-			if s.BackendTLS == nil {
-				s.BackendTLS = &BackendTLS{}
-			}
-		}).
 		rule(func(b *BackendTLS) string {
 			if b != nil && (b.Cert == "") != (b.Key == "") {
 				return "cert and key go together: give both (a client certificate) or neither"
@@ -309,37 +256,34 @@ var settingKeys = []setting[Settings]{
 			return ""
 		}).
 		shown(func(b *BackendTLS) string { return b.describe() }),
-	def("backend_tls.server_name", backendTLSText(func(b *BackendTLS) *string { return &b.ServerName }), text()),
-	def("backend_tls.ca", backendTLSText(func(b *BackendTLS) *string { return &b.CA }), text()),
-	def("backend_tls.cert", backendTLSText(func(b *BackendTLS) *string { return &b.Cert }), text()),
-	def("backend_tls.key", backendTLSText(func(b *BackendTLS) *string { return &b.Key }), text()),
-	def("backend_tls.insecure_skip_verify", func(s *Settings) *bool {
-		if s.BackendTLS == nil {
-			return nil
-		}
-		return &s.BackendTLS.InsecureSkipVerify
-	}, boolean()),
+	def("backend_tls.server_name", inside(backendTLSOf, func(b *BackendTLS) *string { return &b.ServerName }), text()),
+	def("backend_tls.ca", inside(backendTLSOf, func(b *BackendTLS) *string { return &b.CA }), text()),
+	def("backend_tls.cert", inside(backendTLSOf, func(b *BackendTLS) *string { return &b.Cert }), text()),
+	def("backend_tls.key", inside(backendTLSOf, func(b *BackendTLS) *string { return &b.Key }), text()),
+	def("backend_tls.insecure_skip_verify", inside(backendTLSOf, func(b *BackendTLS) *bool { return &b.InsecureSkipVerify }), boolean()),
 }
 
-// acmeText is where a text key of tls.acme lives; nil while it is absent.
-func acmeText(f func(*ACME) *string) func(*Settings) *string {
-	return func(s *Settings) *string {
-		if s.TLS == nil || s.TLS.ACME == nil {
-			return nil
+// inside is where a key of an optional object lives, as f finds it in
+// the object that of returns; nil while the object is absent.
+func inside[P, T any](of func(*Settings) *P, f func(*P) *T) func(*Settings) *T {
+	return func(s *Settings) *T {
+		if p := of(s); p != nil {
+			return f(p)
 		}
-		return f(s.TLS.ACME)
+		return nil
 	}
 }
 
-// backendTLSText is where a text key of backend_tls lives; nil while it is
-// absent.
-func backendTLSText(f func(*BackendTLS) *string) func(*Settings) *string {
-	return func(s *Settings) *string {
-		if s.BackendTLS == nil {
-			return nil
-		}
-		return f(s.BackendTLS)
+// The optional objects of Settings, nil while absent.
+func tlsOf(s *Settings) *TLS                    { return s.TLS }
+func backendTLSOf(s *Settings) *BackendTLS      { return s.BackendTLS }
+func acceptOf(s *Settings) *AcceptProxyProtocol { return s.AcceptProxyProtocol }
+
+func acmeOf(s *Settings) *ACME {
+	if s.TLS == nil {
+		return nil
 	}
+	return s.TLS.ACME
 }
 
 // describe is pj check's phrase for TLS termination.
