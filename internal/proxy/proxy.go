@@ -26,10 +26,14 @@ import (
 )
 
 // Proxy is what a listener's connections need to know about their proxy.
+// The listener's settings are read from the embedded Settings as
+// configured (p.MatchTimeout, p.MaxConnections); those of a connection
+// from the route that takes it. The fields of Proxy itself are what pj
+// builds from them; UDP, which shares a setting's name, says whether the
+// proxy relays datagrams (its udp settings are p.Settings.UDP).
 type Proxy struct {
+	config.Settings
 	Name string
-	// Balance is the proxy's balance algorithm; each route has its own.
-	Balance string
 	// Routes are where the proxy's connections go, in order: at least
 	// one. A proxy configured without routes has one, named after the
 	// proxy, that takes every connection.
@@ -37,8 +41,6 @@ type Proxy struct {
 	// Table decides which route takes a connection; nil when the proxy
 	// was configured without routes.
 	Table *route.Table
-	// MatchTimeout bounds the wait for the first bytes the routes need.
-	MatchTimeout time.Duration
 	// ACME are the routes that obtain certificates with ACME, when the
 	// proxy has routes: the CA's tls-alpn-01 hello for one of their names
 	// goes to them, whichever route its name would choose. Usually nil.
@@ -51,9 +53,8 @@ type Proxy struct {
 	Stats *observe.ProxyStats
 
 	// Admission, decided at accept, before any backend is contacted.
-	ACL            *admission.ACL     // nil: everyone is allowed
-	Clients        *admission.Clients // per-client rate and cap; nil: none
-	MaxConnections int                // of this listener; 0: no cap
+	ACL     *admission.ACL     // nil: everyone is allowed
+	Clients *admission.Clients // per-client rate and cap; nil: none
 
 	// TrustedProxies are the peers whose PROXY protocol header is read;
 	// nil: no header is expected from anyone.
@@ -64,9 +65,6 @@ type Proxy struct {
 	// replies.
 	UDP       bool
 	Responses int
-
-	rateLimit config.RateLimit // what Clients was built with
-	perClient int
 
 	watchMu   sync.Mutex
 	stopWatch context.CancelFunc // ends WatchCertificates; nil while not watching
@@ -125,7 +123,7 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (
 		stats = prev.Stats
 		// Per-client buckets and counts carry over when the limits
 		// stay, so a reload neither forgives nor forgets a client.
-		if prev.rateLimit == c.RateLimit && prev.perClient == c.MaxConnectionsPerClient {
+		if prev.RateLimit == c.RateLimit && prev.MaxConnectionsPerClient == c.MaxConnectionsPerClient {
 			clients = prev.Clients
 		}
 	}
@@ -134,19 +132,15 @@ func Build(ctx context.Context, c config.Proxy, log *slog.Logger, prev *Proxy) (
 		trusted = admission.NewCIDRSet(c.AcceptProxyProtocol.Trusted)
 	}
 	p := &Proxy{
+		Settings:       c.Settings,
 		Name:           c.Name,
-		Balance:        c.Balance,
-		MatchTimeout:   c.MatchTimeout,
 		HeaderTimeout:  c.ConnectTimeout,
 		Stats:          stats,
 		ACL:            acl(c.Allow, c.Deny),
 		Clients:        clients,
-		MaxConnections: c.MaxConnections,
 		TrustedProxies: trusted,
 		UDP:            c.IsUDP(),
 		Responses:      c.UDP.Responses,
-		rateLimit:      c.RateLimit,
-		perClient:      c.MaxConnectionsPerClient,
 	}
 	if len(c.Routes) == 0 {
 		r, err := buildRoute(ctx, c.Name, c.Name, "", c.Backends, c.Settings, stats, log, prev)
