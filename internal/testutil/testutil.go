@@ -115,6 +115,18 @@ func StartCounted(t testing.TB, serve func(c net.Conn, n int64)) *Counted {
 	return b
 }
 
+// WaitAccepted waits up to 10 s for n connections to be accepted, and
+// fails the test if more were. A client's connect is done before the
+// backend's accept returns: a test that saw n connects waits here before
+// it counts.
+func (b *Counted) WaitAccepted(t testing.TB, n int64) {
+	t.Helper()
+	WaitFor(t, 10*time.Second, "the backend to accept "+strconv.FormatInt(n, 10)+" connections", func() bool { return b.Accepted.Load() >= n })
+	if got := b.Accepted.Load(); got != n {
+		t.Errorf("the backend accepted %d connections, want %d", got, n)
+	}
+}
+
 // Conns returns the connections accepted so far, in order.
 func (b *Counted) Conns() []net.Conn {
 	b.mu.Lock()
