@@ -264,7 +264,7 @@ func (l *loop) dropBackend(c *conn) {
 
 // observe records a passive health observation of c's backend.
 func (l *loop) observe(c *conn, r balance.Result) {
-	h := c.route.Health
+	h := c.route.HealthCheck
 	if tr, changed := c.backend.Observe(r, h.Rise, h.Fall); changed {
 		log := l.e.log
 		if c.proxy.Routed() {

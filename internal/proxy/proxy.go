@@ -84,9 +84,6 @@ type Route struct {
 	// app.example.com; protocol tls"); empty for the one route of a proxy
 	// configured without routes.
 	Match string
-	// Health has the rise and fall that passive checks (failed
-	// connects) use too.
-	Health config.HealthCheck
 	// Bandwidth caps each direction of each connection, in bytes per
 	// second; 0: no cap.
 	Bandwidth int64
@@ -196,7 +193,6 @@ func buildRoute(ctx context.Context, proxyName, name, match string, backends []c
 		Name:          name,
 		Backends:      set,
 		Match:         match,
-		Health:        s.HealthCheck,
 		Bandwidth:     s.Bandwidth.PerConnection,
 		ProxyProtocol: s.ProxyVersion(),
 		Taken:         taken,

@@ -332,7 +332,7 @@ func (l *loop) detach(s *session) {
 // observe records a passive health observation of s's backend.
 func (l *loop) observe(s *session, ok bool, err error) {
 	r := s.proxy.Routes[0]
-	if tr, changed := s.backend.Observe(balance.Result{OK: ok, Err: err, Passive: true}, r.Health.Rise, r.Health.Fall); changed {
+	if tr, changed := s.backend.Observe(balance.Result{OK: ok, Err: err, Passive: true}, r.HealthCheck.Rise, r.HealthCheck.Fall); changed {
 		balance.LogTransition(l.e.log, s.proxy.Name, s.backend, tr)
 	}
 }
