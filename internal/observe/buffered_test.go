@@ -161,10 +161,13 @@ func TestBufferedWriterDropsWhileTheDestinationIsStuck(t *testing.T) {
 	var b *BufferedWriter
 	b = NewBufferedWriter(&out, BufferOptions{Batch: 64, Batches: 2, Flush: time.Hour, Report: time.Hour,
 		OnDrop: func(n uint64, _ time.Duration) {
+			// The notice is written before it is counted: the test
+			// goes on once it counts one, and its next lines must
+			// come after the notice.
+			_, _ = fmt.Fprintf(b, "dropped %d\n", n)
 			mu.Lock()
 			notices = append(notices, n)
 			mu.Unlock()
-			_, _ = fmt.Fprintf(b, "dropped %d\n", n)
 		}})
 	out.block()
 	const total = 1000
