@@ -148,8 +148,9 @@ func TestKernelRelayIdleTimeout(t *testing.T) {
 	// Bytes the kernel moves keep the connection open; silence in both
 	// directions for the idle timeout ends it.
 	const idle = 400 * time.Millisecond
+	since := time.Now()
 	h, client, backend := relayed(t, harnessOpt{idle: idle, change: kernelRelayOn})
-	testutil.Trickle(t, client, backend, idle/8, 3*idle)
+	testutil.Trickle(t, client, backend, idle, since)
 	if got := testutil.ReadAll(t, client); got != "" {
 		t.Fatalf("read %q", got)
 	}

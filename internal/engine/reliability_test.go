@@ -506,17 +506,19 @@ func TestHalfCloseTimeout(t *testing.T) {
 	if _, err := io.WriteString(client, "request"); err != nil {
 		t.Fatal(err)
 	}
+	finished := time.Now()
 	_ = client.CloseWrite()
 	if got := testutil.ReadAll(t, backend); got != "request" {
 		t.Fatalf("backend read %q", got)
 	}
 	// An answer trickles for several timeouts: the connection stays.
-	testutil.Trickle(t, backend, client, half/10, 2*half)
+	last := testutil.Trickle(t, backend, client, half, finished)
 	// Then the backend hangs: the connection ends, with a FIN (nothing
-	// is in flight).
+	// is in flight), once quiet for the timeout.
 	if got := testutil.ReadAll(t, client); got != "" {
 		t.Fatalf("read %q", got)
 	}
+	testutil.WantQuiet(t, last, half)
 	h.wantLine(t, "[timeout]", "half-close timeout")
 }
 

@@ -290,23 +290,64 @@ func RoundTrip(t testing.TB, c net.Conn, msg string) string {
 	return string(buf)
 }
 
-// Trickle writes a byte to from every period for d, and reads each at
-// to: a connection that carries a trickle is not idle, and the test fails
-// if it ends meanwhile.
-func Trickle(t testing.TB, from, to net.Conn, period, d time.Duration) {
+// Trickle sends a byte from from to to every tenth of timeout, for twice
+// timeout, through a connection that a timeout ends once it is quiet:
+// the trickle keeps it busy, and it must not end meanwhile. since is a
+// moment before the timeout's clock started (before the FIN that starts a
+// half-close timeout, say).
+//
+// If the connection ends less than timeout after since or after the last
+// byte through it was sent, the test fails: it was not quiet. If it ends
+// later, the machine kept the test from sending for a whole timeout (a
+// loaded one can): the connection was quiet and rightly ended, this run
+// proves nothing, and the test is skipped.
+//
+// It returns when the last byte was sent: an end on time comes no sooner
+// than timeout after it.
+func Trickle(t testing.TB, from, to net.Conn, timeout time.Duration, since time.Time) (last time.Time) {
 	t.Helper()
-	tick := time.NewTicker(period)
+	tick := time.NewTicker(timeout / 10)
 	defer tick.Stop()
 	buf := make([]byte, 1)
-	for end := time.Now().Add(d); time.Now().Before(end); <-tick.C {
-		if _, err := io.WriteString(from, "."); err != nil {
-			t.Fatalf("the connection ended while a trickle was still sent: %v", err)
+	passed := since // when the last byte through it was sent
+	for end := time.Now().Add(2 * timeout); time.Now().Before(end); <-tick.C {
+		sent := time.Now()
+		_, err := io.WriteString(from, ".")
+		if err == nil {
+			_ = to.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err = io.ReadFull(to, buf)
 		}
-		_ = to.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.ReadFull(to, buf); err != nil {
-			t.Fatalf("the connection ended while a trickle was still sent: %v", err)
+		if err != nil {
+			trickleEnded(t, passed, timeout, err)
+			return passed
 		}
+		passed = sent
 	}
+	return passed
+}
+
+// WantQuiet fails the test unless timeout has passed since last, when the
+// last byte through a connection was sent: a connection whose end was
+// just seen ended early if not. (Its clock read the byte no earlier than
+// it was sent, and its end is seen no earlier than it happened.)
+func WantQuiet(t testing.TB, last time.Time, timeout time.Duration) {
+	t.Helper()
+	if quiet := time.Since(last); quiet < timeout {
+		t.Fatalf("the connection ended %s after its last byte, within its %s timeout", quiet, timeout)
+	}
+}
+
+// trickleEnded judges the end of a connection that carried a trickle:
+// passed is when the last byte through it was sent.
+func trickleEnded(t testing.TB, passed time.Time, timeout time.Duration, err error) {
+	t.Helper()
+	if IsTimeout(err) {
+		t.Fatalf("a byte of the trickle did not come through within 10s: %v", err)
+	}
+	t.Logf("the connection ended while a trickle was sent: %v", err)
+	WantQuiet(t, passed, timeout)
+	t.Skipf("the machine kept the test from sending for %s, longer than the %s timeout: the end was right, and this run proves nothing",
+		time.Since(passed).Round(time.Millisecond), timeout)
 }
 
 // Prefixes parses CIDR prefixes, as a test writes them.

@@ -687,6 +687,7 @@ func TestHalfCloseTimeout(t *testing.T) {
 			// finisher ends its direction; talker then trickles bytes
 			// for several timeouts (the connection stays), then hangs.
 			var talker, listener net.Conn = backend, client
+			finished := time.Now()
 			if tt.clientFinishes {
 				if err := client.CloseWrite(); err != nil {
 					t.Fatal(err)
@@ -703,12 +704,14 @@ func TestHalfCloseTimeout(t *testing.T) {
 					t.Fatalf("client read %q", got)
 				}
 			}
-			testutil.Trickle(t, talker, listener, half/10, 2*half)
-			// Then it hangs: the connection ends.
+			last := testutil.Trickle(t, talker, listener, half, finished)
+			// Then it hangs: the connection ends, once quiet for the
+			// timeout.
 			_ = listener.SetReadDeadline(time.Now().Add(10 * time.Second))
 			if _, err := listener.Read(make([]byte, 1)); err == nil || testutil.IsTimeout(err) {
 				t.Fatalf("read after the hang = %v, want the connection closed", err)
 			}
+			testutil.WantQuiet(t, last, half)
 			wantFields(t, px.line(t, 1), "[timeout]", "half-close timeout: "+tt.want)
 		})
 	}
