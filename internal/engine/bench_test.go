@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pj-proxy/pj/internal/config"
+	"github.com/pj-proxy/pj/internal/testutil"
 	"github.com/pj-proxy/pj/internal/testutil/pjconf"
 )
 
@@ -177,4 +178,23 @@ func BenchmarkRoutedConnection(b *testing.B) {
 		rawRoundTrip(b, fd, hello, buf)
 		rawHangUp(b, fd, buf)
 	}
+}
+
+// BenchmarkBandwidthCap sends 1 MiB in 4 KiB messages through a 2 MiB/s
+// cap, over a fresh connection each time, and reports the rate reached
+// beyond the first burst as a fraction of the cap (cap-fraction): close to
+// 1 on a quiet machine.
+func BenchmarkBandwidthCap(b *testing.B) {
+	const rate = 2 << 20
+	baddr, conns := backendConns(b)
+	h := newHarness(b, harnessOpt{bw: rate, logTo: io.Discard, level: "info"}, baddr)
+	var sum float64
+	for b.Loop() {
+		client := testutil.Dial(b, h.addr)
+		backend := accepted(b, conns)
+		sum += sendCapped(b, client, backend, rate)
+		_ = client.Close()
+		_ = backend.Close()
+	}
+	b.ReportMetric(sum/float64(b.N)/rate, "cap-fraction")
 }

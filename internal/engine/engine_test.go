@@ -190,7 +190,7 @@ func (h *harness) wantLine(t *testing.T, tag string, wants ...string) string {
 
 // backendConns serves a listener whose accepted connections are handed to
 // the test one by one.
-func backendConns(t *testing.T) (string, <-chan *net.TCPConn) {
+func backendConns(t testing.TB) (string, <-chan *net.TCPConn) {
 	t.Helper()
 	ln := testutil.ListenSecluded(t)
 	ch := make(chan *net.TCPConn, 16)
@@ -204,7 +204,7 @@ func backendConns(t *testing.T) (string, <-chan *net.TCPConn) {
 	return ln.Addr().String(), ch
 }
 
-func accepted(t *testing.T, ch <-chan *net.TCPConn) *net.TCPConn {
+func accepted(t testing.TB, ch <-chan *net.TCPConn) *net.TCPConn {
 	t.Helper()
 	select {
 	case c := <-ch:

@@ -297,16 +297,32 @@ func TestBandwidthBudgetIsSpentOnlyOnBytesMoved(t *testing.T) {
 	}
 }
 
-func TestBandwidthCapIsReachedWithSmallMessages(t *testing.T) {
-	// 4 KiB messages through a 2 MiB/s cap move at close to 2 MiB/s, and
-	// not faster. (The lower bound is loose: a loaded machine only makes
-	// pj slower than its cap; the budget test above holds the exact rule.)
-	const (
-		rate  = 2 << 20
-		total = 1 << 20
-		burst = rate / 4 // newBucket's
-	)
+func TestBandwidthCapHoldsWithSmallMessages(t *testing.T) {
+	// 4 KiB messages through a 2 MiB/s cap arrive whole, and no faster
+	// than the cap: the first burst at once, the rest at the rate. The
+	// clock starts before the first byte is sent, so a loaded machine
+	// only makes the figure lower, never higher; the bound is wide (an
+	// uncapped loopback moves hundreds of MiB/s). How close to its cap pj
+	// comes is BenchmarkBandwidthCap's figure: a loaded machine blurs it,
+	// and TestBandwidthBudgetIsSpentOnlyOnBytesMoved holds the rule that
+	// lets pj reach it.
+	const rate = 2 << 20
 	_, client, backend := relayed(t, harnessOpt{bw: rate})
+	achieved := sendCapped(t, client, backend, rate)
+	t.Logf("%.2f MiB/s through a cap of %.2f MiB/s", achieved/(1<<20), float64(rate)/(1<<20))
+	if achieved > 1.5*rate {
+		t.Fatalf("%.0f B/s through a cap of %d B/s: the cap does not hold", achieved, rate)
+	}
+}
+
+// sendCapped sends 1 MiB in 4 KiB messages from client to backend,
+// through a fresh connection capped at rate bytes per second, and returns
+// the rate achieved beyond the first burst, which goes at once.
+func sendCapped(t testing.TB, client, backend *net.TCPConn, rate int) float64 {
+	t.Helper()
+	const total = 1 << 20
+	burst := rate / 4 // newBucket's
+	start := time.Now()
 	go func() {
 		msg := make([]byte, 4<<10)
 		for sent := 0; sent < total; sent += len(msg) {
@@ -315,22 +331,13 @@ func TestBandwidthCapIsReachedWithSmallMessages(t *testing.T) {
 			}
 		}
 	}()
-	start := time.Now()
-	_ = backend.SetReadDeadline(start.Add(10 * time.Second))
+	_ = backend.SetReadDeadline(start.Add(30 * time.Second))
 	got, err := io.ReadFull(backend, make([]byte, total))
 	elapsed := time.Since(start)
 	if err != nil {
 		t.Fatalf("received %d of %d bytes in %s: %v", got, total, elapsed, err)
 	}
-	// The first burst goes at once; the rest at the rate.
-	achieved := float64(total-burst) / elapsed.Seconds()
-	t.Logf("%.2f MiB/s through a cap of %.2f MiB/s", achieved/(1<<20), float64(rate)/(1<<20))
-	if achieved < 0.4*rate {
-		t.Fatalf("%.0f B/s through a cap of %d B/s: the cap throttles far below itself", achieved, rate)
-	}
-	if achieved > 1.5*rate {
-		t.Fatalf("%.0f B/s through a cap of %d B/s: the cap does not hold", achieved, rate)
-	}
+	return float64(total-burst) / elapsed.Seconds()
 }
 
 // holdLoops stops every loop of e until the returned function is called:
