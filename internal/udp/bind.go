@@ -43,23 +43,32 @@ func (s *Sockets) Close() {
 // Bind binds n sockets (at least one) to addr, a HOST:PORT as the net
 // package takes it: an empty host is every address of both families. It is
 // all or nothing.
+//
+// The first socket binds without SO_REUSEPORT and takes it after: bound
+// with it, the socket would join the group of any other socket of the
+// same user holding that address with SO_REUSEPORT (and port 0 may become
+// such a port), and the kernel would share the clients between that
+// program and pj. Without it, an address in use is refused, and port 0
+// becomes a port no socket holds; the others then join the first.
 func Bind(ctx context.Context, addr string, n int) (*Sockets, error) {
 	n = max(n, 1)
 	s := &Sockets{}
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) { serr = prepare(int(fd), n > 1) }); err != nil {
-			return err
-		}
-		return serr
-	}}
+	lc := func(reusePort bool) *net.ListenConfig {
+		return &net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) { serr = prepare(int(fd), reusePort) }); err != nil {
+				return err
+			}
+			return serr
+		}}
+	}
 	for i := range n {
 		at := addr
 		if i > 0 {
 			// The others join the first's port (it may have been 0).
 			at = net.JoinHostPort(s.local.Addr().String(), fmt.Sprint(s.local.Port()))
 		}
-		pc, err := lc.ListenPacket(ctx, "udp", at)
+		pc, err := lc(i > 0).ListenPacket(ctx, "udp", at)
 		if err != nil {
 			s.Close()
 			return nil, err
@@ -69,15 +78,30 @@ func Bind(ctx context.Context, addr string, n int) (*Sockets, error) {
 			s.Close()
 			return nil, err
 		}
+		s.fds = append(s.fds, fd)
 		if i == 0 {
-			if err := s.learn(fd); err != nil {
-				_ = unix.Close(fd)
+			if err := s.first(fd, n > 1); err != nil {
+				s.Close()
 				return nil, err
 			}
 		}
-		s.fds = append(s.fds, fd)
 	}
 	return s.ready()
+}
+
+// first learns the bound address from the first socket, and opens it to
+// the others (SO_REUSEPORT) if there are any.
+func (s *Sockets) first(fd int, others bool) error {
+	if err := s.learn(fd); err != nil {
+		return err
+	}
+	if !others {
+		return nil
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		return os.NewSyscallError("setsockopt SO_REUSEPORT", err)
+	}
+	return nil
 }
 
 // ready returns s once its sockets of a wildcard address are asked for
