@@ -314,6 +314,39 @@ func TestUDPModes(t *testing.T) {
 	})
 }
 
+// TestUDPLatWarmsUpThroughALoss: a warm-up datagram lost, or held past
+// udpLossWait (as a loaded machine may hold one), is not the end of the
+// run: the warm-up goes on until enough echoes have come back.
+func TestUDPLatWarmsUpThroughALoss(t *testing.T) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1<<16)
+		for i := 0; ; i++ {
+			n, from, err := c.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			if i != 3 { // the fourth datagram, in the warm-up, is lost
+				_, _ = c.WriteToUDP(buf[:n], from)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		c.Close()
+		<-done
+	})
+	m, err := runWindows(t, nil, "-mode", "udp-lat", "-target", "lossy", "-addr", c.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	positive(t, m, "rps")
+}
+
 func TestIntegrityFailures(t *testing.T) {
 	backend := startBackend(t)
 	flip := func(wantToBackend bool, at int64) tamper {

@@ -451,14 +451,26 @@ func runUDPLat(ctx context.Context, cfg *runConfig, r *result) error {
 			// A late echo of an earlier datagram: skip it.
 		}
 	}
-	for seq := range uint64(warmRounds) {
-		if _, ok, err := round(seq); err != nil || !ok {
-			return fmt.Errorf("warm-up echo %d: %v (lost: %v)", seq, err, !ok)
+	// Warm up until warmRounds echoes have come back: a datagram lost, or
+	// held past udpLossWait by a target still making its session or by a
+	// loaded machine, is followed by the next.
+	warmEnd := time.Now().Add(udpWarmMax)
+	var seq uint64
+	for echoed := 0; echoed < warmRounds; seq++ {
+		if time.Now().After(warmEnd) || ctx.Err() != nil {
+			return fmt.Errorf("warm-up: %d of %d echoes came back within %s", echoed, warmRounds, udpWarmMax)
+		}
+		_, ok, err := round(seq)
+		if err != nil {
+			return fmt.Errorf("warm-up echo %d: %w", seq, err)
+		}
+		if ok {
+			echoed++
 		}
 	}
 	samples := make([]time.Duration, 0, 1<<16)
 	w, err := cfg.measure(func(deadline time.Time) error {
-		for seq := uint64(warmRounds); time.Now().Before(deadline) && ctx.Err() == nil; seq++ {
+		for ; time.Now().Before(deadline) && ctx.Err() == nil; seq++ {
 			rtt, ok, err := round(seq)
 			if err != nil {
 				return fmt.Errorf("echo %d: %w", seq, err)
