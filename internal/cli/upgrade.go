@@ -240,7 +240,7 @@ func (u *upgrader) finish(res upgradeResult) bool {
 		u.log.Warn("upgrade: connections that could not be sent stay here until they end", "connections", kept)
 	}
 	if n := u.srv.Active(); n > 0 {
-		u.log.Info("upgrade: connections that cannot move (TLS-terminated, relayed in the kernel, UDP sessions, not yet relaying) stay here until they end or the grace period passes",
+		u.log.Info("upgrade: connections that cannot move (TLS-terminated, UDP sessions, not yet relaying) stay here until they end or the grace period passes",
 			"connections", n)
 	}
 	return true

@@ -79,7 +79,6 @@ type conn struct {
 	timer      [timerKinds]evloop.Slot // each timer's place in the loop's heap
 
 	up, down dir
-	kern     *kernelConn // the kernel relays the bytes (kernel_relay); nil: pj does
 }
 
 func (c *conn) Links() *ilist.Links[conn] { return &c.byAge }
@@ -310,9 +309,6 @@ func (l *loop) established(c *conn) {
 			return
 		}
 	}
-	if c.route.KernelRelay && l.kernelStart(c) {
-		return
-	}
 	l.armRelay(c)
 	if bw := c.route.Bandwidth; bw > 0 {
 		c.up.budget, c.down.budget = newBucket(bw, l.now), newBucket(bw, l.now)
@@ -374,10 +370,6 @@ func (l *loop) handle(c *conn, fd int, events uint32) {
 		}
 		return
 	}
-	if c.kern != nil {
-		l.kernelEvent(c, fd, events)
-		return
-	}
 	if events&unix.EPOLLERR != 0 {
 		l.abort(c, l.deliverBeforeError(c, isClient))
 		return
@@ -426,10 +418,6 @@ func (l *loop) timerFired(c *conn) {
 		l.dropBackend(c)
 		l.connectNext(c)
 	case stateRelay:
-		if c.kern != nil {
-			l.kernelTimer(c)
-			return
-		}
 		l.e.faultAt("idle")
 		if !l.relayTimedOut(c) {
 			l.armRelay(c)
@@ -458,16 +446,6 @@ func (l *loop) relayTimedOut(c *conn) bool {
 // push the deadline back when it fires, so the data path never touches
 // the timer.
 func (l *loop) armRelay(c *conn) {
-	if at := c.relayDeadline(); at >= 0 {
-		l.arm(c, at)
-		return
-	}
-	l.disarm(c)
-}
-
-// relayDeadline is when a relaying connection's idle or half-close
-// timeout ends, whichever comes first (loop clock); -1: never.
-func (c *conn) relayDeadline() int64 {
 	at := int64(-1)
 	if idle := int64(c.route.IdleTimeout); idle > 0 {
 		at = c.lastActive + idle
@@ -477,7 +455,11 @@ func (c *conn) relayDeadline() int64 {
 			at = h
 		}
 	}
-	return at
+	if at < 0 {
+		l.disarm(c)
+		return
+	}
+	l.arm(c, at)
 }
 
 // openSide names the side whose direction is still open.
@@ -543,9 +525,6 @@ func (l *loop) close(c *conn, status observe.Status, err error) {
 	if c.state == stateClosed {
 		return
 	}
-	if c.kern != nil {
-		l.kernelDone(c)
-	}
 	c.state = stateClosed
 	l.forget(c)
 	l.load.Add(-1)
@@ -606,9 +585,6 @@ func (l *loop) logConn(c *conn, status observe.Status, err error) {
 	}
 	if c.spliced {
 		rec.Relay = modeSplice
-	}
-	if c.kern != nil {
-		rec.Relay = modeKernel
 	}
 	// The backend field names the backend reached, or for a failed
 	// connect the last one tried.

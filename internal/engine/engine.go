@@ -83,9 +83,6 @@ type Engine struct {
 	onPeek  func(buffered int)
 	fault   func(point string)
 	perTurn int // see maxPerTurn
-
-	kernelLogged atomic.Bool // why the in-kernel relay cannot be used was logged
-	kernelFull   atomic.Bool // that its maps were full was logged
 }
 
 // ErrShutdown is the cause of connections cut when the grace period ends;
@@ -417,9 +414,6 @@ func (e *Engine) OldestConnections(proxy string, limit int) []ConnInfo {
 			for c := l.byAge.Front(); c != nil && (limit < 0 || n < limit); c = ilist.Next(c) {
 				if proxy != "" && c.proxy.Name != proxy {
 					continue
-				}
-				if c.kern != nil && c.state == stateRelay {
-					_, _ = l.kernelCount(c) // the kernel's bytes so far
 				}
 				ci := ConnInfo{ID: c.id, Proxy: c.proxy.Name, Client: c.client, Listener: c.ln.addr,
 					Started: c.accepted, Up: c.up.bytes.Load(), Down: c.down.bytes.Load(), SNI: c.sni}

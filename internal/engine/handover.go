@@ -125,7 +125,7 @@ func (e *Engine) Detach(max int) []Detached {
 
 // detach takes c out of the loop if it can move.
 func (l *loop) detach(c *conn) (Detached, bool) {
-	if c.state != stateRelay || c.kern != nil || c.peek != nil || c.bfd < 0 || c.backend == nil || c.route == nil {
+	if c.state != stateRelay || c.peek != nil || c.bfd < 0 || c.backend == nil || c.route == nil {
 		return Detached{}, false
 	}
 	// Both bytes held in user space and in a pipe: too rare to move.
