@@ -55,6 +55,9 @@ and exits 1.`,
 					return l.err
 				}
 				problems, warnings := tlsFindings(l.cfg, time.Now())
+				for _, w := range l.cfg.Warnings() {
+					warnings = append(warnings, "warning: "+w)
+				}
 				if len(problems) > 0 {
 					return &config.ValidationError{Problems: append(problems, warnings...)}
 				}

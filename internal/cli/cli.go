@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -113,6 +114,9 @@ type flags struct {
 	// given lists the keys (as a file names them) that a flag or a PJ_
 	// variable set: only those override a configuration file.
 	given []string
+	// ignored lists the retired keys that a flag or a PJ_ variable set,
+	// added to every configuration loaded, so that each load warns.
+	ignored []config.Ignored
 }
 
 func newRootCmd(ctx context.Context, env *runEnv, stdout, stderr io.Writer) *cobra.Command {
@@ -204,19 +208,26 @@ func addConfigFlags(fs *pflag.FlagSet, f *flags) {
 		case *bool:
 			fs.BoolVar(p, fl.Name, *p, fl.Usage)
 		}
+		if fl.Retired {
+			// Accepted and ignored: a load warns (config.Config.Warnings),
+			// once, wherever it is set.
+			_ = fs.MarkHidden(fl.Name)
+		}
 	}
 }
 
 // fromEnv completes the flags with the PJ_ variables and records which
 // flags were given, on the command line or by a variable.
 func (f *flags) fromEnv(fs *pflag.FlagSet, lookupEnv func(string) (string, bool)) error {
+	onCommandLine := map[string]bool{}
+	fs.Visit(func(fl *pflag.Flag) { onCommandLine[fl.Name] = true })
 	if err := applyEnv(fs, lookupEnv); err != nil {
 		return err
 	}
 	if v, ok := lookupEnv(EnvName("proxy")); ok && !fs.Changed("proxy") {
 		f.envProxies = splitMappings(v)
 	}
-	f.given = nil
+	f.given, f.ignored = nil, nil
 	for _, fl := range config.Flags() {
 		if fl.Name == "" {
 			// A secret has a variable but no flag (a flag would show in
@@ -228,7 +239,13 @@ func (f *flags) fromEnv(fs *pflag.FlagSet, lookupEnv func(string) (string, bool)
 			}
 			continue
 		}
-		if fs.Changed(fl.Name) {
+		switch {
+		case !fs.Changed(fl.Name):
+		case fl.Retired && onCommandLine[fl.Name]:
+			f.ignored = append(f.ignored, config.Ignored{Key: fl.Key, Where: "--" + fl.Name})
+		case fl.Retired:
+			f.ignored = append(f.ignored, config.Ignored{Key: fl.Key, Where: EnvName(fl.Name)})
+		default:
 			f.given = append(f.given, fl.Key)
 		}
 	}
@@ -282,6 +299,7 @@ func loadConfig(f *flags, lookupEnv func(string) (string, bool)) (config.Config,
 	if err != nil {
 		return config.Config{}, err
 	}
+	cfg.Ignored = append(cfg.Ignored, f.ignored...)
 	mappings, err := f.mappings()
 	if err != nil {
 		return config.Config{}, err
@@ -337,6 +355,7 @@ func (f *flags) mappings() ([]config.Proxy, error) {
 // configuration; every problem is a usage error.
 func (f *flags) config() (config.Config, error) {
 	cfg := f.cfg
+	cfg.Ignored = slices.Clone(f.ignored)
 	mappings, err := f.mappings()
 	if err != nil {
 		return cfg, err

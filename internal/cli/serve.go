@@ -55,6 +55,7 @@ func serve(ctx context.Context, f *flags, cfg config.Config, env *runEnv, stderr
 	handler := observe.NewSwappable(h)
 	log := slog.New(handler)
 	notice.Store(log)
+	logWarnings(log, cfg)
 
 	// Started by an upgrade: the running pj's sockets, the admin
 	// listener's apart.
@@ -212,6 +213,14 @@ func notifySystemd(ctx context.Context, log *slog.Logger, cfg config.Config, srv
 	}
 }
 
+// logWarnings logs what a configuration that loads says to remove: the
+// retired keys it sets (config.Config.Warnings).
+func logWarnings(log *slog.Logger, cfg config.Config) {
+	for _, w := range cfg.Warnings() {
+		log.Warn(w)
+	}
+}
+
 // dropNotice says that n log lines were lost over the last while.
 func dropNotice(n uint64, over time.Duration) string {
 	return fmt.Sprintf("dropped %d log lines in the last %s: the log destination is slower than pj",
@@ -321,6 +330,7 @@ func (r *reloader) reload(trigger string, reply chan<- admin.ReloadResult) {
 		answer(invalid(false, problems))
 		return
 	}
+	logWarnings(r.log, cfg)
 	// The plan is taken before the reload changes what it compares.
 	changes, planErr := r.srv.Plan(cfg)
 	if cfg.Log != r.current.Log {

@@ -54,6 +54,38 @@ type Config struct {
 	Proxies  []Proxy
 	// File is the configuration file the values came from, if any.
 	File string
+	// Ignored lists where the configuration sets keys that pj accepts
+	// and ignores (retired keys), in the order they were read; Warnings
+	// says it to the user.
+	Ignored []Ignored
+}
+
+// Ignored is a retired key set by a configuration, and where.
+type Ignored struct {
+	Key   string // as a file names it: "kernel_relay"
+	Where string // "pj.yaml:4", "--kernel-relay", "PJ_KERNEL_RELAY"
+}
+
+// Warnings says, in one line per retired key that c sets, where it is
+// set, that it is ignored and why: what pj check prints and a load logs.
+func (c *Config) Warnings() []string {
+	var out []string
+	for _, i := range append(infos(topKeys), infos(settingKeys)...) {
+		if i.retired == "" {
+			continue
+		}
+		var where []string
+		for _, ig := range c.Ignored {
+			if ig.Key == i.name {
+				where = append(where, ig.Where)
+			}
+		}
+		if len(where) > 0 {
+			out = append(out, fmt.Sprintf("%s: %s is no longer supported and is ignored: %s; remove it",
+				strings.Join(where, ", "), i.name, i.retired))
+		}
+	}
+	return out
 }
 
 // Log selects the encoding and the threshold of log records.
@@ -123,11 +155,6 @@ type Settings struct {
 
 	// Pool keeps backend connections open before clients need them.
 	Pool Pool
-
-	// KernelRelay hands a connection's bytes to the kernel once its
-	// backend answers: a BPF program redirects each socket's bytes to
-	// the other, and pj's loop sees only the ends of the streams.
-	KernelRelay bool
 }
 
 // TLS says how pj terminates clients' TLS.
@@ -192,23 +219,6 @@ func (s *Settings) poolProblems() []string {
 			"unknown when a warm connection is opened; remove one of them"}
 	}
 	return nil
-}
-
-// kernelRelayProblems reports settings that cannot go with kernel_relay.
-func (s *Settings) kernelRelayProblems() []string {
-	if !s.KernelRelay {
-		return nil
-	}
-	var problems []string
-	if s.Bandwidth.PerConnection > 0 {
-		problems = append(problems, "kernel_relay: cannot be used with bandwidth: the kernel moves the bytes "+
-			"and pj cannot pace them; remove one of them")
-	}
-	if s.TLS != nil || s.BackendTLS != nil {
-		problems = append(problems, "kernel_relay: cannot be used with tls or backend_tls: pj must encrypt "+
-			"or decrypt every byte itself; remove one of them")
-	}
-	return problems
 }
 
 // ProxyVersion is the PROXY protocol version sent to backends: 0 (none),
@@ -471,7 +481,6 @@ func (c *Config) proxyProblems(problems *problemTexts) {
 		problems.add(located(where, p.transportProblems(&c.Defaults))...)
 		if len(p.Routes) == 0 {
 			problems.add(located(where, p.poolProblems())...)
-			problems.add(located(where, p.kernelRelayProblems())...)
 		}
 		if problems.full() {
 			problems.more += len(backendProblems(p.Backends)) // counted; their texts would not be listed

@@ -84,6 +84,14 @@ type decoded struct {
 type decoder struct {
 	lookupEnv func(string) (string, bool)
 	problems  problems
+	ignored   []ignoredAt     // the retired keys read, in order
+	retired   map[string]bool // the names of retired keys: accepted, never offered
+}
+
+// ignoredAt is a retired key read from a file, and its line.
+type ignoredAt struct {
+	key  string
+	line int
 }
 
 func (d *decoder) problemf(line int, path, format string, args ...any) {
@@ -146,7 +154,9 @@ func (d *decoder) unknownKey(f *field, path string, hs handlers, hint func(strin
 	}
 	valid := make([]string, 0, len(hs))
 	for k := range hs {
-		valid = append(valid, k)
+		if !d.retired[k] {
+			valid = append(valid, k)
+		}
 	}
 	if s := suggest(f.key, valid); s != "" {
 		d.problemf(f.line, path, "unknown key (did you mean %s?)", s)

@@ -40,6 +40,9 @@ type keyInfo struct {
 	// only is the one transport the setting applies to (TCP or UDP), ""
 	// for both; onlyWhy is said, too, to a proxy of the other that sets it.
 	only, onlyWhy string
+	// retired, if not "", marks a key pj accepts and ignores, and says
+	// why (see retired).
+	retired string
 }
 
 // label names the key in a problem of Validate, which may come from the
@@ -113,6 +116,18 @@ type key[O, T any] struct {
 // def declares a key whose value is read by v.
 func def[O, T any](name string, field func(*O) *T, v value[T]) *key[O, T] {
 	return &key[O, T]{keyInfo: keyInfo{name: name}, field: field, value: v}
+}
+
+// retired declares a key that pj no longer acts on: a file, a flag or a
+// variable may still set it, so that a configuration written for an older
+// pj loads, and each load warns (Config.Warnings) with why. Its value is
+// read by v, so a value an older pj refused is refused still, and kept
+// nowhere: each use of the key gets a value of its own, which no
+// comparison, summary or override sees.
+func retired[O, T any](name string, v value[T], why string) *key[O, T] {
+	k := def(name, func(*O) *T { return new(T) }, v)
+	k.retired = why
+	return k
 }
 
 // object declares a key whose value is an object of keys declared after it
@@ -214,6 +229,10 @@ func (k *key[O, T]) decode(d *decoder, n *node, path string, p *patch[O], all []
 		d.problemf(n.line, path, "%s", why)
 		return
 	}
+	if k.retired != "" {
+		// Said once the file is read; the value itself goes nowhere.
+		d.ignored = append(d.ignored, ignoredAt{key: k.name, line: n.line})
+	}
 	p.set(k.name, func(o *O) { k.store(o, v) })
 }
 
@@ -286,10 +305,22 @@ func keyHandlers[O any](d *decoder, all []setting[O], parent string, p *patch[O]
 		if k.info().parent() != parent {
 			continue
 		}
-		name := k.info().name[len(parent):]
-		hs[strings.TrimPrefix(name, ".")] = func(v *node, path string) { k.decode(d, v, path, p, all) }
+		name := strings.TrimPrefix(k.info().name[len(parent):], ".")
+		hs[name] = func(v *node, path string) { k.decode(d, v, path, p, all) }
+		if k.info().retired != "" {
+			d.retired[name] = true
+		}
 	}
 	return hs
+}
+
+// infos lists what the keys of all say about themselves.
+func infos[O any](all []setting[O]) []*keyInfo {
+	out := make([]*keyInfo, len(all))
+	for i, k := range all {
+		out[i] = k.info()
+	}
+	return out
 }
 
 // keyNames lists the names of the keys of all directly inside the owner.

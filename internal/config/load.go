@@ -37,6 +37,9 @@ type Flag struct {
 	// Var returns the flag's variable in c (for a setting of the proxies,
 	// in c.Defaults): a *string, *bool or *time.Duration.
 	Var func(c *Config) any
+	// Retired marks the flag of a key pj accepts and ignores: hidden from
+	// help; whoever sets it adds an Ignored to the configuration.
+	Retired bool
 }
 
 // Flags lists the keys that the command line sets, in the order of help
@@ -50,7 +53,7 @@ func appendFlags[O any](out []Flag, all []setting[O], owner func(*Config) *O) []
 	for _, k := range all {
 		if i := k.info(); i.flag != "" || i.env != "" {
 			out = append(out, Flag{Name: i.flag, Env: i.env, Usage: i.usage, Key: i.name,
-				Var: func(c *Config) any { return k.pointer(owner(c)) }})
+				Var: func(c *Config) any { return k.pointer(owner(c)) }, Retired: i.retired != ""})
 		}
 	}
 	return out
@@ -125,12 +128,16 @@ func Decode(name string, data []byte, lookupEnv func(string) (string, bool), ove
 		}
 		return Config{}, &ValidationError{Problems: []string{problem{line: se.line, msg: "syntax error: " + se.msg}.format(name)}}
 	}
-	d := decoder{lookupEnv: lookupEnv, problems: treeProblems}
+	d := decoder{lookupEnv: lookupEnv, problems: treeProblems, retired: map[string]bool{}}
 	dec := d.file(root)
 	if d.problems.count() > 0 {
 		return Config{}, d.problems.error(name)
 	}
-	return dec.resolve(name, overrides), nil
+	c := dec.resolve(name, overrides)
+	for _, ig := range d.ignored {
+		c.Ignored = append(c.Ignored, Ignored{Key: ig.key, Where: fmt.Sprintf("%s:%d", name, ig.line)})
+	}
+	return c, nil
 }
 
 // resolve applies inheritance: the built-in values, then the file's, then

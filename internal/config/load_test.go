@@ -297,7 +297,7 @@ func TestYAMLAndTOMLDecodeToTheSameConfig(t *testing.T) {
 	for name, text := range map[string]string{"pj.yaml": fullYAML, "pj.toml": fullTOML} {
 		got := decodeProblems(t, name, text, vars)
 		if len(got) != 1 || !strings.HasSuffix(got[0], ": proxies[1].send: unknown key (valid here: "+
-			"accept_proxy_protocol, allow, backend_tls, backends, balance, bandwidth, connect_timeout, deny, dns_refresh, half_close_timeout, health_check, idle_timeout, kernel_relay, "+
+			"accept_proxy_protocol, allow, backend_tls, backends, balance, bandwidth, connect_timeout, deny, dns_refresh, half_close_timeout, health_check, idle_timeout, "+
 			"listen, match_timeout, max_connections, max_connections_per_client, name, pool, proxy_protocol, rate_limit, resolver, routes, tls, udp)") {
 			t.Errorf("%s: problems = %q, want one for proxies[1].send listing the valid keys", name, got)
 		}

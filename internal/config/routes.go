@@ -254,7 +254,6 @@ func (p *Proxy) routeProblems() []string {
 		}
 		problems = append(problems, located(where, keyProblems(routeSettingKeys, &r.Settings, &p.Settings))...)
 		problems = append(problems, located(where, r.Settings.poolProblems())...)
-		problems = append(problems, located(where, r.Settings.kernelRelayProblems())...)
 		problems = append(problems, located(where, backendProblems(r.Backends))...)
 	}
 	return problems

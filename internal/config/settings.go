@@ -180,17 +180,6 @@ var settingKeys = []setting[Settings]{
 		}),
 	def("pool.max_age", func(s *Settings) *time.Duration { return &s.Pool.MaxAge }, duration(positive)),
 
-	def("kernel_relay", func(s *Settings) *bool { return &s.KernelRelay }, boolean()).
-		onlyFor(TCP, "").
-		withFlag("kernel-relay", "relay bytes inside the kernel (BPF sockhash redirect) once a backend answers; "+
-			"needs CAP_BPF and CAP_NET_ADMIN, falls back to splice").
-		shown(func(on bool) string {
-			if !on {
-				return ""
-			}
-			return "bytes relayed in the kernel"
-		}),
-
 	object("udp", func(s *Settings) *UDPSettings { return &s.UDP }).
 		onlyFor(UDP, ""),
 	def("udp.responses", func(s *Settings) *int { return &s.UDP.Responses }, count(notNegative)).
@@ -261,6 +250,11 @@ var settingKeys = []setting[Settings]{
 	def("backend_tls.cert", inside(backendTLSOf, func(b *BackendTLS) *string { return &b.Cert }), text()),
 	def("backend_tls.key", inside(backendTLSOf, func(b *BackendTLS) *string { return &b.Key }), text()),
 	def("backend_tls.insecure_skip_verify", inside(backendTLSOf, func(b *BackendTLS) *bool { return &b.InsecureSkipVerify }), boolean()),
+
+	// Keys pj no longer acts on, still accepted so that a file (or a
+	// command line) written for an older pj loads; each load warns.
+	retired[Settings]("kernel_relay", boolean(), "connections are relayed with splice, which measured faster").
+		withFlag("kernel-relay", "no longer supported; ignored"),
 }
 
 // inside is where a key of an optional object lives, as f finds it in
