@@ -22,9 +22,6 @@
 #   PJ_BIN_B    a second pj binary, run as target pj-b beside pj (to compare two builds)
 #   (target pj-acl: pj with an allow list of 1000 CIDRs and a per-client rate limit that
 #   the load never reaches: what admission control costs; not in the default TARGETS)
-#   (target pj-kernel: pj with --kernel-relay, the in-kernel relay (BPF sockhash
-#   redirect; needs root or CAP_BPF + CAP_NET_ADMIN, else pj falls back to splice and
-#   says so in pj-kernel.log); compare it with pj in up and down; not in the default TARGETS)
 #   (target pj-pool: pj with pool: {size: POOL_SIZE} — warm backend connections; compare
 #   it with pj in the conn mode: TARGETS='pj pj-pool' MODES=conn; not in the default TARGETS)
 #   (targets pj-tls-nopool and pj-tls-pool: pj with backend_tls to a TLS backend, a second
@@ -60,7 +57,7 @@ POOL_SIZE=${POOL_SIZE:-64}
 HAPROXY_SPLICE=${HAPROXY_SPLICE:-auto}
 TARGET_LIFETIME=${TARGET_LIFETIME:-2h}
 
-all_targets="direct pj pj-b pj-acl pj-nopool pj-pool pj-tls-nopool pj-tls-pool pj-kernel naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls pj-sni haproxy-sni nginx-sni"
+all_targets="direct pj pj-b pj-acl pj-nopool pj-pool pj-tls-nopool pj-tls-pool naive haproxy haproxy-splice nginx socat pj-tls naive-tls haproxy-tls nginx-tls pj-sni haproxy-sni nginx-sni"
 all_modes="up down lat1 latC conn connpaced sni idle tlsfull tlsresume tlsbulk udp-64-1 udp-64-1000 udp-1400-1 udp-1400-1000 udp-lat"
 udp_targets="direct pj pj-b nginx socat" # the targets that proxy UDP
 tls_targets="pj-tls naive-tls haproxy-tls nginx-tls"
@@ -184,7 +181,7 @@ say "building the load generator"
 build_tools
 
 uses_pj=""
-for t in pj pj-acl pj-nopool pj-pool pj-tls-nopool pj-tls-pool pj-kernel pj-tls pj-sni; do in_list "$t" "$TARGETS" && uses_pj=1; done
+for t in pj pj-acl pj-nopool pj-pool pj-tls-nopool pj-tls-pool pj-tls pj-sni; do in_list "$t" "$TARGETS" && uses_pj=1; done
 if [[ -n $uses_pj ]]; then pick_pj; fi
 
 {
@@ -502,9 +499,6 @@ start_target() {
 	pj-b)
 		[[ -x $PJ_BIN_B ]] || { say "pj-b needs PJ_BIN_B, an executable pj"; return 1; }
 		cmd=("$PJ_BIN_B" --proxy "127.0.0.1:${port[pj-b]}:127.0.0.1:$backend_port")
-		;;
-	pj-kernel)
-		cmd=("$pj" --proxy "127.0.0.1:${port[pj-kernel]}:127.0.0.1:$backend_port" --kernel-relay)
 		;;
 	pj-acl)
 		write_acl_cfg "$tmp/pj-acl.yaml"

@@ -200,7 +200,7 @@ type sysCPU struct {
 	machine float64
 	// run is the time of the run's own parts: this generator, the
 	// backend, the target's trees, the kernel's threads (workqueues,
-	// ksoftirqd: work no process owns, such as an in-kernel relay's) and
+	// ksoftirqd: work no process owns, such as loopback's delivery) and
 	// every core's interrupt and softirq time.
 	run float64
 }
