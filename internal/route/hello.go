@@ -1,5 +1,7 @@
 package route
 
+import "slices"
+
 // MaxPeek is the most a connection's first bytes pj reads to decide: a
 // ClientHello whose records do not fit (with what comes before them, such
 // as a PostgreSQL SSLRequest) is unreadable. Hellos with post-quantum key
@@ -133,12 +135,13 @@ const (
 
 // parseHello reads the server name and the ALPN protocols of msg, a
 // ClientHello handshake message (RFC 8446 4.1.2; RFC 5246 7.4.1.2 for
-// TLS 1.2 and before). It checks the message's structure whole, and the
-// two extensions it reads as crypto/tls does (one host name, not ending
-// in a dot; non-empty protocol names; neither extension twice); what
-// crypto/tls checks in the extensions routing does not read is the
-// backend's to check, which does the handshake. A test holds it to
-// crypto/tls's parser: whatever crypto/tls reads, this reads the same.
+// TLS 1.2 and before). It checks the message's structure whole, that no
+// extension comes twice (RFC 8446 4.2), and the two extensions it reads
+// as crypto/tls does (one host name, not ending in a dot; non-empty
+// protocol names); what crypto/tls checks in the extensions routing does
+// not read is the backend's to check, which does the handshake. A test
+// holds it to crypto/tls's parser: whatever crypto/tls reads, this reads
+// the same.
 func parseHello(msg []byte) (sni string, alpn []string, ok bool) {
 	s := reader(msg)
 	var typ uint8
@@ -159,27 +162,55 @@ func parseHello(msg []byte) (sni string, alpn []string, ok bool) {
 	if !s.prefixed16(&exts) || len(s) != 0 {
 		return "", nil, false
 	}
-	var sawSNI, sawALPN bool
+	// Extension types below 64 (all that common clients send but GREASE,
+	// renegotiation_info and ECH) are bits of low; the others are listed in
+	// high, to be checked once, sorted: thousands of them in a hostile
+	// hello cost n log n, not n².
+	var low uint64
+	var buf [16]uint16
+	high := buf[:0]
 	for len(exts) > 0 {
 		var typ uint16
 		var data reader
 		if !exts.u16(&typ) || !exts.prefixed16(&data) {
 			return "", nil, false
 		}
+		switch {
+		case typ >= 64:
+			high = append(high, typ)
+		case low&(1<<typ) != 0:
+			return "", nil, false
+		default:
+			low |= 1 << typ
+		}
 		switch typ {
 		case extServerName:
 			var names reader
-			if !data.onlyList16(&names, &sawSNI) || !serverName(names, &sni) {
+			if !data.onlyList16(&names) || !serverName(names, &sni) {
 				return "", nil, false
 			}
 		case extALPN:
 			var protos reader
-			if !data.onlyList16(&protos, &sawALPN) || !protocols(protos, &alpn) {
+			if !data.onlyList16(&protos) || !protocols(protos, &alpn) {
 				return "", nil, false
 			}
 		}
 	}
+	if repeats(high) {
+		return "", nil, false
+	}
 	return sni, alpn, true
+}
+
+// repeats reports whether a value comes twice in types, which it sorts.
+func repeats(types []uint16) bool {
+	slices.Sort(types)
+	for i := 1; i < len(types); i++ {
+		if types[i] == types[i-1] {
+			return true
+		}
+	}
+	return false
 }
 
 // serverName reads a server_name list (RFC 6066 3) into sni: its one
@@ -265,14 +296,9 @@ func (r *reader) prefixed16(v *reader) bool {
 }
 
 // onlyList16 reads into v the whole of an extension's body, one non-empty
-// list with a 16-bit length. seen is whether the extension came before:
-// a hello may not repeat one.
-func (r *reader) onlyList16(v *reader, seen *bool) bool {
-	if *seen || !r.prefixed16(v) || len(*v) == 0 || len(*r) != 0 {
-		return false
-	}
-	*seen = true
-	return true
+// list with a 16-bit length.
+func (r *reader) onlyList16(v *reader) bool {
+	return r.prefixed16(v) && len(*v) > 0 && len(*r) == 0
 }
 
 func (r *reader) skip8() bool {

@@ -138,6 +138,33 @@ func reframe(tb testing.TB, b []byte, size int) []byte {
 	return out
 }
 
+// helloWith is a ClientHello in one record, offering TLS_AES_128_GCM_SHA256
+// and these extensions, each made by ext.
+func helloWith(exts ...[]byte) []byte {
+	b := []byte{3, 3}
+	b = append(b, make([]byte, 32)...)       // random
+	b = append(b, 0, 0, 2, 0x13, 0x01, 1, 0) // no session id, one suite, null compression
+	e := cat(exts...)
+	b = append(b, byte(len(e)>>8), byte(len(e)))
+	b = append(b, e...)
+	msg := append([]byte{typeClientHello, 0, byte(len(b) >> 8), byte(len(b))}, b...)
+	return append([]byte{recordHandshake, 3, 1, byte(len(msg) >> 8), byte(len(msg))}, msg...)
+}
+
+// ext is an extension of type typ carrying data.
+func ext(typ uint16, data ...byte) []byte {
+	return append([]byte{byte(typ >> 8), byte(typ), byte(len(data) >> 8), byte(len(data))}, data...)
+}
+
+// sniExt is a server_name extension (RFC 6066 3) listing these host names.
+func sniExt(names ...string) []byte {
+	var list []byte
+	for _, n := range names {
+		list = append(append(list, 0, byte(len(n)>>8), byte(len(n))), n...)
+	}
+	return ext(extServerName, append([]byte{byte(len(list) >> 8), byte(len(list))}, list...)...)
+}
+
 // sslRequest is the eight bytes a PostgreSQL client sends to ask for TLS.
 var sslRequest = []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
 

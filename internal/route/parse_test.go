@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pj-proxy/pj/internal/testutil"
+	"golang.org/x/crypto/cryptobyte"
 )
 
 // pj reads ClientHellos with a parser of its own (parseHello): crypto/tls's
@@ -72,7 +73,42 @@ func agree(t *testing.T, b []byte) {
 		t.Fatalf("crypto/tls reads sni %q alpn %q; pj refuses the hello", ssni, salpn)
 	case sok && (sni != ssni || !slices.Equal(alpn, salpn)):
 		t.Fatalf("pj reads sni %q alpn %q; crypto/tls %q %q", sni, alpn, ssni, salpn)
+	case ok && !sok:
+		// pj does not check the extensions routing does not read, but it
+		// does refuse what no TLS server accepts: an extension twice.
+		if typ, twice := repeatedExtension(b); twice {
+			t.Fatalf("pj reads a hello with extension %d twice; crypto/tls refuses it", typ)
+		}
 	}
+}
+
+// repeatedExtension returns an extension type that the ClientHello whose
+// records b holds carries twice; it reads the extensions with cryptobyte,
+// not with parseHello's reader.
+func repeatedExtension(b []byte) (uint16, bool) {
+	var h hello
+	if h.read(b, MaxPeek) != helloDone {
+		return 0, false
+	}
+	s := cryptobyte.String(helloBytes(b[:h.next], h.want))
+	var skipped, exts cryptobyte.String
+	if !s.Skip(handshakeHeadLen+2+32) || !s.ReadUint8LengthPrefixed(&skipped) || // session id
+		!s.ReadUint16LengthPrefixed(&skipped) || !s.ReadUint8LengthPrefixed(&skipped) || // suites, compression
+		!s.ReadUint16LengthPrefixed(&exts) {
+		return 0, false
+	}
+	seen := map[uint16]bool{}
+	for !exts.Empty() {
+		var typ uint16
+		if !exts.ReadUint16(&typ) || !exts.ReadUint16LengthPrefixed(&skipped) {
+			return 0, false
+		}
+		if seen[typ] {
+			return typ, true
+		}
+		seen[typ] = true
+	}
+	return 0, false
 }
 
 func TestParseHelloAgreesWithCryptoTLS(t *testing.T) {
@@ -88,47 +124,30 @@ func TestParseHelloAgreesWithCryptoTLS(t *testing.T) {
 	}
 }
 
-// Hellos crypto/tls refuses for the fields routing reads are refused too.
+// Hellos crypto/tls refuses for the fields routing reads, or for an
+// extension they carry twice, are refused too.
 func TestParseHelloRefuses(t *testing.T) {
-	body := func(exts ...[]byte) []byte {
-		b := []byte{3, 3}
-		b = append(b, make([]byte, 32)...)       // random
-		b = append(b, 0, 0, 2, 0x13, 0x01, 1, 0) // no session id, one suite, null compression
-		var e []byte
-		for _, x := range exts {
-			e = append(e, x...)
-		}
-		b = append(b, byte(len(e)>>8), byte(len(e)))
-		b = append(b, e...)
-		msg := append([]byte{typeClientHello, 0, byte(len(b) >> 8), byte(len(b))}, b...)
-		return append([]byte{recordHandshake, 3, 1, byte(len(msg) >> 8), byte(len(msg))}, msg...)
-	}
-	ext := func(typ uint16, data ...byte) []byte {
-		return append([]byte{byte(typ >> 8), byte(typ), byte(len(data) >> 8), byte(len(data))}, data...)
-	}
-	name := func(ns ...string) []byte { // a server_name list of host names
-		var list []byte
-		for _, n := range ns {
-			list = append(append(list, 0, byte(len(n)>>8), byte(len(n))), n...)
-		}
-		return append([]byte{byte(len(list) >> 8), byte(len(list))}, list...)
-	}
-	good := ext(extServerName, name("app.example.com")...)
+	good := sniExt("app.example.com")
 	cases := []struct {
 		name string
 		b    []byte
 		ok   bool
 	}{
-		{"one name", body(good), true},
-		{"protocols", body(good, ext(extALPN, 0, 6, 2, 'h', '2', 2, 'h', '3')), true},
-		{"no extensions", body(), true},
-		{"a name ending in a dot", body(ext(extServerName, name("app.example.com.")...)), false},
-		{"server_name twice", body(good, good), false},
-		{"two host names", body(ext(extServerName, name("a.example", "b.example")...)), false},
-		{"an empty name list", body(ext(extServerName, 0, 0)), false},
-		{"an empty protocol", body(ext(extALPN, 0, 1, 0)), false},
-		{"alpn with bytes after its list", body(ext(extALPN, 0, 3, 2, 'h', '2', 9)), false},
-		{"an extension longer than its list", body(ext(extServerName, 0, 40)), false},
+		{"one name", helloWith(good), true},
+		{"protocols", helloWith(good, ext(extALPN, 0, 6, 2, 'h', '2', 2, 'h', '3')), true},
+		{"no extensions", helloWith(), true},
+		{"a name ending in a dot", helloWith(sniExt("app.example.com.")), false},
+		{"server_name twice", helloWith(good, good), false},
+		{"server_name twice, naming two servers", helloWith(sniExt("a.example"), sniExt("b.example")), false},
+		{"alpn twice", helloWith(good, ext(extALPN, 0, 3, 2, 'h', '2'), ext(extALPN, 0, 3, 2, 'h', '3')), false},
+		{"other extensions once each", helloWith(ext(23), good, ext(0x1234), ext(0x1235, 1)), true},
+		{"extended_master_secret twice", helloWith(ext(23), good, ext(23)), false},
+		{"an unknown extension twice", helloWith(ext(0x1234), ext(0x1235), good, ext(0x1234, 1)), false},
+		{"two host names", helloWith(sniExt("a.example", "b.example")), false},
+		{"an empty name list", helloWith(ext(extServerName, 0, 0)), false},
+		{"an empty protocol", helloWith(ext(extALPN, 0, 1, 0)), false},
+		{"alpn with bytes after its list", helloWith(ext(extALPN, 0, 3, 2, 'h', '2', 9)), false},
+		{"an extension longer than its list", helloWith(ext(extServerName, 0, 40)), false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -150,6 +169,8 @@ func FuzzParseHello(f *testing.F) {
 		f.Add(b)
 		f.Add(reframe(f, b, 100))
 	}
+	f.Add(helloWith(sniExt("a.example"), ext(0x1234), sniExt("b.example")))
+	f.Add(helloWith(ext(0x1234), ext(23), ext(0x1234)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) > MaxPeek {
 			b = b[:MaxPeek]
