@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -211,16 +212,19 @@ type format struct {
 	parse      func(data []byte) (*node, problems, error)
 }
 
-// tree parses data. A document with more separators than maxSeparators
-// is refused before the parser sees it. The parsers report their errors
-// by panicking and recovering inside; anything else that escapes one is
-// a bug of the library, which must not take pj down during a reload.
+// tree parses data. One UTF-8 byte order mark at its start, which
+// editors on Windows write, is not part of the document. A document with
+// more separators than maxSeparators is refused before the parser sees
+// it. The parsers report their errors by panicking and recovering inside;
+// anything else that escapes one is a bug of the library, which must not
+// take pj down during a reload.
 func (f format) tree(data []byte) (root *node, ps problems, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			root, ps, err = nil, problems{}, &syntaxError{msg: fmt.Sprintf("the %s parser failed: %v", f.name, v)}
 		}
 	}()
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
 	if err := checkSeparators(data, f.separators); err != nil {
 		return nil, problems{}, err
 	}

@@ -922,3 +922,44 @@ func TestSyntaxErrorLines(t *testing.T) {
 		}
 	}
 }
+
+// Editors on Windows begin UTF-8 files with a byte order mark (EF BB BF):
+// a file with one loads as it would without, its problems on the same
+// lines.
+func TestLoadByteOrderMark(t *testing.T) {
+	const bom = "\xef\xbb\xbf"
+	tests := []struct {
+		name, file, text string
+		source           string   // where the one proxy is, when it loads
+		want             []string // else the problems, after the file's path
+	}{
+		{"yaml", "pj.yaml", "log: {}\nproxies:\n  - listen: 127.0.0.1:0\n    backends: [127.0.0.1:22]\n", ":3", nil},
+		{"toml", "pj.toml", "[log]\n[[proxies]]\nlisten = \"127.0.0.1:0\"\nbackends = [\"127.0.0.1:22\"]\n", ":2", nil},
+		{"yaml syntax error", "pj.yaml", "log: {}\nproxies:\n  - listen: a:1\n    backends: [a:1\n\n", "", []string{":4: syntax error: did not find expected ',' or ']'"}},
+		{"toml syntax error", "pj.toml", "[log]\n[defaults\n", "", []string{":2: syntax error: expected ']' to close table name"}},
+		{"yaml unknown key", "pj.yaml", "log:\n  formt: json\n", "", []string{":2: log.formt: unknown key (did you mean format?)"}},
+		{"toml unknown key", "pj.toml", "[log]\nformt = \"json\"\n", "", []string{":2: log.formt: unknown key (did you mean format?)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := testutil.WriteFile(t, tt.file, bom+tt.text)
+			c, err := config.Load(path, env(nil))
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("Load: %v", err)
+				}
+				if len(c.Proxies) != 1 || c.Proxies[0].Source != path+tt.source {
+					t.Fatalf("proxies %+v, want one at %s%s", c.Proxies, path, tt.source)
+				}
+				return
+			}
+			want := make([]string, len(tt.want))
+			for i, w := range tt.want {
+				want[i] = path + w
+			}
+			if got := problemsOf(t, err); !reflect.DeepEqual(got, want) {
+				t.Errorf("problems\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+			}
+		})
+	}
+}

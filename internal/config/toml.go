@@ -1,7 +1,6 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"sort"
 	"strings"
@@ -14,7 +13,6 @@ import (
 // The parser checks syntax only; the rules about tables (a table defined
 // twice, a key set twice, an inline table extended) are checked here.
 func tomlTree(data []byte) (*node, problems, error) {
-	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf")) // a UTF-8 byte order mark
 	b := tomlBuilder{data: data, lines: lineStarts(data), meta: map[*node]*tomlTable{}}
 	root := b.table(1, nil)
 	cur := root
