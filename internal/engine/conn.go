@@ -342,20 +342,15 @@ func (l *loop) handle(c *conn, fd int, events uint32) {
 	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
 		c.ready |= h
 	}
-	if c.state == stateHeader {
-		if events&unix.EPOLLERR != 0 {
+	if c.state == stateHeader || c.state == statePeek {
+		switch {
+		case events&unix.EPOLLERR != 0:
 			l.abort(c, sideError(observe.SideClient, evloop.SocketError(fd)))
-			return
+		case c.state == stateHeader:
+			l.readHeader(c)
+		default:
+			l.peekRead(c)
 		}
-		l.readHeader(c)
-		return
-	}
-	if c.state == statePeek {
-		if events&unix.EPOLLERR != 0 {
-			l.abort(c, sideError(observe.SideClient, evloop.SocketError(fd)))
-			return
-		}
-		l.peekRead(c)
 		return
 	}
 	if c.state == stateConnecting || c.state == stateAnswer {
