@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -31,9 +32,11 @@ const (
 // so the times are a connection's own rather than those of a queue at
 // saturation (what a pool of warm connections buys shows there: at
 // saturation every connection still costs the target a backend
-// connection); a cycle's time then starts when its turn comes. The time
-// of every failed cycle is reported (error_times_unix_ms, the first
-// maxErrorTimes), so that a caller can tell when the failures happened.
+// connection); a cycle's time then starts when its turn comes. When each
+// failed cycle failed, and when it began, are reported
+// (error_times_unix_ms and error_starts_unix_ms, pair by pair, the first
+// maxErrorTimes), so that a caller can tell what a failure was in flight
+// through: on a loaded machine a failure may be seen long after its cause.
 
 // cycling reports whether mode is one of the cycling modes: those that
 // take -count and -pace.
@@ -138,7 +141,7 @@ func runCycles(ctx context.Context, cfg *runConfig, r *result, names cycleFigure
 					}
 					t0 := time.Now()
 					if err := cy.cycle(ctx); err != nil {
-						o.fail(err)
+						o.fail(err, t0)
 						continue
 					}
 					o.samples = append(o.samples, time.Since(t0))
@@ -169,27 +172,37 @@ func runCycles(ctx context.Context, cfg *runConfig, r *result, names cycleFigure
 	if t.firstErr != nil {
 		r.set("first_error", t.firstErr.Error())
 	}
-	r.set("error_times_unix_ms", t.errorTimes[:min(len(t.errorTimes), maxErrorTimes)])
+	kept := t.failures[:min(len(t.failures), maxErrorTimes)]
+	times, starts := make([]int64, 0, len(kept)), make([]int64, 0, len(kept))
+	for _, f := range kept {
+		times, starts = append(times, f.at), append(starts, f.began)
+	}
+	r.set("error_times_unix_ms", times)
+	r.set("error_starts_unix_ms", starts)
 	return n, nil
 }
 
 // tally is what a worker of a cycling mode saw: the time each completed
 // cycle took, and the failures.
 type tally struct {
-	samples    []time.Duration
-	errors     int
-	errorTimes []int64 // Unix milliseconds of the first maxErrorTimes failures
-	firstErr   error
+	samples  []time.Duration
+	errors   int
+	failures []failure // the first maxErrorTimes
+	firstErr error
 }
+
+// failure is when a failed cycle began and when it failed, in Unix
+// milliseconds.
+type failure struct{ began, at int64 }
 
 func newTally() tally { return tally{samples: make([]time.Duration, 0, 1<<12)} }
 
 // fail records a failed cycle, then pauses: a failing target is not
 // hammered.
-func (o *tally) fail(err error) {
+func (o *tally) fail(err error, began time.Time) {
 	o.errors++
-	if len(o.errorTimes) < maxErrorTimes {
-		o.errorTimes = append(o.errorTimes, time.Now().UnixMilli())
+	if len(o.failures) < maxErrorTimes {
+		o.failures = append(o.failures, failure{began: began.UnixMilli(), at: time.Now().UnixMilli()})
 	}
 	if o.firstErr == nil {
 		o.firstErr = err
@@ -198,17 +211,17 @@ func (o *tally) fail(err error) {
 }
 
 // sum adds up the workers' tallies: the first error of the first worker
-// that had one, and failure times in order.
+// that had one, and the failures in the order they happened.
 func sum(outs []tally) tally {
-	t := tally{errorTimes: []int64{}}
+	var t tally
 	for _, o := range outs {
 		t.samples = append(t.samples, o.samples...)
 		t.errors += o.errors
-		t.errorTimes = append(t.errorTimes, o.errorTimes...)
+		t.failures = append(t.failures, o.failures...)
 		if t.firstErr == nil {
 			t.firstErr = o.firstErr
 		}
 	}
-	slices.Sort(t.errorTimes)
+	slices.SortFunc(t.failures, func(a, b failure) int { return cmp.Compare(a.at, b.at) })
 	return t
 }

@@ -499,10 +499,14 @@ func TestConnStopsAtCount(t *testing.T) {
 }
 
 func TestConnReportsWhenCyclesFailed(t *testing.T) {
+	const late = 30 * time.Millisecond
 	var echoes atomic.Int64
 	relay := startRelay(t, startBackend(t), func(toBackend bool, off int64, b []byte) []byte {
 		if !toBackend && off == 0 && echoes.Add(1)%2 == 1 {
-			b = bytes.ToUpper(b) // every other echo comes back altered
+			// Every other echo comes back altered, and late: a failure
+			// seen well after its cycle began.
+			<-time.After(late)
+			b = bytes.ToUpper(b)
 		}
 		return b
 	})
@@ -510,13 +514,18 @@ func TestConnReportsWhenCyclesFailed(t *testing.T) {
 	m, _ := runLine(t, "-mode", "conn", "-target", "bad", "-addr", relay, "-duration", "1m", "-conn-workers", "1", "-count", "10")
 	after := time.Now().UnixMilli()
 	times, _ := m["error_times_unix_ms"].([]any)
-	if m["errors"] != 5.0 || len(times) != 5 {
-		t.Fatalf("errors = %v, times %v, want 5 of each (line %v)", m["errors"], times, m)
+	starts, _ := m["error_starts_unix_ms"].([]any)
+	if m["errors"] != 5.0 || len(times) != 5 || len(starts) != 5 {
+		t.Fatalf("errors = %v, times %v, starts %v, want 5 of each (line %v)", m["errors"], times, starts, m)
 	}
 	for i, v := range times {
 		ms, _ := v.(float64)
-		if int64(ms) < before || int64(ms) > after || (i > 0 && ms < times[i-1].(float64)) {
+		began, _ := starts[i].(float64)
+		if began < float64(before) || ms > float64(after) || (i > 0 && ms < times[i-1].(float64)) {
 			t.Fatalf("error times %v: want them in order, between %d and %d", times, before, after)
+		}
+		if ms-began < float64(late.Milliseconds()) {
+			t.Fatalf("failure %d began at %v and failed at %v: want it to have begun %s before", i, began, ms, late)
 		}
 	}
 }
