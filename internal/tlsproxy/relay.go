@@ -102,7 +102,11 @@ func (ss *session) pump(d *direction, ended func(observe.Side) bool) error {
 	for {
 		n, rerr := d.src.Read(buf)
 		if n > 0 {
-			ss.touch()
+			if !ss.arrived() {
+				// A timeout ended the connection as these bytes came:
+				// they go nowhere.
+				return ss.causeErr()
+			}
 			w, werr := d.dst.Write(buf[:n])
 			d.bytes.Add(int64(w))
 			d.total.Add(uint64(w))
@@ -142,6 +146,10 @@ func (ss *session) fail(err error) {
 	_ = back.Close()
 }
 
+// testHookIdleFired, set by tests only, runs when the idle timeout has
+// found a connection quiet, before the connection ends.
+var testHookIdleFired atomic.Pointer[func()]
+
 // touch notes that bytes moved, for the idle timeout.
 func (ss *session) touch() { ss.lastActive.Store(int64(time.Since(ss.start))) }
 
@@ -152,13 +160,32 @@ func (ss *session) touch() { ss.lastActive.Store(int64(time.Since(ss.start))) }
 // two deadlines. Bytes moving never touch the timer; they push the
 // deadline back when it fires.
 func (ss *session) timerCheck() {
+	ended, next := ss.judge()
+	switch {
+	case ended:
+		ss.shut()
+	case next >= 0:
+		ss.arm(next)
+	}
+}
+
+// judge decides whether a timeout ends the connection now (then it records
+// the cause, and no byte that arrives later is passed on) or in how long
+// to look again (-1: never). It holds quietMu, so that a byte arriving
+// meanwhile is either counted before the verdict or dropped after it:
+// pj never passes a byte on and then ends the connection as quiet.
+func (ss *session) judge() (ended bool, next time.Duration) {
+	ss.quietMu.Lock()
+	defer ss.quietMu.Unlock()
 	now := time.Since(ss.start)
 	last := time.Duration(ss.lastActive.Load())
-	next := time.Duration(-1)
+	next = -1
 	if idle := ss.r.IdleTimeout; idle > 0 {
 		if now-last >= idle {
-			ss.abort(ErrIdleTimeout)
-			return
+			if hook := testHookIdleFired.Load(); hook != nil {
+				(*hook)()
+			}
+			return ss.timedOut(ErrIdleTimeout), -1
 		}
 		next = idle - (now - last)
 	}
@@ -170,18 +197,35 @@ func (ss *session) timerCheck() {
 				if observe.Side(ss.firstEnd.Load()) == observe.SideBackend {
 					open = observe.SideClient
 				}
-				ss.abort(fmt.Errorf("%w: the %s sent nothing for %s after the %s finished",
-					ErrHalfCloseTimeout, open, half, observe.Side(ss.firstEnd.Load())))
-				return
+				return ss.timedOut(fmt.Errorf("%w: the %s sent nothing for %s after the %s finished",
+					ErrHalfCloseTimeout, open, half, observe.Side(ss.firstEnd.Load()))), -1
 			}
 			if next < 0 || half-quiet < next {
 				next = half - quiet
 			}
 		}
 	}
-	if next >= 0 {
-		ss.arm(next)
+	return false, next
+}
+
+// timedOut marks the connection ended by a timeout, with quietMu held: no
+// byte is passed on from now. It reports whether cause is the
+// connection's (not when it has one already, or is finished).
+func (ss *session) timedOut(cause error) bool {
+	ss.quiet = true
+	return ss.blame(cause)
+}
+
+// arrived notes that bytes came in, for the timeouts, and reports whether
+// they may be passed on: not once a timeout has ended the connection.
+func (ss *session) arrived() bool {
+	ss.quietMu.Lock()
+	defer ss.quietMu.Unlock()
+	if ss.quiet {
+		return false
 	}
+	ss.touch()
+	return true
 }
 
 // arm sets the relay's timer to fire in d, unless the relay is over.

@@ -44,6 +44,8 @@ type session struct {
 	connect    time.Duration
 	up, down   atomic.Int64
 	lastActive atomic.Int64 // nanoseconds since start
+	quietMu    sync.Mutex   // orders a timeout's verdict and bytes arriving
+	quiet      bool         // a timeout ended the connection: pass nothing more on
 	halfAt     atomic.Int64 // nanoseconds since start when one direction ended; 0 before
 	firstEnd   atomic.Int32 // the side whose end of stream came first
 	timerMu    sync.Mutex   // guards timer and timerOff
@@ -145,12 +147,26 @@ func (ss *session) setSNI(name string) {
 // abort ends the connection from pj's side: both sockets are closed, so
 // whatever phase runs ends at once with an error; cause says why.
 func (ss *session) abort(cause error) {
+	if ss.blame(cause) {
+		ss.shut()
+	}
+}
+
+// blame records why pj ends the connection, unless it has a cause already
+// or is finished; it reports whether it did.
+func (ss *session) blame(cause error) bool {
 	ss.mu.Lock()
+	defer ss.mu.Unlock()
 	if ss.cause != nil || ss.finished {
-		ss.mu.Unlock()
-		return
+		return false
 	}
 	ss.cause = cause
+	return true
+}
+
+// shut closes what the connection has open, for abort.
+func (ss *session) shut() {
+	ss.mu.Lock()
 	front, back := ss.front, ss.back
 	ss.mu.Unlock()
 	ss.cancel()

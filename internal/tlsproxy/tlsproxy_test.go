@@ -504,6 +504,56 @@ func TestPeekedBytesAreReadFirst(t *testing.T) {
 	}
 }
 
+func TestIdleTimeoutPassesNothingOnOnceItFired(t *testing.T) {
+	// A byte that arrives as the idle timeout fires is either counted (and
+	// the connection stays) or dropped with the connection; it is never
+	// passed on just before pj ends the connection as quiet. The hook
+	// makes the byte arrive in that moment and gives it time to go
+	// through, which it must not.
+	const idle = 200 * time.Millisecond
+	clients := make(chan net.Conn, 1)
+	passed := make(chan struct{})
+	hook := func() {
+		client := <-clients
+		_, _ = io.WriteString(client, "x")
+		select {
+		case <-passed:
+		case <-time.After(idle):
+		}
+	}
+	testHookIdleFired.Store(&hook)
+	t.Cleanup(func() { testHookIdleFired.Store(nil) })
+
+	p := newPKI(t, "ca")
+	ln := testutil.Listen(t, "tcp4")
+	r := route(t, ln.Addr().String())
+	r.Terminate = p.app(certs.ServerOptions{})
+	r.IdleTimeout = idle
+	px := startProxy(t, r)
+	client := p.dialApp(t, px.addr)
+	if _, err := io.WriteString(client, "hi"); err != nil {
+		t.Fatal(err)
+	}
+	backend := testutil.Accept(t, ln)
+	_ = backend.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.ReadFull(backend, make([]byte, 2)); err != nil {
+		t.Fatal(err)
+	}
+	clients <- client
+	got := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(backend)
+		if len(b) > 0 {
+			close(passed)
+		}
+		got <- string(b)
+	}()
+	if b := <-got; b != "" {
+		t.Fatalf("the backend read %q after the idle timeout fired; the connection then ended as quiet", b)
+	}
+	wantFields(t, px.line(t, 1), "[timeout]", "up=2 down=0")
+}
+
 func TestIdleTimeoutKillAndTable(t *testing.T) {
 	p, r := echoApp(t)
 	r.IdleTimeout = 300 * time.Millisecond
