@@ -261,7 +261,8 @@ type reloadJSON struct {
 		Keys        []string `json:"keys"`
 		Connections int64    `json:"connections_affected"`
 	} `json:"changes"`
-	ConnectionsAffected *int64 `json:"connections_affected"`
+	ConnectionsAffected *int64   `json:"connections_affected"`
+	Warnings            []string `json:"warnings"`
 }
 
 // postReload calls the API as a script would.
@@ -291,6 +292,40 @@ func postReload(t *testing.T, addr, query, token string) (int, reloadJSON) {
 		}
 	}
 	return resp.StatusCode, out
+}
+
+func TestReloadSaysWhatTheFileSetsInVain(t *testing.T) {
+	// A file that sets a retired key reloads, and every way of asking
+	// says what to remove, naming the file and the line.
+	echo, x := testutil.StartEcho(t), testutil.ClosedAddr(t)
+	path := filepath.Join(t.TempDir(), "pj.yaml")
+	planConfig(t, path, "", [3]string{"web", x, echo})
+	p, _ := startPJ(t, 1, pjproc.Command("-c", path))
+	admin := p.Address(t, "admin listening")
+	text, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WriteAtomically(t, path, string(text)+"    kernel_relay: true\n")
+	want := path + ":7: kernel_relay is no longer supported and is ignored"
+
+	for _, args := range [][]string{{"reload", "--dry-run"}, {"reload"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			code, out, errOut := runWith(t, nil, append(args, "--admin", admin)...)
+			if code != 0 {
+				t.Fatalf("exit %d, want 0\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+			}
+			if n := strings.Count(out, "warning: "+want); n != 1 {
+				t.Errorf("stdout has the warning %d times, want once:\n%s", n, out)
+			}
+		})
+	}
+	t.Run("the API's dry run", func(t *testing.T) {
+		code, res := postReload(t, admin, "?dry_run=true", "")
+		if code != http.StatusOK || !res.Valid || len(res.Warnings) != 1 || !strings.HasPrefix(res.Warnings[0], want) {
+			t.Fatalf("status %d, %+v; want one warning %q", code, res, want)
+		}
+	})
 }
 
 func TestReloadPlanSaysWhatItWouldCutAndChangesNothing(t *testing.T) {

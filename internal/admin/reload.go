@@ -18,6 +18,9 @@ type ReloadResult struct {
 	Changes []ReloadChange `json:"changes"`
 	// ConnectionsAffected is the sum of the changes' connections.
 	ConnectionsAffected int64 `json:"connections_affected"`
+	// Warnings are what the file sets that pj ignores (retired keys), one
+	// line each, naming where; none is an error.
+	Warnings []string `json:"warnings,omitempty"`
 	// Status is the HTTP status of the answer: 200 for a valid file, 422
 	// for an invalid one, 409 when pj runs without a file, 503 when it is
 	// shutting down.

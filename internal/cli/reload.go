@@ -194,6 +194,9 @@ func describePlan(res admin.ReloadResult) string {
 		fmt.Fprintf(&b, "live connections cut: %d (a listener that stops lets its connections run for the grace period, then cuts those still open)\n",
 			res.ConnectionsAffected)
 	}
+	for _, w := range res.Warnings {
+		b.WriteString("warning: " + w + "\n")
+	}
 	return b.String()
 }
 

@@ -57,6 +57,8 @@ func TestDescribePlan(t *testing.T) {
 		{"dry run", admin.ReloadResult{DryRun: true, Changes: changes, ConnectionsAffected: 4}, "the configuration file is valid; a reload would:\n" + lines},
 		{"applied, nothing to do", admin.ReloadResult{Applied: true}, "reloaded: no changes\n"},
 		{"applied", admin.ReloadResult{Applied: true, Changes: changes, ConnectionsAffected: 4}, "reloaded:\n" + lines},
+		{"dry run with a retired key", admin.ReloadResult{DryRun: true, Warnings: []string{"pj.yaml:4: kernel_relay is ignored", "b"}},
+			"the configuration file is valid; a reload would change nothing\nwarning: pj.yaml:4: kernel_relay is ignored\nwarning: b\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -315,19 +315,7 @@ func (r *reloader) reload(trigger string, reply chan<- admin.ReloadResult) {
 	}()
 	cfg, err := loadConfig(r.f, r.env.lookupEnv)
 	if err != nil {
-		r.srv.ReloadFailed()
-		problems := configProblems(err)
-		var ve *config.ValidationError
-		if errors.As(err, &ve) {
-			for _, p := range ve.Problems {
-				r.log.Error("reload: invalid configuration", "problem", p)
-			}
-			if ve.More > 0 {
-				r.log.Error("reload: invalid configuration", "more_problems", ve.More)
-			}
-		}
-		r.log.Error("reload failed; the running configuration goes on", "trigger", trigger, "error", firstLine(err))
-		answer(invalid(false, problems))
+		answer(r.loadFailed(trigger, err))
 		return
 	}
 	logWarnings(r.log, cfg)
@@ -363,6 +351,7 @@ func (r *reloader) reload(trigger string, reply chan<- admin.ReloadResult) {
 		res = admin.ReloadResult{Valid: true}
 	}
 	res.Applied = true
+	res.Warnings = cfg.Warnings()
 	answer(res)
 	if err := r.admin.apply(cfg.Admin); err != nil {
 		// The proxies changed; only the admin listener stays as it was.
@@ -371,6 +360,23 @@ func (r *reloader) reload(trigger string, reply chan<- admin.ReloadResult) {
 	}
 	r.current = cfg
 	r.log.Info("reload: "+what, "trigger", trigger)
+}
+
+// loadFailed logs why a reload could not load the file, every problem on
+// a line of its own, and returns the answer.
+func (r *reloader) loadFailed(trigger string, err error) admin.ReloadResult {
+	r.srv.ReloadFailed()
+	var ve *config.ValidationError
+	if errors.As(err, &ve) {
+		for _, p := range ve.Problems {
+			r.log.Error("reload: invalid configuration", "problem", p)
+		}
+		if ve.More > 0 {
+			r.log.Error("reload: invalid configuration", "more_problems", ve.More)
+		}
+	}
+	r.log.Error("reload failed; the running configuration goes on", "trigger", trigger, "error", firstLine(err))
+	return invalid(false, configProblems(err))
 }
 
 // plan reads the configuration file and says what a reload would do,
@@ -391,7 +397,9 @@ func (r *reloader) plan() admin.ReloadResult {
 	if err != nil {
 		return closing(true)
 	}
-	return result(true, changes)
+	res := result(true, changes)
+	res.Warnings = cfg.Warnings()
+	return res
 }
 
 // result is the answer for a valid configuration and its changes.
