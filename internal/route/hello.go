@@ -202,15 +202,11 @@ func parseHello(msg []byte) (sni string, alpn []string, ok bool) {
 	return sni, alpn, true
 }
 
-// repeats reports whether a value comes twice in types, which it sorts.
+// repeats reports whether a value comes twice in types, which it sorts
+// (and compacts).
 func repeats(types []uint16) bool {
 	slices.Sort(types)
-	for i := 1; i < len(types); i++ {
-		if types[i] == types[i-1] {
-			return true
-		}
-	}
-	return false
+	return len(slices.Compact(types)) != len(types)
 }
 
 // serverName reads a server_name list (RFC 6066 3) into sni: its one
