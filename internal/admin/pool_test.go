@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -140,8 +141,12 @@ func TestPoolMissDials(t *testing.T) {
 	if _, err := io.ReadFull(c, buf); err != nil {
 		t.Fatal(err)
 	}
-	if got := string(buf); got != greeting(2) {
-		t.Errorf("greeting %q, want %q: a fresh connection", got, greeting(2))
+	// A fresh connection's greeting, not the warm one's (conn 1). Its
+	// number is not asserted: the backend also counts any warm dial the
+	// pool had under way as the backend went down, which the pool closes
+	// when it completes.
+	if got := string(buf); got == greeting(1) || !strings.HasPrefix(got, "220 conn ") {
+		t.Errorf("greeting %q, want a fresh connection's, not the warm %q", got, greeting(1))
 	}
 	fams := pj.metrics(t)
 	hit := value(t, fams, "pj_pool_takes_total", map[string]string{"proxy": "mail", "result": "hit"})
